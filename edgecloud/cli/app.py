@@ -1,0 +1,28 @@
+"""The `edgecloud` Typer app: one module per command group, registered here.
+
+Command modules import torch, onnxruntime and the solvers inside their functions only, so that
+`edgecloud --help` and `edgecloud plan --cost-graph` start fast (tests/test_cli_startup.py checks it).
+"""
+
+from __future__ import annotations
+
+import typer
+
+from edgecloud.cli import models
+from edgecloud.cli.user_errors import reports_user_errors
+
+app = typer.Typer(
+    name="edgecloud",
+    help="Plan, split and serve ML models across edge devices and the cloud; train robustly across IoT devices.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+app.command("models")(reports_user_errors(models.list_models))
+app.command("export")(reports_user_errors(models.export))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

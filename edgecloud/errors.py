@@ -1,0 +1,9 @@
+"""Exception types of the runtime (wire format, MQTT transport, agents, client)."""
+
+
+class EdgecloudError(ValueError):
+    """Base of every runtime error the CLI reports as a one-line message with exit code 2."""
+
+
+class WireFormatError(EdgecloudError):
+    """A message violates the wire format or its configured limits; it is rejected before allocation."""

@@ -1,0 +1,1 @@
+"""Byzantine-robust distributed training: DGD with sync period tau, Draco codes, robust aggregators."""
