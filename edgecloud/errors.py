@@ -7,3 +7,7 @@ class EdgecloudError(ValueError):
 
 class WireFormatError(EdgecloudError):
     """A message violates the wire format or its configured limits; it is rejected before allocation."""
+
+
+class TransportError(EdgecloudError):
+    """The MQTT transport failed: a bad broker URL, a broker that cannot be reached or started, a request that timed out."""

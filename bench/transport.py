@@ -1,0 +1,232 @@
+"""One-way time of activations: our MQTT client via Mosquitto and via the embedded broker, vs one raw TCP hop.
+
+    python bench/transport.py [--repeats-scale 1.0] [--out bench/results/transport.json]
+
+Why ping-pong: one clock. A pinger sends a message, an echo process answers with the same tensor,
+and one-way time = round trip / 2. On the MQTT paths each direction includes our wire encode and
+decode and two network hops (client -> broker -> client); the raw path is one length-prefixed TCP
+hop with TCP_NODELAY and no encoding, i.e. the floor. Every echo and broker runs in its own process.
+
+Why interleaved rounds: the machine is shared, so load drifts during a run. Each size is measured
+in rounds that visit raw TCP, Mosquitto and the embedded broker in turn, so the ratios compare
+paths under the same load. Medians over all samples; the load average is recorded with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+import os
+import platform
+import queue
+import socket
+import statistics
+import struct
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from edgecloud.broker import EmbeddedBrokerProcess, MosquittoBroker, free_tcp_port
+from edgecloud.mqtt import MqttTransport, device_topic
+from edgecloud.wire import Message, encode
+
+SIZES_BYTES = (10_000, 100_000, 1_000_000, 10_000_000)
+REPEATS = {10_000: 300, 100_000: 150, 1_000_000: 40, 10_000_000: 12}
+ROUNDS = 4
+WARMUP = 2
+REPLY_TIMEOUT_S = 60.0
+DEPLOYMENT = "bench"
+PING_TOPIC = device_topic(DEPLOYMENT, "echo")
+PONG_TOPIC = device_topic(DEPLOYMENT, "pinger")
+LENGTH = struct.Struct("<Q")
+TARGET_SMALL_S = 1e-3
+TARGET_RATIO_LARGE = 3.0
+PATHS = ("raw TCP hop", "Mosquitto", "embedded amqtt")
+
+RoundTrip = Callable[[Message], None]
+
+
+def activation(size_bytes: int) -> Message:
+    return Message("activation", "ping", "pinger", {"x": np.ones(size_bytes // 4, np.float32)})
+
+
+# -- echo processes -------------------------------------------------------------------------------
+
+def echo_mqtt(url: str, ready: multiprocessing.Event, stop: multiprocessing.Event) -> None:
+    """Answer every message on PING_TOPIC with a fresh message carrying the same tensors."""
+    with MqttTransport(url, "bench-echo") as transport:
+        transport.subscribe_messages(PING_TOPIC, lambda message, _: transport.publish_message(
+            PONG_TOPIC, Message("result", message.request_id, "echo", message.tensors)))
+        ready.set()
+        stop.wait()
+
+
+def recv_exactly(connection: socket.socket, buffer: memoryview) -> None:
+    received = 0
+    while received < len(buffer):
+        count = connection.recv_into(buffer[received:])
+        if count == 0:
+            raise ConnectionError("peer closed the connection")
+        received += count
+
+
+def echo_tcp(port: int, ready: multiprocessing.Event) -> None:
+    """Send every length-prefixed frame of the first connection straight back."""
+    with socket.create_server(("127.0.0.1", port)) as server:
+        ready.set()
+        connection, _ = server.accept()
+    with connection:
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        prefix = bytearray(LENGTH.size)
+        while True:
+            try:
+                recv_exactly(connection, memoryview(prefix))
+            except ConnectionError:
+                return
+            (length,) = LENGTH.unpack(prefix)
+            body = bytearray(length)
+            recv_exactly(connection, memoryview(body))
+            connection.sendall(prefix + body)
+
+
+@contextmanager
+def child(target: Callable[..., None], *args: object) -> Iterator[multiprocessing.Event]:
+    """Run `target(*args, ready, stop)`-style echo in a spawned process; yields once it is ready."""
+    context = multiprocessing.get_context("spawn")
+    ready, stop = context.Event(), context.Event()
+    extra = (ready, stop) if target is echo_mqtt else (ready,)
+    process = context.Process(target=target, args=(*args, *extra), daemon=True)
+    process.start()
+    try:
+        if not ready.wait(30):
+            raise RuntimeError(f"{target.__name__} did not start")
+        yield stop
+    finally:
+        stop.set()
+        process.join(10)
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+# -- pingers --------------------------------------------------------------------------------------
+
+@contextmanager
+def tcp_pinger() -> Iterator[RoundTrip]:
+    port = free_tcp_port()
+    with child(echo_tcp, port), socket.create_connection(("127.0.0.1", port)) as connection:
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def round_trip(message: Message) -> None:
+            payload = encode(message)  # outside the timing would be fairer still; it is tiny next to the hop
+            connection.sendall(LENGTH.pack(len(payload)) + payload)
+            recv_exactly(connection, memoryview(bytearray(LENGTH.size + len(payload))))
+
+        yield round_trip
+
+
+@contextmanager
+def mqtt_pinger(url: str) -> Iterator[RoundTrip]:
+    replies: queue.Queue[Message] = queue.Queue()
+    with child(echo_mqtt, url), MqttTransport(url, "bench-pinger") as pinger:
+        pinger.subscribe_messages(PONG_TOPIC, lambda message, _: replies.put(message))
+
+        def round_trip(message: Message) -> None:
+            pinger.publish_message(PING_TOPIC, message)
+            reply = replies.get(timeout=REPLY_TIMEOUT_S)
+            if reply.tensors["x"].nbytes != message.tensors["x"].nbytes:
+                raise RuntimeError("the echo returned a different tensor")
+
+        yield round_trip
+
+
+def one_way_samples(round_trip: RoundTrip, message: Message, repeats: int) -> list[float]:
+    for _ in range(WARMUP):
+        round_trip(message)
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        round_trip(message)
+        samples.append((time.perf_counter() - start) / 2)
+    return samples
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+def human_bytes(size: int) -> str:
+    return f"{size / 1e6:g} MB" if size >= 1_000_000 else f"{size / 1e3:g} KB"
+
+
+def target_of(size: int, raw_s: float, mosquitto_s: float) -> tuple[str, bool | None]:
+    if size < 100_000:
+        return f"<= {TARGET_SMALL_S * 1e3:g} ms", mosquitto_s <= TARGET_SMALL_S
+    if size >= 1_000_000:
+        return f"<= {TARGET_RATIO_LARGE:g}x raw", mosquitto_s <= TARGET_RATIO_LARGE * raw_s
+    return "-", None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--repeats-scale", type=float, default=1.0, help="multiply the default repeat counts")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "transport.json")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    per_round = {size: max(2, round(count * args.repeats_scale / ROUNDS)) for size, count in REPEATS.items()}
+
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    console = Console()
+    load_before = os.getloadavg()
+    samples: dict[str, dict[int, list[float]]] = {path: {size: [] for size in SIZES_BYTES} for path in PATHS}
+    with ExitStack() as stack:
+        mosquitto = stack.enter_context(MosquittoBroker())
+        embedded = stack.enter_context(EmbeddedBrokerProcess())
+        pingers = {"raw TCP hop": stack.enter_context(tcp_pinger()),
+                   "Mosquitto": stack.enter_context(mqtt_pinger(mosquitto.url)),
+                   "embedded amqtt": stack.enter_context(mqtt_pinger(embedded.url))}
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("ping-pong", total=len(SIZES_BYTES) * ROUNDS * len(PATHS))
+            for size in SIZES_BYTES:
+                message = activation(size)
+                for _ in range(ROUNDS):
+                    for path, round_trip in pingers.items():
+                        progress.update(task, description=f"{human_bytes(size)} via {path}")
+                        samples[path][size] += one_way_samples(round_trip, message, per_round[size])
+                        progress.advance(task)
+    load_after = os.getloadavg()
+
+    medians = {path: {size: statistics.median(values) for size, values in by_size.items()} for path, by_size in samples.items()}
+    raw, mosq, amqtt = (medians[path] for path in PATHS)
+    table = Table(title="One-way time per activation, median (MQTT paths: 2 hops + our encode/decode)")
+    for column in ("size", "raw TCP hop", "Mosquitto", "x raw", "embedded amqtt", "x raw", "target (Mosquitto)"):
+        table.add_column(column, justify="right")
+    rows = []
+    for size in SIZES_BYTES:
+        target, met = target_of(size, raw[size], mosq[size])
+        rows.append({"size_bytes": size, "samples_per_path": len(samples["raw TCP hop"][size]),
+                     "raw_tcp_s": raw[size], "mosquitto_s": mosq[size], "embedded_s": amqtt[size],
+                     "mosquitto_over_raw": mosq[size] / raw[size], "embedded_over_raw": amqtt[size] / raw[size],
+                     "target": target, "target_met": met})
+        table.add_row(human_bytes(size), f"{raw[size] * 1e3:.3f} ms", f"{mosq[size] * 1e3:.3f} ms",
+                      f"{mosq[size] / raw[size]:.1f}", f"{amqtt[size] * 1e3:.3f} ms", f"{amqtt[size] / raw[size]:.1f}",
+                      target + ("" if met is None else (" met" if met else " missed")))
+    console.print(table)
+    console.print(f"load average (1 min) before/after: {load_before[0]:.2f} / {load_after[0]:.2f} on "
+                  f"{os.cpu_count()} CPUs")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "benchmark": "transport", "method": "ping-pong round trip / 2, interleaved rounds, medians",
+        "host": platform.node(), "python": platform.python_version(), "cpus": os.cpu_count(),
+        "load_average_1min": {"before": load_before[0], "after": load_after[0]}, "rows": rows}, indent=2))
+    console.print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,288 @@
+"""Per-node latency of an ONNX model on this host, from onnxruntime's own per-node profiling.
+
+Why onnxruntime's trace and not timers around sub-models: the trace times each kernel inside one
+ordinary run, so the numbers include the real cache state between layers and none of the Python
+overhead. Graph optimisations are disabled (ORT_DISABLE_ALL) so that no node is fused away or renamed:
+every kernel event ("<node name>_kernel_time") maps back to exactly one ONNX node. Nodes the trace
+does not time (onnxruntime turns Constant nodes into initializers at load time) are recorded as 0.0 s
+and listed under "untimed" in the profile file.
+
+Whole-model latency is the median wall-clock time of plain (unprofiled) runs, alternated with the
+profiled ones so that both see the same load. Under load it exceeds the sum of the per-node medians,
+which filter out preemptions that hit a different node in each run.
+
+Node ids: the profiler keys nodes by their ONNX names, so it needs names that are unique and
+non-empty. `devices` imports no other package of the project, so callers that may hold arbitrary
+models canonicalise first (`partitioner.onnx_names.name_nodes_uniquely`) and pass the ModelProto.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from devices.errors import DeviceError
+from devices.profiles import DeviceProfile, read_json, write_json
+
+logger = logging.getLogger(__name__)
+
+PROFILE_FORMAT = "edgecloud.profile/1"
+DEFAULT_WARMUP = 3
+DEFAULT_REPEATS = 20
+_KERNEL_SUFFIX = "_kernel_time"
+# Idle onnxruntime pool threads spin by default. On a machine shared with other processes (or with the
+# other session the profiler alternates with) spinning threads take the cores the working ones need:
+# resnet18 at 2 threads measured 38 ms spinning vs 11 ms not, under load. So the profiler never spins.
+NO_SPINNING = "0"
+
+
+@dataclass
+class ThreadTiming:
+    """One thread count's measurements: every node's median kernel time and the whole model's."""
+
+    threads: int
+    node_times_s: dict[str, float]  # every top-level node; 0.0 for untimed ones
+    untimed: list[str]  # nodes onnxruntime did not run as a kernel
+    latency_s: float  # median wall-clock time of a whole run, profiling off
+
+
+@dataclass
+class ModelProfile:
+    """A profile file: the model, the host it was measured on, and one timing per thread count."""
+
+    model: str
+    host: DeviceProfile
+    timings: dict[int, ThreadTiming]
+    warmup: int
+    repeats: int
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        ordered = sorted(self.timings)
+        return {
+            "format": PROFILE_FORMAT,
+            "model": self.model,
+            "host": self.host.to_dict(),
+            "threads": {str(t): self.timings[t].node_times_s for t in ordered},
+            "latency_s": {str(t): self.timings[t].latency_s for t in ordered},
+            "untimed": {str(t): self.timings[t].untimed for t in ordered},
+            "untimed_note": "nodes onnxruntime ran without a kernel (e.g. Constant folded into an initializer): 0.0 s",
+            "settings": {"warmup": self.warmup, "repeats": self.repeats, "seed": self.seed,
+                         "statistic": "median", "graph_optimization": "ORT_DISABLE_ALL"},
+        }
+
+    def save(self, path: str | Path) -> None:
+        write_json(Path(path), self.to_dict(), "profile")
+
+
+def _load_model(model: Any) -> Any:
+    import onnx
+
+    if isinstance(model, onnx.ModelProto):
+        return model
+    path = Path(model)
+    if not path.is_file():
+        raise DeviceError(f"ONNX model {path} does not exist.")
+    try:
+        return onnx.load(str(path))
+    except Exception as error:  # onnx raises DecodeError / ValueError / OSError variants
+        raise DeviceError(f"cannot read ONNX model {path}: {type(error).__name__}.") from None
+
+
+def _node_ids(model: Any) -> list[str]:
+    names = [node.name for node in model.graph.node]
+    if any(not name for name in names) or len(set(names)) != len(names):
+        raise DeviceError(
+            "the model's node names are empty or repeated; canonicalise them first "
+            "(partitioner.onnx_names.name_nodes_uniquely)."
+        )
+    return names
+
+
+def random_inputs(model: Any, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded random feeds for the graph inputs: dynamic dimensions become 1, integer inputs take
+    values in {0, 1} so that they are valid indices for Gather-style ops."""
+    from onnx import helper
+
+    rng = np.random.default_rng(seed)
+    initializers = {init.name for init in model.graph.initializer}
+    feeds: dict[str, np.ndarray] = {}
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        tensor_type = value.type.tensor_type
+        if not value.type.HasField("tensor_type"):
+            raise DeviceError(f"graph input '{value.name}' is not a tensor; the profiler feeds tensors only.")
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
+        shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1
+                      for d in tensor_type.shape.dim)
+        if dtype.kind == "f":
+            feeds[value.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype.kind == "b":
+            feeds[value.name] = rng.integers(0, 2, shape).astype(bool)
+        elif dtype.kind in "iu":
+            feeds[value.name] = rng.integers(0, 2, shape).astype(dtype)
+        else:
+            raise DeviceError(f"graph input '{value.name}' has type {dtype}, which the profiler cannot generate.")
+    return feeds
+
+
+def _session(model_bytes: bytes, threads: int, profile_prefix: str | None) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", NO_SPINNING)
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    try:
+        return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise DeviceError(f"onnxruntime cannot load the model: {str(error).splitlines()[0]}") from None
+
+
+def _kernel_times_per_run(trace: list[dict[str, Any]], skip_runs: int) -> list[dict[str, float]]:
+    """Per model run (after the first `skip_runs`), each node's summed kernel time in seconds."""
+    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in trace
+                  if e.get("cat") == "Session" and e.get("name") == "model_run")
+    starts = [start for start, _ in runs]
+    per_run: list[dict[str, float]] = [{} for _ in runs]
+    for event in trace:
+        if event.get("cat") != "Node" or not event.get("name", "").endswith(_KERNEL_SUFFIX):
+            continue
+        index = bisect.bisect_right(starts, event["ts"]) - 1
+        if index < 0 or event["ts"] > runs[index][1]:
+            continue
+        node = event["name"][: -len(_KERNEL_SUFFIX)]
+        per_run[index][node] = per_run[index].get(node, 0.0) + event["dur"] * 1e-6
+    return per_run[skip_runs:]
+
+
+def measure_model(model: Any, threads: int = 1, warmup: int = DEFAULT_WARMUP,
+                  repeats: int = DEFAULT_REPEATS, seed: int = 0) -> ThreadTiming:
+    """Profile `model` (path or ModelProto with unique node names) with `threads` intra-op threads."""
+    if threads < 1 or warmup < 0 or repeats < 1:
+        raise DeviceError("threads and repeats must be at least 1 and warmup at least 0.")
+    model = _load_model(model)
+    node_ids = _node_ids(model)
+    model_bytes = model.SerializeToString()
+    feeds = random_inputs(model, seed)
+
+    # Profiled and plain runs alternate so that both see the same machine load (other processes).
+    plain = _session(model_bytes, threads, None)
+    wall_s: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="edgecloud-profile-") as folder:
+        profiled = _session(model_bytes, threads, os.path.join(folder, "ort"))
+        for run in range(warmup + repeats):
+            profiled.run(None, feeds)
+            start = time.perf_counter()
+            plain.run(None, feeds)
+            if run >= warmup:
+                wall_s.append(time.perf_counter() - start)
+        trace = json.loads(Path(profiled.end_profiling()).read_text())
+    runs = _kernel_times_per_run(trace, skip_runs=warmup)
+
+    node_times_s: dict[str, float] = {}
+    untimed: list[str] = []
+    for node in node_ids:
+        samples = [run[node] for run in runs if node in run]
+        if samples:
+            node_times_s[node] = statistics.median(samples)
+        else:
+            node_times_s[node] = 0.0
+            untimed.append(node)
+    if untimed:
+        logger.info("%d node(s) without a kernel in onnxruntime's trace: %s", len(untimed), ", ".join(untimed[:5]))
+
+    return ThreadTiming(threads, node_times_s, untimed, statistics.median(wall_s))
+
+
+def profile_model(path: Any, threads: int = 1, warmup: int = DEFAULT_WARMUP,
+                  repeats: int = DEFAULT_REPEATS) -> dict[str, float]:
+    """Median seconds per node id (every node; untimed ones 0.0) with `threads` threads."""
+    return measure_model(path, threads, warmup, repeats).node_times_s
+
+
+def profile_threads(model: Any, model_label: str, host: DeviceProfile, thread_counts: list[int],
+                    warmup: int = DEFAULT_WARMUP, repeats: int = DEFAULT_REPEATS, seed: int = 0,
+                    on_done: Callable[[ThreadTiming], None] | None = None) -> ModelProfile:
+    """Profile `model` once per thread count; `on_done` is told after each (for progress bars)."""
+    model = _load_model(model)
+    timings: dict[int, ThreadTiming] = {}
+    for threads in thread_counts:
+        timings[threads] = measure_model(model, threads, warmup, repeats, seed)
+        if on_done is not None:
+            on_done(timings[threads])
+    return ModelProfile(model_label, host, timings, warmup, repeats, seed)
+
+
+def default_thread_counts() -> list[int]:
+    """Single-threaded and all logical CPUs (one entry on a one-CPU machine)."""
+    return sorted({1, os.cpu_count() or 1})
+
+
+def _float_map(value: Any, origin: str, what: str) -> dict[str, float]:
+    if not isinstance(value, dict):
+        raise DeviceError(f"{origin}: '{what}' must be an object of node -> seconds.")
+    out: dict[str, float] = {}
+    for node, seconds in value.items():
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
+            raise DeviceError(f"{origin}: time of node '{node}' must be a non-negative number, got {seconds!r}.")
+        out[node] = float(seconds)
+    return out
+
+
+def load_profile_file(path: str | Path) -> ModelProfile:
+    """Read a profile file written by `ModelProfile.save` (`edgecloud profile`), validating it."""
+    origin = str(path)
+    data = read_json(Path(path), "profile")
+    if not isinstance(data, dict) or data.get("format") != PROFILE_FORMAT:
+        raise DeviceError(f"{origin} is not an edgecloud profile (expected \"format\": \"{PROFILE_FORMAT}\").")
+    missing = [key for key in ("model", "host", "threads") if key not in data]
+    if missing:
+        raise DeviceError(f"{origin}: missing key(s) {', '.join(missing)}.")
+    threads = data["threads"]
+    if not isinstance(threads, dict) or not threads:
+        raise DeviceError(f"{origin}: 'threads' must map thread counts to node times.")
+    latency = data.get("latency_s", {})
+    untimed = data.get("untimed", {})
+    if not isinstance(latency, dict) or not isinstance(untimed, dict):
+        raise DeviceError(f"{origin}: 'latency_s' and 'untimed' must be objects keyed by thread count.")
+    timings: dict[int, ThreadTiming] = {}
+    for key, node_times in threads.items():
+        if not key.isdigit() or int(key) < 1:
+            raise DeviceError(f"{origin}: thread count '{key}' is not a positive whole number.")
+        times = _float_map(node_times, origin, f"threads.{key}")
+        model_latency = latency.get(key, sum(times.values()))
+        if isinstance(model_latency, bool) or not isinstance(model_latency, (int, float)) or model_latency < 0:
+            raise DeviceError(f"{origin}: latency_s.{key} must be a non-negative number.")
+        untimed_nodes = untimed.get(key, [])
+        if not isinstance(untimed_nodes, list) or not all(node in times for node in untimed_nodes):
+            raise DeviceError(f"{origin}: untimed.{key} must list nodes of threads.{key}.")
+        timings[int(key)] = ThreadTiming(int(key), times, list(untimed_nodes), float(model_latency))
+    settings = data.get("settings", {})
+    try:
+        warmup, repeats, seed = (int(settings.get(name, 0)) for name in ("warmup", "repeats", "seed"))
+    except (AttributeError, TypeError, ValueError):
+        raise DeviceError(f"{origin}: 'settings' must hold whole numbers warmup, repeats and seed.") from None
+    model = Path(str(data["model"]))
+    if not model.is_absolute():  # relative to the profile's folder, as plan files do
+        model = Path(path).parent / model
+    return ModelProfile(str(model), DeviceProfile.from_dict(data["host"], origin=f"{origin} host"), timings,
+                        warmup, repeats, seed)

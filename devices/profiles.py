@@ -1,0 +1,207 @@
+"""Device and link profiles: the few figures a planner needs to cost a layer or a transfer on a device
+it does not have at hand, loaded from JSON data files that name the public source of every figure.
+
+Catalogue devices are data (`devices/catalogue/<name>.json`); `host` is this machine, measured once and
+cached (see `devices.host`), so the package never holds a figure nobody can trace.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from devices.errors import DeviceError
+
+HOST_DEVICE_NAME = "host"
+LINK_PRESETS_FILE = "links.json"
+PREDICTOR_FILE = "predictor.json"
+_NOT_DEVICE_FILES = frozenset({LINK_PRESETS_FILE, PREDICTOR_FILE})
+
+_DEVICE_FIGURES: dict[str, type] = {
+    "peak_flops": float,
+    "memory_bandwidth_bytes_per_s": float,
+    "memory_bytes": int,
+    "threads": int,
+}
+_LINK_FIGURES: tuple[str, ...] = ("bandwidth_bps", "latency_s")
+
+
+def _positive_number(value: Any, key: str, owner: str, allow_zero: bool = False) -> float:
+    """A finite number > 0 (or >= 0); booleans and strings are refused because JSON lets both slip in."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise DeviceError(f"{owner}: '{key}' must be a number, got {value!r}.")
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = "non-negative" if allow_zero else "positive"
+        raise DeviceError(f"{owner}: '{key}' must be {bound}, got {value!r}.")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """What a device can do, in the units the cost model uses (FLOP/s, bytes/s, bytes, threads)."""
+
+    name: str
+    peak_flops: float
+    memory_bandwidth_bytes_per_s: float
+    memory_bytes: int
+    threads: int
+    sources: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any, origin: str = "device profile") -> DeviceProfile:
+        """Validate and build; `origin` names the file in the one-sentence error."""
+        if not isinstance(d, dict):
+            raise DeviceError(f"{origin}: expected a JSON object, got {type(d).__name__}.")
+        missing = [key for key in ("name", *_DEVICE_FIGURES) if key not in d]
+        if missing:
+            raise DeviceError(f"{origin}: missing key(s) {', '.join(missing)}.")
+        if not isinstance(d["name"], str) or not d["name"]:
+            raise DeviceError(f"{origin}: 'name' must be a non-empty string.")
+        figures: dict[str, Any] = {}
+        for key, kind in _DEVICE_FIGURES.items():
+            value = _positive_number(d[key], key, origin)
+            if kind is int and value != int(value):
+                raise DeviceError(f"{origin}: '{key}' must be a whole number, got {d[key]!r}.")
+            figures[key] = kind(value)
+        sources = d.get("sources", {})
+        if not isinstance(sources, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in sources.items()
+        ):
+            raise DeviceError(f"{origin}: 'sources' must map figure names to source strings.")
+        return cls(name=d["name"], sources=dict(sources), **figures)
+
+    def save(self, path: str | Path) -> None:
+        write_json(Path(path), self.to_dict(), "device profile")
+
+
+@dataclass(frozen=True)
+class LinkProfile:
+    """A network link: sending b bytes costs 8*b/bandwidth_bps + latency_s seconds."""
+
+    bandwidth_bps: float
+    latency_s: float
+
+    def transfer_time_s(self, size_bytes: int) -> float:
+        return 8.0 * size_bytes / self.bandwidth_bps + self.latency_s
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any, origin: str = "link profile") -> LinkProfile:
+        if not isinstance(d, dict):
+            raise DeviceError(f"{origin}: expected a JSON object, got {type(d).__name__}.")
+        missing = [key for key in _LINK_FIGURES if key not in d]
+        if missing:
+            raise DeviceError(f"{origin}: missing key(s) {', '.join(missing)}.")
+        return cls(
+            bandwidth_bps=_positive_number(d["bandwidth_bps"], "bandwidth_bps", origin),
+            latency_s=_positive_number(d["latency_s"], "latency_s", origin, allow_zero=True),
+        )
+
+
+def read_json(path: Path, what: str) -> Any:
+    """Parse a JSON data file, turning every way it can be unreadable into one DeviceError sentence."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DeviceError(f"{what} file {path} does not exist.") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise DeviceError(f"cannot read {what} file {path}: {error}.") from None
+    except json.JSONDecodeError as error:
+        raise DeviceError(f"{what} file {path} is not valid JSON ({error.msg} at line {error.lineno}).") from None
+
+
+def write_json(path: Path, data: Any, what: str) -> None:
+    """Write a data file, turning an unwritable path into one DeviceError sentence."""
+    try:
+        path.write_text(json.dumps(data, indent=2) + "\n")
+    except OSError as error:
+        raise DeviceError(f"cannot write {what} file {path}: {error.strerror or error}.") from None
+
+
+def catalogue_path(file_name: str) -> Path:
+    """Path of a data file shipped in `devices/catalogue/`."""
+    return Path(str(resources.files("devices") / "catalogue" / file_name))
+
+
+def _catalogue_files() -> dict[str, Path]:
+    folder = catalogue_path("")
+    return {
+        path.stem: path
+        for path in sorted(folder.glob("*.json"))
+        if path.name not in _NOT_DEVICE_FILES
+    }
+
+
+@cache
+def _load_catalogue_device(name: str) -> DeviceProfile:
+    path = _catalogue_files()[name]
+    return DeviceProfile.from_dict(read_json(path, "device profile"), origin=str(path))
+
+
+def catalogue_names() -> list[str]:
+    """Names `load_device` accepts without a file: the shipped profiles plus `host`."""
+    return [*_catalogue_files(), HOST_DEVICE_NAME]
+
+
+def load_device(name_or_path: str) -> DeviceProfile:
+    """A catalogue device by name, `host` (measured once, then cached), or a device JSON file."""
+    if name_or_path == HOST_DEVICE_NAME:
+        from devices.host import host_profile
+
+        return host_profile()
+    if name_or_path in _catalogue_files():
+        return _load_catalogue_device(name_or_path)
+    path = Path(name_or_path)
+    if path.suffix != ".json" and not path.exists():
+        raise DeviceError(
+            f"unknown device '{name_or_path}': use one of {', '.join(catalogue_names())} or a JSON file."
+        )
+    return DeviceProfile.from_dict(read_json(path, "device profile"), origin=str(path))
+
+
+def catalogue() -> dict[str, DeviceProfile]:
+    """Every named device, `host` included (measuring this machine the first time)."""
+    return {name: load_device(name) for name in catalogue_names()}
+
+
+@cache
+def _link_presets_with_sources() -> dict[str, tuple[LinkProfile, dict[str, str]]]:
+    path = catalogue_path(LINK_PRESETS_FILE)
+    data = read_json(path, "link presets")
+    if not isinstance(data, dict):
+        raise DeviceError(f"{path}: expected a JSON object of named links.")
+    return {
+        name: (LinkProfile.from_dict(entry, origin=f"{path} [{name}]"), dict(entry.get("sources", {})))
+        for name, entry in data.items()
+    }
+
+
+def link_presets() -> dict[str, LinkProfile]:
+    """Named links ("wifi", "4g", "ethernet", ...) with published typical figures."""
+    return {name: link for name, (link, _) in _link_presets_with_sources().items()}
+
+
+def link_sources(name: str) -> dict[str, str]:
+    """The public source of each figure of a named link."""
+    return _link_presets_with_sources()[name][1]
+
+
+def load_link(name_or_path: str) -> LinkProfile:
+    """A named link preset or a link JSON file (`{"bandwidth_bps": ..., "latency_s": ...}`)."""
+    presets = link_presets()
+    if name_or_path in presets:
+        return presets[name_or_path]
+    path = Path(name_or_path)
+    if path.suffix != ".json" and not path.exists():
+        raise DeviceError(f"unknown link '{name_or_path}': use one of {', '.join(presets)} or a JSON file.")
+    return LinkProfile.from_dict(read_json(path, "link profile"), origin=str(path))

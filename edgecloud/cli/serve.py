@@ -1,0 +1,111 @@
+"""`edgecloud split`, `edgecloud agent`, `edgecloud infer`: serve a plan's split model over MQTT."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
+
+
+def split(
+    plan: Annotated[Path, typer.Argument(help="Plan JSON (from `edgecloud plan`).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the stage files and manifest.json.")],
+) -> None:
+    """Cut the plan's model into one ONNX file per stage and write the manifest that routes them."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from partitioner.split import split_plan
+
+    manifest = split_plan(plan, output)
+    table = Table(title=f"{len(manifest.stages)} stage(s), source {manifest.source}, sink {manifest.sink}")
+    for column in ("stage", "device", "nodes", "receives", "sends", "file"):
+        table.add_column(column, justify="right" if column in ("stage", "nodes") else "left")
+    for stage in manifest.stages:
+        receives = ", ".join(sorted({"source" if item.origin is None else f"{item.origin.device}#{item.origin.stage}"
+                                     for item in stage.inputs}))
+        sends = ", ".join(sorted({f"{ref.device}#{ref.stage}" for item in stage.outputs for ref in item.destinations}
+                                 | ({"sink"} if any(item.to_sink for item in stage.outputs) else set())))
+        table.add_row(str(stage.index), stage.device, str(len(stage.nodes)), receives, sends, stage.file)
+    console = Console()
+    console.print(table)
+    idle = [device for device in manifest.devices if not manifest.stages_of(device)]
+    if idle:
+        console.print(f"devices with no stage (they only receive and answer): {', '.join(idle)}")
+    console.print(f"wrote {output / 'manifest.json'}")
+
+
+def agent(
+    plan: Annotated[Path, typer.Option("--plan", help="Plan JSON; it is split on first use (cached beside it).")],
+    device: Annotated[str, typer.Option("--device", help="Which of the plan's devices this agent serves.")],
+    broker: Annotated[str, typer.Option("--broker", help="Broker URL: mqtt://[user:pass@]host[:port] or mqtts://...")] = DEFAULT_BROKER,
+    deployment: Annotated[str, typer.Option("--deployment", help="Deployment id: the topic namespace shared with the client.")] = "default",
+    threads: Annotated[int, typer.Option("--threads", min=1, help="onnxruntime threads per stage.")] = 1,
+    max_pending: Annotated[int, typer.Option("--max-pending", min=1, help="Requests held at once; more are refused.")] = 256,
+    fallback: Annotated[bool, typer.Option("--fallback/--no-fallback", help="Source device: run the rest itself when the answer is late.")] = True,
+    fallback_margin: Annotated[Optional[str], typer.Option("--fallback-margin", help="Fall back this long before the deadline (e.g. 100ms); default: measured.")] = None,
+    ready_file: Annotated[Optional[Path], typer.Option("--ready-file", help="Touch this file once serving (for supervisors).")] = None,
+    log_level: Annotated[str, typer.Option("--log-level", help="Python logging level.")] = "INFO",
+) -> None:
+    """Serve one device of a plan until SIGINT/SIGTERM: run its stages, pass activations on."""
+    import logging
+    import signal
+    import threading
+
+    from edgecloud.agent import AgentOptions, DeviceAgent
+    from partitioner.split import cached_split
+    from partitioner.units import parse_duration_s
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("transitions").setLevel(logging.WARNING)
+    margin_s = parse_duration_s(fallback_margin) if fallback_margin is not None else None
+    options = AgentOptions(deployment=deployment, threads=threads, max_pending=max_pending, fallback=fallback,
+                           fallback_margin_s=margin_s)
+    stop = threading.Event()
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signal_number, lambda *_: stop.set())
+    with DeviceAgent(cached_split(plan), device, broker, options):
+        if ready_file is not None:
+            ready_file.touch()
+        stop.wait()
+
+
+def infer(
+    plan: Annotated[Path, typer.Option("--plan", help="Plan JSON the agents serve.")],
+    input_path: Annotated[Path, typer.Option("--input", help=".npy (one input) or .npz (inputs by name).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help=".npy (one output) or .npz (outputs by name).")],
+    broker: Annotated[str, typer.Option("--broker", help="Broker URL.")] = DEFAULT_BROKER,
+    deployment: Annotated[str, typer.Option("--deployment", help="Deployment id the agents use.")] = "default",
+    deadline: Annotated[str, typer.Option("--deadline", help="Time the answer may take (e.g. 2s, 500ms).")] = "2s",
+) -> None:
+    """Send one input to the deployment's source agent and save the model's output."""
+    import numpy as np
+    from rich.console import Console
+
+    from edgecloud.client import InferenceClient
+    from edgecloud.errors import EdgecloudError
+    from partitioner.units import parse_duration_s
+
+    deadline_s = parse_duration_s(deadline)
+    try:
+        loaded = np.load(input_path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            inputs: np.ndarray | dict[str, np.ndarray] = loaded
+        else:  # an .npz archive: inputs by name
+            with loaded:
+                inputs = {name: loaded[name] for name in loaded.files}
+    except (OSError, ValueError) as error:
+        raise EdgecloudError(f"cannot read {input_path} as .npy/.npz without pickle ({error})") from None
+    with InferenceClient(plan, broker, deployment=deployment) as client:
+        result = client.infer(inputs, deadline_s)
+    if output.suffix == ".npz":
+        np.savez(output, **result.outputs)
+    elif len(result.outputs) == 1:
+        np.save(output, next(iter(result.outputs.values())))
+    else:
+        raise EdgecloudError(f"the model has {len(result.outputs)} outputs; name an .npz file to hold them all")
+    note = " (the source device fell back to running the model itself)" if result.fell_back else ""
+    Console().print(f"answered by {result.answered_by} in {result.timings.total_s * 1e3:.1f} ms{note}; wrote {output}")

@@ -1,0 +1,162 @@
+"""Send inputs to a split model's source agent and get the outputs back (`edgecloud infer`).
+
+    from edgecloud.client import InferenceClient
+    with InferenceClient("plan.json", "mqtt://127.0.0.1:1883") as client:
+        result = client.infer(x, deadline_s=2.0)        # x: np.ndarray or {input name: array}
+        result.outputs["output"], result.fell_back, result.timings.total_s
+
+`submit` returns a future instead, for many requests in flight at once. Every request carries an
+absolute deadline; the source agent falls back to running the model itself when the answer would
+otherwise miss it, and `fell_back` says so.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import numpy as np
+
+from edgecloud.agent import DEFAULT_DEPLOYMENT
+from edgecloud.errors import EdgecloudError, TransportError
+from edgecloud.mqtt import MqttTransport, Requester, TransportOptions
+from edgecloud.topics import device_topic
+from edgecloud.trace import CLIENT, TraceEvent, parse_trace, transfer_event
+from edgecloud.wire import Message
+from partitioner.manifest import SplitManifest
+
+# How long past its deadline the client still waits: the fallback answer is sent just before the
+# deadline and needs a moment to travel back.
+REPLY_GRACE_S = 0.5
+
+
+@dataclass
+class RequestTimings:
+    """Where one request's time went, as measured by the agents and the client."""
+
+    total_s: float
+    events: list[TraceEvent] = field(default_factory=list)
+
+    @property
+    def stages(self) -> list[TraceEvent]:
+        return sorted((event for event in self.events if event.kind == "stage"), key=lambda event: event.start_s)
+
+    @property
+    def transfers(self) -> list[TraceEvent]:
+        return sorted((event for event in self.events if event.kind == "transfer"), key=lambda event: event.start_s)
+
+
+@dataclass
+class InferenceResult:
+    outputs: dict[str, np.ndarray]
+    fell_back: bool
+    timings: RequestTimings
+    answered_by: str
+
+
+def load_client_manifest(plan: str | Path | SplitManifest) -> SplitManifest:
+    """The split behind a plan file (made and cached beside it on first use), or a manifest as given."""
+    if isinstance(plan, SplitManifest):
+        return plan
+    from partitioner.split import cached_split
+
+    return cached_split(plan)
+
+
+class InferenceClient:
+    """A connection to a deployment's broker that sends requests to the source device's agent."""
+
+    def __init__(self, plan: str | Path | SplitManifest, broker_url: str, deployment: str = DEFAULT_DEPLOYMENT,
+                 max_in_flight: int = 128, transport_options: TransportOptions = TransportOptions()) -> None:
+        self.manifest = load_client_manifest(plan)
+        self.deployment = deployment
+        self.client_name = f"client-{uuid.uuid4().hex[:12]}"
+        self._transport = MqttTransport(broker_url, client_id=f"{deployment}-{self.client_name}",
+                                        options=transport_options)
+        self._max_in_flight = max_in_flight
+        self._requester: Requester | None = None
+        self._source_topic = device_topic(deployment, self.manifest.source)
+
+    def connect(self) -> Self:
+        self._transport.connect()
+        self._requester = Requester(self._transport, device_topic(self.deployment, self.client_name),
+                                    self._max_in_flight)
+        return self
+
+    def close(self) -> None:
+        self._transport.close()
+        self._requester = None
+
+    def __enter__(self) -> Self:
+        return self.connect()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
+
+    def _named_inputs(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
+        if isinstance(inputs, Mapping):
+            return {name: np.asarray(value) for name, value in inputs.items()}
+        names = [spec.name for spec in self.manifest.graph_inputs]
+        if len(names) != 1:
+            raise EdgecloudError(f"the model takes {len(names)} inputs ({', '.join(names)}); pass a dict by name")
+        return {names[0]: np.asarray(inputs)}
+
+    def submit(self, inputs: Mapping[str, np.ndarray] | np.ndarray, deadline_s: float = 2.0) -> Future[InferenceResult]:
+        """Send one request; the future gives its InferenceResult (or raises EdgecloudError)."""
+        if self._requester is None:
+            raise TransportError("the inference client is not connected; use it as a context manager or call connect()")
+        request_id = uuid.uuid4().hex
+        sent_s = time.time()
+        message = Message(kind="request", request_id=request_id, sender=self.client_name,
+                          tensors=self._named_inputs(inputs), deadline=sent_s + deadline_s, meta={"sent_s": sent_s})
+        reply_future = self._requester.submit(self._source_topic, message, timeout_s=deadline_s)
+        result: Future[InferenceResult] = Future()
+        timer = threading.Timer(deadline_s + REPLY_GRACE_S, self._expire, (reply_future, result, request_id, deadline_s))
+        timer.daemon = True
+        timer.start()
+
+        def on_reply(done: Future[Message]) -> None:
+            timer.cancel()
+            if done.cancelled() or result.done():
+                return
+            try:
+                result.set_result(self._result(done.result(), sent_s, time.time()))
+            except EdgecloudError as error:
+                result.set_exception(error)
+
+        reply_future.add_done_callback(on_reply)
+        return result
+
+    @staticmethod
+    def _expire(reply_future: Future[Message], result: Future[InferenceResult], request_id: str,
+                deadline_s: float) -> None:
+        if reply_future.cancel() and not result.done():
+            result.set_exception(TransportError(f"no answer to request {request_id} within its {deadline_s:g} s deadline"))
+
+    def infer(self, inputs: Mapping[str, np.ndarray] | np.ndarray, deadline_s: float = 2.0) -> InferenceResult:
+        """Send one request and wait for its outputs (at most the deadline plus a short grace)."""
+        return self.submit(inputs, deadline_s).result(deadline_s + 2 * REPLY_GRACE_S)
+
+    def _result(self, reply: Message, sent_s: float, received_s: float) -> InferenceResult:
+        if reply.kind == "error":
+            raise EdgecloudError(f"device {reply.sender!r} refused the request: {reply.meta.get('error', 'no reason given')}")
+        expected = {spec.name for spec in self.manifest.graph_outputs}
+        if set(reply.tensors) != expected:
+            raise EdgecloudError(f"the answer carries {sorted(reply.tensors)}, the model's outputs are {sorted(expected)}")
+        events = parse_trace(reply.meta.get("trace"))
+        reply_sent_s = reply.meta.get("sent_s")
+        if isinstance(reply_sent_s, int | float):
+            n_bytes = sum(int(array.nbytes) for array in reply.tensors.values())
+            events.append(transfer_event(reply.sender, CLIENT, float(reply_sent_s), received_s, n_bytes))
+        return InferenceResult(outputs={name: np.array(array) for name, array in reply.tensors.items()},
+                               fell_back=reply.meta.get("fell_back") is True,
+                               timings=RequestTimings(total_s=received_s - sent_s, events=events),
+                               answered_by=reply.sender)

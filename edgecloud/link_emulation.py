@@ -1,0 +1,72 @@
+"""Software emulation of a slow link between agents that really share one fast host.
+
+Why: on one machine every hop is loopback (well under a millisecond), so a plan made for a 20 Mbit/s
+edge-cloud link cannot be checked against measurements. With emulation on, an agent holds each message
+for a device back as long as the plan's link model (`partitioner.costs.Link`) says it takes,
+`8 * bytes / bandwidth_bps + latency_s`, and messages to one device queue behind each other as on one
+link. Network namespaces with `tc` shaping (DESIGN.md 8) are the faithful alternative; they need root.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+
+from partitioner.costs import Link
+
+logger = logging.getLogger(__name__)
+
+
+class LinkEmulator:
+    """Releases each submitted send when its emulated transfer ends, from one worker thread."""
+
+    def __init__(self, links: Mapping[str, Link], send: Callable[[str, object], None]) -> None:
+        self.links = dict(links)
+        self._send = send
+        self._busy_until_s: dict[str, float] = {}
+        self._queue: list[tuple[float, int, str, object]] = []
+        self._order = itertools.count()
+        self._condition = threading.Condition()
+        self._closed = False
+        self._worker = threading.Thread(target=self._run, name="link-emulator", daemon=True)
+        self._worker.start()
+
+    def submit(self, device: str, item: object, n_bytes: int) -> None:
+        """Send `item` to `device` once the link has carried it (at once when no link is emulated)."""
+        link = self.links.get(device)
+        if link is None:
+            self._send(device, item)
+            return
+        with self._condition:
+            now = time.monotonic()
+            # The link serialises messages: this one starts when the previous one has left.
+            leaves_s = max(now, self._busy_until_s.get(device, now)) + 8.0 * n_bytes / link.bandwidth_bps
+            self._busy_until_s[device] = leaves_s
+            heapq.heappush(self._queue, (leaves_s + link.latency_s, next(self._order), device, item))
+            self._condition.notify()
+
+    def close(self) -> None:
+        """Stop the worker; sends still held back are dropped (the agent is shutting down)."""
+        with self._condition:
+            self._closed = True
+            self._condition.notify()
+        self._worker.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                while not self._closed and (not self._queue or self._queue[0][0] > time.monotonic()):
+                    self._condition.wait(None if not self._queue else self._queue[0][0] - time.monotonic())
+                if self._closed:
+                    if self._queue:
+                        logger.info("link emulator dropped %d message(s) still in transit", len(self._queue))
+                    return
+                _, _, device, item = heapq.heappop(self._queue)
+            try:
+                self._send(device, item)
+            except Exception:  # a failed send must not stop the link
+                logger.exception("emulated link to %s failed to send", device)

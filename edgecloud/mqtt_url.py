@@ -1,0 +1,73 @@
+"""Broker URLs: `mqtt://[user[:password]@]host[:port]` and `mqtts://...?ca=PATH&cert=PATH&key=PATH&insecure=1`.
+
+Why a URL: one string on the command line (`--broker`) carries address, credentials and TLS
+options. User and password may be percent-encoded. Query options apply to mqtts:// only:
+`ca` (CA bundle to verify the broker against; the system store when absent), `cert` and `key`
+(client certificate), `insecure=1` (skip hostname checking, e.g. a self-signed cert on an IP).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from edgecloud.errors import TransportError
+
+DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+_TLS_OPTIONS = frozenset({"ca", "cert", "key", "insecure"})
+_TRUE = {"1", "true", "yes"}
+_FALSE = {"0", "false", "no"}
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    """Where and how to connect: parsed from a broker URL."""
+
+    host: str
+    port: int
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure: bool = False
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """Parse `url`; TransportError with the reason when it is not a usable broker URL."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as error:
+        raise TransportError(f"broker URL {url!r} is malformed: {error}.") from None
+    if parts.scheme not in DEFAULT_PORTS:
+        raise TransportError(f"broker URL {url!r} must start with mqtt:// or mqtts://.")
+    if not parts.hostname:
+        raise TransportError(f"broker URL {url!r} names no host.")
+    if parts.path not in ("", "/") or parts.fragment:
+        raise TransportError(f"broker URL {url!r} must not have a path or fragment.")
+    options = parse_qs(parts.query, keep_blank_values=True, strict_parsing=False)
+    unknown = sorted(set(options) - _TLS_OPTIONS)
+    if unknown:
+        raise TransportError(f"broker URL {url!r} has unknown options {', '.join(unknown)} (known: ca, cert, key, insecure).")
+    tls = parts.scheme == "mqtts"
+    if options and not tls:
+        raise TransportError(f"broker URL {url!r} has TLS options but the scheme is mqtt://, not mqtts://.")
+    single = {name: values[-1] for name, values in options.items()}
+    insecure_text = single.get("insecure", "0").lower()
+    if insecure_text not in _TRUE | _FALSE:
+        raise TransportError(f"broker URL option insecure={insecure_text!r} must be 1 or 0.")
+    if ("cert" in single) != ("key" in single):
+        raise TransportError(f"broker URL {url!r} must give both cert and key for a client certificate, or neither.")
+    return BrokerAddress(
+        host=parts.hostname,
+        port=port or DEFAULT_PORTS[parts.scheme],
+        tls=tls,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+        ca_file=single.get("ca") or None,
+        cert_file=single.get("cert") or None,
+        key_file=single.get("key") or None,
+        insecure=insecure_text in _TRUE,
+    )

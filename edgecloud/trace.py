@@ -1,0 +1,89 @@
+"""Timing events a request collects on its way through the agents, carried in the wire header's `meta`.
+
+Why in the messages: the client learns where its time went (each stage, each hop) without a separate
+metrics channel, and the demo can set measured times beside the plan's predictions. Times are unix
+seconds from each host's clock, so hop times are exact on one machine and as good as clock sync across.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+MAX_EVENTS = 256  # keeps the header far below the wire's header limit, even for many-stage plans
+CLIENT = "client"
+
+
+@dataclass(frozen=True)
+class TraceEvent:
+    """One timed step: a stage run on a device (`kind` "stage") or a message hop (`kind` "transfer")."""
+
+    kind: str
+    start_s: float
+    end_s: float
+    device: str  # stage: where it ran; transfer: the receiver
+    sender: str | None = None  # transfer only
+    stage: int | None = None  # stage: the stage run; transfer: the stage whose outputs travel (None: inputs)
+    bytes: int = 0  # transfer only: tensor bytes carried
+
+    @property
+    def duration_s(self) -> float:
+        return self.end_s - self.start_s
+
+    @property
+    def label(self) -> str:
+        if self.kind == "stage":
+            return f"stage {self.stage} on {self.device}"
+        payload = "answer" if self.device == CLIENT else "inputs" if self.stage is None else f"stage {self.stage} outputs"
+        return f"{self.sender} -> {self.device} ({payload})"
+
+    def to_dict(self) -> dict[str, Any]:
+        item: dict[str, Any] = {"kind": self.kind, "start_s": self.start_s, "end_s": self.end_s, "device": self.device,
+                                "stage": self.stage}
+        if self.kind == "transfer":
+            item.update(sender=self.sender, bytes=self.bytes)
+        return item
+
+    @classmethod
+    def from_dict(cls, item: Mapping[str, Any]) -> "TraceEvent":
+        stage = item.get("stage")
+        return cls(kind=str(item["kind"]), start_s=float(item["start_s"]), end_s=float(item["end_s"]),
+                   device=str(item["device"]), sender=None if item.get("sender") is None else str(item["sender"]),
+                   stage=None if stage is None else int(stage), bytes=int(item.get("bytes", 0)))
+
+
+def stage_event(stage: int, device: str, start_s: float, end_s: float) -> TraceEvent:
+    return TraceEvent("stage", start_s, end_s, device, stage=stage)
+
+
+def transfer_event(sender: str, receiver: str, sent_s: float, received_s: float, n_bytes: int,
+                   from_stage: int | None = None) -> TraceEvent:
+    return TraceEvent("transfer", sent_s, received_s, receiver, sender=sender, stage=from_stage, bytes=n_bytes)
+
+
+def parse_trace(raw: Any) -> list[TraceEvent]:
+    """Events from a message's `meta["trace"]`; entries that do not parse are skipped (the trace is
+    diagnostic: a bad entry must never fail a request)."""
+    if not isinstance(raw, list):
+        return []
+    events: list[TraceEvent] = []
+    for item in raw[:MAX_EVENTS]:
+        try:
+            events.append(TraceEvent.from_dict(item))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue
+    return events
+
+
+def merge(known: list[TraceEvent], arriving: Iterable[TraceEvent]) -> None:
+    """Add `arriving` events not yet in `known` (a DAG request's paths share their common prefix)."""
+    seen = set(known)
+    for event in arriving:
+        if event not in seen and len(known) < MAX_EVENTS:
+            known.append(event)
+            seen.add(event)
+
+
+def encode_trace(events: Iterable[TraceEvent]) -> list[dict[str, Any]]:
+    return [event.to_dict() for event in events]

@@ -1,0 +1,280 @@
+"""The cost graph: what a placement costs, independent of where the numbers came from.
+
+A cost graph holds per node the seconds it takes on every device, per tensor its bytes, producer and
+consumers, per device pair a link (bandwidth, latency), a source device (where graph inputs live) and a
+sink device (where graph outputs must arrive). It is built from an ONNX model and device profiles
+(`partitioner.model_costs`) or read from a JSON file (`edgecloud.costgraph/1`), so that any pipeline can
+be planned. `CostArrays` is the same graph as numpy index arrays: every solver, baseline and objective
+evaluation works on it, so they all read the transfer semantics from one place.
+
+Transfer semantics: a tensor produced on device k is sent directly from k to every OTHER device that
+needs it (a consumer runs there, or the tensor is a graph output and that device is the sink), once per
+destination device, costing `8 * bytes / bandwidth_bps + latency_s`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from partitioner.errors import PartitionerError
+
+COSTGRAPH_FORMAT = "edgecloud.costgraph/1"
+
+
+@dataclass(frozen=True)
+class Link:
+    """One network link; a link given in one direction holds for both."""
+
+    bandwidth_bps: float
+    latency_s: float
+
+    def transfer_s(self, n_bytes: float) -> float:
+        return 8.0 * n_bytes / self.bandwidth_bps + self.latency_s
+
+
+@dataclass
+class CostNode:
+    """A layer: its seconds on each device, the memory it occupies where it runs, an optional pin."""
+
+    time_s: dict[str, float]
+    memory_bytes: int = 0
+    pin: str | None = None
+    members: list[str] | None = None  # ONNX node ids behind this layer (model-derived graphs only)
+
+
+@dataclass
+class CostTensor:
+    """An activation: `producer` None means a graph input (it lives on the source device)."""
+
+    bytes: int
+    producer: str | None
+    consumers: list[str]
+    output: bool = False
+
+
+@dataclass
+class CostGraph:
+    devices: dict[str, dict[str, Any]]  # name -> profile dict; "memory_bytes" caps the sum of its nodes'
+    links: dict[tuple[str, str], Link]  # keyed by (a, b) with a < b
+    source: str
+    sink: str
+    nodes: dict[str, CostNode]
+    tensors: dict[str, CostTensor]
+    model: str | None = None  # ONNX path when built from a model
+
+    def link(self, a: str, b: str) -> Link:
+        return self.links[_link_key(a, b)]
+
+    def memory_limit_bytes(self, device: str) -> float:
+        limit = self.devices[device].get("memory_bytes")
+        return math.inf if limit is None else float(limit)
+
+    def validate(self) -> CostGraph:
+        """Raise one PartitionerError sentence for the first inconsistency; return self when sound."""
+        if not self.devices:
+            raise PartitionerError("the cost graph has no devices.")
+        for role, device in (("source", self.source), ("sink", self.sink)):
+            if device not in self.devices:
+                raise PartitionerError(f"the {role} device {device!r} is not one of the devices {sorted(self.devices)}.")
+        names = sorted(self.devices)
+        for (a, b), link in self.links.items():
+            for device in (a, b):
+                if device not in self.devices:
+                    raise PartitionerError(f"link {a}-{b} names the unknown device {device!r}.")
+            if not link.bandwidth_bps > 0 or not link.latency_s >= 0:
+                raise PartitionerError(f"link {a}-{b} needs a positive bandwidth and a non-negative latency.")
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                if _link_key(a, b) not in self.links:
+                    raise PartitionerError(f"there is no link between devices {a!r} and {b!r}; give one (e.g. --link {a}-{b}=20Mbit,10ms).")
+        for name, node in self.nodes.items():
+            for device in self.devices:
+                time_s = node.time_s.get(device)
+                if time_s is None:
+                    raise PartitionerError(f"node {name!r} has no time for device {device!r}.")
+                if not (isinstance(time_s, (int, float)) and math.isfinite(time_s) and time_s >= 0):
+                    raise PartitionerError(f"node {name!r} has an invalid time {time_s!r} for device {device!r}.")
+            if node.pin is not None and node.pin not in self.devices:
+                raise PartitionerError(f"node {name!r} is pinned to the unknown device {node.pin!r} (devices: {', '.join(names)}).")
+        for name, tensor in self.tensors.items():
+            if tensor.producer is not None and tensor.producer not in self.nodes:
+                raise PartitionerError(f"tensor {name!r} is produced by the unknown node {tensor.producer!r}.")
+            for consumer in tensor.consumers:
+                if consumer not in self.nodes:
+                    raise PartitionerError(f"tensor {name!r} is consumed by the unknown node {consumer!r}.")
+            if tensor.bytes < 0:
+                raise PartitionerError(f"tensor {name!r} has a negative size.")
+        topological_order(self)  # raises on a cycle
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": COSTGRAPH_FORMAT,
+            "devices": self.devices,
+            "links": [{"from": a, "to": b, "bandwidth_bps": link.bandwidth_bps, "latency_s": link.latency_s}
+                      for (a, b), link in self.links.items()],
+            "source": self.source,
+            "sink": self.sink,
+            "nodes": {name: {"time_s": node.time_s, "memory_bytes": node.memory_bytes, "pin": node.pin,
+                             **({"members": node.members} if node.members is not None else {})}
+                      for name, node in self.nodes.items()},
+            "tensors": {name: {"bytes": t.bytes, "producer": t.producer, "consumers": t.consumers, "output": t.output}
+                        for name, t in self.tensors.items()},
+            **({"model": self.model} if self.model is not None else {}),
+        }
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CostGraph:
+        if not isinstance(data, dict) or data.get("format") != COSTGRAPH_FORMAT:
+            raise PartitionerError(f"the cost graph must be a JSON object with \"format\": \"{COSTGRAPH_FORMAT}\".")
+        try:
+            links = {}
+            for link in data.get("links", []):
+                links[_link_key(link["from"], link["to"])] = Link(float(link["bandwidth_bps"]), float(link.get("latency_s", 0.0)))
+            nodes = {
+                str(name): CostNode(time_s=dict(node["time_s"]), memory_bytes=int(node.get("memory_bytes") or 0),
+                                    pin=node.get("pin"), members=node.get("members"))
+                for name, node in data["nodes"].items()
+            }
+            tensors = {
+                str(name): CostTensor(bytes=int(t["bytes"]), producer=t.get("producer"),
+                                      consumers=list(t.get("consumers", [])), output=bool(t.get("output", False)))
+                for name, t in data.get("tensors", {}).items()
+            }
+            graph = cls(devices={str(k): dict(v or {}) for k, v in data["devices"].items()}, links=links,
+                        source=data["source"], sink=data.get("sink", data["source"]), nodes=nodes, tensors=tensors,
+                        model=data.get("model"))
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise PartitionerError(f"the cost graph is malformed ({type(error).__name__}: {error}).") from None
+        return graph.validate()
+
+    @classmethod
+    def load(cls, path: str | Path) -> CostGraph:
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise PartitionerError(f"cost graph file {str(path)!r} does not exist.") from None
+        except (OSError, json.JSONDecodeError) as error:
+            raise PartitionerError(f"cost graph file {str(path)!r} is not readable JSON ({error}).") from None
+        return cls.from_dict(data)
+
+
+def _link_key(a: str, b: str) -> tuple[str, str]:
+    return (a, b) if a <= b else (b, a)
+
+
+def topological_order(graph: CostGraph) -> list[str]:
+    """Nodes in a dependency order (Kahn, ties kept in file order); raises PartitionerError on a cycle."""
+    successors: dict[str, set[str]] = {name: set() for name in graph.nodes}
+    indegree = dict.fromkeys(graph.nodes, 0)
+    for tensor in graph.tensors.values():
+        if tensor.producer is None:
+            continue
+        for consumer in set(tensor.consumers):
+            if consumer not in successors[tensor.producer]:
+                successors[tensor.producer].add(consumer)
+                indegree[consumer] += 1
+    ready = [name for name, degree in indegree.items() if degree == 0]
+    order: list[str] = []
+    while ready:
+        name = ready.pop()
+        order.append(name)
+        for successor in successors[name]:
+            indegree[successor] -= 1
+            if indegree[successor] == 0:
+                ready.append(successor)
+    if len(order) != len(graph.nodes):
+        stuck = sorted(name for name, degree in indegree.items() if degree > 0)
+        raise PartitionerError(f"the graph has a cycle through node {stuck[0]!r}.")
+    return order
+
+
+@dataclass(frozen=True)
+class CostArrays:
+    """The cost graph as index arrays (nodes in topological order) for the solvers and evaluators.
+
+    Tensors are listed once per (tensor, consumer) in `use_tensor`/`use_node`; `home` device of a graph
+    input is the source. `transfer_s[t, k, l]` is what sending tensor t from k to l costs (0 when k == l).
+    """
+
+    device_names: list[str]
+    node_names: list[str]
+    tensor_names: list[str]
+    time_s: np.ndarray  # (n, d)
+    memory_bytes: np.ndarray  # (n,)
+    memory_limit_bytes: np.ndarray  # (d,) inf when unlimited
+    pin: np.ndarray  # (n,) device index or -1
+    producer: np.ndarray  # (T,) node index or -1 (graph input)
+    tensor_bytes: np.ndarray  # (T,)
+    is_output: np.ndarray  # (T,) bool
+    use_tensor: np.ndarray  # (U,) tensor index of each (tensor, consumer) pair, consumers deduplicated
+    use_node: np.ndarray  # (U,) consumer node index
+    bandwidth_bps: np.ndarray  # (d, d), inf on the diagonal
+    latency_s: np.ndarray  # (d, d), 0 on the diagonal
+    source: int
+    sink: int
+    transfer_s: np.ndarray = field(repr=False)  # (T, d, d)
+
+    @property
+    def n_nodes(self) -> int:
+        return len(self.node_names)
+
+    @property
+    def n_devices(self) -> int:
+        return len(self.device_names)
+
+    @property
+    def n_tensors(self) -> int:
+        return len(self.tensor_names)
+
+    def allowed_devices(self, node: int) -> list[int]:
+        pin = int(self.pin[node])
+        return [pin] if pin >= 0 else list(range(self.n_devices))
+
+
+def to_arrays(graph: CostGraph) -> CostArrays:
+    """Index the (validated) graph: nodes in topological order, devices in the graph's order."""
+    device_names = list(graph.devices)
+    device_index = {name: i for i, name in enumerate(device_names)}
+    node_names = topological_order(graph)
+    node_index = {name: i for i, name in enumerate(node_names)}
+    nodes = [graph.nodes[name] for name in node_names]
+    d = len(device_names)
+    time_s = np.array([[node.time_s[device] for device in device_names] for node in nodes], dtype=float).reshape(len(nodes), d)
+    memory_bytes = np.array([node.memory_bytes for node in nodes], dtype=float)
+    pin = np.array([device_index[node.pin] if node.pin is not None else -1 for node in nodes], dtype=np.int64)
+    bandwidth_bps = np.full((d, d), np.inf)
+    latency_s = np.zeros((d, d))
+    for (a, b), link in graph.links.items():
+        for k, l in ((device_index[a], device_index[b]), (device_index[b], device_index[a])):
+            bandwidth_bps[k, l] = link.bandwidth_bps
+            latency_s[k, l] = link.latency_s
+    tensor_names = list(graph.tensors)
+    tensors = [graph.tensors[name] for name in tensor_names]
+    producer = np.array([node_index[t.producer] if t.producer is not None else -1 for t in tensors], dtype=np.int64)
+    tensor_bytes = np.array([t.bytes for t in tensors], dtype=float)
+    is_output = np.array([t.output for t in tensors], dtype=bool)
+    use_tensor, use_node = [], []
+    for index, tensor in enumerate(tensors):
+        for consumer in dict.fromkeys(tensor.consumers):
+            use_tensor.append(index)
+            use_node.append(node_index[consumer])
+    transfer_s = 8.0 * tensor_bytes[:, None, None] / bandwidth_bps[None, :, :] + latency_s[None, :, :]
+    return CostArrays(
+        device_names=device_names, node_names=node_names, tensor_names=tensor_names, time_s=time_s,
+        memory_bytes=memory_bytes,
+        memory_limit_bytes=np.array([graph.memory_limit_bytes(name) for name in device_names]),
+        pin=pin, producer=producer, tensor_bytes=tensor_bytes, is_output=is_output,
+        use_tensor=np.array(use_tensor, dtype=np.int64), use_node=np.array(use_node, dtype=np.int64),
+        bandwidth_bps=bandwidth_bps, latency_s=latency_s, source=device_index[graph.source],
+        sink=device_index[graph.sink], transfer_s=transfer_s,
+    )

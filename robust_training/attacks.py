@@ -1,0 +1,154 @@
+"""Byzantine attacks on the messages a parameter server receives, and who the adversaries are.
+
+An attack rewrites the adversarial rows of an (n, d) float64 message array and leaves the others alone.
+It acts on whatever the workers send: raw updates for plain aggregation, coded messages for the cyclic
+code (as in Draco), replicas for the repetition code. Attacks that need honest statistics (ALIE) compute
+them from the non-adversarial rows; adversaries are omniscient about those, as in the papers.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from statistics import NormalDist
+
+import numpy as np
+
+from robust_training.errors import TrainingError
+
+
+class Attack(ABC):
+    """One verb: replace the adversaries' messages."""
+
+    def apply(self, messages: np.ndarray, adversaries: list[int], rng: np.random.Generator) -> np.ndarray:
+        """A copy of `messages` with the rows in `adversaries` replaced by this attack's messages."""
+        attacked = np.array(messages, dtype=np.float64, copy=True)
+        if attacked.ndim != 2:
+            raise TrainingError(f"an attack needs an (n, d) message array, got shape {attacked.shape}.")
+        rows = np.asarray(sorted(set(adversaries)), dtype=int)
+        if rows.size and (rows.min() < 0 or rows.max() >= attacked.shape[0]):
+            raise TrainingError(f"adversary ids {rows.tolist()} fall outside 0..{attacked.shape[0] - 1}.")
+        if rows.size:
+            attacked[rows] = self._forge(attacked, rows, rng)
+        return attacked
+
+    @abstractmethod
+    def _forge(self, messages: np.ndarray, adversaries: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The (len(adversaries), d) messages the adversaries send instead of their true ones."""
+
+
+@dataclass
+class ReverseGradient(Attack):
+    """Send -scale times the true message (Draco's reference attack, scale 100)."""
+
+    scale: float = 100.0
+
+    def _forge(self, messages, adversaries, rng):
+        return -self.scale * messages[adversaries]
+
+
+@dataclass
+class Constant(Attack):
+    """Send the same constant in every coordinate (Draco's reference attack, -100)."""
+
+    value: float = -100.0
+
+    def _forge(self, messages, adversaries, rng):
+        return np.full((len(adversaries), messages.shape[1]), self.value)
+
+
+@dataclass
+class GaussianNoise(Attack):
+    """Send the true message plus i.i.d. N(0, std^2) noise in every coordinate."""
+
+    std: float = 1.0
+
+    def _forge(self, messages, adversaries, rng):
+        return messages[adversaries] + rng.normal(0.0, self.std, size=(len(adversaries), messages.shape[1]))
+
+
+@dataclass
+class SignFlip(Attack):
+    """Send the negated true message."""
+
+    def _forge(self, messages, adversaries, rng):
+        return -messages[adversaries]
+
+
+@dataclass
+class ALIE(Attack):
+    """"A little is enough" (Baruch et al., NeurIPS 2019): every adversary sends mean + z * std.
+
+    Mean and std are coordinate-wise over the honest rows. z=None uses the paper's z_max: with n workers
+    and f adversaries, s = floor(n / 2 + 1) - f honest workers must be swayed, and
+    z_max = Phi^{-1}((n - s) / n), the largest shift that stays within the honest spread for enough
+    workers that distance-based defences do not reject it. When that is not positive (f too small for
+    the formula) z = 1.0 is used.
+    """
+
+    z: float | None = None
+
+    def _forge(self, messages, adversaries, rng):
+        n_workers = messages.shape[0]
+        honest_mask = np.ones(n_workers, dtype=bool)
+        honest_mask[adversaries] = False
+        reference = messages[honest_mask] if honest_mask.any() else messages
+        shift = self.z if self.z is not None else alie_z_max(n_workers, len(adversaries))
+        forged = reference.mean(axis=0) + shift * reference.std(axis=0)
+        return np.broadcast_to(forged, (len(adversaries), messages.shape[1]))
+
+
+def alie_z_max(n_workers: int, n_adversaries: int) -> float:
+    """The ALIE paper's z_max for n workers and f adversaries (1.0 where the formula gives z <= 0)."""
+    n_swayed = math.floor(n_workers / 2 + 1) - n_adversaries
+    quantile = (n_workers - n_swayed) / n_workers
+    if not 0.5 < quantile < 1.0:
+        return 1.0
+    return NormalDist().inv_cdf(quantile)
+
+
+ATTACKS: dict[str, Callable[..., Attack]] = {
+    "reverse": ReverseGradient,
+    "constant": Constant,
+    "gaussian": GaussianNoise,
+    "alie": ALIE,
+    "signflip": SignFlip,
+}
+
+
+def make_attack(name: str, **parameters: float) -> Attack:
+    """The attack for a CLI name, with its parameters (e.g. scale=10 for "reverse")."""
+    if name not in ATTACKS:
+        raise TrainingError(f"unknown attack {name!r}; choose one of {', '.join(ATTACKS)}.")
+    return ATTACKS[name](**parameters)
+
+
+def choose_adversaries(n: int, s: int, rng: np.random.Generator) -> list[int]:
+    """s distinct worker ids out of n, sorted, drawn uniformly."""
+    if not 0 <= s <= n:
+        raise TrainingError(f"cannot choose {s} adversaries among {n} workers.")
+    return sorted(int(worker) for worker in rng.choice(n, size=s, replace=False))
+
+
+@dataclass(frozen=True)
+class AdversarySchedule:
+    """Which workers are adversarial in each round: the same set every round, or re-drawn per round.
+
+    Deterministic by seed: round t's set depends only on (seed, t), so a run can be replayed and two
+    runs that differ only in their defence face the same adversaries.
+    """
+
+    n: int
+    s: int
+    redraw: bool
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.s <= self.n:
+            raise TrainingError(f"cannot choose {self.s} adversaries among {self.n} workers.")
+
+    def for_round(self, t: int) -> list[int]:
+        key = [self.seed, t] if self.redraw else [self.seed]
+        return choose_adversaries(self.n, self.s, np.random.default_rng(key))

@@ -1,0 +1,88 @@
+"""What every gradient code offers: an assignment of partitions to workers, encode, decode.
+
+A code is the contract between workers and the parameter server (PS): each worker computes the updates of
+the partitions `partitions_of(worker)` and sends one d-vector `encode(...)`; the PS turns the n messages,
+some of them adversarial, into the exact SUM of all partitions' updates. The coded unit is one
+partition's update over a sync period, so nothing here depends on what produced it (one gradient or tau
+local steps) nor on d.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from robust_training.errors import TrainingError
+
+
+@dataclass
+class DecodeResult:
+    """The PS's view after decoding one round.
+
+    total: exact sum over all partitions of their updates, shape (d,).
+    flagged: ids of the workers whose messages the decoder found inconsistent (sorted).
+    """
+
+    total: np.ndarray
+    flagged: list[int] = field(default_factory=list)
+
+
+class Code(ABC):
+    """One verb each: assignment and encode run on workers, decode on the PS."""
+
+    n_workers: int
+    n_partitions: int
+    redundancy: int
+    max_adversaries: int  # s: adversarial workers the decode tolerates exactly
+
+    @abstractmethod
+    def partitions_of(self, worker: int) -> list[int]:
+        """Partition ids this worker computes, in the row order `encode` expects."""
+
+    @abstractmethod
+    def encode(self, worker: int, partition_updates: np.ndarray) -> np.ndarray:
+        """(len(partitions_of(worker)), d) updates -> the worker's (d,) message."""
+
+    @abstractmethod
+    def decode(self, messages: np.ndarray) -> DecodeResult:
+        """(n_workers, d) messages -> exact sum; raises DecodeError when that is impossible."""
+
+    def encode_all(self, partition_updates: np.ndarray) -> np.ndarray:
+        """(n_partitions, d) updates -> (n_workers, d) honest messages, as a simulator needs them.
+
+        Subclasses override it when one matrix product does the same faster.
+        """
+        updates = self._check_partition_updates(partition_updates)
+        return np.stack([self.encode(w, updates[self.partitions_of(w)]) for w in range(self.n_workers)])
+
+    # -- shared argument checks -------------------------------------------------------------------------
+
+    def _check_worker(self, worker: int) -> None:
+        if not 0 <= worker < self.n_workers:
+            raise TrainingError(f"worker id {worker} is outside 0..{self.n_workers - 1}.")
+
+    def _check_worker_updates(self, worker: int, partition_updates: np.ndarray) -> np.ndarray:
+        self._check_worker(worker)
+        updates = np.asarray(partition_updates, dtype=np.float64)
+        expected_rows = len(self.partitions_of(worker))
+        if updates.ndim != 2 or updates.shape[0] != expected_rows:
+            raise TrainingError(
+                f"worker {worker} must encode an array of shape ({expected_rows}, d), got {updates.shape}."
+            )
+        return updates
+
+    def _check_partition_updates(self, partition_updates: np.ndarray) -> np.ndarray:
+        updates = np.asarray(partition_updates, dtype=np.float64)
+        if updates.ndim != 2 or updates.shape[0] != self.n_partitions:
+            raise TrainingError(
+                f"expected partition updates of shape ({self.n_partitions}, d), got {updates.shape}."
+            )
+        return updates
+
+    def _check_messages(self, messages: np.ndarray) -> np.ndarray:
+        received = np.asarray(messages, dtype=np.float64)
+        if received.ndim != 2 or received.shape[0] != self.n_workers:
+            raise TrainingError(f"expected messages of shape ({self.n_workers}, d), got {received.shape}.")
+        return received

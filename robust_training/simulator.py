@@ -1,0 +1,253 @@
+"""Byzantine-robust DGD with P workers in one process: Draco's codes or a robust aggregator at the PS.
+
+One round, as a cluster would run it:
+1. The training data is split once into the code's partitions (IID or not); partition p is held by
+   every worker the code assigns it to. Each partition's update over one sync period (tau local steps
+   from the global model, mini-batches seeded by round and partition) is the coded unit. The
+   simulator computes each partition once, because its replicas would compute the same bits.
+2. Each update is scaled by P |D_p| / |D|, so the plain mean of the messages is DGD's size-weighted
+   synchronisation and the codes' exact sum divided by P is the same step.
+3. Worker w sends `code.encode(w, its partitions' updates)` (uncoded: its one partition's update);
+   the adversaries' messages are then corrupted by the attack (for the cyclic code: the coded message).
+4. The PS decodes the exact sum (`code.decode`) or aggregates the messages (`aggregator(messages, f=s)`)
+   and steps.
+
+Time model (DESIGN.md 5): a round lasts the slowest worker's measured compute (its partitions' local
+updates plus its encoding) + the PS's measured decode/aggregate + the modelled transfer, never the sum
+of all workers' compute. Transfer: each worker has its own link of `bandwidth_bps` to the PS and the
+links run in parallel, so a round moves one model down and one message up per link:
+(model_bytes + message_bytes) * 8 / bandwidth_bps. Compute of replicated partitions is charged to
+every worker that holds them (measured once, charged r times), which is Draco's price for exactness.
+All partitions are computed in one pass (vectorised with torch.func.vmap for the torch networks);
+the pass is timed as a whole and each partition is charged its share by batch size.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from robust_training.adaptive_tau import AdaptiveTau, TauEstimates
+from robust_training.aggregators import Aggregator, make_aggregator
+from robust_training.attacks import Attack, choose_adversaries, make_attack
+from robust_training.codes import Code, make_code
+from robust_training.data import Dataset, split_dataset
+from robust_training.dgd import PartitionUpdates, batch_rng, check_step_settings, local_updates
+from robust_training.errors import TrainingError
+from robust_training.losses import Objective
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """Everything that decides a run; with the same config and data a run is bit-for-bit repeatable."""
+
+    n_workers: int
+    rounds: int
+    lr: float
+    tau: int = 1
+    batch_size: int | None = None      # per partition and local step; None = full local gradient
+    code: str = "none"
+    redundancy: int = 1
+    aggregator: str = "mean"
+    n_adversaries: int = 0
+    attack: str = "reverse"
+    redraw_adversaries: bool = True    # Draco re-draws the adversaries every round
+    split: str = "iid"
+    unequal_sizes: bool = False
+    dirichlet_alpha: float = 0.5
+    adaptive_tau: bool = False
+    tau_max: int = 20
+    bandwidth_bps: float = 1e9
+    seed: int = 0
+    eval_every: int = 1
+    target_accuracy: float | None = None  # stop once the test accuracy reaches it
+
+    def validate(self) -> None:
+        check_step_settings(self.lr, self.tau, self.batch_size)
+        if self.n_workers < 1:
+            raise TrainingError(f"training needs at least one worker, got {self.n_workers}.")
+        if self.rounds < 1:
+            raise TrainingError(f"training needs at least one round, got {self.rounds}.")
+        if not 0 <= self.n_adversaries < self.n_workers:
+            raise TrainingError(f"the number of adversaries must lie in [0, {self.n_workers - 1}] for "
+                                f"{self.n_workers} workers, got {self.n_adversaries}.")
+        if self.bandwidth_bps <= 0:
+            raise TrainingError(f"the bandwidth must be positive, got {self.bandwidth_bps} bit/s.")
+        if self.eval_every < 1:
+            raise TrainingError(f"evaluation must happen every >= 1 rounds, got {self.eval_every}.")
+        if self.code == "none" and self.redundancy != 1:
+            raise TrainingError("a redundancy above 1 needs a code (--code repetition or cyclic).")
+        if self.code != "none" and self.aggregator != "mean":
+            raise TrainingError("a code decodes the exact sum, so --aggregator applies only with --code none.")
+
+    def build(self) -> tuple[Code | None, Aggregator | None, Attack | None]:
+        """The code (or the aggregator) and the attack this config names; bad names and sizes raise."""
+        code = make_code(self.code, self.n_workers, self.redundancy, seed=self.seed)
+        if code is not None and self.n_adversaries > code.max_adversaries:
+            raise TrainingError(f"a {self.code} code with redundancy {self.redundancy} cannot decode "
+                                f"{self.n_adversaries} adversaries: it needs redundancy >= "
+                                f"{2 * self.n_adversaries + 1} (r >= 2s + 1).")
+        aggregator = make_aggregator(self.aggregator) if code is None else None
+        attack = make_attack(self.attack) if self.n_adversaries else None
+        return code, aggregator, attack
+
+
+@dataclass
+class RoundRecord:
+    """One round as the PS saw it; times are seconds, `elapsed_s` the modelled wall time so far."""
+
+    round: int
+    tau: int
+    train_loss: float | None
+    test_accuracy: float | None
+    compute_s: float
+    aggregate_s: float
+    transfer_s: float
+    elapsed_s: float
+    adversaries: list[int]
+    flagged: list[int]
+
+    @property
+    def round_s(self) -> float:
+        return self.compute_s + self.aggregate_s + self.transfer_s
+
+
+@dataclass
+class SimulationResult:
+    """The trained model and the run's history."""
+
+    params: np.ndarray
+    records: list[RoundRecord]
+    partition_sizes: list[int]
+    tau_estimates: list[TauEstimates] = field(default_factory=list)
+
+    @property
+    def flagged(self) -> list[int]:
+        """Every worker the code found adversarial in some round."""
+        return sorted({worker for record in self.records for worker in record.flagged})
+
+    @property
+    def seconds(self) -> float:
+        return self.records[-1].elapsed_s if self.records else 0.0
+
+    def last_evaluated(self) -> RoundRecord:
+        return next(r for r in reversed(self.records) if r.test_accuracy is not None)
+
+    def history(self) -> list[dict]:
+        return [asdict(record) for record in self.records]
+
+
+class Simulator:
+    """Runs `SimulationConfig` on one objective and one train/test split."""
+
+    def __init__(self, objective: Objective, train: Dataset, test: Dataset, config: SimulationConfig) -> None:
+        config.validate()
+        self.code, self.aggregator, self.attack = config.build()
+        self.objective = objective
+        self.train = train
+        self.test = test
+        self.config = config
+        n_partitions = config.n_workers if self.code is None else self.code.n_partitions
+        self.partitions = split_dataset(train, n_partitions, config.split, seed=config.seed,
+                                        unequal=config.unequal_sizes, alpha=config.dirichlet_alpha)
+        sizes = np.array([len(p) for p in self.partitions], dtype=np.float64)
+        self.message_scale = n_partitions * sizes / sizes.sum()
+        self.adversary_rng = np.random.default_rng(np.random.SeedSequence([config.seed, 1]))
+        self.params0 = objective.initial_params(train.features, np.random.default_rng(np.random.SeedSequence([config.seed, 2])))
+
+    def run(self, on_round: Callable[[RoundRecord], None] | None = None) -> SimulationResult:
+        config = self.config
+        params = self.params0.copy()
+        records: list[RoundRecord] = []
+        controller = AdaptiveTau(config.tau, max(config.tau_max, config.tau)) if config.adaptive_tau else None
+        budget_s: float | None = None
+        tau = config.tau
+        elapsed_s = 0.0
+        adversaries = self._draw_adversaries()
+        for round_index in range(config.rounds):
+            if config.redraw_adversaries and round_index:
+                adversaries = self._draw_adversaries()
+            updates, partition_s = self._compute_partitions(params, round_index, tau, controller is not None)
+            # adaptive tau reads the unscaled deltas after the round; otherwise scale in place (no 360 MB copy)
+            scaled = updates.deltas.copy() if controller is not None else updates.deltas
+            scaled *= self.message_scale[:, None]
+            messages, worker_s = self._encode(scaled, partition_s)
+            if self.attack is not None:
+                messages = self.attack.apply(messages, adversaries, self.adversary_rng)
+            started = time.perf_counter()
+            step, flagged = self._combine(messages)
+            aggregate_s = time.perf_counter() - started
+            transfer_s = (messages.shape[1] * messages.itemsize + params.nbytes) * 8 / config.bandwidth_bps
+            compute_s = float(max(worker_s))
+            start_params = params
+            params = params + step
+            elapsed_s += compute_s + aggregate_s + transfer_s
+            record = RoundRecord(round_index + 1, tau, None, None, compute_s, aggregate_s, transfer_s, elapsed_s,
+                                 sorted(adversaries), sorted(flagged))
+            if (round_index + 1) % config.eval_every == 0 or round_index + 1 == config.rounds:
+                record.train_loss = self.objective.loss(params, self.train.features, self.train.labels)
+                record.test_accuracy = self.objective.accuracy(params, self.test.features, self.test.labels)
+            records.append(record)
+            if on_round is not None:
+                on_round(record)
+            if controller is not None:
+                step_s = compute_s / tau
+                if budget_s is None:
+                    budget_s = config.rounds * record.round_s
+                tau = controller.observe(start_params, updates, [len(p) for p in self.partitions], config.lr,
+                                         budget_s, step_s, aggregate_s + transfer_s)
+            if not np.all(np.isfinite(params)):
+                logger.warning("the model diverged to non-finite values in round %d; stopping", round_index + 1)
+                break
+            if (config.target_accuracy is not None and record.test_accuracy is not None
+                    and record.test_accuracy >= config.target_accuracy):
+                break
+        return SimulationResult(params, records, [len(p) for p in self.partitions],
+                                controller.log if controller is not None else [])
+
+    def _compute_partitions(self, params: np.ndarray, round_index: int, tau: int,
+                            probe: bool) -> tuple[PartitionUpdates, list[float]]:
+        """Every partition's update and its compute time. A vectorised pass over all partitions is
+        timed as a whole and shared out in proportion to the partitions' batch sizes."""
+        config = self.config
+        rngs = [batch_rng(config.seed, round_index, p) for p in range(len(self.partitions))]
+        started = time.perf_counter()
+        updates = local_updates(self.objective, params, self.partitions, config.lr, tau, config.batch_size, rngs,
+                                probe)
+        total_s = time.perf_counter() - started
+        work = np.array([len(p) if config.batch_size is None else min(config.batch_size, len(p))
+                         for p in self.partitions], dtype=np.float64)
+        return updates, list(total_s * work / work.sum())
+
+    def _draw_adversaries(self) -> list[int]:
+        if not self.config.n_adversaries:
+            return []
+        return list(choose_adversaries(self.config.n_workers, self.config.n_adversaries, self.adversary_rng))
+
+    def _encode(self, scaled: np.ndarray, partition_s: list[float]) -> tuple[np.ndarray, list[float]]:
+        """Each worker's message and its compute time: its partitions' updates plus its encoding.
+
+        Uncoded, worker w's message is row w of `scaled` itself (attacks return a new array). Coded, all
+        workers encode in one matrix product (`Code.encode_all`) whose time is shared out equally: each
+        worker combines the same number (r) of vectors.
+        """
+        if self.code is None:
+            return scaled, list(partition_s)
+        started = time.perf_counter()
+        messages = self.code.encode_all(scaled)
+        encode_s = (time.perf_counter() - started) / self.config.n_workers
+        return messages, [sum(partition_s[p] for p in self.code.partitions_of(w)) + encode_s
+                          for w in range(self.config.n_workers)]
+
+    def _combine(self, messages: np.ndarray) -> tuple[np.ndarray, list[int]]:
+        """The PS's step: the decoded exact sum over P partitions / P, or the robust aggregate."""
+        if self.code is None:
+            return self.aggregator(messages, self.config.n_adversaries), []
+        decoded = self.code.decode(messages)
+        return decoded.total / self.code.n_partitions, list(decoded.flagged)

@@ -1,0 +1,56 @@
+"""Shared fixtures.
+
+Bundled models: exporting one takes 1-6 s (torch's dynamo exporter), so every test gets them from one
+on-disk cache. Unless EDGECLOUD_CACHE is already set, it points at `.pytest_cache/d/edgecloud-models`
+for the whole session, so `partitioner.zoo.cached_model_path(name)` called anywhere in a test (or in a
+subprocess that inherits the environment) re-uses the files across tests and runs. Use either
+
+    def test_x(bundled_models):            # lazy mapping: a model is exported on first access only
+        path = bundled_models["resnet18"]
+
+or `cached_model_path("resnet18")` directly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import pytest
+
+from partitioner.zoo import MODEL_NAMES, cached_model_path
+
+
+class BundledModels(Mapping[str, Path]):
+    """Model name -> path of its exported ONNX file, exported on first access."""
+
+    def __getitem__(self, name: str) -> Path:
+        if name not in MODEL_NAMES:
+            raise KeyError(name)
+        return cached_model_path(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(MODEL_NAMES)
+
+    def __len__(self) -> int:
+        return len(MODEL_NAMES)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The directory the session's exported models live in (EDGECLOUD_CACHE)."""
+    if os.environ.get("EDGECLOUD_CACHE"):
+        yield Path(os.environ["EDGECLOUD_CACHE"])
+        return
+    cache = getattr(request.config, "cache", None)
+    directory = cache.mkdir("edgecloud-models") if cache is not None else tmp_path_factory.mktemp("models")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EDGECLOUD_CACHE", str(directory))
+        yield Path(directory)
+
+
+@pytest.fixture(scope="session")
+def bundled_models(model_cache_dir: Path) -> BundledModels:
+    """Lazy mapping of every bundled model name to its exported ONNX file."""
+    return BundledModels()

@@ -1,0 +1,245 @@
+"""The on-host profiler: every node of every model gets a time keyed by its canonical id, profile files
+round-trip and bad ones fail in one sentence; the CLI turns user mistakes into exit code 2."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+from typer.testing import CliRunner
+
+from devices.errors import DeviceError
+from devices.profiler import (
+    PROFILE_FORMAT,
+    ModelProfile,
+    ThreadTiming,
+    load_profile_file,
+    measure_model,
+    profile_model,
+    profile_threads,
+    random_inputs,
+)
+from devices.profiles import DeviceProfile
+from edgecloud.calibration import canonical_model, profile_samples, samples_from_times
+from edgecloud.cli.app import app
+from partitioner.graph import load_layer_graph
+from partitioner.onnx_names import unique_node_names
+from partitioner.zoo import MODEL_NAMES
+
+HOST = DeviceProfile("host", 1e11, 1e10, 2**30, 2, {"peak_flops": "test"})
+FAST = {"warmup": 1, "repeats": 3}
+
+
+def tiny_model(names: tuple[str, str, str] = ("relu", "const", "add")) -> onnx.ModelProto:
+    """x -> Relu -> Add(Constant) -> MatMul-free tiny graph with a dynamic batch and a Constant node."""
+    nodes = [
+        helper.make_node("Relu", ["x"], ["y"], name=names[0]),
+        helper.make_node("Constant", [], ["c"], name=names[1],
+                         value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])),
+        helper.make_node("Add", ["y", "c"], ["z"], name=names[2]),
+    ]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 8])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_every_node_is_timed_or_listed_untimed() -> None:
+    timing = measure_model(tiny_model(), threads=1, **FAST)
+    assert list(timing.node_times_s) == ["relu", "const", "add"]
+    # onnxruntime turns the Constant into an initializer: no kernel, so 0.0 and listed.
+    assert timing.untimed == ["const"] and timing.node_times_s["const"] == 0.0
+    assert timing.node_times_s["relu"] > 0 and timing.node_times_s["add"] > 0
+    assert timing.latency_s > 0
+
+
+def test_profile_model_reads_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "tiny.onnx"
+    onnx.save(tiny_model(), path)
+    assert set(profile_model(path, threads=2, **FAST)) == {"relu", "const", "add"}
+
+
+def test_names_must_be_canonical() -> None:
+    with pytest.raises(DeviceError, match="name_nodes_uniquely"):
+        measure_model(tiny_model(("", "const", "add")), **FAST)
+    with pytest.raises(DeviceError, match="empty or repeated"):
+        measure_model(tiny_model(("a", "a", "add")), **FAST)
+
+
+def test_bad_arguments_and_missing_files_raise_device_error(tmp_path: Path) -> None:
+    with pytest.raises(DeviceError, match="at least 1"):
+        measure_model(tiny_model(), threads=0)
+    with pytest.raises(DeviceError, match="does not exist"):
+        measure_model(tmp_path / "nothing.onnx")
+
+
+def test_random_inputs_fix_dynamic_dims_and_respect_types() -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["out"], name="g")], "g",
+        [helper.make_tensor_value_info("table", TensorProto.FLOAT, [4, "d"]),
+         helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)])
+    feeds = random_inputs(helper.make_model(graph), seed=3)
+    assert feeds["table"].shape == (4, 1) and feeds["table"].dtype == np.float32
+    assert feeds["ids"].shape == (1,) and feeds["ids"].dtype == np.int64 and set(feeds["ids"]) <= {0, 1}
+    np.testing.assert_array_equal(random_inputs(helper.make_model(graph), seed=3)["table"], feeds["table"])
+
+
+@pytest.fixture(scope="session")
+def bundled_profiles(bundled_models: Mapping[str, Path]) -> dict[str, ModelProfile]:
+    """Every bundled model profiled once, 1 and 2 threads, few repeats (correctness, not timing)."""
+    return {name: profile_threads(canonical_model(bundled_models[name]), str(bundled_models[name]), HOST, [1, 2],
+                                  **FAST)
+            for name in MODEL_NAMES}
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_profile_covers_every_node_of_every_bundled_model(name: str, bundled_models: Mapping[str, Path],
+                                                          bundled_profiles: dict[str, ModelProfile]) -> None:
+    graph = load_layer_graph(bundled_models[name])
+    for threads in (1, 2):
+        timing = bundled_profiles[name].timings[threads]
+        assert set(timing.node_times_s) == set(graph.dag.nodes)
+        assert all(t >= 0 for t in timing.node_times_s.values())
+        timed = [n for n, t in timing.node_times_s.items() if t > 0]
+        assert set(timed) | set(timing.untimed) == set(graph.dag.nodes)
+        assert timing.latency_s > 0
+
+
+def test_samples_carry_dag_features_and_fused_layers_sum_their_members(
+        bundled_models: Mapping[str, Path], bundled_profiles: dict[str, ModelProfile]) -> None:
+    profile = bundled_profiles["resnet18"]
+    times = profile.timings[1].node_times_s
+    plain = samples_from_times(load_layer_graph(bundled_models["resnet18"]), times)
+    assert len(plain) == len(times) and sum(s.flops for s in plain) > 10**8
+    fused = samples_from_times(load_layer_graph(bundled_models["resnet18"], fuse=True), times)
+    assert len(fused) < len(plain)
+    assert sum(s.time_s for s in fused) == pytest.approx(sum(times.values()))
+    with pytest.raises(DeviceError, match="no time for node"):
+        samples_from_times(load_layer_graph(bundled_models["mlp"]), times)
+
+
+def test_profile_file_round_trip(tmp_path: Path, bundled_profiles: dict[str, ModelProfile]) -> None:
+    path = tmp_path / "profile.json"
+    bundled_profiles["mlp"].save(path)
+    data = json.loads(path.read_text())
+    assert data["format"] == PROFILE_FORMAT and set(data["threads"]) == {"1", "2"}
+    loaded = load_profile_file(path)
+    assert loaded.timings == bundled_profiles["mlp"].timings
+    assert loaded.host == HOST and loaded.repeats == FAST["repeats"]
+
+
+def test_a_relative_model_path_is_relative_to_the_profile_file(tmp_path: Path) -> None:
+    folder = tmp_path / "profiles"
+    folder.mkdir()
+    (folder / "p.json").write_text(json.dumps(_valid_profile()))
+    assert Path(load_profile_file(folder / "p.json").model) == folder / "m.onnx"
+
+
+def _valid_profile() -> dict:  # type: ignore[type-arg]
+    timing = ThreadTiming(1, {"a": 1e-5, "b": 0.0}, ["b"], 2e-5)
+    return ModelProfile("m.onnx", HOST, {1: timing}, 1, 3).to_dict()
+
+
+@pytest.mark.parametrize(("corrupt", "message"), [
+    (lambda d: d.update(format="nope"), "is not an edgecloud profile"),
+    (lambda d: d.pop("host"), "missing key"),
+    (lambda d: d["threads"].update({"1": {"a": -1.0}}), "non-negative number"),
+    (lambda d: d["threads"].update({"1": {"a": "slow"}}), "non-negative number"),
+    (lambda d: d["threads"].update({"x": {}}), "not a positive whole number"),
+    (lambda d: d["host"].update(peak_flops=-5), "must be positive"),
+    (lambda d: d["untimed"].update({"1": ["not-a-node"]}), "must list nodes"),
+    (lambda d: d["settings"].update(repeats="many"), "whole numbers"),
+])
+def test_bad_profile_files_raise_one_sentence(tmp_path: Path, corrupt, message: str) -> None:  # type: ignore[no-untyped-def]
+    data = _valid_profile()
+    corrupt(data)
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(DeviceError, match=message):
+        load_profile_file(path)
+    path.write_text("{truncated")
+    with pytest.raises(DeviceError, match="not valid JSON"):
+        load_profile_file(path)
+
+
+runner = CliRunner()
+
+
+def _single_error_line(output: str) -> str:
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1, output
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def test_cli_profile_of_a_missing_model_exits_2_with_one_line(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["profile", str(tmp_path / "missing.onnx"), "-o", str(tmp_path / "x.json")])
+    assert result.exit_code == 2
+    assert "does not exist" in _single_error_line(result.output)
+
+
+def test_cli_profile_of_a_corrupt_model_exits_2(tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"\x08\x07 this is not protobuf")
+    result = runner.invoke(app, ["profile", str(corrupt), "-o", str(tmp_path / "x.json")])
+    assert result.exit_code == 2
+    _single_error_line(result.output)
+
+
+def test_cli_profile_canonicalises_names_and_writes_a_loadable_file(tmp_path: Path) -> None:
+    model = tiny_model(("", "", "same"))
+    model.graph.node[1].name = "same"  # empty and repeated names: the CLI canonicalises them
+    source = tmp_path / "unnamed.onnx"
+    onnx.save(model, source)
+    output = tmp_path / "profile.json"
+    result = runner.invoke(app, ["profile", str(source), "-o", str(output), "--threads", "1",
+                                 "--warmup", "1", "--repeats", "2"])
+    assert result.exit_code == 0, result.output
+    profile = load_profile_file(output)
+    assert list(profile.timings) == [1]
+    assert list(profile.timings[1].node_times_s) == unique_node_names(tiny_model(("", "same", "same")).graph.node)
+    assert Path(profile.model) == source.resolve()
+
+
+def test_cli_profile_to_an_unwritable_path_exits_2(tmp_path: Path) -> None:
+    source = tmp_path / "tiny.onnx"
+    onnx.save(tiny_model(), source)
+    result = runner.invoke(app, ["profile", str(source), "-o", str(tmp_path / "no" / "such" / "dir.json"),
+                                 "--threads", "1", "--warmup", "0", "--repeats", "1"])
+    assert result.exit_code == 2
+    assert "cannot write profile file" in _single_error_line(result.output)
+
+
+def test_cli_profiles_a_bundled_model_by_name(tmp_path: Path, bundled_models: Mapping[str, Path]) -> None:
+    output = tmp_path / "mlp.json"
+    result = runner.invoke(app, ["profile", "mlp", "-o", str(output), "--threads", "2", "--repeats", "2"])
+    assert result.exit_code == 0, result.output
+    profile = load_profile_file(output)
+    assert Path(profile.model) == bundled_models["mlp"].resolve()
+    assert list(profile.timings) == [2] and len(profile.timings[2].node_times_s) == 5
+
+
+def test_cli_predictor_fit_on_a_corrupt_profile_exits_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "edgecloud.profile/1", "model": "m.onnx"}')
+    result = runner.invoke(app, ["predictor", "fit", str(bad), "-o", str(tmp_path / "p.json")])
+    assert result.exit_code == 2
+    assert "missing key" in _single_error_line(result.output)
+
+
+def test_cli_predictor_fit_on_profile_files(tmp_path: Path, bundled_profiles: dict[str, ModelProfile]) -> None:
+    paths = [tmp_path / f"{name}.json" for name in ("chain", "mlp")]
+    for name, path in zip(("chain", "mlp"), paths):
+        bundled_profiles[name].save(path)
+    output = tmp_path / "predictor.json"
+    result = runner.invoke(app, ["predictor", "fit", *map(str, paths), "-o", str(output), "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    fitted = json.loads(output.read_text())
+    assert {"Conv", "Gemm", "Relu"} <= set(fitted["op_types"])
+    assert fitted["fitted_on"]["threads"] == 1
+    assert len(profile_samples(load_profile_file(paths[0]), 1)) == len(bundled_profiles["chain"].timings[1].node_times_s)

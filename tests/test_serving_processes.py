@@ -1,0 +1,85 @@
+"""Agents as separate `edgecloud agent` processes, started from a plan file, against both brokers:
+answers equal the unsplit model, `edgecloud infer` works, a SIGKILLed cloud agent makes the edge fall
+back within the deadline, and SIGTERM stops an agent cleanly."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from broker_fixtures import broker  # noqa: F401  (session fixture, parametrized over both brokers)
+from typer.testing import CliRunner
+
+from edgecloud.agent_processes import AgentProcesses
+from edgecloud.cli.app import app
+from edgecloud.client import InferenceClient
+from edgecloud.stage_runner import make_session
+from partitioner.onnx_names import name_nodes_uniquely
+from partitioner.split import cached_split
+
+
+def write_plan(model_path: Path, folder: Path) -> Path:
+    """A plan in the documented format (INTERFACES.md): edge, cloud, edge, cloud over the node order."""
+    node_ids = name_nodes_uniquely(onnx.load(str(model_path)).graph)
+    size = -(-len(node_ids) // 4)
+    placement = {node: ("edge", "cloud")[position // size % 2] for position, node in enumerate(node_ids)}
+    plan = {
+        "format": "edgecloud.plan/1", "model": str(model_path), "objective": "latency",
+        "devices": {"edge": {}, "cloud": {}},
+        "links": [{"from": "edge", "to": "cloud", "bandwidth_bps": 2e7, "latency_s": 0.01}],
+        "source": "edge", "sink": "edge", "placement": placement, "predicted_s": 0.0,
+        "breakdown": {"compute_s": {"edge": 0.0, "cloud": 0.0}, "transfer_s": {}},
+        "crossing_tensors": [], "baselines": {}, "solver": {"name": "test", "status": "given", "time_s": 0.0, "gap": 0.0},
+    }
+    path = folder / "plan.json"
+    path.write_text(json.dumps(plan))
+    return path
+
+
+def test_agent_processes_serve_fall_back_and_stop_cleanly(bundled_models, broker, tmp_path: Path) -> None:  # noqa: F811
+    model_path = bundled_models["resnet18"]
+    plan_path = write_plan(model_path, tmp_path)
+    manifest = cached_split(plan_path)  # the agents find this split in the cache beside the plan
+    assert cached_split(plan_path).directory == manifest.directory
+    reference = make_session(str(model_path))
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    expected = reference.run(None, {"input": x})[0]
+    deployment = f"p{uuid.uuid4().hex[:8]}"
+    agents = AgentProcesses(plan_path, ["edge", "cloud"], broker.url, deployment, log_level="INFO")
+    with agents:
+        with InferenceClient(plan_path, broker.url, deployment=deployment) as client:
+            result = client.infer(x, deadline_s=10.0)
+            assert not result.fell_back
+            np.testing.assert_allclose(result.outputs["output"], expected, rtol=1e-5, atol=1e-5)
+
+            np.save(tmp_path / "x.npy", x)
+            outcome = CliRunner().invoke(app, ["infer", "--plan", str(plan_path), "--input", str(tmp_path / "x.npy"),
+                                               "--broker", broker.url, "--deployment", deployment,
+                                               "-o", str(tmp_path / "y.npy"), "--deadline", "10s"])
+            assert outcome.exit_code == 0, outcome.output
+            np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, rtol=1e-5, atol=1e-5)
+
+            agents.kill("cloud")
+            deadline_s = 1.5
+            started_s = time.monotonic()
+            result = client.infer(x, deadline_s=deadline_s)
+            assert time.monotonic() - started_s < deadline_s
+            assert result.fell_back
+            np.testing.assert_allclose(result.outputs["output"], expected, rtol=1e-5, atol=1e-5)
+        edge_log = agents.log_text("edge")
+        codes = agents.stop()
+    assert codes["edge"] == 0, edge_log
+    assert "fell back" in edge_log
+    assert all(not Path(f"/proc/{pid}").exists() for pid in agents.pids)
+
+
+def test_agent_with_an_unknown_device_fails_with_one_line(bundled_models, broker, tmp_path: Path) -> None:  # noqa: F811
+    plan_path = write_plan(bundled_models["mlp"], tmp_path)
+    outcome = CliRunner().invoke(app, ["agent", "--plan", str(plan_path), "--device", "moon", "--broker", broker.url])
+    assert outcome.exit_code == 2
+    assert "device 'moon' is not in the plan" in outcome.output

@@ -1,0 +1,189 @@
+"""Splitting a model into per-device stages: the pieces run in order give the whole model's outputs."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper
+
+from edgecloud.stage_runner import make_session, run_split
+from partitioner.errors import PartitionerError
+from partitioner.manifest import SplitManifest, load_manifest
+from partitioner.onnx_names import name_nodes_uniquely
+from partitioner.split import split_model
+from partitioner.zoo import MODEL_NAMES, cached_model_path
+
+DEVICES = ("edge", "cloud")
+
+
+def _example_inputs(manifest: SplitManifest, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {spec.name: rng.standard_normal([size if isinstance(size, int) else 1 for size in spec.shape])
+            .astype(spec.dtype) for spec in manifest.graph_inputs}
+
+
+def _reference(model_path: Path | str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    session = make_session(str(model_path))
+    names = [item.name for item in session.get_outputs()]
+    return dict(zip(names, session.run(names, inputs)))
+
+
+def _assert_split_matches(model_path: Path | str, manifest: SplitManifest) -> None:
+    inputs = _example_inputs(manifest)
+    expected = _reference(model_path, inputs)
+    actual = run_split(manifest, inputs)
+    assert set(actual) == set(expected)
+    for name, value in expected.items():
+        np.testing.assert_allclose(actual[name], value, rtol=1e-5, atol=1e-5)
+
+
+def _node_ids(model_path: Path | str) -> list[str]:
+    return name_nodes_uniquely(onnx.load(str(model_path)).graph)
+
+
+def _bouncing(node_ids: list[str], runs: int) -> dict[str, str]:
+    """Consecutive runs of nodes alternating edge, cloud, edge, cloud...: a device visited repeatedly."""
+    size = -(-len(node_ids) // runs)
+    return {node: DEVICES[position // size % 2] for position, node in enumerate(node_ids)}
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_random_and_bouncing_placements_reproduce_every_bundled_model(name: str, tmp_path: Path) -> None:
+    model_path = cached_model_path(name)
+    node_ids = _node_ids(model_path)
+    rng = random.Random(7)
+    placements = {
+        "random": {node: rng.choice(DEVICES) for node in node_ids},
+        "bounce": _bouncing(node_ids, runs=4),
+    }
+    for label, placement in placements.items():
+        manifest = split_model(model_path, placement, "edge", "edge", tmp_path / label, devices=DEVICES)
+        for stage in manifest.stages:
+            onnx.checker.check_model(onnx.load(str(manifest.stage_path(stage))), full_check=True)
+            assert {placement[node] for node in stage.nodes} == {stage.device}
+        assert sorted(node for stage in manifest.stages for node in stage.nodes) == sorted(node_ids)
+        _assert_split_matches(model_path, manifest)
+
+
+def test_bouncing_placement_visits_each_device_twice(tmp_path: Path) -> None:
+    model_path = cached_model_path("chain")
+    manifest = split_model(model_path, _bouncing(_node_ids(model_path), runs=4), "edge", "edge", tmp_path)
+    assert [stage.device for stage in manifest.stages] == ["edge", "cloud", "edge", "cloud"]
+    assert [stage.index for stage in manifest.stages_of("cloud")] == [1, 3]
+    last = manifest.stages[-1]
+    assert [item.to_sink for item in last.outputs] == [True]
+    assert manifest.sink_inputs[0].origin is not None and manifest.sink_inputs[0].origin.stage == 3
+
+
+def test_device_without_nodes_is_source_and_sink_only(tmp_path: Path) -> None:
+    model_path = cached_model_path("mlp")
+    placement = {node: "cloud" for node in _node_ids(model_path)}
+    manifest = split_model(model_path, placement, "edge", "edge", tmp_path, devices=DEVICES)
+    assert manifest.devices == ["edge", "cloud"]
+    assert manifest.stages_of("edge") == []
+    assert [ref.device for item in manifest.source_outputs for ref in item.destinations] == ["cloud"]
+    assert manifest.sink_inputs[0].origin is not None and manifest.sink_inputs[0].origin.device == "cloud"
+    assert load_manifest(tmp_path).to_dict()["devices"] == {"edge": {"stages": []}, "cloud": {"stages": [0]}}
+    _assert_split_matches(model_path, manifest)
+
+
+def test_parallel_branches_on_two_devices_make_one_stage_each(tmp_path: Path) -> None:
+    """Inception's branches alternate in the exporter's node order; the device-sticky order groups them."""
+    model_path = cached_model_path("inception")
+    model = onnx.load(str(model_path))
+    node_ids = name_nodes_uniquely(model.graph)
+    concat = next(node for node in model.graph.node if node.op_type == "Concat")
+    consumers: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers[name] = consumers.get(name, 0) + 1
+    fan_out = next(name for name, count in consumers.items() if count == 4)  # the block's input
+    producer = {output: node for node in model.graph.node for output in node.output}
+    # The first branch: ancestors of Concat's first input, back to (not including) the fan-out tensor.
+    branch: set[str] = set()
+    frontier = [concat.input[0]]
+    while frontier:
+        name = frontier.pop()
+        if name != fan_out and name in producer and producer[name].name not in branch:
+            branch.add(producer[name].name)
+            frontier.extend(producer[name].input)
+    after = set(node_ids[node_ids.index(concat.name):])
+    placement = {node: "cloud" if node in branch | after else "edge" for node in node_ids}
+    manifest = split_model(model_path, placement, "edge", "edge", tmp_path)
+    assert [stage.device for stage in manifest.stages] == ["edge", "cloud"]
+    _assert_split_matches(model_path, manifest)
+
+
+def test_manifest_round_trips_through_json(tmp_path: Path) -> None:
+    model_path = cached_model_path("resnet18")
+    rng = random.Random(3)
+    placement = {node: rng.choice(DEVICES) for node in _node_ids(model_path)}
+    manifest = split_model(model_path, placement, "edge", "cloud", tmp_path, plan_sha256="abc")
+    loaded = load_manifest(tmp_path)
+    assert loaded.to_dict() == manifest.to_dict()
+    assert loaded.model_path() == Path(model_path).resolve()
+    assert loaded.sink == "cloud" and loaded.plan_sha256 == "abc"
+
+
+def test_placement_missing_a_node_is_refused(tmp_path: Path) -> None:
+    model_path = cached_model_path("mlp")
+    placement = dict.fromkeys(_node_ids(model_path)[1:], "edge")
+    with pytest.raises(PartitionerError, match="no device"):
+        split_model(model_path, placement, "edge", "edge", tmp_path)
+
+
+def test_corrupt_manifest_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "manifest.json").write_text('{"format": "edgecloud.split/1", "stages": []}')
+    with pytest.raises(PartitionerError, match="malformed"):
+        load_manifest(tmp_path)
+
+
+def _diamond_with_if_model() -> onnx.ModelProto:
+    """x -> a=Relu(x); b=Neg(x); c=Add(a,b); If(cond) whose branches read `c` from the outer scope;
+    plus a graph output that is the graph input itself. Covers DAG joins, control flow and pass-through."""
+    then_branch = helper.make_graph([helper.make_node("Abs", ["c"], ["then_out"], name="then_abs")], "then", [],
+                                    [helper.make_tensor_value_info("then_out", TensorProto.FLOAT, [2, 3])])
+    else_branch = helper.make_graph([helper.make_node("Sigmoid", ["c"], ["else_out"], name="else_sig")], "else",
+                                    [], [helper.make_tensor_value_info("else_out", TensorProto.FLOAT, [2, 3])])
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a"], name="relu"),
+        helper.make_node("Neg", ["x"], ["b"], name="neg"),
+        helper.make_node("Add", ["a", "b"], ["c"], name="add"),
+        helper.make_node("ReduceSum", ["c"], ["s"], name="sum", keepdims=0),
+        helper.make_node("Greater", ["s", "zero"], ["cond"], name="greater"),
+        helper.make_node("If", ["cond"], ["branched"], name="if", then_branch=then_branch, else_branch=else_branch),
+        helper.make_node("Mul", ["branched", "a"], ["y"], name="mul"),
+    ]
+    graph = helper.make_graph(
+        nodes, "diamond",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3]),
+         helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(devices=st.lists(st.sampled_from(("edge", "cloud", "fog")), min_size=7, max_size=7),
+       sink=st.sampled_from(("edge", "cloud")))
+def test_any_placement_of_a_dag_with_control_flow_reproduces_it(devices: list[str], sink: str,
+                                                                tmp_path_factory: pytest.TempPathFactory) -> None:
+    model = _diamond_with_if_model()
+    model_path = tmp_path_factory.mktemp("diamond") / "diamond.onnx"
+    onnx.save(model, str(model_path))
+    placement = dict(zip((node.name for node in model.graph.node), devices))
+    manifest = split_model(model_path, placement, "edge", sink, model_path.parent / "split")
+    if_stage = next(stage for stage in manifest.stages if "if" in stage.nodes)
+    if "add" not in if_stage.nodes:  # the If body reads `c` from the outer scope: it must be a stage input
+        assert "c" in [item.tensor for item in if_stage.inputs]
+    stage_order = {stage.index: position for position, stage in enumerate(manifest.stages)}
+    for stage in manifest.stages:
+        for item in stage.inputs:
+            assert item.origin is None or stage_order[item.origin.stage] < stage_order[stage.index]
+    _assert_split_matches(model_path, manifest)

@@ -1,0 +1,88 @@
+"""Mosquitto with TLS, per-device passwords and an ACL: identities are enforced by the broker."""
+
+from __future__ import annotations
+
+import queue
+import time
+from urllib.parse import quote
+
+import pytest
+from broker_fixtures import broker_factory, self_signed_tls  # noqa: F401  (fixtures)
+
+from edgecloud.broker import MQTT_PACKET_OVERHEAD_BYTES, MosquittoBroker, TlsFiles, device_acl
+from edgecloud.errors import TransportError
+from edgecloud.mqtt import MqttTransport, device_topic
+from edgecloud.wire import Message
+
+DEPLOYMENT = "secure"
+PASSWORDS = {"edge": "edge-secret", "cloud": "cloud-secret", "client": "client:secret@1"}
+QUIET_PERIOD_S = 0.5
+
+
+@pytest.fixture(scope="module")
+def secure_broker(self_signed_tls):  # noqa: F811
+    cert, key = self_signed_tls
+    acl = device_acl(DEPLOYMENT, devices=["edge", "cloud"], clients=["client"])
+    with MosquittoBroker(passwords=PASSWORDS, acl=acl, tls=TlsFiles(certfile=cert, keyfile=key)) as broker:
+        yield broker, cert
+
+
+def secure_url(broker: MosquittoBroker, cert, user: str, password: str) -> str:
+    return f"mqtts://{quote(user, safe='')}:{quote(password, safe='')}@{broker.host}:{broker.port}?ca={cert}"
+
+
+def test_acl_gives_each_identity_its_own_inbox_to_read() -> None:
+    acl = device_acl("dep", devices=["edge", "cloud"], clients=["client"])
+    blocks = {block.splitlines()[0]: block.splitlines()[1:] for block in acl.strip().split("\n\n")}
+    assert set(blocks) == {"user edge", "user cloud", "user client"}
+    assert [line for line in blocks["user edge"] if line.startswith("topic read")] == ["topic read edgecloud/dep/edge/in"]
+    assert "topic write edgecloud/dep/cloud/in" in blocks["user edge"]
+    assert not any("#" in line or "+" in line for line in acl.splitlines())
+
+
+def test_tls_with_passwords_carries_messages_and_acl_hides_other_inboxes(secure_broker) -> None:
+    broker, cert = secure_broker
+    seen: queue.Queue[tuple[str, str]] = queue.Queue()
+    with (MqttTransport(secure_url(broker, cert, "edge", PASSWORDS["edge"]), "edge") as edge,
+          MqttTransport(secure_url(broker, cert, "client", PASSWORDS["client"]), "client") as client,
+          MqttTransport(secure_url(broker, cert, "cloud", PASSWORDS["cloud"]), "cloud") as cloud):
+        assert broker.url.startswith("mqtts://")
+        edge.subscribe_messages(device_topic(DEPLOYMENT, "edge"), lambda m, _: seen.put(("edge", m.request_id)))
+        # the edge also tries to read the cloud's inbox: the broker must not deliver that to it
+        edge.subscribe_messages(device_topic(DEPLOYMENT, "cloud"), lambda m, _: seen.put(("edge-spy", m.request_id)))
+        cloud.subscribe_messages(device_topic(DEPLOYMENT, "cloud"), lambda m, _: seen.put(("cloud", m.request_id)))
+        client.publish_message(device_topic(DEPLOYMENT, "edge"), Message("request", "to-edge", "client"))
+        client.publish_message(device_topic(DEPLOYMENT, "cloud"), Message("request", "to-cloud", "client"))
+        received = {seen.get(timeout=10.0), seen.get(timeout=10.0)}
+        time.sleep(QUIET_PERIOD_S)
+        assert seen.empty(), f"the ACL let through {seen.get()}"
+    assert received == {("edge", "to-edge"), ("cloud", "to-cloud")}
+
+
+@pytest.mark.parametrize(("user", "password", "scheme"), [
+    ("edge", "wrong", "mqtts"),     # bad password
+    (None, None, "mqtts"),          # anonymous
+    ("edge", "edge-secret", "mqtt"),  # plain MQTT to the TLS listener
+])
+def test_broker_refuses_bad_credentials_and_plain_connections(secure_broker, user, password, scheme) -> None:
+    broker, cert = secure_broker
+    credentials = f"{user}:{password}@" if user else ""
+    query = f"?ca={cert}" if scheme == "mqtts" else ""
+    url = f"{scheme}://{credentials}{broker.host}:{broker.port}{query}"
+    with pytest.raises(TransportError, match="refused"):
+        MqttTransport(url, user or "anonymous").connect()
+
+
+def test_mosquitto_drops_packets_above_the_configured_limit(broker_factory) -> None:
+    broker = broker_factory("mosquitto", max_message_bytes=1024)
+    seen: queue.Queue[bytes] = queue.Queue()
+    with MqttTransport(broker.url, "receiver") as receiver:
+        receiver.subscribe("limit/test", lambda payload, _: seen.put(payload))
+        with MqttTransport(broker.url, "sender") as sender:
+            sender.publish("limit/test", b"x" * (broker.max_message_bytes + MQTT_PACKET_OVERHEAD_BYTES + 1))
+            time.sleep(QUIET_PERIOD_S)
+        assert seen.empty()
+        with MqttTransport(broker.url, "sender2") as sender:
+            sender.publish("limit/test", b"small")
+            assert seen.get(timeout=10.0) == b"small"
+
