@@ -27,7 +27,8 @@ from devices.host import host_profile, measure_host
 from devices.predictor import HeldOutResult, LatencyPredictor, leave_one_model_out, relative_errors, shipped_predictor
 from devices.profiler import ModelProfile, load_profile_file
 from devices.profiles import DeviceProfile, catalogue
-from edgecloud.calibration import profile_bundled_models, profile_samples
+from edgecloud.calibration import predicted_node_times_s, profile_bundled_models, profile_samples
+from partitioner.graph import load_layer_graph
 from partitioner.zoo import MODEL_NAMES
 
 RESULTS = Path(__file__).parent / "results"
@@ -79,16 +80,18 @@ def main() -> None:
     report: dict[str, object] = {"hosts": {str(t): h.to_dict() for t, h in hosts.items()},
                                  "settings": vars(args)}
 
-    measured = Table(title="profiled latency on this host (median of runs, ms)")
-    for column in ("model", "nodes", *(f"{t} thr: model" for t in thread_counts),
+    measured = Table(title="profiled on this host: whole-model latency and sum of per-node medians (ms)")
+    for column in ("model", "nodes", "MFLOP", *(f"{t} thr: model" for t in thread_counts),
                    *(f"{t} thr: sum of nodes" for t in thread_counts)):
         measured.add_column(column, justify="right")
     report["profiled"] = {}
     for name, profile in profiles.items():
         timings = [profile.timings[t] for t in thread_counts]
-        measured.add_row(name, str(len(timings[0].node_times_s)), *(f"{x.latency_s * 1e3:.3f}" for x in timings),
+        flops = sum(s.flops for s in samples[all_cpus][name])
+        measured.add_row(name, str(len(timings[0].node_times_s)), f"{flops / 1e6:.1f}",
+                         *(f"{x.latency_s * 1e3:.3f}" for x in timings),
                          *(f"{sum(x.node_times_s.values()) * 1e3:.3f}" for x in timings))
-        report["profiled"][name] = {str(x.threads): {"latency_s": x.latency_s, "nodes_sum_s": sum(x.node_times_s.values()),
+        report["profiled"][name] = {"flops": flops} | {str(x.threads): {"latency_s": x.latency_s, "nodes_sum_s": sum(x.node_times_s.values()),
                                                      "untimed": len(x.untimed)} for x in timings}
     console.print(measured)
 
@@ -136,10 +139,10 @@ def main() -> None:
     for device in devices:
         table.add_column(device, justify="right")
     report["catalogue_estimates_s"] = {}
-    for name in MODEL_NAMES:
-        group = samples[all_cpus][name]
-        estimates = {device_name: sum(predictor.predict(s.op_type, s.flops, s.bytes_moved, s.param_bytes, device)
-                                      for s in group) for device_name, device in devices.items()}
+    for name, profile in profiles.items():
+        graph = load_layer_graph(profile.model)
+        estimates = {device_name: sum(predicted_node_times_s(graph, predictor, device).values())
+                     for device_name, device in devices.items()}
         report["catalogue_estimates_s"][name] = estimates
         table.add_row(name, *(f"{estimates[d] * 1e3:.3f}" for d in devices))
     console.print(table)

@@ -48,7 +48,8 @@ TARGET_SMALL_S = 1e-3
 TARGET_RATIO_LARGE = 3.0
 PATHS = ("raw TCP hop", "Mosquitto", "embedded amqtt")
 
-RoundTrip = Callable[[Message], None]
+RoundTrip = Callable[[], None]
+Prepare = Callable[[Message], RoundTrip]  # what a path does before timing starts, e.g. framing
 
 
 def activation(size_bytes: int) -> Message:
@@ -117,41 +118,46 @@ def child(target: Callable[..., None], *args: object) -> Iterator[multiprocessin
 # -- pingers --------------------------------------------------------------------------------------
 
 @contextmanager
-def tcp_pinger() -> Iterator[RoundTrip]:
+def tcp_pinger() -> Iterator[Prepare]:
+    """The floor: the encoded bytes framed once up front, then only sendall and recv_into are timed."""
     port = free_tcp_port()
     with child(echo_tcp, port), socket.create_connection(("127.0.0.1", port)) as connection:
         connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-        def round_trip(message: Message) -> None:
-            payload = encode(message)  # outside the timing would be fairer still; it is tiny next to the hop
-            connection.sendall(LENGTH.pack(len(payload)) + payload)
-            recv_exactly(connection, memoryview(bytearray(LENGTH.size + len(payload))))
+        def prepare(message: Message) -> RoundTrip:
+            payload = encode(message)
+            frame = LENGTH.pack(len(payload)) + payload
+            answer = memoryview(bytearray(len(frame)))
+            return lambda: (connection.sendall(frame), recv_exactly(connection, answer))
 
-        yield round_trip
+        yield prepare
 
 
 @contextmanager
-def mqtt_pinger(url: str) -> Iterator[RoundTrip]:
+def mqtt_pinger(url: str) -> Iterator[Prepare]:
+    """Our client end to end: encode, publish, broker, the echo's decode/encode, broker, decode."""
     replies: queue.Queue[Message] = queue.Queue()
     with child(echo_mqtt, url), MqttTransport(url, "bench-pinger") as pinger:
         pinger.subscribe_messages(PONG_TOPIC, lambda message, _: replies.put(message))
 
-        def round_trip(message: Message) -> None:
-            pinger.publish_message(PING_TOPIC, message)
-            reply = replies.get(timeout=REPLY_TIMEOUT_S)
-            if reply.tensors["x"].nbytes != message.tensors["x"].nbytes:
-                raise RuntimeError("the echo returned a different tensor")
+        def prepare(message: Message) -> RoundTrip:
+            def round_trip() -> None:
+                pinger.publish_message(PING_TOPIC, message)
+                reply = replies.get(timeout=REPLY_TIMEOUT_S)
+                if reply.tensors["x"].nbytes != message.tensors["x"].nbytes:
+                    raise RuntimeError("the echo returned a different tensor")
+            return round_trip
 
-        yield round_trip
+        yield prepare
 
 
-def one_way_samples(round_trip: RoundTrip, message: Message, repeats: int) -> list[float]:
+def one_way_samples(round_trip: RoundTrip, repeats: int) -> list[float]:
     for _ in range(WARMUP):
-        round_trip(message)
+        round_trip()
     samples = []
     for _ in range(repeats):
         start = time.perf_counter()
-        round_trip(message)
+        round_trip()
         samples.append((time.perf_counter() - start) / 2)
     return samples
 
@@ -173,10 +179,13 @@ def target_of(size: int, raw_s: float, mosquitto_s: float) -> tuple[str, bool | 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--repeats-scale", type=float, default=1.0, help="multiply the default repeat counts")
+    parser.add_argument("--sizes", type=lambda text: [int(size) for size in text.split(",")], default=list(SIZES_BYTES),
+                        help="comma-separated activation sizes in bytes (default: 10 KB, 100 KB, 1 MB, 10 MB)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "transport.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    per_round = {size: max(2, round(count * args.repeats_scale / ROUNDS)) for size, count in REPEATS.items()}
+    sizes: list[int] = args.sizes
+    per_round = {size: max(2, round(REPEATS.get(size, 20) * args.repeats_scale / ROUNDS)) for size in sizes}
 
     from rich.console import Console
     from rich.progress import Progress
@@ -184,7 +193,7 @@ def main() -> None:
 
     console = Console()
     load_before = os.getloadavg()
-    samples: dict[str, dict[int, list[float]]] = {path: {size: [] for size in SIZES_BYTES} for path in PATHS}
+    samples: dict[str, dict[int, list[float]]] = {path: {size: [] for size in sizes} for path in PATHS}
     with ExitStack() as stack:
         mosquitto = stack.enter_context(MosquittoBroker())
         embedded = stack.enter_context(EmbeddedBrokerProcess())
@@ -192,13 +201,13 @@ def main() -> None:
                    "Mosquitto": stack.enter_context(mqtt_pinger(mosquitto.url)),
                    "embedded amqtt": stack.enter_context(mqtt_pinger(embedded.url))}
         with Progress(console=console, transient=True) as progress:
-            task = progress.add_task("ping-pong", total=len(SIZES_BYTES) * ROUNDS * len(PATHS))
-            for size in SIZES_BYTES:
-                message = activation(size)
+            task = progress.add_task("ping-pong", total=len(sizes) * ROUNDS * len(PATHS))
+            for size in sizes:
+                round_trips = {path: prepare(activation(size)) for path, prepare in pingers.items()}
                 for _ in range(ROUNDS):
-                    for path, round_trip in pingers.items():
+                    for path, round_trip in round_trips.items():
                         progress.update(task, description=f"{human_bytes(size)} via {path}")
-                        samples[path][size] += one_way_samples(round_trip, message, per_round[size])
+                        samples[path][size] += one_way_samples(round_trip, per_round[size])
                         progress.advance(task)
     load_after = os.getloadavg()
 
@@ -208,7 +217,7 @@ def main() -> None:
     for column in ("size", "raw TCP hop", "Mosquitto", "x raw", "embedded amqtt", "x raw", "target (Mosquitto)"):
         table.add_column(column, justify="right")
     rows = []
-    for size in SIZES_BYTES:
+    for size in sizes:
         target, met = target_of(size, raw[size], mosq[size])
         rows.append({"size_bytes": size, "samples_per_path": len(samples["raw TCP hop"][size]),
                      "raw_tcp_s": raw[size], "mosquitto_s": mosq[size], "embedded_s": amqtt[size],

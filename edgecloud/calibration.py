@@ -2,12 +2,11 @@
 
 `devices` is a leaf and `partitioner` may not know about measurements, so the code that needs both,
 canonical node ids for the profiler and FLOP/byte features for the predictor, lives here, above both,
-shared by the CLI (`edgecloud profile`, `edgecloud predictor fit`) and bench/predictor_error.py.
+shared by the CLI (`edgecloud profile`, `edgecloud predictor fit|estimate`) and bench/predictor_error.py.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,8 +20,6 @@ if TYPE_CHECKING:
     import onnx
 
     from partitioner.graph import LayerGraph
-
-logger = logging.getLogger(__name__)
 
 
 def canonical_model(path: str | Path) -> "onnx.ModelProto":
@@ -77,6 +74,14 @@ def fit_predictor(profiles: Mapping[str, ModelProfile], threads: int, reference:
     return LatencyPredictor.fit(samples, reference, fitted_on={
         "models": sorted(profiles), "threads": threads, "nodes": len(samples),
     })
+
+
+def predicted_node_times_s(graph: "LayerGraph", predictor: LatencyPredictor,
+                           device: DeviceProfile) -> dict[str, float]:
+    """Each layer's predicted seconds on `device`, from its DAG features."""
+    return {node: predictor.predict(attrs["op_type"], int(attrs["flops"]), int(attrs["bytes_moved"]),
+                                    int(attrs["param_bytes"]), device)
+            for node, attrs in graph.dag.nodes(data=True)}
 
 
 def profile_bundled_models(names: Iterable[str], host: DeviceProfile, thread_counts: list[int],

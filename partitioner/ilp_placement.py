@@ -1,17 +1,18 @@
-"""The compact placement ILP for the `latency` and `throughput` objectives.
+"""The placement ILP for the `latency` and `throughput` objectives, in a tight (local-marginal) form.
 
-Variables: x[v,k] (node v on device k, binary) and y[t,k,l] (tensor t sent from k to l, continuous in
-[0, 1]; integral at every optimum once x is). Unlike the textbook form there is no p[t,l] ("t is present
-on l") variable and no 3-term linearisation: one covering row per (consumer c, destination l)
+Variables: x[v,k] (node v on device k, binary). For every (tensor t, consumer c) pair with a producer p,
+a joint-placement table z[t,c,k,l] >= 0 whose row sums are x[p,k] and column sums x[c,l]; with binary x
+it is exactly x[p,k] * x[c,l], so z[t,c,k,l] (k != l) says "t goes from k to l for c". A tensor with one
+consumer that is not a graph output pays its transfer on z directly. Any other tensor (several
+consumers, or a graph output) gets y[t,k,l] >= z[t,c,k,l] for each consumer, so it pays once per
+destination device, not once per consumer: the send-once semantics, exactly. Graph inputs live on the
+source: y[t,source,l] >= x[c,l]; outputs reach the sink: y[t,k,sink] >= x[p,k].
 
-    sum_{k != l} y[t,k,l] + x[producer,l] >= x[c,l]        (graph outputs: the sink with right side 1)
-
-says "if c runs on l, t was produced on l or sent there", and y[t,k,l] <= x[producer,k] (only needed when
-t could reach l from two or more devices) says "it is sent from where it was produced". With binary x the
-cheapest y is exactly 1 per (tensor, destination device != home), so the send-once cost is modelled
-exactly. With two devices and no memory limit the LP relaxation is the s-t cut LP (integral), and with
-more devices it cuts off fractional points the textbook rows admit. Variables and rows that pins make
-trivial are never created (y only where the origin and destination are possible).
+Why this form: the textbook linearisation (y >= x + p - 1) has a weak LP relaxation, so the solver
+branches a lot; the marginal tables make the relaxation exact on tree-like parts of the graph, and on
+DNN-like DAGs the LP optimum is usually integral. `partitioner.ilp` then certifies optimality from the
+LP alone (rounded placement's recomputed cost == LP bound) and only falls back to branch and bound when
+that certificate fails. Variables that pins rule out are never created.
 """
 
 from __future__ import annotations
@@ -30,12 +31,47 @@ class PlacementModel:
         self.arrays = arrays
         self.objective = objective
         n, d = arrays.n_nodes, arrays.n_devices
+        latency = objective == "latency"
         allowed = np.ones((n, d), dtype=bool)
         pinned = np.flatnonzero(arrays.pin >= 0)
         allowed[pinned] = False
         allowed[pinned, arrays.pin[pinned]] = True
-        self.allowed = allowed
         producer = arrays.producer
+        builder = MipBuilder()
+
+        x_lower = np.zeros((n, d))
+        x_lower[pinned, arrays.pin[pinned]] = 1.0
+        x_cost = arrays.time_s.ravel() if latency else np.zeros(n * d)
+        self.x_cols = builder.add_cols(x_cost, x_lower.ravel(), allowed.ravel().astype(float), integer=True).reshape(n, d)
+        builder.add_rows(np.repeat(np.arange(n), d), self.x_cols.ravel(), 1.0, 1.0, 1.0, n)
+
+        consumers_per_tensor = np.bincount(arrays.use_tensor, minlength=arrays.n_tensors)
+        simple = (consumers_per_tensor == 1) & ~arrays.is_output & (producer >= 0)
+        off_diagonal = ~np.eye(d, dtype=bool)
+
+        # Joint tables z for (tensor, consumer) pairs with a producer node.
+        with_producer = np.flatnonzero(producer[arrays.use_tensor] >= 0)
+        u_tensor = arrays.use_tensor[with_producer]
+        u_prod, u_cons = producer[u_tensor], arrays.use_node[with_producer]
+        exists = allowed[u_prod][:, :, None] & allowed[u_cons][:, None, :]
+        u_idx, k_idx, l_idx = np.nonzero(exists)
+        pays = simple[u_tensor[u_idx]] & (k_idx != l_idx)
+        z_cost = np.where(pays, arrays.transfer_s[u_tensor[u_idx], k_idx, l_idx], 0.0) if latency else np.zeros(u_idx.size)
+        z_cols = builder.add_cols(z_cost, 0.0, 1.0, integer=False)
+        self.z_index = np.full(exists.shape, -1, dtype=np.int64)
+        self.z_index[u_idx, k_idx, l_idx] = z_cols
+        self.z_uses = (u_tensor, u_prod, u_cons)
+        for side_node, side_key in ((u_prod, k_idx), (u_cons, l_idx)):
+            groups = np.unique(u_idx * d + side_key, return_inverse=True)
+            group_keys, group_of = groups[0], groups[1]
+            count = group_keys.size
+            g_use, g_dev = group_keys // d, group_keys % d
+            rows = np.concatenate([group_of, np.arange(count)])
+            cols = np.concatenate([z_cols, self.x_cols[side_node[g_use], g_dev]])
+            coefs = np.concatenate([np.ones(z_cols.size), -np.ones(count)])
+            builder.add_rows(rows, cols, coefs, 0.0, 0.0, count)
+
+        # Send-once variables y for every tensor that is not simple.
         home_allowed = np.zeros((arrays.n_tensors, d), dtype=bool)
         has_producer = producer >= 0
         home_allowed[has_producer] = allowed[producer[has_producer]]
@@ -43,95 +79,70 @@ class PlacementModel:
         dest_possible = np.zeros((arrays.n_tensors, d), dtype=bool)
         np.logical_or.at(dest_possible, arrays.use_tensor, allowed[arrays.use_node])
         dest_possible[arrays.is_output, arrays.sink] = True
-
-        builder = MipBuilder()
-        latency = objective == "latency"
-        x_cost = np.where(allowed, arrays.time_s, 0.0).ravel() if latency else np.zeros(n * d)
-        x_lower = np.zeros((n, d))
-        x_lower[pinned, arrays.pin[pinned]] = 1.0
-        self.x_cols = builder.add_cols(x_cost, x_lower.ravel(), allowed.ravel().astype(float), integer=True).reshape(n, d)
-
-        exists = home_allowed[:, :, None] & dest_possible[:, None, :] & ~np.eye(d, dtype=bool)[None]
-        t_idx, k_idx, l_idx = np.nonzero(exists)
-        y_cost = arrays.transfer_s[t_idx, k_idx, l_idx] if latency else np.zeros(t_idx.size)
+        y_exists = home_allowed[:, :, None] & dest_possible[:, None, :] & off_diagonal[None] & ~simple[:, None, None]
+        t_idx, yk_idx, yl_idx = np.nonzero(y_exists)
+        y_cost = arrays.transfer_s[t_idx, yk_idx, yl_idx] if latency else np.zeros(t_idx.size)
         y_cols = builder.add_cols(y_cost, 0.0, 1.0, integer=False)
         self.y_index = np.full((arrays.n_tensors, d, d), -1, dtype=np.int64)
-        self.y_index[t_idx, k_idx, l_idx] = y_cols
-        self.y_keys = (t_idx, k_idx, l_idx)
+        self.y_index[t_idx, yk_idx, yl_idx] = y_cols
 
-        # Each node on one device.
-        rows = np.repeat(np.arange(n), d)
-        builder.add_rows(rows, self.x_cols.ravel(), 1.0, 1.0, 1.0, n)
-
-        # Coverage: consumer c of t on l  =>  t produced on l or sent to l.
-        use_rows, dest = np.nonzero(allowed[arrays.use_node])
-        tensor = arrays.use_tensor[use_rows]
-        consumer = arrays.use_node[use_rows]
-        prod = producer[tensor]
-        keep = ~((prod < 0) & (dest == arrays.source))
-        tensor, consumer, prod, dest = tensor[keep], consumer[keep], prod[keep], dest[keep]
-        self._add_coverage_rows(builder, tensor, prod, dest, minus_x=self.x_cols[consumer, dest], rhs=0.0)
+        # y[t,k,l] >= z[t,c,k,l] for tensors with a producer and several consumers or an output.
+        link = ~simple[u_tensor[u_idx]] & (k_idx != l_idx)
+        self._add_at_least(builder, self.y_index[u_tensor[u_idx[link]], k_idx[link], l_idx[link]], z_cols[link])
+        # Graph inputs: y[t,source,l] >= x[c,l].
+        from_input = np.flatnonzero(producer[arrays.use_tensor] < 0)
+        in_use, in_dev = np.nonzero(allowed[arrays.use_node[from_input]] & (np.arange(d) != arrays.source)[None])
+        in_tensor, in_cons = arrays.use_tensor[from_input[in_use]], arrays.use_node[from_input[in_use]]
+        self._add_at_least(builder, self.y_index[in_tensor, arrays.source, in_dev], self.x_cols[in_cons, in_dev])
+        # Graph outputs: y[t,k,sink] >= x[p,k] (a graph input that is an output: y >= 1).
         outputs = np.flatnonzero(arrays.is_output)
-        outputs = outputs[~((producer[outputs] < 0) & (arrays.source == arrays.sink))]
-        self._add_coverage_rows(builder, outputs, producer[outputs], np.full(outputs.size, arrays.sink), minus_x=None, rhs=1.0)
+        out_node = outputs[producer[outputs] >= 0]
+        o_t, o_k = np.nonzero(home_allowed[out_node] & (np.arange(d) != arrays.sink)[None])
+        self._add_at_least(builder, self.y_index[out_node[o_t], o_k, arrays.sink], self.x_cols[producer[out_node[o_t]], o_k])
+        if arrays.source != arrays.sink:
+            direct = outputs[producer[outputs] < 0]
+            builder.lower[-1][np.searchsorted(y_cols, self.y_index[direct, arrays.source, arrays.sink])] = 1.0
 
-        # Sent from where it was produced (only when more than one origin could serve the destination).
-        origins = exists.sum(axis=1)  # (T, d): how many k can send t to l
-        needs_link = (origins[t_idx, l_idx] > 1) & (producer[t_idx] >= 0)
-        sel = np.flatnonzero(needs_link)
-        count = sel.size
-        rows = np.repeat(np.arange(count), 2)
-        cols = np.column_stack([y_cols[sel], self.x_cols[producer[t_idx[sel]], k_idx[sel]]]).ravel()
-        builder.add_rows(rows, cols, np.tile([1.0, -1.0], count), -np.inf, 0.0, count)
-
-        # Memory limits.
         for k in np.flatnonzero(np.isfinite(arrays.memory_limit_bytes)):
             builder.add_rows(np.zeros(n, dtype=np.int64), self.x_cols[:, k], arrays.memory_bytes, -np.inf,
                              arrays.memory_limit_bytes[k], 1)
 
         if not latency:
-            self.z_col = int(builder.add_cols(np.ones(1), 0.0, np.inf, integer=False)[0])
+            self.bottleneck_col = int(builder.add_cols(np.ones(1), 0.0, np.inf, integer=False)[0])
             for k in range(d):  # each device's compute per request
-                builder.add_rows(np.zeros(n + 1, dtype=np.int64), np.append(self.x_cols[:, k], self.z_col),
+                builder.add_rows(np.zeros(n + 1, dtype=np.int64), np.append(self.x_cols[:, k], self.bottleneck_col),
                                  np.append(arrays.time_s[:, k], -1.0), -np.inf, 0.0, 1)
+            pay_z = np.flatnonzero(pays)
             for k in range(d):  # each directed link's transfers per request
                 for l in range(d):
-                    on_link = np.flatnonzero((k_idx == k) & (l_idx == l))
-                    if on_link.size:
-                        builder.add_rows(np.zeros(on_link.size + 1, dtype=np.int64),
-                                         np.append(y_cols[on_link], self.z_col),
-                                         np.append(arrays.transfer_s[t_idx[on_link], k, l], -1.0), -np.inf, 0.0, 1)
+                    on_z = pay_z[(k_idx[pay_z] == k) & (l_idx[pay_z] == l)]
+                    on_y = np.flatnonzero((yk_idx == k) & (yl_idx == l))
+                    cols = np.concatenate([z_cols[on_z], y_cols[on_y], [self.bottleneck_col]])
+                    coefs = np.concatenate([arrays.transfer_s[u_tensor[u_idx[on_z]], k, l],
+                                            arrays.transfer_s[t_idx[on_y], k, l], [-1.0]])
+                    if cols.size > 1:
+                        builder.add_rows(np.zeros(cols.size, dtype=np.int64), cols, coefs, -np.inf, 0.0, 1)
         self.mip: Mip = builder.build()
 
-    def _add_coverage_rows(self, builder: MipBuilder, tensor: np.ndarray, prod: np.ndarray, dest: np.ndarray,
-                           minus_x: np.ndarray | None, rhs: float) -> None:
-        count = tensor.size
-        if count == 0:
-            return
-        y_of = self.y_index[tensor, :, dest]  # (R, d): every origin k that can send t to dest
-        r_y, k_y = np.nonzero(y_of >= 0)
-        rows = [r_y]
-        cols = [y_of[r_y, k_y]]
-        coefs = [np.ones(r_y.size)]
-        with_producer = np.flatnonzero(prod >= 0)
-        rows.append(with_producer)
-        cols.append(self.x_cols[prod[with_producer], dest[with_producer]])
-        coefs.append(np.ones(with_producer.size))
-        if minus_x is not None:
-            rows.append(np.arange(count))
-            cols.append(minus_x)
-            coefs.append(-np.ones(count))
-        builder.add_rows(np.concatenate(rows), np.concatenate(cols), np.concatenate(coefs), rhs, np.inf, count)
+    @staticmethod
+    def _add_at_least(builder: MipBuilder, big: np.ndarray, small: np.ndarray) -> None:
+        """Rows big[i] - small[i] >= 0."""
+        count = big.size
+        builder.add_rows(np.repeat(np.arange(count), 2), np.column_stack([big, small]).ravel(),
+                         np.tile([1.0, -1.0], count), 0.0, np.inf, count)
 
     def placement_of(self, values: np.ndarray) -> np.ndarray:
         return values[self.x_cols].argmax(axis=1)
 
     def start_from(self, placement: np.ndarray) -> np.ndarray:
-        """Column values of a feasible placement (the warm start): x one-hot, y = the sends it causes."""
+        """Column values of a feasible placement (a warm start): x one-hot, z its joint tables, y its sends."""
         values = np.zeros(self.mip.cost.size)
         values[self.x_cols[np.arange(self.arrays.n_nodes), placement]] = 1.0
+        u_tensor, u_prod, u_cons = self.z_uses
+        values[self.z_index[np.arange(u_tensor.size), placement[u_prod], placement[u_cons]]] = 1.0
         sends = transfers(self.arrays, placement)
-        values[self.y_index[sends.tensor, sends.from_device, sends.to_device]] = 1.0
+        ys = self.y_index[sends.tensor, sends.from_device, sends.to_device]
+        values[ys[ys >= 0]] = 1.0
         if self.objective != "latency":
-            values[self.z_col] = throughput_s(self.arrays, placement)
+            values[self.bottleneck_col] = throughput_s(self.arrays, placement)
         return values

@@ -254,11 +254,12 @@ def export_model(name: str, path: str | Path, seed: int = DEFAULT_SEED) -> Path:
     The exporter traces a batch of two: torch.export specialises a dimension whose example size is 1,
     which froze the transformer's batch to 1.
     """
+    path = Path(path)
+    if path.is_dir():
+        raise PartitionerError(f"{path} is a directory; give the ONNX file to write")
     module, example_inputs = build_module(name, seed)
     import torch
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     traced_inputs = tuple(torch.cat([example, example]) for example in example_inputs)
     batch = torch.export.Dim("batch", min=1, max=1024)
     started_s = time.perf_counter()
@@ -276,7 +277,11 @@ def export_model(name: str, path: str | Path, seed: int = DEFAULT_SEED) -> Path:
         )
     if program is None:
         raise PartitionerError(f"torch's ONNX exporter returned nothing for model {name!r}")
-    program.save(str(path), external_data=False)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        program.save(str(path), external_data=False)
+    except OSError as error:
+        raise PartitionerError(f"cannot write {path}: {error.strerror or error}") from None
     logger.info("exported %s to %s in %.1f s", name, path, time.perf_counter() - started_s)
     return path
 

@@ -120,7 +120,9 @@ class Krum(Aggregator):
 
     Score of i = sum of squared distances to its n - f - 2 nearest other updates. Krum returns an honest
     update when n > 2f + 2; it needs n - f - 2 >= 1 to compute at all. m=1 is Krum; m=None selects n - f
-    updates (multi-Krum as ByzFL defines it).
+    updates (multi-Krum as ByzFL defines it). Equal scores are common (two mutual nearest neighbours
+    score the same); they are broken by the update's sum, then its norm, so that the result does not
+    depend on the order of the workers.
     """
 
     m: int | None = 1
@@ -135,11 +137,11 @@ class Krum(Aggregator):
             raise TrainingError(f"multi-Krum must select between 1 and n={n} updates, got m={n_selected}.")
         squared_norms = np.einsum("ij,ij->i", updates, updates)
         squared = squared_norms[:, None] + squared_norms[None, :] - 2.0 * (updates @ updates.T)
-        np.maximum(squared, 0.0, out=squared)
+        squared = np.maximum(0.5 * (squared + squared.T), 0.0)  # exactly symmetric: ties stay ties
         np.fill_diagonal(squared, np.inf)
         nearest = np.sort(squared, axis=1)[:, :n_neighbours]
         scores = nearest.sum(axis=1)
-        selected = np.argsort(scores, kind="stable")[:n_selected]
+        selected = np.lexsort((squared_norms, updates.sum(axis=1), scores))[:n_selected]
         return updates[selected].mean(axis=0)
 
 

@@ -26,9 +26,11 @@ SHIPPED = ("rpi4", "jetson-nano", "edge-server", "cloud-server")
 
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The host profile is cached per test session, never in the user's real cache."""
+    """The host profile is cached per test session, never in the user's real cache; a short measuring
+    budget keeps the tests fast (the figures' accuracy is not what they check)."""
     folder = tmp_path_factory.getbasetemp() / "edgecloud-cache"
     monkeypatch.setenv("EDGECLOUD_CACHE", str(folder))
+    monkeypatch.setattr(host, "_BUDGET_S", 0.05)
     return folder
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -171,3 +172,22 @@ def test_shipped_predictor_covers_the_common_ops_and_plans_catalogue_devices() -
     conv_on_cloud = predict_node_time_s("Conv", 10**8, 10**6, 10**5, cloud)
     assert conv_on_rpi > conv_on_cloud > 0
     assert predict_node_time_s("NotAnOnnxOp", 10**6, 10**4, 0, rpi) > 0
+
+
+def test_cli_estimate_ranks_devices_and_rejects_unknown_ones(tmp_path: Path,
+                                                            bundled_models: Mapping[str, Path]) -> None:
+    from typer.testing import CliRunner
+
+    from edgecloud.cli.app import app
+
+    slow = DeviceProfile("slow-board", peak_flops=1e9, memory_bandwidth_bytes_per_s=1e9, memory_bytes=2**30, threads=1)
+    slow.save(tmp_path / "slow.json")
+    runner = CliRunner()
+    result = runner.invoke(app, ["predictor", "estimate", str(bundled_models["mlp"]), "-d", "cloud-server",
+                                 "-d", str(tmp_path / "slow.json")])
+    assert result.exit_code == 0, result.output
+    assert "cloud-server" in result.output and "slow-board" in result.output
+    result = runner.invoke(app, ["predictor", "estimate", "mlp", "-d", "pi-zero"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "error: unknown device 'pi-zero': use one of cloud-server, edge-server, jetson-nano, rpi4, host or a JSON file."]

@@ -65,6 +65,15 @@ def test_every_attack_leaves_the_coded_model_equal_to_the_adversary_free_one(dig
         assert attacked.flagged and set(attacked.flagged) <= every_adversary, attack
 
 
+def test_a_torch_network_trained_under_attack_with_local_steps_equals_the_clean_one(digits) -> None:
+    settings = dict(model="lenet", n_workers=7, rounds=3, lr=0.05, code="cyclic", redundancy=5, tau=2)
+    _, clean = _run(digits, **settings)
+    for attack in ("alie", "constant"):
+        _, attacked = _run(digits, n_adversaries=2, attack=attack, **settings)
+        assert _relative_gap(attacked.params, clean.params) < 1e-6, attack
+        assert attacked.flagged
+
+
 def test_cyclic_code_without_adversaries_is_uncoded_dgd(digits) -> None:
     _, coded = _run(digits, code="cyclic", redundancy=3, tau=2)
     _, plain = _run(digits, tau=2)
@@ -100,7 +109,8 @@ def test_target_accuracy_stops_early_and_adaptive_tau_logs_its_choices(digits) -
     assert len(early.records) < 50 and early.records[-1].test_accuracy >= 0.8
     _, adaptive = _run(digits, rounds=5, adaptive_tau=True, tau=2, tau_max=10, split="dirichlet", batch_size=None)
     assert len(adaptive.tau_estimates) == 4
-    assert [r.tau for r in adaptive.records[1:]] == [e.tau for e in adaptive.tau_estimates]
+    # round 1 only records; the estimate logged after round t sets the tau of round t + 1
+    assert [r.tau for r in adaptive.records[2:]] == [e.tau for e in adaptive.tau_estimates[:-1]]
     assert all(1 <= e.tau <= 10 for e in adaptive.tau_estimates)
 
 

@@ -52,7 +52,8 @@ def test_table_output_for_a_torch_network() -> None:
     (["--model", "resnet"], "unknown model"),
     (["--dataset", "cifar"], "unknown dataset"),
     (["--bandwidth", "fast"], "bandwidth"),
-    (["--code", "repetition", "--redundancy", "4"], ""),
+    (["--code", "repetition", "--redundancy", "4"], "divisible"),
+    (["--aggregator", "krum", "--code", "cyclic", "--redundancy", "3"], "only with --code none"),
 ])
 def test_bad_input_exits_2_with_one_error_line(args: list[str], phrase: str) -> None:
     result = _train(*args)

@@ -101,3 +101,9 @@ def test_cli_export_of_unknown_model_is_one_line_and_exit_2(tmp_path: Path) -> N
     assert result.output.strip().splitlines() == [
         "error: unknown model 'nosuchmodel'; bundled models are: " + ", ".join(MODEL_NAMES)]
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_cli_export_into_a_directory_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["export", "mlp", "-o", str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: {tmp_path} is a directory; give the ONNX file to write"

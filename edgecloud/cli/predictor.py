@@ -1,4 +1,5 @@
-"""`edgecloud predictor fit`: fit the per-op-type latency model on profiles measured on this host."""
+"""`edgecloud predictor fit` / `estimate`: fit the per-op-type latency model on profiles measured on this
+host, and use it to predict a model's latency on devices that are not at hand."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import typer
 
 from edgecloud.cli.user_errors import reports_user_errors
 
-app = typer.Typer(help="Fit the per-op-type latency predictor on measured profiles.", no_args_is_help=True)
+app = typer.Typer(help="Fit the per-op-type latency predictor on measured profiles; estimate latency on other devices.",
+                  no_args_is_help=True)
 
 
 def fit(
@@ -60,4 +62,38 @@ def fit(
     console.print(f"wrote {target}")
 
 
+def estimate(
+    model: Annotated[Path, typer.Argument(help="ONNX model file, or the name of a bundled model.")],
+    devices: Annotated[Optional[list[str]], typer.Option(
+        "--device", "-d", help="Catalogue name or device JSON file; repeat for several (default: the catalogue).")] = None,
+    predictor_file: Annotated[Optional[Path], typer.Option(
+        "--predictor", help="Predictor JSON (default: the shipped one).")] = None,
+) -> None:
+    """Predict a model's latency on devices that are not at hand, one layer after another."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from devices.predictor import LatencyPredictor, shipped_predictor
+    from devices.profiles import catalogue_names, load_device
+    from edgecloud.calibration import predicted_node_times_s
+    from partitioner.graph import load_layer_graph
+    from partitioner.zoo import MODEL_NAMES, cached_model_path
+
+    if not model.exists() and str(model) in MODEL_NAMES:
+        model = cached_model_path(str(model))
+    predictor = LatencyPredictor.load(predictor_file) if predictor_file else shipped_predictor()
+    graph = load_layer_graph(model)
+    table = Table(title=f"{model.name}: predicted latency ({graph.dag.number_of_nodes()} layers)")
+    for column in ("device", "peak GFLOP/s", "GB/s", "threads", "predicted (ms)", "slowest layer"):
+        table.add_column(column, justify="right")
+    for name in devices or catalogue_names():
+        device = load_device(name)
+        times_s = predicted_node_times_s(graph, predictor, device)
+        slowest = max(times_s, key=times_s.__getitem__)
+        table.add_row(device.name, f"{device.peak_flops / 1e9:.1f}", f"{device.memory_bandwidth_bytes_per_s / 1e9:.1f}",
+                      str(device.threads), f"{sum(times_s.values()) * 1e3:.3f}", slowest)
+    Console().print(table)
+
+
 app.command("fit")(reports_user_errors(fit))
+app.command("estimate")(reports_user_errors(estimate))

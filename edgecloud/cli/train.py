@@ -84,15 +84,16 @@ def train(
     if as_json:
         typer.echo(json.dumps(summary))
         return
-    _print_summary(summary, save, plot)
+    _print_summary(summary, save, plot, f"{model} on {dataset}, {nodes} workers, code {code}"
+                   f"{f' r={redundancy}' if code != 'none' else f', {aggregator}'}, {adversaries} x {attack}")
 
 
-def _print_summary(summary: dict, save: Path | None, plot: Path | None) -> None:
+def _print_summary(summary: dict, save: Path | None, plot: Path | None, title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
     history = summary["history"]
-    table = Table(title="training summary")
+    table = Table(title=title)
     table.add_column("quantity")
     table.add_column("value", justify="right")
     rows = [

@@ -79,6 +79,10 @@ class RepetitionCode(Code):
         Fast path: every replica agrees with the first one (the adversary-free case costs one pass).
         """
         finite = np.isfinite(replicas).all(axis=1)  # an inf would otherwise stretch the tolerance to inf
+        with np.errstate(invalid="ignore"):  # inf - inf in a forged row: that row is non-finite anyway
+            return self._vote(group, replicas, finite)
+
+    def _vote(self, group: int, replicas: np.ndarray, finite: np.ndarray) -> tuple[int, np.ndarray]:
         norms = np.max(np.abs(replicas), axis=1, initial=0.0)
         to_first = np.max(np.abs(replicas - replicas[0]), axis=1, initial=0.0)
         agree_first = to_first <= self.atol + self.rtol * np.maximum(norms, norms[0])

@@ -1,0 +1,271 @@
+"""Conformance suite run against every code, plus what is specific to the repetition and cyclic codes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from robust_training.attacks import ATTACKS, Constant, GaussianNoise, choose_adversaries
+from robust_training.codes import Code, CyclicCode, DecodeResult, RepetitionCode, make_code
+from robust_training.errors import DecodeError, TrainingError
+
+ATTACK_NAMES = sorted(ATTACKS)
+
+CODE_FACTORIES = {
+    "repetition-9-3": lambda: RepetitionCode(9, 3),
+    "repetition-10-5": lambda: RepetitionCode(10, 5),
+    "repetition-12-4": lambda: RepetitionCode(12, 4),
+    "cyclic-9-3": lambda: CyclicCode(9, 3),
+    "cyclic-9-5": lambda: CyclicCode(9, 5),
+    "cyclic-10-5-negacyclic": lambda: CyclicCode(10, 5),
+    "cyclic-12-4-even-r": lambda: CyclicCode(12, 4),
+    "cyclic-15-7": lambda: CyclicCode(15, 7),
+    "cyclic-25-11": lambda: CyclicCode(25, 11),
+}
+
+
+@pytest.fixture(params=sorted(CODE_FACTORIES), scope="module")
+def code(request) -> Code:
+    return CODE_FACTORIES[request.param]()
+
+
+def relative_error(total: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.linalg.norm(total - truth) / np.linalg.norm(truth))
+
+
+def honest_round(code: Code, d: int, seed: int, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(partition updates, honest messages) for one round."""
+    updates = scale * np.random.default_rng(seed).standard_normal((code.n_partitions, d))
+    return updates, code.encode_all(updates)
+
+
+# ---- conformance: every code -----------------------------------------------------------------------------
+
+
+def test_every_partition_is_computed_by_redundancy_workers(code):
+    holders = np.zeros(code.n_partitions, dtype=int)
+    for worker in range(code.n_workers):
+        partitions = code.partitions_of(worker)
+        assert len(set(partitions)) == len(partitions)
+        holders[partitions] += 1
+    assert np.all(holders * code.n_partitions == code.n_workers * len(code.partitions_of(0)))
+    assert code.max_adversaries == (code.redundancy - 1) // 2
+
+
+def test_encode_all_matches_per_worker_encode(code):
+    updates, messages = honest_round(code, d=6, seed=1)
+    for worker in range(code.n_workers):
+        np.testing.assert_allclose(code.encode(worker, updates[code.partitions_of(worker)]), messages[worker])
+
+
+@settings(max_examples=15, deadline=None)
+@given(d=st.integers(1, 12), seed=st.integers(0, 2**31), log_scale=st.floats(-6, 6))
+def test_adversary_free_decode_is_the_exact_sum(code, d, seed, log_scale):
+    updates, messages = honest_round(code, d, seed, scale=10.0**log_scale)
+    result = code.decode(messages)
+    assert isinstance(result, DecodeResult)
+    assert result.total.shape == (d,)
+    assert result.flagged == []
+    assert relative_error(result.total, updates.sum(axis=0)) <= 1e-9
+
+
+@pytest.mark.parametrize("attack_name", ATTACK_NAMES)
+def test_up_to_s_adversaries_change_nothing_and_are_flagged(code, attack_name):
+    rng = np.random.default_rng(7)
+    for n_adversaries in range(1, code.max_adversaries + 1):
+        updates, messages = honest_round(code, d=9, seed=n_adversaries)
+        adversaries = choose_adversaries(code.n_workers, n_adversaries, rng)
+        if isinstance(code, RepetitionCode):  # s per group, placed in the first group (the worst case)
+            adversaries = list(range(n_adversaries))
+        attacked = ATTACKS[attack_name]().apply(messages, adversaries, rng)
+        result = code.decode(attacked)
+        assert relative_error(result.total, updates.sum(axis=0)) <= 1e-6
+        assert result.flagged == adversaries
+
+
+def test_messages_of_the_wrong_shape_are_refused(code):
+    with pytest.raises(TrainingError):
+        code.decode(np.zeros((code.n_workers + 1, 3)))
+    with pytest.raises(TrainingError):
+        code.encode(0, np.zeros((len(code.partitions_of(0)) + 1, 3)))
+    with pytest.raises(TrainingError):
+        code.partitions_of(code.n_workers)
+
+
+def test_a_non_finite_message_is_flagged_not_propagated(code):
+    updates, messages = honest_round(code, d=5, seed=3)
+    messages[1, 2] = np.inf
+    messages[1, 0] = np.nan
+    result = code.decode(messages)
+    assert result.flagged == [1]
+    assert relative_error(result.total, updates.sum(axis=0)) <= 1e-9
+
+
+# ---- cyclic code -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cyclic_45_21() -> CyclicCode:
+    return CyclicCode(45, 21)
+
+
+def adversary_sets(n: int, count: int, rng: np.random.Generator) -> list[list[int]]:
+    """A random set, a contiguous block (the hardest pattern for a DFT code) and a wrapped block."""
+    start = int(rng.integers(n))
+    return [
+        choose_adversaries(n, count, rng),
+        list(range(count)),
+        sorted((start + offset) % n for offset in range(count)),
+    ]
+
+
+@pytest.mark.parametrize("attack_name", ATTACK_NAMES)
+def test_cyclic_is_exact_at_n45_s10_where_the_reference_fails(cyclic_45_21, attack_name):
+    rng = np.random.default_rng(45)
+    worst = 0.0
+    for trial, adversaries in enumerate(adversary_sets(45, 10, rng)):
+        updates, messages = honest_round(cyclic_45_21, d=32, seed=trial, scale=10.0 ** (trial - 1))
+        result = cyclic_45_21.decode(ATTACKS[attack_name]().apply(messages, adversaries, rng))
+        assert result.flagged == adversaries
+        worst = max(worst, relative_error(result.total, updates.sum(axis=0)))
+    assert worst <= 1e-6
+
+
+@pytest.mark.parametrize(
+    ("n_workers", "redundancy"),
+    [(9, 3), (9, 5), (9, 7), (15, 5), (15, 7), (15, 11), (25, 5), (25, 11), (25, 15), (45, 3), (45, 11), (45, 31)],
+)
+def test_cyclic_is_exact_for_various_n_and_s(n_workers, redundancy):
+    code = CyclicCode(n_workers, redundancy, seed=n_workers)
+    rng = np.random.default_rng(redundancy)
+    for attack_name in ATTACK_NAMES:
+        for adversaries in adversary_sets(n_workers, code.max_adversaries, rng):
+            updates, messages = honest_round(code, d=8, seed=len(adversaries))
+            result = code.decode(ATTACKS[attack_name]().apply(messages, adversaries, rng))
+            assert relative_error(result.total, updates.sum(axis=0)) <= 1e-6
+            assert result.flagged == adversaries
+
+
+@pytest.mark.parametrize(("n_workers", "redundancy"), [(9, 3), (15, 7), (25, 11), (45, 21), (10, 5)])
+@pytest.mark.parametrize("attack_name", ATTACK_NAMES)
+def test_cyclic_with_too_many_adversaries_raises_instead_of_returning_garbage(n_workers, redundancy, attack_name):
+    """With s + 1 and s + 2 adversaries: DecodeError, or (never observed) the exact sum; never a wrong sum."""
+    code = CyclicCode(n_workers, redundancy, seed=1)
+    s = code.max_adversaries
+    rng = np.random.default_rng(n_workers * 100 + redundancy)
+    raised = 0
+    for n_adversaries in (s + 1, s + 2):
+        for adversaries in adversary_sets(n_workers, n_adversaries, rng):
+            updates, messages = honest_round(code, d=8, seed=n_adversaries)
+            attacked = ATTACKS[attack_name]().apply(messages, adversaries, rng)
+            try:
+                result = code.decode(attacked)
+            except DecodeError as error:
+                assert "cannot decode" in str(error)
+                raised += 1
+            else:
+                assert relative_error(result.total, updates.sum(axis=0)) <= 1e-6
+    assert raised > 0
+
+
+def test_cyclic_encoding_matrix_is_supported_on_the_assignment_and_well_scaled(cyclic_45_21):
+    weights = cyclic_45_21.encoding_matrix
+    for worker in range(45):
+        held = np.zeros(45, dtype=bool)
+        held[cyclic_45_21.partitions_of(worker)] = True
+        assert np.all(weights[worker, ~held] == 0.0)
+        assert np.all(weights[worker, held] != 0.0)
+    np.testing.assert_allclose(weights.sum(axis=0), 1.0, rtol=1e-12)
+    assert np.abs(weights).max() < 0.2  # the reference's construction reaches 1.8e5 here
+
+
+def test_negacyclic_case_still_recovers_the_sum_functional():
+    code = CyclicCode(44, 21)
+    functional = code._sum_functional
+    np.testing.assert_allclose(functional @ code.encoding_matrix, 1.0, rtol=1e-12)
+    assert np.abs(code.encoding_matrix).max() < 10
+
+
+def test_cyclic_refuses_sizes_it_cannot_decode_in_float64():
+    with pytest.raises(TrainingError, match="cannot decode reliably"):
+        CyclicCode(99, 41)
+    with pytest.raises(TrainingError):
+        CyclicCode(5, 6)
+
+
+def test_cyclic_without_redundancy_is_a_plain_sum():
+    code = CyclicCode(6, 1)
+    updates, messages = honest_round(code, d=4, seed=0)
+    np.testing.assert_allclose(messages, updates)
+    np.testing.assert_allclose(code.decode(messages).total, updates.sum(axis=0))
+
+
+def test_cyclic_decode_is_deterministic_by_seed():
+    rng = np.random.default_rng(0)
+    first, second = CyclicCode(15, 7, seed=3), CyclicCode(15, 7, seed=3)
+    _, messages = honest_round(first, d=5, seed=0)
+    attacked = Constant().apply(messages, [2, 9], rng)
+    assert first.decode(attacked).total.tolist() == second.decode(attacked).total.tolist()
+
+
+# ---- repetition code -------------------------------------------------------------------------------------
+
+
+def test_repetition_needs_n_divisible_by_r():
+    with pytest.raises(TrainingError, match="10 workers cannot form groups of 3"):
+        RepetitionCode(10, 3)
+
+
+def test_repetition_tolerance_lets_only_tiny_deviations_through():
+    code = RepetitionCode(9, 3, rtol=1e-6)
+    updates, messages = honest_round(code, d=4, seed=0)
+    slipped = messages.copy()
+    slipped[0] += 0.5e-6 * np.abs(messages[0]).max()  # within tolerance: goes through, sum moves that much
+    result = code.decode(slipped)
+    assert result.flagged == []
+    assert np.abs(result.total - updates.sum(axis=0)).max() <= 1e-6 * np.abs(messages).max()
+    caught = messages.copy()
+    caught[0] += 1e-3 * np.abs(messages[0]).max()
+    result = code.decode(caught)
+    assert result.flagged == [0]
+    np.testing.assert_allclose(result.total, updates.sum(axis=0), rtol=1e-12)
+
+
+def test_repetition_without_a_strict_majority_raises_naming_the_group():
+    code = RepetitionCode(9, 3)
+    _, messages = honest_round(code, d=4, seed=0)
+    attacked = GaussianNoise().apply(messages, [3, 4], np.random.default_rng(0))  # two different forgeries
+    with pytest.raises(DecodeError, match=r"group 1 \(workers 3\.\.5\)"):
+        code.decode(attacked)
+
+
+def test_repetition_trusts_an_agreeing_majority_as_documented():
+    """s + 1 colluding replicas that agree are the group's majority: undetectable, as for any vote."""
+    code = RepetitionCode(9, 3)
+    updates, messages = honest_round(code, d=4, seed=0)
+    attacked = Constant(-100.0).apply(messages, [0, 1], np.random.default_rng(0))
+    result = code.decode(attacked)
+    assert result.flagged == [2]
+    np.testing.assert_allclose(result.total, updates[1:].sum(axis=0) - 100.0)
+
+
+def test_repetition_tolerates_s_adversaries_in_every_group_at_once():
+    code = RepetitionCode(15, 5)
+    updates, messages = honest_round(code, d=6, seed=2)
+    adversaries = [0, 1, 5, 6, 10, 11]
+    result = code.decode(ATTACKS["reverse"]().apply(messages, adversaries, np.random.default_rng(0)))
+    assert result.flagged == adversaries
+    np.testing.assert_allclose(result.total, updates.sum(axis=0))
+
+
+# ---- factory ---------------------------------------------------------------------------------------------
+
+
+def test_make_code_builds_each_code_by_name():
+    assert make_code("none", 9, 3) is None
+    assert isinstance(make_code("repetition", 9, 3), RepetitionCode)
+    assert isinstance(make_code("cyclic", 9, 3), CyclicCode)
+    with pytest.raises(TrainingError, match="unknown code"):
+        make_code("fountain", 9, 3)
