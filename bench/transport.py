@@ -1,15 +1,20 @@
 """One-way time of activations: our MQTT client via Mosquitto and via the embedded broker, vs one raw TCP hop.
 
-    python bench/transport.py [--repeats-scale 1.0] [--out bench/results/transport.json]
+    python bench/transport.py [--repeats-scale 1.0] [--sizes 10000,1000000] [--out bench/results/transport.json]
 
 Why ping-pong: one clock. A pinger sends a message, an echo process answers with the same tensor,
-and one-way time = round trip / 2. On the MQTT paths each direction includes our wire encode and
-decode and two network hops (client -> broker -> client); the raw path is one length-prefixed TCP
-hop with TCP_NODELAY and no encoding, i.e. the floor. Every echo and broker runs in its own process.
+and one-way time = round trip / 2. Paths:
+- raw TCP hop: the encoded bytes over one length-prefixed TCP connection with TCP_NODELAY, framed
+  before timing starts; the baseline the targets are stated against.
+- ours/<broker>: `MqttTransport` on both ends; each direction includes our wire encode and decode and
+  two network hops (client -> broker -> client).
+- floor/<broker>: a bare MQTT 3.1.1 QoS 0 socket client on both ends, so the broker's own cost can
+  be told apart from our client's (paho + wire format).
+Every echo and broker runs in its own process.
 
 Why interleaved rounds: the machine is shared, so load drifts during a run. Each size is measured
-in rounds that visit raw TCP, Mosquitto and the embedded broker in turn, so the ratios compare
-paths under the same load. Medians over all samples; the load average is recorded with them.
+in rounds that visit every path in turn, so ratios compare paths under the same load. Medians over
+all samples; the load average is recorded with them.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import multiprocessing
 import os
 import platform
 import queue
+import select
 import socket
 import statistics
 import struct
@@ -43,10 +49,17 @@ REPLY_TIMEOUT_S = 60.0
 DEPLOYMENT = "bench"
 PING_TOPIC = device_topic(DEPLOYMENT, "echo")
 PONG_TOPIC = device_topic(DEPLOYMENT, "pinger")
+FLOOR_PING_TOPIC = device_topic(DEPLOYMENT, "floor-echo")  # own topics: both echoes share a broker
+FLOOR_PONG_TOPIC = device_topic(DEPLOYMENT, "floor-pinger")
 LENGTH = struct.Struct("<Q")
 TARGET_SMALL_S = 1e-3
 TARGET_RATIO_LARGE = 3.0
-PATHS = ("raw TCP hop", "Mosquitto", "embedded amqtt")
+RAW = "raw TCP hop"
+OURS_MOSQUITTO = "ours/Mosquitto"
+OURS_EMBEDDED = "ours/amqtt"
+FLOOR_MOSQUITTO = "floor/Mosquitto"
+FLOOR_EMBEDDED = "floor/amqtt"
+PATHS = (RAW, OURS_MOSQUITTO, OURS_EMBEDDED, FLOOR_MOSQUITTO, FLOOR_EMBEDDED)
 
 RoundTrip = Callable[[], None]
 Prepare = Callable[[Message], RoundTrip]  # what a path does before timing starts, e.g. framing
@@ -76,8 +89,8 @@ def recv_exactly(connection: socket.socket, buffer: memoryview) -> None:
         received += count
 
 
-def echo_tcp(port: int, ready: multiprocessing.Event) -> None:
-    """Send every length-prefixed frame of the first connection straight back."""
+def echo_tcp(port: int, ready: multiprocessing.Event, stop: multiprocessing.Event) -> None:
+    """Send every length-prefixed frame of the first connection straight back (ends when it closes)."""
     with socket.create_server(("127.0.0.1", port)) as server:
         ready.set()
         connection, _ = server.accept()
@@ -95,13 +108,75 @@ def echo_tcp(port: int, ready: multiprocessing.Event) -> None:
             connection.sendall(prefix + body)
 
 
+# A minimal MQTT 3.1.1 client (QoS 0, no keepalive traffic): what any client must pay at least
+# through a given broker. It separates the broker's cost from our client's (paho + wire format).
+
+def _varint(value: int) -> bytes:
+    encoded = bytearray()
+    while True:
+        value, digit = divmod(value, 128)
+        encoded.append(digit | (0x80 if value else 0))
+        if not value:
+            return bytes(encoded)
+
+
+def _mqtt_string(text: str) -> bytes:
+    return struct.pack("!H", len(text)) + text.encode()
+
+
+def _read_mqtt_packet(connection: socket.socket) -> bytearray:
+    """The body (after the fixed header) of the next packet."""
+    byte = bytearray(1)
+    recv_exactly(connection, memoryview(byte))  # packet type
+    length, multiplier = 0, 1
+    while True:
+        recv_exactly(connection, memoryview(byte))
+        length += (byte[0] & 0x7F) * multiplier
+        multiplier *= 128
+        if not byte[0] & 0x80:
+            break
+    body = bytearray(length)
+    recv_exactly(connection, memoryview(body))
+    return body
+
+
+def _minimal_mqtt_connection(port: int, client_id: str, subscribe_to: str) -> socket.socket:
+    connection = socket.create_connection(("127.0.0.1", port))
+    connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    connect = _mqtt_string("MQTT") + bytes([4, 0x02]) + struct.pack("!H", 0) + _mqtt_string(client_id)
+    connection.sendall(bytes([0x10]) + _varint(len(connect)) + connect)
+    _read_mqtt_packet(connection)  # CONNACK
+    subscribe = struct.pack("!H", 1) + _mqtt_string(subscribe_to) + bytes([0])
+    connection.sendall(bytes([0x82]) + _varint(len(subscribe)) + subscribe)
+    _read_mqtt_packet(connection)  # SUBACK
+    return connection
+
+
+def _publish_header(topic: str, payload_bytes: int) -> bytes:
+    encoded_topic = _mqtt_string(topic)
+    return bytes([0x30]) + _varint(len(encoded_topic) + payload_bytes) + encoded_topic
+
+
+def echo_minimal_mqtt(port: int, ready: multiprocessing.Event, stop: multiprocessing.Event) -> None:
+    """Republish every payload from FLOOR_PING_TOPIC on FLOOR_PONG_TOPIC, untouched."""
+    with _minimal_mqtt_connection(port, "bench-floor-echo", FLOOR_PING_TOPIC) as connection:
+        ready.set()
+        while not stop.is_set():
+            if not select.select([connection], [], [], 0.2)[0]:
+                continue
+            body = _read_mqtt_packet(connection)
+            topic_bytes = struct.unpack_from("!H", body)[0]
+            payload = memoryview(body)[2 + topic_bytes:]
+            connection.sendall(_publish_header(FLOOR_PONG_TOPIC, len(payload)))
+            connection.sendall(payload)
+
+
 @contextmanager
 def child(target: Callable[..., None], *args: object) -> Iterator[multiprocessing.Event]:
     """Run `target(*args, ready, stop)`-style echo in a spawned process; yields once it is ready."""
     context = multiprocessing.get_context("spawn")
     ready, stop = context.Event(), context.Event()
-    extra = (ready, stop) if target is echo_mqtt else (ready,)
-    process = context.Process(target=target, args=(*args, *extra), daemon=True)
+    process = context.Process(target=target, args=(*args, ready, stop), daemon=True)
     process.start()
     try:
         if not ready.wait(30):
@@ -119,7 +194,7 @@ def child(target: Callable[..., None], *args: object) -> Iterator[multiprocessin
 
 @contextmanager
 def tcp_pinger() -> Iterator[Prepare]:
-    """The floor: the encoded bytes framed once up front, then only sendall and recv_into are timed."""
+    """The baseline: the encoded bytes framed once up front, then only sendall and recv_into are timed."""
     port = free_tcp_port()
     with child(echo_tcp, port), socket.create_connection(("127.0.0.1", port)) as connection:
         connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -129,6 +204,25 @@ def tcp_pinger() -> Iterator[Prepare]:
             frame = LENGTH.pack(len(payload)) + payload
             answer = memoryview(bytearray(len(frame)))
             return lambda: (connection.sendall(frame), recv_exactly(connection, answer))
+
+        yield prepare
+
+
+@contextmanager
+def minimal_mqtt_pinger(port: int) -> Iterator[Prepare]:
+    """The broker's floor: the encoded bytes through the broker by the minimal client, no paho."""
+    with child(echo_minimal_mqtt, port), _minimal_mqtt_connection(port, "bench-floor-pinger", FLOOR_PONG_TOPIC) as connection:
+
+        def prepare(message: Message) -> RoundTrip:
+            payload = encode(message)
+            header = _publish_header(FLOOR_PING_TOPIC, len(payload))
+
+            def round_trip() -> None:
+                connection.sendall(header)
+                connection.sendall(payload)
+                _read_mqtt_packet(connection)
+
+            return round_trip
 
         yield prepare
 
@@ -197,9 +291,11 @@ def main() -> None:
     with ExitStack() as stack:
         mosquitto = stack.enter_context(MosquittoBroker())
         embedded = stack.enter_context(EmbeddedBrokerProcess())
-        pingers = {"raw TCP hop": stack.enter_context(tcp_pinger()),
-                   "Mosquitto": stack.enter_context(mqtt_pinger(mosquitto.url)),
-                   "embedded amqtt": stack.enter_context(mqtt_pinger(embedded.url))}
+        pingers = {RAW: stack.enter_context(tcp_pinger()),
+                   OURS_MOSQUITTO: stack.enter_context(mqtt_pinger(mosquitto.url)),
+                   OURS_EMBEDDED: stack.enter_context(mqtt_pinger(embedded.url)),
+                   FLOOR_MOSQUITTO: stack.enter_context(minimal_mqtt_pinger(mosquitto.port)),
+                   FLOOR_EMBEDDED: stack.enter_context(minimal_mqtt_pinger(embedded.port))}
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task("ping-pong", total=len(sizes) * ROUNDS * len(PATHS))
             for size in sizes:
@@ -211,24 +307,26 @@ def main() -> None:
                         progress.advance(task)
     load_after = os.getloadavg()
 
-    medians = {path: {size: statistics.median(values) for size, values in by_size.items()} for path, by_size in samples.items()}
-    raw, mosq, amqtt = (medians[path] for path in PATHS)
-    table = Table(title="One-way time per activation, median (MQTT paths: 2 hops + our encode/decode)")
-    for column in ("size", "raw TCP hop", "Mosquitto", "x raw", "embedded amqtt", "x raw", "target (Mosquitto)"):
+    medians = {path: {size: statistics.median(values) for size, values in by_size.items()}
+               for path, by_size in samples.items()}
+    table = Table(title="One-way time per activation, median (ratio to one raw TCP hop)")
+    for column in ("size", *PATHS, "target (ours/Mosquitto)"):
         table.add_column(column, justify="right")
     rows = []
     for size in sizes:
-        target, met = target_of(size, raw[size], mosq[size])
-        rows.append({"size_bytes": size, "samples_per_path": len(samples["raw TCP hop"][size]),
-                     "raw_tcp_s": raw[size], "mosquitto_s": mosq[size], "embedded_s": amqtt[size],
-                     "mosquitto_over_raw": mosq[size] / raw[size], "embedded_over_raw": amqtt[size] / raw[size],
+        raw_s = medians[RAW][size]
+        target, met = target_of(size, raw_s, medians[OURS_MOSQUITTO][size])
+        rows.append({"size_bytes": size, "samples_per_path": len(samples[RAW][size]),
+                     "one_way_s": {path: medians[path][size] for path in PATHS},
+                     "over_raw": {path: medians[path][size] / raw_s for path in PATHS},
                      "target": target, "target_met": met})
-        table.add_row(human_bytes(size), f"{raw[size] * 1e3:.3f} ms", f"{mosq[size] * 1e3:.3f} ms",
-                      f"{mosq[size] / raw[size]:.1f}", f"{amqtt[size] * 1e3:.3f} ms", f"{amqtt[size] / raw[size]:.1f}",
-                      target + ("" if met is None else (" met" if met else " missed")))
+        cells = [f"{medians[path][size] * 1e3:.3f} ms" + ("" if path == RAW else f" ({medians[path][size] / raw_s:.1f}x)")
+                 for path in PATHS]
+        table.add_row(human_bytes(size), *cells, target + ("" if met is None else (" met" if met else " missed")))
     console.print(table)
-    console.print(f"load average (1 min) before/after: {load_before[0]:.2f} / {load_after[0]:.2f} on "
-                  f"{os.cpu_count()} CPUs")
+    console.print(f"ours = MqttTransport + wire encode/decode; floor = a bare MQTT 3.1.1 QoS 0 socket client (what "
+                  f"any client pays through that broker). MQTT paths are two hops. Load average (1 min) before/after: "
+                  f"{load_before[0]:.2f} / {load_after[0]:.2f} on {os.cpu_count()} CPUs.")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "benchmark": "transport", "method": "ping-pong round trip / 2, interleaved rounds, medians",

@@ -128,18 +128,18 @@ def write_json(path: Path, data: Any, what: str) -> None:
         raise DeviceError(f"cannot write {what} file {path}: {error.strerror or error}.") from None
 
 
+def _catalogue_folder() -> Path:
+    return Path(str(resources.files("devices") / "catalogue"))
+
+
 def catalogue_path(file_name: str) -> Path:
     """Path of a data file shipped in `devices/catalogue/`."""
-    return Path(str(resources.files("devices") / "catalogue" / file_name))
+    return _catalogue_folder() / file_name
 
 
 def _catalogue_files() -> dict[str, Path]:
-    folder = catalogue_path("")
-    return {
-        path.stem: path
-        for path in sorted(folder.glob("*.json"))
-        if path.name not in _NOT_DEVICE_FILES
-    }
+    return {path.stem: path for path in sorted(_catalogue_folder().glob("*.json"))
+            if path.name not in _NOT_DEVICE_FILES}
 
 
 @cache

@@ -36,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,8 +52,10 @@ logger = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 5.0
+SYSTEM_BINARY_DIRS = "/usr/sbin:/usr/local/sbin:/sbin"
 # A PUBLISH packet carries the topic and a few header bytes besides our payload.
 MQTT_PACKET_OVERHEAD_BYTES = 64 * 2**10
+MAX_QUEUED_BYTES_PER_CLIENT = 256 * 2**20
 
 
 def ready_banner(host: str, port: int) -> str:
@@ -82,8 +85,13 @@ def wait_for_port(host: str, port: int, timeout_s: float, alive: Callable[[], bo
 
 
 def amqtt_config(host: str, port: int) -> dict:
-    """amqtt settings: one TCP listener, anonymous access, and none of the default logging/$SYS
-    plugins (the packet logger formats every packet and slows large messages further)."""
+    """amqtt settings: one TCP listener and anonymous access, without the default $SYS publisher and
+    event/packet logger plugins, which a transport for tensors does not need.
+
+    amqtt has no packet size limit (a client may send up to MQTT's 256 MB), so it binds to loopback by
+    default and is meant for demos and tests; put Mosquitto, capped at our wire limit, in front of
+    untrusted clients.
+    """
     return {
         "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
         "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
@@ -121,7 +129,7 @@ async def serve_amqtt(host: str, port: int, stop: asyncio.Event, on_started: Cal
         logger.info("embedded MQTT broker on %s:%d stopped", host, port)
 
 
-class _Broker:
+class _Broker(ABC):
     """Shared surface of every broker: address, url, context manager."""
 
     def __init__(self, host: str, port: int) -> None:
@@ -132,11 +140,13 @@ class _Broker:
     def url(self) -> str:
         return f"mqtt://{self.host}:{self.port}"
 
+    @abstractmethod
     def start(self) -> Self:
-        raise NotImplementedError
+        """Start serving; returns once clients can connect."""
 
+    @abstractmethod
     def stop(self) -> None:
-        raise NotImplementedError
+        """Stop serving (idempotent)."""
 
     def __enter__(self) -> Self:
         return self.start()
@@ -175,7 +185,8 @@ class EmbeddedBroker(_Broker):
         self._thread.start()
         if not started.wait(START_TIMEOUT_S) or self._error is not None:
             self.stop()
-            raise TransportError(f"the embedded broker did not start on {self.host}:{self.port}: {self._error}.")
+            reason = self._error or f"no answer within {START_TIMEOUT_S:g} s"
+            raise TransportError(f"the embedded broker did not start on {self.host}:{self.port}: {reason}.")
         return self
 
     def stop(self) -> None:
@@ -199,8 +210,9 @@ class _BrokerProcess(_Broker):
         self._log_file: Path | None = None
         self.exit_code: int | None = None  # of the last stop(): 0 or -15 (SIGTERM) is a clean stop
 
+    @abstractmethod
     def _command(self) -> list[str]:
-        raise NotImplementedError
+        """The broker's command line."""
 
     def _popen_options(self) -> dict:
         return {}
@@ -342,7 +354,9 @@ class MosquittoBroker(_BrokerProcess):
             # mosquitto 2.0 recommends max_packet_size over message_size_limit: a client that sends
             # a bigger packet is disconnected before the broker buffers or forwards it.
             f"max_packet_size {self.max_message_bytes + MQTT_PACKET_OVERHEAD_BYTES}",
-            "max_queued_messages 10000",
+            # Per slow client: enough for a burst of pipelined requests, bounded in bytes as well.
+            "max_queued_messages 1000",
+            f"max_queued_bytes {MAX_QUEUED_BYTES_PER_CLIENT}",
             "persistence false",
             "log_dest stderr",
             "log_type error",
@@ -361,8 +375,6 @@ class MosquittoBroker(_BrokerProcess):
         return "\n".join(lines) + "\n"
 
     def _write_config(self) -> Path:
-        if shutil.which(self.executable) is None and not Path(self.executable).exists():
-            raise TransportError(f"{self.executable} is not installed; on Debian run `apt-get install mosquitto`.")
         config_dir = Path(tempfile.mkdtemp(prefix="edgecloud-mosquitto-"))
         self._config_dir = config_dir
         (config_dir / "mosquitto.conf").write_text(self.config_text(config_dir))
@@ -388,7 +400,11 @@ class MosquittoBroker(_BrokerProcess):
         return config_dir / "mosquitto.conf"
 
     def _command(self) -> list[str]:
-        return [self.executable, "-c", str(self._write_config())]
+        # Debian installs the broker in /usr/sbin, which is not on an ordinary user's PATH.
+        found = shutil.which(self.executable) or shutil.which(self.executable, path=SYSTEM_BINARY_DIRS)
+        if found is None:
+            raise TransportError(f"{self.executable} is not installed; on Debian run `apt-get install mosquitto`.")
+        return [found, "-c", str(self._write_config())]
 
     def _popen_options(self) -> dict:
         account = _unprivileged_user()

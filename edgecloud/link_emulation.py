@@ -14,11 +14,23 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from partitioner.costs import Link
 
 logger = logging.getLogger(__name__)
+
+
+def links_of(device: str, plan_links: Iterable[Mapping[str, Any]]) -> dict[str, Link]:
+    """The plan's links that touch `device` (a link holds both ways), keyed by the device at the other end."""
+    links: dict[str, Link] = {}
+    for item in plan_links:
+        ends = (item["from"], item["to"])
+        if device in ends and ends[0] != ends[1]:
+            other = ends[1] if ends[0] == device else ends[0]
+            links[other] = Link(float(item["bandwidth_bps"]), float(item.get("latency_s", 0.0)))
+    return links
 
 
 class LinkEmulator:

@@ -104,6 +104,8 @@ class MqttTransport:
 
     def connect(self) -> Self:
         """Connect (MQTT 5, else 3.1.1) and start the network thread; TransportError when refused."""
+        if self._client is not None:
+            return self
         for protocol, label in ((paho.MQTTv5, "5"), (paho.MQTTv311, "3.1.1")):
             client = self._new_client(protocol)
             reason = self._first_connect(client)
@@ -307,6 +309,7 @@ class MqttTransport:
         self.subscribe(topic, decode_then_handle)
 
     def unsubscribe(self, topic: str) -> None:
+        """Stop delivering `topic` (and stop re-subscribing to it after reconnects)."""
         client = self._require_client()
         with self._lock:
             self._handlers.pop(topic, None)

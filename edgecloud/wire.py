@@ -10,8 +10,8 @@ API (stable; used by the agents and the client):
     payload: bytes = encode(message)              # validates against DEFAULT_LIMITS too
     received: Message = decode(payload)           # raises WireFormatError on any violation
 
-`decode` returns tensors as read-only numpy views into `payload` (no copy); copy them if you need
-to write or to keep them while discarding the payload's other contents.
+`decode` returns tensors as numpy views into `payload` (no copy; read-only when the payload is
+`bytes`, as MQTT delivers it); copy them if you need to write or want the payload freed.
 
 Layout (all integers little-endian):
 

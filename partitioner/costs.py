@@ -272,9 +272,16 @@ def to_arrays(graph: CostGraph) -> CostArrays:
     return CostArrays(
         device_names=device_names, node_names=node_names, tensor_names=tensor_names, time_s=time_s,
         memory_bytes=memory_bytes,
-        memory_limit_bytes=np.array([graph.memory_limit_bytes(name) for name in device_names]),
+        memory_limit_bytes=np.array([_binding_limit(graph.memory_limit_bytes(name), memory_bytes.sum())
+                                     for name in device_names]),
         pin=pin, producer=producer, tensor_bytes=tensor_bytes, is_output=is_output,
         use_tensor=np.array(use_tensor, dtype=np.int64), use_node=np.array(use_node, dtype=np.int64),
         bandwidth_bps=bandwidth_bps, latency_s=latency_s, source=device_index[graph.source],
         sink=device_index[graph.sink], transfer_s=transfer_s,
     )
+
+
+def _binding_limit(limit_bytes: float, total_bytes: float) -> float:
+    """A limit that even all nodes together fit under constrains nothing: drop it (inf), so that the
+    exact two-device min-cut stays applicable and the MIP carries no redundant row."""
+    return math.inf if limit_bytes >= total_bytes else limit_bytes

@@ -8,8 +8,12 @@ formulation kept for comparison in `partitioner.ilp_textbook`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -66,8 +70,11 @@ class MipBuilder:
             return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
 
         row, col, coef = cat(self.row_of, np.int64), cat(self.col_of, np.int64), cat(self.coef, float)
-        order = np.lexsort((col, row))
-        row, col, coef = row[order], col[order], coef[order]
+        # Sort row-major and add up repeated (row, col) entries: HiGHS rejects duplicates.
+        keys, first = np.unique(row * max(self.n_cols, 1) + col, return_index=True)
+        order = np.argsort(row * max(self.n_cols, 1) + col, kind="stable")
+        coef = np.add.reduceat(coef[order], np.searchsorted((row * max(self.n_cols, 1) + col)[order], keys)) if keys.size else coef
+        row, col = row[first], col[first]
         starts = np.searchsorted(row, np.arange(self.n_rows + 1))
         return Mip(cost=cat(self.cost, float), lower=cat(self.lower, float), upper=cat(self.upper, float),
                    integer=cat(self.integer, bool), row_starts=starts, row_cols=col, row_coefs=coef,
@@ -112,10 +119,14 @@ def _solve_highs(mip: Mip, time_limit_s: float | None, warm_start: np.ndarray | 
     import highspy
 
     started = time.perf_counter()
-    highs = highspy.Highs()
+    with _stdout_silenced():  # HiGHS prints its banner from C++ on construction, before any option applies
+        highs = highspy.Highs()
     highs.setOptionValue("output_flag", False)
     highs.setOptionValue("mip_rel_gap", mip_rel_gap)
     highs.setOptionValue("mip_abs_gap", 1e-12)
+    # Costs are seconds, often microseconds small: the default 1e-6/1e-7 tolerances would blur them.
+    highs.setOptionValue("mip_feasibility_tolerance", 1e-9)
+    highs.setOptionValue("primal_feasibility_tolerance", 1e-9)
     if time_limit_s is not None:
         highs.setOptionValue("time_limit", float(time_limit_s))
     lp = highspy.HighsLp()
@@ -133,7 +144,8 @@ def _solve_highs(mip: Mip, time_limit_s: float | None, warm_start: np.ndarray | 
     lp.a_matrix_.num_col_ = lp.num_col_
     lp.a_matrix_.num_row_ = lp.num_row_
     lp.integrality_ = [highspy.HighsVarType.kInteger if flag else highspy.HighsVarType.kContinuous for flag in mip.integer]
-    highs.passModel(lp)
+    if highs.passModel(lp) == highspy.HighsStatus.kError:
+        raise PartitionerError("the solver rejected the model (an internal formulation error).")
     if warm_start is not None:
         highs.setSolution(int(warm_start.size), np.arange(warm_start.size, dtype=np.int32), warm_start.astype(float))
     highs.run()
@@ -147,6 +159,20 @@ def _solve_highs(mip: Mip, time_limit_s: float | None, warm_start: np.ndarray | 
     gap = float(info.mip_gap) if mip.integer.any() else 0.0
     return MipResult(values, names.get(status, highs.modelStatusToString(status).lower().replace(" ", "_")),
                      gap if np.isfinite(gap) else float("inf"), elapsed, "highs")
+
+
+@contextlib.contextmanager
+def _stdout_silenced() -> Iterator[None]:
+    """Point file descriptor 1 at /dev/null (C-level output too), so `--json` output stays pure JSON."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _solve_cbc(mip: Mip, time_limit_s: float | None, mip_rel_gap: float) -> MipResult:

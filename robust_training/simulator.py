@@ -36,7 +36,7 @@ from robust_training.aggregators import Aggregator, make_aggregator
 from robust_training.attacks import Attack, choose_adversaries, make_attack
 from robust_training.codes import Code, make_code
 from robust_training.data import Dataset, split_dataset
-from robust_training.dgd import PartitionUpdates, batch_rng, check_step_settings, local_updates
+from robust_training.dgd import PartitionUpdates, batch_rng, check_step_settings, local_updates, size_weights
 from robust_training.errors import TrainingError
 from robust_training.losses import Objective
 
@@ -104,7 +104,7 @@ class RoundRecord:
 
     round: int
     tau: int
-    train_loss: float | None
+    batch_loss: float          # size-weighted loss of the partitions' first batches at the round's start model
     test_accuracy: float | None
     compute_s: float
     aggregate_s: float
@@ -125,6 +125,7 @@ class SimulationResult:
     params: np.ndarray
     records: list[RoundRecord]
     partition_sizes: list[int]
+    train_loss: float          # of the final model on the whole training set
     tau_estimates: list[TauEstimates] = field(default_factory=list)
 
     @property
@@ -156,8 +157,8 @@ class Simulator:
         n_partitions = config.n_workers if self.code is None else self.code.n_partitions
         self.partitions = split_dataset(train, n_partitions, config.split, seed=config.seed,
                                         unequal=config.unequal_sizes, alpha=config.dirichlet_alpha)
-        sizes = np.array([len(p) for p in self.partitions], dtype=np.float64)
-        self.message_scale = n_partitions * sizes / sizes.sum()
+        self.size_weights = size_weights([len(p) for p in self.partitions])
+        self.message_scale = n_partitions * self.size_weights
         self.adversary_rng = np.random.default_rng(np.random.SeedSequence([config.seed, 1]))
         self.params0 = objective.initial_params(train.features, np.random.default_rng(np.random.SeedSequence([config.seed, 2])))
 
@@ -188,10 +189,10 @@ class Simulator:
             start_params = params
             params = params + step
             elapsed_s += compute_s + aggregate_s + transfer_s
-            record = RoundRecord(round_index + 1, tau, None, None, compute_s, aggregate_s, transfer_s, elapsed_s,
+            batch_loss = float(self.size_weights @ updates.start_losses)
+            record = RoundRecord(round_index + 1, tau, batch_loss, None, compute_s, aggregate_s, transfer_s, elapsed_s,
                                  sorted(adversaries), sorted(flagged))
             if (round_index + 1) % config.eval_every == 0 or round_index + 1 == config.rounds:
-                record.train_loss = self.objective.loss(params, self.train.features, self.train.labels)
                 record.test_accuracy = self.objective.accuracy(params, self.test.features, self.test.labels)
             records.append(record)
             if on_round is not None:
@@ -208,7 +209,8 @@ class Simulator:
             if (config.target_accuracy is not None and record.test_accuracy is not None
                     and record.test_accuracy >= config.target_accuracy):
                 break
-        return SimulationResult(params, records, [len(p) for p in self.partitions],
+        train_loss = self.objective.loss(params, self.train.features, self.train.labels)
+        return SimulationResult(params, records, [len(p) for p in self.partitions], train_loss,
                                 controller.log if controller is not None else [])
 
     def _compute_partitions(self, params: np.ndarray, round_index: int, tau: int,

@@ -1,15 +1,10 @@
-"""Broker URLs, topic names and the in-thread embedded broker."""
+"""Broker URLs and topic names."""
 
 from __future__ import annotations
 
-import queue
-import threading
-
 import pytest
 
-from edgecloud.broker import EmbeddedBroker
 from edgecloud.errors import TransportError
-from edgecloud.mqtt import MqttTransport
 from edgecloud.mqtt_url import BrokerAddress, parse_broker_url
 from edgecloud.topics import device_topic
 
@@ -49,38 +44,3 @@ def test_device_topics_are_one_inbox_per_device() -> None:
     for deployment, device in [("a/b", "edge"), ("demo", "+"), ("demo", "#"), ("", "edge"), ("$SYS", "x")]:
         with pytest.raises(TransportError):
             device_topic(deployment, device)
-
-
-def test_embedded_broker_thread_serves_and_stops_cleanly() -> None:
-    threads_before = set(threading.enumerate())
-    with EmbeddedBroker() as broker, MqttTransport(broker.url, "solo") as transport:
-        assert transport.protocol == "3.1.1"  # amqtt refuses MQTT 5; the client fell back
-        seen: queue.Queue[bytes] = queue.Queue()
-        transport.subscribe("loop/back", lambda payload, _: seen.put(payload))
-        transport.publish("loop/back", b"hello")
-        assert seen.get(timeout=10.0) == b"hello"
-    assert not [thread for thread in set(threading.enumerate()) - threads_before if thread.is_alive()]
-    with pytest.raises(TransportError, match="cannot reach"):
-        MqttTransport(broker.url, "late").connect()
-
-
-def test_embedded_broker_process_runs_the_cli_and_stops_gracefully() -> None:
-    from edgecloud.broker import EmbeddedBrokerProcess
-
-    broker = EmbeddedBrokerProcess().start()
-    with MqttTransport(broker.url, "cli-check") as transport:
-        assert transport.protocol == "3.1.1"
-    log_text = broker.log_text()
-    broker.stop()
-    assert broker.exit_code == 0  # SIGTERM ends it through its own shutdown, not by SIGKILL
-    assert "listening on mqtt://127.0.0.1" in log_text
-    assert "WARNING" not in log_text and "ERROR" not in log_text  # the expected MQTT 5 refusal is not logged
-
-
-def test_broker_command_is_registered() -> None:
-    from typer.testing import CliRunner
-
-    from edgecloud.cli.app import app
-
-    result = CliRunner().invoke(app, ["broker", "--help"])
-    assert result.exit_code == 0 and "--port" in result.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
 import random
@@ -24,11 +25,11 @@ RECEIVE_TIMEOUT_S = 10.0
 
 def unique_deployment(request: pytest.FixtureRequest) -> str:
     """A deployment name per test (and broker), so that tests sharing a broker never see each other's traffic."""
-    return "t" + str(abs(hash(request.node.nodeid)))
+    return "t" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:12]
 
 
 def sample_tensors(seed: int) -> dict[str, np.ndarray]:
-    """One tensor per supported dtype, with awkward values: NaN payload bits, -0.0, extremes, empty shapes."""
+    """One tensor per supported dtype made of random bytes (any bit pattern), an empty one, and NaN payload bits."""
     rng = np.random.default_rng(seed)
     tensors: dict[str, np.ndarray] = {}
     for dtype_name in DTYPES:
@@ -110,15 +111,20 @@ def test_hundred_concurrent_requests_are_matched_by_request_id(broker, request) 
         np.testing.assert_array_equal(reply.tensors["y"], np.full((2, 2), 3 * index, np.int64))
 
 
-def test_request_without_reply_times_out_and_frees_its_slot(broker, request) -> None:  # noqa: F811
+def test_requests_in_flight_are_bounded_and_a_timeout_frees_the_slot(broker, request) -> None:  # noqa: F811
     deployment = unique_deployment(request)
+    nobody = device_topic(deployment, "nobody")
     with MqttTransport(broker.url, f"{deployment}-client") as client:
         requester = Requester(client, reply_topic=device_topic(deployment, "client"), max_in_flight=1)
+        pending = requester.submit(nobody, Message("request", "r1", "client"))
+        with pytest.raises(TransportError, match="already in flight"):
+            requester.submit(nobody, Message("request", "r2", "client"), timeout_s=0.1)
+        pending.cancel()  # the caller gave up: its slot is free again
         with pytest.raises(TransportError, match="no reply"):
-            requester.request(device_topic(deployment, "nobody"), Message("request", "r", "client"), timeout_s=0.3)
+            requester.request(nobody, Message("request", "r3", "client"), timeout_s=0.3)
         assert requester.in_flight == 0
-        with pytest.raises(TransportError, match="no reply"):  # the single slot was released
-            requester.request(device_topic(deployment, "nobody"), Message("request", "r2", "client"), timeout_s=0.3)
+        with pytest.raises(TransportError, match="no reply"):  # the timed-out request released its slot too
+            requester.request(nobody, Message("request", "r4", "client"), timeout_s=0.3)
 
 
 def test_malformed_truncated_and_oversized_messages_are_rejected_and_serving_continues(

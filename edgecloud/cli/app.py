@@ -12,6 +12,7 @@ from edgecloud.cli import broker as broker_command
 from edgecloud.cli import models
 from edgecloud.cli import predictor as predictor_command
 from edgecloud.cli import profile as profile_command
+from edgecloud.cli import demo as demo_command
 from edgecloud.cli import serve as serve_command
 from edgecloud.cli import train as train_command
 from edgecloud.cli.user_errors import reports_user_errors
@@ -32,6 +33,7 @@ app.command("train")(reports_user_errors(train_command.train))
 app.command("split")(reports_user_errors(serve_command.split))
 app.command("agent")(reports_user_errors(serve_command.agent))
 app.command("infer")(reports_user_errors(serve_command.infer))
+app.command("demo")(reports_user_errors(demo_command.demo))
 app.add_typer(predictor_command.app, name="predictor")
 
 

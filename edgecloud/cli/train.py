@@ -71,7 +71,7 @@ def train(
         _plot_curve(result.records, plot, f"{model} on {dataset}, code {code}, {adversaries} x {attack}")
     summary = {
         "test_accuracy": final.test_accuracy,
-        "train_loss": final.train_loss,
+        "train_loss": result.train_loss,
         "rounds": len(result.records),
         "seconds": result.seconds,
         "flagged": result.flagged,

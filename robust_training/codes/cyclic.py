@@ -55,6 +55,7 @@ What is guaranteed
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 
@@ -69,6 +70,11 @@ N_PROJECTIONS = 2
 #: Smallest singular value of the code basis restricted to the complement of 2s consecutive workers that
 #: we accept (n = 45, s = 10 gives 9e-11 and decodes exactly; n = 64, s = 7 gives 7e-12 and does not).
 MIN_NUMERICAL_DISTANCE_MARGIN = 5e-11
+#: Random fits the fallback locator tries before the decode gives up (only paid when the algebraic
+#: locator fails, i.e. on inconsistent rounds or rare clustered error patterns).
+CONSENSUS_SAMPLES = 2000
+#: How many of the best-fitting random fits go through the consistency gate.
+CONSENSUS_CHECKS = 5
 
 
 class CyclicCode(Code):
@@ -114,11 +120,13 @@ class CyclicCode(Code):
 
     def decode(self, messages: np.ndarray) -> DecodeResult:
         received = self._check_messages(messages)
-        finite = np.isfinite(received).all(axis=1)
+        projections = self._rng.standard_normal((received.shape[1], N_PROJECTIONS))
+        projected = received @ projections
+        finite = np.isfinite(projected).all(axis=1)  # an inf or nan anywhere in a row reaches its projection
         if not finite.all():  # a zero row is an ordinary (locatable) error; inf/nan would poison the sums
             received = np.where(finite[:, None], received, 0.0)
-        projections = self._rng.standard_normal((received.shape[1], N_PROJECTIONS))
-        flagged = self._locate(received @ projections)
+            projected = np.where(finite[:, None], projected, 0.0)
+        flagged = self._locate(projected)
         weights = np.zeros(self.n_workers)
         honest = np.setdiff1d(np.arange(self.n_workers), flagged)
         weights[honest] = self._recovery_weights(honest)
@@ -205,10 +213,48 @@ class CyclicCode(Code):
                 candidate = np.sort(np.argsort(scores, kind="stable")[:n_errors])
             if self._consistent(projected, candidate):
                 return [int(worker) for worker in candidate]
+        consensus = self._locate_by_consensus(projected)
+        if consensus is not None:
+            return consensus
         raise DecodeError(
             f"the cyclic code cannot decode: no set of at most {s} workers explains the messages, so more than "
             f"{s} of the {self.n_workers} workers sent inconsistent messages."
         )
+
+    def _locate_by_consensus(self, projected: np.ndarray) -> list[int] | None:
+        """Fallback when the algebraic locator's candidates all fail (clustered errors, large s / n).
+
+        Fit the code exactly through random sets of n - p rows (one batched solve); a set that is all
+        honest fits every honest row, so its s farthest rows include every deviating row. The fits whose
+        n - s nearest rows fit best go through the same consistency gate; removed rows that agree with
+        the accepted codeword after all are given back (not flagged).
+        """
+        s = self.max_adversaries
+        dimension = self._basis.shape[1]
+        n_samples = _samples_for_one_honest_set(self.n_workers, s, dimension)
+        samples = np.argsort(self._rng.random((n_samples, self.n_workers)), axis=1)[:, :dimension]
+        try:
+            coefficients = np.linalg.solve(self._basis[samples], projected[samples])
+        except np.linalg.LinAlgError:
+            return None
+        distances = np.linalg.norm(projected[None, :, :] - self._basis @ coefficients, axis=2)  # (samples, n)
+        order = np.argsort(distances, axis=1)
+        inlier_error = np.take_along_axis(distances, order[:, : self.n_workers - s], axis=1).sum(axis=1)
+        tried: set[tuple[int, ...]] = set()
+        for best in np.argsort(inlier_error):
+            farthest = tuple(sorted(int(w) for w in order[best, self.n_workers - s :]))
+            if farthest in tried:
+                continue
+            tried.add(farthest)
+            if self._consistent(projected, np.array(farthest)):
+                kept = np.setdiff1d(np.arange(self.n_workers), farthest)
+                fit, *_ = np.linalg.lstsq(self._basis[kept], projected[kept], rcond=None)
+                residual = np.linalg.norm(projected - self._basis @ fit, axis=1)
+                tolerance = self.rtol * np.linalg.norm(projected[kept])
+                return [worker for worker in farthest if residual[worker] > tolerance]
+            if len(tried) == CONSENSUS_CHECKS:
+                return None
+        return None
 
     def _consistent(self, projected: np.ndarray, removed: np.ndarray) -> bool:
         kept = np.setdiff1d(np.arange(self.n_workers), removed)
@@ -223,6 +269,16 @@ class CyclicCode(Code):
         target = self._basis.T @ self._sum_functional
         weights, *_ = np.linalg.lstsq(self._basis[honest].T, target, rcond=None)
         return weights
+
+
+def _samples_for_one_honest_set(n_workers: int, n_adversaries: int, dimension: int) -> int:
+    """Random row sets needed to draw one free of s adversaries with probability 0.999 (capped)."""
+    all_honest = math.comb(n_workers - n_adversaries, dimension) / math.comb(n_workers, dimension)
+    if all_honest >= 1.0:
+        return 1
+    if all_honest <= 0.0:
+        return CONSENSUS_SAMPLES
+    return int(min(CONSENSUS_SAMPLES, math.ceil(math.log(1e-3) / math.log1p(-all_honest))))
 
 
 def _split_real_parity_and_code(parity_check: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

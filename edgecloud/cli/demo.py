@@ -1,0 +1,165 @@
+"""`edgecloud demo`: profile, plan, split and serve a bundled model on this machine, then compare."""
+
+from __future__ import annotations
+
+import signal
+import tempfile
+from contextlib import contextmanager
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from edgecloud.demo import DemoSettings, PlannedModel, RequestOutcome, StepRow
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM ends the demo like Ctrl-C does: through every `finally`, so no child outlives it."""
+
+    def interrupt(*_: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def demo(
+    model: Annotated[str, typer.Option("--model", help="Bundled model (see `edgecloud models`).")] = "resnet18",
+    bandwidth: Annotated[str, typer.Option("--bandwidth", help="Edge-cloud bandwidth, e.g. 20Mbit.")] = "20Mbit",
+    latency: Annotated[str, typer.Option("--latency", help="Edge-cloud one-way latency, e.g. 10ms.")] = "10ms",
+    requests: Annotated[int, typer.Option("--requests", min=1, help="Requests to send through the agents.")] = 10,
+    broker: Annotated[Optional[str], typer.Option("--broker", help="Broker URL; default: start the embedded broker.")] = None,
+    edge: Annotated[str, typer.Option("--edge", help="Edge device profile (catalogue name or JSON file).")] = "rpi4",
+    cloud: Annotated[str, typer.Option("--cloud", help="Cloud device profile (catalogue name or JSON file).")] = "cloud-server",
+    deadline: Annotated[str, typer.Option("--deadline", help="Deadline of each request.")] = "10s",
+    emulate_links: Annotated[bool, typer.Option("--emulate-links/--no-emulate-links", help="Delay messages in the agents as the planned link would.")] = True,
+    workdir: Annotated[Optional[Path], typer.Option("--workdir", help="Keep the plan and split here (default: a temporary folder).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the inputs and the profiler.")] = 0,
+) -> None:
+    """Run the whole job here: export, profile, plan vs baselines, split, serve over MQTT, check, compare."""
+    import logging
+
+    from rich.console import Console
+
+    from edgecloud.demo import DemoSettings
+    from partitioner.units import parse_bandwidth_bps, parse_duration_s
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    settings = DemoSettings(model=model, edge=edge, cloud=cloud, bandwidth_bps=parse_bandwidth_bps(bandwidth),
+                            latency_s=parse_duration_s(latency), requests=requests, broker_url=broker,
+                            deadline_s=parse_duration_s(deadline), emulate_links=emulate_links, seed=seed)
+    console = Console()
+    console.print(f"[bold]edgecloud demo[/]: {model} on edge={edge} + cloud={cloud}, link "
+                  f"{settings.bandwidth_bps / 1e6:g} Mbit/s and {settings.latency_s * 1e3:g} ms")
+    with _sigterm_as_interrupt():
+        try:
+            if workdir is not None:
+                workdir.mkdir(parents=True, exist_ok=True)
+                _run(settings, workdir, console)
+            else:
+                with tempfile.TemporaryDirectory(prefix="edgecloud-demo-") as folder:
+                    _run(settings, Path(folder), console)
+        except KeyboardInterrupt:
+            console.print("interrupted: the broker and every agent were stopped")
+            raise typer.Exit(code=130) from None
+
+
+def _run(settings: "DemoSettings", workdir: Path, console: "Console") -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from edgecloud.demo import check_outcomes, measured_rows, plan_demo_model, serve_requests
+    from partitioner.split import cached_split
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=True) as progress:
+        phase = progress.add_task("starting", total=None)
+
+        def on_phase(text: str) -> None:
+            progress.update(phase, description=text)
+
+        planned = plan_demo_model(settings, workdir, on_phase)
+        _print_plan(console, planned)
+        on_phase("splitting the model into per-device stages")
+        manifest = cached_split(planned.plan_path)
+        sent = progress.add_task("requests answered", total=settings.requests, visible=False)
+
+        def on_request(_: "RequestOutcome") -> None:
+            progress.update(sent, advance=1, visible=True)
+
+        outcomes = serve_requests(settings, planned.plan_path, manifest, on_phase, on_request)
+    stages, transfers = measured_rows(manifest, planned.costs, outcomes)
+    _print_requests(console, planned, outcomes)
+    _print_steps(console, "per stage (compute)", stages)
+    _print_steps(console, "per transfer (one message per hop)", transfers)
+    check_outcomes(outcomes)
+    worst = max(outcome.max_abs_error for outcome in outcomes)
+    fell_back = sum(outcome.fell_back for outcome in outcomes)
+    console.print(f"[green]all {len(outcomes)} answers match the unsplit model[/] (max |error| {worst:.1e}); "
+                  f"{fell_back} fell back; the whole model takes {planned.measured_latency_s * 1e3:.2f} ms on this host.")
+    console.print("Predicted = the plan's figures for the edge and cloud profiles; measured = both agents on this "
+                  "host" + (", link emulated at the planned bandwidth and latency." if settings.emulate_links else "."))
+    console.print(f"{len(manifest.stages)} stage(s) in {manifest.directory}; broker and agents stopped.")
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1e3:.2f}"
+
+
+def _print_plan(console: "Console", planned: "PlannedModel") -> None:
+    from rich.table import Table
+
+    plan = planned.plan
+    counts: dict[str, int] = {}
+    for device in plan.placement.values():
+        counts[device] = counts.get(device, 0) + 1
+    table = Table(title="plan vs baselines (predicted latency of one request)")
+    for column in ("strategy", "predicted (ms)", "vs plan"):
+        table.add_column(column, justify="left" if column == "strategy" else "right")
+    where = ", ".join(f"{device} {count}" for device, count in sorted(counts.items()))
+    table.add_row(f"[bold]plan[/] ({plan.solver.get('name')}, {plan.solver.get('status')}; nodes: {where})",
+                  _ms(plan.predicted_s), "1.00x")
+    for name, seconds in plan.baselines.items():
+        ratio = None if seconds is None or plan.predicted_s <= 0 else seconds / plan.predicted_s
+        table.add_row(name, _ms(seconds) if seconds is not None else "infeasible",
+                      "-" if ratio is None else f"{ratio:.2f}x")
+    console.print(table)
+    compute = ", ".join(f"{device} {seconds * 1e3:.2f} ms" for device, seconds in plan.breakdown["compute_s"].items())
+    transfer = ", ".join(f"{link} {seconds * 1e3:.2f} ms" for link, seconds in plan.breakdown["transfer_s"].items())
+    crossing_bytes = sum(int(item["bytes"]) for item in plan.crossing_tensors)
+    console.print(f"plan breakdown: compute {compute}; transfers {transfer or 'none'} "
+                  f"({len(plan.crossing_tensors)} tensor(s), {crossing_bytes} bytes)")
+
+
+def _print_requests(console: "Console", planned: "PlannedModel", outcomes: list["RequestOutcome"]) -> None:
+    from rich.table import Table
+
+    table = Table(title="per request")
+    for column in ("request", "predicted (ms)", "measured (ms)", "fell back", "max |error|"):
+        table.add_column(column, justify="right")
+    for outcome in outcomes:
+        table.add_row(str(outcome.index), _ms(planned.plan.predicted_s), _ms(outcome.timings.total_s),
+                      "yes" if outcome.fell_back else "no", f"{outcome.max_abs_error:.1e}")
+    console.print(table)
+
+
+def _print_steps(console: "Console", title: str, rows: list["StepRow"]) -> None:
+    from rich.table import Table
+
+    if not rows:
+        console.print(f"{title}: none")
+        return
+    table = Table(title=title)
+    for column in ("step", "where", "bytes", "predicted (ms)", "measured median (ms)"):
+        table.add_column(column, justify="left" if column in ("step", "where") else "right")
+    for row in rows:
+        table.add_row(row.label, row.device, str(row.bytes) if row.bytes else "-", _ms(row.predicted_s),
+                      _ms(row.measured_median_s))
+    console.print(table)

@@ -1,0 +1,203 @@
+"""The classic placements reported beside every plan, and brute force for small graphs.
+
+- all-<device>: everything on one device;
+- neurosurgeon: the best single cut of a topological order, prefix on the source device and suffix on
+  one other device (Neurosurgeon's chain view of the network), over every other device;
+- dads-mincut: DADS' min-cut between the source device and each other device (`partitioner.mincut`);
+- brute force: every placement, vectorised (tests and tiny graphs only).
+Baselines choose their placement for latency, as the originals do, and are scored under the plan's
+objective; each is a feasible placement, so the ILP's optimum can never be worse than any of them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from partitioner.costs import CostArrays
+from partitioner.errors import PartitionerError
+from partitioner.mincut import min_cut_placement
+from partitioner.objective import infeasibility, latency_s, schedule_makespan_s, throughput_s
+
+log = logging.getLogger(__name__)
+
+BRUTE_FORCE_MAX_PLACEMENTS = 3**13
+
+
+@dataclass(frozen=True)
+class Baseline:
+    name: str
+    placement: np.ndarray | None  # None: no feasible placement of this kind
+    objective_s: float | None
+
+
+def objective_value(arrays: CostArrays, placement: np.ndarray, objective: str) -> float:
+    """Latency or throughput of a placement; makespan of its topological-order list schedule."""
+    if objective == "latency":
+        return latency_s(arrays, placement)
+    if objective == "throughput":
+        return throughput_s(arrays, placement)
+    return schedule_makespan_s(arrays, placement, list(range(arrays.n_nodes)))[0]
+
+
+def all_on_one(arrays: CostArrays, device: int) -> np.ndarray | None:
+    placement = np.full(arrays.n_nodes, device, dtype=np.int64)
+    return placement if infeasibility(arrays, placement) is None else None
+
+
+def neurosurgeon(arrays: CostArrays, a: int, b: int) -> np.ndarray | None:
+    """Best latency over the n+1 cuts of the topological order (first i nodes on a, rest on b)."""
+    n = arrays.n_nodes
+    cuts = np.arange(n + 1)
+    cost = np.concatenate([[0.0], np.cumsum(arrays.time_s[:, a])])
+    cost += np.concatenate([np.cumsum(arrays.time_s[::-1, b])[::-1], [0.0]])
+    delta = np.zeros(n + 2)
+
+    def pay(low: np.ndarray, high: np.ndarray, seconds: np.ndarray) -> None:
+        """Add seconds to every cut i with low <= i <= high."""
+        valid = low <= high
+        np.add.at(delta, low[valid], seconds[valid])
+        np.add.at(delta, high[valid] + 1, -seconds[valid])
+
+    first = np.full(arrays.n_tensors, n + 1)
+    last = np.full(arrays.n_tensors, -1)
+    np.minimum.at(first, arrays.use_tensor, arrays.use_node)
+    np.maximum.at(last, arrays.use_tensor, arrays.use_node)
+    has_users = last >= 0
+    producer, sink, t_all = arrays.producer, arrays.sink, np.arange(arrays.n_tensors)
+    made = producer >= 0
+    # Produced on a (i > P): sent to b while some consumer is at a position >= i.
+    sel = made & has_users
+    pay(producer[sel] + 1, last[sel], arrays.transfer_s[sel, a, b])
+    out = made & arrays.is_output
+    if sink == b:
+        # an output produced on a always goes to b; merge with the consumer interval (send once).
+        tail_low = np.where(has_users, np.maximum(last + 1, producer + 1), producer + 1)
+        pay(tail_low[out], np.full(out.sum(), n), arrays.transfer_s[out, a, b])
+    else:  # produced on a: a->sink (nothing when the sink is a); produced on b (i <= P): b->sink
+        pay(producer[out] + 1, np.full(out.sum(), n), arrays.transfer_s[out, a, sink])
+        pay(np.zeros(out.sum(), dtype=np.int64), producer[out], arrays.transfer_s[out, b, sink])
+    inputs = ~made & has_users
+    home = arrays.source
+    if home != a:  # some consumer on a (i > first)
+        pay(first[inputs] + 1, np.full(inputs.sum(), n), arrays.transfer_s[t_all[inputs], home, a])
+    if home != b:  # some consumer on b (i <= last)
+        pay(np.zeros(inputs.sum(), dtype=np.int64), last[inputs], arrays.transfer_s[t_all[inputs], home, b])
+    cost += np.cumsum(delta)[: n + 1]
+
+    feasible = np.ones(n + 1, dtype=bool)
+    positions = np.arange(n)
+    for v in positions[arrays.pin >= 0]:
+        pin = arrays.pin[v]
+        feasible &= (cuts > v) if pin == a else (cuts <= v) if pin == b else False
+    memory_a = np.concatenate([[0.0], np.cumsum(arrays.memory_bytes)])
+    feasible &= memory_a <= arrays.memory_limit_bytes[a] * (1 + 1e-9)
+    feasible &= (memory_a[-1] - memory_a) <= arrays.memory_limit_bytes[b] * (1 + 1e-9)
+    if not feasible.any():
+        return None
+    best = int(np.flatnonzero(feasible)[np.argmin(cost[feasible])])
+    return np.where(positions < best, a, b).astype(np.int64)
+
+
+def dads_min_cut(arrays: CostArrays, a: int, b: int) -> np.ndarray | None:
+    placement = min_cut_placement(arrays, a, b)
+    if placement is None or infeasibility(arrays, placement) is not None:
+        return None
+    return placement
+
+
+def baselines(arrays: CostArrays, objective: str) -> list[Baseline]:
+    """Every baseline, scored under `objective` (None when infeasible under the pins/memory limits)."""
+    found: list[tuple[str, np.ndarray | None]] = []
+    for k, name in enumerate(arrays.device_names):
+        found.append((f"all-{name}", all_on_one(arrays, k)))
+    others = [k for k in range(arrays.n_devices) if k != arrays.source]
+    for label, method in (("neurosurgeon", neurosurgeon), ("dads-mincut", dads_min_cut)):
+        candidates = [p for p in (method(arrays, arrays.source, b) for b in others) if p is not None]
+        found.append((label, min(candidates, key=lambda p: latency_s(arrays, p)) if candidates else None))
+    return [Baseline(name, placement, None if placement is None else objective_value(arrays, placement, objective))
+            for name, placement in found]
+
+
+def _all_placements(arrays: CostArrays) -> np.ndarray:
+    choices = [arrays.allowed_devices(v) for v in range(arrays.n_nodes)]
+    count = int(np.prod([len(c) for c in choices], dtype=float))
+    if count > BRUTE_FORCE_MAX_PLACEMENTS:
+        raise PartitionerError(f"brute force would try {count} placements; it is meant for tiny graphs.")
+    grids = np.meshgrid(*[np.array(c) for c in choices], indexing="ij") if choices else []
+    return np.stack([g.ravel() for g in grids], axis=1) if choices else np.zeros((1, 0), dtype=np.int64)
+
+
+def brute_force(arrays: CostArrays, objective: str) -> tuple[np.ndarray, float] | None:
+    """Exhaustive optimum for `latency` or `throughput` (vectorised over all placements); None if infeasible."""
+    placements = _all_placements(arrays)
+    count, d = placements.shape[0], arrays.n_devices
+    rows = np.arange(count)
+    compute = np.zeros((count, d))
+    for v in range(arrays.n_nodes):
+        compute[rows, placements[:, v]] += arrays.time_s[v, placements[:, v]]
+    links = np.zeros((count, d, d))
+    for t in range(arrays.n_tensors):
+        producer = arrays.producer[t]
+        home = placements[:, producer] if producer >= 0 else np.full(count, arrays.source)
+        needed = np.zeros((count, d), dtype=bool)
+        for c in arrays.use_node[arrays.use_tensor == t]:
+            needed[rows, placements[:, c]] = True
+        if arrays.is_output[t]:
+            needed[:, arrays.sink] = True
+        needed[rows, home] = False
+        for l in range(d):
+            links[rows, home, l] += np.where(needed[:, l], arrays.transfer_s[t, home, l], 0.0)
+    if objective == "latency":
+        value = compute.sum(axis=1) + links.sum(axis=(1, 2))
+    elif objective == "throughput":
+        value = np.maximum(compute.max(axis=1), links.reshape(count, -1).max(axis=1))
+    else:
+        raise PartitionerError(f"brute force handles latency and throughput, not {objective!r}.")
+    memory = np.zeros((count, d))
+    for v in range(arrays.n_nodes):
+        memory[rows, placements[:, v]] += arrays.memory_bytes[v]
+    value = np.where((memory <= arrays.memory_limit_bytes * (1 + 1e-9)).all(axis=1), value, np.inf)
+    best = int(np.argmin(value))
+    return None if not np.isfinite(value[best]) else (placements[best].astype(np.int64), float(value[best]))
+
+
+def linear_extensions(arrays: CostArrays) -> list[list[int]]:
+    """Every topological order of the DAG (tiny graphs only)."""
+    predecessors = [set() for _ in range(arrays.n_nodes)]
+    for t, c in zip(arrays.use_tensor, arrays.use_node):
+        if arrays.producer[t] >= 0:
+            predecessors[c].add(int(arrays.producer[t]))
+    orders: list[list[int]] = []
+
+    def extend(order: list[int], placed: set[int]) -> None:
+        if len(order) == arrays.n_nodes:
+            orders.append(list(order))
+            return
+        for v in range(arrays.n_nodes):
+            if v not in placed and predecessors[v] <= placed:
+                order.append(v)
+                placed.add(v)
+                extend(order, placed)
+                order.pop()
+                placed.discard(v)
+
+    extend([], set())
+    return orders
+
+
+def brute_force_makespan(arrays: CostArrays) -> tuple[np.ndarray, float] | None:
+    """Exhaustive makespan optimum: every feasible placement x every topological order (<= 7 nodes)."""
+    orders = linear_extensions(arrays)
+    best: tuple[np.ndarray, float] | None = None
+    for choice in itertools.product(*[arrays.allowed_devices(v) for v in range(arrays.n_nodes)]):
+        placement = np.array(choice, dtype=np.int64)
+        if infeasibility(arrays, placement) is not None:
+            continue
+        value = min(schedule_makespan_s(arrays, placement, order)[0] for order in orders)
+        if best is None or value < best[1]:
+            best = (placement, value)
+    return best

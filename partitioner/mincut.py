@@ -1,0 +1,109 @@
+"""DADS' min-cut placement between two devices, with the send-once tensor cost modelled exactly.
+
+Side S of the cut is device `a`, side T device `b`; an edge u->v of capacity w is paid when u is on a
+and v on b. Node times are the terminal edges. A tensor with one consumer is a pair of edges between
+producer and consumer. A tensor with several consumers would be over-counted that way (DADS' bug on
+Inception-style graphs); instead it gets two auxiliary nodes:
+- alpha: p->alpha (w_ab) and alpha->c (inf) for each consumer c: any consumer on b pulls alpha to b,
+  so w_ab is paid exactly once when p is on a and at least one consumer is on b;
+- beta: beta->p (w_ba) and c->beta (inf): w_ba paid once when p is on b and some consumer on a.
+A graph output is a consumer fixed on the sink; graph inputs have a producer fixed on the source. Hence
+the cut value equals the latency of the placement it induces (tests/test_ilp_properties.py checks
+min-cut == ILP == brute force). Memory limits are not expressible: callers use the ILP then.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from partitioner.costs import CostArrays
+
+SOURCE, SINK = "S", "T"
+
+
+def min_cut_placement(arrays: CostArrays, a: int, b: int) -> np.ndarray | None:
+    """The latency-optimal placement using only devices a and b (None if a pin forbids it)."""
+    import networkx as nx
+
+    pins = arrays.pin[arrays.pin >= 0]
+    if np.any((pins != a) & (pins != b)):
+        return None
+    graph = nx.DiGraph()
+    graph.add_nodes_from([SOURCE, SINK])
+
+    def add(u: object, v: object, capacity: float | None) -> None:
+        """capacity None = infinite; parallel edges add up."""
+        if capacity is None:
+            graph.add_edge(u, v)
+        elif capacity > 0:
+            if graph.has_edge(u, v):
+                if "capacity" in graph[u][v]:
+                    graph[u][v]["capacity"] += capacity
+            else:
+                graph.add_edge(u, v, capacity=capacity)
+
+    side = {a: SOURCE, b: SINK}
+    for v in range(arrays.n_nodes):
+        graph.add_node(v)
+        pin = int(arrays.pin[v])
+        if pin == a:
+            add(SOURCE, v, None)
+        elif pin == b:
+            add(v, SINK, None)
+        add(SOURCE, v, float(arrays.time_s[v, b]))
+        add(v, SINK, float(arrays.time_s[v, a]))
+
+    consumers: list[list[object]] = [[] for _ in range(arrays.n_tensors)]
+    for t, c in zip(arrays.use_tensor, arrays.use_node):
+        consumers[t].append(int(c))
+    for t in range(arrays.n_tensors):
+        users = consumers[t]
+        if arrays.is_output[t]:
+            if arrays.sink in side:
+                users = users + [side[arrays.sink]]
+            elif arrays.producer[t] >= 0:  # a third device as sink: paid from whichever side p is on
+                producer = int(arrays.producer[t])
+                add(SOURCE, producer, float(arrays.transfer_s[t, b, arrays.sink]))
+                add(producer, SINK, float(arrays.transfer_s[t, a, arrays.sink]))
+        if not users:
+            continue
+        producer = int(arrays.producer[t])
+        if producer < 0:
+            home = arrays.source
+            if home in side:  # fixed on one side: only the other direction can be paid
+                if home == a:
+                    _send_once(add, ("a", t), SOURCE, users, float(arrays.transfer_s[t, a, b]), to_b=True)
+                else:
+                    _send_once(add, ("b", t), SINK, users, float(arrays.transfer_s[t, b, a]), to_b=False)
+            else:  # a third device: paid towards a if some consumer is on a, towards b likewise
+                _send_once(add, ("a", t), SOURCE, users, float(arrays.transfer_s[t, home, b]), to_b=True)
+                _send_once(add, ("b", t), SINK, users, float(arrays.transfer_s[t, home, a]), to_b=False)
+            continue
+        _send_once(add, ("a", t), producer, users, float(arrays.transfer_s[t, a, b]), to_b=True)
+        _send_once(add, ("b", t), producer, users, float(arrays.transfer_s[t, b, a]), to_b=False)
+
+    _, (reachable, _) = nx.minimum_cut(graph, SOURCE, SINK)
+    placement = np.full(arrays.n_nodes, b, dtype=np.int64)
+    on_a = [v for v in reachable if isinstance(v, (int, np.integer))]
+    placement[on_a] = a
+    return placement
+
+
+def _send_once(add, aux: object, origin: object, users: list[object], weight: float, to_b: bool) -> None:
+    """Pay `weight` once when `origin` is on one side and any user on the other (see module docstring).
+
+    to_b: paid when origin on a (S side) and a user on b; else when origin on b and a user on a.
+    With one user the auxiliary node is unnecessary: a single edge does it."""
+    if weight <= 0:
+        return
+    if len(users) == 1:
+        add(*((origin, users[0]) if to_b else (users[0], origin)), weight)
+        return
+    if to_b:
+        add(origin, aux, weight)
+        for user in users:
+            add(aux, user, None)
+    else:
+        add(aux, origin, weight)
+        for user in users:
+            add(user, aux, None)

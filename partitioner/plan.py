@@ -1,0 +1,128 @@
+"""The placement plan (`edgecloud.plan/1`): what runs where, what it is predicted to cost, and why.
+
+`placement` is keyed by EVERY ONNX node id (a fused layer expanded to its members) so that the split
+stage can cut the model without the layer DAG; `layers` keeps the planner's own (possibly fused) nodes.
+`model` is stored relative to the plan file's folder so that a plan and its model move together.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from partitioner.baselines import Baseline
+from partitioner.costs import CostArrays, CostGraph
+from partitioner.errors import PartitionerError
+from partitioner.ilp import Solution
+from partitioner.objective import compute_s_per_device, transfers
+
+PLAN_FORMAT = "edgecloud.plan/1"
+
+
+@dataclass
+class Plan:
+    model: str | None  # absolute (or as given) path of the ONNX model; None for cost-graph plans
+    objective: str
+    devices: dict[str, dict[str, Any]]
+    links: list[dict[str, Any]]
+    source: str
+    sink: str
+    placement: dict[str, str]  # ONNX node id (or cost-graph node) -> device
+    predicted_s: float
+    breakdown: dict[str, dict[str, float]]
+    crossing_tensors: list[dict[str, Any]]
+    baselines: dict[str, float | None]
+    solver: dict[str, Any]
+    layers: dict[str, str] = field(default_factory=dict)  # planner node -> device
+    schedule_s: dict[str, float] | None = None  # makespan plans: start time per planner node
+
+    @property
+    def model_path(self) -> Path | None:
+        return None if self.model is None else Path(self.model)
+
+    def to_dict(self, relative_to: Path | None = None) -> dict[str, Any]:
+        model = self.model
+        if model is not None and relative_to is not None:
+            model = os.path.relpath(Path(model).resolve(), relative_to.resolve())
+        data = {
+            "format": PLAN_FORMAT, "model": model, "objective": self.objective, "devices": self.devices,
+            "links": self.links, "source": self.source, "sink": self.sink, "placement": self.placement,
+            "predicted_s": self.predicted_s, "breakdown": self.breakdown, "crossing_tensors": self.crossing_tensors,
+            "baselines": self.baselines, "solver": self.solver, "layers": self.layers,
+        }
+        if self.schedule_s is not None:
+            data["schedule_s"] = self.schedule_s
+        return data
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(relative_to=path.parent), indent=1))
+
+    def speedups(self) -> dict[str, float | None]:
+        """How many times slower each baseline is than the plan."""
+        return {name: (None if value is None or self.predicted_s <= 0 else value / self.predicted_s)
+                for name, value in self.baselines.items()}
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read a plan file; the model path is resolved against the plan's folder."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PartitionerError(f"plan file {str(path)!r} does not exist.") from None
+    except (OSError, json.JSONDecodeError) as error:
+        raise PartitionerError(f"plan file {str(path)!r} is not readable JSON ({error}).") from None
+    if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
+        raise PartitionerError(f"{path} is not an edgecloud plan (expected \"format\": \"{PLAN_FORMAT}\").")
+    try:
+        model = data["model"]
+        if model is not None and not Path(model).is_absolute():
+            model = str((path.parent / model).resolve())
+        return Plan(model=model, objective=data["objective"], devices=data["devices"], links=data["links"],
+                    source=data["source"], sink=data["sink"], placement=dict(data["placement"]),
+                    predicted_s=float(data["predicted_s"]), breakdown=data["breakdown"],
+                    crossing_tensors=list(data["crossing_tensors"]), baselines=dict(data["baselines"]),
+                    solver=dict(data["solver"]), layers=dict(data.get("layers", {})), schedule_s=data.get("schedule_s"))
+    except (KeyError, TypeError, ValueError) as error:
+        raise PartitionerError(f"plan file {path} is malformed ({type(error).__name__}: {error}).") from None
+
+
+def build_plan(graph: CostGraph, arrays: CostArrays, solution: Solution, baselines: list[Baseline], objective: str) -> Plan:
+    """Describe `solution` of `graph` as a plan: placement per ONNX node, cost breakdown, crossings."""
+    names = arrays.device_names
+    placement = solution.placement
+    layers = {node: names[placement[i]] for i, node in enumerate(arrays.node_names)}
+    onnx_placement: dict[str, str] = {}
+    for node, device in layers.items():
+        for member in graph.nodes[node].members or [node]:
+            onnx_placement[member] = device
+    sends = transfers(arrays, placement)
+    transfer_s: dict[str, float] = {}
+    crossing = []
+    for t, k, l, seconds in zip(sends.tensor, sends.from_device, sends.to_device, sends.seconds):
+        key = f"{names[k]}->{names[l]}"
+        transfer_s[key] = transfer_s.get(key, 0.0) + float(seconds)
+        crossing.append({"tensor": arrays.tensor_names[t], "from": names[k], "to": names[l],
+                         "bytes": int(arrays.tensor_bytes[t]), "seconds": float(seconds)})
+    compute = compute_s_per_device(arrays, placement)
+    links = [{"from": a, "to": b, "bandwidth_bps": link.bandwidth_bps, "latency_s": link.latency_s}
+             for (a, b), link in graph.links.items()]
+    schedule = None
+    if solution.start_s is not None:
+        schedule = {node: float(solution.start_s[i]) for i, node in enumerate(arrays.node_names)}
+    gap = solution.gap if np.isfinite(solution.gap) else None
+    return Plan(
+        model=graph.model, objective=objective, devices=graph.devices, links=links, source=graph.source,
+        sink=graph.sink, placement=onnx_placement, predicted_s=float(solution.objective_s),
+        breakdown={"compute_s": {name: float(compute[k]) for k, name in enumerate(names)}, "transfer_s": transfer_s},
+        crossing_tensors=crossing, baselines={b.name: b.objective_s for b in baselines},
+        solver={"name": solution.solver, "method": solution.method, "status": solution.status,
+                "time_s": solution.time_s, "gap": gap},
+        layers=layers, schedule_s=schedule,
+    )

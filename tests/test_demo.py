@@ -1,0 +1,75 @@
+"""`edgecloud demo` runs to the end, and leaves no process behind — also when interrupted."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+DEMO = [sys.executable, "-m", "edgecloud.cli.app", "demo"]
+
+
+def children_of(pid: int) -> set[int]:
+    """Live direct children of `pid`, from /proc (no psutil needed)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # the process ended while we looked
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(entry.name))
+    return found
+
+
+def alive(pids: set[int]) -> set[int]:
+    return {pid for pid in pids if Path(f"/proc/{pid}").exists()}
+
+
+def test_demo_runs_to_the_end_and_stops_everything(tmp_path: Path) -> None:
+    process = subprocess.Popen([*DEMO, "--model", "mlp", "--requests", "4", "--workdir", str(tmp_path)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "COLUMNS": "160"})
+    started: set[int] = set()
+    while process.poll() is None:  # note every child it starts: broker and agents
+        started |= children_of(process.pid)
+        time.sleep(0.05)
+    output = process.stdout.read() if process.stdout else ""
+    assert process.returncode == 0, output
+    assert "plan vs baselines" in output and "all-cloud" in output and "dads-mincut" in output
+    assert "all 4 answers match the unsplit model" in output
+    assert "per stage" in output and "per request" in output
+    assert (tmp_path / "plan.json").is_file()
+    assert len(started) >= 3  # the embedded broker and an agent per device
+    assert not alive(started)
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_demo_stops_the_broker_and_every_agent(tmp_path: Path, signal_number: int) -> None:
+    process = subprocess.Popen([*DEMO, "--model", "mlp", "--requests", "1000000", "--workdir", str(tmp_path)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        started: set[int] = set()
+        while len(started) < 3 and time.monotonic() < deadline:  # broker + edge + cloud agents running
+            assert process.poll() is None, process.stdout.read() if process.stdout else ""
+            started |= children_of(process.pid)
+            time.sleep(0.05)
+        assert len(started) >= 3
+        time.sleep(1.0)  # let it get busy serving requests
+        process.send_signal(signal_number)
+        output, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, output
+    assert "interrupted" in output
+    assert not alive(started)

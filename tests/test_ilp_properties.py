@@ -1,0 +1,133 @@
+"""Optimality properties of every exact method against brute force on random small DAGs.
+
+Each shortcut of `partitioner.ilp` (min-cut for two devices, the LP certificate, the marginal MIP
+formulation, dropping non-binding memory limits) has to reproduce the brute-force optimum, and every
+reported objective has to equal the one recomputed from the returned placement.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cost_graph_strategies import cost_graphs
+from partitioner.baselines import brute_force, brute_force_makespan
+from partitioner.costs import to_arrays
+from partitioner.errors import InfeasiblePlanError
+from partitioner.ilp import solve
+from partitioner.ilp_placement import PlacementModel
+from partitioner.ilp_textbook import solve_textbook_latency
+from partitioner.mincut import min_cut_placement
+from partitioner.mip import solve_mip
+from partitioner.objective import infeasibility, latency_s, schedule_makespan_s, throughput_s
+from partitioner.planning import plan_cost_graph
+
+FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-7)  # seconds: 0.1 us
+
+
+def _check_against_brute_force(graph, objective: str) -> None:
+    arrays = to_arrays(graph)
+    expected = brute_force(arrays, objective)
+    evaluate = latency_s if objective == "latency" else throughput_s
+    if expected is None:
+        with pytest.raises(InfeasiblePlanError):
+            solve(arrays, objective)
+        return
+    solution = solve(arrays, objective)
+    assert infeasibility(arrays, solution.placement) is None
+    assert close(solution.objective_s, expected[1]), (solution.method, solution.objective_s, expected[1])
+    assert close(evaluate(arrays, solution.placement), solution.objective_s)
+    assert solution.status == "optimal"
+    # The MIP formulation on its own (no min-cut, no LP certificate) reaches the same optimum.
+    model = PlacementModel(arrays, objective)
+    result = solve_mip(model.mip)
+    assert result.status == "optimal"
+    assert close(evaluate(arrays, model.placement_of(result.values)), expected[1])
+
+
+@FAST
+@given(cost_graphs())
+def test_latency_optimum_equals_brute_force(graph) -> None:
+    _check_against_brute_force(graph, "latency")
+
+
+@FAST
+@given(cost_graphs())
+def test_throughput_optimum_equals_brute_force(graph) -> None:
+    _check_against_brute_force(graph, "throughput")
+
+
+@FAST
+@given(cost_graphs(devices=(2,), memory=False))
+def test_two_device_min_cut_equals_ilp_and_brute_force(graph) -> None:
+    arrays = to_arrays(graph)
+    expected = brute_force(arrays, "latency")
+    assert expected is not None  # no memory limits, pins within the two devices
+    cut = min_cut_placement(arrays, 0, 1)
+    assert close(latency_s(arrays, cut), expected[1])
+    model = PlacementModel(arrays, "latency")
+    relaxed = solve_mip(replace(model.mip, integer=np.zeros_like(model.mip.integer)))
+    # two devices, no memory limit: the LP relaxation is the s-t cut LP, so its bound is the optimum
+    assert close(float(relaxed.values @ model.mip.cost), expected[1])
+
+
+@settings(max_examples=15, deadline=None)
+@given(cost_graphs(max_nodes=8))
+def test_marginal_formulation_matches_textbook(graph) -> None:
+    arrays = to_arrays(graph)
+    if brute_force(arrays, "latency") is None:
+        return
+    textbook = solve_textbook_latency(arrays)
+    assert close(solve(arrays).objective_s, latency_s(arrays, textbook.placement))
+
+
+@settings(max_examples=10, deadline=None)
+@given(cost_graphs(max_nodes=7))
+def test_cbc_through_pulp_reaches_the_same_optimum(graph) -> None:
+    arrays = to_arrays(graph)
+    expected = brute_force(arrays, "latency")
+    if expected is None:
+        return
+    assert close(solve(arrays, "latency", solver="cbc").objective_s, expected[1])
+
+
+@settings(max_examples=25, deadline=None)
+@given(cost_graphs(max_nodes=6, memory=False), st.booleans())
+def test_makespan_equals_brute_force_when_proven(graph, pins_only) -> None:
+    arrays = to_arrays(graph)
+    solution = solve(arrays, "makespan", time_limit_s=30)
+    expected = brute_force_makespan(arrays)
+    assert expected is not None
+    order = sorted(range(arrays.n_nodes), key=lambda v: (solution.start_s[v], v))
+    assert close(schedule_makespan_s(arrays, solution.placement, order)[0], solution.objective_s)
+    assert solution.objective_s >= expected[1] - 1e-9
+    if solution.status == "optimal":
+        assert close(solution.objective_s, expected[1])
+
+
+@FAST
+@given(cost_graphs(max_nodes=10), st.sampled_from(["latency", "throughput"]))
+def test_plan_reports_the_objective_of_its_placement(graph, objective) -> None:
+    arrays = to_arrays(graph)
+    if brute_force(arrays, objective) is None:
+        return
+    plan = plan_cost_graph(graph, objective)
+    index = {name: k for k, name in enumerate(arrays.device_names)}
+    placement = np.array([index[plan.placement[name]] for name in arrays.node_names])
+    evaluate = latency_s if objective == "latency" else throughput_s
+    assert close(plan.predicted_s, evaluate(arrays, placement))
+    if objective == "latency":
+        compute = sum(plan.breakdown["compute_s"].values())
+        transfer = sum(plan.breakdown["transfer_s"].values())
+        assert close(compute + transfer, plan.predicted_s)
+    for name, value in plan.baselines.items():
+        assert value is None or plan.predicted_s <= value * (1 + 1e-9) + 1e-12, name
