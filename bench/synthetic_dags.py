@@ -32,19 +32,24 @@ def synthetic_cost_graph(n_nodes: int, n_devices: int = 2, seed: int = 0, skip_p
     consumers: dict[str, list[str]] = {"input": []}
     producers: dict[str, str | None] = {"input": None}
     node_names = [f"n{i}" for i in range(n_nodes)]
+    pending_join: set[str] = set()
     for i, name in enumerate(node_names):
         edge_s = float(rng.uniform(0.5e-3, 8e-3))
         time_s = {tier: edge_s * factor * float(rng.uniform(0.6, 1.6)) for tier, factor in tiers}
         time_s["edge"] = edge_s
         nodes[name] = CostNode(time_s=time_s, memory_bytes=int(rng.integers(1_000, 2_000_000)))
-        inputs = set()
+        inputs = set(pending_join)
+        pending_join.clear()
         if i == 0:
             inputs.add("input")
+        elif i >= 2 and i < n_nodes - 1 and rng.random() < fanout_probability:
+            # a parallel branch: this node reads what the previous node read; the next node joins both
+            inputs.add(f"t{i - 2}")
+            pending_join.add(f"t{i - 1}")
         else:
-            previous = i - 2 if (i >= 2 and rng.random() < fanout_probability) else i - 1
-            inputs.add(f"t{previous}")
-            if i >= 3 and rng.random() < skip_probability:
-                inputs.add(f"t{int(rng.integers(max(0, i - 8), i - 1))}")
+            inputs.add(f"t{i - 1}")
+        if i >= 3 and rng.random() < skip_probability:
+            inputs.add(f"t{int(rng.integers(max(0, i - 8), i - 1))}")
         for tensor in sorted(inputs):
             consumers[tensor].append(name)
         consumers[f"t{i}"] = []

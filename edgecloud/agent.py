@@ -18,6 +18,9 @@ Fallback: the source agent loads every stage, not only its own. If the answer ha
 (deadline - margin), it runs whatever stages are still missing on the tensors it holds (the inputs, and
 all it computed or received) and answers itself with `meta.fell_back = true`. The margin defaults to twice
 the time the whole model took here at start-up plus 50 ms, so that the fallback ends before the deadline.
+After such a fallback the source serves requests locally at once for `local_after_fallback_s` (a dead
+cloud would otherwise cost every request its whole deadline); the first request after that window goes
+the planned way again and so probes whether the other devices are back.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from edgecloud.link_emulation import LinkEmulator
 from edgecloud.mqtt import MqttTransport, TransportOptions
 from edgecloud.stage_runner import StageRunner
 from edgecloud.topics import device_topic
-from edgecloud.trace import TraceEvent, encode_trace, merge, parse_trace, stage_event, transfer_event
+from edgecloud.trace import CLIENT, TraceEvent, encode_trace, merge, parse_trace, stage_event, transfer_event
 from edgecloud.wire import DEFAULT_LIMITS, Message, WireLimits
 from partitioner.costs import Link
 from partitioner.manifest import SplitManifest, StageOutput, TensorSpec
@@ -60,6 +63,7 @@ class AgentOptions:
     max_pending: int = 256  # requests held at once; more are refused (backpressure)
     fallback: bool = True  # source device only: answer by itself when downstream is late
     fallback_margin_s: float | None = None  # None: 2 x the whole model's measured time + 50 ms
+    local_after_fallback_s: float = 5.0  # after a fallback, serve locally at once this long, then probe again
     request_ttl_s: float = 60.0  # lifetime of a request that carries no deadline
     inbox_size: int = 4096  # messages queued between the network thread and the executor
     emulated_links: Mapping[str, Link] = field(default_factory=dict)  # destination device -> link
@@ -113,6 +117,7 @@ class DeviceAgent:
         self._pending: OrderedDict[str, _Request] = OrderedDict()
         self._finished: OrderedDict[str, None] = OrderedDict()
         self._timers: list[tuple[float, str]] = []
+        self._local_until_s = 0.0  # set by a fallback: downstream is presumed down until then
         self._executor: threading.Thread | None = None
         self._emulator: LinkEmulator | None = None
         self.stats: dict[str, int] = defaultdict(int)
@@ -243,10 +248,14 @@ class DeviceAgent:
         self.stats["requests"] += 1
         request = self._new_request(message)
         self._note_arrival(request, message, received_s)
+        if self.options.fallback and time.time() < self._local_until_s:
+            request.tensors.update(message.tensors)
+            return self._fall_back(message.request_id)
         if self.options.fallback and message.deadline is not None and message.reply_to is not None:
             heapq.heappush(self._timers, (message.deadline - self.fallback_margin_s, message.request_id))
         self._hand_on(request, self.manifest.source_outputs, dict(message.tensors), from_stage=None)
         self._advance(request)
+        return None
 
     def _input_problem(self, tensors: Mapping[str, np.ndarray]) -> str | None:
         """Why the client's tensors are not the model's graph inputs, or None when they are."""
@@ -292,7 +301,8 @@ class DeviceAgent:
         from_stage = message.meta.get("from_stage")
         if isinstance(sent_s, int | float):
             n_bytes = sum(int(array.nbytes) for array in message.tensors.values())
-            merge(request.trace, [transfer_event(message.sender, self.device, float(sent_s), received_s, n_bytes,
+            sender = CLIENT if message.kind == "request" else message.sender
+            merge(request.trace, [transfer_event(sender, self.device, float(sent_s), received_s, n_bytes,
                                                  from_stage if isinstance(from_stage, int) else None)])
 
     def _advance(self, request: _Request) -> None:
@@ -385,11 +395,19 @@ class DeviceAgent:
             self._finish(request_id)
 
     def _fall_back(self, request_id: str) -> None:
-        """The deadline is near and no answer came: run the missing stages here and answer."""
+        """Run the missing stages here and answer: the deadline is near and no answer came, or a recent
+        fallback says the other devices are down. Either way the next `local_after_fallback_s` seconds of
+        requests are served here at once, instead of each waiting for its deadline; the first request
+        after that probes the other devices again."""
         request = self._pending.get(request_id)
         if request is None or request.answered:
             return
         assert self._runner is not None
+        now = time.time()
+        if now >= self._local_until_s:  # a deadline fallback, not one served in local mode
+            logger.warning("agent %s: no answer in time for request %s; serving locally for the next %g s",
+                           self.device, request_id, self.options.local_after_fallback_s)
+            self._local_until_s = now + self.options.local_after_fallback_s
         try:
             ran = self._runner.run_remaining(request.tensors)
         except EdgecloudError as error:

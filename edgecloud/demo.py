@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
@@ -57,6 +58,7 @@ class RequestOutcome:
     timings: RequestTimings
     fell_back: bool
     max_abs_error: float
+    unsplit_s: float  # the same input through the whole model in this process, for scale
 
 
 @dataclass
@@ -80,7 +82,6 @@ class PlannedModel:
     the plan was solved on, and the plan (saved as `plan_path`)."""
 
     model_path: Path
-    measured_latency_s: float  # the whole model on this host, one thread
     costs: CostGraph
     plan: Plan
     plan_path: Path
@@ -109,7 +110,7 @@ def plan_demo_model(settings: DemoSettings, workdir: Path,
     plan = plan_cost_graph(costs, "latency")
     plan_path = workdir / "plan.json"
     plan.save(plan_path)
-    return PlannedModel(model_path, profile.timings[1].latency_s, costs, plan, plan_path)
+    return PlannedModel(model_path, costs, plan, plan_path)
 
 
 def model_inputs(manifest: SplitManifest, seed: int) -> dict[str, np.ndarray]:
@@ -155,7 +156,16 @@ def transfer_rows(manifest: SplitManifest, costs: CostGraph) -> dict[tuple[int |
     for (_, sender, receiver), row in rows.items():
         link = costs.link(sender, receiver)
         row.predicted_s = link.transfer_s(row.bytes)
-    return rows
+    # The client sits on the source and sink device: the plan prices these hops at zero, but over MQTT
+    # they are real messages through the broker, so they are shown first and last.
+    def tensor_bytes(names: list[str]) -> int:
+        return sum(costs.tensors[name].bytes for name in names if name in costs.tensors)
+
+    request = StepRow("request", f"{CLIENT} -> {manifest.source}",
+                      tensor_bytes([spec.name for spec in manifest.graph_inputs]), 0.0)
+    answer = StepRow("answer", f"{manifest.sink} -> {CLIENT}",
+                     tensor_bytes([spec.name for spec in manifest.graph_outputs]), 0.0)
+    return {(None, CLIENT, manifest.source): request, **rows, (None, manifest.sink, CLIENT): answer}
 
 
 def serve_requests(settings: DemoSettings, plan_path: Path, manifest: SplitManifest,
@@ -180,9 +190,11 @@ def serve_requests(settings: DemoSettings, plan_path: Path, manifest: SplitManif
         for index in range(settings.requests):
             inputs = model_inputs(manifest, settings.seed + index)
             result = client.infer(inputs, settings.deadline_s)
+            started_s = time.perf_counter()
             expected = dict(zip(output_names, reference.run(output_names, inputs)))
+            unsplit_s = time.perf_counter() - started_s
             error = max(float(np.max(np.abs(result.outputs[name] - expected[name]))) for name in output_names)
-            outcome = RequestOutcome(index, result.timings, result.fell_back, error)
+            outcome = RequestOutcome(index, result.timings, result.fell_back, error, unsplit_s)
             outcomes.append(outcome)
             on_request(outcome)
     return outcomes
@@ -199,7 +211,7 @@ def measured_rows(manifest: SplitManifest, costs: CostGraph,
         for event in outcome.timings.events:
             if event.kind == "stage" and event.stage in stages and not outcome.fell_back:
                 stages[event.stage].measured_s.append(event.duration_s)
-            elif event.kind == "transfer" and event.device != CLIENT and event.sender is not None:
+            elif event.kind == "transfer" and event.sender is not None:
                 row = transfers.get((event.stage, event.sender, event.device))
                 if row is not None:
                     row.measured_s.append(event.duration_s)

@@ -1,9 +1,10 @@
 """Optimal placement: picks the fastest exact method for the objective and proves optimality.
 
-- latency, two devices, no memory limit: the s-t min-cut (`partitioner.mincut`) is exact;
-- latency otherwise: the LP relaxation of the marginal formulation (`partitioner.ilp_placement`). If its
+- latency: the LP relaxation of the marginal formulation (`partitioner.ilp_placement`). If its
   rounded placement costs exactly the LP bound, that placement is optimal (a certificate: no placement
-  can beat the relaxation's bound) and no branch and bound runs; else the MIP is solved, warm-started;
+  can beat the relaxation's bound) and no branch and bound runs; else the MIP is solved, warm-started.
+  With two devices and no binding memory limit the relaxation is the s-t cut LP, so the certificate
+  always holds (it is the exact min-cut, solved by HiGHS' simplex, faster here than networkx' max-flow);
 - throughput: the same formulation as a MIP; makespan: `partitioner.ilp_makespan` with a time limit.
 Every solution's objective is recomputed from its placement (`partitioner.objective`), never taken
 from the solver, so a reported figure always describes the placement that is returned.
@@ -21,7 +22,6 @@ from partitioner.costs import CostArrays
 from partitioner.errors import InfeasiblePlanError, PartitionerError
 from partitioner.ilp_makespan import MakespanModel
 from partitioner.ilp_placement import PlacementModel
-from partitioner.mincut import min_cut_placement
 from partitioner.mip import SOLVERS, solve_mip
 from partitioner.objective import OBJECTIVES, infeasibility, latency_s, schedule_makespan_s, throughput_s
 
@@ -37,8 +37,8 @@ class Solution:
     status: str  # "optimal" or "time_limit" (then gap > 0)
     gap: float
     time_s: float
-    method: str  # "min-cut", "lp-certificate", "mip"
-    solver: str  # "highs", "cbc", "networkx"
+    method: str  # "lp-certificate" or "mip"
+    solver: str  # "highs" or "cbc"
     start_s: np.ndarray | None = None  # makespan schedule
 
 
@@ -55,11 +55,6 @@ def solve(arrays: CostArrays, objective: str = "latency", solver: str = "highs",
     if warm_start is not None and infeasibility(arrays, warm_start) is not None:
         warm_start = None
     started = time.perf_counter()
-    if objective == "latency" and solver == "highs" and arrays.n_devices == 2 and not np.isfinite(arrays.memory_limit_bytes).any():
-        placement = min_cut_placement(arrays, 0, 1)
-        if placement is not None:
-            return Solution(placement, latency_s(arrays, placement), "optimal", 0.0, time.perf_counter() - started,
-                            "min-cut", "networkx")
     if objective == "makespan":
         return _solve_makespan(arrays, solver, time_limit_s, warm_start, started)
     model = PlacementModel(arrays, objective)

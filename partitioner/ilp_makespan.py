@@ -14,6 +14,8 @@ O(n^2) order variables: hard at scale, so `partitioner.ilp` passes a time limit 
 
 from __future__ import annotations
 
+import heapq
+
 import numpy as np
 
 from partitioner.costs import CostArrays
@@ -101,9 +103,28 @@ class MakespanModel:
         return values[self.x_cols].argmax(axis=1)
 
     def order_of(self, values: np.ndarray) -> list[int]:
-        """Nodes by start time (ties: topological index), a topological order of an optimal schedule."""
+        """A topological order following the solver's start times (ties: earlier finish first, as a
+        zero-duration node may start when its device's next node does), for `schedule_makespan_s`."""
         starts = values[self.s_cols]
-        return sorted(range(self.arrays.n_nodes), key=lambda v: (round(float(starts[v]), 9), v))
+        finishes = starts + (values[self.x_cols] * self.arrays.time_s).sum(axis=1)
+        predecessors_left = [0] * self.arrays.n_nodes
+        successors: list[set[int]] = [set() for _ in range(self.arrays.n_nodes)]
+        for t, c in zip(self.arrays.use_tensor, self.arrays.use_node):
+            p = int(self.arrays.producer[t])
+            if p >= 0 and int(c) not in successors[p]:
+                successors[p].add(int(c))
+                predecessors_left[c] += 1
+        ready = [(starts[v], finishes[v], v) for v in range(self.arrays.n_nodes) if predecessors_left[v] == 0]
+        heapq.heapify(ready)
+        order: list[int] = []
+        while ready:
+            _, _, v = heapq.heappop(ready)
+            order.append(v)
+            for s in successors[v]:
+                predecessors_left[s] -= 1
+                if predecessors_left[s] == 0:
+                    heapq.heappush(ready, (starts[s], finishes[s], s))
+        return order
 
     def start_from(self, placement: np.ndarray, start_s: np.ndarray, makespan_s: float) -> np.ndarray:
         values = np.zeros(self.mip.cost.size)

@@ -19,6 +19,9 @@ import numpy as np
 from partitioner.costs import CostArrays
 
 SOURCE, SINK = "S", "T"
+# networkx decides the cut side by comparing flow == capacity, which float round-off breaks (it then
+# returns a partition whose cut is not minimal): capacities are integer picoseconds, exact in Python ints.
+TICKS_PER_S = 10**12
 
 
 def min_cut_placement(arrays: CostArrays, a: int, b: int) -> np.ndarray | None:
@@ -31,11 +34,16 @@ def min_cut_placement(arrays: CostArrays, a: int, b: int) -> np.ndarray | None:
     graph = nx.DiGraph()
     graph.add_nodes_from([SOURCE, SINK])
 
-    def add(u: object, v: object, capacity: float | None) -> None:
+    def add(u: object, v: object, capacity_s: float | None) -> None:
         """capacity None = infinite; parallel edges add up."""
-        if capacity is None:
-            graph.add_edge(u, v)
-        elif capacity > 0:
+        if capacity_s is None:
+            if graph.has_edge(u, v):
+                graph[u][v].pop("capacity", None)
+            else:
+                graph.add_edge(u, v)
+            return
+        capacity = round(capacity_s * TICKS_PER_S)
+        if capacity > 0:
             if graph.has_edge(u, v):
                 if "capacity" in graph[u][v]:
                     graph[u][v]["capacity"] += capacity

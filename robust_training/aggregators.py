@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 #: Columns per block when the geometric median measures distances: keeps temporaries cache-sized
 #: instead of a second n x d array.
-_DISTANCE_BLOCK_COLUMNS = 1 << 15
+_DISTANCE_BLOCK_COLUMNS = 1 << 13
 
 
 class Aggregator(ABC):
@@ -74,11 +74,16 @@ def weiszfeld(points: np.ndarray, max_iter: int = 100, tol: float = 1e-6, eps: f
 
 
 def _row_distances(points: np.ndarray, center: np.ndarray) -> np.ndarray:
-    """||points[i] - center|| for every row, by blocks of columns (direct differences: no cancellation)."""
-    squared = np.zeros(points.shape[0])
-    for start in range(0, points.shape[1], _DISTANCE_BLOCK_COLUMNS):
-        block = points[:, start : start + _DISTANCE_BLOCK_COLUMNS] - center[start : start + _DISTANCE_BLOCK_COLUMNS]
-        squared += np.einsum("ij,ij->i", block, block)
+    """||points[i] - center|| for every row (direct differences: no cancellation), by blocks of columns
+    through one preallocated buffer: nothing of size n x d is allocated per iteration."""
+    n, dimension = points.shape
+    squared = np.zeros(n)
+    buffer = np.empty((n, min(dimension, _DISTANCE_BLOCK_COLUMNS)))
+    for start in range(0, dimension, _DISTANCE_BLOCK_COLUMNS):
+        block = points[:, start : start + _DISTANCE_BLOCK_COLUMNS]
+        work = buffer[:, : block.shape[1]]
+        np.subtract(block, center[start : start + _DISTANCE_BLOCK_COLUMNS], out=work)
+        squared += np.einsum("ij,ij->i", work, work)
     return np.sqrt(squared)
 
 

@@ -157,61 +157,70 @@ class Simulator:
         n_partitions = config.n_workers if self.code is None else self.code.n_partitions
         self.partitions = split_dataset(train, n_partitions, config.split, seed=config.seed,
                                         unequal=config.unequal_sizes, alpha=config.dirichlet_alpha)
-        self.size_weights = size_weights([len(p) for p in self.partitions])
+        self.partition_sizes = [len(p) for p in self.partitions]
+        self.size_weights = size_weights(self.partition_sizes)
         self.message_scale = n_partitions * self.size_weights
         self.adversary_rng = np.random.default_rng(np.random.SeedSequence([config.seed, 1]))
-        self.params0 = objective.initial_params(train.features, np.random.default_rng(np.random.SeedSequence([config.seed, 2])))
+        init_rng = np.random.default_rng(np.random.SeedSequence([config.seed, 2]))
+        self.params0 = objective.initial_params(train.features, init_rng)
 
     def run(self, on_round: Callable[[RoundRecord], None] | None = None) -> SimulationResult:
+        """Train for `config.rounds` rounds (fewer if the target accuracy is reached or the model diverges)."""
         config = self.config
         params = self.params0.copy()
         records: list[RoundRecord] = []
         controller = AdaptiveTau(config.tau, max(config.tau_max, config.tau)) if config.adaptive_tau else None
         budget_s: float | None = None
         tau = config.tau
-        elapsed_s = 0.0
         adversaries = self._draw_adversaries()
         for round_index in range(config.rounds):
             if config.redraw_adversaries and round_index:
                 adversaries = self._draw_adversaries()
-            updates, partition_s = self._compute_partitions(params, round_index, tau, controller is not None)
-            # adaptive tau reads the unscaled deltas after the round; otherwise scale in place (no 360 MB copy)
-            scaled = updates.deltas.copy() if controller is not None else updates.deltas
-            scaled *= self.message_scale[:, None]
-            messages, worker_s = self._encode(scaled, partition_s)
-            if self.attack is not None:
-                messages = self.attack.apply(messages, adversaries, self.adversary_rng)
-            started = time.perf_counter()
-            step, flagged = self._combine(messages)
-            aggregate_s = time.perf_counter() - started
-            transfer_s = (messages.shape[1] * messages.itemsize + params.nbytes) * 8 / config.bandwidth_bps
-            compute_s = float(max(worker_s))
-            start_params = params
-            params = params + step
-            elapsed_s += compute_s + aggregate_s + transfer_s
-            batch_loss = float(self.size_weights @ updates.start_losses)
-            record = RoundRecord(round_index + 1, tau, batch_loss, None, compute_s, aggregate_s, transfer_s, elapsed_s,
-                                 sorted(adversaries), sorted(flagged))
-            if (round_index + 1) % config.eval_every == 0 or round_index + 1 == config.rounds:
-                record.test_accuracy = self.objective.accuracy(params, self.test.features, self.test.labels)
+            elapsed_s = records[-1].elapsed_s if records else 0.0
+            new_params, updates, record = self._play_round(params, round_index, tau, adversaries, elapsed_s,
+                                                           probe=controller is not None)
             records.append(record)
             if on_round is not None:
                 on_round(record)
             if controller is not None:
-                step_s = compute_s / tau
-                if budget_s is None:
+                if budget_s is None:  # Wang et al. plan against a budget: this run's rounds at round 1's pace
                     budget_s = config.rounds * record.round_s
-                tau = controller.observe(start_params, updates, [len(p) for p in self.partitions], config.lr,
-                                         budget_s, step_s, aggregate_s + transfer_s)
+                tau = controller.observe(params, updates, self.partition_sizes, config.lr, budget_s,
+                                         record.compute_s / record.tau, record.aggregate_s + record.transfer_s)
+            params = new_params
             if not np.all(np.isfinite(params)):
-                logger.warning("the model diverged to non-finite values in round %d; stopping", round_index + 1)
+                logger.warning("the model diverged to non-finite values in round %d; stopping", record.round)
                 break
             if (config.target_accuracy is not None and record.test_accuracy is not None
                     and record.test_accuracy >= config.target_accuracy):
                 break
         train_loss = self.objective.loss(params, self.train.features, self.train.labels)
-        return SimulationResult(params, records, [len(p) for p in self.partitions], train_loss,
+        return SimulationResult(params, records, self.partition_sizes, train_loss,
                                 controller.log if controller is not None else [])
+
+    def _play_round(self, params: np.ndarray, round_index: int, tau: int, adversaries: list[int],
+                    elapsed_s: float, probe: bool) -> tuple[np.ndarray, PartitionUpdates, RoundRecord]:
+        """One round: compute, encode, attack, decode or aggregate, step; returns the new global model."""
+        config = self.config
+        updates, partition_s = self._compute_partitions(params, round_index, tau, probe)
+        # adaptive tau reads the unscaled deltas after the round; otherwise scale in place (no 360 MB copy)
+        scaled = updates.deltas.copy() if probe else updates.deltas
+        scaled *= self.message_scale[:, None]
+        messages, worker_s = self._encode(scaled, partition_s)
+        if self.attack is not None:
+            messages = self.attack.apply(messages, adversaries, self.adversary_rng)
+        started = time.perf_counter()
+        step, flagged = self._combine(messages)
+        aggregate_s = time.perf_counter() - started
+        transfer_s = (messages.shape[1] * messages.itemsize + params.nbytes) * 8 / config.bandwidth_bps
+        compute_s = float(max(worker_s))
+        new_params = params + step
+        record = RoundRecord(round_index + 1, tau, float(self.size_weights @ updates.start_losses), None, compute_s,
+                             aggregate_s, transfer_s, elapsed_s + compute_s + aggregate_s + transfer_s,
+                             sorted(adversaries), sorted(flagged))
+        if (round_index + 1) % config.eval_every == 0 or round_index + 1 == config.rounds:
+            record.test_accuracy = self.objective.accuracy(new_params, self.test.features, self.test.labels)
+        return new_params, updates, record
 
     def _compute_partitions(self, params: np.ndarray, round_index: int, tau: int,
                             probe: bool) -> tuple[PartitionUpdates, list[float]]:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from robust_training.attacks import ATTACKS, Constant, GaussianNoise, choose_adversaries
+from robust_training.attacks import ATTACKS, Constant, GaussianNoise, SignFlip, choose_adversaries
 from robust_training.codes import Code, CyclicCode, DecodeResult, RepetitionCode, make_code
 from robust_training.errors import DecodeError, TrainingError
 
@@ -170,6 +170,51 @@ def test_cyclic_with_too_many_adversaries_raises_instead_of_returning_garbage(n_
     assert raised > 0
 
 
+def test_cyclic_consensus_fallback_decodes_clustered_adversaries_at_large_s():
+    """r = n = 45 (s = 22) with 22 consecutive sign-flippers: the Hankel locator alone fails here."""
+    code = CyclicCode(45, 45)
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        adversaries = sorted(int(w) for w in (int(rng.integers(45)) + np.arange(22)) % 45)
+        updates = rng.standard_normal((45, 6)) * 10.0 ** rng.uniform(-4, 4)
+        result = code.decode(SignFlip().apply(code.encode_all(updates), adversaries, rng))
+        assert result.flagged == adversaries
+        assert relative_error(result.total, updates.sum(axis=0)) <= 1e-9
+
+
+@pytest.mark.parametrize(("n_workers", "redundancy"), [(15, 7), (45, 21)])
+def test_cyclic_mixed_scale_adversaries_are_all_found(n_workers, redundancy):
+    """One adversary at 1e200 hides the others' deviations from the Hankel locator; the fallback finds them."""
+    code = CyclicCode(n_workers, redundancy)
+    rng = np.random.default_rng(5)
+    adversaries = choose_adversaries(n_workers, code.max_adversaries, rng)
+    updates, messages = honest_round(code, d=6, seed=1)
+    attacked = Constant().apply(messages, adversaries, rng)
+    attacked[adversaries[0]] = 1e200
+    result = code.decode(attacked)
+    assert result.flagged == adversaries
+    assert relative_error(result.total, updates.sum(axis=0)) <= 1e-9
+
+
+def test_colluders_along_a_codeword_fool_any_decoder_as_documented():
+    """The limit of every decoder (distance 2s + 1): s + 1 adversaries who know W shift partition 0.
+
+    They add W[i, 0] * v to their messages; the received word is then within s rows of the codeword of
+    updates whose partition 0 is g_0 + v, so the decode returns sum + v and blames the honest holders.
+    """
+    code = CyclicCode(15, 7)
+    s = code.max_adversaries
+    holders_of_0 = [worker for worker in range(15) if 0 in code.partitions_of(worker)]
+    colluders, blamed = holders_of_0[: s + 1], holders_of_0[s + 1 :]
+    updates, messages = honest_round(code, d=4, seed=0)
+    shift = np.array([1.0, -2.0, 3.0, 0.5])
+    forged = messages.copy()
+    forged[colluders] += code.encoding_matrix[colluders, 0][:, None] * shift
+    result = code.decode(forged)
+    assert result.flagged == blamed
+    np.testing.assert_allclose(result.total, updates.sum(axis=0) + shift, rtol=1e-9)
+
+
 def test_cyclic_encoding_matrix_is_supported_on_the_assignment_and_well_scaled(cyclic_45_21):
     weights = cyclic_45_21.encoding_matrix
     for worker in range(45):
@@ -200,6 +245,14 @@ def test_cyclic_without_redundancy_is_a_plain_sum():
     updates, messages = honest_round(code, d=4, seed=0)
     np.testing.assert_allclose(messages, updates)
     np.testing.assert_allclose(code.decode(messages).total, updates.sum(axis=0))
+
+
+def test_cyclic_with_r2_detects_what_it_cannot_correct():
+    code = CyclicCode(6, 2)
+    updates, messages = honest_round(code, d=4, seed=0)
+    np.testing.assert_allclose(code.decode(messages).total, updates.sum(axis=0))
+    with pytest.raises(DecodeError, match="corrects none"):
+        code.decode(SignFlip().apply(messages, [3], np.random.default_rng(0)))
 
 
 def test_cyclic_decode_is_deterministic_by_seed():
@@ -249,6 +302,17 @@ def test_repetition_trusts_an_agreeing_majority_as_documented():
     result = code.decode(attacked)
     assert result.flagged == [2]
     np.testing.assert_allclose(result.total, updates[1:].sum(axis=0) - 100.0)
+
+
+def test_repetition_outvoted_first_replica_cannot_cancel_other_groups():
+    """A huge forged first replica must not swallow the other groups' contributions in the sum."""
+    code = RepetitionCode(9, 3)
+    updates, messages = honest_round(code, d=4, seed=0)
+    messages[3] = 1e300
+    messages[6] = -np.inf
+    result = code.decode(messages)
+    assert result.flagged == [3, 6]
+    np.testing.assert_allclose(result.total, updates.sum(axis=0), rtol=1e-12)
 
 
 def test_repetition_tolerates_s_adversaries_in_every_group_at_once():

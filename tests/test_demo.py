@@ -10,6 +10,15 @@ import time
 from pathlib import Path
 
 import pytest
+from serving_helpers import bouncing_placement, node_ids
+
+from devices.profiles import load_device
+from edgecloud.demo import predicted_stage_s, transfer_rows
+from partitioner.costs import Link
+from partitioner.graph import load_layer_graph
+from partitioner.model_costs import cost_graph_from_model
+from partitioner.split import split_model
+from partitioner.zoo import cached_model_path
 
 DEMO = [sys.executable, "-m", "edgecloud.cli.app", "demo"]
 
@@ -73,3 +82,27 @@ def test_interrupted_demo_stops_the_broker_and_every_agent(tmp_path: Path, signa
     assert process.returncode == 130, output
     assert "interrupted" in output
     assert not alive(started)
+
+
+def test_stage_and_transfer_predictions_follow_the_cost_graph(tmp_path: Path) -> None:
+    path = cached_model_path("chain")
+    link = Link(bandwidth_bps=2e7, latency_s=0.01)
+    devices = {"edge": load_device("rpi4"), "cloud": load_device("cloud-server")}
+    costs = cost_graph_from_model(load_layer_graph(path), devices, {("cloud", "edge"): link}, "edge", "edge", path)
+    placement = bouncing_placement(node_ids(path), 4)
+    manifest = split_model(path, placement, "edge", "edge", tmp_path)
+
+    per_stage = predicted_stage_s(manifest, costs)
+    for device in ("edge", "cloud"):
+        expected = sum(node.time_s[device] for name, node in costs.nodes.items() if placement[name] == device)
+        assert sum(per_stage[stage.index] for stage in manifest.stages_of(device)) == pytest.approx(expected)
+
+    rows = transfer_rows(manifest, costs)
+    # A chain crosses one tensor per stage boundary: stage i's output goes to stage i+1 (the last to the sink).
+    boundaries = [(stage.index, stage.device, nxt.device) for stage, nxt in zip(manifest.stages, manifest.stages[1:])]
+    for index, sender, receiver in boundaries:
+        (item,) = manifest.stages[index].outputs
+        row = rows[(index, sender, receiver)]
+        assert row.bytes == costs.tensors[item.tensor].bytes
+        assert row.predicted_s == pytest.approx(8 * row.bytes / 2e7 + 0.01)
+    assert list(rows)[0] == (None, "client", "edge") and list(rows)[-1] == (None, "edge", "client")

@@ -15,35 +15,27 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from broker_fixtures import broker  # noqa: F401  (session fixture, parametrized over both brokers)
+from serving_helpers import DEVICES, bouncing_placement, node_ids
 
 from edgecloud.agent import AgentOptions, DeviceAgent
 from edgecloud.client import InferenceClient
+from edgecloud.demo import model_inputs
 from edgecloud.errors import EdgecloudError
 from edgecloud.mqtt import MqttTransport
 from edgecloud.stage_runner import make_session
 from edgecloud.topics import device_topic
 from edgecloud.wire import Message, WireLimits, encode
+from partitioner.costs import Link
 from partitioner.manifest import SplitManifest
-from partitioner.onnx_names import name_nodes_uniquely
 from partitioner.split import split_model
 from partitioner.zoo import MODEL_NAMES
 
-DEVICES = ("edge", "cloud")
-
-
-def bouncing_placement(node_ids: list[str], runs: int) -> dict[str, str]:
-    """edge, cloud, edge, cloud...: each device runs more than one stage of a request."""
-    size = -(-len(node_ids) // runs)
-    return {node: DEVICES[position // size % 2] for position, node in enumerate(node_ids)}
-
-
 def model_input(manifest: SplitManifest, seed: int) -> np.ndarray:
-    (spec,) = manifest.graph_inputs
-    shape = [size if isinstance(size, int) else 1 for size in spec.shape]
-    return np.random.default_rng(seed).standard_normal(shape).astype(spec.dtype)
+    """The input of a one-input model."""
+    (x,) = model_inputs(manifest, seed).values()
+    return x
 
 
 class Reference:
@@ -62,8 +54,7 @@ def bouncing_splits(bundled_models, tmp_path_factory: pytest.TempPathFactory) ->
     splits = {}
     for name in MODEL_NAMES:
         path = bundled_models[name]
-        node_ids = name_nodes_uniquely(onnx.load(str(path)).graph)
-        splits[name] = split_model(path, bouncing_placement(node_ids, 4), "edge", "edge",
+        splits[name] = split_model(path, bouncing_placement(node_ids(path), 4), "edge", "edge",
                                    tmp_path_factory.mktemp(f"split-{name}"), devices=DEVICES)
     return splits
 
@@ -109,9 +100,8 @@ def test_three_devices_with_the_sink_away_from_the_source(bundled_models, refere
                                                           tmp_path: Path) -> None:
     """A random 3-device DAG placement; the cloud answers and acknowledges to the edge (source)."""
     path = bundled_models["inception"]
-    node_ids = name_nodes_uniquely(onnx.load(str(path)).graph)
     rng = random.Random(5)
-    placement = {node: rng.choice(("edge", "fog", "cloud")) for node in node_ids}
+    placement = {node: rng.choice(("edge", "fog", "cloud")) for node in node_ids(path)}
     manifest = split_model(path, placement, "edge", "cloud", tmp_path, devices=("edge", "fog", "cloud"))
     agents, client = deploy(manifest)
     for seed in range(3):
@@ -138,10 +128,11 @@ def test_hundred_concurrent_requests_are_answered_and_matched(bouncing_splits, r
 
 
 def test_stopped_cloud_agent_makes_the_edge_fall_back_within_the_deadline(bouncing_splits, references,
-                                                                          deploy) -> None:
+                                                                          deploy, broker) -> None:  # noqa: F811
     manifest = bouncing_splits["resnet18"]
-    agents, client = deploy(manifest)
+    agents, client = deploy(manifest, local_after_fallback_s=1.0)
     x = model_input(manifest, seed=2)
+    expected = references["resnet18"](x)
     assert not client.infer(x, deadline_s=10.0).fell_back
     agents["cloud"].stop()
     deadline_s = 1.0
@@ -149,8 +140,20 @@ def test_stopped_cloud_agent_makes_the_edge_fall_back_within_the_deadline(bounci
     result = client.infer(x, deadline_s=deadline_s)
     assert time.monotonic() - started_s < deadline_s
     assert result.fell_back and result.answered_by == "edge"
-    np.testing.assert_allclose(result.outputs["output"], references["resnet18"](x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(result.outputs["output"], expected, rtol=1e-5, atol=1e-5)
     assert {event.device for event in result.timings.stages} == {"edge"}
+
+    # Within the next second the edge serves at once instead of waiting for the dead cloud again...
+    started_s = time.monotonic()
+    result = client.infer(x, deadline_s=deadline_s)
+    assert result.fell_back and time.monotonic() - started_s < deadline_s / 2
+    np.testing.assert_allclose(result.outputs["output"], expected, rtol=1e-5, atol=1e-5)
+    # ...and once that window has passed, a request probes the cloud, which is back by then.
+    with DeviceAgent(manifest, "cloud", broker.url, agents["edge"].options):
+        time.sleep(1.0)
+        result = client.infer(x, deadline_s=10.0)
+        assert not result.fell_back and "cloud" in {event.device for event in result.timings.stages}
+        np.testing.assert_allclose(result.outputs["output"], expected, rtol=1e-5, atol=1e-5)
 
 
 def test_bad_messages_are_rejected_with_a_reason_and_the_agent_keeps_serving(
@@ -184,3 +187,37 @@ def test_bad_messages_are_rejected_with_a_reason_and_the_agent_keeps_serving(
     assert "needs no tensor named 'nonexistent'" in log
     assert "input 'input' is float64" in log
     assert agents["edge"].stats["rejected"] >= 3
+
+
+def test_source_device_without_nodes_forwards_and_answers(bundled_models, references, deploy, tmp_path: Path) -> None:
+    path = bundled_models["mlp"]
+    manifest = split_model(path, dict.fromkeys(node_ids(path), "cloud"), "edge", "edge", tmp_path, devices=DEVICES)
+    agents, client = deploy(manifest)
+    x = model_input(manifest, seed=4)
+    result = client.infer(x, deadline_s=10.0)
+    assert result.answered_by == "edge" and not result.fell_back
+    assert [(event.sender, event.device) for event in result.timings.transfers][1:] == [("edge", "cloud"),
+                                                                                        ("cloud", "edge"),
+                                                                                        ("edge", "client")]
+    np.testing.assert_allclose(result.outputs["output"], references["mlp"](x), rtol=1e-5, atol=1e-5)
+
+
+def test_pending_table_is_bounded_and_overflow_is_refused_not_queued(bouncing_splits, references, deploy) -> None:
+    manifest = bouncing_splits["mlp"]
+    slow_link = {"cloud": Link(bandwidth_bps=1e9, latency_s=0.05)}  # requests stay pending for 100+ ms
+    agents, client = deploy(manifest, max_pending=2, emulated_links=slow_link)
+    inputs = [model_input(manifest, seed) for seed in range(30)]
+    futures = [client.submit(x, deadline_s=10.0) for x in inputs]
+    answered = refused = 0
+    for x, future in zip(inputs, futures):
+        try:
+            result = future.result(timeout=15.0)
+        except EdgecloudError as error:
+            assert "holds 2 requests already" in str(error)
+            refused += 1
+        else:
+            np.testing.assert_allclose(result.outputs["output"], references["mlp"](x), rtol=1e-5, atol=1e-5)
+            answered += 1
+    assert answered >= 2 and refused > 0 and answered + refused == 30
+    assert agents["edge"].stats["requests"] == answered
+    assert not client.infer(inputs[0], deadline_s=10.0).fell_back  # and it keeps serving

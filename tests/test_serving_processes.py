@@ -4,41 +4,20 @@ back within the deadline, and SIGTERM stops an agent cleanly."""
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from pathlib import Path
 
 import numpy as np
-import onnx
-import pytest
 from broker_fixtures import broker  # noqa: F401  (session fixture, parametrized over both brokers)
+from serving_helpers import write_plan
 from typer.testing import CliRunner
 
 from edgecloud.agent_processes import AgentProcesses
 from edgecloud.cli.app import app
 from edgecloud.client import InferenceClient
 from edgecloud.stage_runner import make_session
-from partitioner.onnx_names import name_nodes_uniquely
 from partitioner.split import cached_split
-
-
-def write_plan(model_path: Path, folder: Path) -> Path:
-    """A plan in the documented format (INTERFACES.md): edge, cloud, edge, cloud over the node order."""
-    node_ids = name_nodes_uniquely(onnx.load(str(model_path)).graph)
-    size = -(-len(node_ids) // 4)
-    placement = {node: ("edge", "cloud")[position // size % 2] for position, node in enumerate(node_ids)}
-    plan = {
-        "format": "edgecloud.plan/1", "model": str(model_path), "objective": "latency",
-        "devices": {"edge": {}, "cloud": {}},
-        "links": [{"from": "edge", "to": "cloud", "bandwidth_bps": 2e7, "latency_s": 0.01}],
-        "source": "edge", "sink": "edge", "placement": placement, "predicted_s": 0.0,
-        "breakdown": {"compute_s": {"edge": 0.0, "cloud": 0.0}, "transfer_s": {}},
-        "crossing_tensors": [], "baselines": {}, "solver": {"name": "test", "status": "given", "time_s": 0.0, "gap": 0.0},
-    }
-    path = folder / "plan.json"
-    path.write_text(json.dumps(plan))
-    return path
 
 
 def test_agent_processes_serve_fall_back_and_stop_cleanly(bundled_models, broker, tmp_path: Path) -> None:  # noqa: F811

@@ -11,22 +11,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
+from serving_helpers import DEVICES, bouncing_placement, node_ids, write_plan
+from typer.testing import CliRunner
 
+from edgecloud.cli.app import app
+from edgecloud.demo import model_inputs
 from edgecloud.stage_runner import make_session, run_split
 from partitioner.errors import PartitionerError
 from partitioner.manifest import SplitManifest, load_manifest
 from partitioner.onnx_names import name_nodes_uniquely
-from partitioner.split import split_model
+from partitioner.split import cached_split, plan_content_hash, split_model
 from partitioner.zoo import MODEL_NAMES, cached_model_path
-
-DEVICES = ("edge", "cloud")
-
-
-def _example_inputs(manifest: SplitManifest, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {spec.name: rng.standard_normal([size if isinstance(size, int) else 1 for size in spec.shape])
-            .astype(spec.dtype) for spec in manifest.graph_inputs}
-
 
 def _reference(model_path: Path | str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     session = make_session(str(model_path))
@@ -35,7 +30,7 @@ def _reference(model_path: Path | str, inputs: dict[str, np.ndarray]) -> dict[st
 
 
 def _assert_split_matches(model_path: Path | str, manifest: SplitManifest) -> None:
-    inputs = _example_inputs(manifest)
+    inputs = model_inputs(manifest, seed=0)
     expected = _reference(model_path, inputs)
     actual = run_split(manifest, inputs)
     assert set(actual) == set(expected)
@@ -43,37 +38,39 @@ def _assert_split_matches(model_path: Path | str, manifest: SplitManifest) -> No
         np.testing.assert_allclose(actual[name], value, rtol=1e-5, atol=1e-5)
 
 
-def _node_ids(model_path: Path | str) -> list[str]:
-    return name_nodes_uniquely(onnx.load(str(model_path)).graph)
-
-
-def _bouncing(node_ids: list[str], runs: int) -> dict[str, str]:
-    """Consecutive runs of nodes alternating edge, cloud, edge, cloud...: a device visited repeatedly."""
-    size = -(-len(node_ids) // runs)
-    return {node: DEVICES[position // size % 2] for position, node in enumerate(node_ids)}
-
-
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_random_and_bouncing_placements_reproduce_every_bundled_model(name: str, tmp_path: Path) -> None:
     model_path = cached_model_path(name)
-    node_ids = _node_ids(model_path)
+    ids = node_ids(model_path)
     rng = random.Random(7)
     placements = {
-        "random": {node: rng.choice(DEVICES) for node in node_ids},
-        "bounce": _bouncing(node_ids, runs=4),
+        "random": {node: rng.choice(DEVICES) for node in ids},
+        "bounce": bouncing_placement(ids, runs=4),
     }
     for label, placement in placements.items():
         manifest = split_model(model_path, placement, "edge", "edge", tmp_path / label, devices=DEVICES)
         for stage in manifest.stages:
             onnx.checker.check_model(onnx.load(str(manifest.stage_path(stage))), full_check=True)
             assert {placement[node] for node in stage.nodes} == {stage.device}
-        assert sorted(node for stage in manifest.stages for node in stage.nodes) == sorted(node_ids)
+        assert sorted(node for stage in manifest.stages for node in stage.nodes) == sorted(ids)
         _assert_split_matches(model_path, manifest)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "transformer"])
+def test_stages_keep_the_dynamic_batch_dimension(name: str, tmp_path: Path) -> None:
+    model_path = cached_model_path(name)
+    manifest = split_model(model_path, bouncing_placement(node_ids(model_path), runs=4), "edge", "edge", tmp_path)
+    (spec,) = manifest.graph_inputs
+    assert isinstance(spec.shape[0], str)  # symbolic
+    x = np.random.default_rng(0).standard_normal([3, *spec.shape[1:]]).astype(spec.dtype)
+    (output,) = run_split(manifest, {spec.name: x}).values()
+    np.testing.assert_allclose(output, _reference(model_path, {spec.name: x})["output"], rtol=1e-5, atol=1e-5)
+    assert output.shape[0] == 3
 
 
 def test_bouncing_placement_visits_each_device_twice(tmp_path: Path) -> None:
     model_path = cached_model_path("chain")
-    manifest = split_model(model_path, _bouncing(_node_ids(model_path), runs=4), "edge", "edge", tmp_path)
+    manifest = split_model(model_path, bouncing_placement(node_ids(model_path), runs=4), "edge", "edge", tmp_path)
     assert [stage.device for stage in manifest.stages] == ["edge", "cloud", "edge", "cloud"]
     assert [stage.index for stage in manifest.stages_of("cloud")] == [1, 3]
     last = manifest.stages[-1]
@@ -83,7 +80,7 @@ def test_bouncing_placement_visits_each_device_twice(tmp_path: Path) -> None:
 
 def test_device_without_nodes_is_source_and_sink_only(tmp_path: Path) -> None:
     model_path = cached_model_path("mlp")
-    placement = {node: "cloud" for node in _node_ids(model_path)}
+    placement = {node: "cloud" for node in node_ids(model_path)}
     manifest = split_model(model_path, placement, "edge", "edge", tmp_path, devices=DEVICES)
     assert manifest.devices == ["edge", "cloud"]
     assert manifest.stages_of("edge") == []
@@ -97,7 +94,7 @@ def test_parallel_branches_on_two_devices_make_one_stage_each(tmp_path: Path) ->
     """Inception's branches alternate in the exporter's node order; the device-sticky order groups them."""
     model_path = cached_model_path("inception")
     model = onnx.load(str(model_path))
-    node_ids = name_nodes_uniquely(model.graph)
+    ids = name_nodes_uniquely(model.graph)
     concat = next(node for node in model.graph.node if node.op_type == "Concat")
     consumers: dict[str, int] = {}
     for node in model.graph.node:
@@ -113,8 +110,8 @@ def test_parallel_branches_on_two_devices_make_one_stage_each(tmp_path: Path) ->
         if name != fan_out and name in producer and producer[name].name not in branch:
             branch.add(producer[name].name)
             frontier.extend(producer[name].input)
-    after = set(node_ids[node_ids.index(concat.name):])
-    placement = {node: "cloud" if node in branch | after else "edge" for node in node_ids}
+    after = set(ids[ids.index(concat.name):])
+    placement = {node: "cloud" if node in branch | after else "edge" for node in ids}
     manifest = split_model(model_path, placement, "edge", "edge", tmp_path)
     assert [stage.device for stage in manifest.stages] == ["edge", "cloud"]
     _assert_split_matches(model_path, manifest)
@@ -123,7 +120,7 @@ def test_parallel_branches_on_two_devices_make_one_stage_each(tmp_path: Path) ->
 def test_manifest_round_trips_through_json(tmp_path: Path) -> None:
     model_path = cached_model_path("resnet18")
     rng = random.Random(3)
-    placement = {node: rng.choice(DEVICES) for node in _node_ids(model_path)}
+    placement = {node: rng.choice(DEVICES) for node in node_ids(model_path)}
     manifest = split_model(model_path, placement, "edge", "cloud", tmp_path, plan_sha256="abc")
     loaded = load_manifest(tmp_path)
     assert loaded.to_dict() == manifest.to_dict()
@@ -133,9 +130,37 @@ def test_manifest_round_trips_through_json(tmp_path: Path) -> None:
 
 def test_placement_missing_a_node_is_refused(tmp_path: Path) -> None:
     model_path = cached_model_path("mlp")
-    placement = dict.fromkeys(_node_ids(model_path)[1:], "edge")
+    placement = dict.fromkeys(node_ids(model_path)[1:], "edge")
     with pytest.raises(PartitionerError, match="no device"):
         split_model(model_path, placement, "edge", "edge", tmp_path)
+
+
+def test_split_of_a_plan_is_cached_by_content_and_redone_when_the_plan_changes(tmp_path: Path) -> None:
+    model_path = cached_model_path("mlp")
+    plan_path = write_plan(model_path, tmp_path, runs=2)
+    first = cached_split(plan_path)
+    assert cached_split(plan_path).directory == first.directory
+    assert first.plan_sha256 == plan_content_hash(plan_path)
+    write_plan(model_path, tmp_path, runs=3)
+    changed = cached_split(plan_path)
+    assert changed.directory != first.directory and len(changed.stages) == 3
+    _assert_split_matches(model_path, changed)
+
+
+def test_split_command_writes_stages_and_manifest(tmp_path: Path) -> None:
+    plan_path = write_plan(cached_model_path("chain"), tmp_path)
+    outcome = CliRunner().invoke(app, ["split", str(plan_path), "-o", str(tmp_path / "out")])
+    assert outcome.exit_code == 0, outcome.output
+    manifest = load_manifest(tmp_path / "out")
+    assert [stage.device for stage in manifest.stages] == ["edge", "cloud", "edge", "cloud"]
+    assert all(manifest.stage_path(stage).is_file() for stage in manifest.stages)
+    assert "4 stage(s)" in outcome.output
+
+
+def test_split_command_reports_a_missing_plan_in_one_line(tmp_path: Path) -> None:
+    outcome = CliRunner().invoke(app, ["split", str(tmp_path / "nope.json"), "-o", str(tmp_path / "out")])
+    assert outcome.exit_code == 2
+    assert outcome.output.startswith("error: ") and "does not exist" in outcome.output
 
 
 def test_corrupt_manifest_is_refused(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import typer
 
 from edgecloud.cli import broker as broker_command
 from edgecloud.cli import models
+from edgecloud.cli import plan as plan_command
 from edgecloud.cli import predictor as predictor_command
 from edgecloud.cli import profile as profile_command
 from edgecloud.cli import demo as demo_command
@@ -27,6 +28,8 @@ app = typer.Typer(
 
 app.command("models")(reports_user_errors(models.list_models))
 app.command("export")(reports_user_errors(models.export))
+app.command("plan")(reports_user_errors(plan_command.plan))
+app.command("sweep")(reports_user_errors(plan_command.sweep))
 app.command("broker")(reports_user_errors(broker_command.broker))
 app.command("profile")(reports_user_errors(profile_command.profile))
 app.command("train")(reports_user_errors(train_command.train))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import statistics
 import tempfile
 from contextlib import contextmanager
 from collections.abc import Iterator
@@ -102,11 +103,12 @@ def _run(settings: "DemoSettings", workdir: Path, console: "Console") -> None:
     check_outcomes(outcomes)
     worst = max(outcome.max_abs_error for outcome in outcomes)
     fell_back = sum(outcome.fell_back for outcome in outcomes)
+    unsplit_s = statistics.median(outcome.unsplit_s for outcome in outcomes)
     console.print(f"[green]all {len(outcomes)} answers match the unsplit model[/] (max |error| {worst:.1e}); "
-                  f"{fell_back} fell back; the whole model takes {planned.measured_latency_s * 1e3:.2f} ms on this host.")
+                  f"{fell_back} fell back; the unsplit model takes {unsplit_s * 1e3:.2f} ms in one process here.")
     console.print("Predicted = the plan's figures for the edge and cloud profiles; measured = both agents on this "
                   "host" + (", link emulated at the planned bandwidth and latency." if settings.emulate_links else "."))
-    console.print(f"{len(manifest.stages)} stage(s) in {manifest.directory}; broker and agents stopped.")
+    console.print(f"{len(manifest.stages)} stage(s) in {manifest.directory}; everything the demo started is stopped.")
 
 
 def _ms(seconds: float | None) -> str:
@@ -136,6 +138,9 @@ def _print_plan(console: "Console", planned: "PlannedModel") -> None:
     crossing_bytes = sum(int(item["bytes"]) for item in plan.crossing_tensors)
     console.print(f"plan breakdown: compute {compute}; transfers {transfer or 'none'} "
                   f"({len(plan.crossing_tensors)} tensor(s), {crossing_bytes} bytes)")
+    if len(counts) == 1:
+        console.print(f"At this bandwidth the plan keeps every node on {next(iter(counts))}; a faster link "
+                      "(e.g. --bandwidth 1Gbit --latency 1ms) or another model moves work across.")
 
 
 def _print_requests(console: "Console", planned: "PlannedModel", outcomes: list["RequestOutcome"]) -> None:

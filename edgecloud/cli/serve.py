@@ -47,6 +47,7 @@ def agent(
     max_pending: Annotated[int, typer.Option("--max-pending", min=1, help="Requests held at once; more are refused.")] = 256,
     fallback: Annotated[bool, typer.Option("--fallback/--no-fallback", help="Source device: run the rest itself when the answer is late.")] = True,
     fallback_margin: Annotated[Optional[str], typer.Option("--fallback-margin", help="Fall back this long before the deadline (e.g. 100ms); default: measured.")] = None,
+    local_after_fallback: Annotated[str, typer.Option("--local-after-fallback", help="After a fallback, serve locally at once this long before probing the other devices again.")] = "5s",
     emulate_links: Annotated[bool, typer.Option("--emulate-links", help="Hold each message back as long as the plan's link would take (testing on one host).")] = False,
     ready_file: Annotated[Optional[Path], typer.Option("--ready-file", help="Touch this file once serving (for supervisors).")] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="Python logging level.")] = "INFO",
@@ -67,7 +68,8 @@ def agent(
     margin_s = parse_duration_s(fallback_margin) if fallback_margin is not None else None
     links = links_of(device, load_plan(plan).links) if emulate_links else {}
     options = AgentOptions(deployment=deployment, threads=threads, max_pending=max_pending, fallback=fallback,
-                           fallback_margin_s=margin_s, emulated_links=links)
+                           fallback_margin_s=margin_s, local_after_fallback_s=parse_duration_s(local_after_fallback),
+                           emulated_links=links)
     stop = threading.Event()
     for signal_number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signal_number, lambda *_: stop.set())

@@ -6,6 +6,7 @@ Progress goes to stderr so that `--json` leaves stdout a single JSON document.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -65,10 +66,12 @@ def train(
             task, advance=1, accuracy="-" if r.test_accuracy is None else f"{r.test_accuracy:.3f}"))
 
     final = result.last_evaluated()
+    defence = f"code {code} r={redundancy}" if code != "none" else aggregator
+    description = f"{model} on {dataset}, {nodes} workers, {defence}, {adversaries} x {attack}"
     if save is not None:
         np.savez(save, **objective.named_arrays(result.params))
     if plot is not None:
-        _plot_curve(result.records, plot, f"{model} on {dataset}, code {code}, {adversaries} x {attack}")
+        _plot_curve(result.records, plot, description)
     summary = {
         "test_accuracy": final.test_accuracy,
         "train_loss": result.train_loss,
@@ -77,15 +80,14 @@ def train(
         "flagged": result.flagged,
         "partition_sizes": result.partition_sizes,
         "n_params": objective.n_params,
-        "config": {**vars(config)},
-        "tau_estimates": [vars(e) for e in result.tau_estimates],
+        "config": asdict(config),
+        "tau_estimates": [asdict(e) for e in result.tau_estimates],
         "history": result.history(),
     }
     if as_json:
         typer.echo(json.dumps(summary))
         return
-    _print_summary(summary, save, plot, f"{model} on {dataset}, {nodes} workers, code {code}"
-                   f"{f' r={redundancy}' if code != 'none' else f', {aggregator}'}, {adversaries} x {attack}")
+    _print_summary(summary, save, plot, description)
 
 
 def _print_summary(summary: dict, save: Path | None, plot: Path | None, title: str) -> None:

@@ -22,6 +22,9 @@ from robust_training.errors import DecodeError, TrainingError
 
 logger = logging.getLogger(__name__)
 
+#: Columns per block in the one-pass replica comparison (temporaries of n x block doubles stay in cache).
+_BLOCK_COLUMNS = 4096
+
 
 class RepetitionCode(Code):
     """n workers in groups of `redundancy`; tolerates s = (r - 1) // 2 adversaries per group."""
@@ -61,42 +64,43 @@ class RepetitionCode(Code):
 
     def decode(self, messages: np.ndarray) -> DecodeResult:
         received = self._check_messages(messages)
-        total = np.zeros(received.shape[1])
-        flagged: list[int] = []
-        for group in range(self.n_partitions):
-            first = group * self.redundancy
-            replicas = received[first : first + self.redundancy]
-            winner, agreeing = self._majority(group, replicas)
-            total += replicas[winner]
-            flagged.extend(first + member for member in range(self.redundancy) if not agreeing[member])
+        groups = received.reshape(self.n_partitions, self.redundancy, -1)
+        with np.errstate(invalid="ignore"):  # inf - inf in a forged row: that row is non-finite anyway
+            first_norms, to_first, first_total = _spread_to_first_replica(groups)
+            flagged: list[int] = []
+            winners = np.zeros(self.n_partitions, dtype=int)  # replica index of each group's answer
+            for group in range(self.n_partitions):
+                first = group * self.redundancy
+                if self._agree(to_first[group], first_norms[group], first_norms[group]).all():
+                    continue  # the adversary-free case: one pass over the data in all
+                winners[group], agreeing = self._majority(group, groups[group])
+                flagged.extend(first + member for member in range(self.redundancy) if not agreeing[member])
+        total = first_total
+        if winners.any():  # a first replica was outvoted: sum the answers afresh (no cancellation against it)
+            rows = np.arange(self.n_partitions) * self.redundancy + winners
+            total = received[rows[0]].copy()
+            for row in rows[1:]:
+                total += received[row]
         if flagged:
             logger.debug("repetition decode flagged workers %s", flagged)
         return DecodeResult(total=total, flagged=flagged)
 
-    def _majority(self, group: int, replicas: np.ndarray) -> tuple[int, np.ndarray]:
-        """Index of the replica agreeing with the most others, and which replicas agree with it.
+    def _agree(self, distance: np.ndarray, norm_a: np.ndarray, norm_b: np.ndarray) -> np.ndarray:
+        """The tolerance test; a non-finite replica agrees with nothing (an inf would stretch it to inf).
 
-        Fast path: every replica agrees with the first one (the adversary-free case costs one pass).
+        Called with the first replica's norm for both (a stricter test than the max of the two norms),
+        it only ever sends a group to the full vote that might have passed.
         """
-        finite = np.isfinite(replicas).all(axis=1)  # an inf would otherwise stretch the tolerance to inf
-        with np.errstate(invalid="ignore"):  # inf - inf in a forged row: that row is non-finite anyway
-            return self._vote(group, replicas, finite)
+        within = distance <= self.atol + self.rtol * np.maximum(norm_a, norm_b)
+        return within & np.isfinite(norm_a) & np.isfinite(norm_b)
 
-    def _vote(self, group: int, replicas: np.ndarray, finite: np.ndarray) -> tuple[int, np.ndarray]:
-        norms = np.max(np.abs(replicas), axis=1, initial=0.0)
-        to_first = np.max(np.abs(replicas - replicas[0]), axis=1, initial=0.0)
-        agree_first = to_first <= self.atol + self.rtol * np.maximum(norms, norms[0])
-        agree_first &= finite & finite[0]
-        if agree_first.all():
-            return 0, agree_first
-        size = len(replicas)
-        agreement = np.zeros((size, size), dtype=bool)
-        for a in range(size):
-            distance = np.max(np.abs(replicas - replicas[a]), axis=1, initial=0.0)
-            within = distance <= self.atol + self.rtol * np.maximum(norms, norms[a])
-            agreement[a] = within & finite & finite[a]
+    def _majority(self, group: int, replicas: np.ndarray) -> tuple[int, np.ndarray]:
+        """Index of the replica agreeing with the most others, and which replicas agree with it."""
+        norms, spread = _pairwise_spread(replicas)
+        agreement = self._agree(spread, norms[:, None], norms[None, :])
         counts = agreement.sum(axis=1)
         winner = int(np.argmax(counts))
+        size = len(replicas)
         if 2 * counts[winner] <= size:
             first = group * size
             raise DecodeError(
@@ -104,3 +108,48 @@ class RepetitionCode(Code):
                 f"agreeing replicas: the largest agreeing set has {counts[winner]} of {size}."
             )
         return winner, agreement[winner]
+
+
+def _spread_to_first_replica(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One pass over the data: per group max |first replica| (groups,), per replica max |replica - first|
+    (groups, r), and the sum of the first replicas (d,), which is the total when no group is in dispute.
+
+    Works on blocks of columns through one preallocated buffer: nothing of size n x d is allocated
+    (fresh pages cost more than the arithmetic here). NaN propagates through max, so a replica with a
+    NaN gets a NaN spread and agrees with nothing.
+    """
+    n_groups, size, dimension = groups.shape
+    first_norms = np.zeros(n_groups)
+    to_first = np.zeros((n_groups, size))
+    first_total = np.empty(dimension)
+    buffer = np.empty((n_groups, size, min(dimension, _BLOCK_COLUMNS)))
+    for start in range(0, dimension, _BLOCK_COLUMNS):
+        block = groups[:, :, start : start + _BLOCK_COLUMNS]
+        np.sum(block[:, 0], axis=0, out=first_total[start : start + _BLOCK_COLUMNS])
+        firsts = buffer[:, 0, : block.shape[2]]
+        np.abs(block[:, 0], out=firsts)
+        np.maximum(first_norms, firsts.max(axis=1), out=first_norms)
+        others = buffer[:, 1:, : block.shape[2]]
+        np.subtract(block[:, 1:], block[:, :1], out=others)
+        np.abs(others, out=others)
+        np.maximum(to_first[:, 1:], others.max(axis=2), out=to_first[:, 1:])
+    return first_norms, to_first, first_total
+
+
+def _pairwise_spread(replicas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Max |replica| (r,) and the (r, r) matrix of max |replica_a - replica_b|, for a group in dispute."""
+    size, dimension = replicas.shape
+    norms = np.zeros(size)
+    spread = np.zeros((size, size))
+    pairs = np.triu_indices(size, k=1)
+    buffer = np.empty((len(pairs[0]), min(dimension, _BLOCK_COLUMNS)))
+    for start in range(0, dimension, _BLOCK_COLUMNS):
+        block = replicas[:, start : start + _BLOCK_COLUMNS]
+        np.maximum(norms, np.abs(block).max(axis=1), out=norms)
+        work = buffer[:, : block.shape[1]]
+        np.subtract(block[pairs[0]], block[pairs[1]], out=work)
+        np.abs(work, out=work)
+        spread[pairs] = np.maximum(spread[pairs], work.max(axis=1))
+    spread = spread + spread.T
+    spread[~np.isfinite(norms), :] = np.nan  # a non-finite replica agrees with nothing, not even itself
+    return norms, spread

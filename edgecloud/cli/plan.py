@@ -1,0 +1,256 @@
+"""`edgecloud plan` and `edgecloud sweep`: optimal placement of a model (or any cost graph) across devices.
+
+Only the partitioner's light modules (numpy, highspy) load for `--cost-graph`; onnx, the predictor and
+matplotlib load only when a model or a plot asks for them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+if TYPE_CHECKING:
+    from partitioner.costs import CostGraph
+    from partitioner.plan import Plan
+
+EDGE, CLOUD = "edge", "cloud"
+
+ModelArgument = Annotated[Optional[Path], typer.Argument(help="ONNX model file, or the name of a bundled model.")]
+EdgeOption = Annotated[str, typer.Option(help="Edge device: catalogue name or device JSON file.")]
+CloudOption = Annotated[str, typer.Option(help="Cloud device: catalogue name or device JSON file.")]
+LatencyOption = Annotated[str, typer.Option(help="One-way edge-cloud latency, e.g. 10ms.")]
+ObjectiveOption = Annotated[str, typer.Option(help="latency | throughput | makespan.")]
+MemoryOption = Annotated[Optional[list[str]], typer.Option("--memory-limit", help="DEVICE=SIZE, e.g. edge=512MB (repeatable).")]
+PinOption = Annotated[Optional[list[str]], typer.Option("--pin", help="NODE=DEVICE: keep a node on a device (repeatable).")]
+ProfileOption = Annotated[Optional[Path], typer.Option(help="Profile JSON from `edgecloud profile`: measured node times.")]
+DeviceOption = Annotated[Optional[list[str]], typer.Option("--device", help="NAME=PROFILE: one more device tier (repeatable).")]
+LinkOption = Annotated[Optional[list[str]], typer.Option("--link", help="A-B=BW,LAT, e.g. edge-server=100Mbit,2ms (repeatable).")]
+SolverOption = Annotated[str, typer.Option(help="highs | cbc.")]
+TimeLimitOption = Annotated[Optional[float], typer.Option(help="Solver time limit in seconds (makespan default 60).")]
+FuseOption = Annotated[bool, typer.Option("--fuse", help="Plan fused layers (Conv+BN+ReLU) instead of single ops.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of a table.")]
+
+
+def plan(
+    model: ModelArgument = None,
+    cost_graph: Annotated[Optional[Path], typer.Option(help="Plan a cost-graph JSON file instead of a model.")] = None,
+    edge: EdgeOption = "rpi4",
+    cloud: CloudOption = "cloud-server",
+    bandwidth: Annotated[str, typer.Option(help="Edge-cloud bandwidth, e.g. 20Mbit.")] = "20Mbit",
+    latency: LatencyOption = "10ms",
+    objective: ObjectiveOption = "latency",
+    memory_limit: MemoryOption = None,
+    pin: PinOption = None,
+    profile: ProfileOption = None,
+    device: DeviceOption = None,
+    link: LinkOption = None,
+    solver: SolverOption = "highs",
+    time_limit: TimeLimitOption = None,
+    fuse: FuseOption = False,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Plan JSON file to write.")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="PNG of the DAG coloured by device.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Find the optimal placement of a model's layers on edge and cloud, beside the classic baselines."""
+    from partitioner.planning import plan_cost_graph
+
+    if (model is None) == (cost_graph is None):
+        raise typer.BadParameter("give either a MODEL or --cost-graph FILE.")
+    if cost_graph is not None:
+        from partitioner.costs import CostGraph
+
+        graph = _with_overrides(CostGraph.load(cost_graph), memory_limit, pin, link, node_layers=None)
+    else:
+        graph = _model_cost_graph(model, edge, cloud, bandwidth, latency, memory_limit, pin, profile, device, link, fuse)
+    result = plan_cost_graph(graph, objective, solver, _time_limit(objective, time_limit))
+    if output is not None:
+        result.save(output)
+    if plot is not None:
+        from partitioner.plotting import plot_plan
+
+        plot_plan(result, graph, plot)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(relative_to=output.parent if output else None)))
+    else:
+        _print_plan_table(result, output, plot)
+
+
+def sweep(
+    model: ModelArgument = None,
+    bandwidth: Annotated[str, typer.Option(help="Bandwidth range, e.g. 1Mbit..1Gbit (log-spaced).")] = "1Mbit..1Gbit",
+    points: Annotated[int, typer.Option(help="Bandwidths to try.", min=2)] = 13,
+    edge: EdgeOption = "rpi4",
+    cloud: CloudOption = "cloud-server",
+    latency: LatencyOption = "10ms",
+    objective: ObjectiveOption = "latency",
+    memory_limit: MemoryOption = None,
+    pin: PinOption = None,
+    profile: ProfileOption = None,
+    fuse: FuseOption = False,
+    solver: SolverOption = "highs",
+    time_limit: TimeLimitOption = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Sweep JSON file to write.")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="PNG: predicted time vs bandwidth, log axes.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Plan the model at each bandwidth of a range: the plan against every baseline."""
+    import numpy as np
+    from rich.progress import Progress
+
+    from partitioner.costs import Link
+    from partitioner.planning import plan_cost_graph
+    from partitioner.plotting import SweepPoint
+    from partitioner.units import parse_bandwidth_range_bps
+
+    if model is None:
+        raise typer.BadParameter("give a MODEL to sweep.")
+    low_bps, high_bps = parse_bandwidth_range_bps(bandwidth)
+    graph = _model_cost_graph(model, edge, cloud, "1Mbit", latency, memory_limit, pin, profile, None, None, fuse)
+    key = next(iter(graph.links))
+    results: list[SweepPoint] = []
+    with Progress(transient=True, disable=as_json) as progress:
+        task = progress.add_task(f"planning {len(graph.nodes)} layers", total=points)
+        for bandwidth_bps in np.geomspace(low_bps, high_bps, points):
+            at = replace(graph, links={key: Link(float(bandwidth_bps), graph.links[key].latency_s)})
+            planned = plan_cost_graph(at, objective, solver, _time_limit(objective, time_limit))
+            results.append(SweepPoint(float(bandwidth_bps), planned.predicted_s, planned.baselines))
+            progress.advance(task)
+    rows = [{"bandwidth_bps": p.bandwidth_bps, "plan_s": p.plan_s, "baselines_s": p.baselines_s} for p in results]
+    if output is not None:
+        output.write_text(json.dumps({"format": "edgecloud.sweep/1", "objective": objective, "points": rows}, indent=1))
+    if plot is not None:
+        from partitioner.plotting import plot_sweep
+
+        plot_sweep(results, plot, objective)
+    if as_json:
+        typer.echo(json.dumps({"objective": objective, "points": rows}))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    names = list(results[0].baselines_s)
+    table = Table(title=f"{objective} (ms) vs bandwidth")
+    for column in ["bandwidth", "plan", *names]:
+        table.add_column(column, justify="right")
+    for p in results:
+        table.add_row(f"{p.bandwidth_bps / 1e6:.3g} Mbit/s", f"{p.plan_s * 1e3:.2f}",
+                      *[("—" if p.baselines_s[n] is None else f"{p.baselines_s[n] * 1e3:.2f}") for n in names])
+    Console().print(table)
+    if plot is not None:
+        Console().print(f"plot: {plot}")
+
+
+def _time_limit(objective: str, time_limit_s: float | None) -> float | None:
+    return 60.0 if time_limit_s is None and objective == "makespan" else time_limit_s
+
+
+def _model_cost_graph(model: Path, edge: str, cloud: str, bandwidth: str, latency: str, memory_limit: list[str] | None,
+                      pin: list[str] | None, profile: Path | None, device: list[str] | None, link: list[str] | None,
+                      fuse: bool) -> CostGraph:
+    """Layer DAG of `model` priced on the chosen devices (measured times when a profile is given)."""
+    from devices.profiles import load_device
+    from partitioner.costs import Link
+    from partitioner.graph import load_layer_graph
+    from partitioner.model_costs import cost_graph_from_model
+    from partitioner.units import parse_bandwidth_bps, parse_duration_s
+    from partitioner.zoo import MODEL_NAMES, cached_model_path
+
+    if not model.exists() and str(model) in MODEL_NAMES:
+        model = cached_model_path(str(model))
+    profiles = {EDGE: load_device(edge), CLOUD: load_device(cloud)}
+    for name, source in _pairs(device, "--device", "NAME=PROFILE").items():
+        profiles[name] = load_device(source)
+    links = {(CLOUD, EDGE): Link(parse_bandwidth_bps(bandwidth), parse_duration_s(latency))}
+    measured = None
+    if profile is not None:
+        from devices.profiler import load_profile_file
+
+        measured = load_profile_file(profile)
+    layer_graph = load_layer_graph(model, fuse=fuse)
+    graph = cost_graph_from_model(layer_graph, profiles, {**links, **_links(link, list(profiles))}, source=EDGE,
+                                  sink=EDGE, model_path=model.resolve(), profile=measured)
+    layer_of = {member: layer for layer, node in graph.nodes.items() for member in node.members or [layer]}
+    return _with_overrides(graph, memory_limit, pin, None, node_layers=layer_of)
+
+
+def _with_overrides(graph: CostGraph, memory_limit: list[str] | None, pin: list[str] | None, link: list[str] | None,
+                    node_layers: dict[str, str] | None) -> CostGraph:
+    """Apply --memory-limit, --pin (ONNX node ids map to their layer) and --link; validate again."""
+    from partitioner.errors import PartitionerError
+    from partitioner.units import parse_size_bytes
+
+    devices = {name: dict(spec) for name, spec in graph.devices.items()}
+    for name, size in _pairs(memory_limit, "--memory-limit", "DEVICE=SIZE").items():
+        if name not in devices:
+            raise PartitionerError(f"--memory-limit names the unknown device {name!r} (devices: {', '.join(devices)}).")
+        devices[name]["memory_bytes"] = parse_size_bytes(size)
+    nodes = dict(graph.nodes)
+    for node, device_name in _pairs(pin, "--pin", "NODE=DEVICE").items():
+        layer = node_layers.get(node) if node_layers is not None else (node if node in nodes else None)
+        if layer is None:
+            raise PartitionerError(f"--pin names the unknown node {node!r}.")
+        nodes[layer] = replace(nodes[layer], pin=device_name)
+    links = {**graph.links, **_links(link, list(devices))}
+    return replace(graph, devices=devices, nodes=nodes, links=links).validate()
+
+
+def _pairs(values: list[str] | None, option: str, shape: str) -> dict[str, str]:
+    from partitioner.errors import PartitionerError
+
+    pairs: dict[str, str] = {}
+    for value in values or []:
+        key, sep, rest = value.partition("=")
+        if not sep or not key or not rest:
+            raise PartitionerError(f"{option} {value!r} must look like {shape}.")
+        pairs[key] = rest
+    return pairs
+
+
+def _links(values: list[str] | None, device_names: list[str]) -> dict:
+    """`A-B=BW,LAT` -> {(a, b): Link}; device names may contain '-', so the split is the one naming two devices."""
+    from partitioner.costs import Link
+    from partitioner.errors import PartitionerError
+    from partitioner.units import parse_bandwidth_bps, parse_duration_s
+
+    links = {}
+    for pair, figures in _pairs(values, "--link", "A-B=BW,LAT").items():
+        ends = [(pair[:i], pair[i + 1:]) for i, ch in enumerate(pair) if ch == "-"
+                if pair[:i] in device_names and pair[i + 1:] in device_names]
+        bandwidth, sep, latency = figures.partition(",")
+        if not ends or not sep:
+            raise PartitionerError(f"--link {pair}={figures} must look like A-B=BW,LAT with A and B among {', '.join(device_names)}.")
+        a, b = ends[0]
+        links[(a, b) if a <= b else (b, a)] = Link(parse_bandwidth_bps(bandwidth), parse_duration_s(latency))
+    return links
+
+
+def _print_plan_table(result: Plan, output: Path | None, plot: Path | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"{result.objective}: plan vs baselines")
+    table.add_column("strategy")
+    table.add_column("predicted (ms)", justify="right")
+    table.add_column("plan speedup", justify="right")
+    table.add_row("[bold]plan (ILP)[/bold]", f"{result.predicted_s * 1e3:.3f}", "1.00x")
+    for name, value in result.baselines.items():
+        speedup = result.speedups()[name]
+        table.add_row(name, "infeasible" if value is None else f"{value * 1e3:.3f}",
+                      "—" if speedup is None else f"{speedup:.2f}x")
+    console.print(table)
+    counts: dict[str, int] = {}
+    for device in result.layers.values():
+        counts[device] = counts.get(device, 0) + 1
+    solver = result.solver
+    console.print(f"layers per device: {counts}; crossing tensors: {len(result.crossing_tensors)}; "
+                  f"solver {solver['name']} ({solver['method']}) {solver['status']} in {solver['time_s']:.3f} s"
+                  + (f", gap {solver['gap']:.2%}" if solver.get("gap") else ""))
+    if output is not None:
+        console.print(f"plan: {output}")
+    if plot is not None:
+        console.print(f"plot: {plot}")

@@ -1,0 +1,320 @@
+"""A paho-mqtt client that moves large PUBLISH payloads without copying them in Python.
+
+Why it exists: paho-mqtt 2.2 copies a payload about six times on its way through the client, which
+made a 1 MB activation take ~10x one raw TCP hop through Mosquitto (the broker alone costs ~3x):
+- sending, `Client._send_publish` builds the packet by extending a bytearray with the payload, and
+  `Client._packet_write` passes `packet[pos:]` to `send` after every partial send, which copies the
+  whole unsent rest each time (quadratic in the payload for messages larger than the socket buffer);
+- receiving, `Client._packet_read` grows a bytearray with `+=` for every `recv` and
+  `_packet.decode_publish` slices the packet with `struct.unpack` three or four times (topic, packet
+  id, MQTT 5 properties), each time copying the payload.
+See paho's `Client._packet_write`/`_packet_read` and `paho/mqtt/_packet.py` in paho-mqtt 2.2.0.
+
+What this subclass changes, and nothing else:
+- `_send_publish`: a payload of at least `GATHER_MIN_PAYLOAD_BYTES` is queued as a header plus a
+  read-only view of the caller's payload (`_GatheredPacket`), whose `[pos:]` slice copies nothing;
+  smaller payloads take paho's own path.
+- `_sock_send`: sends the next piece of such a packet (header and a first chunk of payload joined, so
+  that no tiny TCP segment precedes the payload), then whatever paho's own `_sock_send` does.
+- `_packet_read`: reads the fixed header as paho does, then `recv_into` preallocated buffers; a QoS 0/1
+  PUBLISH is split while it arrives into its variable header and a payload buffer of exactly the
+  payload's size (16-byte aligned, so our wire format's 8-aligned tensors stay aligned).
+- `_handle_on_message`: paho's `_handle_publish` parses the variable header alone (its own code:
+  topic checks, MQTT 5 properties, QoS handling, logging) and this hook attaches the payload to the
+  message just before the callbacks run. QoS 2 and all other packets are read whole and go through
+  paho's code unchanged.
+Consequence for users: `MQTTMessage.payload` of a QoS 0/1 message is a read-only `memoryview` (zero
+copy), not `bytes`; `bytes(message.payload)` copies it if needed. Paho's debug log reports such a
+payload as 0 bytes.
+
+The overridden methods are private paho API: the supported range is `PAHO_VERSION_RANGE` (pin it in
+pyproject.toml), and tests/test_mqtt_fastpath.py fails loudly when their signatures or the packet
+dictionaries they share with paho change. Plain TCP and TLS sockets only (paho's websocket wrapper
+has no `recv_into`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import ssl
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as paho
+from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.exception import MalformedPacket
+
+__all__ = ["FastPathClient", "GATHER_MIN_PAYLOAD_BYTES", "PAHO_VERSION_RANGE", "publish_header_bytes"]
+
+logger = logging.getLogger(__name__)
+
+PAHO_VERSION_RANGE = ">=2.2,<2.3"  # the versions whose private methods this module was checked against
+# Below this size a payload copy costs less than the Python bookkeeping that avoids it.
+GATHER_MIN_PAYLOAD_BYTES = 64 * 2**10
+# The header goes out joined with this much payload: one segment instead of a tiny one first.
+FIRST_CHUNK_BYTES = 64 * 2**10
+# Bytes read first into the small buffer that receives a PUBLISH's topic, packet id and properties.
+HEAD_READ_BYTES = 1024
+MAX_REMAINING_LENGTH_BYTES = 4  # MQTT encodes the remaining length in at most 4 bytes
+RECV_CALLS_PER_READ = 100  # as paho: let the loop serve writes and pings during a huge message
+PAYLOAD_ALIGNMENT_BYTES = 16
+
+
+def publish_header_bytes(head: bytes | bytearray | memoryview, qos: int, mqtt5: bool) -> int | None:
+    """Length of a PUBLISH variable header (topic, packet id, MQTT 5 properties) starting `head`.
+
+    None while `head` holds too few bytes to tell; MalformedPacket for an impossible properties length.
+    """
+    if len(head) < 2:
+        return None
+    length = 2 + int.from_bytes(head[:2], "big") + (2 if qos else 0)
+    if not mqtt5:
+        return length
+    properties_bytes = 0
+    for index in range(MAX_REMAINING_LENGTH_BYTES):
+        if len(head) <= length + index:
+            return None
+        byte = head[length + index]
+        properties_bytes += (byte & 0x7F) << (7 * index)
+        if not byte & 0x80:
+            return length + index + 1 + properties_bytes
+    raise MalformedPacket("PUBLISH properties length takes more than 4 bytes")
+
+
+@dataclass(frozen=True)
+class _GatheredPacket:
+    """An outgoing PUBLISH as header + payload view; `[pos:]` moves an offset instead of copying.
+
+    paho's `_packet_write` only ever takes `len()` of a queued packet and slices it `[pos:]`.
+    """
+
+    header: bytes
+    payload: memoryview
+    offset: int = 0
+
+    def __len__(self) -> int:
+        return len(self.header) + len(self.payload) - self.offset
+
+    def __getitem__(self, index: slice) -> _GatheredPacket:
+        if not isinstance(index, slice) or index.stop is not None or index.step not in (None, 1):
+            raise TypeError("a gathered packet only supports [start:] slices")
+        return dataclasses.replace(self, offset=self.offset + (index.start or 0))
+
+    def next_chunk(self) -> bytes | memoryview:
+        """The bytes to hand to one `send` call: header rest plus a first payload chunk, or payload rest."""
+        if self.offset < len(self.header):
+            return self.header[self.offset:] + self.payload[:FIRST_CHUNK_BYTES]
+        return self.payload[self.offset - len(self.header):]
+
+
+@dataclass
+class _IncomingBody:
+    """Receive state of one packet body (everything after the fixed header).
+
+    `head` receives the whole body of most packets; for a QoS 0/1 PUBLISH only its variable header
+    (plus whatever arrived with it, moved to `payload` once the header length is known).
+    """
+
+    command: int
+    remaining_bytes: int
+    split_publish: bool
+    head: bytearray
+    head_filled: int = 0
+    header_bytes: int | None = None
+    payload: memoryview | None = None
+    payload_filled: int = 0
+
+    @property
+    def complete(self) -> bool:
+        if not self.split_publish:
+            return self.head_filled == self.remaining_bytes
+        return self.payload is not None and self.payload_filled == len(self.payload)
+
+    def free_space(self) -> memoryview:
+        if self.payload is not None:
+            return self.payload[self.payload_filled:]
+        return memoryview(self.head)[self.head_filled:]
+
+    def took(self, count: int, mqtt5: bool) -> None:
+        """Account for `count` bytes just received into `free_space()`."""
+        if self.payload is not None:
+            self.payload_filled += count
+            return
+        self.head_filled += count
+        if self.split_publish:
+            self._find_payload(mqtt5)
+
+    def _find_payload(self, mqtt5: bool) -> None:
+        qos = (self.command & 0x06) >> 1
+        header_bytes = publish_header_bytes(memoryview(self.head)[:self.head_filled], qos, mqtt5)
+        if header_bytes is None:
+            if self.head_filled == self.remaining_bytes:
+                raise MalformedPacket("PUBLISH packet ends inside its variable header")
+            if self.head_filled == len(self.head):  # a long topic or many properties: read more
+                self.head.extend(bytes(min(len(self.head), self.remaining_bytes - len(self.head))))
+            return
+        if header_bytes > self.remaining_bytes:
+            raise MalformedPacket(f"PUBLISH header of {header_bytes} bytes exceeds its {self.remaining_bytes}-byte packet")
+        if header_bytes > len(self.head):
+            self.head.extend(bytes(header_bytes - len(self.head)))
+            return
+        self.header_bytes = header_bytes
+        self.payload = _aligned_buffer(self.remaining_bytes - header_bytes)
+        early = self.head_filled - header_bytes  # payload bytes that arrived with the header
+        self.payload[:early] = memoryview(self.head)[header_bytes:self.head_filled]
+        self.payload_filled = early
+
+
+def _aligned_buffer(size_bytes: int) -> memoryview:
+    """Uninitialised writable bytes starting at an aligned address (recv fills them)."""
+    storage = np.empty(size_bytes + PAYLOAD_ALIGNMENT_BYTES, np.uint8)
+    start = -storage.ctypes.data % PAYLOAD_ALIGNMENT_BYTES
+    return memoryview(storage[start:start + size_bytes])
+
+
+def _idle_in_packet() -> dict[str, Any]:
+    """paho's `_in_packet` as paho sets it between packets (checked against paho by the tests)."""
+    return {"command": 0, "have_remaining": 0, "remaining_count": [], "remaining_mult": 1, "remaining_length": 0,
+            "packet": bytearray(b""), "to_process": 0, "pos": 0}
+
+
+class FastPathClient(paho.Client):
+    """`paho.mqtt.client.Client` with zero-copy large payloads; see the module docstring for why and how."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._incoming_body: _IncomingBody | None = None
+        self._received_payload: memoryview | None = None
+
+    # -- sending --------------------------------------------------------------------------------
+
+    def _send_publish(self, mid: int, topic: bytes, payload: bytes | bytearray = b"", qos: int = 0,
+                      retain: bool = False, dup: bool = False, info: paho.MQTTMessageInfo | None = None,
+                      properties: paho.Properties | None = None) -> MQTTErrorCode:
+        if len(payload) < GATHER_MIN_PAYLOAD_BYTES or self._sock is None or not isinstance(topic, bytes):
+            return super()._send_publish(mid, topic, payload, qos, retain, dup, info, properties)
+        variable_header = bytearray()
+        self._pack_str16(variable_header, topic)
+        if qos > 0:
+            variable_header += struct.pack("!H", mid)
+        if self._protocol == paho.MQTTv5:
+            variable_header += b"\x00" if properties is None else properties.pack()
+        header = bytearray([paho.PUBLISH | ((dup & 0x1) << 3) | (qos << 1) | retain])
+        self._pack_remaining_length(header, len(variable_header) + len(payload))
+        header += variable_header
+        self._easy_log(paho.MQTT_LOG_DEBUG, "Sending PUBLISH (d%d, q%d, r%d, m%d), '%s', ... (%d bytes, not copied)",
+                       dup, qos, retain, mid, topic, len(payload))
+        packet = _GatheredPacket(bytes(header), memoryview(payload).toreadonly())
+        return self._packet_queue(paho.PUBLISH, packet, mid, qos, info)  # type: ignore[arg-type]
+
+    def _sock_send(self, buf: bytes | bytearray) -> int:
+        if isinstance(buf, _GatheredPacket):
+            return super()._sock_send(buf.next_chunk())  # type: ignore[arg-type]
+        return super()._sock_send(buf)
+
+    # -- receiving ------------------------------------------------------------------------------
+
+    def _sock_recv_into(self, target: memoryview) -> int:
+        """`recv_into` with the exception mapping of paho's `_sock_recv` (TLS wants -> BlockingIOError)."""
+        if self._sock is None:
+            raise ConnectionError("self._sock is None")
+        try:
+            return self._sock.recv_into(target)  # type: ignore[union-attr]
+        except ssl.SSLWantReadError as err:
+            raise BlockingIOError() from err
+        except ssl.SSLWantWriteError as err:
+            self._call_socket_register_write()
+            raise BlockingIOError() from err
+
+    def _read_fixed_header(self) -> MQTTErrorCode | None:
+        """Read the command byte and remaining length into `_in_packet`; None once both are complete."""
+        incoming = self._in_packet
+        while incoming["command"] == 0 or not incoming["have_remaining"]:
+            try:
+                byte = self._sock_recv(1)
+            except BlockingIOError:
+                return MQTTErrorCode.MQTT_ERR_AGAIN
+            except OSError as err:
+                self._easy_log(paho.MQTT_LOG_ERR, "failed to receive on socket: %s", err)
+                return MQTTErrorCode.MQTT_ERR_CONN_LOST
+            if not byte:
+                return MQTTErrorCode.MQTT_ERR_CONN_LOST
+            if incoming["command"] == 0:
+                incoming["command"] = byte[0]
+                continue
+            incoming["remaining_count"].append(byte[0])
+            if len(incoming["remaining_count"]) > MAX_REMAINING_LENGTH_BYTES:
+                return MQTTErrorCode.MQTT_ERR_PROTOCOL
+            incoming["remaining_length"] += (byte[0] & 0x7F) * incoming["remaining_mult"]
+            incoming["remaining_mult"] *= 128
+            if not byte[0] & 0x80:
+                incoming["have_remaining"] = 1
+                incoming["to_process"] = incoming["remaining_length"]
+        return None
+
+    def _packet_read(self) -> MQTTErrorCode:
+        if self._in_packet["command"] == 0 or not self._in_packet["have_remaining"]:
+            self._incoming_body = None  # also after paho reset `_in_packet` on a reconnect
+            rc = self._read_fixed_header()
+            if rc is not None:
+                return rc
+        body = self._incoming_body
+        if body is None:
+            command, remaining_bytes = self._in_packet["command"], self._in_packet["remaining_length"]
+            # too short for a topic length: paho's own decode reports it as malformed
+            split_publish = command & 0xF0 == paho.PUBLISH and (command & 0x06) >> 1 < 2 and remaining_bytes >= 2
+            head_bytes = min(remaining_bytes, HEAD_READ_BYTES) if split_publish else remaining_bytes
+            body = self._incoming_body = _IncomingBody(command, remaining_bytes, split_publish, bytearray(head_bytes))
+        mqtt5 = self._protocol == paho.MQTTv5
+        for _ in range(RECV_CALLS_PER_READ):
+            if body.complete:
+                break
+            try:
+                received = self._sock_recv_into(body.free_space())
+            except BlockingIOError:
+                return MQTTErrorCode.MQTT_ERR_AGAIN
+            except OSError as err:
+                self._easy_log(paho.MQTT_LOG_ERR, "failed to receive on socket: %s", err)
+                return MQTTErrorCode.MQTT_ERR_CONN_LOST
+            if received == 0:
+                return MQTTErrorCode.MQTT_ERR_CONN_LOST
+            try:
+                body.took(received, mqtt5)
+            except MalformedPacket as exc:
+                self._easy_log(paho.MQTT_LOG_DEBUG, "Received malformed packet: %s", exc)
+                return MQTTErrorCode.MQTT_ERR_PROTOCOL
+            with self._msgtime_mutex:
+                self._last_bytes_received = paho.time_func()
+        if not body.complete:
+            return MQTTErrorCode.MQTT_ERR_AGAIN
+        return self._handle_body(body)
+
+    def _handle_body(self, body: _IncomingBody) -> MQTTErrorCode:
+        """Let paho handle the complete packet; a split PUBLISH reaches paho without its payload."""
+        if body.split_publish:
+            self._in_packet["packet"] = bytes(memoryview(body.head)[:body.header_bytes])
+            self._received_payload = body.payload.toreadonly() if body.payload is not None else None
+        else:
+            self._in_packet["packet"] = body.head
+        self._in_packet["to_process"] = 0
+        self._in_packet["pos"] = 0
+        try:
+            rc = self._packet_handle()
+        except MalformedPacket as exc:
+            self._easy_log(paho.MQTT_LOG_DEBUG, "Received malformed packet: %s", exc)
+            rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
+        finally:
+            self._received_payload = None
+            self._incoming_body = None
+            self._in_packet = _idle_in_packet()  # type: ignore[assignment]
+        with self._msgtime_mutex:
+            self._last_bytes_received = paho.time_func()
+        return rc
+
+    def _handle_on_message(self, message: paho.MQTTMessage) -> None:
+        if self._received_payload is not None:
+            message.payload, self._received_payload = self._received_payload, None  # type: ignore[assignment]
+        super()._handle_on_message(message)

@@ -1,0 +1,78 @@
+"""Baselines: Neurosurgeon's cut equals trying every cut, DADS' min-cut is exact with send-once costs,
+all-on-one respects pins and memory, brute force agrees with itself across objectives."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+
+from cost_graph_strategies import cost_graphs
+from partitioner.baselines import (all_on_one, baselines, brute_force, brute_force_makespan, dads_min_cut,
+                                   linear_extensions, neurosurgeon)
+from partitioner.costs import CostGraph, to_arrays
+from partitioner.objective import infeasibility, latency_s, schedule_makespan_s
+from test_costs import fan_out_graph
+
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@SETTINGS
+@given(cost_graphs(max_nodes=10))
+def test_neurosurgeon_is_the_best_feasible_cut_of_the_topological_order(graph) -> None:
+    arrays = to_arrays(graph)
+    for b in range(arrays.n_devices):
+        if b == arrays.source:
+            continue
+        cuts = [np.where(np.arange(arrays.n_nodes) < i, arrays.source, b) for i in range(arrays.n_nodes + 1)]
+        feasible = [latency_s(arrays, c) for c in cuts if infeasibility(arrays, c) is None]
+        chosen = neurosurgeon(arrays, arrays.source, b)
+        if not feasible:
+            assert chosen is None
+            continue
+        assert infeasibility(arrays, chosen) is None
+        assert math.isclose(latency_s(arrays, chosen), min(feasible), rel_tol=1e-9, abs_tol=1e-12)
+
+
+@SETTINGS
+@given(cost_graphs(max_nodes=10, devices=(3,), memory=False, pins=False))
+def test_dads_min_cut_is_optimal_over_two_of_three_devices(graph) -> None:
+    arrays = to_arrays(graph)
+    a = arrays.source
+    b = (a + 1) % 3
+    cut = dads_min_cut(arrays, a, b)
+    best = min(latency_s(arrays, np.where(np.array(bits) == 0, a, b)) for bits in np.ndindex(*([2] * arrays.n_nodes)))
+    assert math.isclose(latency_s(arrays, cut), best, rel_tol=1e-9, abs_tol=1e-9)
+
+
+def test_dads_counts_a_multi_consumer_tensor_once() -> None:
+    """Per-edge min-cut would pay the 1.5 s tensor three times and keep b, c, d on the edge."""
+    arrays = to_arrays(CostGraph.from_dict(fan_out_graph()))
+    cut = dads_min_cut(arrays, 0, 1)
+    assert math.isclose(latency_s(arrays, cut), brute_force(arrays, "latency")[1])
+
+
+def test_all_on_one_respects_pins_and_memory() -> None:
+    data = fan_out_graph()
+    data["nodes"]["a"]["pin"] = "edge"
+    arrays = to_arrays(CostGraph.from_dict(data))
+    assert all_on_one(arrays, 1) is None
+    assert (all_on_one(arrays, 0) == 0).all()
+    names = [b.name for b in baselines(arrays, "latency")]
+    assert names == ["all-edge", "all-cloud", "neurosurgeon", "dads-mincut"]
+
+
+def test_brute_force_makespan_runs_branches_in_parallel() -> None:
+    """b, c, d each take 1 s anywhere; links are free: two devices finish the three in 2 s, not 3."""
+    data = fan_out_graph()
+    data["links"][0].update(bandwidth_bps=1e12, latency_s=0.0)
+    for name in "bcd":
+        data["nodes"][name]["time_s"] = {"edge": 1.0, "cloud": 1.0}
+    data["nodes"]["a"]["time_s"] = {"edge": 0.0, "cloud": 0.0}
+    arrays = to_arrays(CostGraph.from_dict(data))
+    assert len(linear_extensions(arrays)) == 6  # a first, then b, c, d in any order
+    placement, makespan = brute_force_makespan(arrays)
+    assert math.isclose(makespan, 2.0, rel_tol=1e-9)
+    assert math.isclose(schedule_makespan_s(arrays, np.zeros(4, dtype=np.int64), list(range(4)))[0], 3.0)
+    assert len(set(placement.tolist())) == 2

@@ -1,0 +1,129 @@
+"""Cost graph JSON, validation sentences, unit parsing and the transfer semantics of `partitioner.objective`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bench.synthetic_dags import synthetic_cost_graph
+from partitioner.costs import CostGraph, to_arrays
+from partitioner.errors import PartitionerError
+from partitioner.objective import latency_s, throughput_s, transfers
+from partitioner.units import parse_bandwidth_bps, parse_bandwidth_range_bps, parse_duration_s, parse_size_bytes
+
+ISSUE_EXAMPLE = {
+    "format": "edgecloud.costgraph/1",
+    "devices": {"edge": {"memory_bytes": 500000000}, "cloud": {}},
+    "links": [{"from": "edge", "to": "cloud", "bandwidth_bps": 20000000, "latency_s": 0.01}],
+    "source": "edge", "sink": "edge",
+    "nodes": {"conv1": {"time_s": {"edge": 0.012, "cloud": 0.001}, "memory_bytes": 37632, "pin": None}},
+    "tensors": {"x": {"bytes": 602112, "producer": None, "consumers": ["conv1"], "output": False},
+                "y": {"bytes": 4000, "producer": "conv1", "consumers": [], "output": True}},
+}
+
+
+def fan_out_graph() -> dict:
+    """a -> t (1000 bytes) -> b, c, d: one tensor, three consumers."""
+    times = {"edge": 0.01, "cloud": 0.001}
+    return {
+        "format": "edgecloud.costgraph/1", "devices": {"edge": {}, "cloud": {}},
+        "links": [{"from": "cloud", "to": "edge", "bandwidth_bps": 8000, "latency_s": 0.5}],
+        "source": "edge", "sink": "edge",
+        "nodes": {name: {"time_s": times} for name in "abcd"},
+        "tensors": {"in": {"bytes": 0, "producer": None, "consumers": ["a"]},
+                    "t": {"bytes": 1000, "producer": "a", "consumers": ["b", "c", "d"]},
+                    "ob": {"bytes": 0, "producer": "b", "consumers": [], "output": True},
+                    "oc": {"bytes": 0, "producer": "c", "consumers": [], "output": True},
+                    "od": {"bytes": 0, "producer": "d", "consumers": [], "output": True}},
+    }
+
+
+def test_issue_example_loads_and_round_trips(tmp_path) -> None:
+    graph = CostGraph.from_dict(ISSUE_EXAMPLE)
+    path = tmp_path / "g.json"
+    graph.save(path)
+    again = CostGraph.load(path)
+    assert again.to_dict() == graph.to_dict()
+    assert again.link("cloud", "edge").bandwidth_bps == 20000000  # one direction holds for both
+
+
+def test_latency_of_all_on_the_edge_is_compute_only() -> None:
+    arrays = to_arrays(CostGraph.from_dict(ISSUE_EXAMPLE))
+    assert latency_s(arrays, np.array([0])) == pytest.approx(0.012)
+    # on the cloud: the input goes up (8*602112/2e7 + 0.01) and the output comes back (8*4000/2e7 + 0.01)
+    expected = 0.001 + 8 * 602112 / 2e7 + 0.01 + 8 * 4000 / 2e7 + 0.01
+    assert latency_s(arrays, np.array([1])) == pytest.approx(expected)
+
+
+def test_a_tensor_is_sent_once_per_destination_device_not_per_consumer() -> None:
+    arrays = to_arrays(CostGraph.from_dict(fan_out_graph()))
+    index = {name: i for i, name in enumerate(arrays.node_names)}
+    placement = np.zeros(4, dtype=np.int64)
+    placement[[index["b"], index["c"], index["d"]]] = 1  # three consumers on the cloud
+    sends = transfers(arrays, placement)
+    names = [arrays.tensor_names[t] for t in sends.tensor]
+    assert names.count("t") == 1  # once edge -> cloud, although three consumers read it
+    assert sorted(names) == ["ob", "oc", "od", "t"]  # outputs come back to the sink
+    transfer = 8 * 1000 / 8000 + 0.5
+    assert latency_s(arrays, placement) == pytest.approx(0.01 + 3 * 0.001 + transfer + 3 * 0.5)
+
+
+def test_throughput_is_the_busiest_device_or_link() -> None:
+    arrays = to_arrays(CostGraph.from_dict(fan_out_graph()))
+    assert throughput_s(arrays, np.zeros(4, dtype=np.int64)) == pytest.approx(0.04)
+    placement = np.array([0, 1, 1, 1])
+    assert throughput_s(arrays, placement) == pytest.approx(1.5)  # the cloud->edge link: 3 outputs of 0.5 s
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda g: g["tensors"]["t"]["consumers"].append("a") or g["tensors"].update(
+        {"back": {"bytes": 1, "producer": "b", "consumers": ["a"]}}), "cycle"),
+    (lambda g: g["nodes"]["b"].update(pin="gpu"), "pinned to the unknown device 'gpu'"),
+    (lambda g: g["nodes"]["c"].update(time_s={"edge": 0.1}), "no time for device 'cloud'"),
+    (lambda g: g.update(links=[]), "no link between devices"),
+    (lambda g: g["tensors"]["t"].update(producer="zz"), "unknown node 'zz'"),
+    (lambda g: g.update(source="phone"), "source device 'phone'"),
+    (lambda g: g.update(format="other"), "format"),
+])
+def test_bad_graphs_raise_one_sentence(change, message) -> None:
+    data = fan_out_graph()
+    change(data)
+    with pytest.raises(PartitionerError, match=message) as error:
+        CostGraph.from_dict(data)
+    assert "\n" not in str(error.value)
+
+
+def test_unreadable_file_is_a_partitioner_error(tmp_path) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text("{not json")
+    with pytest.raises(PartitionerError, match="not readable JSON"):
+        CostGraph.load(path)
+    with pytest.raises(PartitionerError, match="does not exist"):
+        CostGraph.load(tmp_path / "missing.json")
+
+
+def test_units() -> None:
+    assert parse_bandwidth_bps("20Mbit") == 2e7
+    assert parse_bandwidth_bps("1.5 Gbit") == 1.5e9
+    assert parse_bandwidth_bps("500kbit") == 5e5
+    assert parse_bandwidth_bps("300") == 300
+    assert parse_duration_s("10ms") == pytest.approx(0.01)
+    assert parse_duration_s("200us") == pytest.approx(2e-4)
+    assert parse_size_bytes("512MB") == 512 * 10**6
+    assert parse_size_bytes("2GiB") == 2 * 2**30
+    assert parse_bandwidth_range_bps("1Mbit..1Gbit") == (1e6, 1e9)
+    for bad, parser in (("fast", parse_bandwidth_bps), ("10 parsecs", parse_duration_s), ("lots", parse_size_bytes),
+                        ("0Mbit", parse_bandwidth_bps), ("1Gbit..1Mbit", parse_bandwidth_range_bps)):
+        with pytest.raises(PartitionerError):
+            parser(bad)
+
+
+def test_synthetic_graphs_are_valid_dnn_like_dags() -> None:
+    graph = synthetic_cost_graph(300, 3, seed=4)
+    arrays = to_arrays(graph)
+    consumers = np.bincount(arrays.use_tensor, minlength=arrays.n_tensors)
+    assert arrays.n_nodes == 300 and arrays.n_devices == 3
+    assert (consumers >= 2).sum() > 10  # fan-out and skips: multi-consumer tensors
+    assert json.loads(json.dumps(graph.to_dict()))["format"] == "edgecloud.costgraph/1"

@@ -1,0 +1,158 @@
+"""`edgecloud plan` / `edgecloud sweep`: JSON output, start-up without heavy imports, user errors with exit
+code 2, plans keyed by every ONNX node id, and the ILP never worse than a baseline on the bundled models."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from bench.synthetic_dags import synthetic_cost_graph
+from devices.profiles import load_device
+from edgecloud.cli.app import app
+from partitioner.costs import Link
+from partitioner.graph import load_layer_graph
+from partitioner.model_costs import cost_graph_from_model
+from partitioner.plan import load_plan
+from partitioner.planning import plan_cost_graph
+from test_costs import fan_out_graph
+
+HEAVY_MODULES = {"torch", "onnx", "onnxruntime", "matplotlib"}
+
+
+@pytest.fixture(scope="module")
+def graph_file(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("graphs") / "g.json"
+    synthetic_cost_graph(120, 3, seed=3).save(path)
+    return str(path)
+
+
+def run(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def test_cost_graph_plan_prints_json(graph_file) -> None:
+    result = run("plan", "--cost-graph", graph_file, "--json")
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)
+    assert plan["format"] == "edgecloud.plan/1" and plan["objective"] == "latency"
+    assert len(plan["placement"]) == 120 and set(plan["placement"].values()) <= {"edge", "cloud", "edge-server"}
+    assert plan["solver"]["status"] == "optimal"
+    assert set(plan["baselines"]) == {"all-edge", "all-cloud", "all-edge-server", "neurosurgeon", "dads-mincut"}
+    assert all(plan["predicted_s"] <= value + 1e-12 for value in plan["baselines"].values() if value is not None)
+
+
+def test_cost_graph_plan_imports_no_heavy_module(graph_file) -> None:
+    probe = (
+        "import sys, json\n"
+        "from edgecloud.cli.app import app\n"
+        f"try:\n    app(['plan', '--cost-graph', {graph_file!r}, '--json'])\nexcept SystemExit:\n    pass\n"
+        "sys.stderr.write(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    json.loads(out.stdout)  # stdout is pure JSON (HiGHS' banner silenced)
+    loaded = set(json.loads(out.stderr.strip().splitlines()[-1]))
+    assert not loaded & HEAVY_MODULES, sorted(loaded & HEAVY_MODULES)
+
+
+@pytest.mark.parametrize("objective", ["throughput", "makespan"])
+def test_other_objectives_from_the_cli(tmp_path, objective) -> None:
+    path = tmp_path / "g.json"
+    synthetic_cost_graph(12, 2, seed=1).save(path)
+    result = run("plan", "--cost-graph", str(path), "--objective", objective, "--json", "--time-limit", "20")
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)
+    assert plan["objective"] == objective and plan["solver"]["status"] == "optimal"
+    if objective == "makespan":
+        assert set(plan["schedule_s"]) == set(plan["layers"])
+
+
+def _write(tmp_path, data: dict) -> str:
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+@pytest.mark.parametrize(("edit", "extra", "message"), [
+    (lambda g: g["tensors"].update({"back": {"bytes": 1, "producer": "d", "consumers": ["a"]}}), [], "cycle"),
+    (None, ["--pin", "b=gpu"], "unknown device 'gpu'"),
+    (lambda g: g["nodes"]["c"].update(time_s={"edge": 1.0}), [], "no time for device 'cloud'"),
+    (None, ["--memory-limit", "edge=0B", "--memory-limit", "cloud=0B"], "memory"),
+    (lambda g: [g["nodes"][n].update(memory_bytes=100) for n in "abcd"] and g["nodes"]["a"].update(pin="edge"),
+     ["--memory-limit", "edge=50B"], "memory limit of device 'edge'"),
+    (None, ["--pin", "zz=edge"], "unknown node 'zz'"),
+    (None, ["--link", "edge-cloud=fast,10ms"], "bandwidth 'fast' is not a number"),
+    (None, ["--objective", "cost"], "unknown objective"),
+])
+def test_bad_input_is_one_sentence_and_exit_code_2(tmp_path, edit, extra, message) -> None:
+    data = fan_out_graph()
+    for node in data["nodes"].values():
+        node["memory_bytes"] = 10
+    if edit is not None:
+        edit(data)
+    result = run("plan", "--cost-graph", _write(tmp_path, data), *extra)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert result.output.startswith("error: ") and "Traceback" not in result.output
+
+
+def test_non_numeric_bandwidth_for_a_model_exits_2(tmp_path) -> None:
+    result = run("plan", "chain", "--bandwidth", "lots")
+    assert result.exit_code == 2 and "bandwidth 'lots'" in result.output
+
+
+def test_model_plan_keys_every_onnx_node_and_resolves_the_model(tmp_path, bundled_models) -> None:
+    model = bundled_models["resnet18"]
+    out, png = tmp_path / "plan.json", tmp_path / "plan.png"
+    result = run("plan", str(model), "--edge", "jetson-nano", "--cloud", "edge-server", "--bandwidth", "100Mbit",
+                 "--latency", "1ms", "--fuse", "-o", str(out), "--plot", str(png))
+    assert result.exit_code == 0, result.output
+    assert "plan (ILP)" in result.output and "dads-mincut" in result.output
+    plan = load_plan(out)
+    assert plan.model_path == model.resolve()
+    layer_graph = load_layer_graph(model)  # unfused: every ONNX node id
+    assert set(plan.placement) == set(layer_graph.onnx_node_ids())
+    assert png.stat().st_size > 1000
+
+
+def test_pin_by_onnx_node_id_and_multi_tier_links(bundled_models) -> None:
+    model = bundled_models["inception"]
+    first = load_layer_graph(model).onnx_node_ids()[-1]
+    result = run("plan", str(model), "--device", "server=edge-server", "--link", "edge-server=100Mbit,2ms",
+                 "--link", "cloud-server=1Gbit,5ms", "--pin", f"{first}=cloud", "--json")
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)
+    assert plan["placement"][first] == "cloud"
+    assert set(plan["devices"]) == {"edge", "cloud", "server"}
+
+
+def test_sweep_never_puts_the_plan_above_a_baseline(tmp_path, bundled_models) -> None:
+    out, png = tmp_path / "sweep.json", tmp_path / "sweep.png"
+    result = run("sweep", str(bundled_models["chain"]), "--bandwidth", "1Mbit..1Gbit", "--points", "4",
+                 "--cloud", "edge-server", "-o", str(out), "--plot", str(png))
+    assert result.exit_code == 0, result.output
+    points = json.loads(out.read_text())["points"]
+    assert len(points) == 4 and png.stat().st_size > 1000
+    for point in points:
+        assert all(point["plan_s"] <= v * (1 + 1e-9) for v in point["baselines_s"].values() if v is not None)
+
+
+@pytest.mark.parametrize("cloud", ["cloud-server", "edge-server"])
+def test_ilp_latency_never_above_a_baseline_on_bundled_models(bundled_models, cloud) -> None:
+    devices = {"edge": load_device("rpi4"), "cloud": load_device(cloud)}
+    for name, model in bundled_models.items():
+        layer_graph = load_layer_graph(model)
+        for bandwidth_bps in np.geomspace(1e6, 1e9, 4):
+            graph = cost_graph_from_model(layer_graph, devices, {("cloud", "edge"): Link(bandwidth_bps, 0.001)},
+                                          source="edge", sink="edge")
+            plan = plan_cost_graph(graph)
+            assert plan.solver["status"] == "optimal"
+            for baseline, value in plan.baselines.items():
+                assert value is not None and plan.predicted_s <= value * (1 + 1e-9), (name, bandwidth_bps, baseline)
+            # two devices, no memory limit: DADS' min-cut is exact, so it meets the ILP
+            assert math.isclose(plan.baselines["dads-mincut"], plan.predicted_s, rel_tol=1e-6), (name, bandwidth_bps)
