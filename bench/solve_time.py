@@ -100,9 +100,10 @@ def main() -> None:
             rows.append(row)
             textbook = row.get("textbook_s")
             bound = "" if row.get("textbook_proven", True) else ">"
-            print(f"{n_nodes:>6} {n_devices:>3} {row['ours_s']:>8.3f} {row['ours_method']:>15} "
-                  f"{(bound + f'{textbook:.3f}') if textbook else '—':>12} {row.get('textbook_status', '—'):>11} "
-                  f"{row['mincut_s']:>9.3f} {(bound + f'{textbook / row['ours_s']:.1f}x') if textbook else '—':>8} "
+            textbook_text = f"{bound}{textbook:.3f}" if textbook else "—"
+            speedup_text = f"{bound}{textbook / row['ours_s']:.1f}x" if textbook else "—"
+            print(f"{n_nodes:>6} {n_devices:>3} {row['ours_s']:>8.3f} {row['ours_method']:>15} {textbook_text:>12} "
+                  f"{row.get('textbook_status', '—'):>11} {row['mincut_s']:>9.3f} {speedup_text:>8} "
                   f"{str(row.get('equal_optimum', '—')):>8}", flush=True)
     cli = time_cli(2000, 3)
     print(f"\nwhole CLI, fresh process, {cli['nodes']} x {cli['devices']}: median {cli['median_s']:.3f} s "

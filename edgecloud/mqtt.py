@@ -67,6 +67,7 @@ QOS = 1
 PayloadHandler = Callable[[bytes, str], None]
 BufferHandler = Callable[[bytes | memoryview, str], None]  # what the client delivers (read-only)
 MessageHandler = Callable[[Message, str], None]
+SEND_BUFFER_BYTES = 4 * 2**20  # the kernel caps it at net.core.wmem_max (4 MiB by default)
 UNSUPPORTED_PROTOCOL_VERSION = 0x84  # MQTT 5 reason code; paho maps a 3.1.1 refusal onto it too
 
 
@@ -173,13 +174,11 @@ class MqttTransport:
     def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            import os
-            if os.environ.get("EC_SNDBUF"):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, int(os.environ["EC_SNDBUF"]))
-            if os.environ.get("EC_RCVBUF"):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, int(os.environ["EC_RCVBUF"]))
+            # the largest buffer the kernel allows: a publisher thread hands a whole activation to
+            # the kernel in one non-blocking send instead of waking paho's thread for the rest
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
         except (OSError, AttributeError) as error:  # e.g. a websocket wrapper without setsockopt
-            logger.warning("could not set TCP_NODELAY on the MQTT socket: %s", error)
+            logger.warning("could not set TCP_NODELAY and the send buffer on the MQTT socket: %s", error)
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any) -> None:
         self._network_thread = threading.current_thread()

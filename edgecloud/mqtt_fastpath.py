@@ -39,6 +39,7 @@ import dataclasses
 import logging
 import ssl
 import struct
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,6 +176,13 @@ def _aligned_buffer(size_bytes: int) -> memoryview:
     return memoryview(storage[start:start + size_bytes])
 
 
+def _out_packet(command: int, packet: bytes | bytearray, mid: int, qos: int,
+                info: paho.MQTTMessageInfo | None) -> dict[str, Any]:
+    """An entry of paho's `_out_packet` queue, as paho's `_packet_queue` builds it (checked by the tests)."""
+    return {"command": command, "mid": mid, "qos": qos, "pos": 0, "to_process": len(packet), "packet": packet,
+            "info": info}
+
+
 def _idle_in_packet() -> dict[str, Any]:
     """paho's `_in_packet` as paho sets it between packets (checked against paho by the tests)."""
     return {"command": 0, "have_remaining": 0, "remaining_count": [], "remaining_mult": 1, "remaining_length": 0,
@@ -188,6 +196,7 @@ class FastPathClient(paho.Client):
         super().__init__(*args, **kwargs)
         self._incoming_body: _IncomingBody | None = None
         self._received_payload: memoryview | None = None
+        self._write_lock = threading.Lock()  # one writer on the socket: the network thread or a publisher
 
     # -- sending --------------------------------------------------------------------------------
 
@@ -209,6 +218,60 @@ class FastPathClient(paho.Client):
                        dup, qos, retain, mid, topic, len(payload))
         packet = _GatheredPacket(bytes(header), memoryview(payload).toreadonly())
         return self._packet_queue(paho.PUBLISH, packet, mid, qos, info)  # type: ignore[arg-type]
+
+    def _packet_queue(self, command: int, packet: bytes | bytearray, mid: int, qos: int,
+                      info: paho.MQTTMessageInfo | None = None) -> MQTTErrorCode:
+        """Off the network thread, send what the socket takes now instead of waking that thread.
+
+        paho 2.2 in threaded mode always queues and wakes the network thread through a socket pair:
+        a thread handoff per message (and GIL contention) before the first byte leaves. The packet is
+        queued first and sent directly only while it is at the head of the queue and we hold the
+        write lock, so the byte order on the socket is the queue order. Only packets whose
+        completion paho's `_packet_write` does not track go out directly (not QoS 0 PUBLISH, not
+        DISCONNECT); the network thread's own packets and paho's other loop modes are unchanged.
+        """
+        tracked = (command & 0xF0 == paho.PUBLISH and qos == 0) or command & 0xF0 == paho.DISCONNECT
+        if (tracked or self._thread is None or threading.current_thread() is self._thread
+                or self.on_socket_register_write is not None):
+            return super()._packet_queue(command, packet, mid, qos, info)
+        entry = _out_packet(command, packet, mid, qos, info)
+        self._out_packet.append(entry)
+        if self._write_lock.acquire(blocking=False):
+            try:
+                if self._out_packet and self._out_packet[0] is entry and self._send_now(entry):
+                    return MQTTErrorCode.MQTT_ERR_SUCCESS
+            finally:
+                self._write_lock.release()
+        if self._sockpairW is not None:
+            try:  # the rest is the network thread's: wake its select, as paho does
+                self._sockpairW.send(paho.sockpair_data)
+            except BlockingIOError:
+                pass
+        self._call_socket_register_write()
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _send_now(self, entry: dict[str, Any]) -> bool:
+        """Send what the socket takes of the queue's head `entry` without blocking; True when all went out.
+
+        Any socket error leaves the entry queued: the network thread retries and reports it.
+        """
+        try:
+            sent_bytes = self._sock_send(entry["packet"])
+        except OSError:
+            return False
+        with self._msgtime_mutex:
+            self._last_msg_out = paho.time_func()
+        entry["pos"] += sent_bytes
+        entry["to_process"] -= sent_bytes
+        if entry["to_process"] > 0:
+            return False
+        if self._out_packet and self._out_packet[0] is entry:  # paho clears the queue on reconnect
+            self._out_packet.popleft()
+        return True
+
+    def _packet_write(self) -> MQTTErrorCode:
+        with self._write_lock:
+            return super()._packet_write()
 
     def _sock_send(self, buf: bytes | bytearray) -> int:
         if isinstance(buf, _GatheredPacket):

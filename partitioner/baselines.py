@@ -12,7 +12,6 @@ objective; each is a feasible placement, so the ILP's optimum can never be worse
 from __future__ import annotations
 
 import itertools
-import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,8 +20,6 @@ from partitioner.costs import CostArrays
 from partitioner.errors import PartitionerError
 from partitioner.mincut import min_cut_placement
 from partitioner.objective import infeasibility, latency_s, schedule_makespan_s, throughput_s
-
-log = logging.getLogger(__name__)
 
 BRUTE_FORCE_MAX_PLACEMENTS = 3**13
 

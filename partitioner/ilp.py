@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import NoReturn
 
 import numpy as np
 
@@ -22,7 +24,7 @@ from partitioner.costs import CostArrays
 from partitioner.errors import InfeasiblePlanError, PartitionerError
 from partitioner.ilp_makespan import MakespanModel
 from partitioner.ilp_placement import PlacementModel
-from partitioner.mip import SOLVERS, solve_mip
+from partitioner.mip import SOLVERS, MipResult, solve_mip
 from partitioner.objective import OBJECTIVES, infeasibility, latency_s, schedule_makespan_s, throughput_s
 
 log = logging.getLogger(__name__)
@@ -60,19 +62,21 @@ def solve(arrays: CostArrays, objective: str = "latency", solver: str = "highs",
     model = PlacementModel(arrays, objective)
     evaluate = latency_s if objective == "latency" else throughput_s
     if objective == "latency" and solver == "highs":
-        relaxed = solve_mip(replace(model.mip, integer=np.zeros_like(model.mip.integer)), "highs", time_limit_s)
-        if relaxed.values is not None:
+        relaxed = solve_mip(replace(model.mip, integer=np.zeros_like(model.mip.integer)), "highs", time_limit_s,
+                            presolve=False)
+        if relaxed.status == "optimal" and relaxed.values is not None:  # only an optimal LP bounds the MIP
             bound = float(relaxed.values @ model.mip.cost)
             rounded = model.placement_of(relaxed.values)
             if infeasibility(arrays, rounded) is None:
                 value = evaluate(arrays, rounded)
                 if value <= bound + CERTIFICATE_RTOL * max(abs(bound), 1e-12):
                     return Solution(rounded, value, "optimal", 0.0, time.perf_counter() - started, "lp-certificate", "highs")
+                log.info("LP bound %.9g s, rounded placement %.9g s: no certificate, branch and bound", bound, value)
                 if warm_start is None or value < evaluate(arrays, warm_start):
                     warm_start = rounded
     start = model.start_from(warm_start) if warm_start is not None and solver == "highs" else None
     result = solve_mip(model.mip, solver, time_limit_s, start)
-    return _finish(arrays, result, model.placement_of, evaluate, started)
+    return _finish(arrays, result, model, evaluate, started)
 
 
 def _solve_makespan(arrays: CostArrays, solver: str, time_limit_s: float | None, warm_start: np.ndarray | None,
@@ -91,15 +95,16 @@ def _solve_makespan(arrays: CostArrays, solver: str, time_limit_s: float | None,
                     result.solver, start_s)
 
 
-def _finish(arrays: CostArrays, result, placement_of, evaluate, started: float) -> Solution:  # type: ignore[no-untyped-def]
+def _finish(arrays: CostArrays, result: MipResult, model: PlacementModel,
+            evaluate: Callable[[CostArrays, np.ndarray], float], started: float) -> Solution:
     if result.values is None:
         _raise_unsolved(arrays, result.status)
-    placement = placement_of(result.values)
+    placement = model.placement_of(result.values)
     return Solution(placement, evaluate(arrays, placement), result.status, result.gap,
                     time.perf_counter() - started, "mip", result.solver)
 
 
-def _raise_unsolved(arrays: CostArrays, status: str) -> None:
+def _raise_unsolved(arrays: CostArrays, status: str) -> NoReturn:
     if status == "infeasible":
         limits = ", ".join(f"{arrays.device_names[k]} {arrays.memory_limit_bytes[k]:.0f} B"
                            for k in np.flatnonzero(np.isfinite(arrays.memory_limit_bytes)))

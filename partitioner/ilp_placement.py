@@ -82,7 +82,9 @@ class PlacementModel:
         y_exists = home_allowed[:, :, None] & dest_possible[:, None, :] & off_diagonal[None] & ~simple[:, None, None]
         t_idx, yk_idx, yl_idx = np.nonzero(y_exists)
         y_cost = arrays.transfer_s[t_idx, yk_idx, yl_idx] if latency else np.zeros(t_idx.size)
-        y_cols = builder.add_cols(y_cost, 0.0, 1.0, integer=False)
+        # A graph input that is also a graph output always travels source -> sink.
+        y_lower = (producer[t_idx] < 0) & arrays.is_output[t_idx] & (yl_idx == arrays.sink)
+        y_cols = builder.add_cols(y_cost, y_lower.astype(float), 1.0, integer=False)
         self.y_index = np.full((arrays.n_tensors, d, d), -1, dtype=np.int64)
         self.y_index[t_idx, yk_idx, yl_idx] = y_cols
 
@@ -94,14 +96,11 @@ class PlacementModel:
         in_use, in_dev = np.nonzero(allowed[arrays.use_node[from_input]] & (np.arange(d) != arrays.source)[None])
         in_tensor, in_cons = arrays.use_tensor[from_input[in_use]], arrays.use_node[from_input[in_use]]
         self._add_at_least(builder, self.y_index[in_tensor, arrays.source, in_dev], self.x_cols[in_cons, in_dev])
-        # Graph outputs: y[t,k,sink] >= x[p,k] (a graph input that is an output: y >= 1).
+        # Graph outputs: y[t,k,sink] >= x[p,k].
         outputs = np.flatnonzero(arrays.is_output)
         out_node = outputs[producer[outputs] >= 0]
         o_t, o_k = np.nonzero(home_allowed[out_node] & (np.arange(d) != arrays.sink)[None])
         self._add_at_least(builder, self.y_index[out_node[o_t], o_k, arrays.sink], self.x_cols[producer[out_node[o_t]], o_k])
-        if arrays.source != arrays.sink:
-            direct = outputs[producer[outputs] < 0]
-            builder.lower[-1][np.searchsorted(y_cols, self.y_index[direct, arrays.source, arrays.sink])] = 1.0
 
         for k in np.flatnonzero(np.isfinite(arrays.memory_limit_bytes)):
             builder.add_rows(np.zeros(n, dtype=np.int64), self.x_cols[:, k], arrays.memory_bytes, -np.inf,

@@ -8,6 +8,7 @@ p[t,k] >= x[c,k] per consumer c; y[t,k,l] >= x[prod,k] + p[t,l] - 1 - x[prod,l];
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,9 +34,9 @@ def solve_textbook_latency(arrays: CostArrays, solver: str = "highs", time_limit
     started = time.perf_counter()
     n, d, n_tensors = arrays.n_nodes, arrays.n_devices, arrays.n_tensors
     problem = pulp.LpProblem("textbook", pulp.LpMinimize)
-    x = [[pulp.LpVariable(f"x_{v}_{k}", cat=pulp.LpBinary) for k in range(d)] for v in range(n)]
-    p = [[pulp.LpVariable(f"p_{t}_{k}", cat=pulp.LpBinary) for k in range(d)] for t in range(n_tensors)]
-    y = {(t, k, l): pulp.LpVariable(f"y_{t}_{k}_{l}", cat=pulp.LpBinary)
+    x = [[problem.add_variable(f"x_{v}_{k}", 0, 1, pulp.LpBinary) for k in range(d)] for v in range(n)]
+    p = [[problem.add_variable(f"p_{t}_{k}", 0, 1, pulp.LpBinary) for k in range(d)] for t in range(n_tensors)]
+    y = {(t, k, l): problem.add_variable(f"y_{t}_{k}_{l}", 0, 1, pulp.LpBinary)
          for t in range(n_tensors) for k in range(d) for l in range(d) if k != l}
 
     def on(t: int, k: int) -> pulp.LpAffineExpression | float:
@@ -58,8 +59,10 @@ def solve_textbook_latency(arrays: CostArrays, solver: str = "highs", time_limit
     for k in range(d):
         if np.isfinite(arrays.memory_limit_bytes[k]):
             problem += pulp.lpSum(float(arrays.memory_bytes[v]) * x[v][k] for v in range(n)) <= float(arrays.memory_limit_bytes[k])
-    backend = (pulp.HiGHS(msg=False, timeLimit=time_limit_s) if solver == "highs"
-               else pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s))
+    with warnings.catch_warnings():  # PuLP 3.3 flags its bundled CBC as deprecated; it is the one installed
+        warnings.simplefilter("ignore", DeprecationWarning)
+        backend = (pulp.HiGHS(msg=False, timeLimit=time_limit_s) if solver == "highs"
+                   else pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s))
     problem.solve(backend)
     elapsed = time.perf_counter() - started
     placement = np.array([max(range(d), key=lambda k: x[v][k].varValue or 0.0) for v in range(n)], dtype=np.int64)

@@ -31,28 +31,30 @@ def min_cut_placement(arrays: CostArrays, a: int, b: int) -> np.ndarray | None:
     pins = arrays.pin[arrays.pin >= 0]
     if np.any((pins != a) & (pins != b)):
         return None
-    graph = nx.DiGraph()
-    graph.add_nodes_from([SOURCE, SINK])
+    capacity_ticks: dict[tuple[object, object], int] = {}
+    infinite: set[tuple[object, object]] = set()
+    # Per node: cost when on a, cost when on b; only their difference becomes a terminal edge (the
+    # common part is a constant), which halves the terminal edges and the flow to push.
+    on_a_ticks = [0] * arrays.n_nodes
+    on_b_ticks = [0] * arrays.n_nodes
 
     def add(u: object, v: object, capacity_s: float | None) -> None:
         """capacity None = infinite; parallel edges add up."""
         if capacity_s is None:
-            if graph.has_edge(u, v):
-                graph[u][v].pop("capacity", None)
-            else:
-                graph.add_edge(u, v)
+            infinite.add((u, v))
             return
         capacity = round(capacity_s * TICKS_PER_S)
-        if capacity > 0:
-            if graph.has_edge(u, v):
-                if "capacity" in graph[u][v]:
-                    graph[u][v]["capacity"] += capacity
-            else:
-                graph.add_edge(u, v, capacity=capacity)
+        if capacity <= 0:
+            return
+        if u == SOURCE and isinstance(v, int):
+            on_b_ticks[v] += capacity
+        elif v == SINK and isinstance(u, int):
+            on_a_ticks[u] += capacity
+        else:
+            capacity_ticks[(u, v)] = capacity_ticks.get((u, v), 0) + capacity
 
     side = {a: SOURCE, b: SINK}
     for v in range(arrays.n_nodes):
-        graph.add_node(v)
         pin = int(arrays.pin[v])
         if pin == a:
             add(SOURCE, v, None)
@@ -90,6 +92,16 @@ def min_cut_placement(arrays: CostArrays, a: int, b: int) -> np.ndarray | None:
         _send_once(add, ("a", t), producer, users, float(arrays.transfer_s[t, a, b]), to_b=True)
         _send_once(add, ("b", t), producer, users, float(arrays.transfer_s[t, b, a]), to_b=False)
 
+    for v in range(arrays.n_nodes):
+        difference = on_a_ticks[v] - on_b_ticks[v]
+        if difference > 0:
+            capacity_ticks[(v, SINK)] = capacity_ticks.get((v, SINK), 0) + difference
+        elif difference < 0:
+            capacity_ticks[(SOURCE, v)] = capacity_ticks.get((SOURCE, v), 0) - difference
+    graph = nx.DiGraph()
+    graph.add_nodes_from([SOURCE, SINK, *range(arrays.n_nodes)])
+    graph.add_edges_from((u, v, {"capacity": c}) for (u, v), c in capacity_ticks.items() if (u, v) not in infinite)
+    graph.add_edges_from(infinite)
     _, (reachable, _) = nx.minimum_cut(graph, SOURCE, SINK)
     placement = np.full(arrays.n_nodes, b, dtype=np.int64)
     on_a = [v for v in reachable if isinstance(v, (int, np.integer))]

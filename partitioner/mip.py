@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -106,16 +107,19 @@ class MipResult:
 
 
 def solve_mip(mip: Mip, solver: str = "highs", time_limit_s: float | None = None,
-              warm_start: np.ndarray | None = None, mip_rel_gap: float = 1e-9) -> MipResult:
-    """Solve `mip` with HiGHS (highspy, direct) or CBC (through PuLP)."""
+              warm_start: np.ndarray | None = None, mip_rel_gap: float = 1e-9, presolve: bool = True) -> MipResult:
+    """Solve `mip` with HiGHS (highspy, direct) or CBC (through PuLP).
+
+    presolve=False suits the placement LP relaxation: HiGHS' presolve costs 5x the simplex there."""
     if solver == "highs":
-        return _solve_highs(mip, time_limit_s, warm_start, mip_rel_gap)
+        return _solve_highs(mip, time_limit_s, warm_start, mip_rel_gap, presolve)
     if solver == "cbc":
         return _solve_cbc(mip, time_limit_s, mip_rel_gap)
     raise PartitionerError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}.")
 
 
-def _solve_highs(mip: Mip, time_limit_s: float | None, warm_start: np.ndarray | None, mip_rel_gap: float) -> MipResult:
+def _solve_highs(mip: Mip, time_limit_s: float | None, warm_start: np.ndarray | None, mip_rel_gap: float,
+                 presolve: bool) -> MipResult:
     import highspy
 
     started = time.perf_counter()
@@ -123,10 +127,13 @@ def _solve_highs(mip: Mip, time_limit_s: float | None, warm_start: np.ndarray | 
         highs = highspy.Highs()
     highs.setOptionValue("output_flag", False)
     highs.setOptionValue("mip_rel_gap", mip_rel_gap)
+    if not presolve:
+        highs.setOptionValue("presolve", "off")
     highs.setOptionValue("mip_abs_gap", 1e-12)
     # Costs are seconds, often microseconds small: the default 1e-6/1e-7 tolerances would blur them.
     highs.setOptionValue("mip_feasibility_tolerance", 1e-9)
     highs.setOptionValue("primal_feasibility_tolerance", 1e-9)
+    highs.setOptionValue("dual_feasibility_tolerance", 1e-9)
     if time_limit_s is not None:
         highs.setOptionValue("time_limit", float(time_limit_s))
     lp = highspy.HighsLp()
@@ -152,9 +159,13 @@ def _solve_highs(mip: Mip, time_limit_s: float | None, warm_start: np.ndarray | 
     status = highs.getModelStatus()
     info = highs.getInfo()
     elapsed = time.perf_counter() - started
+    log.debug("HiGHS: %d columns, %d rows, status %s, %.3f s", lp.num_col_, lp.num_row_,
+              highs.modelStatusToString(status), elapsed)
     has_solution = info.primal_solution_status == highspy.kSolutionStatusFeasible
     values = np.asarray(highs.getSolution().col_value) if has_solution else None
     names = {highspy.HighsModelStatus.kOptimal: "optimal", highspy.HighsModelStatus.kInfeasible: "infeasible",
+             # every placement model is bounded, so this presolve verdict means infeasible
+             highspy.HighsModelStatus.kUnboundedOrInfeasible: "infeasible",
              highspy.HighsModelStatus.kTimeLimit: "time_limit"}
     gap = float(info.mip_gap) if mip.integer.any() else 0.0
     return MipResult(values, names.get(status, highs.modelStatusToString(status).lower().replace(" ", "_")),
@@ -181,8 +192,8 @@ def _solve_cbc(mip: Mip, time_limit_s: float | None, mip_rel_gap: float) -> MipR
     started = time.perf_counter()
     problem = pulp.LpProblem("placement", pulp.LpMinimize)
     cols = [
-        pulp.LpVariable(f"c{i}", lowBound=mip.lower[i], upBound=mip.upper[i],
-                        cat=pulp.LpInteger if mip.integer[i] else pulp.LpContinuous)
+        problem.add_variable(f"c{i}", lowBound=float(mip.lower[i]), upBound=float(mip.upper[i]),
+                             cat=pulp.LpInteger if mip.integer[i] else pulp.LpContinuous)
         for i in range(mip.cost.size)
     ]
     problem += pulp.lpSum(c * cols[i] for i, c in enumerate(mip.cost) if c)
@@ -198,7 +209,10 @@ def _solve_cbc(mip: Mip, time_limit_s: float | None, mip_rel_gap: float) -> MipR
                 problem += expression >= low
             if np.isfinite(high):
                 problem += expression <= high
-    problem.solve(pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, gapRel=mip_rel_gap))
+    with warnings.catch_warnings():  # PuLP 3.3 flags its bundled CBC as deprecated; it is the one installed
+        warnings.simplefilter("ignore", DeprecationWarning)
+        backend = pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, gapRel=mip_rel_gap)
+    problem.solve(backend)
     elapsed = time.perf_counter() - started
     status = pulp.LpStatus[problem.status].lower()
     solved = problem.sol_status in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible)

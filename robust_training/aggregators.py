@@ -43,7 +43,7 @@ class Aggregator(ABC):
 class Mean(Aggregator):
     """The plain average: what DGD does without a defence; one adversary can move it anywhere."""
 
-    def aggregate(self, updates, f):
+    def aggregate(self, updates: np.ndarray, f: int) -> np.ndarray:
         return updates.mean(axis=0)
 
 
@@ -95,21 +95,21 @@ class GeometricMedian(Aggregator):
     tol: float = 1e-6
     eps: float = 1e-8
 
-    def aggregate(self, updates, f):
+    def aggregate(self, updates: np.ndarray, f: int) -> np.ndarray:
         return weiszfeld(updates, self.max_iter, self.tol, self.eps).point
 
 
 class CoordinateMedian(Aggregator):
     """The median of each coordinate (stays within the honest range when n > 2f)."""
 
-    def aggregate(self, updates, f):
+    def aggregate(self, updates: np.ndarray, f: int) -> np.ndarray:
         return np.median(updates, axis=0)
 
 
 class TrimmedMean(Aggregator):
     """Per coordinate, drop the f largest and f smallest values and average the rest (needs n > 2f)."""
 
-    def aggregate(self, updates, f):
+    def aggregate(self, updates: np.ndarray, f: int) -> np.ndarray:
         n = updates.shape[0]
         if n <= 2 * f:
             raise TrainingError(f"the trimmed mean needs n > 2f, got n={n} and f={f}.")
@@ -132,7 +132,7 @@ class Krum(Aggregator):
 
     m: int | None = 1
 
-    def aggregate(self, updates, f):
+    def aggregate(self, updates: np.ndarray, f: int) -> np.ndarray:
         n = updates.shape[0]
         n_neighbours = n - f - 2
         if n_neighbours < 1:

@@ -45,7 +45,7 @@ class ReverseGradient(Attack):
 
     scale: float = 100.0
 
-    def _forge(self, messages, adversaries, rng):
+    def _forge(self, messages: np.ndarray, adversaries: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return -self.scale * messages[adversaries]
 
 
@@ -55,7 +55,7 @@ class Constant(Attack):
 
     value: float = -100.0
 
-    def _forge(self, messages, adversaries, rng):
+    def _forge(self, messages: np.ndarray, adversaries: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return np.full((len(adversaries), messages.shape[1]), self.value)
 
 
@@ -65,7 +65,7 @@ class GaussianNoise(Attack):
 
     std: float = 1.0
 
-    def _forge(self, messages, adversaries, rng):
+    def _forge(self, messages: np.ndarray, adversaries: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return messages[adversaries] + rng.normal(0.0, self.std, size=(len(adversaries), messages.shape[1]))
 
 
@@ -73,7 +73,7 @@ class GaussianNoise(Attack):
 class SignFlip(Attack):
     """Send the negated true message."""
 
-    def _forge(self, messages, adversaries, rng):
+    def _forge(self, messages: np.ndarray, adversaries: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return -messages[adversaries]
 
 
@@ -90,7 +90,7 @@ class ALIE(Attack):
 
     z: float | None = None
 
-    def _forge(self, messages, adversaries, rng):
+    def _forge(self, messages: np.ndarray, adversaries: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         n_workers = messages.shape[0]
         honest_mask = np.ones(n_workers, dtype=bool)
         honest_mask[adversaries] = False

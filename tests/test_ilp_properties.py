@@ -27,7 +27,7 @@ from partitioner.mip import solve_mip
 from partitioner.objective import infeasibility, latency_s, throughput_s
 from partitioner.planning import plan_cost_graph
 
-FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def close(a: float, b: float) -> bool:

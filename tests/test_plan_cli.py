@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,14 +61,16 @@ def test_cost_graph_plan_imports_no_heavy_module(graph_file) -> None:
     assert not loaded & HEAVY_MODULES, sorted(loaded & HEAVY_MODULES)
 
 
-@pytest.mark.parametrize("objective", ["throughput", "makespan"])
-def test_other_objectives_from_the_cli(tmp_path, objective) -> None:
+@pytest.mark.parametrize(("objective", "solver"), [("throughput", "highs"), ("makespan", "highs"), ("latency", "cbc")])
+def test_other_objectives_and_cbc_from_the_cli(tmp_path, objective, solver) -> None:
     path = tmp_path / "g.json"
     synthetic_cost_graph(12, 2, seed=1).save(path)
-    result = run("plan", "--cost-graph", str(path), "--objective", objective, "--json", "--time-limit", "20")
+    result = run("plan", "--cost-graph", str(path), "--objective", objective, "--solver", solver, "--json",
+                 "--time-limit", "20")
     assert result.exit_code == 0, result.output
     plan = json.loads(result.output)
     assert plan["objective"] == objective and plan["solver"]["status"] == "optimal"
+    assert plan["solver"]["name"] == solver
     if objective == "makespan":
         assert set(plan["schedule_s"]) == set(plan["layers"])
 
@@ -156,3 +159,39 @@ def test_ilp_latency_never_above_a_baseline_on_bundled_models(bundled_models, cl
                 assert value is not None and plan.predicted_s <= value * (1 + 1e-9), (name, bandwidth_bps, baseline)
             # two devices, no memory limit: DADS' min-cut is exact, so it meets the ILP
             assert math.isclose(plan.baselines["dads-mincut"], plan.predicted_s, rel_tol=1e-6), (name, bandwidth_bps)
+
+
+def _profile_file(tmp_path, model, seconds_per_node: float, drop: int = 0) -> str:
+    """A profile measured on a host identical to the rpi4 profile: every node `seconds_per_node`."""
+    from devices.profiler import PROFILE_FORMAT
+
+    nodes = load_layer_graph(model).onnx_node_ids()
+    times = {node: seconds_per_node for node in nodes[drop:]}
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps({"format": PROFILE_FORMAT, "model": str(model), "host": load_device("rpi4").to_dict(),
+                                "threads": {"1": times}}))
+    return str(path)
+
+
+def test_measured_profile_sets_the_node_times(tmp_path, bundled_models) -> None:
+    model = bundled_models["chain"]
+    n_nodes = len(load_layer_graph(model).onnx_node_ids())
+    result = run("plan", str(model), "--profile", _profile_file(tmp_path, model, 0.002), "--json")
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)
+    # measured on a host like the edge device: all-edge costs exactly the measured sum
+    assert math.isclose(plan["baselines"]["all-edge"], n_nodes * 0.002, rel_tol=1e-9)
+    missing = run("plan", str(model), "--profile", _profile_file(tmp_path, model, 0.002, drop=1))
+    assert missing.exit_code == 2 and "the profile has no time for node" in missing.output
+
+
+def test_plan_file_round_trip_keeps_the_model_relative(tmp_path, bundled_models) -> None:
+    out = tmp_path / "plans" / "p.json"
+    out.parent.mkdir()
+    result = run("plan", str(bundled_models["mlp"]), "-o", str(out))
+    assert result.exit_code == 0, result.output
+    stored = json.loads(out.read_text())
+    assert not Path(stored["model"]).is_absolute()
+    plan = load_plan(out)
+    assert plan.model_path == bundled_models["mlp"].resolve()
+    assert plan.to_dict(relative_to=out.parent) == stored

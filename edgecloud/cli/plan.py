@@ -30,7 +30,7 @@ ProfileOption = Annotated[Optional[Path], typer.Option(help="Profile JSON from `
 DeviceOption = Annotated[Optional[list[str]], typer.Option("--device", help="NAME=PROFILE: one more device tier (repeatable).")]
 LinkOption = Annotated[Optional[list[str]], typer.Option("--link", help="A-B=BW,LAT, e.g. edge-server=100Mbit,2ms (repeatable).")]
 SolverOption = Annotated[str, typer.Option(help="highs | cbc.")]
-TimeLimitOption = Annotated[Optional[float], typer.Option(help="Solver time limit in seconds (makespan default 60).")]
+TimeLimitOption = Annotated[Optional[float], typer.Option(help="Solver time limit in seconds (throughput and makespan: 60 by default).")]
 FuseOption = Annotated[bool, typer.Option("--fuse", help="Plan fused layers (Conv+BN+ReLU) instead of single ops.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of a table.")]
 
@@ -145,7 +145,7 @@ def sweep(
 
 
 def _time_limit(objective: str, time_limit_s: float | None) -> float | None:
-    return 60.0 if time_limit_s is None and objective == "makespan" else time_limit_s
+    return 60.0 if time_limit_s is None and objective != "latency" else time_limit_s
 
 
 def _model_cost_graph(model: Path, edge: str, cloud: str, bandwidth: str, latency: str, memory_limit: list[str] | None,

@@ -66,13 +66,16 @@ class RepetitionCode(Code):
         received = self._check_messages(messages)
         groups = received.reshape(self.n_partitions, self.redundancy, -1)
         with np.errstate(invalid="ignore"):  # inf - inf in a forged row: that row is non-finite anyway
-            first_norms, to_first, first_total = _spread_to_first_replica(groups)
+            to_first, first_total = _spread_to_first_replica(groups)
             flagged: list[int] = []
             winners = np.zeros(self.n_partitions, dtype=int)  # replica index of each group's answer
             for group in range(self.n_partitions):
                 first = group * self.redundancy
-                if self._agree(to_first[group], first_norms[group], first_norms[group]).all():
-                    continue  # the adversary-free case: one pass over the data in all
+                if not to_first[group].any():
+                    continue  # bit-identical finite replicas, the adversary-free case: one pass in all
+                first_norm = np.max(np.abs(groups[group, 0]), initial=0.0)
+                if self._agree(to_first[group], first_norm, first_norm).all():
+                    continue
                 winners[group], agreeing = self._majority(group, groups[group])
                 flagged.extend(first + member for member in range(self.redundancy) if not agreeing[member])
         total = first_total
@@ -89,7 +92,7 @@ class RepetitionCode(Code):
         """The tolerance test; a non-finite replica agrees with nothing (an inf would stretch it to inf).
 
         Called with the first replica's norm for both (a stricter test than the max of the two norms),
-        it only ever sends a group to the full vote that might have passed.
+        it only ever sends to the full vote a group that might have passed.
         """
         within = distance <= self.atol + self.rtol * np.maximum(norm_a, norm_b)
         return within & np.isfinite(norm_a) & np.isfinite(norm_b)
@@ -110,30 +113,26 @@ class RepetitionCode(Code):
         return winner, agreement[winner]
 
 
-def _spread_to_first_replica(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One pass over the data: per group max |first replica| (groups,), per replica max |replica - first|
-    (groups, r), and the sum of the first replicas (d,), which is the total when no group is in dispute.
+def _spread_to_first_replica(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One pass over the data: per replica max |replica - first replica of its group| (groups, r), and
+    the sum of the first replicas (d,), which is the total when no group is in dispute.
 
     Works on blocks of columns through one preallocated buffer: nothing of size n x d is allocated
-    (fresh pages cost more than the arithmetic here). NaN propagates through max, so a replica with a
-    NaN gets a NaN spread and agrees with nothing.
+    (fresh pages cost more than the arithmetic here). A non-finite value makes its spread NaN or inf
+    (inf - inf is NaN, and NaN propagates through max), so such a group never looks undisputed.
     """
     n_groups, size, dimension = groups.shape
-    first_norms = np.zeros(n_groups)
     to_first = np.zeros((n_groups, size))
     first_total = np.empty(dimension)
-    buffer = np.empty((n_groups, size, min(dimension, _BLOCK_COLUMNS)))
+    buffer = np.empty((n_groups, size - 1, min(dimension, _BLOCK_COLUMNS)))
     for start in range(0, dimension, _BLOCK_COLUMNS):
         block = groups[:, :, start : start + _BLOCK_COLUMNS]
         np.sum(block[:, 0], axis=0, out=first_total[start : start + _BLOCK_COLUMNS])
-        firsts = buffer[:, 0, : block.shape[2]]
-        np.abs(block[:, 0], out=firsts)
-        np.maximum(first_norms, firsts.max(axis=1), out=first_norms)
-        others = buffer[:, 1:, : block.shape[2]]
+        others = buffer[:, :, : block.shape[2]]
         np.subtract(block[:, 1:], block[:, :1], out=others)
         np.abs(others, out=others)
-        np.maximum(to_first[:, 1:], others.max(axis=2), out=to_first[:, 1:])
-    return first_norms, to_first, first_total
+        np.maximum(to_first[:, 1:], others.max(axis=2, initial=0.0), out=to_first[:, 1:])
+    return to_first, first_total
 
 
 def _pairwise_spread(replicas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
