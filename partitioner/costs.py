@@ -240,6 +240,14 @@ class CostArrays:
         pin = int(self.pin[node])
         return [pin] if pin >= 0 else list(range(self.n_devices))
 
+    def allowed(self) -> np.ndarray:
+        """(n, d) bool: device k may run node v (every device, or only the one it is pinned to)."""
+        allowed = np.ones((self.n_nodes, self.n_devices), dtype=bool)
+        pinned = np.flatnonzero(self.pin >= 0)
+        allowed[pinned] = False
+        allowed[pinned, self.pin[pinned]] = True
+        return allowed
+
 
 def to_arrays(graph: CostGraph) -> CostArrays:
     """Index the (validated) graph: nodes in topological order, devices in the graph's order."""

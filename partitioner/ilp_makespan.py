@@ -6,6 +6,7 @@ path orders. Duration D[v] = sum_k t[v,k] x[v,k]. Big-M disjunctive rows:
   S[c] >= S[p] + D[p] + cost(t,k,l) * (x[p,k] + x[c,l] - 1)   (the transfer delay when p on k, c on l);
 - graph inputs: S[c] >= cost(t,source,l) x[c,l]; outputs: C >= S[p] + D[p] + cost(t,k,sink) x[p,k];
 - C >= S[v] + D[v];
+- memory: sum_v mem[v] x[v,k] <= M[k], as in the placement ILP;
 - no overlap on a device, for unordered u, v and each device k both may use:
   S[v] >= S[u] + D[u] - M (1 - o) - M (2 - x[u,k] - x[v,k]),  S[u] >= S[v] + D[v] - M o - M (2 - ...).
 M is a horizon no optimal schedule exceeds (all work and all transfers in sequence). Weak relaxation and
@@ -19,6 +20,7 @@ import heapq
 import numpy as np
 
 from partitioner.costs import CostArrays
+from partitioner.ilp_placement import add_memory_limits
 from partitioner.mip import Mip, MipBuilder
 
 
@@ -26,10 +28,8 @@ class MakespanModel:
     def __init__(self, arrays: CostArrays) -> None:
         self.arrays = arrays
         n, d = arrays.n_nodes, arrays.n_devices
-        allowed = np.ones((n, d), dtype=bool)
+        allowed = arrays.allowed()
         pinned = np.flatnonzero(arrays.pin >= 0)
-        allowed[pinned] = False
-        allowed[pinned, arrays.pin[pinned]] = True
         worst_delay_s = arrays.transfer_s.max(axis=(1, 2))
         # Bounds the fully sequential topological-order schedule of any placement, hence the optimum.
         horizon = float(arrays.time_s.max(axis=1).sum() + worst_delay_s[arrays.use_tensor].sum()
@@ -44,6 +44,7 @@ class MakespanModel:
         c_lower = float(arrays.transfer_s[direct_outputs, arrays.source, arrays.sink].max(initial=0.0))
         self.c_col = int(builder.add_cols(np.ones(1), c_lower, horizon, integer=False)[0])
         builder.add_rows(np.repeat(np.arange(n), d), self.x_cols.ravel(), 1.0, 1.0, 1.0, n)
+        add_memory_limits(builder, arrays, self.x_cols)
 
         def duration(v: int) -> tuple[list[int], list[float]]:
             return list(self.x_cols[v]), list(arrays.time_s[v])

@@ -24,6 +24,13 @@ from partitioner.mip import Mip, MipBuilder
 from partitioner.objective import throughput_s, transfers
 
 
+def add_memory_limits(builder: MipBuilder, arrays: CostArrays, x_cols: np.ndarray) -> None:
+    """One row per device with a (binding) limit: the memory of the nodes placed there fits under it."""
+    for k in np.flatnonzero(np.isfinite(arrays.memory_limit_bytes)):
+        builder.add_rows(np.zeros(arrays.n_nodes, dtype=np.int64), x_cols[:, k], arrays.memory_bytes, -np.inf,
+                         arrays.memory_limit_bytes[k], 1)
+
+
 class PlacementModel:
     """Builds the MIP for one cost graph; maps a solution back to a placement and a placement to a start."""
 
@@ -32,10 +39,8 @@ class PlacementModel:
         self.objective = objective
         n, d = arrays.n_nodes, arrays.n_devices
         latency = objective == "latency"
-        allowed = np.ones((n, d), dtype=bool)
+        allowed = arrays.allowed()
         pinned = np.flatnonzero(arrays.pin >= 0)
-        allowed[pinned] = False
-        allowed[pinned, arrays.pin[pinned]] = True
         producer = arrays.producer
         builder = MipBuilder()
 
@@ -102,9 +107,7 @@ class PlacementModel:
         o_t, o_k = np.nonzero(home_allowed[out_node] & (np.arange(d) != arrays.sink)[None])
         self._add_at_least(builder, self.y_index[out_node[o_t], o_k, arrays.sink], self.x_cols[producer[out_node[o_t]], o_k])
 
-        for k in np.flatnonzero(np.isfinite(arrays.memory_limit_bytes)):
-            builder.add_rows(np.zeros(n, dtype=np.int64), self.x_cols[:, k], arrays.memory_bytes, -np.inf,
-                             arrays.memory_limit_bytes[k], 1)
+        add_memory_limits(builder, arrays, self.x_cols)
 
         if not latency:
             self.bottleneck_col = int(builder.add_cols(np.ones(1), 0.0, np.inf, integer=False)[0])

@@ -18,7 +18,12 @@ from robust_training.errors import TrainingError
 
 
 class Objective(Protocol):
-    """What the trainers need from a model: a flat parameter vector, loss and gradient, accuracy."""
+    """What the trainers need from a model: a flat parameter vector, loss and gradient, accuracy.
+
+    An objective may also offer `loss_and_grad_batched(params, features (P, B, f), labels (P, B))`
+    returning losses (P,) and gradients (P, d) of P equal-sized batches in one pass; the trainers use
+    it when present (`robust_training.dgd.local_updates`), as the torch networks do.
+    """
 
     n_params: int
 

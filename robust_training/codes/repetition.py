@@ -73,10 +73,7 @@ class RepetitionCode(Code):
                 first = group * self.redundancy
                 if not to_first[group].any():
                     continue  # bit-identical finite replicas, the adversary-free case: one pass in all
-                first_norm = np.max(np.abs(groups[group, 0]), initial=0.0)
-                if self._agree(to_first[group], first_norm, first_norm).all():
-                    continue
-                winners[group], agreeing = self._majority(group, groups[group])
+                winners[group], agreeing = self._majority(group, groups[group], to_first[group])
                 flagged.extend(first + member for member in range(self.redundancy) if not agreeing[member])
         total = first_total
         if winners.any():  # a first replica was outvoted: sum the answers afresh (no cancellation against it)
@@ -89,17 +86,16 @@ class RepetitionCode(Code):
         return DecodeResult(total=total, flagged=flagged)
 
     def _agree(self, distance: np.ndarray, norm_a: np.ndarray, norm_b: np.ndarray) -> np.ndarray:
-        """The tolerance test; a non-finite replica agrees with nothing (an inf would stretch it to inf).
-
-        Called with the first replica's norm for both (a stricter test than the max of the two norms),
-        it only ever sends to the full vote a group that might have passed.
-        """
+        """The tolerance test; a non-finite replica agrees with nothing (an inf would stretch it to inf)."""
         within = distance <= self.atol + self.rtol * np.maximum(norm_a, norm_b)
         return within & np.isfinite(norm_a) & np.isfinite(norm_b)
 
-    def _majority(self, group: int, replicas: np.ndarray) -> tuple[int, np.ndarray]:
-        """Index of the replica agreeing with the most others, and which replicas agree with it."""
-        norms, spread = _pairwise_spread(replicas)
+    def _majority(self, group: int, replicas: np.ndarray, to_first: np.ndarray) -> tuple[int, np.ndarray]:
+        """Index of the replica agreeing with the most others, and which replicas agree with it.
+
+        `to_first` (distances to replica 0, from the decode's first pass) spares one row of pairs.
+        """
+        norms, spread = _pairwise_spread(replicas, to_first)
         agreement = self._agree(spread, norms[:, None], norms[None, :])
         counts = agreement.sum(axis=1)
         winner = int(np.argmax(counts))
@@ -135,20 +131,27 @@ def _spread_to_first_replica(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return to_first, first_total
 
 
-def _pairwise_spread(replicas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Max |replica| (r,) and the (r, r) matrix of max |replica_a - replica_b|, for a group in dispute."""
+def _pairwise_spread(replicas: np.ndarray, to_first: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Max |replica| (r,) and the (r, r) matrix of max |replica_a - replica_b|, for a group in dispute.
+
+    Row 0 of the matrix is `to_first`; the pairs among replicas 1..r-1 are measured by blocks of columns.
+    """
     size, dimension = replicas.shape
     norms = np.zeros(size)
     spread = np.zeros((size, size))
-    pairs = np.triu_indices(size, k=1)
-    buffer = np.empty((len(pairs[0]), min(dimension, _BLOCK_COLUMNS)))
+    spread[0] = to_first
+    later, other = np.triu_indices(size - 1, k=1)
+    pairs = (later + 1, other + 1)
+    buffer = np.empty((len(later), min(dimension, _BLOCK_COLUMNS)))
     for start in range(0, dimension, _BLOCK_COLUMNS):
         block = replicas[:, start : start + _BLOCK_COLUMNS]
         np.maximum(norms, np.abs(block).max(axis=1), out=norms)
-        work = buffer[:, : block.shape[1]]
-        np.subtract(block[pairs[0]], block[pairs[1]], out=work)
-        np.abs(work, out=work)
-        spread[pairs] = np.maximum(spread[pairs], work.max(axis=1))
+        if len(later):
+            work = buffer[:, : block.shape[1]]
+            np.subtract(block[pairs[0]], block[pairs[1]], out=work)
+            np.abs(work, out=work)
+            spread[pairs] = np.maximum(spread[pairs], work.max(axis=1))
+    spread = np.triu(spread, k=1)
     spread = spread + spread.T
     spread[~np.isfinite(norms), :] = np.nan  # a non-finite replica agrees with nothing, not even itself
     return norms, spread

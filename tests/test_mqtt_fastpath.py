@@ -1,0 +1,291 @@
+"""FastPathClient: byte-identical to paho on the wire, zero-copy payloads, and loud failure if paho's internals move.
+
+The first group pins the private paho API the subclass relies on (see edgecloud/mqtt_fastpath.py):
+if one of these fails after a paho upgrade, re-check every override before widening the pin.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import inspect
+import queue
+import re
+import socket
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import paho.mqtt.client as paho
+import pytest
+from broker_fixtures import broker  # noqa: F401  (fixture)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edgecloud.mqtt import MqttTransport, device_topic
+from edgecloud.mqtt_fastpath import (
+    GATHER_MIN_PAYLOAD_BYTES,
+    HEAD_READ_BYTES,
+    PAHO_VERSION_RANGE,
+    FastPathClient,
+    _idle_in_packet,
+    _out_packet,
+    publish_header_bytes,
+)
+from edgecloud.wire import Message
+
+PROTOCOLS = (paho.MQTTv311, paho.MQTTv5)
+TOPIC = "edgecloud/fast/dev/in"
+
+# Private paho methods the subclass overrides or calls, with the parameters it passes.
+PAHO_PRIVATE_SIGNATURES = {
+    "_send_publish": ["self", "mid", "topic", "payload", "qos", "retain", "dup", "info", "properties"],
+    "_packet_queue": ["self", "command", "packet", "mid", "qos", "info"],
+    "_packet_write": ["self"],
+    "_packet_read": ["self"],
+    "_packet_handle": ["self"],
+    "_handle_on_message": ["self", "message"],
+    "_sock_send": ["self", "buf"],
+    "_sock_recv": ["self", "bufsize"],
+    "_pack_str16": ["self", "packet", "data"],
+    "_pack_remaining_length": ["self", "packet", "remaining_length"],
+    "_call_socket_register_write": ["self"],
+    "_easy_log": ["self", "level", "fmt", "args"],
+}
+
+
+def new_client(cls: type[paho.Client], protocol: int) -> paho.Client:
+    return cls(CallbackAPIVersion.VERSION2, client_id="fast", protocol=protocol)
+
+
+@pytest.fixture()
+def wire_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """(client end, peer end): small kernel buffers, so that large packets go out in many partial sends."""
+    client_end, peer_end = socket.socketpair()
+    for end in (client_end, peer_end):
+        end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 2**10)
+        end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 2**10)
+        end.setblocking(False)
+    yield client_end, peer_end
+    client_end.close()
+    peer_end.close()
+
+
+def drain(peer: socket.socket) -> bytes:
+    chunks = []
+    while True:
+        try:
+            chunk = peer.recv(2**20)
+        except BlockingIOError:
+            return b"".join(chunks)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def published_bytes(cls: type[paho.Client], protocol: int, payload: bytes, qos: int,
+                    properties: Properties | None = None) -> bytes:
+    """What `cls` writes for one publish, driven by paho's own write loop (non-threaded mode)."""
+    client_end, peer_end = socket.socketpair()
+    client_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 2**10)
+    client_end.setblocking(False)
+    peer_end.setblocking(False)
+    client = new_client(cls, protocol)
+    client._sock = client_end
+    client.publish(TOPIC, payload, qos=qos, properties=properties)
+    received = bytearray()
+    while client.want_write():
+        received += drain(peer_end)
+        client.loop_write()
+    received += drain(peer_end)
+    client_end.close()
+    peer_end.close()
+    return bytes(received)
+
+
+# -- the private paho API this module depends on --------------------------------------------------
+
+def test_installed_paho_is_in_the_checked_version_range() -> None:
+    low_major, low_minor, high_major, high_minor = map(int, re.fullmatch(r">=(\d+)\.(\d+),<(\d+)\.(\d+)",
+                                                                        PAHO_VERSION_RANGE).groups())
+    installed = tuple(int(part) for part in importlib.metadata.version("paho-mqtt").split(".")[:2])
+    assert (low_major, low_minor) <= installed < (high_major, high_minor), (
+        f"paho-mqtt {installed} is outside {PAHO_VERSION_RANGE}: re-check edgecloud/mqtt_fastpath.py")
+
+
+@pytest.mark.parametrize("name", sorted(PAHO_PRIVATE_SIGNATURES))
+def test_private_paho_methods_keep_their_signatures(name: str) -> None:
+    assert list(inspect.signature(getattr(paho.Client, name)).parameters) == PAHO_PRIVATE_SIGNATURES[name]
+
+
+def test_packet_dictionaries_match_what_paho_builds() -> None:
+    client = new_client(paho.Client, paho.MQTTv311)
+    assert client._in_packet == _idle_in_packet()
+    client.on_socket_register_write = lambda *args: None  # keep the packet queued instead of writing it
+    client._packet_queue(paho.PUBACK, b"\x40\x02\x00\x01", 1, 1)
+    assert client._out_packet[0] == _out_packet(paho.PUBACK, b"\x40\x02\x00\x01", 1, 1, None)
+    for attribute in ("_sock", "_protocol", "_thread", "_sockpairW", "_out_packet", "_msgtime_mutex",
+                      "_last_msg_out", "_last_bytes_received"):
+        assert hasattr(client, attribute), attribute
+    assert paho.sockpair_data == b"0" and callable(paho.time_func)
+
+
+# -- sending ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("qos", (0, 1))
+@pytest.mark.parametrize("payload_bytes", (10, GATHER_MIN_PAYLOAD_BYTES - 1, GATHER_MIN_PAYLOAD_BYTES, 300_000))
+def test_publish_bytes_are_identical_to_paho(protocol: int, qos: int, payload_bytes: int) -> None:
+    payload = np.random.default_rng(payload_bytes).integers(0, 256, payload_bytes, dtype=np.uint8).tobytes()
+    properties = None
+    if protocol == paho.MQTTv5:
+        properties = Properties(PacketTypes.PUBLISH)
+        properties.ContentType = "application/x-edgecloud"
+    expected = published_bytes(paho.Client, protocol, payload, qos, properties)
+    assert published_bytes(FastPathClient, protocol, payload, qos, properties) == expected
+
+
+def test_publisher_thread_sends_directly_and_keeps_the_queue_order(wire_pair) -> None:
+    client_end, peer_end = wire_pair
+    client = new_client(FastPathClient, paho.MQTTv311)
+    client._sock = client_end
+    client._thread = threading.Thread(target=lambda: None)  # "threaded mode", and we are not that thread
+    payload = bytes(range(256)) * 4000  # far more than the socket takes at once
+    client.publish(TOPIC, payload, qos=1)
+    first_part = drain(peer_end)
+    assert 0 < len(first_part) < len(payload) and client.want_write()  # sent directly, the rest is queued
+    client._packet_queue(paho.PUBACK, b"\x40\x02\x00\x07", 7, 1)  # queued behind the unfinished publish
+    received = bytearray(first_part)
+    while client.want_write():  # what the network thread does
+        client.loop_write()
+        received += drain(peer_end)
+    expected = published_bytes(paho.Client, paho.MQTTv311, payload, qos=1)
+    assert bytes(received) == expected + b"\x40\x02\x00\x07"
+
+
+# -- receiving --------------------------------------------------------------------------------------
+
+def feed(client: paho.Client, peer: socket.socket, data: bytes, chunk_bytes: int) -> None:
+    """Write `data` in chunks of `chunk_bytes`, letting the client read after each."""
+    for start in range(0, len(data), chunk_bytes):
+        peer.sendall(data[start:start + chunk_bytes])
+        while client._packet_read() == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            pass
+
+
+def receiving_client(protocol: int, sock: socket.socket) -> tuple[paho.Client, list[paho.MQTTMessage]]:
+    client = new_client(FastPathClient, protocol)
+    client._sock = sock
+    delivered: list[paho.MQTTMessage] = []
+    client.on_message = lambda _client, _userdata, message: delivered.append(message)
+    return client, delivered
+
+
+@settings(max_examples=25, deadline=None)
+@given(protocol=st.sampled_from(PROTOCOLS), qos=st.sampled_from((0, 1)),
+       payload_bytes=st.sampled_from((0, 1, 900, 5000, 200_000)), topic_chars=st.sampled_from((1, 40, 3000)),
+       chunk_bytes=st.sampled_from((1, 7, 1500, 2**20)))
+def test_received_payload_is_a_read_only_aligned_view_with_the_sent_bytes(
+        protocol: int, qos: int, payload_bytes: int, topic_chars: int, chunk_bytes: int) -> None:
+    payload = np.random.default_rng(payload_bytes).integers(0, 256, payload_bytes, dtype=np.uint8).tobytes()
+    topic = "t" * topic_chars
+    sender = new_client(paho.Client, protocol)
+    packet = build_publish(sender, topic, payload, qos)
+    client_end, peer_end = socket.socketpair()
+    with client_end, peer_end:
+        client_end.setblocking(False)
+        client, delivered = receiving_client(protocol, client_end)
+        chunk = chunk_bytes if payload_bytes < 100_000 or chunk_bytes > 1 else 4096  # keep 1-byte feeds short
+        feed(client, peer_end, packet + b"\xd0\x00", chunk)  # a PINGRESP right behind it
+        assert len(delivered) == 1
+        message = delivered[0]
+        assert (message.topic, message.qos, message.mid) == (topic, qos, 1 if qos else 0)
+        assert isinstance(message.payload, memoryview) and message.payload.readonly
+        assert bytes(message.payload) == payload
+        if payload_bytes:
+            assert np.frombuffer(message.payload, np.uint8).ctypes.data % 16 == 0
+        peer_end.setblocking(False)
+        assert drain(peer_end) == (b"\x40\x02\x00\x01" if qos else b"")  # paho acknowledged it
+        assert client._in_packet == _idle_in_packet()
+
+
+def build_publish(sender: paho.Client, topic: str, payload: bytes, qos: int) -> bytes:
+    """The PUBLISH packet plain paho writes (mid 1)."""
+    client_end, peer_end = socket.socketpair()
+    with client_end, peer_end:
+        sender._sock = client_end
+        sender._send_publish(1, topic.encode(), payload, qos)
+        peer_end.setblocking(False)
+        return drain(peer_end)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_qos2_and_mqtt5_properties_take_paho_s_own_path(wire_pair, protocol: int) -> None:
+    client_end, peer_end = wire_pair
+    client, delivered = receiving_client(protocol, client_end)
+    properties = None
+    if protocol == paho.MQTTv5:
+        properties = Properties(PacketTypes.PUBLISH)
+        properties.UserProperty = ("stage", "2")
+    sender = new_client(paho.Client, protocol)
+    sender_end, sender_peer = socket.socketpair()
+    with sender_end, sender_peer:
+        sender._sock = sender_end
+        sender._send_publish(9, TOPIC.encode(), b"x" * 70_000, 2, properties=properties)
+        sender._send_publish(10, TOPIC.encode(), b"y" * 70_000, 1, properties=properties)
+        sender_peer.setblocking(False)
+        packets = drain(sender_peer)
+    feed(client, peer_end, packets, 4096)
+    assert [bytes(message.payload)[:1] for message in delivered] == [b"y"]  # QoS 2 waits for PUBREL
+    feed(client, peer_end, b"\x62\x02\x00\x09", 4096)  # PUBREL
+    assert [(bytes(message.payload), message.qos) for message in delivered][1] == (b"x" * 70_000, 2)
+    if protocol == paho.MQTTv5:
+        assert all(message.properties.UserProperty == [("stage", "2")] for message in delivered)
+
+
+@pytest.mark.parametrize("body", (b"\x00\x09edge", b"\x00", b"\x00\x02ab\x00\x01\xff\xff\xff\xff\x01"))
+def test_malformed_publish_is_a_protocol_error(wire_pair, body: bytes) -> None:
+    client_end, peer_end = wire_pair
+    client, delivered = receiving_client(paho.MQTTv5, client_end)
+    peer_end.sendall(bytes([0x32, len(body)]) + body)
+    results = {client._packet_read() for _ in range(3)}
+    assert MQTTErrorCode.MQTT_ERR_PROTOCOL in results and not delivered
+
+
+@pytest.mark.parametrize(("head", "qos", "mqtt5", "expected"), [
+    (b"", 0, False, None), (b"\x00", 1, False, None), (b"\x00\x03", 0, False, 5), (b"\x00\x03", 1, False, 7),
+    (b"\x00\x03abc\x00\x01", 1, True, None), (b"\x00\x03abc\x00\x01\x00", 1, True, 8),
+    (b"\x00\x03abc\x00\x01\x85", 1, True, None), (b"\x00\x03abc\x00\x01\x85\x01", 1, True, 9 + 133),
+])
+def test_publish_header_bytes(head: bytes, qos: int, mqtt5: bool, expected: int | None) -> None:
+    assert publish_header_bytes(head, qos, mqtt5) == expected
+    assert HEAD_READ_BYTES >= 2
+
+
+# -- through real brokers ---------------------------------------------------------------------------
+
+def test_large_messages_round_trip_through_the_broker(broker, request) -> None:  # noqa: F811
+    deployment = "f" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:12]
+    decoded: queue.Queue[Message] = queue.Queue()
+    raw: queue.Queue[bytes] = queue.Queue()
+    tensors = [np.random.default_rng(seed).standard_normal(seed * 250_000).astype(np.float32) for seed in (1, 2, 3)]
+    with MqttTransport(broker.url, f"{deployment}-a") as sender, MqttTransport(broker.url, f"{deployment}-b") as receiver:
+        receiver.subscribe_messages(device_topic(deployment, "b"), lambda message, topic: decoded.put(message))
+        receiver.subscribe(device_topic(deployment, "raw"), lambda payload, topic: raw.put(payload))
+        publishers = [threading.Thread(target=sender.publish_message, args=(
+            device_topic(deployment, "b"), Message("activation", f"r{index}", "a", {"x": array})))
+            for index, array in enumerate(tensors)]
+        for publisher in publishers:
+            publisher.start()
+        for publisher in publishers:
+            publisher.join()
+        sender.publish(device_topic(deployment, "raw"), b"z" * 200_000)
+        got = {message.request_id: message for message in (decoded.get(timeout=20) for _ in tensors)}
+        assert raw.get(timeout=20) == b"z" * 200_000
+    for index, array in enumerate(tensors):
+        received = got[f"r{index}"].tensors["x"]
+        assert not received.flags.writeable and received.flags.aligned
+        assert np.array_equal(received, array)
