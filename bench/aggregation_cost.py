@@ -4,8 +4,8 @@
     python bench/aggregation_cost.py --dim 100000     # quicker
 
 Every method faces 5 adversaries (constant attack, -100) among 45 messages of d float64 numbers:
-- repetition decode, r = 3 (15 groups; the 5 adversaries sit in 5 different groups, so 5 groups take
-  the slow pairwise-vote path),
+- repetition decode, r = 3 (15 groups; the 5 adversaries are the first replicas of 5 groups: the slow
+  path, where those groups take a pairwise vote and the winners are summed afresh),
 - cyclic decode, r = 11 (s = 5) and r = 21 (s = 10, with 10 adversaries: its worst case),
 - mean, coordinate median, trimmed mean (f = 5), Krum and multi-Krum (f = 5), and the geometric median
   (Weiszfeld to a relative step of 1e-6, iterations reported).

@@ -6,7 +6,7 @@ path orders. Duration D[v] = sum_k t[v,k] x[v,k]. Big-M disjunctive rows:
   S[c] >= S[p] + D[p] + cost(t,k,l) * (x[p,k] + x[c,l] - 1)   (the transfer delay when p on k, c on l);
 - graph inputs: S[c] >= cost(t,source,l) x[c,l]; outputs: C >= S[p] + D[p] + cost(t,k,sink) x[p,k];
 - C >= S[v] + D[v];
-- memory: sum_v mem[v] x[v,k] <= M[k], as in the placement ILP;
+- memory: sum_v mem[v] x[v,k] <= limit[k], as in the placement ILP;
 - no overlap on a device, for unordered u, v and each device k both may use:
   S[v] >= S[u] + D[u] - M (1 - o) - M (2 - x[u,k] - x[v,k]),  S[u] >= S[v] + D[v] - M o - M (2 - ...).
 M is a horizon no optimal schedule exceeds (all work and all transfers in sequence). Weak relaxation and

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from cost_graph_strategies import cost_graphs
 from partitioner.baselines import brute_force, brute_force_makespan
-from partitioner.costs import to_arrays
+from partitioner.costs import CostGraph, CostNode, CostTensor, Link, to_arrays
 from partitioner.errors import InfeasiblePlanError
 from partitioner.ilp import solve
 from partitioner.ilp_placement import PlacementModel
@@ -151,3 +151,33 @@ def test_plan_reports_the_objective_of_its_placement(graph, objective) -> None:
         assert close(compute + transfer, plan.predicted_s)
     for name, value in plan.baselines.items():
         assert value is None or plan.predicted_s <= value * (1 + 1e-9) + 1e-12, name
+
+
+@settings(max_examples=25, deadline=None)
+@given(cost_graphs(max_nodes=6))
+def test_makespan_respects_memory_limits(graph) -> None:
+    """The makespan ILP once ignored memory limits and returned placements that break them."""
+    arrays = to_arrays(graph)
+    expected = brute_force_makespan(arrays)
+    if expected is None:
+        with pytest.raises(InfeasiblePlanError):
+            solve(arrays, "makespan", time_limit_s=30)
+        return
+    solution = solve(arrays, "makespan", time_limit_s=30)
+    assert infeasibility(arrays, solution.placement) is None
+    assert solution.objective_s >= expected[1] - 1e-7
+    if solution.status == "optimal":
+        assert close(solution.objective_s, expected[1])
+
+
+def test_makespan_names_memory_when_no_placement_fits() -> None:
+    """Three 6-byte nodes, two devices of 10 bytes: each node fits, the total fits, no placement does."""
+    graph = CostGraph(
+        devices={"edge": {"memory_bytes": 10}, "cloud": {"memory_bytes": 10}},
+        links={("cloud", "edge"): Link(2e7, 0.01)}, source="edge", sink="edge",
+        nodes={name: CostNode(time_s={"edge": 0.01, "cloud": 0.001}, memory_bytes=6) for name in "abc"},
+        tensors={"x": CostTensor(10, None, ["a"], False), "ab": CostTensor(10, "a", ["b"], False),
+                 "bc": CostTensor(10, "b", ["c"], False), "y": CostTensor(10, "c", [], True)}).validate()
+    for objective in ("latency", "throughput", "makespan"):
+        with pytest.raises(InfeasiblePlanError, match="memory limits"):
+            plan_cost_graph(graph, objective, time_limit_s=30)

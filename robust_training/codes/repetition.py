@@ -9,6 +9,12 @@ What the tolerance lets an adversary slip through: two messages "agree" when
 An adversary whose message agrees with the honest replicas may be picked as its group's answer, so it can
 move that group's contribution to the sum by at most atol + rtol * ||honest||_inf per coordinate, and the
 total by at most that times the number of groups it sits in. Anything farther is outvoted and flagged.
+
+The vote: a group's answer is the replica agreeing with the most replicas (ties: lowest worker id) and
+the replicas not agreeing with it are flagged; without a strict majority the decode raises DecodeError
+naming the group. More than s colluding replicas that agree among themselves ARE the majority: no vote
+can tell them from honest ones, and the group's answer is theirs. Cost: one pass over the messages when
+replicas are bit-identical (the usual case); a group in dispute adds a pass over its own replicas.
 """
 
 from __future__ import annotations
