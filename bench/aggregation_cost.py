@@ -5,7 +5,8 @@
 
 Every method faces 5 adversaries (constant attack, -100) among 45 messages of d float64 numbers:
 - repetition decode, r = 3 (15 groups; the 5 adversaries are the first replicas of 5 groups: the slow
-  path, where those groups take a pairwise vote and the winners are summed afresh),
+  path, where those groups take a pairwise vote and the winners are summed afresh), and once without
+  adversaries (bit-identical replicas: one pass),
 - cyclic decode, r = 11 (s = 5) and r = 21 (s = 10, with 10 adversaries: its worst case),
 - mean, coordinate median, trimmed mean (f = 5), Krum and multi-Krum (f = 5), and the geometric median
   (Weiszfeld to a relative step of 1e-6, iterations reported).
@@ -66,6 +67,8 @@ def main() -> None:
     spread = list(range(0, 3 * N_ADVERSARIES, 3))  # one adversary in each of the first 5 repetition groups
     rows = [
         decode_row("draco repetition decode (r=3)", RepetitionCode(N_WORKERS, 3), spread, updates, args.repeats),
+        decode_row("draco repetition decode (r=3), no adversary", RepetitionCode(N_WORKERS, 3), [], updates,
+                   args.repeats),
         decode_row("draco cyclic decode (r=11, s=5)", CyclicCode(N_WORKERS, 11, seed=args.seed),
                    [1, 9, 17, 30, 41], updates, args.repeats),
         decode_row("draco cyclic decode (r=21, s=10)", CyclicCode(N_WORKERS, 21, seed=args.seed),
@@ -88,11 +91,11 @@ def main() -> None:
 
     print(f"aggregation cost at n = {N_WORKERS}, d = {args.dim:,} float64, {N_ADVERSARIES} adversaries "
           f"(best of {args.repeats})")
-    print(f"{'method':42s} {'seconds':>9s} {'x vs GM':>8s} {'iters':>6s} {'rel. error':>11s}")
+    print(f"{'method':46s} {'seconds':>9s} {'x vs GM':>8s} {'iters':>6s} {'rel. error':>11s}")
     for row in rows:
         iterations = "" if row["iterations"] is None else str(row["iterations"])
         error = "" if row["relative_error"] is None else f"{row['relative_error']:.1e}"
-        print(f"{row['method']:42s} {row['seconds']:9.3f} {row['speedup_vs_geomedian']:8.1f} {iterations:>6s} "
+        print(f"{row['method']:46s} {row['seconds']:9.3f} {row['speedup_vs_geomedian']:8.1f} {iterations:>6s} "
               f"{error:>11s}")
 
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)

@@ -46,7 +46,7 @@ from edgecloud.topics import device_topic
 from edgecloud.trace import CLIENT, TraceEvent, encode_trace, merge, parse_trace, stage_event, transfer_event
 from edgecloud.wire import DEFAULT_LIMITS, Message, WireLimits
 from partitioner.costs import Link
-from partitioner.manifest import SplitManifest, StageOutput, TensorSpec
+from partitioner.manifest import SplitManifest, StageOutput, TensorSpec, concrete_shape
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +85,7 @@ class _Request:
 
 def zeros_for(specs: list[TensorSpec]) -> dict[str, np.ndarray]:
     """Inputs of the right dtype and shape (symbolic dimensions taken as 1) for a warm-up run."""
-    return {spec.name: np.zeros([size if isinstance(size, int) else 1 for size in spec.shape], spec.dtype)
-            for spec in specs}
+    return {spec.name: np.zeros(concrete_shape(spec.shape), spec.dtype) for spec in specs}
 
 
 class DeviceAgent:
@@ -110,7 +109,6 @@ class DeviceAgent:
         self._expected = {item.tensor for stage in self.stages for item in stage.inputs}
         if self.is_sink:
             self._expected |= {item.tensor for item in manifest.sink_inputs}
-        self._graph_inputs = {spec.name: spec for spec in manifest.graph_inputs}
         self._runner: StageRunner | None = None
         self.fallback_margin_s = 0.0
         self._inbox: queue.Queue[object] = queue.Queue(options.inbox_size)
@@ -237,7 +235,7 @@ class DeviceAgent:
             return self._reject(message, f"requests go to the source device {self.manifest.source!r}")
         if message.request_id in self._pending or message.request_id in self._finished:
             return self._reject(message, "its request id is already in use")
-        problem = self._input_problem(message.tensors)
+        problem = self.manifest.input_problem(message.tensors)
         if problem is not None:
             self._reject(message, problem)
             return self._reply_error(message.request_id, message.reply_to, problem)
@@ -255,18 +253,6 @@ class DeviceAgent:
             heapq.heappush(self._timers, (message.deadline - self.fallback_margin_s, message.request_id))
         self._hand_on(request, self.manifest.source_outputs, dict(message.tensors), from_stage=None)
         self._advance(request)
-        return None
-
-    def _input_problem(self, tensors: Mapping[str, np.ndarray]) -> str | None:
-        """Why the client's tensors are not the model's graph inputs, or None when they are."""
-        if set(tensors) != set(self._graph_inputs):
-            return f"the request carries tensors {sorted(tensors)}, the model takes {sorted(self._graph_inputs)}"
-        for name, array in tensors.items():
-            spec = self._graph_inputs[name]
-            fixed = all(size == expected for size, expected in zip(array.shape, spec.shape) if isinstance(expected, int))
-            if array.dtype.name != spec.dtype or array.ndim != len(spec.shape) or not fixed:
-                return (f"input {name!r} is {array.dtype.name}{list(array.shape)}, the model takes "
-                        f"{spec.dtype}{list(spec.shape)}")
         return None
 
     def _on_activation(self, message: Message, received_s: float) -> None:

@@ -102,12 +102,18 @@ class InferenceClient:
         self.close()
 
     def _named_inputs(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
+        """The inputs by name, checked against the model's here rather than refused by the agent later."""
         if isinstance(inputs, Mapping):
-            return {name: np.asarray(value) for name, value in inputs.items()}
-        names = [spec.name for spec in self.manifest.graph_inputs]
-        if len(names) != 1:
-            raise EdgecloudError(f"the model takes {len(names)} inputs ({', '.join(names)}); pass a dict by name")
-        return {names[0]: np.asarray(inputs)}
+            named = {name: np.asarray(value) for name, value in inputs.items()}
+        else:
+            names = [spec.name for spec in self.manifest.graph_inputs]
+            if len(names) != 1:
+                raise EdgecloudError(f"the model takes {len(names)} inputs ({', '.join(names)}); pass a dict by name")
+            named = {names[0]: np.asarray(inputs)}
+        problem = self.manifest.input_problem(named)
+        if problem is not None:
+            raise EdgecloudError(problem)
+        return named
 
     def submit(self, inputs: Mapping[str, np.ndarray] | np.ndarray, deadline_s: float = 2.0) -> Future[InferenceResult]:
         """Send one request; the future gives its InferenceResult (or raises EdgecloudError)."""

@@ -32,7 +32,7 @@ from edgecloud.errors import EdgecloudError
 from edgecloud.stage_runner import make_session
 from edgecloud.trace import CLIENT
 from partitioner.costs import CostGraph, Link
-from partitioner.manifest import SplitManifest
+from partitioner.manifest import SplitManifest, concrete_shape
 from partitioner.plan import Plan
 
 logger = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def plan_demo_model(settings: DemoSettings, workdir: Path,
 def model_inputs(manifest: SplitManifest, seed: int) -> dict[str, np.ndarray]:
     """Random inputs of the model's input types (symbolic dimensions taken as 1)."""
     rng = np.random.default_rng(seed)
-    return {spec.name: rng.standard_normal([size if isinstance(size, int) else 1 for size in spec.shape])
+    return {spec.name: rng.standard_normal(concrete_shape(spec.shape))
             .astype(spec.dtype) for spec in manifest.graph_inputs}
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgecloud.errors import EdgecloudError
-from partitioner.manifest import SplitManifest, Stage
+from partitioner.manifest import SplitManifest, Stage, concrete_shape
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +73,7 @@ class StageRunner:
         onnxruntime's first-run set-up. A stage that rejects zeros (e.g. a shape tensor as input) is
         simply left cold."""
         for index, session in self._sessions.items():
-            feeds = {item.name: np.zeros([size if isinstance(size, int) else 1 for size in item.shape],
-                                         _ORT_TYPES.get(item.type, np.float32))
+            feeds = {item.name: np.zeros(concrete_shape(item.shape), _ORT_TYPES.get(item.type, np.float32))
                      for item in session.get_inputs()}
             try:
                 session.run(None, feeds)

@@ -11,6 +11,11 @@ path orders. Duration D[v] = sum_k t[v,k] x[v,k]. Big-M disjunctive rows:
   S[v] >= S[u] + D[u] - M (1 - o) - M (2 - x[u,k] - x[v,k]),  S[u] >= S[v] + D[v] - M o - M (2 - ...).
 M is a horizon no optimal schedule exceeds (all work and all transfers in sequence). Weak relaxation and
 O(n^2) order variables: hard at scale, so `partitioner.ilp` passes a time limit and reports the gap.
+
+Times enter the model in microseconds, rounded to the nanosecond. In seconds, a 1 ns duration is a
+coefficient of 1e-9: at HiGHS' feasibility tolerance and zero threshold, where its presolve went wrong
+(highspy 1.16 proved "optimal" a schedule twice as long as the real optimum). The rounding moves no
+reported figure: `partitioner.ilp` recomputes the makespan of the solver's placement and order exactly.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from partitioner.costs import CostArrays
 from partitioner.ilp_placement import add_memory_limits
 from partitioner.mip import Mip, MipBuilder
 
+MICROSECONDS = 1e6  # per second
+
 
 class MakespanModel:
     def __init__(self, arrays: CostArrays) -> None:
@@ -30,24 +37,25 @@ class MakespanModel:
         n, d = arrays.n_nodes, arrays.n_devices
         allowed = arrays.allowed()
         pinned = np.flatnonzero(arrays.pin >= 0)
-        worst_delay_s = arrays.transfer_s.max(axis=(1, 2))
+        self.time_us = time_us = np.round(arrays.time_s * MICROSECONDS, 3)
+        transfer_us = np.round(arrays.transfer_s * MICROSECONDS, 3)
+        worst_delay_us = transfer_us.max(axis=(1, 2))
         # Bounds the fully sequential topological-order schedule of any placement, hence the optimum.
-        horizon = float(arrays.time_s.max(axis=1).sum() + worst_delay_s[arrays.use_tensor].sum()
-                        + worst_delay_s[arrays.is_output].sum())
-        self.horizon_s = horizon
+        horizon = float(time_us.max(axis=1).sum() + worst_delay_us[arrays.use_tensor].sum()
+                        + worst_delay_us[arrays.is_output].sum())
         builder = MipBuilder()
         x_lower = np.zeros((n, d))
         x_lower[pinned, arrays.pin[pinned]] = 1.0
         self.x_cols = builder.add_cols(np.zeros(n * d), x_lower.ravel(), allowed.ravel().astype(float), integer=True).reshape(n, d)
         self.s_cols = builder.add_cols(np.zeros(n), 0.0, horizon, integer=False)
         direct_outputs = arrays.is_output & (arrays.producer < 0)
-        c_lower = float(arrays.transfer_s[direct_outputs, arrays.source, arrays.sink].max(initial=0.0))
+        c_lower = float(transfer_us[direct_outputs, arrays.source, arrays.sink].max(initial=0.0))
         self.c_col = int(builder.add_cols(np.ones(1), c_lower, horizon, integer=False)[0])
         builder.add_rows(np.repeat(np.arange(n), d), self.x_cols.ravel(), 1.0, 1.0, 1.0, n)
         add_memory_limits(builder, arrays, self.x_cols)
 
         def duration(v: int) -> tuple[list[int], list[float]]:
-            return list(self.x_cols[v]), list(arrays.time_s[v])
+            return list(self.x_cols[v]), list(time_us[v])
 
         def row(cols: list[int], coefs: list[float], lower: float) -> None:
             builder.add_rows(np.zeros(len(cols), dtype=np.int64), np.array(cols), np.array(coefs), lower, np.inf, 1)
@@ -55,7 +63,7 @@ class MakespanModel:
         for t, c in zip(arrays.use_tensor, arrays.use_node):
             p = int(arrays.producer[t])
             if p < 0:
-                delays = arrays.transfer_s[t, arrays.source]
+                delays = transfer_us[t, arrays.source]
                 row([self.s_cols[c], *self.x_cols[c]], [1.0, *(-delays)], 0.0)
                 continue
             d_cols, d_coefs = duration(p)
@@ -64,7 +72,7 @@ class MakespanModel:
             row(base_cols, base_coefs, 0.0)
             for k in np.flatnonzero(allowed[p]):
                 for l in np.flatnonzero(allowed[c]):
-                    delay = float(arrays.transfer_s[t, k, l])
+                    delay = float(transfer_us[t, k, l])
                     if k != l and delay > 0:
                         row(base_cols + [self.x_cols[p, k], self.x_cols[c, l]], base_coefs + [-delay, -delay], -delay)
         for v in range(n):
@@ -75,7 +83,7 @@ class MakespanModel:
             if p < 0:
                 continue  # in C's lower bound
             d_cols, d_coefs = duration(p)
-            delays = arrays.transfer_s[t, :, arrays.sink]
+            delays = transfer_us[t, :, arrays.sink]
             row([self.c_col, self.s_cols[p], *d_cols, *self.x_cols[p]],
                 [1.0, -1.0, *(-np.array(d_coefs)), *(-delays)], 0.0)
 
@@ -104,10 +112,13 @@ class MakespanModel:
         return values[self.x_cols].argmax(axis=1)
 
     def order_of(self, values: np.ndarray) -> list[int]:
-        """A topological order following the solver's start times (ties: earlier finish first, as a
-        zero-duration node may start when its device's next node does), for `schedule_makespan_s`."""
+        """A topological order following the solver's schedule, for `schedule_makespan_s`.
+
+        Nodes are taken by the midpoints of their intervals, not their starts: a zero-duration node may
+        start when its device's next node does, and the solver's start times carry tolerance noise that
+        would order such a tie at random. Intervals that do not overlap have midpoints in their order."""
         starts = values[self.s_cols]
-        finishes = starts + (values[self.x_cols] * self.arrays.time_s).sum(axis=1)
+        midpoints = starts + 0.5 * (values[self.x_cols] * self.time_us).sum(axis=1)
         predecessors_left = [0] * self.arrays.n_nodes
         successors: list[set[int]] = [set() for _ in range(self.arrays.n_nodes)]
         for t, c in zip(self.arrays.use_tensor, self.arrays.use_node):
@@ -115,23 +126,23 @@ class MakespanModel:
             if p >= 0 and int(c) not in successors[p]:
                 successors[p].add(int(c))
                 predecessors_left[c] += 1
-        ready = [(starts[v], finishes[v], v) for v in range(self.arrays.n_nodes) if predecessors_left[v] == 0]
+        ready = [(midpoints[v], v) for v in range(self.arrays.n_nodes) if predecessors_left[v] == 0]
         heapq.heapify(ready)
         order: list[int] = []
         while ready:
-            _, _, v = heapq.heappop(ready)
+            _, v = heapq.heappop(ready)
             order.append(v)
             for s in successors[v]:
                 predecessors_left[s] -= 1
                 if predecessors_left[s] == 0:
-                    heapq.heappush(ready, (starts[s], finishes[s], s))
+                    heapq.heappush(ready, (midpoints[s], s))
         return order
 
     def start_from(self, placement: np.ndarray, start_s: np.ndarray, makespan_s: float) -> np.ndarray:
         values = np.zeros(self.mip.cost.size)
         values[self.x_cols[np.arange(self.arrays.n_nodes), placement]] = 1.0
-        values[self.s_cols] = start_s
-        values[self.c_col] = makespan_s
+        values[self.s_cols] = start_s * MICROSECONDS
+        values[self.c_col] = makespan_s * MICROSECONDS
         for u, v, o in self.order_pairs:
             values[o] = 1.0 if start_s[u] <= start_s[v] else 0.0
         return values

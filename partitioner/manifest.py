@@ -25,9 +25,12 @@ the sink device returns to the client.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from partitioner.errors import PartitionerError
 
@@ -98,6 +101,12 @@ class Stage:
                 "outputs": [item.to_dict() for item in self.outputs]}
 
 
+def concrete_shape(shape: Iterable[int | str | None]) -> list[int]:
+    """A shape with every symbolic or unknown dimension taken as 1 (a batch of one): for warm-up runs
+    and example inputs."""
+    return [size if isinstance(size, int) else 1 for size in shape]
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """A graph input or output: what the client must send or will receive (symbolic dims as strings)."""
@@ -125,6 +134,20 @@ class SplitManifest:
     sink_inputs: list[StageInput]
     plan_sha256: str | None = None
     directory: Path | None = None  # where the stage files are; set by `load_manifest`/`save`
+
+    def input_problem(self, tensors: Mapping[str, np.ndarray]) -> str | None:
+        """Why `tensors` are not the model's graph inputs (names, dtypes, fixed dimensions), or None.
+        The client checks before sending and the source agent again on arrival."""
+        specs = {spec.name: spec for spec in self.graph_inputs}
+        if set(tensors) != set(specs):
+            return f"the request carries tensors {sorted(tensors)}, the model takes {sorted(specs)}"
+        for name, array in tensors.items():
+            spec = specs[name]
+            fixed = all(size == expected for size, expected in zip(array.shape, spec.shape) if isinstance(expected, int))
+            if array.dtype.name != spec.dtype or array.ndim != len(spec.shape) or not fixed:
+                return (f"input {name!r} is {array.dtype.name}{list(array.shape)}, the model takes "
+                        f"{spec.dtype}{list(spec.shape)}")
+        return None
 
     def stages_of(self, device: str) -> list[Stage]:
         """The stages `device` runs, in execution order (possibly none: a pure source/sink device)."""

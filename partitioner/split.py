@@ -235,8 +235,8 @@ def plan_content_hash(plan_path: str | Path) -> str:
     from partitioner.plan import load_plan
 
     plan_path = Path(plan_path)
+    model_path = load_plan(plan_path).model_path  # first: a missing or bad plan is reported as such
     digest = hashlib.sha256(plan_path.read_bytes())
-    model_path = load_plan(plan_path).model_path
     if model_path is not None and Path(model_path).is_file():
         with open(model_path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):

@@ -91,6 +91,10 @@ def _write(tmp_path, data: dict) -> str:
     (None, ["--pin", "zz=edge"], "unknown node 'zz'"),
     (None, ["--link", "edge-cloud=fast,10ms"], "bandwidth 'fast' is not a number"),
     (None, ["--objective", "cost"], "unknown objective"),
+    # Each node fits anywhere and all fit in total, but no split of four 10-byte nodes fits 25 + 15 bytes.
+    (None, ["--memory-limit", "edge=25B", "--memory-limit", "cloud=15B"], "no placement satisfies the memory limits"),
+    (None, ["--memory-limit", "edge=25B", "--memory-limit", "cloud=15B", "--objective", "makespan"],
+     "no placement satisfies the memory limits"),
 ])
 def test_bad_input_is_one_sentence_and_exit_code_2(tmp_path, edit, extra, message) -> None:
     data = fan_out_graph()
@@ -102,6 +106,20 @@ def test_bad_input_is_one_sentence_and_exit_code_2(tmp_path, edit, extra, messag
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert result.output.startswith("error: ") and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["plan"], "give either a MODEL or --cost-graph FILE"),
+    (["plan", "chain", "--cost-graph", "g.json"], "give either a MODEL or --cost-graph FILE"),
+    (["sweep"], "give a MODEL to sweep"),
+    (["plan", "no-such-model.onnx"], "does not exist"),
+])
+def test_missing_or_doubled_model_is_one_error_line(args, message) -> None:
+    """These once ended in typer's multi-line usage box instead of the `error: ...` line."""
+    result = run(*args)
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: ") and message in result.output
+    assert len(result.output.strip().splitlines()) == 1
 
 
 def test_non_numeric_bandwidth_for_a_model_exits_2(tmp_path) -> None:

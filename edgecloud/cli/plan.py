@@ -56,10 +56,11 @@ def plan(
     as_json: JsonOption = False,
 ) -> None:
     """Find the optimal placement of a model's layers on edge and cloud, beside the classic baselines."""
+    from partitioner.errors import PartitionerError
     from partitioner.planning import plan_cost_graph
 
     if (model is None) == (cost_graph is None):
-        raise typer.BadParameter("give either a MODEL or --cost-graph FILE.")
+        raise PartitionerError("give either a MODEL or --cost-graph FILE, not both or neither.")
     if cost_graph is not None:
         from partitioner.costs import CostGraph
 
@@ -102,12 +103,13 @@ def sweep(
     from rich.progress import Progress
 
     from partitioner.costs import Link
+    from partitioner.errors import PartitionerError
     from partitioner.planning import plan_cost_graph
     from partitioner.plotting import SweepPoint
     from partitioner.units import parse_bandwidth_range_bps
 
     if model is None:
-        raise typer.BadParameter("give a MODEL to sweep.")
+        raise PartitionerError("give a MODEL to sweep (an ONNX file or a bundled model's name).")
     low_bps, high_bps = parse_bandwidth_range_bps(bandwidth)
     graph = _model_cost_graph(model, edge, cloud, "1Mbit", latency, memory_limit, pin, profile, None, None, fuse)
     key = next(iter(graph.links))

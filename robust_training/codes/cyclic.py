@@ -50,11 +50,12 @@ Decoding
 What is guaranteed
 ------------------
 - At most s deviating workers: the exact sum (relative error <= 1.0e-12 measured at n = 45, s = 10 for
-  all five attacks, bench/cyclic_exactness.py), and `flagged` is exactly the set of deviating workers. A deviation of the order of
-  rtol * ||messages||_2 (in projection) is indistinguishable from rounding: it may go unflagged and moves
-  the sum by at most about that much times ||a_H|| (measured: relative error < 1e-6 for Gaussian noise of
-  std 1e-6 on messages of any scale). rtol = 1e-11 sits four orders above the rounding of honest float64
-  messages (1e-15, also at d = 1e6); messages computed in float32 need rtol ~ 1e-5.
+  all five attacks, bench/cyclic_exactness.py), and `flagged` is exactly the set of deviating workers.
+  A deviation of the order of rtol * ||messages||_2 (in projection) is indistinguishable from rounding:
+  it may go unflagged and moves the sum by at most about that much times ||a_H|| (measured: relative
+  error <= 1.1e-9 for Gaussian noise of std 1e-6 on messages of scale 1e-4..1e4, n <= 45).
+  rtol = 1e-11 sits four orders above the rounding of honest float64 messages (1e-15, also at
+  d = 1e6); messages computed in float32 need rtol ~ 1e-5.
 - More than s deviating workers: DecodeError, unless the received messages lie within s rows of another
   codeword. No decoder can tell that case from an honest one (the distance is 2s + 1); it needs colluding
   adversaries who know W and craft messages along a codeword, or at least n - s adversaries whose messages
