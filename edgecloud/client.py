@@ -101,7 +101,7 @@ class InferenceClient:
                  traceback: TracebackType | None) -> None:
         self.close()
 
-    def _named_inputs(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
+    def named_inputs(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
         """The inputs by name, checked against the model's here rather than refused by the agent later."""
         if isinstance(inputs, Mapping):
             named = {name: np.asarray(value) for name, value in inputs.items()}
@@ -122,7 +122,7 @@ class InferenceClient:
         request_id = uuid.uuid4().hex
         sent_s = time.time()
         message = Message(kind="request", request_id=request_id, sender=self.client_name,
-                          tensors=self._named_inputs(inputs), deadline=sent_s + deadline_s, meta={"sent_s": sent_s})
+                          tensors=self.named_inputs(inputs), deadline=sent_s + deadline_s, meta={"sent_s": sent_s})
         reply_future = self._requester.submit(self._source_topic, message, timeout_s=deadline_s)
         result: Future[InferenceResult] = Future()
         timer = threading.Timer(deadline_s + REPLY_GRACE_S, self._expire, (reply_future, result, request_id, deadline_s))

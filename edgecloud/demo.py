@@ -40,16 +40,18 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DemoSettings:
-    model: str = "resnet18"
-    edge: str = "rpi4"
-    cloud: str = "cloud-server"
-    bandwidth_bps: float = 20e6
-    latency_s: float = 0.01
-    requests: int = 10
-    broker_url: str | None = None  # None: start the embedded broker
-    deadline_s: float = 10.0
-    emulate_links: bool = True
-    seed: int = 0
+    """What to demonstrate; the defaults live in one place, the `edgecloud demo` command's options."""
+
+    model: str
+    edge: str
+    cloud: str
+    bandwidth_bps: float
+    latency_s: float
+    requests: int
+    broker_url: str | None  # None: start the embedded broker
+    deadline_s: float
+    emulate_links: bool
+    seed: int
 
 
 @dataclass
@@ -99,12 +101,12 @@ def plan_demo_model(settings: DemoSettings, workdir: Path,
     from partitioner.planning import plan_cost_graph
     from partitioner.zoo import cached_model_path
 
+    devices = {"edge": load_device(settings.edge), "cloud": load_device(settings.cloud)}  # a typo fails first
     on_phase(f"exporting {settings.model} to ONNX (cached after the first time)")
     model_path = cached_model_path(settings.model)
     on_phase("measuring this host and profiling every node with onnxruntime")
     profile = profile_file(model_path, host_profile(), [1], warmup=2, repeats=10, seed=settings.seed)
     on_phase(f"planning for edge={settings.edge}, cloud={settings.cloud}")
-    devices = {"edge": load_device(settings.edge), "cloud": load_device(settings.cloud)}
     links = {("cloud", "edge"): Link(settings.bandwidth_bps, settings.latency_s)}  # keyed sorted, both ways
     costs = cost_graph_from_model(load_layer_graph(model_path), devices, links, "edge", "edge", model_path, profile)
     plan = plan_cost_graph(costs, "latency")

@@ -33,7 +33,8 @@ Behaviour that matters, and why:
   transfer does not starve the ping (paho issue 914).
 - The paho client is `edgecloud.mqtt_fastpath.FastPathClient`: large payloads are neither copied
   on send nor on receive (paho 2.2 copies them about six times); `subscribe_messages` decodes
-  straight from the received buffer, `subscribe` hands its handler `bytes` as before.
+  straight from the received buffer, `subscribe` hands its handler `bytes` as before. A publish
+  from a thread other than paho's is sent by that thread (no handoff), into a 4 MiB send buffer.
 """
 
 from __future__ import annotations

@@ -19,6 +19,10 @@ What this subclass changes, and nothing else:
 - `_packet_read`: reads the fixed header as paho does, then `recv_into` preallocated buffers; a QoS 0/1
   PUBLISH is split while it arrives into its variable header and a payload buffer of exactly the
   payload's size (16-byte aligned, so our wire format's 8-aligned tensors stay aligned).
+- `_packet_queue` (threaded mode only): a packet queued from a thread other than paho's network thread
+  is sent right away by that thread when nothing is queued before it, instead of waking the network
+  thread through paho's socket pair (a thread handoff and GIL contention per message);
+  `_packet_write` takes the same lock, so only one thread writes and the socket sees queue order.
 - `_handle_on_message`: paho's `_handle_publish` parses the variable header alone (its own code:
   topic checks, MQTT 5 properties, QoS handling, logging) and this hook attaches the payload to the
   message just before the callbacks run. QoS 2 and all other packets are read whole and go through
@@ -36,7 +40,6 @@ has no `recv_into`).
 from __future__ import annotations
 
 import dataclasses
-import logging
 import ssl
 import struct
 import threading
@@ -49,8 +52,6 @@ from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.exception import MalformedPacket
 
 __all__ = ["FastPathClient", "GATHER_MIN_PAYLOAD_BYTES", "PAHO_VERSION_RANGE", "publish_header_bytes"]
-
-logger = logging.getLogger(__name__)
 
 PAHO_VERSION_RANGE = ">=2.2,<2.3"  # the versions whose private methods this module was checked against
 # Below this size a payload copy costs less than the Python bookkeeping that avoids it.
@@ -159,8 +160,9 @@ class _IncomingBody:
             return
         if header_bytes > self.remaining_bytes:
             raise MalformedPacket(f"PUBLISH header of {header_bytes} bytes exceeds its {self.remaining_bytes}-byte packet")
-        if header_bytes > len(self.head):
-            self.head.extend(bytes(header_bytes - len(self.head)))
+        if header_bytes > self.head_filled:  # its length is known, its bytes have not all arrived
+            if header_bytes > len(self.head):
+                self.head.extend(bytes(header_bytes - len(self.head)))
             return
         self.header_bytes = header_bytes
         self.payload = _aligned_buffer(self.remaining_bytes - header_bytes)
@@ -255,14 +257,17 @@ class FastPathClient(paho.Client):
 
         Any socket error leaves the entry queued: the network thread retries and reports it.
         """
-        try:
-            sent_bytes = self._sock_send(entry["packet"])
-        except OSError:
-            return False
+        while entry["to_process"] > 0:
+            try:
+                sent_bytes = self._sock_send(entry["packet"][entry["pos"]:])
+            except OSError:  # BlockingIOError included: the socket buffer is full
+                break
+            if sent_bytes <= 0:
+                break
+            entry["pos"] += sent_bytes
+            entry["to_process"] -= sent_bytes
         with self._msgtime_mutex:
             self._last_msg_out = paho.time_func()
-        entry["pos"] += sent_bytes
-        entry["to_process"] -= sent_bytes
         if entry["to_process"] > 0:
             return False
         if self._out_packet and self._out_packet[0] is entry:  # paho clears the queue on reconnect

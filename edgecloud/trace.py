@@ -31,13 +31,6 @@ class TraceEvent:
     def duration_s(self) -> float:
         return self.end_s - self.start_s
 
-    @property
-    def label(self) -> str:
-        if self.kind == "stage":
-            return f"stage {self.stage} on {self.device}"
-        payload = "answer" if self.device == CLIENT else "inputs" if self.stage is None else f"stage {self.stage} outputs"
-        return f"{self.sender} -> {self.device} ({payload})"
-
     def to_dict(self) -> dict[str, Any]:
         item: dict[str, Any] = {"kind": self.kind, "start_s": self.start_s, "end_s": self.end_s, "device": self.device,
                                 "stage": self.stage}

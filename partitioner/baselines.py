@@ -4,14 +4,16 @@
 - neurosurgeon: the best single cut of a topological order, prefix on the source device and suffix on
   one other device (Neurosurgeon's chain view of the network), over every other device;
 - dads-mincut: DADS' min-cut between the source device and each other device (`partitioner.mincut`);
-- brute force: every placement, vectorised (tests and tiny graphs only).
-Baselines choose their placement for latency, as the originals do, and are scored under the plan's
-objective; each is a feasible placement, so the ILP's optimum can never be worse than any of them.
+- brute-force: every placement, vectorised; reported for latency and throughput plans of graphs with at
+  most BRUTE_FORCE_REPORT_MAX_PLACEMENTS placements, where it shows the ILP's optimum is the true one.
+The other baselines choose their placement for latency, as the originals do; all are scored under the
+plan's objective. Each is a feasible placement, so the ILP's optimum can never be worse than any of them.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +24,7 @@ from partitioner.mincut import min_cut_placement
 from partitioner.objective import infeasibility, latency_s, schedule_makespan_s, throughput_s
 
 BRUTE_FORCE_MAX_PLACEMENTS = 3**13
+BRUTE_FORCE_REPORT_MAX_PLACEMENTS = 4096  # beside a plan: a few milliseconds at most
 
 
 @dataclass(frozen=True)
@@ -119,9 +122,22 @@ def baselines(arrays: CostArrays, objective: str) -> list[Baseline]:
             for name, placement in found]
 
 
+def brute_force_baseline(arrays: CostArrays, objective: str) -> Baseline | None:
+    """The exhaustive optimum as a baseline row, for latency or throughput on graphs small enough to
+    enumerate beside a plan (None otherwise)."""
+    if objective not in ("latency", "throughput") or _placement_count(arrays) > BRUTE_FORCE_REPORT_MAX_PLACEMENTS:
+        return None
+    exhaustive = brute_force(arrays, objective)
+    return Baseline("brute-force", None, None) if exhaustive is None else Baseline("brute-force", *exhaustive)
+
+
+def _placement_count(arrays: CostArrays) -> int:
+    return math.prod(len(arrays.allowed_devices(v)) for v in range(arrays.n_nodes))  # exact: no float overflow
+
+
 def _all_placements(arrays: CostArrays) -> np.ndarray:
     choices = [arrays.allowed_devices(v) for v in range(arrays.n_nodes)]
-    count = int(np.prod([len(c) for c in choices], dtype=float))
+    count = _placement_count(arrays)
     if count > BRUTE_FORCE_MAX_PLACEMENTS:
         raise PartitionerError(f"brute force would try {count} placements; it is meant for tiny graphs.")
     grids = np.meshgrid(*[np.array(c) for c in choices], indexing="ij") if choices else []

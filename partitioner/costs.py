@@ -83,12 +83,16 @@ class CostGraph:
             if device not in self.devices:
                 raise PartitionerError(f"the {role} device {device!r} is not one of the devices {sorted(self.devices)}.")
         names = sorted(self.devices)
+        for device, spec in self.devices.items():
+            limit = spec.get("memory_bytes")
+            if limit is not None and not (_is_number(limit) and limit >= 0):
+                raise PartitionerError(f"device {device!r} has an invalid memory_bytes {limit!r}: give a non-negative number.")
         for (a, b), link in self.links.items():
             for device in (a, b):
                 if device not in self.devices:
                     raise PartitionerError(f"link {a}-{b} names the unknown device {device!r}.")
-            if not link.bandwidth_bps > 0 or not link.latency_s >= 0:
-                raise PartitionerError(f"link {a}-{b} needs a positive bandwidth and a non-negative latency.")
+            if not link.bandwidth_bps > 0 or not 0 <= link.latency_s < math.inf:
+                raise PartitionerError(f"link {a}-{b} needs a positive bandwidth and a finite, non-negative latency.")
         for i, a in enumerate(names):
             for b in names[i + 1:]:
                 if _link_key(a, b) not in self.links:
@@ -98,8 +102,10 @@ class CostGraph:
                 time_s = node.time_s.get(device)
                 if time_s is None:
                     raise PartitionerError(f"node {name!r} has no time for device {device!r}.")
-                if not (isinstance(time_s, (int, float)) and math.isfinite(time_s) and time_s >= 0):
+                if not (_is_number(time_s) and math.isfinite(time_s) and time_s >= 0):
                     raise PartitionerError(f"node {name!r} has an invalid time {time_s!r} for device {device!r}.")
+            if not (_is_number(node.memory_bytes) and node.memory_bytes >= 0):
+                raise PartitionerError(f"node {name!r} has an invalid memory_bytes {node.memory_bytes!r}.")
             if node.pin is not None and node.pin not in self.devices:
                 raise PartitionerError(f"node {name!r} is pinned to the unknown device {node.pin!r} (devices: {', '.join(names)}).")
         for name, tensor in self.tensors.items():
@@ -147,13 +153,14 @@ class CostGraph:
             }
             tensors = {
                 str(name): CostTensor(bytes=int(t["bytes"]), producer=t.get("producer"),
-                                      consumers=list(t.get("consumers", [])), output=bool(t.get("output", False)))
+                                      consumers=_name_list(t.get("consumers", []), f"consumers of tensor {name!r}"),
+                                      output=bool(t.get("output", False)))
                 for name, t in data.get("tensors", {}).items()
             }
             graph = cls(devices={str(k): dict(v or {}) for k, v in data["devices"].items()}, links=links,
                         source=data["source"], sink=data.get("sink", data["source"]), nodes=nodes, tensors=tensors,
                         model=data.get("model"))
-        except (KeyError, TypeError, ValueError, AttributeError) as error:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as error:
             raise PartitionerError(f"the cost graph is malformed ({type(error).__name__}: {error}).") from None
         return graph.validate()
 
@@ -166,6 +173,17 @@ class CostGraph:
         except (OSError, json.JSONDecodeError) as error:
             raise PartitionerError(f"cost graph file {str(path)!r} is not readable JSON ({error}).") from None
         return cls.from_dict(data)
+
+
+def _is_number(value: object) -> bool:
+    """int or float, not bool (JSON's true would otherwise count as 1)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _name_list(value: object, what: str) -> list[str]:
+    if not isinstance(value, list):
+        raise ValueError(f"{what} must be a list of node names")
+    return [str(item) for item in value]
 
 
 def _link_key(a: str, b: str) -> tuple[str, str]:

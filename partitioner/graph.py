@@ -27,6 +27,7 @@ from partitioner.flops import NodeShapes, count_flops
 from partitioner.fusion import fusion_groups
 from partitioner.onnx_loading import fix_dimensions, infer_shapes, load_onnx_model
 from partitioner.onnx_names import name_nodes_uniquely
+from partitioner.onnx_reads import node_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -200,22 +201,7 @@ def _activation_tensors(graph: onnx.GraphProto, initializers: Mapping[str, objec
 
 def _activation_inputs(node: onnx.NodeProto, initializers: Mapping[str, object]) -> list[str]:
     """Non-initializer inputs of `node`, each once, including outer-scope tensors its subgraphs read."""
-    names = [name for name in node.input if name and name not in initializers]
-    names += sorted(_outer_scope_reads(node) - set(names) - set(initializers))
-    return list(dict.fromkeys(names))
-
-
-def _outer_scope_reads(node: onnx.NodeProto) -> set[str]:
-    """Names read inside the node's subgraphs (If/Loop/Scan bodies) that no subgraph defines."""
-    reads: set[str] = set()
-    for attribute in node.attribute:
-        for subgraph in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
-            defined = {value.name for value in subgraph.input} | {init.name for init in subgraph.initializer}
-            for inner in subgraph.node:
-                reads |= {name for name in inner.input if name} | _outer_scope_reads(inner)
-                defined |= set(inner.output)
-            reads -= defined
-    return reads
+    return [name for name in node_inputs(node) if name not in initializers]
 
 
 # --- nodes -------------------------------------------------------------------------------------------

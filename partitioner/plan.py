@@ -84,13 +84,24 @@ def load_plan(path: str | Path) -> Plan:
         model = data["model"]
         if model is not None and not Path(model).is_absolute():
             model = str((path.parent / model).resolve())
-        return Plan(model=model, objective=data["objective"], devices=data["devices"], links=data["links"],
+        plan = Plan(model=model, objective=data["objective"], devices=dict(data["devices"]), links=data["links"],
                     source=data["source"], sink=data["sink"], placement=dict(data["placement"]),
                     predicted_s=float(data["predicted_s"]), breakdown=data["breakdown"],
                     crossing_tensors=list(data["crossing_tensors"]), baselines=dict(data["baselines"]),
                     solver=dict(data["solver"]), layers=dict(data.get("layers", {})), schedule_s=data.get("schedule_s"))
-    except (KeyError, TypeError, ValueError) as error:
+        link_ends = [(link["from"], link["to"], float(link["bandwidth_bps"]), float(link.get("latency_s", 0.0)))
+                     for link in plan.links]  # the agents' link emulation reads them too
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise PartitionerError(f"plan file {path} is malformed ({type(error).__name__}: {error}).") from None
+    # Agents are started per listed device: a node placed on another would wait for one nobody starts.
+    named = [("the source", plan.source), ("the sink", plan.sink)]
+    named += [(f"node {node!r}", device) for node, device in plan.placement.items()]
+    named += [("a link", end) for a, b, _, _ in link_ends for end in (a, b)]
+    for what, device in named:
+        if not isinstance(device, str) or device not in plan.devices:
+            raise PartitionerError(f"plan file {path}: {what} names the device {device!r}, which is not one of its "
+                                   f"devices ({', '.join(plan.devices) or 'none'}).")
+    return plan
 
 
 def build_plan(graph: CostGraph, arrays: CostArrays, solution: Solution, baselines: list[Baseline], objective: str) -> Plan:

@@ -6,7 +6,7 @@ import logging
 
 import numpy as np
 
-from partitioner.baselines import baselines, objective_value
+from partitioner.baselines import baselines, brute_force_baseline, objective_value
 from partitioner.costs import CostGraph, to_arrays
 from partitioner.ilp import solve
 from partitioner.plan import Plan, build_plan
@@ -19,6 +19,9 @@ def plan_cost_graph(graph: CostGraph, objective: str = "latency", solver: str = 
     """The optimal plan of `graph` under `objective`, with every baseline's figure beside it."""
     arrays = to_arrays(graph)
     found = baselines(arrays, objective)
+    exhaustive = brute_force_baseline(arrays, objective)
+    if exhaustive is not None:
+        found.append(exhaustive)
     candidates: list[tuple[float, np.ndarray]] = [(b.objective_s, b.placement) for b in found if b.placement is not None]
     if objective != "latency" and candidates:
         # Throughput and makespan are solved under a time limit: the latency optimum (one LP, fast) is

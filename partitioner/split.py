@@ -42,6 +42,7 @@ from partitioner.manifest import (
 )
 from partitioner.onnx_loading import infer_shapes, load_onnx_model
 from partitioner.onnx_names import name_nodes_uniquely
+from partitioner.onnx_reads import node_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -55,34 +56,6 @@ class _StagePlan:
 
     device: str
     node_positions: list[int]
-
-
-def node_inputs(node: onnx.NodeProto) -> list[str]:
-    """Every tensor `node` reads: its explicit inputs plus outer-scope names its subgraphs (If/Loop/Scan)
-    use, so that a control-flow node is never cut away from a tensor its body needs."""
-    names = [name for name in node.input if name]
-    for attribute in node.attribute:
-        for graph in _subgraphs(attribute):
-            names.extend(_outer_scope_names(graph))
-    return list(dict.fromkeys(names))
-
-
-def _subgraphs(attribute: onnx.AttributeProto) -> list[onnx.GraphProto]:
-    if attribute.type == onnx.AttributeProto.GRAPH:
-        return [attribute.g]
-    if attribute.type == onnx.AttributeProto.GRAPHS:
-        return list(attribute.graphs)
-    return []
-
-
-def _outer_scope_names(graph: onnx.GraphProto) -> list[str]:
-    defined = {item.name for item in graph.input} | {item.name for item in graph.initializer}
-    used: list[str] = []
-    for node in graph.node:
-        used.extend(name for name in node_inputs(node) if name not in defined)
-        defined.update(node.output)
-    used.extend(item.name for item in graph.output if item.name not in defined)
-    return used
 
 
 def plan_stages(model: onnx.ModelProto, placement: Mapping[str, str]) -> list[_StagePlan]:

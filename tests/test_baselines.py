@@ -76,3 +76,14 @@ def test_brute_force_makespan_runs_branches_in_parallel() -> None:
     assert math.isclose(makespan, 2.0, rel_tol=1e-9)
     assert math.isclose(schedule_makespan_s(arrays, np.zeros(4, dtype=np.int64), list(range(4)))[0], 3.0)
     assert len(set(placement.tolist())) == 2
+
+
+def test_small_plans_report_brute_force_beside_the_ilp_and_large_ones_do_not() -> None:
+    from bench.synthetic_dags import synthetic_cost_graph
+    from partitioner.planning import plan_cost_graph
+
+    for objective in ("latency", "throughput"):
+        plan = plan_cost_graph(CostGraph.from_dict(fan_out_graph()), objective)
+        assert math.isclose(plan.baselines["brute-force"], plan.predicted_s, rel_tol=1e-9)
+    assert "brute-force" not in plan_cost_graph(CostGraph.from_dict(fan_out_graph()), "makespan").baselines
+    assert "brute-force" not in plan_cost_graph(synthetic_cost_graph(40, 2, seed=1)).baselines

@@ -86,6 +86,14 @@ def test_throughput_is_the_busiest_device_or_link() -> None:
     (lambda g: g["tensors"]["t"].update(producer="zz"), "unknown node 'zz'"),
     (lambda g: g.update(source="phone"), "source device 'phone'"),
     (lambda g: g.update(format="other"), "format"),
+    # These once passed silently or ended in a traceback:
+    (lambda g: g["devices"]["edge"].update(memory_bytes="lots"), "invalid memory_bytes 'lots'"),
+    (lambda g: g["devices"]["edge"].update(memory_bytes=-5), "invalid memory_bytes -5"),
+    (lambda g: g["nodes"]["a"].update(memory_bytes=-6), "node 'a' has an invalid memory_bytes"),
+    (lambda g: g["nodes"]["a"]["time_s"].update(edge=True), "invalid time True"),
+    (lambda g: g["links"][0].update(latency_s=float("inf")), "finite, non-negative latency"),
+    (lambda g: g["tensors"]["t"].update(bytes=float("inf")), "malformed"),
+    (lambda g: g["tensors"]["t"].update(consumers="b"), "must be a list of node names"),
 ])
 def test_bad_graphs_raise_one_sentence(change, message) -> None:
     data = fan_out_graph()

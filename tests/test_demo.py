@@ -106,3 +106,20 @@ def test_stage_and_transfer_predictions_follow_the_cost_graph(tmp_path: Path) ->
         assert row.bytes == costs.tensors[item.tensor].bytes
         assert row.predicted_s == pytest.approx(8 * row.bytes / 2e7 + 0.01)
     assert list(rows)[0] == (None, "client", "edge") and list(rows)[-1] == (None, "edge", "client")
+
+
+def test_demo_defaults_plan_a_real_split_ahead_of_both_all_on_one_baselines(tmp_path: Path) -> None:
+    """The README's first command must show what planning is for: work on both devices, the plan faster
+    than all-edge and all-cloud (resnet18 at 20 Mbit/s, the old default, kept everything on the edge)."""
+    from edgecloud.cli import demo as demo_command
+    from edgecloud.demo import DemoSettings, plan_demo_model
+    from partitioner.units import parse_bandwidth_bps, parse_duration_s
+
+    settings = DemoSettings(model=demo_command.DEFAULT_MODEL, edge=demo_command.DEFAULT_EDGE,
+                            cloud=demo_command.DEFAULT_CLOUD,
+                            bandwidth_bps=parse_bandwidth_bps(demo_command.DEFAULT_BANDWIDTH),
+                            latency_s=parse_duration_s(demo_command.DEFAULT_LATENCY), requests=1, broker_url=None,
+                            deadline_s=10.0, emulate_links=True, seed=0)
+    plan = plan_demo_model(settings, tmp_path).plan
+    assert set(plan.placement.values()) == {"edge", "cloud"}
+    assert plan.predicted_s < plan.baselines["all-edge"] and plan.predicted_s < plan.baselines["all-cloud"]

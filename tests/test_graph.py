@@ -453,3 +453,4 @@ def test_invalid_graph_is_a_model_load_error() -> None:
     model = _model([helper.make_node("Relu", ["missing"], ["y"])], {"x": [1]}, {"y": [1]})
     with pytest.raises(ModelLoadError, match="not a valid ONNX model"):
         load_layer_graph(model)
+

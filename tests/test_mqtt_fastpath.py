@@ -169,11 +169,20 @@ def test_publisher_thread_sends_directly_and_keeps_the_queue_order(wire_pair) ->
 # -- receiving --------------------------------------------------------------------------------------
 
 def feed(client: paho.Client, peer: socket.socket, data: bytes, chunk_bytes: int) -> None:
-    """Write `data` in chunks of `chunk_bytes`, letting the client read after each."""
-    for start in range(0, len(data), chunk_bytes):
-        peer.sendall(data[start:start + chunk_bytes])
-        while client._packet_read() == MQTTErrorCode.MQTT_ERR_SUCCESS:
+    """Write `data` in chunks of at most `chunk_bytes`, letting the client read after each."""
+    peer.setblocking(False)
+    sent = 0
+    while True:
+        try:
+            sent += peer.send(data[sent:sent + chunk_bytes]) if sent < len(data) else 0
+        except BlockingIOError:
             pass
+        rc = client._packet_read()
+        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            rc = client._packet_read()
+        assert rc == MQTTErrorCode.MQTT_ERR_AGAIN, rc
+        if sent == len(data) and client._in_packet["command"] == 0:
+            return
 
 
 def receiving_client(protocol: int, sock: socket.socket) -> tuple[paho.Client, list[paho.MQTTMessage]]:
@@ -217,7 +226,7 @@ def build_publish(sender: paho.Client, topic: str, payload: bytes, qos: int) -> 
     client_end, peer_end = socket.socketpair()
     with client_end, peer_end:
         sender._sock = client_end
-        sender._send_publish(1, topic.encode(), payload, qos)
+        sender._send_publish(1, topic.encode(), payload, qos, info=paho.MQTTMessageInfo(1))
         peer_end.setblocking(False)
         return drain(peer_end)
 

@@ -113,9 +113,13 @@ def test_bad_input_is_one_sentence_and_exit_code_2(tmp_path, edit, extra, messag
     (["plan", "chain", "--cost-graph", "g.json"], "give either a MODEL or --cost-graph FILE"),
     (["sweep"], "give a MODEL to sweep"),
     (["plan", "no-such-model.onnx"], "does not exist"),
+    (["plan", "chain", "-o", "."], "--output . is a directory"),  # was a traceback
+    (["plan", "chain", "--plot", "."], "--plot . is a directory"),  # was silently written to ..png
+    (["sweep", "chain", "-o", "."], "--output . is a directory"),
+    (["plan", "chain", "-o", "no/such/folder/plan.json"], "does not exist"),
 ])
-def test_missing_or_doubled_model_is_one_error_line(args, message) -> None:
-    """These once ended in typer's multi-line usage box instead of the `error: ...` line."""
+def test_command_line_mistakes_are_one_error_line(args, message) -> None:
+    """These once ended in typer's multi-line usage box or a traceback instead of the `error: ...` line."""
     result = run(*args)
     assert result.exit_code == 2, result.output
     assert result.output.startswith("error: ") and message in result.output
@@ -213,3 +217,22 @@ def test_plan_file_round_trip_keeps_the_model_relative(tmp_path, bundled_models)
     plan = load_plan(out)
     assert plan.model_path == bundled_models["mlp"].resolve()
     assert plan.to_dict(relative_to=out.parent) == stored
+
+
+def test_model_with_an_unknown_op_is_planned_not_crashed_on(tmp_path) -> None:
+    """Issue 2: an op without a FLOP count is planned (priced from the bytes it moves), with a warning."""
+    from onnx import helper, save
+
+    from test_graph import _model
+
+    model = _model([helper.make_node("Relu", ["x"], ["a"], name="before"),
+                    helper.make_node("Frobnicate", ["a"], ["b"], name="custom", domain="example.ops"),
+                    helper.make_node("Relu", ["b"], ["c"], name="after")],
+                   {"x": [1, 64]}, {"c": [1, 64]}, domains=("example.ops",))
+    path = tmp_path / "custom.onnx"
+    save(model, path)
+    result = run("plan", str(path), "--bandwidth", "5Mbit", "--json")
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output.splitlines()[-1])
+    assert set(plan["placement"]) == {"before", "custom", "after"}
+    assert plan["predicted_s"] > 0 and plan["predicted_s"] <= min(v for v in plan["baselines"].values() if v is not None)

@@ -172,6 +172,9 @@ def test_bad_messages_are_rejected_with_a_reason_and_the_agent_keeps_serving(
         "unknown tensor": valid,
         "wrong dtype": encode(Message(kind="request", request_id="r-dtype", sender="intruder",
                                       tensors={"input": x.astype(np.float64)})),
+        # The client refuses a wrong input before sending; a raw publisher can still send one.
+        "wrong shape": encode(Message(kind="request", request_id="r-shape", sender="intruder",
+                                      tensors={"input": x[:, :10]})),
     }
     with caplog.at_level(logging.WARNING), MqttTransport(broker.url, client_id=f"{deployment}-intruder") as intruder:
         for payload in bad_payloads.values():
@@ -179,6 +182,11 @@ def test_bad_messages_are_rejected_with_a_reason_and_the_agent_keeps_serving(
         with pytest.raises(EdgecloudError, match="float64"):
             client.infer(x.astype(np.float64), deadline_s=5.0)
         result = client.infer(x, deadline_s=5.0)
+        # The intruder's requests travel on another connection: wait for the agent to have seen them
+        # (the client's own bad request no longer gives that sync: it is refused before sending).
+        deadline = time.monotonic() + 5.0
+        while agents["edge"].stats["rejected"] < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
     np.testing.assert_allclose(result.outputs["output"], references["mlp"](x), rtol=1e-5, atol=1e-5)
     log = caplog.text
     assert "magic" in log  # garbage

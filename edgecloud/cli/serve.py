@@ -103,10 +103,16 @@ def infer(
         else:  # an .npz archive: inputs by name
             with loaded:
                 inputs = {name: loaded[name] for name in loaded.files}
+    except FileNotFoundError:
+        raise EdgecloudError(f"input file {input_path} does not exist") from None
     except (OSError, ValueError) as error:
-        raise EdgecloudError(f"cannot read {input_path} as .npy/.npz without pickle ({error})") from None
-    with InferenceClient(plan, broker, deployment=deployment) as client:
-        result = client.infer(inputs, deadline_s)
+        # numpy offers to unpickle whatever is not .npy/.npz; we never do.
+        reason = "it is not a .npy or .npz file of plain arrays" if "pickle" in str(error) else str(error)
+        raise EdgecloudError(f"cannot read {input_path} as an input array: {reason}") from None
+    client = InferenceClient(plan, broker, deployment=deployment)
+    named = client.named_inputs(inputs)  # a wrong name, dtype or shape is reported before connecting
+    with client:
+        result = client.infer(named, deadline_s)
     if output.suffix == ".npz":
         np.savez(output, **result.outputs)
     elif len(result.outputs) == 1:
