@@ -31,6 +31,7 @@ from edgecloud.topics import device_topic
 from edgecloud.trace import CLIENT, TraceEvent, parse_trace, transfer_event
 from edgecloud.wire import Message
 from partitioner.manifest import SplitManifest
+from partitioner.split import cached_split
 
 # How long past its deadline the client still waits: the fallback answer is sent just before the
 # deadline and needs a moment to travel back.
@@ -61,21 +62,13 @@ class InferenceResult:
     answered_by: str
 
 
-def load_client_manifest(plan: str | Path | SplitManifest) -> SplitManifest:
-    """The split behind a plan file (made and cached beside it on first use), or a manifest as given."""
-    if isinstance(plan, SplitManifest):
-        return plan
-    from partitioner.split import cached_split
-
-    return cached_split(plan)
-
-
 class InferenceClient:
     """A connection to a deployment's broker that sends requests to the source device's agent."""
 
     def __init__(self, plan: str | Path | SplitManifest, broker_url: str, deployment: str = DEFAULT_DEPLOYMENT,
                  max_in_flight: int = 128, transport_options: TransportOptions = TransportOptions()) -> None:
-        self.manifest = load_client_manifest(plan)
+        # A plan file is split on first use and the split cached beside it (the agents find it there).
+        self.manifest = plan if isinstance(plan, SplitManifest) else cached_split(plan)
         self.deployment = deployment
         self.client_name = f"client-{uuid.uuid4().hex[:12]}"
         self._transport = MqttTransport(broker_url, client_id=f"{deployment}-{self.client_name}",
