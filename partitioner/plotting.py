@@ -87,8 +87,8 @@ def plot_plan(plan: Plan, graph: CostGraph, path: str | Path) -> None:
                 color="red" if crossing else "0.6", linestyle="--" if crossing else "-",
                 linewidth=2.2 if crossing else 0.8))
             if crossing and crossing_edges <= 20:
-                axes.annotate(_size_text(tensor.bytes), ((x0 + x1) / 2, (y0 + y1) / 2), xytext=(0, 6),
-                              textcoords="offset points", ha="center", fontsize=7, color="red")
+                axes.annotate(_size_text(tensor.bytes), ((x0 + x1) / 2, (y0 + y1) / 2), xytext=(0, -5),
+                              textcoords="offset points", ha="center", va="top", fontsize=7, color="red")
 
     marker_size = 45 if len(graph.nodes) <= 150 else 12  # big graphs: dots that do not merge into a bar
     for device, colour in colours.items():
