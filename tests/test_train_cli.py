@@ -54,9 +54,28 @@ def test_table_output_for_a_torch_network() -> None:
     (["--bandwidth", "fast"], "bandwidth"),
     (["--code", "repetition", "--redundancy", "4"], "divisible"),
     (["--aggregator", "krum", "--code", "cyclic", "--redundancy", "3"], "only with --code none"),
+    (["--code", "repetition", "--redundancy", "3", "--adversaries", "2"], "cannot decode 2 adversaries"),
+    (["--attack", "nuke", "--adversaries", "1"], "unknown attack"),
+    (["--rounds", "-1"], "at least one round"),
+    (["--save", "/nonexistent-folder/model.npz"], "cannot write there"),
+    (["--plot", "/proc/curve.png"], "cannot write there"),
+    (["--save", "/tmp"], "is a folder"),
 ])
 def test_bad_input_exits_2_with_one_error_line(args: list[str], phrase: str) -> None:
     result = _train(*args)
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     assert phrase in result.stderr
+
+
+def test_a_value_of_the_wrong_type_is_a_usage_error_not_a_traceback() -> None:
+    result = _train("--lr", "abc")
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    assert "Invalid value for '--lr'" in result.output
+
+
+def test_save_adds_the_npz_suffix_it_writes(tmp_path: Path) -> None:
+    result = _train("--save", str(tmp_path / "model"), "--json")
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]

@@ -34,7 +34,8 @@ def train(
     alpha: Annotated[float, typer.Option(help="Dirichlet concentration of --non-iid (smaller = more skewed).")] = 0.5,
     unequal: Annotated[bool, typer.Option("--unequal", help="IID split with unequal local data sizes.")] = False,
     bandwidth: Annotated[str, typer.Option(help="Each worker's link to the PS for the modelled transfer time.")] = "1Gbit",
-    save: Annotated[Optional[Path], typer.Option(help="Write the model's named parameter arrays (numpy .npz).")] = None,
+    save: Annotated[Optional[Path], typer.Option(
+        help="Write the model's named parameter arrays (numpy .npz; the suffix is added if missing).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of a table.")] = False,
     plot: Annotated[Optional[Path], typer.Option(help="PNG of test accuracy vs modelled wall time and vs round.")] = None,
 ) -> None:
@@ -48,6 +49,8 @@ def train(
     from robust_training.models import make_objective
     from robust_training.simulator import SimulationConfig, Simulator
 
+    save = _checked_output(save, "--save", ".npz")
+    plot = _checked_output(plot, "--plot", ".png")
     config = SimulationConfig(
         n_workers=nodes, rounds=rounds, lr=lr, tau=tau, batch_size=batch_size, code=code, redundancy=redundancy,
         aggregator=aggregator, n_adversaries=adversaries, attack=attack, split="iid" if iid else "dirichlet",
@@ -67,11 +70,13 @@ def train(
 
     final = result.last_evaluated()
     defence = f"code {code} r={redundancy}" if code != "none" else aggregator
-    description = f"{model} on {dataset}, {nodes} workers, {defence}, {adversaries} x {attack}"
+    threat = f"{adversaries} x {attack}" if adversaries else "no adversaries"
+    description = f"{model} on {dataset}, {nodes} workers, {defence}, {threat}"
     if save is not None:
-        np.savez(save, **objective.named_arrays(result.params))
+        with save.open("wb") as file:  # a file object: numpy would append .npz to a bare path silently
+            np.savez(file, **objective.named_arrays(result.params))
     if plot is not None:
-        _plot_curve(result.records, plot, description)
+        _plot_curve(result.records, plot, description, defence)
     summary = {
         "test_accuracy": final.test_accuracy,
         "train_loss": result.train_loss,
@@ -88,6 +93,30 @@ def train(
         typer.echo(json.dumps(summary))
         return
     _print_summary(summary, save, plot, description)
+
+
+def _checked_output(path: Path | None, option: str, suffix: str) -> Path | None:
+    """The file an output option will write (with its suffix), refused before training rather than after.
+
+    Trying to open the file is the only reliable test (permissions, read-only mounts, root on /sys).
+    """
+    from robust_training.errors import TrainingError
+
+    if path is None:
+        return None
+    if path.is_dir():
+        raise TrainingError(f"{option} {path} is a folder; give the file to write.")
+    if path.suffix.lower() != suffix:
+        path = path.with_name(path.name + suffix)
+    existed = path.exists()
+    try:
+        with path.open("ab"):
+            pass
+    except OSError as error:
+        raise TrainingError(f"{option} {path}: cannot write there ({error.strerror.lower()}).") from None
+    if not existed:
+        path.unlink()
+    return path
 
 
 def _print_summary(summary: dict, save: Path | None, plot: Path | None, title: str) -> None:
@@ -122,21 +151,26 @@ def _print_summary(summary: dict, save: Path | None, plot: Path | None, title: s
             console.print(f"wrote {what} {path}")
 
 
-def _plot_curve(records: list, path: Path, title: str) -> None:
+def _plot_curve(records: list, path: Path, title: str, label: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     evaluated = [r for r in records if r.test_accuracy is not None]
+    caught = [r for r in evaluated if r.flagged]
     figure, (by_time, by_round) = plt.subplots(1, 2, figsize=(10, 4))
-    by_time.plot([r.elapsed_s for r in evaluated], [r.test_accuracy for r in evaluated], marker=".")
-    by_time.set_xlabel("modelled wall time (s)")
-    by_round.plot([r.round for r in evaluated], [r.test_accuracy for r in evaluated], marker=".")
-    by_round.set_xlabel("round")
-    for axes in (by_time, by_round):
+    for axes, x_of, x_label in ((by_time, lambda r: r.elapsed_s, "modelled wall time (s)"),
+                                (by_round, lambda r: r.round, "round")):
+        axes.plot([x_of(r) for r in evaluated], [r.test_accuracy for r in evaluated], marker=".", label=label)
+        if caught:
+            axes.plot([x_of(r) for r in caught], [r.test_accuracy for r in caught], "x", color="tab:red",
+                      label="round with flagged workers")
+        axes.set_xlabel(x_label)
         axes.set_ylabel("test accuracy")
+        axes.set_title(f"test accuracy vs {x_label.split(' (')[0]}")
         axes.grid(alpha=0.3)
+        axes.legend(loc="lower right", fontsize=8)
     figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=120)

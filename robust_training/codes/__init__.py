@@ -15,7 +15,7 @@ def make_code(name: str, n_workers: int, redundancy: int, seed: int = 0) -> Code
     if name == "none":
         return None
     if name == "repetition":
-        return RepetitionCode(n_workers, redundancy)
+        return RepetitionCode(n_workers, redundancy, seed=seed)
     if name == "cyclic":
         return CyclicCode(n_workers, redundancy, seed=seed)
     raise TrainingError(f"unknown code {name!r}; choose one of {', '.join(CODE_NAMES)}.")

@@ -65,24 +65,18 @@ class Code(ABC):
 
     def _check_worker_updates(self, worker: int, partition_updates: np.ndarray) -> np.ndarray:
         self._check_worker(worker)
-        updates = np.asarray(partition_updates, dtype=np.float64)
-        expected_rows = len(self.partitions_of(worker))
-        if updates.ndim != 2 or updates.shape[0] != expected_rows:
-            raise TrainingError(
-                f"worker {worker} must encode an array of shape ({expected_rows}, d), got {updates.shape}."
-            )
-        return updates
+        return _float64_rows(partition_updates, len(self.partitions_of(worker)), f"worker {worker}'s partition updates")
 
     def _check_partition_updates(self, partition_updates: np.ndarray) -> np.ndarray:
-        updates = np.asarray(partition_updates, dtype=np.float64)
-        if updates.ndim != 2 or updates.shape[0] != self.n_partitions:
-            raise TrainingError(
-                f"expected partition updates of shape ({self.n_partitions}, d), got {updates.shape}."
-            )
-        return updates
+        return _float64_rows(partition_updates, self.n_partitions, "the partition updates")
 
     def _check_messages(self, messages: np.ndarray) -> np.ndarray:
-        received = np.asarray(messages, dtype=np.float64)
-        if received.ndim != 2 or received.shape[0] != self.n_workers:
-            raise TrainingError(f"expected messages of shape ({self.n_workers}, d), got {received.shape}.")
-        return received
+        return _float64_rows(messages, self.n_workers, "the messages")
+
+
+def _float64_rows(array: np.ndarray, n_rows: int, what: str) -> np.ndarray:
+    """`array` as float64 (no copy when it already is), refused unless it is (n_rows, d)."""
+    rows = np.asarray(array, dtype=np.float64)
+    if rows.ndim != 2 or rows.shape[0] != n_rows:
+        raise TrainingError(f"{what} must have shape ({n_rows}, d), got {rows.shape}.")
+    return rows
