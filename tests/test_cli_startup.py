@@ -44,3 +44,27 @@ def test_console_script_help_exits_zero() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "edgecloud" in result.stdout
+
+
+def _run_console_script(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edgecloud.cli.app", *args], capture_output=True, text=True)
+
+
+def test_a_usage_mistake_is_one_error_line_and_exit_2() -> None:
+    result = _run_console_script("train", "--lr", "abc")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: Invalid value for '--lr'"), lines
+
+
+def test_a_missing_required_option_is_one_error_line_and_exit_2() -> None:
+    result = _run_console_script("export", "mlp")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: Missing option"), lines
+
+
+def test_bare_command_prints_help_and_exits_0() -> None:
+    result = _run_console_script()
+    assert result.returncode == 0
+    assert "Usage" in result.stdout and "plan" in result.stdout

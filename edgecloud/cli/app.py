@@ -41,8 +41,19 @@ app.add_typer(predictor_command.app, name="predictor")
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: a usage mistake (a value of the wrong type, a missing option) ends,
+    like every other user error, in one `error: ...` line and exit code 2 instead of a boxed panel."""
+    try:
+        outcome = app(standalone_mode=False)
+    except typer.TyperException as error:
+        if type(error).__name__ == "NoArgsIsHelpError":  # bare `edgecloud`: the help is the answer
+            typer.echo(error.format_message())
+            raise SystemExit(0) from None
+        typer.echo(f"error: {error.format_message()}", err=True)
+        raise SystemExit(error.exit_code) from None
+    except typer.Abort:
+        raise SystemExit(130) from None
+    raise SystemExit(outcome if isinstance(outcome, int) else 0)
 
 
 if __name__ == "__main__":
