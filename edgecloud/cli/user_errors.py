@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -41,3 +42,27 @@ def reports_user_errors(command: F) -> F:
             raise fail(str(error)) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def writable_output(path: Path | None, option: str, suffix: str | None = None) -> Path | None:
+    """The file an output option will write (with `suffix` added when missing), refused before the
+    long work rather than after it. Opening the file is the only reliable test (permissions,
+    read-only mounts, root on /proc or /sys)."""
+    if path is None:
+        return None
+    if path.is_dir():
+        raise EdgecloudError(f"{option} {path} is a directory; give the file to write.")
+    if suffix is not None and path.suffix.lower() != suffix:
+        path = path.with_name(path.name + suffix)
+    if not path.parent.is_dir():
+        raise EdgecloudError(f"{option} {path}: the folder {path.parent} does not exist, cannot write there.")
+    existed = path.exists()
+    try:
+        with path.open("ab"):
+            pass
+    except OSError as error:
+        reason = (error.strerror or str(error)).lower()
+        raise EdgecloudError(f"{option} {path}: cannot write there ({reason}).") from None
+    if not existed:
+        path.unlink()
+    return path
