@@ -33,7 +33,11 @@ _LINK_FIGURES: tuple[str, ...] = ("bandwidth_bps", "latency_s")
 
 def _positive_number(value: Any, key: str, owner: str, allow_zero: bool = False) -> float:
     """A finite number > 0 (or >= 0); booleans and strings are refused because JSON lets both slip in."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    try:  # math.isfinite raises OverflowError on an int beyond the float range, which JSON allows
+        finite = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    except OverflowError:
+        finite = False
+    if not finite:
         raise DeviceError(f"{owner}: '{key}' must be a number, got {value!r}.")
     if value < 0 or (value == 0 and not allow_zero):
         bound = "non-negative" if allow_zero else "positive"
@@ -118,6 +122,8 @@ def read_json(path: Path, what: str) -> Any:
         raise DeviceError(f"cannot read {what} file {path}: {error}.") from None
     except json.JSONDecodeError as error:
         raise DeviceError(f"{what} file {path} is not valid JSON ({error.msg} at line {error.lineno}).") from None
+    except ValueError as error:  # a JSON integer of more than 4300 digits
+        raise DeviceError(f"{what} file {path} is not readable JSON ({error}).") from None
 
 
 def write_json(path: Path, data: Any, what: str) -> None:

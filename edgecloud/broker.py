@@ -98,28 +98,33 @@ def amqtt_config(host: str, port: int) -> dict:
     }
 
 
-class _ExpectedMqtt5Refusal(logging.Filter):
+class _AmqttNoise(logging.Filter):
     """Drops amqtt's warnings about refused MQTT 5 connects: our clients try 5 first by design.
 
     The generic "Invalid connection from" line goes too; amqtt follows it with a "Failed to
-    initialize client session: <reason>" line, which is kept for every other reason.
+    initialize client session: <reason>" line, which is kept for every other reason. So does the
+    traceback amqtt logs when it cannot listen: `serve_amqtt` raises that reason as a TransportError.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         return not ("Invalid protocol" in message and message.rstrip().endswith(": 5")) and \
-            "Invalid connection from" not in message
+            "Invalid connection from" not in message and message != "Broker startup failed"
 
 
 async def serve_amqtt(host: str, port: int, stop: asyncio.Event, on_started: Callable[[], None] = lambda: None) -> None:
     """Run an amqtt broker on the running loop until `stop` is set; `on_started` runs once it listens."""
     from amqtt.broker import Broker  # imported here: amqtt pulls in websockets and transitions
+    from amqtt.errors import BrokerError
 
     amqtt_logger = logging.getLogger("amqtt.broker")
-    if not any(isinstance(existing, _ExpectedMqtt5Refusal) for existing in amqtt_logger.filters):
-        amqtt_logger.addFilter(_ExpectedMqtt5Refusal())
+    if not any(isinstance(existing, _AmqttNoise) for existing in amqtt_logger.filters):
+        amqtt_logger.addFilter(_AmqttNoise())
     broker = Broker(amqtt_config(host, port))
-    await broker.start()
+    try:
+        await broker.start()
+    except BrokerError as error:  # a port in use or out of range, an unknown host: the user's to fix
+        raise TransportError(f"the MQTT broker cannot listen on {host}:{port}: {error.__cause__ or error}.") from None
     logger.info("embedded MQTT broker listening on %s:%d", host, port)
     on_started()
     try:

@@ -13,8 +13,12 @@ _FORBIDDEN_CHARACTERS = frozenset("/+#\0")
 
 
 def _check_segment(value: str, what: str) -> None:
-    if not value or _FORBIDDEN_CHARACTERS.intersection(value) or value.startswith("$"):
-        raise TransportError(f"{what} {value!r} must be non-empty and must not contain '/', '+', '#' or start with '$'.")
+    """Whitespace and control characters are refused too: names are written into Mosquitto's ACL file
+    one per line (`user <name>`), where a newline would smuggle in a rule of its own."""
+    if (not value or _FORBIDDEN_CHARACTERS.intersection(value) or value.startswith("$")
+            or not value.isprintable() or any(character.isspace() for character in value)):
+        raise TransportError(f"{what} {value!r} must be non-empty, without whitespace, '/', '+' or '#', "
+                             "and must not start with '$'.")
 
 
 def device_topic(deployment: str, device: str) -> str:

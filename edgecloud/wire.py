@@ -102,6 +102,16 @@ def _check_text(value: Any, what: str, max_chars: int, *, nullable: bool = False
         raise WireFormatError(f"{what} has {len(value)} characters, more than the limit of {max_chars}.")
 
 
+def _is_finite_number(value: Any) -> bool:
+    """JSON gives unbounded ints, and math.isfinite raises OverflowError past the float range."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _check_routing(kind: Any, request_id: Any, sender: Any, reply_to: Any, deadline: Any, meta: Any,
                    limits: WireLimits) -> None:
     """Checks shared by encode and decode, so that a sender cannot build what a receiver rejects."""
@@ -110,9 +120,7 @@ def _check_routing(kind: Any, request_id: Any, sender: Any, reply_to: Any, deadl
     _check_text(request_id, "request_id", limits.max_id_chars)
     _check_text(sender, "sender", limits.max_id_chars)
     _check_text(reply_to, "reply_to", limits.max_topic_chars, nullable=True)
-    if deadline is not None and (
-        isinstance(deadline, bool) or not isinstance(deadline, int | float) or not math.isfinite(deadline)
-    ):
+    if deadline is not None and not _is_finite_number(deadline):
         raise WireFormatError(f"deadline must be finite unix seconds or null, got {deadline!r}.")
     if not isinstance(meta, Mapping):
         raise WireFormatError(f"meta must be a JSON object, got {type(meta).__name__}.")
@@ -190,7 +198,9 @@ def _parse_header(raw: memoryview) -> dict[str, Any]:
     try:
         header = json.loads(bytes(raw).decode("utf-8"), object_pairs_hook=_reject_duplicate_keys,
                             parse_constant=_reject_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+    except WireFormatError:
+        raise
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:  # ValueError: also ints over 4300 digits
         raise WireFormatError(f"header is not UTF-8 JSON: {error}.") from None
     if not isinstance(header, dict) or set(header) != _HEADER_KEYS:
         found = sorted(header) if isinstance(header, dict) else type(header).__name__

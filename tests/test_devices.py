@@ -96,6 +96,9 @@ def test_a_cache_of_another_machine_is_measured_again(isolated_cache: Path) -> N
          "'threads' must be a whole number"),
         ('{"name": "x", "peak_flops": 1, "memory_bandwidth_bytes_per_s": 1, "memory_bytes": 1, "threads": true}',
          "'threads' must be a number"),
+        ('{"name": "x", "peak_flops": 1' + "0" * 400 + ', "memory_bandwidth_bytes_per_s": 1, "memory_bytes": 1, '
+         '"threads": 1}', "'peak_flops' must be a number"),
+        ('{"name": "x", "peak_flops": 1' + "0" * 5000 + "}", "not readable JSON"),
     ],
 )
 def test_bad_device_files_raise_one_sentence(tmp_path: Path, content: str, message: str) -> None:

@@ -41,6 +41,7 @@ def test_bad_broker_urls_are_refused_with_a_reason(url: str, reason: str) -> Non
 
 def test_device_topics_are_one_inbox_per_device() -> None:
     assert device_topic("demo", "edge") == "edgecloud/demo/edge/in"
-    for deployment, device in [("a/b", "edge"), ("demo", "+"), ("demo", "#"), ("", "edge"), ("$SYS", "x")]:
+    for deployment, device in [("a/b", "edge"), ("demo", "+"), ("demo", "#"), ("", "edge"), ("$SYS", "x"),
+                               ("demo", "a\ntopic readwrite x"), ("demo", "two words"), ("demo", "tab\t")]:
         with pytest.raises(TransportError):
             device_topic(deployment, device)

@@ -212,7 +212,16 @@ def test_cli_profile_to_an_unwritable_path_exits_2(tmp_path: Path) -> None:
     result = runner.invoke(app, ["profile", str(source), "-o", str(tmp_path / "no" / "such" / "dir.json"),
                                  "--threads", "1", "--warmup", "0", "--repeats", "1"])
     assert result.exit_code == 2
-    assert "cannot write profile file" in _single_error_line(result.output)
+    assert "cannot write" in _single_error_line(result.output)
+
+
+def test_cli_output_that_is_a_directory_is_refused_before_any_profiling(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["predictor", "fit", "-o", str(tmp_path)])  # would profile every bundled model
+    assert result.exit_code == 2
+    assert "is a directory" in _single_error_line(result.output)
+    result = runner.invoke(app, ["profile", str(tmp_path / "missing.onnx"), "-o", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "is a directory" in _single_error_line(result.output)
 
 
 def test_cli_profiles_a_bundled_model_by_name(tmp_path: Path, bundled_models: Mapping[str, Path]) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import queue
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -45,6 +47,19 @@ def test_broker_command_is_registered() -> None:
 
     result = CliRunner().invoke(app, ["broker", "--help"])
     assert result.exit_code == 0 and "--port" in result.output
+
+
+def test_a_port_in_use_is_one_error_line_from_the_broker_and_its_command() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(TransportError, match="cannot listen on 127.0.0.1:.*address already in use"):
+            EmbeddedBroker(port=port).start()
+        result = subprocess.run([sys.executable, "-m", "edgecloud.cli.app", "broker", "--port", str(port)],
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: the MQTT broker cannot listen") and result.stderr.count("\n") == 1
 
 
 def test_socket_has_nodelay_and_the_outgoing_queue_is_bounded() -> None:

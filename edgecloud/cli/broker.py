@@ -6,7 +6,7 @@ import typer
 
 
 def broker(
-    port: int = typer.Option(1883, "--port", help="TCP port to listen on."),
+    port: int = typer.Option(1883, "--port", help="TCP port to listen on.", min=1, max=65535),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; 0.0.0.0 serves other machines too."),
 ) -> None:
     """Run the embedded MQTT 3.1.1 broker (amqtt) so that agents on other processes or machines can meet."""

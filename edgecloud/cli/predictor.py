@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgecloud.cli.user_errors import reports_user_errors
+from edgecloud.cli.user_errors import reports_user_errors, writable_output
 
 app = typer.Typer(help="Fit the per-op-type latency predictor on measured profiles; estimate latency on other devices.",
                   no_args_is_help=True)
@@ -37,6 +37,7 @@ def fit(
     from edgecloud.calibration import fit_predictor, profile_bundled_models
     from partitioner.zoo import MODEL_NAMES
 
+    target = writable_output(output or shipped_predictor_path(), "--output")  # refused before profiling
     thread_count = threads or os.cpu_count() or 1
     host = host_profile()
     reference = host if host.threads == thread_count else measure_host(thread_count)
@@ -48,7 +49,6 @@ def fit(
             loaded = profile_bundled_models(MODEL_NAMES, host, [thread_count], warmup, repeats, seed,
                                             on_done=lambda *_: progress.advance(task))
     predictor = fit_predictor(loaded, thread_count, reference)
-    target = output or shipped_predictor_path()
     predictor.save(target)
 
     table = Table(title=f"fitted on {predictor.fitted_on['nodes']} nodes, {thread_count} thread(s)")

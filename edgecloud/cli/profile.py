@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from edgecloud.cli.user_errors import writable_output
+
 
 def profile(
     model: Annotated[Path, typer.Argument(help="ONNX model file to profile, or the name of a bundled model.")],
@@ -32,6 +34,7 @@ def profile(
     thread_counts = sorted(set(threads)) if threads else default_thread_counts()
     if thread_counts[0] < 1:
         raise typer.BadParameter("thread counts must be at least 1.", param_hint="--threads")
+    output = writable_output(output, "--output")  # refused now, not after minutes of profiling
     host = host_profile()
     with Progress(transient=True) as progress:
         task = progress.add_task(f"profiling {model.name}", total=len(thread_counts))
