@@ -8,6 +8,7 @@ options. User and password may be percent-encoded. Query options apply to mqtts:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -17,6 +18,12 @@ DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 _TLS_OPTIONS = frozenset({"ca", "cert", "key", "insecure"})
 _TRUE = {"1", "true", "yes"}
 _FALSE = {"0", "false", "no"}
+_PASSWORD_IN_URL = re.compile(r"^([^:/?#]+://[^/?#@:]*):[^/?#]*@")
+
+
+def _shown(url: str) -> str:
+    """The URL as an error message quotes it: the password masked, since errors reach terminals and CI logs."""
+    return repr(_PASSWORD_IN_URL.sub(r"\1:***@", url))
 
 
 @dataclass(frozen=True)
@@ -40,26 +47,26 @@ def parse_broker_url(url: str) -> BrokerAddress:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as error:
-        raise TransportError(f"broker URL {url!r} is malformed: {error}.") from None
+        raise TransportError(f"broker URL {_shown(url)} is malformed: {error}.") from None
     if parts.scheme not in DEFAULT_PORTS:
-        raise TransportError(f"broker URL {url!r} must start with mqtt:// or mqtts://.")
+        raise TransportError(f"broker URL {_shown(url)} must start with mqtt:// or mqtts://.")
     if not parts.hostname:
-        raise TransportError(f"broker URL {url!r} names no host.")
+        raise TransportError(f"broker URL {_shown(url)} names no host.")
     if parts.path not in ("", "/") or parts.fragment:
-        raise TransportError(f"broker URL {url!r} must not have a path or fragment.")
+        raise TransportError(f"broker URL {_shown(url)} must not have a path or fragment.")
     options = parse_qs(parts.query, keep_blank_values=True, strict_parsing=False)
     unknown = sorted(set(options) - _TLS_OPTIONS)
     if unknown:
-        raise TransportError(f"broker URL {url!r} has unknown options {', '.join(unknown)} (known: ca, cert, key, insecure).")
+        raise TransportError(f"broker URL {_shown(url)} has unknown options {', '.join(unknown)} (known: ca, cert, key, insecure).")
     tls = parts.scheme == "mqtts"
     if options and not tls:
-        raise TransportError(f"broker URL {url!r} has TLS options but the scheme is mqtt://, not mqtts://.")
+        raise TransportError(f"broker URL {_shown(url)} has TLS options but the scheme is mqtt://, not mqtts://.")
     single = {name: values[-1] for name, values in options.items()}
     insecure_text = single.get("insecure", "0").lower()
     if insecure_text not in _TRUE | _FALSE:
         raise TransportError(f"broker URL option insecure={insecure_text!r} must be 1 or 0.")
     if ("cert" in single) != ("key" in single):
-        raise TransportError(f"broker URL {url!r} must give both cert and key for a client certificate, or neither.")
+        raise TransportError(f"broker URL {_shown(url)} must give both cert and key for a client certificate, or neither.")
     return BrokerAddress(
         host=parts.hostname,
         port=port or DEFAULT_PORTS[parts.scheme],

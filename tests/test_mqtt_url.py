@@ -39,6 +39,14 @@ def test_bad_broker_urls_are_refused_with_a_reason(url: str, reason: str) -> Non
         parse_broker_url(url)
 
 
+@pytest.mark.parametrize("url", ["mqtt://edge:s3cret@h:99999", "mqtt://edge:s3cret@h/path", "mqtt://edge:s3cr@et@h?ca=x",
+                                 "http://edge:s3cret@h"])
+def test_errors_about_a_broker_url_do_not_show_its_password(url: str) -> None:
+    with pytest.raises(TransportError, match="edge:\\*\\*\\*@") as error:
+        parse_broker_url(url)
+    assert "s3cr" not in str(error.value)
+
+
 def test_device_topics_are_one_inbox_per_device() -> None:
     assert device_topic("demo", "edge") == "edgecloud/demo/edge/in"
     for deployment, device in [("a/b", "edge"), ("demo", "+"), ("demo", "#"), ("", "edge"), ("$SYS", "x"),

@@ -86,3 +86,30 @@ def test_mosquitto_drops_packets_above_the_configured_limit(broker_factory) -> N
             sender.publish("limit/test", b"small")
             assert seen.get(timeout=10.0) == b"small"
 
+
+
+def test_a_device_cannot_take_over_another_identity_by_its_client_id(secure_broker) -> None:
+    """MQTT drops the older of two sessions with one client id; `use_username_as_clientid` must make
+    the edge's credential connect as "edge" whatever id it asks for, so the cloud stays connected."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    broker, cert = secure_broker
+    dropped: queue.Queue[object] = queue.Queue()
+    victim = paho.Client(CallbackAPIVersion.VERSION2, client_id="cloud", protocol=paho.MQTTv311)
+    victim.tls_set(ca_certs=str(cert))
+    victim.username_pw_set("cloud", PASSWORDS["cloud"])
+    victim.on_disconnect = lambda *args: dropped.put(args[3])
+    victim.connect(broker.host, broker.port)
+    victim.loop_start()
+    try:
+        deadline = time.monotonic() + 10.0
+        while not victim.is_connected() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert victim.is_connected()
+        with MqttTransport(secure_url(broker, cert, "edge", PASSWORDS["edge"]), "cloud"):
+            time.sleep(QUIET_PERIOD_S)
+        assert dropped.empty() and victim.is_connected()
+    finally:
+        victim.disconnect()
+        victim.loop_stop()
