@@ -67,7 +67,7 @@ def neurosurgeon(arrays: CostArrays, a: int, b: int) -> np.ndarray | None:
     np.minimum.at(first, arrays.use_tensor, arrays.use_node)
     np.maximum.at(last, arrays.use_tensor, arrays.use_node)
     has_users = last >= 0
-    producer, sink, t_all = arrays.producer, arrays.sink, np.arange(arrays.n_tensors)
+    producer, sink = arrays.producer, arrays.sink
     made = producer >= 0
     # Produced on a (i > P): sent to b while some consumer is at a position >= i.
     sel = made & has_users
@@ -80,12 +80,21 @@ def neurosurgeon(arrays: CostArrays, a: int, b: int) -> np.ndarray | None:
     else:  # produced on a: a->sink (nothing when the sink is a); produced on b (i <= P): b->sink
         pay(producer[out] + 1, np.full(out.sum(), n), arrays.transfer_s[out, a, sink])
         pay(np.zeros(out.sum(), dtype=np.int64), producer[out], arrays.transfer_s[out, b, sink])
-    inputs = ~made & has_users
-    home = arrays.source
-    if home != a:  # some consumer on a (i > first)
-        pay(first[inputs] + 1, np.full(inputs.sum(), n), arrays.transfer_s[t_all[inputs], home, a])
-    if home != b:  # some consumer on b (i <= last)
-        pay(np.zeros(inputs.sum(), dtype=np.int64), last[inputs], arrays.transfer_s[t_all[inputs], home, b])
+    # Graph inputs live on the source; one is sent once to each other device holding a consumer, or the
+    # sink when it is also a graph output (then for every cut).
+    inputs = ~made & (has_users | arrays.is_output)
+    home, to_sink = arrays.source, arrays.is_output
+    everywhere_n = np.full(inputs.sum(), n)
+    if home != a:  # some consumer on a (i > first), or a is the sink
+        low = np.where(to_sink & (sink == a), 0, first + 1)
+        pay(low[inputs], everywhere_n, arrays.transfer_s[inputs, home, a])
+    if home != b:  # some consumer on b (i <= last), or b is the sink
+        high = np.where(to_sink & (sink == b), n, last)
+        pay(np.zeros(inputs.sum(), dtype=np.int64), high[inputs], arrays.transfer_s[inputs, home, b])
+    if sink not in (a, b) and home != sink:
+        passed_through = inputs & to_sink
+        pay(np.zeros(passed_through.sum(), dtype=np.int64), np.full(passed_through.sum(), n),
+            arrays.transfer_s[passed_through, home, sink])
     cost += np.cumsum(delta)[: n + 1]
 
     feasible = np.ones(n + 1, dtype=bool)
