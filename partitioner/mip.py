@@ -139,7 +139,10 @@ def _solve_highs(mip: Mip, time_limit_s: float | None, warm_start: np.ndarray | 
     lp = highspy.HighsLp()
     lp.num_col_ = int(mip.cost.size)
     lp.num_row_ = int(mip.row_lower.size)
-    lp.col_cost_ = mip.cost
+    # HiGHS' tolerances are absolute: dividing the costs by the largest makes them act relative to it,
+    # so that a node of 5e-11 s is not mistaken for a free one. Only column values are read back.
+    largest_cost = float(np.abs(mip.cost).max()) if mip.cost.size else 0.0
+    lp.col_cost_ = mip.cost / largest_cost if largest_cost > 0 else mip.cost
     lp.col_lower_ = mip.lower
     lp.col_upper_ = mip.upper
     lp.row_lower_ = mip.row_lower
