@@ -2,7 +2,9 @@
 
 Life of a request (ids and reply topic travel in our wire header, see `edgecloud.wire`):
 1. the client sends the graph inputs (kind "request") to the source device's inbox
-   `edgecloud/<deployment>/<source>/in`;
+   `edgecloud/<deployment>/<source>/in/<client>` (every message goes to `<receiver>/in/<sender>`, see
+   `edgecloud.topics`; a message whose header `sender` is not the topic's sender is rejected, and so is
+   a `reply_to` that is not a base inbox of this deployment);
 2. every agent keeps, per request id, the tensors that have arrived; a stage runs as soon as all its
    inputs are there, and its outputs go on to the devices that need them: one "activation" message per
    destination device, carrying all tensors for it;
@@ -42,7 +44,7 @@ from edgecloud.errors import EdgecloudError, TransportError, WireFormatError
 from edgecloud.link_emulation import LinkEmulator
 from edgecloud.mqtt import MqttTransport, TransportOptions
 from edgecloud.stage_runner import StageRunner
-from edgecloud.topics import device_topic
+from edgecloud.topics import inbox_filter, parse_device_topic, reply_topic, sender_topic
 from edgecloud.trace import CLIENT, TraceEvent, encode_trace, merge, parse_trace, stage_event, transfer_event
 from edgecloud.wire import DEFAULT_LIMITS, Message, WireLimits
 from partitioner.costs import Link
@@ -103,7 +105,7 @@ class DeviceAgent:
         self.is_source = device == manifest.source
         self.is_sink = device == manifest.sink
         self.stages = manifest.stages_of(device)
-        self.topic = device_topic(options.deployment, device)
+        self.topic = inbox_filter(options.deployment, device)
         self._transport = MqttTransport(broker_url, client_id=f"{options.deployment}-{device}",
                                         options=transport_options, limits=limits)
         self._expected = {item.tensor for stage in self.stages for item in stage.inputs}
@@ -181,7 +183,7 @@ class DeviceAgent:
     def _on_message(self, message: Message, topic: str) -> None:
         """paho's thread: timestamp and queue, nothing else (it must never block)."""
         try:
-            self._inbox.put_nowait((message, time.time()))
+            self._inbox.put_nowait((message, topic, time.time()))
         except queue.Full:
             self.stats["dropped"] += 1
             logger.warning("agent %s dropped request %s: its inbox of %d messages is full", self.device,
@@ -201,9 +203,9 @@ class DeviceAgent:
             if item is _STOP:
                 return
             if item is not None:
-                message, received_s = item  # type: ignore[misc]
+                message, topic, received_s = item  # type: ignore[misc]
                 try:
-                    self._handle(message, received_s)
+                    self._handle(message, topic, received_s)
                 except Exception:  # one bad request must not end the agent
                     logger.exception("agent %s failed on request %s", self.device, message.request_id)
                     self._fail(message.request_id, "internal error in the agent; see its log")
@@ -215,8 +217,11 @@ class DeviceAgent:
                 self._expire(now)
                 next_sweep_s = now + 0.5
 
-    def _handle(self, message: Message, received_s: float) -> None:
-        if message.kind == "request":
+    def _handle(self, message: Message, topic: str, received_s: float) -> None:
+        problem = self._routing_problem(message, topic)
+        if problem is not None:
+            self._reject(message, problem)
+        elif message.kind == "request":
             self._on_request(message, received_s)
         elif message.kind == "activation":
             self._on_activation(message, received_s)
@@ -224,6 +229,22 @@ class DeviceAgent:
             self._finish(message.request_id)
         else:
             self._reject(message, f"a {message.kind!r} message is not for an agent's inbox")
+
+    def _routing_problem(self, message: Message, topic: str) -> str | None:
+        """Why the header cannot be trusted, or None. The topic's last level is the sender the broker
+        authenticated (with `device_acl`); `reply_to` is where results go, so it must be a base inbox of
+        this deployment, not some other topic the replier may write to."""
+        topic_sender = topic.rpartition("/")[2]
+        if message.sender != topic_sender:
+            return f"its header names sender {message.sender!r} but it came on {topic}, the topic of {topic_sender!r}"
+        if message.reply_to is not None:
+            try:
+                deployment, _ = parse_device_topic(message.reply_to)
+            except TransportError as error:
+                return f"its reply_to is not usable: {error}"
+            if deployment != self.options.deployment:
+                return f"its reply_to {message.reply_to!r} is outside deployment {self.options.deployment!r}"
+        return None
 
     def _reject(self, message: Message, reason: str) -> None:
         self.stats["rejected"] += 1
@@ -342,7 +363,7 @@ class DeviceAgent:
 
     def _publish_to_device(self, device: str, message: Message) -> None:
         try:
-            self._transport.publish_message(device_topic(self.options.deployment, device), message)
+            self._transport.publish_message(sender_topic(self.options.deployment, device, self.device), message)
         except (TransportError, WireFormatError) as error:
             # The request is not lost: the source's fallback (or the client's deadline) covers it.
             logger.warning("agent %s could not send request %s to %s: %s", self.device, message.request_id,
@@ -368,9 +389,9 @@ class DeviceAgent:
             self._publish_reply(reply_to, Message(kind="error", request_id=request_id, sender=self.device,
                                                   meta={"error": reason}))
 
-    def _publish_reply(self, topic: str, message: Message) -> None:
+    def _publish_reply(self, reply_to: str, message: Message) -> None:
         try:
-            self._transport.publish_message(topic, message)
+            self._transport.publish_message(reply_topic(reply_to, self.device), message)
         except (TransportError, WireFormatError) as error:
             logger.warning("agent %s could not answer request %s: %s", self.device, message.request_id, error)
 

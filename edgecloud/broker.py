@@ -44,7 +44,7 @@ from types import TracebackType
 from typing import Self
 
 from edgecloud.errors import TransportError
-from edgecloud.topics import device_topic
+from edgecloud.topics import INBOX_LEVEL, TOPIC_ROOT, inbox_filter
 from edgecloud.wire import DEFAULT_LIMITS
 
 logger = logging.getLogger(__name__)
@@ -300,19 +300,18 @@ class TlsFiles:
 
 
 def device_acl(deployment: str, devices: Sequence[str], clients: Sequence[str] = ()) -> str:
-    """Mosquitto ACL text that ties each identity to its own inbox.
+    """Mosquitto ACL text that makes the topic name the authenticated sender (see `edgecloud.topics`).
 
-    A device (and a client) may read only `edgecloud/<deployment>/<itself>/in` and may write to the
-    inboxes of the deployment's other devices and clients. With `use_username_as_clientid` in the
-    config, the username is also the MQTT client id, so one credential is one identity. Brokers
-    cannot check the `sender` inside our header; receivers that care compare it with the topic plan.
+    Identity X may read only its own inbox, `edgecloud/<deployment>/X/in/<any sender>`, and write only
+    as itself, `edgecloud/<deployment>/<any receiver>/in/X`. With `use_username_as_clientid` in the
+    config the username is also the MQTT client id, so one credential is one identity; the broker cannot
+    check the `sender` inside our header, so receivers compare it with the topic's last level.
     """
-    identities = [*devices, *clients]
     blocks: list[str] = []
-    for identity in identities:
-        lines = [f"user {identity}", f"topic read {device_topic(deployment, identity)}"]
-        lines += [f"topic write {device_topic(deployment, other)}" for other in identities]
-        blocks.append("\n".join(lines))
+    for identity in [*devices, *clients]:
+        own_inbox = inbox_filter(deployment, identity)  # also refuses names that could inject ACL lines
+        as_sender = f"{TOPIC_ROOT}/{deployment}/+/{INBOX_LEVEL}/{identity}"
+        blocks.append("\n".join([f"user {identity}", f"topic read {own_inbox}", f"topic write {as_sender}"]))
     return "\n\n".join(blocks) + "\n"
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from edgecloud.agent import DEFAULT_DEPLOYMENT
 from edgecloud.errors import EdgecloudError, TransportError
 from edgecloud.mqtt import MqttTransport, Requester, TransportOptions
-from edgecloud.topics import device_topic
+from edgecloud.topics import device_topic, sender_topic
 from edgecloud.trace import CLIENT, TraceEvent, parse_trace, transfer_event
 from edgecloud.wire import Message
 from partitioner.manifest import SplitManifest
@@ -75,7 +75,7 @@ class InferenceClient:
                                         options=transport_options)
         self._max_in_flight = max_in_flight
         self._requester: Requester | None = None
-        self._source_topic = device_topic(deployment, self.manifest.source)
+        self._source_topic = sender_topic(deployment, self.manifest.source, self.client_name)
 
     def connect(self) -> Self:
         self._transport.connect()

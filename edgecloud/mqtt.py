@@ -2,16 +2,18 @@
 
 API (stable; used by the agents and the client):
 
-    from edgecloud.mqtt import MqttTransport, Requester, device_topic
+    from edgecloud.mqtt import MqttTransport, Requester
+    from edgecloud.topics import device_topic, inbox_filter, reply_topic, sender_topic
     with MqttTransport("mqtt://127.0.0.1:1883", client_id="edge") as transport:   # connects
-        transport.subscribe_messages(device_topic("demo", "edge"), on_message)    # on_message(Message, topic)
-        transport.publish_message(device_topic("demo", "cloud"), message)         # encodes, QoS 1
+        transport.subscribe_messages(inbox_filter("demo", "edge"), on_message)    # on_message(Message, topic)
+        transport.publish_message(sender_topic("demo", "cloud", "edge"), message) # encodes, QoS 1
         transport.publish(topic, payload_bytes)                                   # raw bytes, QoS 1
         transport.subscribe(topic, on_payload)                                    # on_payload(bytes, topic)
 
     requester = Requester(transport, reply_topic=device_topic("demo", "client"), max_in_flight=64)
-    reply = requester.request(device_topic("demo", "edge"), message, timeout_s=5.0)   # blocking
-    future = requester.submit(device_topic("demo", "edge"), message)                 # pipelined
+    reply = requester.request(sender_topic("demo", "edge", "client"), message, timeout_s=5.0)   # blocking
+    future = requester.submit(sender_topic("demo", "edge", "client"), message)                 # pipelined
+    # a server answers on reply_topic(request.reply_to, itself), i.e. edgecloud/demo/client/in/edge
 
 Handlers run on paho's network thread, one at a time: keep them quick (hand work to a queue or
 an executor), never block on another request there, and do not call `subscribe` from them. An
@@ -57,10 +59,10 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edgecloud.errors import TransportError, WireFormatError
 from edgecloud.mqtt_fastpath import FastPathClient
 from edgecloud.mqtt_url import BrokerAddress, parse_broker_url
-from edgecloud.topics import device_topic
+from edgecloud.topics import device_topic, parse_device_topic, sender_topic
 from edgecloud.wire import DEFAULT_LIMITS, Message, WireLimits, decode, encode
 
-__all__ = ["MqttTransport", "Requester", "TransportOptions", "device_topic"]
+__all__ = ["MqttTransport", "Requester", "TransportOptions", "device_topic", "sender_topic"]
 
 logger = logging.getLogger(__name__)
 
@@ -334,8 +336,11 @@ class MqttTransport:
 class Requester:
     """Request/response over a transport, matched by the request id in our wire header.
 
-    Replies (kind "result" or "error") arrive on `reply_topic`; each request's `reply_to` is set to
-    it. At most `max_in_flight` requests are pending: `submit` blocks (up to `timeout_s`) for a slot.
+    `reply_topic` is a base inbox (`device_topic`); each request's `reply_to` is set to it and replies
+    (kind "result" or "error") arrive on its per-sender topics (`reply_topic/<replier>`, see
+    `edgecloud.topics`). A reply whose header `sender` differs from the topic's sender is dropped with
+    a logged reason: with the broker's ACL (`device_acl`), the topic is the authenticated sender.
+    At most `max_in_flight` requests are pending: `submit` blocks (up to `timeout_s`) for a slot.
     A reply to an unknown or abandoned request id is logged and dropped.
     """
 
@@ -346,9 +351,15 @@ class Requester:
         self._slots = threading.BoundedSemaphore(max_in_flight)
         self._pending: dict[str, Future[Message]] = {}
         self._lock = threading.Lock()
-        transport.subscribe_messages(reply_topic, self._on_reply)
+        parse_device_topic(reply_topic)  # a base inbox, or replies could never match `reply_topic/<replier>`
+        transport.subscribe_messages(f"{reply_topic}/+", self._on_reply)
 
     def _on_reply(self, message: Message, topic: str) -> None:
+        topic_sender = topic.rpartition("/")[2]
+        if message.sender != topic_sender:
+            logger.warning("reply topic %s got a message for %s claiming sender %r; dropped", topic,
+                           message.request_id, message.sender)
+            return
         if message.kind not in ("result", "error"):
             logger.warning("reply topic %s got a %r message for %s; dropped", topic, message.kind, message.request_id)
             return

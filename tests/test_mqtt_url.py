@@ -6,7 +6,7 @@ import pytest
 
 from edgecloud.errors import TransportError
 from edgecloud.mqtt_url import BrokerAddress, parse_broker_url
-from edgecloud.topics import device_topic
+from edgecloud.topics import device_topic, parse_sender_topic, reply_topic, sender_topic
 
 
 @pytest.mark.parametrize(("url", "expected"), [
@@ -53,3 +53,19 @@ def test_device_topics_are_one_inbox_per_device() -> None:
                                ("demo", "a\ntopic readwrite x"), ("demo", "two words"), ("demo", "tab\t")]:
         with pytest.raises(TransportError):
             device_topic(deployment, device)
+
+
+def test_sender_topics_put_the_sender_last_and_parse_back() -> None:
+    assert sender_topic("demo", "cloud", "edge") == "edgecloud/demo/cloud/in/edge"
+    assert parse_sender_topic("edgecloud/demo/cloud/in/edge") == ("demo", "cloud", "edge")
+    assert reply_topic("edgecloud/demo/client/in", "cloud") == "edgecloud/demo/client/in/cloud"
+    for bad_sender in ["+", "#", "a/b", "", "new\nline"]:
+        with pytest.raises(TransportError):
+            sender_topic("demo", "cloud", bad_sender)
+    for bad_topic in ["edgecloud/demo/cloud/in", "edgecloud/demo/cloud/out/edge", "other/demo/cloud/in/edge",
+                      "edgecloud/demo/cloud/in/edge/extra", "edgecloud/demo/+/in/edge"]:
+        with pytest.raises(TransportError):
+            parse_sender_topic(bad_topic)
+    for bad_reply_to in ["edgecloud/demo/client/in/cloud", "edgecloud/demo/client", "elsewhere"]:
+        with pytest.raises(TransportError):
+            reply_topic(bad_reply_to, "cloud")

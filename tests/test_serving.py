@@ -25,7 +25,7 @@ from edgecloud.demo import model_inputs
 from edgecloud.errors import EdgecloudError
 from edgecloud.mqtt import MqttTransport
 from edgecloud.stage_runner import make_session
-from edgecloud.topics import device_topic
+from edgecloud.topics import device_topic, sender_topic
 from edgecloud.wire import Message, WireLimits, encode
 from partitioner.costs import Link
 from partitioner.manifest import SplitManifest
@@ -176,16 +176,24 @@ def test_bad_messages_are_rejected_with_a_reason_and_the_agent_keeps_serving(
         "wrong shape": encode(Message(kind="request", request_id="r-shape", sender="intruder",
                                       tensors={"input": x[:, :10]})),
     }
+    # This broker has no ACL, so the intruder can use any topic; the "unknown tensor" message comes on the
+    # cloud's topic (it names the cloud as sender), every other one on the intruder's.
+    senders = {name: "cloud" if name == "unknown tensor" else "intruder" for name in bad_payloads}
+    bad_payloads["sender is not the topic's"] = valid
+    senders["sender is not the topic's"] = "intruder"
+    bad_payloads["reply_to elsewhere"] = encode(Message(kind="request", request_id="r-elsewhere", sender="intruder",
+                                                        tensors={"input": x}, reply_to=device_topic("other", "victim")))
+    senders["reply_to elsewhere"] = "intruder"
     with caplog.at_level(logging.WARNING), MqttTransport(broker.url, client_id=f"{deployment}-intruder") as intruder:
-        for payload in bad_payloads.values():
-            intruder.publish(device_topic(deployment, "edge"), payload)
+        for name, payload in bad_payloads.items():
+            intruder.publish(sender_topic(deployment, "edge", senders[name]), payload)
         with pytest.raises(EdgecloudError, match="float64"):
             client.infer(x.astype(np.float64), deadline_s=5.0)
         result = client.infer(x, deadline_s=5.0)
         # The intruder's requests travel on another connection: wait for the agent to have seen them
         # (the client's own bad request no longer gives that sync: it is refused before sending).
         deadline = time.monotonic() + 5.0
-        while agents["edge"].stats["rejected"] < 3 and time.monotonic() < deadline:
+        while agents["edge"].stats["rejected"] < 5 and time.monotonic() < deadline:
             time.sleep(0.02)
     np.testing.assert_allclose(result.outputs["output"], references["mlp"](x), rtol=1e-5, atol=1e-5)
     log = caplog.text
@@ -194,7 +202,9 @@ def test_bad_messages_are_rejected_with_a_reason_and_the_agent_keeps_serving(
     assert "more than the limit" in log  # oversized
     assert "needs no tensor named 'nonexistent'" in log
     assert "input 'input' is float64" in log
-    assert agents["edge"].stats["rejected"] >= 3
+    assert "header names sender 'cloud' but it came on" in log
+    assert "is outside deployment" in log
+    assert agents["edge"].stats["rejected"] >= 5
 
 
 def test_source_device_without_nodes_forwards_and_answers(bundled_models, references, deploy, tmp_path: Path) -> None:

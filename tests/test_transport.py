@@ -18,6 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edgecloud.errors import TransportError
 from edgecloud.mqtt import MqttTransport, Requester, device_topic
+from edgecloud.topics import reply_topic, sender_topic
 from edgecloud.wire import DTYPES, Message, WireLimits, encode
 
 RECEIVE_TIMEOUT_S = 10.0
@@ -88,7 +89,7 @@ def test_qos1_delivers_every_message_once_in_order_without_retain(broker, reques
 
 def test_hundred_concurrent_requests_are_matched_by_request_id(broker, request) -> None:  # noqa: F811
     deployment = unique_deployment(request)
-    server_topic = device_topic(deployment, "server")
+    server_topic = sender_topic(deployment, "server", "client")
     rng = random.Random(7)
     with (MqttTransport(broker.url, f"{deployment}-server") as server,
           MqttTransport(broker.url, f"{deployment}-client") as client,
@@ -96,8 +97,8 @@ def test_hundred_concurrent_requests_are_matched_by_request_id(broker, request) 
 
         def answer(message: Message) -> None:
             time.sleep(rng.uniform(0, 0.01))  # replies leave out of order
-            server.publish_message(message.reply_to, Message("result", message.request_id, "server",
-                                                             {"y": message.tensors["x"] * 3}))
+            server.publish_message(reply_topic(message.reply_to, "server"),
+                                   Message("result", message.request_id, "server", {"y": message.tensors["x"] * 3}))
 
         server.subscribe_messages(server_topic, lambda message, topic: workers.submit(answer, message))
         requester = Requester(client, reply_topic=device_topic(deployment, "client"), max_in_flight=100)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import queue
 import time
 from urllib.parse import quote
@@ -11,7 +12,8 @@ from broker_fixtures import broker_factory, self_signed_tls  # noqa: F401  (fixt
 
 from edgecloud.broker import MQTT_PACKET_OVERHEAD_BYTES, MosquittoBroker, TlsFiles, device_acl
 from edgecloud.errors import TransportError
-from edgecloud.mqtt import MqttTransport, device_topic
+from edgecloud.mqtt import MqttTransport, Requester, device_topic
+from edgecloud.topics import inbox_filter, reply_topic, sender_topic
 from edgecloud.wire import Message
 
 DEPLOYMENT = "secure"
@@ -31,13 +33,12 @@ def secure_url(broker: MosquittoBroker, cert, user: str, password: str) -> str:
     return f"mqtts://{quote(user, safe='')}:{quote(password, safe='')}@{broker.host}:{broker.port}?ca={cert}"
 
 
-def test_acl_gives_each_identity_its_own_inbox_to_read() -> None:
+def test_acl_lets_each_identity_read_its_own_inbox_and_write_only_as_itself() -> None:
     acl = device_acl("dep", devices=["edge", "cloud"], clients=["client"])
     blocks = {block.splitlines()[0]: block.splitlines()[1:] for block in acl.strip().split("\n\n")}
     assert set(blocks) == {"user edge", "user cloud", "user client"}
-    assert [line for line in blocks["user edge"] if line.startswith("topic read")] == ["topic read edgecloud/dep/edge/in"]
-    assert "topic write edgecloud/dep/cloud/in" in blocks["user edge"]
-    assert not any("#" in line or "+" in line for line in acl.splitlines())
+    assert blocks["user edge"] == ["topic read edgecloud/dep/edge/in/+", "topic write edgecloud/dep/+/in/edge"]
+    assert "#" not in acl
 
 
 def test_tls_with_passwords_carries_messages_and_acl_hides_other_inboxes(secure_broker) -> None:
@@ -47,12 +48,12 @@ def test_tls_with_passwords_carries_messages_and_acl_hides_other_inboxes(secure_
           MqttTransport(secure_url(broker, cert, "client", PASSWORDS["client"]), "client") as client,
           MqttTransport(secure_url(broker, cert, "cloud", PASSWORDS["cloud"]), "cloud") as cloud):
         assert broker.url.startswith("mqtts://")
-        edge.subscribe_messages(device_topic(DEPLOYMENT, "edge"), lambda m, _: seen.put(("edge", m.request_id)))
+        edge.subscribe_messages(inbox_filter(DEPLOYMENT, "edge"), lambda m, _: seen.put(("edge", m.request_id)))
         # the edge also tries to read the cloud's inbox: the broker must not deliver that to it
-        edge.subscribe_messages(device_topic(DEPLOYMENT, "cloud"), lambda m, _: seen.put(("edge-spy", m.request_id)))
-        cloud.subscribe_messages(device_topic(DEPLOYMENT, "cloud"), lambda m, _: seen.put(("cloud", m.request_id)))
-        client.publish_message(device_topic(DEPLOYMENT, "edge"), Message("request", "to-edge", "client"))
-        client.publish_message(device_topic(DEPLOYMENT, "cloud"), Message("request", "to-cloud", "client"))
+        edge.subscribe_messages(inbox_filter(DEPLOYMENT, "cloud"), lambda m, _: seen.put(("edge-spy", m.request_id)))
+        cloud.subscribe_messages(inbox_filter(DEPLOYMENT, "cloud"), lambda m, _: seen.put(("cloud", m.request_id)))
+        client.publish_message(sender_topic(DEPLOYMENT, "edge", "client"), Message("request", "to-edge", "client"))
+        client.publish_message(sender_topic(DEPLOYMENT, "cloud", "client"), Message("request", "to-cloud", "client"))
         received = {seen.get(timeout=10.0), seen.get(timeout=10.0)}
         time.sleep(QUIET_PERIOD_S)
         assert seen.empty(), f"the ACL let through {seen.get()}"
@@ -113,3 +114,33 @@ def test_a_device_cannot_take_over_another_identity_by_its_client_id(secure_brok
     finally:
         victim.disconnect()
         victim.loop_stop()
+
+
+def test_a_device_cannot_speak_as_another_one(secure_broker, caplog: pytest.LogCaptureFixture) -> None:
+    """The edge forges the cloud's answer to the client's request, first on the cloud's topic (the
+    broker's ACL drops it), then on its own topic with "cloud" in the header (the client's listener
+    drops it): only the cloud's real answer may resolve the request."""
+    broker, cert = secure_broker
+    arrived: queue.Queue[tuple[Message, str]] = queue.Queue()
+    with (caplog.at_level(logging.WARNING, logger="edgecloud.mqtt"),
+          MqttTransport(secure_url(broker, cert, "edge", PASSWORDS["edge"]), "edge") as edge,
+          MqttTransport(secure_url(broker, cert, "client", PASSWORDS["client"]), "client") as client,
+          MqttTransport(secure_url(broker, cert, "cloud", PASSWORDS["cloud"]), "cloud") as cloud):
+        cloud.subscribe_messages(inbox_filter(DEPLOYMENT, "cloud"), lambda m, topic: arrived.put((m, topic)))
+        requester = Requester(client, reply_topic=device_topic(DEPLOYMENT, "client"))
+        answer = requester.submit(sender_topic(DEPLOYMENT, "cloud", "client"), Message("request", "r-1", "client"))
+        request, topic = arrived.get(timeout=10.0)
+        assert topic == sender_topic(DEPLOYMENT, "cloud", "client")
+        assert request.reply_to == device_topic(DEPLOYMENT, "client")
+        forged = Message("result", "r-1", "cloud", meta={"forged": True})
+        edge.publish_message(reply_topic(request.reply_to, "cloud"), forged)
+        edge.publish_message(reply_topic(request.reply_to, "edge"), forged)
+        # and to the cloud, as the client: the ACL drops that as well
+        edge.publish_message(sender_topic(DEPLOYMENT, "cloud", "client"), Message("request", "r-forged", "client"))
+        time.sleep(QUIET_PERIOD_S)
+        assert not answer.done() and arrived.empty()
+        real = Message("result", "r-1", "cloud", meta={"real": True})
+        cloud.publish_message(reply_topic(request.reply_to, "cloud"), real)
+        reply = answer.result(timeout=10.0)
+    assert (reply.sender, reply.meta) == ("cloud", {"real": True})
+    assert "claiming sender 'cloud'; dropped" in caplog.text
