@@ -157,7 +157,7 @@ def transfer_rows(manifest: SplitManifest, costs: CostGraph) -> dict[tuple[int |
                 add(stage.index, stage.device, device, item.tensor)
     for (_, sender, receiver), row in rows.items():
         link = costs.link(sender, receiver)
-        row.predicted_s = link.transfer_s(row.bytes)
+        row.predicted_s = link.transfer_time_s(row.bytes)
     # The client sits on the source and sink device: the plan prices these hops at zero, but over MQTT
     # they are real messages through the broker, so they are shown first and last.
     def tensor_bytes(names: list[str]) -> int:

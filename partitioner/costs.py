@@ -22,20 +22,13 @@ from typing import Any
 
 import numpy as np
 
+# A cost graph's link is the device catalogue's link profile; a link given in one direction holds for both.
+from devices.profiles import LinkProfile as Link
+
 from partitioner.errors import PartitionerError
 
 COSTGRAPH_FORMAT = "edgecloud.costgraph/1"
 
-
-@dataclass(frozen=True)
-class Link:
-    """One network link; a link given in one direction holds for both."""
-
-    bandwidth_bps: float
-    latency_s: float
-
-    def transfer_s(self, n_bytes: float) -> float:
-        return 8.0 * n_bytes / self.bandwidth_bps + self.latency_s
 
 
 @dataclass

@@ -33,4 +33,4 @@ def test_messages_to_one_device_queue_behind_each_other_and_others_pass_at_once(
         expected_s = (index + 1) * 0.1 + 0.02
         assert expected_s - 0.005 <= arrivals[index] - started <= expected_s + 0.08
     assert arrivals[0] < arrivals[1] < arrivals[2]
-    assert abs(link.transfer_s(1000) - 0.12) < 1e-12
+    assert abs(link.transfer_time_s(1000) - 0.12) < 1e-12
