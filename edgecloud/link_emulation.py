@@ -4,7 +4,7 @@ Why: on one machine every hop is loopback (well under a millisecond), so a plan 
 edge-cloud link cannot be checked against measurements. With emulation on, an agent holds each message
 for a device back as long as the plan's link model (`partitioner.costs.Link`) says it takes,
 `8 * bytes / bandwidth_bps + latency_s`, and messages to one device queue behind each other as on one
-link. Network namespaces with `tc` shaping (DESIGN.md 8) are the faithful alternative; they need root.
+link. Network namespaces with `tc` shaping (docs/architecture.md §7) are the faithful alternative; they need root.
 """
 
 from __future__ import annotations
