@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from devices.cache import cache_dir
 from devices.errors import DeviceError
 from devices.profiler import NO_SPINNING
 from devices.profiles import HOST_DEVICE_NAME, DeviceProfile
@@ -35,11 +36,6 @@ _COPY_BYTES = 256 * 2**20
 # run, and a budget (rather than a run count) gives a busy machine more chances to leave a core free.
 _BUDGET_S = 0.6
 _MIN_RUNS = 3
-
-
-def cache_dir() -> Path:
-    """The user cache dir edgecloud shares: $EDGECLOUD_CACHE, else ~/.cache/edgecloud."""
-    return Path(os.environ.get("EDGECLOUD_CACHE") or Path.home() / ".cache" / "edgecloud")
 
 
 def _cpu_model() -> str:

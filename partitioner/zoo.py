@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from devices.cache import cache_dir
 from partitioner.errors import PartitionerError
 
 if TYPE_CHECKING:
@@ -301,16 +302,15 @@ def _quiet_exporter() -> Iterator[None]:
         registration_logger.setLevel(previous_level)
 
 
-def cache_dir() -> Path:
-    """Where exported models are kept: $EDGECLOUD_CACHE, else ~/.cache/edgecloud/models."""
-    configured = os.environ.get("EDGECLOUD_CACHE")
-    return Path(configured) if configured else Path.home() / ".cache" / "edgecloud" / "models"
+def models_dir() -> Path:
+    """Where exported models are kept: the `models` folder of edgecloud's cache (`devices.cache`)."""
+    return cache_dir() / "models"
 
 
 def cached_file(name: str, seed: int = DEFAULT_SEED) -> Path:
     """Where `cached_model_path` keeps the model; the file may not exist yet."""
     check_model_name(name)
-    return cache_dir() / f"{name}-v{ZOO_VERSION}-torch{importlib.metadata.version('torch')}-seed{seed}.onnx"
+    return models_dir() / f"{name}-v{ZOO_VERSION}-torch{importlib.metadata.version('torch')}-seed{seed}.onnx"
 
 
 def cached_model_path(name: str, seed: int = DEFAULT_SEED) -> Path:

@@ -1,7 +1,7 @@
 """Shared fixtures.
 
 Bundled models: exporting one takes 1-6 s (torch's dynamo exporter), so every test gets them from one
-on-disk cache. Unless EDGECLOUD_CACHE is already set, it points at `.pytest_cache/d/edgecloud-models`
+on-disk cache. Unless EDGECLOUD_CACHE is already set, it points at `.pytest_cache/d/edgecloud-cache`
 for the whole session, so `partitioner.zoo.cached_model_path(name)` called anywhere in a test (or in a
 subprocess that inherits the environment) re-uses the files across tests and runs. Use either
 
@@ -39,12 +39,12 @@ class BundledModels(Mapping[str, Path]):
 
 @pytest.fixture(scope="session", autouse=True)
 def model_cache_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The directory the session's exported models live in (EDGECLOUD_CACHE)."""
+    """The session's edgecloud cache root (EDGECLOUD_CACHE): exported models go to its `models` folder."""
     if os.environ.get("EDGECLOUD_CACHE"):
         yield Path(os.environ["EDGECLOUD_CACHE"])
         return
     cache = getattr(request.config, "cache", None)
-    directory = cache.mkdir("edgecloud-models") if cache is not None else tmp_path_factory.mktemp("models")
+    directory = cache.mkdir("edgecloud-cache") if cache is not None else tmp_path_factory.mktemp("models")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("EDGECLOUD_CACHE", str(directory))
         yield Path(directory)

@@ -68,10 +68,24 @@ def test_build_module_is_seeded() -> None:
 def test_cached_model_path_exports_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGECLOUD_CACHE", str(tmp_path))
     path = cached_model_path("mlp")
-    assert path.parent == tmp_path and path.is_file()
+    assert path.parent == tmp_path / "models" and path.is_file()
     modified_ns = path.stat().st_mtime_ns
     assert cached_model_path("mlp") == path and path.stat().st_mtime_ns == modified_ns
-    assert [item.name for item in tmp_path.iterdir()] == [path.name]  # no temporary file left behind
+    assert [item.name for item in path.parent.iterdir()] == [path.name]  # no temporary file left behind
+
+
+def test_models_and_the_host_profile_share_one_cache_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from devices import host
+
+    monkeypatch.setenv("EDGECLOUD_CACHE", str(tmp_path))
+    monkeypatch.setattr(host, "_BUDGET_S", 0.05)
+    host.host_profile.cache_clear()
+    try:
+        host.host_profile()
+    finally:
+        host.host_profile.cache_clear()
+    assert (tmp_path / host.HOST_CACHE_FILE).is_file()
+    assert cached_model_path("mlp").parent == tmp_path / "models"
 
 
 def test_unknown_model_name_lists_the_bundled_ones() -> None:
