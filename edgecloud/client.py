@@ -25,6 +25,7 @@ from typing import Self
 import numpy as np
 
 from edgecloud.agent import DEFAULT_DEPLOYMENT
+from edgecloud.deadlines import finite_float
 from edgecloud.errors import EdgecloudError, TransportError
 from edgecloud.mqtt import MqttTransport, Requester, TransportOptions
 from edgecloud.topics import device_topic, sender_topic
@@ -115,7 +116,8 @@ class InferenceClient:
         request_id = uuid.uuid4().hex
         sent_s = time.time()
         message = Message(kind="request", request_id=request_id, sender=self.client_name,
-                          tensors=self.named_inputs(inputs), deadline=sent_s + deadline_s, meta={"sent_s": sent_s})
+                          tensors=self.named_inputs(inputs), deadline=sent_s + deadline_s,
+                          meta={"sent_s": sent_s, "budget_s": deadline_s})  # budget: see edgecloud.deadlines
         reply_future = self._requester.submit(self._source_topic, message, timeout_s=deadline_s)
         result: Future[InferenceResult] = Future()
         timer = threading.Timer(deadline_s + REPLY_GRACE_S, self._expire, (reply_future, result, request_id, deadline_s))
@@ -151,10 +153,10 @@ class InferenceClient:
         if set(reply.tensors) != expected:
             raise EdgecloudError(f"the answer carries {sorted(reply.tensors)}, the model's outputs are {sorted(expected)}")
         events = parse_trace(reply.meta.get("trace"))
-        reply_sent_s = reply.meta.get("sent_s")
-        if isinstance(reply_sent_s, int | float):
+        reply_sent_s = finite_float(reply.meta.get("sent_s"))
+        if reply_sent_s is not None:
             n_bytes = sum(int(array.nbytes) for array in reply.tensors.values())
-            events.append(transfer_event(reply.sender, CLIENT, float(reply_sent_s), received_s, n_bytes))
+            events.append(transfer_event(reply.sender, CLIENT, reply_sent_s, received_s, n_bytes))
         return InferenceResult(outputs={name: np.array(array) for name, array in reply.tensors.items()},
                                fell_back=reply.meta.get("fell_back") is True,
                                timings=RequestTimings(total_s=received_s - sent_s, events=events),
