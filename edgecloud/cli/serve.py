@@ -69,7 +69,7 @@ def agent(
     links = links_of(device, load_plan(plan).links) if emulate_links else {}
     options = AgentOptions(deployment=deployment, threads=threads, max_pending=max_pending, fallback=fallback,
                            fallback_margin_s=margin_s, local_after_fallback_s=parse_duration_s(local_after_fallback),
-                           emulated_links=links)
+                           emulated_links=links, predicted_s=load_plan(plan).predicted_s)
     stop = threading.Event()
     for signal_number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signal_number, lambda *_: stop.set())
