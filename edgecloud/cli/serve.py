@@ -85,7 +85,7 @@ def infer(
     output: Annotated[Path, typer.Option("--output", "-o", help=".npy (one output) or .npz (outputs by name).")],
     broker: Annotated[str, typer.Option("--broker", help="Broker URL.")] = DEFAULT_BROKER,
     deployment: Annotated[str, typer.Option("--deployment", help="Deployment id the agents use.")] = "default",
-    deadline: Annotated[str, typer.Option("--deadline", help="Time the answer may take (e.g. 2s, 500ms).")] = "2s",
+    deadline: Annotated[Optional[str], typer.Option("--deadline", help="Time the answer may take (e.g. 2s, 500ms); default: the source agent's, from the plan's prediction and its measured whole-model time.")] = None,
 ) -> None:
     """Send one input to the deployment's source agent and save the model's output."""
     import numpy as np
@@ -95,7 +95,7 @@ def infer(
     from edgecloud.errors import EdgecloudError
     from partitioner.units import parse_duration_s
 
-    deadline_s = parse_duration_s(deadline)
+    deadline_s = None if deadline is None else parse_duration_s(deadline)
     try:
         loaded = np.load(input_path, allow_pickle=False)
         if isinstance(loaded, np.ndarray):
