@@ -421,7 +421,7 @@ class DeviceAgent:
                 try:
                     outputs = self._runner.run(stage, request.tensors)
                 except EdgecloudError as error:
-                    logger.warning("agent %s: request %s: %s", self.device, request.request_id, error)
+                    self._log.warning("agent %s: request %s: %s", self.device, request.request_id, error)
                     self._reply_error(request.request_id, request.reply_to, str(error))
                     self._finish(request.request_id)
                     return
@@ -463,14 +463,14 @@ class DeviceAgent:
             self._transport.publish_message(sender_topic(self.options.deployment, device, self.device), message)
         except (TransportError, WireFormatError) as error:
             # The request is not lost: the source's fallback (or the client's deadline) covers it.
-            logger.warning("agent %s could not send request %s to %s: %s", self.device, message.request_id,
-                           device, error)
+            self._log.warning("agent %s could not send request %s to %s: %s", self.device, message.request_id,
+                              device, error)
 
     def _answer(self, request: _Request, fell_back: bool) -> None:
         request.answered = True
         if request.reply_to is None:
-            logger.warning("agent %s: request %s has no reply topic; its answer is dropped", self.device,
-                           request.request_id)
+            self._log.warning("agent %s: request %s has no reply topic; its answer is dropped", self.device,
+                              request.request_id)
             return
         self.stats["fell_back" if fell_back else "answered"] += 1
         outputs = {spec.name: request.tensors[spec.name] for spec in self.manifest.graph_outputs}
@@ -490,7 +490,7 @@ class DeviceAgent:
         try:
             self._transport.publish_message(reply_topic(reply_to, self.device), message)
         except (TransportError, WireFormatError) as error:
-            logger.warning("agent %s could not answer request %s: %s", self.device, message.request_id, error)
+            self._log.warning("agent %s could not answer request %s: %s", self.device, message.request_id, error)
 
     def _fail(self, request_id: str, reason: str) -> None:
         request = self._pending.get(request_id)

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from edgecloud.deadlines import SenderClocks, default_deadline_s, expected_path_s, fallback_margin_s, finite_float
-from edgecloud.trace import parse_trace, stage_event, transfer_event, encode_trace
+from edgecloud.trace import encode_trace, parse_trace, stage_event, transfer_event
 
 
 @pytest.mark.parametrize("value", [True, "1.0", None, [1.0], math.inf, -math.inf, math.nan, 10**400])

@@ -127,6 +127,25 @@ def test_a_forged_ack_does_not_make_the_source_forget_a_request(mlp_split, refer
     assert deployment.agents["edge"].stats["rejected"] >= 1
 
 
+def test_only_the_sink_may_acknowledge_so_a_forged_ack_cannot_cancel_the_fallback(
+        bundled_models, reference, deploy, tmp_path) -> None:
+    """Edge -> fog -> cloud, the cloud is the sink and is down; the fog acknowledges the request as if
+    the cloud had answered. The edge must still fall back and answer within the deadline."""
+    path = bundled_models["mlp"]
+    placement = dict(zip(node_ids(path), ("edge", "fog", "cloud", "cloud", "cloud")))
+    manifest = split_model(path, placement, "edge", "cloud", tmp_path, devices=("edge", "fog", "cloud"))
+    deployment = deploy(manifest)
+    deployment.agents["cloud"].stop()
+    seen = deployment.requests_seen_by("edge")
+    x = the_input(manifest, seed=10)
+    future = deployment.client.submit(x, deadline_s=2.0)
+    request = seen.get(timeout=5.0)
+    deployment.send_as("fog", "edge", Message("result", request.request_id, "fog", meta={"ack": True}))
+    result = future.result(timeout=5.0)
+    assert result.fell_back and result.answered_by == "edge"
+    np.testing.assert_allclose(result.outputs["output"], reference(x), rtol=1e-5, atol=1e-5)
+
+
 def test_empty_and_unasked_activations_cannot_fill_the_source_table(mlp_split, reference, deploy) -> None:
     """300 empty activations for unknown ids, then 100 with a tensor the edge does take from the cloud,
     all with a deadline in the year 33 658: the edge holds none of them and keeps serving."""
