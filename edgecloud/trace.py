@@ -3,6 +3,9 @@
 Why in the messages: the client learns where its time went (each stage, each hop) without a separate
 metrics channel, and the demo can set measured times beside the plan's predictions. Times are unix
 seconds from each host's clock, so hop times are exact on one machine and as good as clock sync across.
+A peer's entries are checked field by field (`TraceEvent.from_dict`), never coerced: JSON can carry
+1e400 or a 400-digit integer, which `int()`/`float()` turn into OverflowError, and a request must never
+fail because of its diagnostics.
 """
 
 from __future__ import annotations
@@ -12,9 +15,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgecloud.deadlines import finite_float
+from edgecloud.errors import EdgecloudError
 
 MAX_EVENTS = 256  # keeps the header far below the wire's header limit, even for many-stage plans
 CLIENT = "client"
+KINDS = ("stage", "transfer")
+MAX_NAME_CHARS = 128
+MAX_INT = 2**53  # exact in a double: what JSON readers elsewhere can hold
+
+
+class TraceFormatError(EdgecloudError):
+    """A trace entry from a peer that is not one we would write; the entry is skipped, never fatal."""
 
 
 @dataclass(frozen=True)
@@ -60,15 +71,6 @@ class TraceEvent:
         return cls(kind=kind, start_s=start_s, end_s=end_s, device=_name(item.get("device")),
                    sender=None if item.get("sender") is None else _name(item.get("sender")),
                    stage=stage, bytes=n_bytes)
-
-
-class TraceFormatError(ValueError):
-    """A trace entry from a peer that is not one we would write; the entry is skipped, never fatal."""
-
-
-KINDS = ("stage", "transfer")
-MAX_NAME_CHARS = 128
-MAX_INT = 2**53  # exact in a double: what JSON readers elsewhere can hold
 
 
 def _is_bounded_int(value: Any) -> bool:
