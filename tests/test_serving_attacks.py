@@ -89,6 +89,14 @@ class Deployment:
         self.intruder.subscribe_messages(inbox_filter(self.name, device), lambda message, _: seen.put(message))
         return seen
 
+    def infer_with_a_forged_ack(self, x: np.ndarray, deadline_s: float, forger: str):
+        """Send `x`; as soon as the request reaches the edge, `forger` acknowledges it to the edge."""
+        seen = self.requests_seen_by("edge")
+        future = self.client.submit(x, deadline_s=deadline_s)
+        request = seen.get(timeout=5.0)
+        self.send_as(forger, "edge", Message("result", request.request_id, forger, meta={"ack": True}))
+        return future.result(timeout=deadline_s + 5.0)
+
     def raw_requester(self, name: str) -> Requester:
         return Requester(self.intruder, device_topic(self.name, name))
 
@@ -116,12 +124,8 @@ def test_a_forged_ack_does_not_make_the_source_forget_a_request(mlp_split, refer
     cloud while the cloud is still working (the slow link keeps the request in flight)."""
     slow = {"cloud": Link(bandwidth_bps=1e9, latency_s=0.3), "edge": Link(bandwidth_bps=1e9, latency_s=0.3)}
     deployment = deploy(mlp_split, emulated_links=slow)
-    seen = deployment.requests_seen_by("edge")
     x = the_input(mlp_split, seed=1)
-    future = deployment.client.submit(x, deadline_s=5.0)
-    request = seen.get(timeout=5.0)
-    deployment.send_as("cloud", "edge", Message("result", request.request_id, "cloud", meta={"ack": True}))
-    result = future.result(timeout=10.0)
+    result = deployment.infer_with_a_forged_ack(x, deadline_s=5.0, forger="cloud")
     assert not result.fell_back and result.answered_by == "edge"
     np.testing.assert_allclose(result.outputs["output"], reference(x), rtol=1e-5, atol=1e-5)
     assert deployment.agents["edge"].stats["rejected"] >= 1
@@ -136,12 +140,8 @@ def test_only_the_sink_may_acknowledge_so_a_forged_ack_cannot_cancel_the_fallbac
     manifest = split_model(path, placement, "edge", "cloud", tmp_path, devices=("edge", "fog", "cloud"))
     deployment = deploy(manifest)
     deployment.agents["cloud"].stop()
-    seen = deployment.requests_seen_by("edge")
     x = the_input(manifest, seed=10)
-    future = deployment.client.submit(x, deadline_s=2.0)
-    request = seen.get(timeout=5.0)
-    deployment.send_as("fog", "edge", Message("result", request.request_id, "fog", meta={"ack": True}))
-    result = future.result(timeout=5.0)
+    result = deployment.infer_with_a_forged_ack(x, deadline_s=2.0, forger="fog")
     assert result.fell_back and result.answered_by == "edge"
     np.testing.assert_allclose(result.outputs["output"], reference(x), rtol=1e-5, atol=1e-5)
 
