@@ -8,7 +8,7 @@ request that sat in a queue during the broker outage); no request is answered tw
 request's output. The resident memory of the broker, both agents and this client is sampled once a
 second: a leak shows as growth from the first to the last quarter of the run.
 
-    /work/main/.venv/bin/python bench/soak.py --requests 10000 --rate 50   # table + bench/results/soak.json
+    python -m bench.soak --requests 10000 --rate 50       # table + bench/results/soak.json (~3.5 min)
 
 The machine is shared with other jobs: absolute times move with their load; the counts must not.
 """
