@@ -41,6 +41,7 @@ REPLY_GRACE_S = 0.5
 # How long a request without a deadline is waited for: the agents' default `request_ttl_s`, the most any
 # agent holds a request (the source answers far sooner, at the deadline it derived).
 AGENT_DEADLINE_WAIT_S = 60.0
+MAX_REASON_CHARS = 500
 
 
 @dataclass
@@ -161,7 +162,9 @@ class InferenceClient:
 
     def _result(self, reply: Message, sent_s: float, received_s: float) -> InferenceResult:
         if reply.kind == "error":
-            raise EdgecloudError(f"device {reply.sender!r} refused the request: {reply.meta.get('error', 'no reason given')}")
+            reason = reply.meta.get("error")  # a peer's text: one bounded line, whatever it sent
+            reason = " ".join(reason.split())[:MAX_REASON_CHARS] if isinstance(reason, str) and reason.strip() else None
+            raise EdgecloudError(f"device {reply.sender!r} refused the request: {reason or 'no reason given'}")
         expected = {spec.name for spec in self.manifest.graph_outputs}
         if set(reply.tensors) != expected:
             raise EdgecloudError(f"the answer carries {sorted(reply.tensors)}, the model's outputs are {sorted(expected)}")

@@ -299,3 +299,24 @@ def test_without_a_deadline_the_source_leaves_the_planned_path_its_time(mlp_spli
     result = deployment.client.infer(x)
     assert not result.fell_back and result.timings.total_s > 0.3
     np.testing.assert_allclose(result.outputs["output"], reference(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_refusal_with_a_forged_reason_is_one_bounded_line(mlp_split, mosquitto) -> None:
+    deployment = f"a{uuid.uuid4().hex[:8]}"
+    arrived: queue.Queue[Message] = queue.Queue()
+    with (MqttTransport(mosquitto.url, client_id=f"{deployment}-edge") as edge,
+          InferenceClient(mlp_split, mosquitto.url, deployment=deployment) as client):
+        edge.subscribe_messages(inbox_filter(deployment, "edge"), lambda message, _: arrived.put(message))
+        reasons = [{"nested": ["not", "text"]}, "line one\nline two " + "x" * 5000]
+        futures = [client.submit(the_input(mlp_split, seed=11), deadline_s=3.0) for _ in reasons]
+        for reason in reasons:
+            request = arrived.get(timeout=5.0)
+            edge.publish_message(reply_topic(request.reply_to, "edge"),
+                                 Message("error", request.request_id, "edge", meta={"error": reason}))
+        messages = []
+        for future in futures:
+            with pytest.raises(EdgecloudError) as refused:
+                future.result(timeout=5.0)
+            messages.append(str(refused.value))
+    assert any(message.endswith("no reason given") for message in messages)
+    assert all("\n" not in message and len(message) < 600 for message in messages)
