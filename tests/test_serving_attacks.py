@@ -14,7 +14,7 @@ import queue
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import numpy as np
@@ -161,13 +161,14 @@ def test_empty_and_unasked_activations_cannot_fill_the_source_table(mlp_split, r
     x = the_input(mlp_split, seed=2)
     result = deployment.client.infer(x, deadline_s=5.0)
     np.testing.assert_allclose(result.outputs["output"], reference(x), rtol=1e-5, atol=1e-5)
-    assert not edge._pending and edge.stats["rejected"] >= 400
+    assert edge.stats["rejected"] >= 400
+    assert wait_for(lambda: not edge._pending)  # the answer may reach the client a moment before _finish
 
 
 def test_activations_that_open_entries_expire_on_our_clock_and_count_against_their_sender(mlp_split, deploy) -> None:
     """On the cloud an activation from the edge does open an entry; a deadline of 1e15 keeps it no longer
     than the agent's own TTL, and one sender cannot hold more than max_pending entries."""
-    deployment = deploy(mlp_split, max_pending=8, request_ttl_s=1.0)
+    deployment = deploy(mlp_split, max_pending=8, request_ttl_s=3.0)
     cloud = deployment.agents["cloud"]
     first = mlp_split.stages_of("cloud")[0]
     edge_stage = mlp_split.stages[first.index - 1]
@@ -179,7 +180,7 @@ def test_activations_that_open_entries_expire_on_our_clock_and_count_against_the
                                                     deadline=1e15, meta={"from_stage": edge_stage.index}))
     assert wait_for(lambda: cloud.stats["rejected"] >= 4), cloud.stats
     assert len(cloud._pending) == 8
-    assert wait_for(lambda: not cloud._pending, 3.0), "entries outlived the agent's TTL"
+    assert wait_for(lambda: not cloud._pending, 5.0), "entries outlived the agent's TTL"
 
 
 def test_an_expired_or_too_short_request_gets_an_error_and_does_not_switch_to_local_mode(
@@ -188,7 +189,7 @@ def test_an_expired_or_too_short_request_gets_an_error_and_does_not_switch_to_lo
     x = the_input(mlp_split, seed=4)
     with pytest.raises(EdgecloudError, match="deadline passed before it arrived"):
         deployment.client.infer(x, deadline_s=0.0)
-    short = deployment.client.infer(x, deadline_s=deployment.agents["edge"].fallback_margin_s / 2)
+    short = deployment.client.infer(x, deadline_s=deployment.agents["edge"].fallback_margin_s * 0.9)
     assert short.fell_back  # no time for the cloud: answered here at once...
     result = deployment.client.infer(x, deadline_s=5.0)
     assert not result.fell_back  # ...which says nothing about the cloud: the next request goes there
@@ -254,13 +255,21 @@ def test_forged_trace_and_times_in_a_request_are_skipped_not_fatal(mlp_split, re
     np.testing.assert_allclose(reply.tensors["output"], reference(x), rtol=1e-5, atol=1e-5)
 
 
-def test_a_forged_trace_in_an_answer_still_resolves_the_client(mlp_split, mosquitto) -> None:
-    """A device answers with trace entries that overflow a float: the client still gets its outputs."""
+@contextmanager
+def client_of_a_fake_edge(manifest: SplitManifest, url: str) -> Iterator[tuple[MqttTransport, InferenceClient,
+                                                                           queue.Queue[Message]]]:
+    """A client, and a bare connection playing its edge device: (edge, client, requests the edge got)."""
     deployment = f"a{uuid.uuid4().hex[:8]}"
     arrived: queue.Queue[Message] = queue.Queue()
-    with (MqttTransport(mosquitto.url, client_id=f"{deployment}-edge") as edge,
-          InferenceClient(mlp_split, mosquitto.url, deployment=deployment) as client):
+    with (MqttTransport(url, client_id=f"{deployment}-edge") as edge,
+          InferenceClient(manifest, url, deployment=deployment) as client):
         edge.subscribe_messages(inbox_filter(deployment, "edge"), lambda message, _: arrived.put(message))
+        yield edge, client, arrived
+
+
+def test_a_forged_trace_in_an_answer_still_resolves_the_client(mlp_split, mosquitto) -> None:
+    """A device answers with trace entries that overflow a float: the client still gets its outputs."""
+    with client_of_a_fake_edge(mlp_split, mosquitto.url) as (edge, client, arrived):
         future = client.submit(the_input(mlp_split, seed=8), deadline_s=3.0)
         request = arrived.get(timeout=5.0)
         output = np.ones((1, 10), np.float32)
@@ -302,11 +311,7 @@ def test_without_a_deadline_the_source_leaves_the_planned_path_its_time(mlp_spli
 
 
 def test_a_refusal_with_a_forged_reason_is_one_bounded_line(mlp_split, mosquitto) -> None:
-    deployment = f"a{uuid.uuid4().hex[:8]}"
-    arrived: queue.Queue[Message] = queue.Queue()
-    with (MqttTransport(mosquitto.url, client_id=f"{deployment}-edge") as edge,
-          InferenceClient(mlp_split, mosquitto.url, deployment=deployment) as client):
-        edge.subscribe_messages(inbox_filter(deployment, "edge"), lambda message, _: arrived.put(message))
+    with client_of_a_fake_edge(mlp_split, mosquitto.url) as (edge, client, arrived):
         reasons = [{"nested": ["not", "text"]}, "line one\nline two " + "x" * 5000]
         futures = [client.submit(the_input(mlp_split, seed=11), deadline_s=3.0) for _ in reasons]
         for reason in reasons:
