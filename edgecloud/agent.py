@@ -9,7 +9,16 @@ Life of a request (ids and reply topic travel in our wire header, see `edgecloud
    inputs are there, and its outputs go on to the devices that need them: one "activation" message per
    destination device, carrying all tensors for it;
 3. the sink device answers the client's reply topic (kind "result") and, if it is not the source, tells
-   the source it answered (a "result" with `meta.ack`), so the source can forget the request.
+   the source it answered (a "result" with `meta.ack`), so the source can forget the request. Only the
+   sink's acknowledgement of a request the source holds counts: a forged one would make the source drop
+   the request and skip its fallback.
+
+What a peer can make an agent hold is bounded on the agent's own terms: every deadline is turned into
+one on our clock (`edgecloud.deadlines`: a relative budget, never a sender's absolute time) and capped
+at `request_ttl_s`; only a client's request opens an entry on the source, and on other devices each
+sending device may open at most `max_pending` entries, with activations that carry a tensor this device
+takes from that sender. A request whose deadline passed before it arrived is answered with an error.
+Rejections are logged one line each, rate-limited (`edgecloud.log_limit`).
 
 Why one executor thread per agent: paho delivers messages on its network thread, which must never block
 (or keepalives and acknowledgements stall), so the callback only queues; stages run on the executor.
@@ -20,9 +29,12 @@ Fallback: the source agent loads every stage, not only its own. If the answer ha
 (deadline - margin), it runs whatever stages are still missing on the tensors it holds (the inputs, and
 all it computed or received) and answers itself with `meta.fell_back = true`. The margin defaults to twice
 the time the whole model took here at start-up plus 50 ms, so that the fallback ends before the deadline.
-After such a fallback the source serves requests locally at once for `local_after_fallback_s` (a dead
-cloud would otherwise cost every request its whole deadline); the first request after that window goes
-the planned way again and so probes whether the other devices are back.
+A request whose budget leaves no time for the planned path is served here at once. When
+`misses_before_local` requests in a row got no answer although the other devices had time to give one
+(the planned path's time, see `edgecloud.deadlines`), the source serves requests locally at once for
+`local_after_fallback_s` (a dead cloud would otherwise cost every request its whole deadline); the first
+request after that window goes the planned way again and so probes whether the other devices are back.
+A late or short request is no evidence about the link and never opens that window.
 """
 
 from __future__ import annotations
@@ -32,7 +44,7 @@ import logging
 import queue
 import threading
 import time
-from collections import OrderedDict, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -40,8 +52,11 @@ from typing import Self
 
 import numpy as np
 
+from edgecloud.deadlines import (SenderClocks, default_deadline_s, expected_path_s, fallback_margin_s,
+                                 finite_float)
 from edgecloud.errors import EdgecloudError, TransportError, WireFormatError
 from edgecloud.link_emulation import LinkEmulator
+from edgecloud.log_limit import RateLimitedLog
 from edgecloud.mqtt import MqttTransport, TransportOptions
 from edgecloud.stage_runner import StageRunner
 from edgecloud.topics import inbox_filter, parse_device_topic, reply_topic, sender_topic
@@ -65,8 +80,10 @@ class AgentOptions:
     max_pending: int = 256  # requests held at once; more are refused (backpressure)
     fallback: bool = True  # source device only: answer by itself when downstream is late
     fallback_margin_s: float | None = None  # None: 2 x the whole model's measured time + 50 ms
-    local_after_fallback_s: float = 5.0  # after a fallback, serve locally at once this long, then probe again
-    request_ttl_s: float = 60.0  # lifetime of a request that carries no deadline
+    local_after_fallback_s: float = 5.0  # after misses, serve locally at once this long, then probe again
+    misses_before_local: int = 2  # answers in a row the other devices failed to give before going local
+    predicted_s: float | None = None  # the plan's predicted latency: sizes the default deadline
+    request_ttl_s: float = 60.0  # the longest any request is held, whatever its deadline says
     inbox_size: int = 4096  # messages queued between the network thread and the executor
     emulated_links: Mapping[str, Link] = field(default_factory=dict)  # destination device -> link
 
@@ -77,8 +94,9 @@ class _Request:
 
     request_id: str
     reply_to: str | None
-    deadline: float | None
-    expires_s: float
+    deadline: float  # on this host's clock (see edgecloud.deadlines)
+    opened_by: str  # the sender whose message created the entry: each sender has a quota
+    handed_on_s: float | None = None  # source: when the inputs went on to the other devices
     tensors: dict[str, np.ndarray] = field(default_factory=dict)
     done_stages: set[int] = field(default_factory=set)
     trace: list[TraceEvent] = field(default_factory=list)
@@ -108,11 +126,16 @@ class DeviceAgent:
         self.topic = inbox_filter(options.deployment, device)
         self._transport = MqttTransport(broker_url, client_id=f"{options.deployment}-{device}",
                                         options=transport_options, limits=limits)
-        self._expected = {item.tensor for stage in self.stages for item in stage.inputs}
-        if self.is_sink:
-            self._expected |= {item.tensor for item in manifest.sink_inputs}
+        self._expected_from = self._tensors_by_sender()
+        self._stages_of = {name: {stage.index for stage in manifest.stages_of(name)} for name in manifest.devices}
         self._runner: StageRunner | None = None
         self.fallback_margin_s = 0.0
+        self.default_deadline_s = options.request_ttl_s  # the source derives its own in _warm_up
+        self._path_s = 0.0  # source: how long the other devices may take before a missing answer counts
+        self._misses = 0  # requests in a row the other devices did not answer in time
+        self._clocks = SenderClocks()
+        self._opened: Counter[str] = Counter()
+        self._log = RateLimitedLog(logger)
         self._inbox: queue.Queue[object] = queue.Queue(options.inbox_size)
         self._pending: OrderedDict[str, _Request] = OrderedDict()
         self._finished: OrderedDict[str, None] = OrderedDict()
@@ -141,7 +164,8 @@ class DeviceAgent:
             self.stop()
             raise
         logger.info("agent %s serving %d stage(s) on %s%s", self.device, len(self.stages), self.topic,
-                    f" (fallback margin {self.fallback_margin_s * 1e3:.0f} ms)" if fallback else "")
+                    f" (fallback margin {self.fallback_margin_s * 1e3:.0f} ms, default deadline "
+                    f"{self.default_deadline_s * 1e3:.0f} ms)" if fallback else "")
         return self
 
     def stop(self) -> None:
@@ -151,6 +175,7 @@ class DeviceAgent:
         if executor is not None:
             self._inbox.put(_STOP)
             executor.join()
+            self._log.flush()
             logger.info("agent %s stopped (%s)", self.device, dict(self.stats))
         emulator, self._emulator = self._emulator, None
         if emulator is not None:
@@ -174,9 +199,23 @@ class DeviceAgent:
             self._runner.run_remaining(tensors)
             whole_s = time.perf_counter() - started_s
             margin = self.options.fallback_margin_s
-            self.fallback_margin_s = 2.0 * whole_s + 0.05 if margin is None else margin
+            self.fallback_margin_s = fallback_margin_s(whole_s) if margin is None else margin
+            self.default_deadline_s = default_deadline_s(self.options.predicted_s, whole_s, self.fallback_margin_s)
+            self._path_s = expected_path_s(self.options.predicted_s, whole_s)
             return
         self._runner.warm_up()
+
+    def _tensors_by_sender(self) -> dict[str, set[str]]:
+        """Which tensors each device sends here: an activation carrying anything else is refused."""
+        expected: dict[str, set[str]] = defaultdict(set)
+        inputs = [item for stage in self.stages for item in stage.inputs]
+        if self.is_sink:
+            inputs += self.manifest.sink_inputs
+        for item in inputs:
+            sender = self.manifest.source if item.origin is None else item.origin.device
+            if sender != self.device:
+                expected[sender].add(item.tensor)
+        return dict(expected)
 
     # -- network thread -------------------------------------------------------------------------
 
@@ -186,8 +225,8 @@ class DeviceAgent:
             self._inbox.put_nowait((message, topic, time.time()))
         except queue.Full:
             self.stats["dropped"] += 1
-            logger.warning("agent %s dropped request %s: its inbox of %d messages is full", self.device,
-                           message.request_id, self.options.inbox_size)
+            self._log.warning("agent %s dropped request %s: its inbox of %d messages is full", self.device,
+                              message.request_id, self.options.inbox_size)
 
     # -- executor thread ------------------------------------------------------------------------
 
@@ -206,8 +245,10 @@ class DeviceAgent:
                 message, topic, received_s = item  # type: ignore[misc]
                 try:
                     self._handle(message, topic, received_s)
-                except Exception:  # one bad request must not end the agent
-                    logger.exception("agent %s failed on request %s", self.device, message.request_id)
+                except Exception as error:  # one bad request must not end the agent, nor flood its log
+                    logger.debug("agent %s failed on request %s", self.device, message.request_id, exc_info=True)
+                    self._log.warning("agent %s failed on request %s: %s: %s", self.device, message.request_id,
+                                      type(error).__name__, error)
                     self._fail(message.request_id, "internal error in the agent; see its log")
             now = time.time()
             while self._timers and self._timers[0][0] <= now:
@@ -215,6 +256,7 @@ class DeviceAgent:
                 self._fall_back(request_id)
             if now >= next_sweep_s:
                 self._expire(now)
+                self._log.flush()
                 next_sweep_s = now + 0.5
 
     def _handle(self, message: Message, topic: str, received_s: float) -> None:
@@ -225,8 +267,8 @@ class DeviceAgent:
             self._on_request(message, received_s)
         elif message.kind == "activation":
             self._on_activation(message, received_s)
-        elif message.kind == "result" and message.meta.get("ack") is True and self.is_source:
-            self._finish(message.request_id)
+        elif message.kind == "result" and message.meta.get("ack") is True:
+            self._on_ack(message)
         else:
             self._reject(message, f"a {message.kind!r} message is not for an agent's inbox")
 
@@ -248,8 +290,24 @@ class DeviceAgent:
 
     def _reject(self, message: Message, reason: str) -> None:
         self.stats["rejected"] += 1
-        logger.warning("agent %s rejected message %s from %s: %s", self.device, message.request_id,
-                       message.sender, reason)
+        self._log.warning("agent %s rejected message %s from %s: %s", self.device, message.request_id,
+                          message.sender, reason)
+
+    def _on_ack(self, message: Message) -> None:
+        """The sink answered the client: forget the request. Only the sink may say so, and only for a
+        request held here; anyone else could otherwise cancel a request and its fallback."""
+        if not self.is_source or self.is_sink:
+            return self._reject(message, "this device takes no acknowledgements: it answers its requests itself"
+                                if self.is_source else "acknowledgements go to the source device")
+        if message.sender != self.manifest.sink:
+            return self._reject(message, f"only the sink device {self.manifest.sink!r} acknowledges requests")
+        if message.request_id not in self._pending:
+            if message.request_id not in self._finished:
+                self._reject(message, "it acknowledges a request this device does not hold")
+            return None
+        self._misses = 0
+        self._finish(message.request_id)
+        return None
 
     def _on_request(self, message: Message, received_s: float) -> None:
         if not self.is_source:
@@ -264,53 +322,91 @@ class DeviceAgent:
             reason = f"the device holds {self.options.max_pending} requests already"
             self._reject(message, reason)
             return self._reply_error(message.request_id, message.reply_to, reason)
+        request = self._new_request(message, received_s, self.default_deadline_s)
+        if request is None:
+            return self._reply_error(message.request_id, message.reply_to, "its deadline passed before it arrived")
         self.stats["requests"] += 1
-        request = self._new_request(message)
         self._note_arrival(request, message, received_s)
-        if self.options.fallback and time.time() < self._local_until_s:
+        fall_back = self.options.fallback and message.reply_to is not None
+        if fall_back and (time.time() < self._local_until_s
+                          or request.deadline - self.fallback_margin_s <= time.time()):
+            # Local mode, or too short a budget for the planned path: answer here at once.
             request.tensors.update(message.tensors)
             return self._fall_back(message.request_id)
-        if self.options.fallback and message.deadline is not None and message.reply_to is not None:
-            heapq.heappush(self._timers, (message.deadline - self.fallback_margin_s, message.request_id))
+        if fall_back:
+            heapq.heappush(self._timers, (request.deadline - self.fallback_margin_s, message.request_id))
+        request.handed_on_s = time.time()
         self._hand_on(request, self.manifest.source_outputs, dict(message.tensors), from_stage=None)
         self._advance(request)
         return None
 
     def _on_activation(self, message: Message, received_s: float) -> None:
-        if message.sender not in self.manifest.devices:
-            return self._reject(message, f"sender {message.sender!r} is not a device of this deployment")
-        unexpected = set(message.tensors) - self._expected
-        if unexpected:
-            return self._reject(message, f"this device needs no tensor named {sorted(unexpected)[0]!r}")
+        problem = self._activation_problem(message)
+        if problem is not None:
+            return self._reject(message, problem)
         request = self._pending.get(message.request_id)
         if request is None:
             if message.request_id in self._finished:
                 logger.debug("agent %s ignored a late message for finished request %s", self.device,
                              message.request_id)
                 return None
-            if len(self._pending) >= self.options.max_pending:
-                return self._reject(message, f"the device holds {self.options.max_pending} requests already")
-            request = self._new_request(message)
+            if self.is_source:  # the client's request opened every request the source holds
+                return self._reject(message, "the source holds no such request")
+            if self._opened[message.sender] >= self.options.max_pending:
+                return self._reject(message, f"{message.sender!r} has {self.options.max_pending} requests open "
+                                             "here already")
+            request = self._new_request(message, received_s, self.options.request_ttl_s)
+            if request is None:
+                return None
+        else:
+            present = set(message.tensors) & set(request.tensors)
+            if present:
+                return self._reject(message, f"this device already holds tensor {sorted(present)[0]!r} of the request")
+            self._misses = 0  # the other devices answer
         self._note_arrival(request, message, received_s)
         request.tensors.update(message.tensors)
         self._advance(request)
         return None
 
-    def _new_request(self, message: Message) -> _Request:
-        expires_s = message.deadline if message.deadline is not None else time.time() + self.options.request_ttl_s
-        request = _Request(message.request_id, message.reply_to, message.deadline, expires_s)
+    def _activation_problem(self, message: Message) -> str | None:
+        """Why an activation is not one this device takes from its sender (by the manifest), or None."""
+        if message.sender not in self.manifest.devices or message.sender == self.device:
+            return f"sender {message.sender!r} is not another device of this deployment"
+        if not message.tensors:
+            return "it carries no tensor"
+        unexpected = set(message.tensors) - self._expected_from.get(message.sender, set())
+        if unexpected:
+            return f"this device needs no tensor named {sorted(unexpected)[0]!r} from {message.sender!r}"
+        from_stage = message.meta.get("from_stage")
+        if from_stage is not None and (isinstance(from_stage, bool) or not isinstance(from_stage, int)
+                                       or from_stage not in self._stages_of[message.sender]):
+            return f"from_stage {from_stage!r} is not a stage of {message.sender!r}"
+        return None
+
+    def _new_request(self, message: Message, received_s: float, default_s: float) -> _Request | None:
+        """A pending entry with a deadline on our clock, at most `request_ttl_s` away; None (and the
+        message rejected) when that deadline passed before the message arrived."""
+        arrival = self._clocks.arrival(message.sender, message.meta, message.deadline, received_s, default_s)
+        if arrival.deadline_s <= received_s:
+            self.stats["late"] += 1
+            self._reject(message, f"its deadline passed {(received_s - arrival.deadline_s) * 1e3:.0f} ms before it "
+                                  f"arrived (it was {arrival.staleness_s * 1e3:.0f} ms late on the way)")
+            return None
+        deadline_s = min(arrival.deadline_s, received_s + self.options.request_ttl_s)
+        request = _Request(message.request_id, message.reply_to, deadline_s, message.sender)
         self._pending[message.request_id] = request
+        self._opened[message.sender] += 1
         return request
 
     def _note_arrival(self, request: _Request, message: Message, received_s: float) -> None:
         merge(request.trace, parse_trace(message.meta.get("trace")))
-        sent_s = message.meta.get("sent_s")
-        from_stage = message.meta.get("from_stage")
-        if isinstance(sent_s, int | float):
+        sent_s = finite_float(message.meta.get("sent_s"))
+        from_stage = message.meta.get("from_stage")  # checked by _activation_problem
+        if sent_s is not None:
             n_bytes = sum(int(array.nbytes) for array in message.tensors.values())
             sender = CLIENT if message.kind == "request" else message.sender
-            merge(request.trace, [transfer_event(sender, self.device, float(sent_s), received_s, n_bytes,
-                                                 from_stage if isinstance(from_stage, int) else None)])
+            merge(request.trace, [transfer_event(sender, self.device, sent_s, received_s, n_bytes,
+                                                 from_stage if message.kind == "activation" else None)])
 
     def _advance(self, request: _Request) -> None:
         """Run every stage of this device whose inputs are all present, until none is; answer if sink."""
@@ -325,7 +421,7 @@ class DeviceAgent:
                 try:
                     outputs = self._runner.run(stage, request.tensors)
                 except EdgecloudError as error:
-                    logger.warning("agent %s: request %s: %s", self.device, request.request_id, error)
+                    self._log.warning("agent %s: request %s: %s", self.device, request.request_id, error)
                     self._reply_error(request.request_id, request.reply_to, str(error))
                     self._finish(request.request_id)
                     return
@@ -350,10 +446,11 @@ class DeviceAgent:
             for device in sorted(item.devices(self.manifest.sink) - {self.device}):
                 outgoing[device][item.tensor] = values[item.tensor]
         for device, tensors in outgoing.items():
+            now = time.time()
             self._send(device, Message(kind="activation", request_id=request.request_id, sender=self.device,
                                        tensors=tensors, reply_to=request.reply_to, deadline=request.deadline,
-                                       meta={"trace": encode_trace(request.trace), "sent_s": time.time(),
-                                             "from_stage": from_stage}))
+                                       meta={"trace": encode_trace(request.trace), "sent_s": now,
+                                             "budget_s": request.deadline - now, "from_stage": from_stage}))
 
     def _send(self, device: str, message: Message) -> None:
         if self._emulator is not None:
@@ -366,14 +463,14 @@ class DeviceAgent:
             self._transport.publish_message(sender_topic(self.options.deployment, device, self.device), message)
         except (TransportError, WireFormatError) as error:
             # The request is not lost: the source's fallback (or the client's deadline) covers it.
-            logger.warning("agent %s could not send request %s to %s: %s", self.device, message.request_id,
-                           device, error)
+            self._log.warning("agent %s could not send request %s to %s: %s", self.device, message.request_id,
+                              device, error)
 
     def _answer(self, request: _Request, fell_back: bool) -> None:
         request.answered = True
         if request.reply_to is None:
-            logger.warning("agent %s: request %s has no reply topic; its answer is dropped", self.device,
-                           request.request_id)
+            self._log.warning("agent %s: request %s has no reply topic; its answer is dropped", self.device,
+                              request.request_id)
             return
         self.stats["fell_back" if fell_back else "answered"] += 1
         outputs = {spec.name: request.tensors[spec.name] for spec in self.manifest.graph_outputs}
@@ -393,7 +490,7 @@ class DeviceAgent:
         try:
             self._transport.publish_message(reply_topic(reply_to, self.device), message)
         except (TransportError, WireFormatError) as error:
-            logger.warning("agent %s could not answer request %s: %s", self.device, message.request_id, error)
+            self._log.warning("agent %s could not answer request %s: %s", self.device, message.request_id, error)
 
     def _fail(self, request_id: str, reason: str) -> None:
         request = self._pending.get(request_id)
@@ -402,19 +499,14 @@ class DeviceAgent:
             self._finish(request_id)
 
     def _fall_back(self, request_id: str) -> None:
-        """Run the missing stages here and answer: the deadline is near and no answer came, or a recent
-        fallback says the other devices are down. Either way the next `local_after_fallback_s` seconds of
-        requests are served here at once, instead of each waiting for its deadline; the first request
-        after that probes the other devices again."""
+        """Run the missing stages here and answer: the deadline is near and no answer came, the budget
+        was too short for the planned path, or recent misses say the other devices are down."""
         request = self._pending.get(request_id)
         if request is None or request.answered:
             return
         assert self._runner is not None
-        now = time.time()
-        if now >= self._local_until_s:  # a deadline fallback, not one served in local mode
-            logger.warning("agent %s: no answer in time for request %s; serving locally for the next %g s",
-                           self.device, request_id, self.options.local_after_fallback_s)
-            self._local_until_s = now + self.options.local_after_fallback_s
+        if request.handed_on_s is not None:
+            self._count_miss(request)
         try:
             ran = self._runner.run_remaining(request.tensors)
         except EdgecloudError as error:
@@ -427,14 +519,34 @@ class DeviceAgent:
         self._answer(request, fell_back=True)
         self._finish(request_id)
 
+    def _count_miss(self, request: _Request) -> None:
+        """A deadline fallback is evidence against the link only when the other devices had the planned
+        path's time and gave no answer; `misses_before_local` of those in a row start local mode, so
+        that the next `local_after_fallback_s` seconds of requests do not each wait for their deadline."""
+        now = time.time()
+        assert request.handed_on_s is not None
+        if now - request.handed_on_s < self._path_s or now < self._local_until_s:
+            return
+        self._misses += 1
+        if self._misses >= self.options.misses_before_local:
+            logger.warning("agent %s: %d request(s) in a row got no answer in time, the last %s; serving locally "
+                           "for the next %g s", self.device, self._misses, request.request_id,
+                           self.options.local_after_fallback_s)
+            self._local_until_s = now + self.options.local_after_fallback_s
+            self._misses = 0
+
     def _finish(self, request_id: str) -> None:
-        self._pending.pop(request_id, None)
+        request = self._pending.pop(request_id, None)
+        if request is not None:
+            self._opened[request.opened_by] -= 1
+            if not self._opened[request.opened_by]:
+                del self._opened[request.opened_by]
         self._finished[request_id] = None
         while len(self._finished) > 4 * self.options.max_pending:
             self._finished.popitem(last=False)
 
     def _expire(self, now: float) -> None:
-        expired = [request.request_id for request in self._pending.values() if request.expires_s <= now]
+        expired = [request.request_id for request in self._pending.values() if request.deadline <= now]
         for request_id in expired:
             self.stats["expired"] += 1
             logger.info("agent %s dropped request %s: its deadline passed", self.device, request_id)

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -30,11 +30,12 @@ STOP_TIMEOUT_S = 10.0
 class AgentProcesses:
     """Agents for `devices` of a plan, as child processes of this one."""
 
-    def __init__(self, plan_path: str | Path, devices: Sequence[str], broker_url: str, deployment: str,
-                 extra_args: Sequence[str] = (), log_level: str = "WARNING") -> None:
+    def __init__(self, plan_path: str | Path, devices: Sequence[str], broker_url: str | Mapping[str, str],
+                 deployment: str, extra_args: Sequence[str] = (), log_level: str = "WARNING") -> None:
+        """`broker_url` is one URL for all, or one per device (each its own login on a broker with an ACL)."""
         self.plan_path = Path(plan_path)
         self.devices = list(devices)
-        self.broker_url = broker_url
+        self.broker_urls = dict(broker_url) if isinstance(broker_url, Mapping) else dict.fromkeys(devices, broker_url)
         self.deployment = deployment
         self.extra_args = list(extra_args)
         self.log_level = log_level
@@ -43,37 +44,52 @@ class AgentProcesses:
 
     def command(self, device: str, ready_file: Path) -> list[str]:
         return [sys.executable, "-m", "edgecloud.cli.app", "agent", "--plan", str(self.plan_path), "--device", device,
-                "--broker", self.broker_url, "--deployment", self.deployment, "--ready-file", str(ready_file),
+                "--broker", self.broker_urls[device], "--deployment", self.deployment, "--ready-file", str(ready_file),
                 "--log-level", self.log_level, *self.extra_args]
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> Self:
         """Start every agent and return once all serve; EdgecloudError (and nothing left running) if one
         exits or does not get ready within `timeout_s`."""
         self._folder = tempfile.TemporaryDirectory(prefix="edgecloud-agents-")
-        folder = Path(self._folder.name)
         try:
             for device in self.devices:
-                log = (folder / f"{device}.log").open("wb")
-                with log:
-                    self.processes[device] = subprocess.Popen(self.command(device, folder / f"{device}.ready"),
-                                                              stdin=subprocess.DEVNULL, stdout=log,
-                                                              stderr=subprocess.STDOUT)
-            deadline_s = time.monotonic() + timeout_s
-            waiting = set(self.devices)
-            while waiting:
-                for device in list(waiting):
-                    if (folder / f"{device}.ready").exists():
-                        waiting.discard(device)
-                    elif self.processes[device].poll() is not None:
-                        raise EdgecloudError(f"the {device} agent exited with code {self.processes[device].returncode}: "
-                                             f"{self.log_text(device).strip()[-400:] or 'no output'}")
-                if waiting and time.monotonic() > deadline_s:
-                    raise EdgecloudError(f"agent(s) {', '.join(sorted(waiting))} did not start within {timeout_s:g} s")
-                time.sleep(0.05)
+                self._launch(device)
+            self._wait_ready(self.devices, timeout_s)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def restart(self, device: str, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Start the agent of `device` again (after `kill`), and return once it serves."""
+        if self.processes[device].poll() is None:
+            raise EdgecloudError(f"the {device} agent is still running")
+        self._launch(device)
+        self._wait_ready([device], timeout_s)
+
+    def _launch(self, device: str) -> None:
+        assert self._folder is not None
+        folder = Path(self._folder.name)
+        (folder / f"{device}.ready").unlink(missing_ok=True)
+        with (folder / f"{device}.log").open("ab") as log:
+            self.processes[device] = subprocess.Popen(self.command(device, folder / f"{device}.ready"),
+                                                      stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+
+    def _wait_ready(self, devices: Sequence[str], timeout_s: float) -> None:
+        assert self._folder is not None
+        folder = Path(self._folder.name)
+        deadline_s = time.monotonic() + timeout_s
+        waiting = set(devices)
+        while waiting:
+            for device in list(waiting):
+                if (folder / f"{device}.ready").exists():
+                    waiting.discard(device)
+                elif self.processes[device].poll() is not None:
+                    raise EdgecloudError(f"the {device} agent exited with code {self.processes[device].returncode}: "
+                                         f"{self.log_text(device).strip()[-400:] or 'no output'}")
+            if waiting and time.monotonic() > deadline_s:
+                raise EdgecloudError(f"agent(s) {', '.join(sorted(waiting))} did not start within {timeout_s:g} s")
+            time.sleep(0.05)
 
     def log_text(self, device: str) -> str:
         """What the agent of `device` wrote so far (its log goes to a file, not to our terminal)."""

@@ -5,9 +5,10 @@
         result = client.infer(x, deadline_s=2.0)        # x: np.ndarray or {input name: array}
         result.outputs["output"], result.fell_back, result.timings.total_s
 
-`submit` returns a future instead, for many requests in flight at once. Every request carries an
-absolute deadline; the source agent falls back to running the model itself when the answer would
-otherwise miss it, and `fell_back` says so.
+`submit` returns a future instead, for many requests in flight at once. A request carries its deadline
+as a budget relative to when it was sent (or none: the source agent then derives one from the plan's
+prediction and the whole model's time measured there); the source agent falls back to running the model
+itself when the answer would otherwise miss it, and `fell_back` says so.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Self
 import numpy as np
 
 from edgecloud.agent import DEFAULT_DEPLOYMENT
+from edgecloud.deadlines import finite_float
 from edgecloud.errors import EdgecloudError, TransportError
 from edgecloud.mqtt import MqttTransport, Requester, TransportOptions
 from edgecloud.topics import device_topic, sender_topic
@@ -36,6 +38,10 @@ from partitioner.split import cached_split
 # How long past its deadline the client still waits: the fallback answer is sent just before the
 # deadline and needs a moment to travel back.
 REPLY_GRACE_S = 0.5
+# How long a request without a deadline is waited for: the agents' default `request_ttl_s`, the most any
+# agent holds a request (the source answers far sooner, at the deadline it derived).
+AGENT_DEADLINE_WAIT_S = 60.0
+MAX_REASON_CHARS = 500
 
 
 @dataclass
@@ -108,17 +114,24 @@ class InferenceClient:
             raise EdgecloudError(problem)
         return named
 
-    def submit(self, inputs: Mapping[str, np.ndarray] | np.ndarray, deadline_s: float = 2.0) -> Future[InferenceResult]:
-        """Send one request; the future gives its InferenceResult (or raises EdgecloudError)."""
+    def submit(self, inputs: Mapping[str, np.ndarray] | np.ndarray,
+               deadline_s: float | None = None) -> Future[InferenceResult]:
+        """Send one request; the future gives its InferenceResult (or raises EdgecloudError). With no
+        `deadline_s` the source agent sets one from the plan's prediction and the whole model's time
+        measured there (`edgecloud.deadlines.default_deadline_s`); the client waits up to AGENT_DEADLINE_WAIT_S."""
         if self._requester is None:
             raise TransportError("the inference client is not connected; use it as a context manager or call connect()")
         request_id = uuid.uuid4().hex
         sent_s = time.time()
+        # The budget is relative, so that the agents' clocks need not agree with ours (edgecloud.deadlines).
+        meta = {"sent_s": sent_s} if deadline_s is None else {"sent_s": sent_s, "budget_s": deadline_s}
         message = Message(kind="request", request_id=request_id, sender=self.client_name,
-                          tensors=self.named_inputs(inputs), deadline=sent_s + deadline_s, meta={"sent_s": sent_s})
-        reply_future = self._requester.submit(self._source_topic, message, timeout_s=deadline_s)
+                          tensors=self.named_inputs(inputs), meta=meta,
+                          deadline=None if deadline_s is None else sent_s + deadline_s)
+        wait_s = AGENT_DEADLINE_WAIT_S if deadline_s is None else deadline_s
+        reply_future = self._requester.submit(self._source_topic, message, timeout_s=wait_s)
         result: Future[InferenceResult] = Future()
-        timer = threading.Timer(deadline_s + REPLY_GRACE_S, self._expire, (reply_future, result, request_id, deadline_s))
+        timer = threading.Timer(wait_s + REPLY_GRACE_S, self._expire, (reply_future, result, request_id, wait_s))
         timer.daemon = True
         timer.start()
 
@@ -130,6 +143,8 @@ class InferenceClient:
                 result.set_result(self._result(done.result(), sent_s, time.time()))
             except EdgecloudError as error:
                 result.set_exception(error)
+            except Exception as error:  # whatever a peer sent, the future must resolve
+                result.set_exception(EdgecloudError(f"the answer to request {request_id} could not be read: {error}"))
 
         reply_future.add_done_callback(on_reply)
         return result
@@ -140,21 +155,24 @@ class InferenceClient:
         if reply_future.cancel() and not result.done():
             result.set_exception(TransportError(f"no answer to request {request_id} within its {deadline_s:g} s deadline"))
 
-    def infer(self, inputs: Mapping[str, np.ndarray] | np.ndarray, deadline_s: float = 2.0) -> InferenceResult:
+    def infer(self, inputs: Mapping[str, np.ndarray] | np.ndarray, deadline_s: float | None = None) -> InferenceResult:
         """Send one request and wait for its outputs (at most the deadline plus a short grace)."""
-        return self.submit(inputs, deadline_s).result(deadline_s + 2 * REPLY_GRACE_S)
+        wait_s = AGENT_DEADLINE_WAIT_S if deadline_s is None else deadline_s
+        return self.submit(inputs, deadline_s).result(wait_s + 2 * REPLY_GRACE_S)
 
     def _result(self, reply: Message, sent_s: float, received_s: float) -> InferenceResult:
         if reply.kind == "error":
-            raise EdgecloudError(f"device {reply.sender!r} refused the request: {reply.meta.get('error', 'no reason given')}")
+            reason = reply.meta.get("error")  # a peer's text: one bounded line, whatever it sent
+            reason = " ".join(reason.split())[:MAX_REASON_CHARS] if isinstance(reason, str) and reason.strip() else None
+            raise EdgecloudError(f"device {reply.sender!r} refused the request: {reason or 'no reason given'}")
         expected = {spec.name for spec in self.manifest.graph_outputs}
         if set(reply.tensors) != expected:
             raise EdgecloudError(f"the answer carries {sorted(reply.tensors)}, the model's outputs are {sorted(expected)}")
         events = parse_trace(reply.meta.get("trace"))
-        reply_sent_s = reply.meta.get("sent_s")
-        if isinstance(reply_sent_s, int | float):
+        reply_sent_s = finite_float(reply.meta.get("sent_s"))
+        if reply_sent_s is not None:
             n_bytes = sum(int(array.nbytes) for array in reply.tensors.values())
-            events.append(transfer_event(reply.sender, CLIENT, float(reply_sent_s), received_s, n_bytes))
+            events.append(transfer_event(reply.sender, CLIENT, reply_sent_s, received_s, n_bytes))
         return InferenceResult(outputs={name: np.array(array) for name, array in reply.tensors.items()},
                                fell_back=reply.meta.get("fell_back") is True,
                                timings=RequestTimings(total_s=received_s - sent_s, events=events),

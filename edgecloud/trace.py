@@ -3,6 +3,9 @@
 Why in the messages: the client learns where its time went (each stage, each hop) without a separate
 metrics channel, and the demo can set measured times beside the plan's predictions. Times are unix
 seconds from each host's clock, so hop times are exact on one machine and as good as clock sync across.
+A peer's entries are checked field by field (`TraceEvent.from_dict`), never coerced: JSON can carry
+1e400 or a 400-digit integer, which `int()`/`float()` turn into OverflowError, and a request must never
+fail because of its diagnostics.
 """
 
 from __future__ import annotations
@@ -11,8 +14,18 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from edgecloud.deadlines import finite_float
+from edgecloud.errors import EdgecloudError
+
 MAX_EVENTS = 256  # keeps the header far below the wire's header limit, even for many-stage plans
 CLIENT = "client"
+KINDS = ("stage", "transfer")
+MAX_NAME_CHARS = 128
+MAX_INT = 2**53  # exact in a double: what JSON readers elsewhere can hold
+
+
+class TraceFormatError(EdgecloudError):
+    """A trace entry from a peer that is not one we would write; the entry is skipped, never fatal."""
 
 
 @dataclass(frozen=True)
@@ -39,11 +52,35 @@ class TraceEvent:
         return item
 
     @classmethod
-    def from_dict(cls, item: Mapping[str, Any]) -> "TraceEvent":
-        stage = item.get("stage")
-        return cls(kind=str(item["kind"]), start_s=float(item["start_s"]), end_s=float(item["end_s"]),
-                   device=str(item["device"]), sender=None if item.get("sender") is None else str(item["sender"]),
-                   stage=None if stage is None else int(stage), bytes=int(item.get("bytes", 0)))
+    def from_dict(cls, item: Any) -> "TraceEvent":
+        """The event an entry from a peer describes; TraceFormatError if any field is not what we write
+        (a peer's entry is never coerced: `int(1e400)` raises OverflowError, `str({...})` is no name)."""
+        if not isinstance(item, Mapping):
+            raise TraceFormatError("a trace entry must be a JSON object")
+        kind = item.get("kind")
+        if kind not in KINDS:
+            raise TraceFormatError(f"trace kind {kind!r} is not one of {', '.join(KINDS)}")
+        start_s, end_s = finite_float(item.get("start_s")), finite_float(item.get("end_s"))
+        if start_s is None or end_s is None:
+            raise TraceFormatError("trace times must be finite numbers")
+        stage, n_bytes = item.get("stage"), item.get("bytes", 0)
+        if stage is not None and not _is_bounded_int(stage):
+            raise TraceFormatError(f"trace stage {stage!r} is not a stage index")
+        if not _is_bounded_int(n_bytes):
+            raise TraceFormatError(f"trace byte count {n_bytes!r} is not a byte count")
+        return cls(kind=kind, start_s=start_s, end_s=end_s, device=_name(item.get("device")),
+                   sender=None if item.get("sender") is None else _name(item.get("sender")),
+                   stage=stage, bytes=n_bytes)
+
+
+def _is_bounded_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_INT
+
+
+def _name(value: Any) -> str:
+    if not isinstance(value, str) or not value or len(value) > MAX_NAME_CHARS:
+        raise TraceFormatError("trace device names must be short non-empty strings")
+    return value
 
 
 def stage_event(stage: int, device: str, start_s: float, end_s: float) -> TraceEvent:
@@ -64,7 +101,7 @@ def parse_trace(raw: Any) -> list[TraceEvent]:
     for item in raw[:MAX_EVENTS]:
         try:
             events.append(TraceEvent.from_dict(item))
-        except (KeyError, TypeError, ValueError, AttributeError):
+        except TraceFormatError:
             continue
     return events
 

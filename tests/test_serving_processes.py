@@ -1,6 +1,6 @@
 """Agents as separate `edgecloud agent` processes, started from a plan file, against both brokers:
 answers equal the unsplit model, `edgecloud infer` works, a SIGKILLed cloud agent makes the edge fall
-back within the deadline, and SIGTERM stops an agent cleanly."""
+back within the deadline, a restarted one serves again, and SIGTERM stops an agent cleanly."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def test_agent_processes_serve_fall_back_and_stop_cleanly(bundled_models, broker
             np.save(tmp_path / "x.npy", x)
             outcome = CliRunner().invoke(app, ["infer", "--plan", str(plan_path), "--input", str(tmp_path / "x.npy"),
                                                "--broker", broker.url, "--deployment", deployment,
-                                               "-o", str(tmp_path / "y.npy"), "--deadline", "10s"])
+                                               "-o", str(tmp_path / "y.npy")])  # the edge's default deadline
             assert outcome.exit_code == 0, outcome.output
             np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, rtol=1e-5, atol=1e-5)
 
@@ -49,6 +49,11 @@ def test_agent_processes_serve_fall_back_and_stop_cleanly(bundled_models, broker
             result = client.infer(x, deadline_s=deadline_s)
             assert time.monotonic() - started_s < deadline_s
             assert result.fell_back
+            np.testing.assert_allclose(result.outputs["output"], expected, rtol=1e-5, atol=1e-5)
+
+            agents.restart("cloud")  # one miss is no proof the cloud is gone: the next request goes there
+            result = client.infer(x, deadline_s=10.0)
+            assert not result.fell_back and "cloud" in {event.device for event in result.timings.stages}
             np.testing.assert_allclose(result.outputs["output"], expected, rtol=1e-5, atol=1e-5)
         edge_log = agents.log_text("edge")
         codes = agents.stop()

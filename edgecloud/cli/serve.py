@@ -69,7 +69,7 @@ def agent(
     links = links_of(device, load_plan(plan).links) if emulate_links else {}
     options = AgentOptions(deployment=deployment, threads=threads, max_pending=max_pending, fallback=fallback,
                            fallback_margin_s=margin_s, local_after_fallback_s=parse_duration_s(local_after_fallback),
-                           emulated_links=links)
+                           emulated_links=links, predicted_s=load_plan(plan).predicted_s)
     stop = threading.Event()
     for signal_number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signal_number, lambda *_: stop.set())
@@ -85,7 +85,7 @@ def infer(
     output: Annotated[Path, typer.Option("--output", "-o", help=".npy (one output) or .npz (outputs by name).")],
     broker: Annotated[str, typer.Option("--broker", help="Broker URL.")] = DEFAULT_BROKER,
     deployment: Annotated[str, typer.Option("--deployment", help="Deployment id the agents use.")] = "default",
-    deadline: Annotated[str, typer.Option("--deadline", help="Time the answer may take (e.g. 2s, 500ms).")] = "2s",
+    deadline: Annotated[Optional[str], typer.Option("--deadline", help="Time the answer may take (e.g. 2s, 500ms); default: the source agent's, from the plan's prediction and its measured whole-model time.")] = None,
 ) -> None:
     """Send one input to the deployment's source agent and save the model's output."""
     import numpy as np
@@ -95,7 +95,7 @@ def infer(
     from edgecloud.errors import EdgecloudError
     from partitioner.units import parse_duration_s
 
-    deadline_s = parse_duration_s(deadline)
+    deadline_s = None if deadline is None else parse_duration_s(deadline)
     try:
         loaded = np.load(input_path, allow_pickle=False)
         if isinstance(loaded, np.ndarray):
