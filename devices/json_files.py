@@ -47,22 +47,23 @@ def read_json_file(path: str | Path, what: str, *, expected_format: str | None =
     path = Path(path)
     label = f"{what} file {path}"
     other_kind = _OTHER_KINDS.get(path.suffix.lower())
+    if path.is_dir():
+        raise error(f"{label} is a directory, not a JSON file.")
     try:
-        if path.is_dir():
-            raise error(f"{label} is a directory, not a JSON file.")
         with path.open("rb") as file:  # the size is checked on what is read: /proc and pipes report 0
             raw = file.read(max_bytes + 1)
-        if len(raw) > max_bytes:
-            raise error(f"{label} is larger than {max_bytes // 2**20} MiB; it cannot be a {what} file.")
-        if not raw.strip():
-            raise error(f"{label} is empty.")
-        data = _parse(raw)
     except FileNotFoundError:
         raise error(f"{label} does not exist.") from None
     except PermissionError:
         raise error(f"cannot read {label}: permission denied.") from None
     except OSError as failure:
         raise error(f"cannot read {label}: {(failure.strerror or str(failure)).lower()}.") from None
+    if len(raw) > max_bytes:
+        raise error(f"{label} is larger than {max_bytes / 2**20:g} MiB; it cannot be a {what} file.")
+    if not raw.strip():
+        raise error(f"{label} is empty.")
+    try:
+        data = _parse(raw)
     except UnicodeDecodeError as failure:
         if other_kind:
             raise error(f"{label} is {other_kind}, not a JSON {what} file.") from None

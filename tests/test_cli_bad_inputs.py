@@ -85,6 +85,10 @@ BAD_CONTENT: dict[str, bytes | None] = {
     "a-list": b"[1, 2, 3]",
 }
 
+JSON_PHRASES = {"missing": "does not exist", "empty": "is empty", "blank": "is empty", "not-utf8": "is not UTF-8",
+                "huge-integer": "integer too long", "deeply-nested": "too deeply", "not-json": "is not valid JSON",
+                "nan": "holds NaN"}
+
 
 @pytest.fixture(scope="module")
 def fixtures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
@@ -175,6 +179,8 @@ def test_a_bad_file_is_one_error_line(fixtures, tmp_path: Path, args: list[str],
     assert_one_error_line(code, stdout, stderr, str(bad) if kind == "missing" else "")
     if kind != "missing":
         assert str(bad) in stderr or bad.name in stderr, stderr  # the sentence names the file
+    if suffix == ".json" and kind in JSON_PHRASES:  # what is wrong, in the shared reader's words
+        assert JSON_PHRASES[kind] in stderr, stderr
 
 
 def _other_files(folder: Path) -> dict[str, Path]:
@@ -298,3 +304,29 @@ def test_finite_float_refuses_nan_and_infinity() -> None:
     for text in ("nan", "inf", "-inf", "0", "-1", "10.5", "ten"):
         with pytest.raises(typer.BadParameter):
             parse(text)
+
+
+def test_the_reader_caps_the_size_before_parsing(tmp_path: Path) -> None:
+    from devices.errors import DeviceError
+    from devices.json_files import read_json_file
+
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps({"format": "x", "pad": "a" * 100}))
+    assert read_json_file(path, "thing", expected_format="x")["pad"] == "a" * 100
+    with pytest.raises(DeviceError, match=r"thing file .*big.json is larger than"):
+        read_json_file(path, "thing", max_bytes=50)
+
+
+def test_every_writer_refuses_nan_and_infinity(tmp_path: Path) -> None:
+    """`plan --bandwidth 1e400bit` and `sweep --json` once wrote `Infinity`, which is not JSON."""
+    from dataclasses import replace
+
+    from partitioner.errors import PartitionerError
+    from partitioner.plan import load_plan
+
+    plan = load_plan(write_plan(cached_model_path("mlp"), tmp_path))
+    with pytest.raises(PartitionerError, match="non-finite number"):
+        replace(plan, predicted_s=float("inf")).save(tmp_path / "inf.json")
+    code, stdout, _ = run_cli(["plan", "chain", "--bandwidth", "1Gbit", "--json"])
+    assert code == 0
+    json.loads(stdout, parse_constant=lambda name: pytest.fail(f"{name} in the plan's JSON"))
