@@ -97,7 +97,7 @@ def fixtures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
     folder = tmp_path_factory.mktemp("good")
     plan = write_plan(cached_model_path("mlp"), folder)
-    np.save(folder / "x.npy", np.zeros((1, 64), np.float32))
+    np.save(folder / "x.npy", np.zeros((1, 784), np.float32))
     return {PLAN: str(plan), NPY: str(folder / "x.npy")}
 
 
