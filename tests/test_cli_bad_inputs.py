@@ -330,3 +330,20 @@ def test_every_writer_refuses_nan_and_infinity(tmp_path: Path) -> None:
     code, stdout, _ = run_cli(["plan", "chain", "--bandwidth", "1Gbit", "--json"])
     assert code == 0
     json.loads(stdout, parse_constant=lambda name: pytest.fail(f"{name} in the plan's JSON"))
+
+
+@pytest.mark.parametrize("kind", ["deeply-nested", "not-utf8", "empty", "a-list"])
+def test_an_unreadable_host_cache_is_measured_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    kind: str) -> None:
+    """The host profile cache is ours but sits in the user's folder: a deeply nested one was a traceback."""
+    from devices import host
+
+    monkeypatch.setenv("EDGECLOUD_CACHE", str(tmp_path))
+    monkeypatch.setattr(host, "_BUDGET_S", 0.05)
+    (tmp_path / host.HOST_CACHE_FILE).write_bytes(BAD_CONTENT[kind] or b"")
+    host.host_profile.cache_clear()
+    try:
+        assert host.host_profile().peak_flops > 1e6
+    finally:
+        host.host_profile.cache_clear()
+    assert json.loads((tmp_path / host.HOST_CACHE_FILE).read_text())["profile"]["name"] == "host"
