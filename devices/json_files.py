@@ -38,11 +38,13 @@ def _parse(raw: bytes) -> Any:
 
 
 def read_json_file(path: str | Path, what: str, *, expected_format: str | None = None,
-                   error: type[Exception] = DeviceError, max_bytes: int = MAX_JSON_BYTES) -> Any:
+                   error: type[Exception] = DeviceError, max_bytes: int = MAX_JSON_BYTES,
+                   wrong_kind_hint: str = "") -> Any:
     """The parsed content of the `what` file at `path` (e.g. what="plan"), or `error` with one sentence.
 
     With `expected_format`, the content must be an object whose "format" is that tag: a file of another
-    kind (a profile given as a plan, a model given as a plan) is named as such.
+    kind (a profile given as a plan, a model given as a plan) is named as such, followed by
+    `wrong_kind_hint` (e.g. how to make the right file from it).
     """
     path = Path(path)
     label = f"{what} file {path}"
@@ -66,12 +68,12 @@ def read_json_file(path: str | Path, what: str, *, expected_format: str | None =
         data = _parse(raw)
     except UnicodeDecodeError as failure:
         if other_kind:
-            raise error(f"{label} is {other_kind}, not a JSON {what} file.") from None
+            raise error(f"{label} is {other_kind}, not a JSON {what} file{wrong_kind_hint}.") from None
         raise error(f"{label} is not UTF-8 text (byte {raw[failure.start]:#04x} at offset {failure.start}); "
                     f"it is not a JSON {what} file.") from None
     except json.JSONDecodeError as failure:
         if other_kind:
-            raise error(f"{label} is {other_kind}, not a JSON {what} file.") from None
+            raise error(f"{label} is {other_kind}, not a JSON {what} file{wrong_kind_hint}.") from None
         raise error(f"{label} is not valid JSON ({failure.msg} at line {failure.lineno}, "
                     f"column {failure.colno}).") from None
     except RecursionError:
@@ -83,7 +85,8 @@ def read_json_file(path: str | Path, what: str, *, expected_format: str | None =
         found = data.get("format") if isinstance(data, dict) else None
         if found != expected_format:
             seen = f"its format is {found!r}" if found is not None else f"it has no \"format\" tag"
-            raise error(f"{label} is not an edgecloud {what} (expected \"format\": \"{expected_format}\"; {seen}).")
+            raise error(f"{label} is not an edgecloud {what} (expected \"format\": \"{expected_format}\"; "
+                        f"{seen}){wrong_kind_hint}.")
     return data
 
 

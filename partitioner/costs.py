@@ -159,7 +159,10 @@ class CostGraph:
     @classmethod
     def load(cls, path: str | Path) -> CostGraph:
         data = read_json_file(path, "cost graph", expected_format=COSTGRAPH_FORMAT, error=PartitionerError)
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except PartitionerError as error:  # the sentence names the file, as the reader's do
+            raise type(error)(f"cost graph file {path}: {error}") from None
 
 
 def _is_number(value: object) -> bool:

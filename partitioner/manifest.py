@@ -225,7 +225,10 @@ def load_manifest(directory: str | Path) -> SplitManifest:
     if not path.exists():
         raise PartitionerError(f"no split manifest at {path}; run `edgecloud split` first")
     data = read_json_file(path, "split manifest", expected_format=MANIFEST_FORMAT, error=PartitionerError)
-    return SplitManifest.from_dict(data, directory)
+    try:
+        return SplitManifest.from_dict(data, directory)
+    except PartitionerError as error:  # the sentence names the file, as the reader's do
+        raise type(error)(f"split manifest {path}: {error}") from None
 
 
 def _ref_from_dict(item: dict[str, Any]) -> StageRef:

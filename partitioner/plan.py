@@ -72,7 +72,8 @@ class Plan:
 def load_plan(path: str | Path) -> Plan:
     """Read a plan file; the model path is resolved against the plan's folder."""
     path = Path(path)
-    data = read_json_file(path, "plan", expected_format=PLAN_FORMAT, error=PartitionerError)
+    data = read_json_file(path, "plan", expected_format=PLAN_FORMAT, error=PartitionerError,
+                          wrong_kind_hint="; make a plan with `edgecloud plan MODEL -o plan.json`")
     try:
         model = data["model"]
         if model is not None and not Path(model).is_absolute():

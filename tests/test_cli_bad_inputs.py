@@ -200,7 +200,7 @@ def _other_files(folder: Path) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize(("args", "other", "phrase"), [
-    (["split", BAD, "-o", OUT_DIR], "model", "is an ONNX model, not a JSON plan file"),
+    (["split", BAD, "-o", OUT_DIR], "model", "is an ONNX model, not a JSON plan file; make a plan with `edgecloud plan"),
     (["agent", "--plan", BAD, "--device", "edge", "--broker", NO_BROKER], "model", "is an ONNX model"),
     (["infer", "--plan", BAD, "--input", NPY, "-o", OUT, "--broker", NO_BROKER], "model", "is an ONNX model"),
     (["split", BAD, "-o", OUT_DIR], "profile", "is not an edgecloud plan"),
@@ -351,3 +351,18 @@ def test_an_unreadable_host_cache_is_measured_again(tmp_path: Path, monkeypatch:
     finally:
         host.host_profile.cache_clear()
     assert json.loads((tmp_path / host.HOST_CACHE_FILE).read_text())["profile"]["name"] == "host"
+
+
+def test_a_malformed_cost_graph_or_manifest_names_its_file(tmp_path: Path) -> None:
+    """The reader names the file; so must the format's own checks after it ("the cost graph is malformed")."""
+    from partitioner.costs import COSTGRAPH_FORMAT
+    from partitioner.errors import PartitionerError
+    from partitioner.manifest import MANIFEST_FORMAT, load_manifest
+
+    graph = tmp_path / "g.json"
+    graph.write_text(json.dumps({"format": COSTGRAPH_FORMAT, "devices": {}}))
+    code, stdout, stderr = run_cli(["plan", "--cost-graph", str(graph)])
+    assert_one_error_line(code, stdout, stderr, f"cost graph file {graph}: ")
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": MANIFEST_FORMAT, "stages": []}))
+    with pytest.raises(PartitionerError, match=f"split manifest {tmp_path / 'manifest.json'}: .*malformed"):
+        load_manifest(tmp_path)
