@@ -8,7 +8,6 @@ re-measured only when the machine it describes changes (CPU model, core count or
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -22,6 +21,7 @@ import numpy as np
 
 from devices.cache import cache_dir
 from devices.errors import DeviceError
+from devices.json_files import read_json_file, write_json_file
 from devices.profiler import NO_SPINNING
 from devices.profiles import HOST_DEVICE_NAME, DeviceProfile
 
@@ -139,18 +139,17 @@ def host_profile() -> DeviceProfile:
     path = cache_dir() / HOST_CACHE_FILE
     key = _machine_key()
     try:
-        cached = json.loads(path.read_text())
-        if cached.get("machine") == key:
-            return DeviceProfile.from_dict(cached["profile"], origin=str(path))
-        logger.info("host profile cache %s describes another machine; measuring again", path)
-    except FileNotFoundError:
-        pass
-    except (OSError, ValueError, KeyError, AttributeError, DeviceError) as error:
+        if path.exists():
+            cached = read_json_file(path, "host profile cache")
+            if cached.get("machine") == key:
+                return DeviceProfile.from_dict(cached["profile"], origin=str(path))
+            logger.info("host profile cache %s describes another machine; measuring again", path)
+    except (KeyError, AttributeError, DeviceError) as error:
         logger.warning("ignoring unreadable host profile cache %s (%s)", path, error)
     profile = measure_host()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"machine": key, "profile": profile.to_dict()}, indent=2) + "\n")
-    except OSError as error:
+        write_json_file(path, {"machine": key, "profile": profile.to_dict()}, "host profile cache", indent=2)
+    except (OSError, DeviceError) as error:
         logger.warning("cannot cache the host profile in %s (%s)", path, error)
     return profile

@@ -37,7 +37,8 @@ from typing import Any
 import numpy as np
 
 from devices.errors import DeviceError
-from devices.profiles import PREDICTOR_FILE, DeviceProfile, catalogue_path, read_json, write_json
+from devices.json_files import read_json_file, write_json_file
+from devices.profiles import PREDICTOR_FILE, DeviceProfile, catalogue_path
 
 PREDICTOR_FORMAT = "edgecloud.predictor/1"
 FUSED_SEPARATOR = "+"
@@ -196,11 +197,11 @@ class LatencyPredictor:
         return cls(reference, op_types, pooled, dict(data.get("fitted_on", {})))
 
     def save(self, path: str | Path) -> None:
-        write_json(Path(path), self.to_dict(), "predictor")
+        write_json_file(path, self.to_dict(), "predictor")
 
     @classmethod
     def load(cls, path: str | Path) -> LatencyPredictor:
-        return cls.from_dict(read_json(Path(path), "predictor"), origin=str(path))
+        return cls.from_dict(read_json_file(path, "predictor", expected_format=PREDICTOR_FORMAT), origin=str(path))
 
 
 def shipped_predictor_path() -> Path:

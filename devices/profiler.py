@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 
 from devices.errors import DeviceError
-from devices.profiles import DeviceProfile, read_json, write_json
+from devices.json_files import read_json_file, write_json_file
+from devices.profiles import DeviceProfile
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class ModelProfile:
         }
 
     def save(self, path: str | Path) -> None:
-        write_json(Path(path), self.to_dict(), "profile")
+        write_json_file(path, self.to_dict(), "profile")
 
 
 def _load_model(model: Any) -> Any:
@@ -251,9 +252,7 @@ def _float_map(value: Any, origin: str, what: str) -> dict[str, float]:
 def load_profile_file(path: str | Path) -> ModelProfile:
     """Read a profile file written by `ModelProfile.save` (`edgecloud profile`), validating it."""
     origin = str(path)
-    data = read_json(Path(path), "profile")
-    if not isinstance(data, dict) or data.get("format") != PROFILE_FORMAT:
-        raise DeviceError(f"{origin} is not an edgecloud profile (expected \"format\": \"{PROFILE_FORMAT}\").")
+    data = read_json_file(path, "profile", expected_format=PROFILE_FORMAT)
     missing = [key for key in ("model", "host", "threads") if key not in data]
     if missing:
         raise DeviceError(f"{origin}: missing key(s) {', '.join(missing)}.")

@@ -7,7 +7,6 @@ cached (see `devices.host`), so the package never holds a figure nobody can trac
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from functools import cache
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from devices.errors import DeviceError
+from devices.json_files import read_json_file, write_json_file
 
 HOST_DEVICE_NAME = "host"
 LINK_PRESETS_FILE = "links.json"
@@ -83,7 +83,7 @@ class DeviceProfile:
         return cls(name=d["name"], sources=dict(sources), **figures)
 
     def save(self, path: str | Path) -> None:
-        write_json(Path(path), self.to_dict(), "device profile")
+        write_json_file(path, self.to_dict(), "device profile", indent=2)
 
 
 @dataclass(frozen=True)
@@ -112,28 +112,6 @@ class LinkProfile:
         )
 
 
-def read_json(path: Path, what: str) -> Any:
-    """Parse a JSON data file, turning every way it can be unreadable into one DeviceError sentence."""
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DeviceError(f"{what} file {path} does not exist.") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise DeviceError(f"cannot read {what} file {path}: {error}.") from None
-    except json.JSONDecodeError as error:
-        raise DeviceError(f"{what} file {path} is not valid JSON ({error.msg} at line {error.lineno}).") from None
-    except ValueError as error:  # a JSON integer of more than 4300 digits
-        raise DeviceError(f"{what} file {path} is not readable JSON ({error}).") from None
-
-
-def write_json(path: Path, data: Any, what: str) -> None:
-    """Write a data file, turning an unwritable path into one DeviceError sentence."""
-    try:
-        path.write_text(json.dumps(data, indent=2) + "\n")
-    except OSError as error:
-        raise DeviceError(f"cannot write {what} file {path}: {error.strerror or error}.") from None
-
-
 def _catalogue_folder() -> Path:
     return Path(str(resources.files("devices") / "catalogue"))
 
@@ -151,7 +129,7 @@ def _catalogue_files() -> dict[str, Path]:
 @cache
 def _load_catalogue_device(name: str) -> DeviceProfile:
     path = _catalogue_files()[name]
-    return DeviceProfile.from_dict(read_json(path, "device profile"), origin=str(path))
+    return DeviceProfile.from_dict(read_json_file(path, "device profile"), origin=str(path))
 
 
 def catalogue_names() -> list[str]:
@@ -172,7 +150,7 @@ def load_device(name_or_path: str) -> DeviceProfile:
         raise DeviceError(
             f"unknown device '{name_or_path}': use one of {', '.join(catalogue_names())} or a JSON file."
         )
-    return DeviceProfile.from_dict(read_json(path, "device profile"), origin=str(path))
+    return DeviceProfile.from_dict(read_json_file(path, "device profile"), origin=str(path))
 
 
 def catalogue() -> dict[str, DeviceProfile]:
@@ -183,7 +161,7 @@ def catalogue() -> dict[str, DeviceProfile]:
 @cache
 def _link_presets_with_sources() -> dict[str, tuple[LinkProfile, dict[str, str]]]:
     path = catalogue_path(LINK_PRESETS_FILE)
-    data = read_json(path, "link presets")
+    data = read_json_file(path, "link presets")
     if not isinstance(data, dict):
         raise DeviceError(f"{path}: expected a JSON object of named links.")
     return {
@@ -210,4 +188,4 @@ def load_link(name_or_path: str) -> LinkProfile:
     path = Path(name_or_path)
     if path.suffix != ".json" and not path.exists():
         raise DeviceError(f"unknown link '{name_or_path}': use one of {', '.join(presets)} or a JSON file.")
-    return LinkProfile.from_dict(read_json(path, "link profile"), origin=str(path))
+    return LinkProfile.from_dict(read_json_file(path, "link profile"), origin=str(path))

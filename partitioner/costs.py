@@ -14,7 +14,6 @@ destination device, costing `8 * bytes / bandwidth_bps + latency_s`.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from devices.json_files import read_json_file, write_json_file
 # A cost graph's link is the device catalogue's link profile; a link given in one direction holds for both.
 from devices.profiles import LinkProfile as Link
-
 from partitioner.errors import PartitionerError
 
 COSTGRAPH_FORMAT = "edgecloud.costgraph/1"
@@ -129,7 +128,7 @@ class CostGraph:
         }
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+        write_json_file(path, self.to_dict(), "cost graph", error=PartitionerError)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CostGraph:
@@ -159,13 +158,11 @@ class CostGraph:
 
     @classmethod
     def load(cls, path: str | Path) -> CostGraph:
+        data = read_json_file(path, "cost graph", expected_format=COSTGRAPH_FORMAT, error=PartitionerError)
         try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise PartitionerError(f"cost graph file {str(path)!r} does not exist.") from None
-        except (OSError, json.JSONDecodeError) as error:
-            raise PartitionerError(f"cost graph file {str(path)!r} is not readable JSON ({error}).") from None
-        return cls.from_dict(data)
+            return cls.from_dict(data)
+        except PartitionerError as error:  # the sentence names the file, as the reader's do
+            raise type(error)(f"cost graph file {path}: {error}") from None
 
 
 def _is_number(value: object) -> bool:

@@ -24,7 +24,6 @@ the sink device returns to the client.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from devices.json_files import read_json_file, write_json_file
 from partitioner.errors import PartitionerError
 
 MANIFEST_FORMAT = "edgecloud.split/1"
@@ -185,7 +185,7 @@ class SplitManifest:
         """Write `manifest.json` into `directory` (the stage files are written by the splitter)."""
         self.directory = Path(directory)
         path = self.directory / MANIFEST_FILE
-        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        write_json_file(path, self.to_dict(), "split manifest", error=PartitionerError)
         return path
 
     @classmethod
@@ -214,7 +214,7 @@ class SplitManifest:
                 plan_sha256=data.get("plan_sha256"),
                 directory=directory,
             )
-        except (KeyError, TypeError, ValueError) as error:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as error:
             raise PartitionerError(f"the split manifest is malformed: {error!r} is missing or invalid") from None
 
 
@@ -222,13 +222,13 @@ def load_manifest(directory: str | Path) -> SplitManifest:
     """Read `manifest.json` from a split folder."""
     directory = Path(directory)
     path = directory / MANIFEST_FILE
+    if not path.exists():
+        raise PartitionerError(f"no split manifest at {path}; run `edgecloud split` first")
+    data = read_json_file(path, "split manifest", expected_format=MANIFEST_FORMAT, error=PartitionerError)
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PartitionerError(f"no split manifest at {path}; run `edgecloud split` first") from None
-    except json.JSONDecodeError as error:
-        raise PartitionerError(f"the split manifest {path} is not valid JSON ({error.msg})") from None
-    return SplitManifest.from_dict(data, directory)
+        return SplitManifest.from_dict(data, directory)
+    except PartitionerError as error:  # the sentence names the file, as the reader's do
+        raise type(error)(f"split manifest {path}: {error}") from None
 
 
 def _ref_from_dict(item: dict[str, Any]) -> StageRef:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import onnx
+from google.protobuf import json_format, text_format
 from google.protobuf.message import DecodeError
 
 from partitioner.errors import ModelLoadError, PartitionerError
@@ -37,7 +38,8 @@ def load_onnx_model(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
             raise ModelLoadError(f"{path} is not a file (an ONNX model file is expected)")
         try:
             loaded = onnx.load(path)
-        except (DecodeError, OSError, ValueError, RuntimeError) as error:
+        # onnx.load reads a .json or .txt path as JSON or text protobuf: their parse errors are ours too
+        except (DecodeError, json_format.Error, text_format.ParseError, OSError, ValueError, RuntimeError) as error:
             raise ModelLoadError(f"{path} is not a readable ONNX model ({_first_line(error)})") from None
     if not loaded.HasField("graph") or not loaded.opset_import:
         raise ModelLoadError(f"{source} is not an ONNX model (it has no graph or no opset)")

@@ -7,7 +7,6 @@ stage can cut the model without the layer DAG; `layers` keeps the planner's own 
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from devices.json_files import read_json_file, write_json_file
 from partitioner.baselines import Baseline
 from partitioner.costs import CostArrays, CostGraph
 from partitioner.errors import PartitionerError
@@ -61,7 +61,7 @@ class Plan:
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
-        path.write_text(json.dumps(self.to_dict(relative_to=path.parent), indent=1))
+        write_json_file(path, self.to_dict(relative_to=path.parent), "plan", error=PartitionerError)
 
     def speedups(self) -> dict[str, float | None]:
         """How many times slower each baseline is than the plan."""
@@ -72,14 +72,8 @@ class Plan:
 def load_plan(path: str | Path) -> Plan:
     """Read a plan file; the model path is resolved against the plan's folder."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PartitionerError(f"plan file {str(path)!r} does not exist.") from None
-    except (OSError, json.JSONDecodeError) as error:
-        raise PartitionerError(f"plan file {str(path)!r} is not readable JSON ({error}).") from None
-    if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
-        raise PartitionerError(f"{path} is not an edgecloud plan (expected \"format\": \"{PLAN_FORMAT}\").")
+    data = read_json_file(path, "plan", expected_format=PLAN_FORMAT, error=PartitionerError,
+                          wrong_kind_hint="; make a plan with `edgecloud plan MODEL -o plan.json`")
     try:
         model = data["model"]
         if model is not None and not Path(model).is_absolute():
@@ -91,7 +85,7 @@ def load_plan(path: str | Path) -> Plan:
                     solver=dict(data["solver"]), layers=dict(data.get("layers", {})), schedule_s=data.get("schedule_s"))
         link_ends = [(link["from"], link["to"], float(link["bandwidth_bps"]), float(link.get("latency_s", 0.0)))
                      for link in plan.links]  # the agents' link emulation reads them too
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as error:
         raise PartitionerError(f"plan file {path} is malformed ({type(error).__name__}: {error}).") from None
     # Agents are started per listed device: a node placed on another would wait for one nobody starts.
     named = [("the source", plan.source), ("the sink", plan.sink)]

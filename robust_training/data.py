@@ -106,8 +106,8 @@ def split_dirichlet(labels: np.ndarray, n_parts: int, alpha: float, rng: np.rand
     A node left empty by the draw takes one row from the largest node, so every node can compute.
     """
     _check_parts(len(labels), n_parts)
-    if alpha <= 0:
-        raise TrainingError(f"the Dirichlet concentration must be positive, got {alpha}.")
+    if not 0 < alpha < float("inf"):  # NaN too: it once gave a split of [1, ..., 1, 1430]
+        raise TrainingError(f"the Dirichlet concentration must be a positive finite number, got {alpha}.")
     parts: list[list[int]] = [[] for _ in range(n_parts)]
     for label in np.unique(labels):
         rows = rng.permutation(np.flatnonzero(labels == label))

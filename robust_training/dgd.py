@@ -39,8 +39,8 @@ def batch_rng(seed: int, round_index: int, partition: int) -> np.random.Generato
 
 
 def check_step_settings(lr: float, tau: int, batch_size: int | None) -> None:
-    if not lr > 0:
-        raise TrainingError(f"the learning rate must be positive, got {lr}.")
+    if not 0 < lr < float("inf"):  # NaN and inf too: they once ran to "diverged" with exit 0
+        raise TrainingError(f"the learning rate must be a positive finite number, got {lr}.")
     if tau < 1:
         raise TrainingError(f"tau (local steps between syncs) must be at least 1, got {tau}.")
     if batch_size is not None and batch_size < 1:

@@ -83,6 +83,9 @@ class SimulationConfig:
             raise TrainingError(f"evaluation must happen every >= 1 rounds, got {self.eval_every}.")
         if self.code == "none" and self.redundancy != 1:
             raise TrainingError("a redundancy above 1 needs a code (--code repetition or cyclic).")
+        if self.unequal_sizes and self.split != "iid":
+            raise TrainingError(f"unequal local data sizes apply to the IID split only; a {self.split} split "
+                                "draws its own sizes (drop --unequal or --non-iid).")
         if self.code != "none" and self.aggregator != "mean":
             raise TrainingError("a code decodes the exact sum, so --aggregator applies only with --code none.")
 

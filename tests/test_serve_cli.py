@@ -89,3 +89,23 @@ def test_split_of_a_plan_naming_devices_it_does_not_list(plan_path: Path, tmp_pa
     bad = tmp_path / "plan.json"
     bad.write_text(json.dumps(plan))
     _one_error_line(["split", str(bad), "-o", str(tmp_path / "out")], message)
+
+
+def test_infer_names_the_file_it_really_writes(plan_path: Path, tmp_path: Path) -> None:
+    """`-o answer` is written as answer.npy (numpy adds the suffix): the message used to say "wrote answer"."""
+    import uuid
+
+    from broker_fixtures import make_broker
+    from test_cli_bad_inputs import run_cli
+
+    from edgecloud.agent_processes import AgentProcesses
+
+    np.save(tmp_path / "x.npy", np.zeros((1, 784), np.float32))
+    deployment = f"o{uuid.uuid4().hex[:8]}"
+    with make_broker("mosquitto") as running, AgentProcesses(plan_path, ["edge", "cloud"], running.url, deployment):
+        code, stdout, stderr = run_cli(["infer", "--plan", str(plan_path), "--input", str(tmp_path / "x.npy"),
+                                        "-o", str(tmp_path / "answer"), "--broker", running.url,
+                                        "--deployment", deployment, "--deadline", "10s"])
+    assert code == 0, stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["answer.npy", "x.npy"]
+    assert f"wrote {tmp_path / 'answer.npy'}" in " ".join(stdout.split())

@@ -1,4 +1,4 @@
-"""`edgecloud train`: JSON output, saved model, plot, and exit code 2 on bad input."""
+"""`edgecloud train`: JSON output, saved model, plot, flags per round, and exit code 2 on bad input."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edgecloud.cli.app import app
+from test_cli_bad_inputs import assert_one_error_line, run_cli
 
 runner = CliRunner()
 
@@ -24,7 +25,8 @@ def test_json_reports_the_promised_fields() -> None:
     summary = json.loads(result.stdout)
     assert 0.0 <= summary["test_accuracy"] <= 1.0
     assert summary["rounds"] == 3 and summary["seconds"] > 0
-    assert summary["flagged"] == [] and np.isfinite(summary["train_loss"])
+    assert summary["flagged_per_round"] == [[], [], []] and summary["flagged_count"] == {}
+    assert np.isfinite(summary["train_loss"])
     assert len(summary["history"]) == 3
 
 
@@ -34,7 +36,9 @@ def test_coded_run_saves_named_arrays_plots_and_flags_the_adversaries(tmp_path: 
                     "--attack", "constant", "--save", str(model_path), "--plot", str(plot_path), "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    assert summary["flagged"]
+    # one adversary re-drawn every round: each round flags exactly that round's adversary
+    assert summary["flagged_per_round"] == [record["adversaries"] for record in summary["history"]]
+    assert sum(summary["flagged_count"].values()) == 3
     with np.load(model_path, allow_pickle=False) as saved:
         assert saved["weight"].shape == (64, 10) and saved["bias"].shape == (10,)
     assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -48,7 +52,7 @@ def test_table_output_for_a_torch_network() -> None:
 
 @pytest.mark.parametrize(("args", "phrase"), [
     (["--code", "cyclic", "--redundancy", "3", "--adversaries", "2"], "cannot decode"),
-    (["--nodes", "0"], "at least one worker"),
+    (["--nodes", "0"], "--nodes"),
     (["--model", "resnet"], "unknown model"),
     (["--dataset", "cifar"], "unknown dataset"),
     (["--bandwidth", "fast"], "bandwidth"),
@@ -56,16 +60,34 @@ def test_table_output_for_a_torch_network() -> None:
     (["--aggregator", "krum", "--code", "cyclic", "--redundancy", "3"], "only with --code none"),
     (["--code", "repetition", "--redundancy", "3", "--adversaries", "2"], "cannot decode 2 adversaries"),
     (["--attack", "nuke", "--adversaries", "1"], "unknown attack"),
-    (["--rounds", "-1"], "at least one round"),
+    (["--rounds", "-1"], "--rounds"),
+    (["--unequal", "--non-iid"], "unequal local data sizes apply to the IID split only"),  # was ignored
+    (["--seed", "-1"], "--seed"),  # was a traceback
+    (["--lr", "inf"], "--lr"),  # ran to "diverged" with exit 0
+    (["--lr", "1e6", "--model", "fc"], "training diverged"),  # finite, but the model blows up: not exit 0
+    (["--non-iid", "--alpha", "nan"], "--alpha"),  # split the data [1, ..., 1, 1430]
     (["--save", "/nonexistent-folder/model.npz"], "cannot write there"),
     (["--plot", "/proc/curve.png"], "cannot write there"),
     (["--save", "/tmp"], "is a directory"),
 ])
 def test_bad_input_exits_2_with_one_error_line(args: list[str], phrase: str) -> None:
-    result = _train(*args)
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    assert phrase in result.stderr
+    code, stdout, stderr = run_cli(["train", "--dataset", "digits", "--nodes", "6", "--rounds", "3", *args])
+    assert_one_error_line(code, stdout, stderr, phrase)
+
+
+@pytest.mark.parametrize(("aggregator", "nodes", "adversaries"), [("krum", 4, 2), ("multikrum", 5, 3), ("trimmed", 4, 2)])
+def test_an_infeasible_aggregator_is_refused_before_the_data_loads(monkeypatch, aggregator: str, nodes: int,
+                                                                   adversaries: int) -> None:
+    """Krum's n > f + 2 and the trimmed mean's n > 2f were checked at the first aggregation only."""
+    import robust_training.data
+
+    def no_loading(*_args, **_kwargs):
+        raise AssertionError("the data set was loaded before the aggregator was checked")
+
+    monkeypatch.setattr(robust_training.data, "load_dataset", no_loading)
+    code, stdout, stderr = run_cli(["train", "--aggregator", aggregator, "--nodes", str(nodes), "--adversaries",
+                                    str(adversaries), "--dataset", "mnist"])
+    assert_one_error_line(code, stdout, stderr, f"f={adversaries}")
 
 
 def test_a_value_of_the_wrong_type_is_a_usage_error_not_a_traceback() -> None:

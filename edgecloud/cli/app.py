@@ -40,20 +40,26 @@ app.command("demo")(reports_user_errors(demo_command.demo))
 app.add_typer(predictor_command.app, name="predictor")
 
 
-def main() -> None:
-    """Console-script entry point: a usage mistake (a value of the wrong type, a missing option) ends,
-    like every other user error, in one `error: ...` line and exit code 2 instead of a boxed panel."""
+def run(args: list[str] | None = None) -> int:
+    """Run one command line (default: sys.argv) and return its exit code. A usage mistake (a value of
+    the wrong type, a missing option) ends, like every other user error, in one `error: ...` line and
+    exit code 2 instead of typer's boxed panel. Tests call this to see exactly what users see."""
     try:
-        outcome = app(standalone_mode=False)
+        outcome = app(args=args, standalone_mode=False)
     except typer.TyperException as error:
         if type(error).__name__ == "NoArgsIsHelpError":  # bare `edgecloud`: the help is the answer
             typer.echo(error.format_message())
-            raise SystemExit(0) from None
+            return 0
         typer.echo(f"error: {error.format_message()}", err=True)
-        raise SystemExit(error.exit_code) from None
+        return error.exit_code
     except typer.Abort:
-        raise SystemExit(130) from None
-    raise SystemExit(outcome if isinstance(outcome, int) else 0)
+        return 130
+    return outcome if isinstance(outcome, int) else 0
+
+
+def main() -> None:
+    """Console-script entry point."""
+    raise SystemExit(run())
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
+from edgecloud.cli.options import COUNT_MAX, SEED_BOUNDS
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -47,14 +49,14 @@ def demo(
     model: Annotated[str, typer.Option("--model", help="Bundled model (see `edgecloud models`).")] = DEFAULT_MODEL,
     bandwidth: Annotated[str, typer.Option("--bandwidth", help="Edge-cloud bandwidth, e.g. 20Mbit.")] = DEFAULT_BANDWIDTH,
     latency: Annotated[str, typer.Option("--latency", help="Edge-cloud one-way latency, e.g. 10ms.")] = DEFAULT_LATENCY,
-    requests: Annotated[int, typer.Option("--requests", min=1, help="Requests to send through the agents.")] = 10,
+    requests: Annotated[int, typer.Option("--requests", min=1, max=COUNT_MAX, help="Requests to send through the agents.")] = 10,
     broker: Annotated[Optional[str], typer.Option("--broker", help="Broker URL; default: start the embedded broker.")] = None,
     edge: Annotated[str, typer.Option("--edge", help="Edge device profile (catalogue name or JSON file).")] = DEFAULT_EDGE,
     cloud: Annotated[str, typer.Option("--cloud", help="Cloud device profile (catalogue name or JSON file).")] = DEFAULT_CLOUD,
     deadline: Annotated[str, typer.Option("--deadline", help="Deadline of each request.")] = "10s",
     emulate_links: Annotated[bool, typer.Option("--emulate-links/--no-emulate-links", help="Delay messages in the agents as the planned link would.")] = True,
     workdir: Annotated[Optional[Path], typer.Option("--workdir", help="Keep the plan and split here (default: a temporary folder).")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the inputs and the profiler.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the inputs and the profiler.", **SEED_BOUNDS)] = 0,
 ) -> None:
     """Run the whole job here: export, profile, plan vs baselines, split, serve over MQTT, check, compare."""
     import logging

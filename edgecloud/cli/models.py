@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from edgecloud.cli.options import SEED_BOUNDS
 from partitioner.zoo import MODEL_NAMES, MODEL_SPECS, cached_file, check_model_name
 
 
@@ -38,7 +39,7 @@ def _cached_node_count(name: str) -> str:
 def export(
     name: Annotated[str, typer.Argument(help=f"Model to export: one of {', '.join(MODEL_NAMES)}.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="ONNX file to write.")],
-    seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the random weights.", **SEED_BOUNDS)] = 0,
 ) -> None:
     """Export a bundled model to a self-contained ONNX file (dynamic batch dimension)."""
     check_model_name(name)  # before the slow torch import

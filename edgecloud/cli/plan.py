@@ -6,13 +6,13 @@ matplotlib load only when a model or a plot asks for them.
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from edgecloud.cli.options import finite_float
 from edgecloud.cli.user_errors import writable_output
 
 if TYPE_CHECKING:
@@ -32,7 +32,9 @@ ProfileOption = Annotated[Optional[Path], typer.Option(help="Profile JSON from `
 DeviceOption = Annotated[Optional[list[str]], typer.Option("--device", help="NAME=PROFILE: one more device tier (repeatable).")]
 LinkOption = Annotated[Optional[list[str]], typer.Option("--link", help="A-B=BW,LAT, e.g. edge-server=100Mbit,2ms (repeatable).")]
 SolverOption = Annotated[str, typer.Option(help="highs | cbc.")]
-TimeLimitOption = Annotated[Optional[float], typer.Option(help="Solver time limit in seconds (throughput and makespan: 60 by default).")]
+TimeLimitOption = Annotated[Optional[float], typer.Option(
+    help="Solver time limit in seconds (throughput and makespan: 60 by default).",
+    parser=finite_float(0.0, 86_400.0, low_open=True))]
 FuseOption = Annotated[bool, typer.Option("--fuse", help="Plan fused layers (Conv+BN+ReLU) instead of single ops.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of a table.")]
 
@@ -58,6 +60,7 @@ def plan(
     as_json: JsonOption = False,
 ) -> None:
     """Find the optimal placement of a model's layers on edge and cloud, beside the classic baselines."""
+    from devices.json_files import dumps_strict
     from partitioner.errors import PartitionerError
     from partitioner.planning import plan_cost_graph
 
@@ -79,7 +82,8 @@ def plan(
 
         plot_plan(result, graph, plot)
     if as_json:
-        typer.echo(json.dumps(result.to_dict(relative_to=output.parent if output else None)))
+        typer.echo(dumps_strict(result.to_dict(relative_to=output.parent if output else None), "plan",
+                                error=PartitionerError))
     else:
         _print_plan_table(result, output, plot)
 
@@ -87,7 +91,7 @@ def plan(
 def sweep(
     model: ModelArgument = None,
     bandwidth: Annotated[str, typer.Option(help="Bandwidth range, e.g. 1Mbit..1Gbit (log-spaced).")] = "1Mbit..1Gbit",
-    points: Annotated[int, typer.Option(help="Bandwidths to try.", min=2)] = 13,
+    points: Annotated[int, typer.Option(help="Bandwidths to try.", min=2, max=10_000)] = 13,
     edge: EdgeOption = "rpi4",
     cloud: CloudOption = "cloud-server",
     latency: LatencyOption = "10ms",
@@ -106,6 +110,7 @@ def sweep(
     import numpy as np
     from rich.progress import Progress
 
+    from devices.json_files import dumps_strict, write_json_file
     from partitioner.costs import Link
     from partitioner.errors import PartitionerError
     from partitioner.planning import plan_cost_graph
@@ -129,14 +134,15 @@ def sweep(
             progress.advance(task)
     rows = [{"bandwidth_bps": p.bandwidth_bps, "plan_s": p.plan_s, "baselines_s": p.baselines_s} for p in results]
     if output is not None:
-        output.write_text(json.dumps({"format": "edgecloud.sweep/1", "objective": objective, "points": rows}, indent=1))
+        write_json_file(output, {"format": "edgecloud.sweep/1", "objective": objective, "points": rows}, "sweep",
+                        error=PartitionerError)
     if plot is not None:
         from partitioner.plotting import plot_sweep
 
         plot_sweep(results, plot, objective,
                    title=f"{model.name}: {objective} vs bandwidth, edge {edge} + cloud {cloud}, latency {latency}")
     if as_json:
-        typer.echo(json.dumps({"objective": objective, "points": rows}))
+        typer.echo(dumps_strict({"objective": objective, "points": rows}, "sweep", error=PartitionerError))
         return
     from rich.console import Console
     from rich.table import Table

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from edgecloud.cli.options import COUNT_MAX, SEED_BOUNDS, THREADS_MAX
 from edgecloud.cli.user_errors import reports_user_errors, writable_output
 
 app = typer.Typer(help="Fit the per-op-type latency predictor on measured profiles; estimate latency on other devices.",
@@ -21,10 +22,10 @@ def fit(
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Predictor JSON to write (default: the one shipped in devices/catalogue).")] = None,
     threads: Annotated[Optional[int], typer.Option(
-        help="Thread count whose timings are fitted (default: all CPUs).", min=1)] = None,
-    warmup: Annotated[int, typer.Option(help="Untimed runs before measuring the bundled models.", min=0)] = 3,
-    repeats: Annotated[int, typer.Option(help="Timed runs per bundled model.", min=1)] = 20,
-    seed: Annotated[int, typer.Option(help="Seed of the random inputs.")] = 0,
+        help="Thread count whose timings are fitted (default: all CPUs).", min=1, max=THREADS_MAX)] = None,
+    warmup: Annotated[int, typer.Option(help="Untimed runs before measuring the bundled models.", min=0, max=COUNT_MAX)] = 3,
+    repeats: Annotated[int, typer.Option(help="Timed runs per bundled model.", min=1, max=COUNT_MAX)] = 20,
+    seed: Annotated[int, typer.Option(help="Seed of the random inputs.", **SEED_BOUNDS)] = 0,
 ) -> None:
     """Fit on the given profiles, or profile every bundled model and fit on those (the shipped file)."""
     from rich.console import Console

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from edgecloud.cli.options import COUNT_MAX, SEED_BOUNDS, THREADS_MAX
 from edgecloud.cli.user_errors import writable_output
 
 
@@ -14,10 +15,10 @@ def profile(
     model: Annotated[Path, typer.Argument(help="ONNX model file to profile, or the name of a bundled model.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Profile JSON file to write.")],
     threads: Annotated[Optional[list[int]], typer.Option(
-        "--threads", help="Intra-op thread count; repeat for several (default: 1 and all CPUs).")] = None,
-    warmup: Annotated[int, typer.Option(help="Untimed runs before measuring.", min=0)] = 3,
-    repeats: Annotated[int, typer.Option(help="Timed runs; each node's median is kept.", min=1)] = 20,
-    seed: Annotated[int, typer.Option(help="Seed of the random inputs.")] = 0,
+        "--threads", help="Intra-op thread count; repeat for several (default: 1 and all CPUs).", min=1, max=THREADS_MAX)] = None,
+    warmup: Annotated[int, typer.Option(help="Untimed runs before measuring.", min=0, max=COUNT_MAX)] = 3,
+    repeats: Annotated[int, typer.Option(help="Timed runs; each node's median is kept.", min=1, max=COUNT_MAX)] = 20,
+    seed: Annotated[int, typer.Option(help="Seed of the random inputs.", **SEED_BOUNDS)] = 0,
 ) -> None:
     """Measure every node's latency on this host with onnxruntime's per-node profiling."""
     from rich.console import Console
@@ -32,8 +33,6 @@ def profile(
     if not model.exists() and str(model) in MODEL_NAMES:
         model = cached_model_path(str(model))
     thread_counts = sorted(set(threads)) if threads else default_thread_counts()
-    if thread_counts[0] < 1:
-        raise typer.BadParameter("thread counts must be at least 1.", param_hint="--threads")
     output = writable_output(output, "--output")  # refused now, not after minutes of profiling
     host = host_profile()
     with Progress(transient=True) as progress:

@@ -7,7 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 
+from edgecloud.cli.options import COUNT_MAX, THREADS_MAX
+from edgecloud.cli.user_errors import writable_output
+
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def split(
@@ -18,8 +22,11 @@ def split(
     from rich.console import Console
     from rich.table import Table
 
+    from edgecloud.errors import EdgecloudError
     from partitioner.split import split_plan
 
+    if output.exists() and not output.is_dir():
+        raise EdgecloudError(f"--output {output} is a file; give the folder to write the stages into.")
     manifest = split_plan(plan, output)
     table = Table(title=f"{len(manifest.stages)} stage(s), source {manifest.source}, sink {manifest.sink}")
     for column in ("stage", "device", "nodes", "receives", "sends", "file"):
@@ -43,8 +50,8 @@ def agent(
     device: Annotated[str, typer.Option("--device", help="Which of the plan's devices this agent serves.")],
     broker: Annotated[str, typer.Option("--broker", help="Broker URL: mqtt://[user:pass@]host[:port] or mqtts://...")] = DEFAULT_BROKER,
     deployment: Annotated[str, typer.Option("--deployment", help="Deployment id: the topic namespace shared with the client.")] = "default",
-    threads: Annotated[int, typer.Option("--threads", min=1, help="onnxruntime threads per stage.")] = 1,
-    max_pending: Annotated[int, typer.Option("--max-pending", min=1, help="Requests held at once; more are refused.")] = 256,
+    threads: Annotated[int, typer.Option("--threads", min=1, max=THREADS_MAX, help="onnxruntime threads per stage.")] = 1,
+    max_pending: Annotated[int, typer.Option("--max-pending", min=1, max=COUNT_MAX, help="Requests held at once; more are refused.")] = 256,
     fallback: Annotated[bool, typer.Option("--fallback/--no-fallback", help="Source device: run the rest itself when the answer is late.")] = True,
     fallback_margin: Annotated[Optional[str], typer.Option("--fallback-margin", help="Fall back this long before the deadline (e.g. 100ms); default: measured.")] = None,
     local_after_fallback: Annotated[str, typer.Option("--local-after-fallback", help="After a fallback, serve locally at once this long before probing the other devices again.")] = "5s",
@@ -58,18 +65,23 @@ def agent(
     import threading
 
     from edgecloud.agent import AgentOptions, DeviceAgent
+    from edgecloud.errors import EdgecloudError
     from edgecloud.link_emulation import links_of
     from partitioner.plan import load_plan
     from partitioner.split import cached_split
     from partitioner.units import parse_duration_s
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = log_level.upper()
+    if level not in LOG_LEVELS:
+        raise EdgecloudError(f"--log-level {log_level!r} is not one of {', '.join(LOG_LEVELS)}.")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("transitions").setLevel(logging.WARNING)
     margin_s = parse_duration_s(fallback_margin) if fallback_margin is not None else None
-    links = links_of(device, load_plan(plan).links) if emulate_links else {}
+    loaded_plan = load_plan(plan)
+    links = links_of(device, loaded_plan.links) if emulate_links else {}
     options = AgentOptions(deployment=deployment, threads=threads, max_pending=max_pending, fallback=fallback,
                            fallback_margin_s=margin_s, local_after_fallback_s=parse_duration_s(local_after_fallback),
-                           emulated_links=links, predicted_s=load_plan(plan).predicted_s)
+                           emulated_links=links, predicted_s=loaded_plan.predicted_s)
     stop = threading.Event()
     for signal_number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signal_number, lambda *_: stop.set())
@@ -96,6 +108,8 @@ def infer(
     from partitioner.units import parse_duration_s
 
     deadline_s = None if deadline is None else parse_duration_s(deadline)
+    # numpy.save appends .npy to any other name: check, and later name, the file really written
+    output = writable_output(output, "--output", None if output.suffix.lower() in (".npy", ".npz") else ".npy")
     try:
         loaded = np.load(input_path, allow_pickle=False)
         if isinstance(loaded, np.ndarray):
@@ -105,7 +119,7 @@ def infer(
                 inputs = {name: loaded[name] for name in loaded.files}
     except FileNotFoundError:
         raise EdgecloudError(f"input file {input_path} does not exist") from None
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, EOFError) as error:  # EOFError: an empty file (click would call it Ctrl-D)
         # numpy offers to unpickle whatever is not .npy/.npz; we never do.
         reason = "it is not a .npy or .npz file of plain arrays" if "pickle" in str(error) else str(error)
         raise EdgecloudError(f"cannot read {input_path} as an input array: {reason}") from None
@@ -113,7 +127,7 @@ def infer(
     named = client.named_inputs(inputs)  # a wrong name, dtype or shape is reported before connecting
     with client:
         result = client.infer(named, deadline_s)
-    if output.suffix == ".npz":
+    if output.suffix.lower() == ".npz":
         np.savez(output, **result.outputs)
     elif len(result.outputs) == 1:
         np.save(output, next(iter(result.outputs.values())))

