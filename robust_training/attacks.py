@@ -181,7 +181,8 @@ class LabelFlipping(DataAttack):
         return Dataset(data.features, data.n_classes - 1 - data.labels, data.n_classes, data.image_shape)
 
 
-#: Attacks on the messages (every row-level defence and code sees them).
+#: Attacks that replace each adversary's message by one that differs from its own honest message, so a
+#: code must flag every adversary.
 ATTACKS: dict[str, Callable[..., Attack]] = {
     "reverse": ReverseGradient,
     "constant": Constant,
@@ -189,21 +190,27 @@ ATTACKS: dict[str, Callable[..., Attack]] = {
     "alie": ALIE,
     "signflip": SignFlip,
     "ipm": InnerProductManipulation,
-    "mimic": Mimic,
     "infinity": Infinity,
+}
+#: Message attacks that send another worker's honest message: an adversary that copies a replica of its
+#: own partition sends exactly its honest message, which no decoder should (or can) flag.
+COPYING_ATTACKS: dict[str, Callable[..., Attack]] = {
+    "mimic": Mimic,
 }
 #: Attacks on the adversaries' training data.
 DATA_ATTACKS: dict[str, Callable[..., DataAttack]] = {
     "labelflip": LabelFlipping,
 }
 #: Every name `make_attack` accepts, in the order the CLI lists them.
-ATTACK_NAMES: tuple[str, ...] = (*ATTACKS, *DATA_ATTACKS)
+ATTACK_NAMES: tuple[str, ...] = (*ATTACKS, *COPYING_ATTACKS, *DATA_ATTACKS)
 
 
 def make_attack(name: str, **parameters: float) -> Attack | DataAttack:
     """The attack for a CLI name, with its parameters (e.g. scale=10 for "reverse")."""
     if name in ATTACKS:
         return ATTACKS[name](**parameters)
+    if name in COPYING_ATTACKS:
+        return COPYING_ATTACKS[name](**parameters)
     if name in DATA_ATTACKS:
         return DATA_ATTACKS[name](**parameters)
     raise TrainingError(f"unknown attack {name!r}; choose one of {', '.join(ATTACK_NAMES)}.")

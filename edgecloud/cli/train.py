@@ -13,6 +13,8 @@ from typing import Annotated, Optional
 import typer
 
 from edgecloud.cli.user_errors import writable_output
+from robust_training.aggregators import aggregator_help
+from robust_training.attacks import ATTACK_NAMES
 
 
 def train(
@@ -24,9 +26,9 @@ def train(
         "--adaptive-tau", help="Choose tau every round by Wang et al.'s control algorithm (estimates logged).")] = False,
     code: Annotated[str, typer.Option(help="none | repetition | cyclic (Draco).")] = "none",
     redundancy: Annotated[int, typer.Option(help="Workers per partition r; a code decodes s <= (r-1)/2.")] = 1,
-    aggregator: Annotated[str, typer.Option(help="With --code none: mean | geomedian | median | krum | multikrum | trimmed.")] = "mean",
+    aggregator: Annotated[str, typer.Option(help=f"With --code none: {aggregator_help()}")] = "mean",
     adversaries: Annotated[int, typer.Option(help="Adversarial workers s (re-drawn every round).")] = 0,
-    attack: Annotated[str, typer.Option(help="reverse | constant | gaussian | alie | signflip.")] = "reverse",
+    attack: Annotated[str, typer.Option(help=f"{' | '.join(ATTACK_NAMES)}.")] = "reverse",
     rounds: Annotated[int, typer.Option(help="Synchronisation rounds R.")] = 30,
     lr: Annotated[float, typer.Option(help="Learning rate eta of every local step.")] = 0.1,
     seed: Annotated[int, typer.Option(help="Seed of the split, the initial model, the mini-batches and the adversaries.")] = 0,

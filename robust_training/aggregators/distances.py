@@ -7,7 +7,8 @@ Two faults these avoid:
 - cancellation: |a|^2 + |b|^2 - 2 a.b loses every digit when the updates share an offset much larger
   than their spread (1e6 + noise). The Gram form is used only on rows re-centred on one of them (a
   medoid, so an honest-looking row), and pairs it cannot resolve (distance below 1e-3 of the centred
-  norms) are measured by direct differences.
+  norms) are measured by direct differences. The result is exact whatever the centre; a poor centre
+  (which an adversary could force by colluding on the sampled columns) only costs more refinements.
 Work goes by blocks of columns through buffers of cache size: nothing of size n x d is allocated.
 """
 
@@ -77,7 +78,9 @@ def pairwise_distances(points: np.ndarray) -> np.ndarray:
     magnitudes = row_magnitudes(points)
     regular = np.flatnonzero(_regular(magnitudes))
     distances = np.zeros((n, n))
-    if regular.size:
+    if regular.size == n:  # the usual case: no (n, d) copy
+        distances = _centred_gram_distances(points)
+    elif regular.size:
         distances[np.ix_(regular, regular)] = _centred_gram_distances(points[regular])
     for row in np.flatnonzero(~_regular(magnitudes)):  # absurd magnitudes: direct, rescaled per pair
         column = row_distances(points, points[row], magnitudes)
@@ -92,7 +95,10 @@ def _centred_gram_distances(points: np.ndarray) -> np.ndarray:
     n = points.shape[0]
     if n == 1:
         return np.zeros((1, 1))
-    rough = _gram_squared(points, None)  # only to find a row inside the bulk of the others
+    # The centre only decides how many pairs need refining, never the result: rough distances on a
+    # fixed stride of columns suffice to find a row inside the bulk of the others.
+    stride = max(1, points.shape[1] // BLOCK_COLUMNS)
+    rough = _gram_squared(np.ascontiguousarray(points[:, ::stride]), None)
     medoid = int(np.argmin(np.median(np.sqrt(rough), axis=1)))
     squared = _gram_squared(points, points[medoid])
     centred_norms = squared[medoid]  # |x_i - x_medoid|^2, by direct differences inside _gram_squared
@@ -116,10 +122,10 @@ def _gram_squared(points: np.ndarray, center: np.ndarray | None) -> np.ndarray:
     buffer = np.empty((n, min(dimension, BLOCK_COLUMNS)))
     for start in range(0, dimension, BLOCK_COLUMNS):
         block = points[:, start : start + BLOCK_COLUMNS]
+        work = buffer[:, : block.shape[1]]
         if center is None:
-            work = block
+            np.copyto(work, block)  # contiguous rows: BLAS, not numpy's strided fallback
         else:
-            work = buffer[:, : block.shape[1]]
             np.subtract(block, center[start : start + BLOCK_COLUMNS], out=work)
         gram += work @ work.T
     norms = np.diag(gram).copy()
