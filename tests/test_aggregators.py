@@ -266,15 +266,18 @@ def test_geometric_median_converges_where_byzfls_three_steps_stop_short():
 
 
 def test_bulyan_hand_computed():
-    """n = 7, f = 1 (n >= 4f + 3): theta = 5 Krum picks, then per coordinate the beta = 3 values nearest
-    the median of the picks. 1-D points 0..5 and an outlier 100: Krum (2 neighbours while >= 4 remain)
-    picks 2 or 3 first (score 2, the tie goes to the smaller sum), ... and never 100 while the honest
-    points remain; picks {0..4} or {1..5} both have the middle three averaging to the median."""
+    """n = 7, f = 1 (n >= 4f + 3): theta = 5 Krum picks, then per coordinate the mean of the beta = 3 picks
+    nearest their median. 1-D points 0..5 and 100; Krum with max(remaining - 3, 1) neighbours:
+    7 left, 4 neighbours: scores 30 15 10 10 15 30 (100: huge), tie 2 | 3 -> 2 (smaller sum);
+    6 left, 3: 0: 26, 1: 14, 3: 6, 4: 11, 5: 21 -> 3;  5 left, 2: 17 10 10 17 -> 1 (tie with 4);
+    4 left, 1: 0: 16, 4: 1, 5: 1 -> 4;  3 left, 1: 0: 25, 5: 25 -> 0.
+    S = {0, 1, 2, 3, 4}, median 2, nearest three 1, 2, 3 -> 2. The second coordinate -x gives -2 (all
+    row sums are 0 there, so ties go to the smaller norm: the same picks)."""
     points = np.array([[0.0], [1.0], [2.0], [3.0], [4.0], [5.0], [100.0]])
-    result = make_aggregator("bulyan")(points, 1)
-    assert result[0] in (2.0, 3.0)
+    assert make_aggregator("bulyan")(points, 1)[0] == 2.0
     points_2d = np.column_stack([points[:, 0], -points[:, 0]])
-    np.testing.assert_array_equal(make_aggregator("bulyan")(points_2d, 1), [result[0], -result[0]])
+    np.testing.assert_array_equal(make_aggregator("bulyan")(points_2d, 1), [2.0, -2.0])
+    assert make_aggregator("bulyan")(points[::-1], 1)[0] == 2.0
 
 
 def test_centered_clipping_hand_computed_and_remembers_its_center():

@@ -1,7 +1,7 @@
 """The geometric median argmin_z sum_i ||x_i - z|| by Weiszfeld's iteration, equivariant to scale.
 
 Where ByzFL differs: its default `GeometricMedian(nu=0.1, T=3)` starts at zero, smooths distances below
-an absolute 0.1 and stops after 3 steps, which can leave it far (0.28 on a case in the tests) from the
+an absolute 0.1 and stops after 3 steps, which can leave it far (0.12 on a case in the tests) from the
 minimiser. Here the start is the coordinate median, smoothing and stopping are relative to the data's
 own scale (the median distance to that start), and the iteration runs until the step is small.
 """
