@@ -99,15 +99,18 @@ class Bulyan(Aggregator):
                 chosen = remaining[0]
             selection.append(chosen)
             remaining.remove(chosen)
-        ordered = np.sort(updates[sorted(selection)], axis=0)
+        ordered = updates[sorted(selection)]  # a fresh copy: sort it in place rather than copy it again
+        ordered.sort(axis=0)
         middle = n_selected // 2
         median = ordered[middle] if n_selected % 2 else 0.5 * (ordered[middle - 1] + ordered[middle])
         n_windows = n_selected - n_kept + 1
         reach = np.stack([np.maximum(median - ordered[low], ordered[low + n_kept - 1] - median)
                           for low in range(n_windows)])
         lows = np.argmin(reach, axis=0)
-        window = np.take_along_axis(ordered, lows[None, :] + np.arange(n_kept)[:, None], axis=0)
-        return window.mean(axis=0)
+        total = np.zeros(ordered.shape[1])
+        for rank in range(n_selected):  # masks, not gathers: take_along_axis took 1.5 s at d = 1e6
+            total += np.where((lows <= rank) & (rank < lows + n_kept), ordered[rank], 0.0)
+        return total / n_kept
 
 
 class MinimumDiameterAveraging(Aggregator):
