@@ -1,9 +1,9 @@
 """Rules that select updates by their distances: Krum, multi-Krum, Bulyan, MDA, MoNNA.
 
 All read one matrix of pairwise distances from `distances.pairwise_distances` (cancellation-free,
-overflow-free). Exact ties (equal scores, equal diameters) are broken by the rows' content (their sum,
-then their squared norm), never by their position, so that the result does not depend on the order of
-the workers.
+overflow-free). Ties (scores equal to a relative 1e-9, equal diameters) are broken by the rows' content
+(their sum, then their squared norm), never by their position, so that the result depends neither on the
+order of the workers nor on the rounding a translation brings.
 """
 
 from __future__ import annotations
@@ -28,6 +28,22 @@ def content_ranks(updates: np.ndarray) -> np.ndarray:
     ranks = np.empty(len(order), dtype=np.int64)
     ranks[order] = np.arange(len(order))
     return ranks
+
+
+#: Scores this close (relatively) are a tie: rounding alone can order them, and a translation changes
+#: the rounding (nearest-neighbour mixing makes such ties common: it outputs many equal rows).
+SCORE_TIE_RTOL = 1e-9
+
+
+def order_by_score(scores: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+    """Row indices by increasing score; scores within SCORE_TIE_RTOL of the previous one form one group,
+    ordered by content rank. Infinite scores never join a finite group."""
+    order = np.argsort(scores, kind="stable")
+    ordered = scores[order]
+    with np.errstate(invalid="ignore"):
+        close = (np.diff(ordered) <= SCORE_TIE_RTOL * np.abs(ordered[1:])) & np.isfinite(ordered[1:])
+    group = np.cumsum(np.concatenate([[True], ~close]))
+    return order[np.lexsort((ranks[order], group))]
 
 
 def krum_scores(squared: np.ndarray, n_neighbours: int) -> np.ndarray:
@@ -65,7 +81,7 @@ class Krum(Aggregator):
             raise TrainingError(f"multi-Krum must select between 1 and n={n} updates, got m={n_selected}.")
         with np.errstate(over="ignore"):
             scores = krum_scores(pairwise_distances(updates) ** 2, n - f - 2)
-        selected = np.lexsort((content_ranks(updates), scores))[:n_selected]
+        selected = order_by_score(scores, content_ranks(updates))[:n_selected]
         return updates[selected].mean(axis=0)
 
 
@@ -94,7 +110,7 @@ class Bulyan(Aggregator):
         while len(selection) < n_selected:
             if len(remaining) > 1:
                 scores = krum_scores(squared[np.ix_(remaining, remaining)], max(len(remaining) - f - 2, 1))
-                chosen = remaining[int(np.lexsort((ranks[remaining], scores))[0])]
+                chosen = remaining[int(order_by_score(scores, ranks[remaining])[0])]
             else:
                 chosen = remaining[0]
             selection.append(chosen)
@@ -205,5 +221,5 @@ class MoNNA(Aggregator):
         if not 0 <= self.pivot < n:
             raise TrainingError(f"MoNNA's pivot must be a worker id in 0..{n - 1}, got {self.pivot}.")
         distances = row_distances(updates, updates[self.pivot])
-        nearest = np.lexsort((content_ranks(updates), distances))[: n - f]
+        nearest = order_by_score(distances, content_ranks(updates))[: n - f]
         return updates[nearest].mean(axis=0)
