@@ -46,6 +46,14 @@ def order_by_score(scores: np.ndarray, ranks: np.ndarray) -> np.ndarray:
     return order[np.lexsort((ranks[order], group))]
 
 
+def mean_of_rows(updates: np.ndarray, rows: np.ndarray | list[int]) -> np.ndarray:
+    """The mean of the given rows as one weighted product: `updates[rows].mean(0)` would first copy them
+    (320 MB for 40 rows of 1e6), which costs more than the arithmetic on a loaded machine."""
+    weights = np.zeros(updates.shape[0])
+    weights[rows] = 1.0 / len(rows)
+    return weights @ updates
+
+
 def krum_scores(squared: np.ndarray, n_neighbours: int) -> np.ndarray:
     """Sum of each row's squared distances to its n_neighbours nearest other rows."""
     others = squared.copy()
@@ -82,7 +90,7 @@ class Krum(Aggregator):
         with np.errstate(over="ignore"):
             scores = krum_scores(pairwise_distances(updates) ** 2, n - f - 2)
         selected = order_by_score(scores, content_ranks(updates))[:n_selected]
-        return updates[selected].mean(axis=0)
+        return updates[selected[0]].copy() if n_selected == 1 else mean_of_rows(updates, selected)
 
 
 class Bulyan(Aggregator):
@@ -161,7 +169,7 @@ class MinimumDiameterAveraging(Aggregator):
         with np.errstate(over="ignore"):
             squared = distances ** 2
         best = min(kept_sets, key=lambda kept: (squared[np.ix_(kept, kept)].sum(), sorted(ranks[kept].tolist())))
-        return updates[best].mean(axis=0)
+        return mean_of_rows(updates, best)
 
 
 def _vertex_covers(far: np.ndarray, budget: int, first_only: bool = False) -> list[frozenset[int]]:
@@ -221,5 +229,4 @@ class MoNNA(Aggregator):
         if not 0 <= self.pivot < n:
             raise TrainingError(f"MoNNA's pivot must be a worker id in 0..{n - 1}, got {self.pivot}.")
         distances = row_distances(updates, updates[self.pivot])
-        nearest = order_by_score(distances, content_ranks(updates))[: n - f]
-        return updates[nearest].mean(axis=0)
+        return mean_of_rows(updates, order_by_score(distances, content_ranks(updates))[: n - f])
