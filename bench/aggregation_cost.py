@@ -12,7 +12,8 @@ Every method faces 5 adversaries (constant attack, -100) among 45 messages of d 
 - cyclic decode, r = 11 (s = 5) and r = 21 (s = 10, with 10 adversaries: its worst case),
 - every aggregator of `robust_training.aggregators.AGGREGATORS` (f = 5; the geometric median runs
   Weiszfeld to a relative step of 1e-6, iterations reported), and every pre-aggregation in front of the
-  rule it is usually paired with (nnm+krum, bucketing+krum, clip+mean).
+  rule it is usually paired with (nnm+krum, bucketing+krum, clip+mean). The last column is each
+  aggregate's distance to the honest rows' mean, relative to that mean's norm.
 Each is timed `--repeats` times and the best time is kept. The machine is shared with other jobs, so the
 load average (before and after) and the BLAS/OpenMP thread pools (threadpoolctl) are recorded beside
 the times: ratios within one run are what to compare. Decodes are checked to return the adversary-free
@@ -103,9 +104,10 @@ def main() -> None:
                    list(range(12, 22)), updates, repeats),
     ]
 
-    attacked = Constant().apply(updates, list(range(N_ADVERSARIES)), np.random.default_rng(0))
+    # the last rows are the adversaries: MoNNA's pivot, worker 0, must be honest
+    attacked = Constant().apply(updates, list(range(N_WORKERS - N_ADVERSARIES, N_WORKERS)), np.random.default_rng(0))
     del updates
-    honest_mean = attacked[N_ADVERSARIES:].mean(axis=0)
+    honest_mean = attacked[: N_WORKERS - N_ADVERSARIES].mean(axis=0)
     for name in (*AGGREGATORS, *COMPOSED):
         if name == "geomedian":
             seconds, median = best_time_s(lambda: weiszfeld(attacked, max_iter=100, tol=1e-6), repeats)

@@ -210,7 +210,7 @@ class Simulator:
         scaled *= self.message_scale[:, None]
         messages, worker_s = self._encode(scaled, partition_s)
         if isinstance(self.attack, DataAttack):
-            self._send_poisoned(messages, params, round_index, tau, adversaries)
+            self._send_poisoned(self.attack, messages, params, round_index, tau, adversaries)
         elif self.attack is not None:
             messages = self.attack.apply(messages, adversaries, self.adversary_rng)
         started = time.perf_counter()
@@ -240,18 +240,15 @@ class Simulator:
                          for p in self.partitions], dtype=np.float64)
         return updates, list(total_s * work / work.sum())
 
-    def _send_poisoned(self, messages: np.ndarray, params: np.ndarray, round_index: int, tau: int,
-                       adversaries: list[int]) -> None:
+    def _send_poisoned(self, attack: DataAttack, messages: np.ndarray, params: np.ndarray, round_index: int,
+                       tau: int, adversaries: list[int]) -> None:
         """Overwrite the adversaries' rows of `messages` with what they send after training their
         partitions on poisoned data (same batches as the honest replicas draw)."""
-        assert isinstance(self.attack, DataAttack)
         holdings = {w: (self.code.partitions_of(w) if self.code is not None else [w]) for w in adversaries}
         held = sorted({p for parts in holdings.values() for p in parts})
-        if not held:
-            return
         config = self.config
         rngs = [batch_rng(config.seed, round_index, p) for p in held]
-        poisoned = local_updates(self.objective, params, [self.attack.poison(self.partitions[p]) for p in held],
+        poisoned = local_updates(self.objective, params, [attack.poison(self.partitions[p]) for p in held],
                                  config.lr, tau, config.batch_size, rngs).deltas
         poisoned *= self.message_scale[held][:, None]
         row_of = {p: i for i, p in enumerate(held)}

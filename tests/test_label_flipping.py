@@ -30,7 +30,7 @@ def test_an_adversary_sends_the_update_of_its_partition_with_flipped_labels(digi
     honest = local_updates(simulator.objective, params, simulator.partitions, 0.1, 1, 16,
                            [batch_rng(1, 0, p) for p in range(9)]).deltas * simulator.message_scale[:, None]
     messages = honest.copy()
-    simulator._send_poisoned(messages, params, 0, 1, [2, 5])
+    simulator._send_poisoned(LabelFlipping(), messages, params, 0, 1, [2, 5])
     for worker in (2, 5):
         flipped = LabelFlipping().poison(simulator.partitions[worker])
         expected = local_updates(simulator.objective, params, [flipped], 0.1, 1, 16, [batch_rng(1, 0, worker)])
