@@ -15,13 +15,17 @@ from robust_training.aggregators.base import Aggregator, AggregatorTags, WorkerR
 HONEST_MAJORITY = WorkerRequirement(2, 0, "an honest majority")
 
 
-def coordinate_median(updates: np.ndarray) -> np.ndarray:
-    """The median of each coordinate (mean of the two middle values when n is even)."""
-    n = updates.shape[0]
-    ordered = np.sort(updates, axis=0)
+def median_of_sorted(ordered: np.ndarray) -> np.ndarray:
+    """The per-column median of rows already sorted along axis 0 (a fresh array, not a view of them)."""
+    n = ordered.shape[0]
     if n % 2:
         return ordered[n // 2].copy()
     return 0.5 * (ordered[n // 2 - 1] + ordered[n // 2])
+
+
+def coordinate_median(updates: np.ndarray) -> np.ndarray:
+    """The median of each coordinate (mean of the two middle values when n is even)."""
+    return median_of_sorted(np.sort(updates, axis=0))
 
 
 class Mean(Aggregator):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from robust_training.aggregators.base import Aggregator, AggregatorTags, WorkerRequirement
-from robust_training.aggregators.coordinate import HONEST_MAJORITY
+from robust_training.aggregators.coordinate import HONEST_MAJORITY, median_of_sorted
 from robust_training.aggregators.distances import pairwise_distances, row_distances
 from robust_training.errors import TrainingError
 
@@ -125,8 +125,7 @@ class Bulyan(Aggregator):
             remaining.remove(chosen)
         ordered = updates[sorted(selection)]  # a fresh copy: sort it in place rather than copy it again
         ordered.sort(axis=0)
-        middle = n_selected // 2
-        median = ordered[middle] if n_selected % 2 else 0.5 * (ordered[middle - 1] + ordered[middle])
+        median = median_of_sorted(ordered)
         n_windows = n_selected - n_kept + 1
         reach = np.stack([np.maximum(median - ordered[low], ordered[low + n_kept - 1] - median)
                           for low in range(n_windows)])
