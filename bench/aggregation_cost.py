@@ -1,7 +1,8 @@
-"""Aggregation cost alone at the parameter server: Draco's decodes vs robust aggregators, same run.
+"""Aggregation cost alone at the parameter server: Draco's decodes vs every robust aggregator, same run.
 
-    python bench/aggregation_cost.py                  # n = P = 45 workers, d = 1e6 float64 (~2 minutes)
-    python bench/aggregation_cost.py --dim 100000     # quicker
+    python bench/aggregation_cost.py                  # n = P = 45 workers, d = 1e6 float64 (a few minutes)
+    python bench/aggregation_cost.py --quick          # d = 1e5, one repeat
+    python bench/aggregation_cost.py --dim 200000     # any size
 
 Every method faces 5 adversaries (constant attack, -100) among 45 messages of d float64 numbers:
 - repetition decode, r = 3 (15 groups; the 5 adversaries are the first replicas of 5 groups: the slow
@@ -9,30 +10,38 @@ Every method faces 5 adversaries (constant attack, -100) among 45 messages of d 
   (bit-identical replicas: one pass), and r = 15 (s = 5; 3 groups of 15, every group in dispute with its
   first replica adversarial: the vote's worst case, which Table 2 meets at s = 5),
 - cyclic decode, r = 11 (s = 5) and r = 21 (s = 10, with 10 adversaries: its worst case),
-- mean, coordinate median, trimmed mean (f = 5), Krum and multi-Krum (f = 5), and the geometric median
-  (Weiszfeld to a relative step of 1e-6, iterations reported).
-Each is timed `--repeats` times and the best time is kept (the machine is shared). Decodes are checked to
-return the adversary-free sum. Writes bench/results/aggregation_cost.json and prints the table with each
-method's speed-up over the geometric median.
+- every aggregator of `robust_training.aggregators.AGGREGATORS` (f = 5; the geometric median runs
+  Weiszfeld to a relative step of 1e-6, iterations reported), and every pre-aggregation in front of the
+  rule it is usually paired with (nnm+krum, bucketing+krum, clip+mean). The last column is each
+  aggregate's distance to the honest rows' mean, relative to that mean's norm.
+Each is timed `--repeats` times and the best time is kept. The machine is shared with other jobs, so the
+load average (before and after) and the BLAS/OpenMP thread pools (threadpoolctl) are recorded beside
+the times: ratios within one run are what to compare. Decodes are checked to return the adversary-free
+sum. Writes bench/results/aggregation_cost.json and prints the table with each method's speed-up over
+the geometric median.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_info
 
-from robust_training.aggregators import AGGREGATORS, weiszfeld
+from robust_training.aggregators import AGGREGATORS, make_aggregator, weiszfeld
 from robust_training.attacks import Constant
 from robust_training.codes import Code, CyclicCode, RepetitionCode
 
 N_WORKERS = 45
 N_ADVERSARIES = 5
+#: Pre-aggregations, each in front of the rule it is usually paired with.
+COMPOSED = ("nnm+krum", "bucketing+krum", "clip+mean")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -57,55 +66,83 @@ def decode_row(label: str, code: Code, adversaries: list[int], updates: np.ndarr
     return {"method": label, "seconds": seconds, "relative_error": error, "iterations": None}
 
 
+def environment() -> dict:
+    """What decides the timings besides the code: load, cores, thread pools."""
+    return {
+        "load_average_1_5_15": list(os.getloadavg()),
+        "cpu_count": os.cpu_count(),
+        "thread_env": {name: os.environ.get(name) for name in
+                       ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
+        "threadpools": [{key: pool.get(key) for key in ("user_api", "internal_api", "num_threads", "version")}
+                        for pool in threadpool_info()],
+        "machine": platform.processor() or platform.machine(),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dim", type=int, default=1_000_000, help="d, numbers per message (default 1e6)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dim", type=int, default=None, help="d, numbers per message (default 1e6; 1e5 with --quick)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per method (default 3; 1 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="d = 1e5 and one repeat unless given")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    dim = args.dim or (100_000 if args.quick else 1_000_000)
+    repeats = args.repeats or (1 if args.quick else 3)
+    before = environment()
 
-    updates = np.random.default_rng(args.seed).standard_normal((N_WORKERS, args.dim))
+    updates = np.random.default_rng(args.seed).standard_normal((N_WORKERS, dim))
     spread = list(range(0, 3 * N_ADVERSARIES, 3))  # one adversary in each of the first 5 repetition groups
     rows = [
-        decode_row("draco repetition decode (r=3)", RepetitionCode(N_WORKERS, 3), spread, updates, args.repeats),
+        decode_row("draco repetition decode (r=3)", RepetitionCode(N_WORKERS, 3), spread, updates, repeats),
         decode_row("draco repetition decode (r=3), no adversary", RepetitionCode(N_WORKERS, 3), [], updates,
-                   args.repeats),
+                   repeats),
         decode_row("draco repetition decode (r=15, s=5)", RepetitionCode(N_WORKERS, 15), [0, 1, 15, 16, 30],
-                   updates, args.repeats),
+                   updates, repeats),
         decode_row("draco cyclic decode (r=11, s=5)", CyclicCode(N_WORKERS, 11, seed=args.seed),
-                   [1, 9, 17, 30, 41], updates, args.repeats),
+                   [1, 9, 17, 30, 41], updates, repeats),
         decode_row("draco cyclic decode (r=21, s=10)", CyclicCode(N_WORKERS, 21, seed=args.seed),
-                   list(range(12, 22)), updates, args.repeats),
+                   list(range(12, 22)), updates, repeats),
     ]
 
-    attacked = Constant().apply(updates, list(range(N_ADVERSARIES)), np.random.default_rng(0))
+    # the last rows are the adversaries: MoNNA's pivot, worker 0, must be honest
+    attacked = Constant().apply(updates, list(range(N_WORKERS - N_ADVERSARIES, N_WORKERS)), np.random.default_rng(0))
     del updates
-    seconds, median = best_time_s(lambda: weiszfeld(attacked, max_iter=100, tol=1e-6), args.repeats)
-    rows.append({"method": "geometric median (Weiszfeld, tol 1e-6)", "seconds": seconds, "relative_error": None,
-                 "iterations": median.iterations})
-    for name in ("median", "trimmed", "krum", "multikrum", "mean"):
-        aggregator = AGGREGATORS[name]()
-        seconds, _ = best_time_s(lambda: aggregator(attacked, N_ADVERSARIES), args.repeats)
-        rows.append({"method": name, "seconds": seconds, "relative_error": None, "iterations": None})
+    honest_mean = attacked[: N_WORKERS - N_ADVERSARIES].mean(axis=0)
+    for name in (*AGGREGATORS, *COMPOSED):
+        if name == "geomedian":
+            seconds, median = best_time_s(lambda: weiszfeld(attacked, max_iter=100, tol=1e-6), repeats)
+            point, iterations, label = median.point, median.iterations, "geomedian (Weiszfeld, tol 1e-6)"
+        else:
+            seconds, point = best_time_s(lambda: make_aggregator(name)(attacked, N_ADVERSARIES), repeats)
+            iterations, label = None, name
+        distance = float(np.linalg.norm(point - honest_mean) / np.linalg.norm(honest_mean))
+        rows.append({"method": label, "seconds": seconds, "relative_error": None, "iterations": iterations,
+                     "distance_to_honest_mean": distance})
 
-    geomedian_s = next(row["seconds"] for row in rows if row["method"].startswith("geometric median"))
+    geomedian_s = next(row["seconds"] for row in rows if row["method"].startswith("geomedian"))
     for row in rows:
         row["speedup_vs_geomedian"] = geomedian_s / row["seconds"]
+    after = environment()
 
-    print(f"aggregation cost at n = {N_WORKERS}, d = {args.dim:,} float64, {N_ADVERSARIES} adversaries "
-          f"(best of {args.repeats})")
-    print(f"{'method':46s} {'seconds':>9s} {'x vs GM':>8s} {'iters':>6s} {'rel. error':>11s}")
+    print(f"aggregation cost at n = {N_WORKERS}, d = {dim:,} float64, {N_ADVERSARIES} adversaries (best of {repeats})")
+    print(f"load average before {before['load_average_1_5_15']}, after {after['load_average_1_5_15']}; "
+          f"{before['cpu_count']} CPUs; thread pools: "
+          + ", ".join(f"{p['internal_api']} {p['num_threads']}" for p in before["threadpools"]))
+    print(f"{'method':46s} {'seconds':>9s} {'x vs GM':>8s} {'iters':>6s} {'rel. error':>11s} {'|agg-mean_H|':>13s}")
     for row in rows:
         iterations = "" if row["iterations"] is None else str(row["iterations"])
         error = "" if row["relative_error"] is None else f"{row['relative_error']:.1e}"
+        distance = "" if "distance_to_honest_mean" not in row else f"{row['distance_to_honest_mean']:.2e}"
         print(f"{row['method']:46s} {row['seconds']:9.3f} {row['speedup_vs_geomedian']:8.1f} {iterations:>6s} "
-              f"{error:>11s}")
+              f"{error:>11s} {distance:>13s}")
+    cyclic = min(row["speedup_vs_geomedian"] for row in rows if row["method"].startswith("draco cyclic"))
+    print(f"slowest cyclic decode is {cyclic:.1f}x faster than the geometric median in this run")
 
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     output = RESULTS_DIR / "aggregation_cost.json"
     output.write_text(json.dumps({
-        "n_workers": N_WORKERS, "dim": args.dim, "n_adversaries": N_ADVERSARIES, "repeats": args.repeats,
-        "seed": args.seed, "machine": platform.processor() or platform.machine(), "rows": rows,
+        "n_workers": N_WORKERS, "dim": dim, "n_adversaries": N_ADVERSARIES, "repeats": repeats, "seed": args.seed,
+        "environment_before": before, "environment_after": after, "rows": rows,
     }, indent=2))
     print(f"wrote {output}")
 

@@ -9,6 +9,8 @@ One round, as a cluster would run it:
    synchronisation and the codes' exact sum divided by P is the same step.
 3. Worker w sends `code.encode(w, its partitions' updates)` (uncoded: its one partition's update);
    the adversaries' messages are then corrupted by the attack (for the cyclic code: the coded message).
+   A data attack (label flipping) instead has each adversary compute its partitions on poisoned data
+   and send their honest encoding.
 4. The PS decodes the exact sum (`code.decode`) or aggregates the messages (`aggregator(messages, f=s)`)
    and steps.
 
@@ -33,7 +35,7 @@ import numpy as np
 
 from robust_training.adaptive_tau import AdaptiveTau, TauEstimates
 from robust_training.aggregators import Aggregator, make_aggregator
-from robust_training.attacks import Attack, choose_adversaries, make_attack
+from robust_training.attacks import Attack, DataAttack, choose_adversaries, make_attack
 from robust_training.codes import Code, make_code
 from robust_training.data import Dataset, split_dataset
 from robust_training.dgd import PartitionUpdates, batch_rng, check_step_settings, local_updates, size_weights
@@ -89,7 +91,7 @@ class SimulationConfig:
         if self.code != "none" and self.aggregator != "mean":
             raise TrainingError("a code decodes the exact sum, so --aggregator applies only with --code none.")
 
-    def build(self) -> tuple[Code | None, Aggregator | None, Attack | None]:
+    def build(self) -> tuple[Code | None, Aggregator | None, Attack | DataAttack | None]:
         """The code (or the aggregator) and the attack this config names; bad names and sizes raise."""
         code = make_code(self.code, self.n_workers, self.redundancy, seed=self.seed)
         if code is not None and self.n_adversaries > code.max_adversaries:
@@ -210,7 +212,9 @@ class Simulator:
         scaled = updates.deltas.copy() if probe else updates.deltas
         scaled *= self.message_scale[:, None]
         messages, worker_s = self._encode(scaled, partition_s)
-        if self.attack is not None:
+        if isinstance(self.attack, DataAttack):
+            self._send_poisoned(self.attack, messages, params, round_index, tau, adversaries)
+        elif self.attack is not None:
             messages = self.attack.apply(messages, adversaries, self.adversary_rng)
         started = time.perf_counter()
         step, flagged = self._combine(messages)
@@ -238,6 +242,22 @@ class Simulator:
         work = np.array([len(p) if config.batch_size is None else min(config.batch_size, len(p))
                          for p in self.partitions], dtype=np.float64)
         return updates, list(total_s * work / work.sum())
+
+    def _send_poisoned(self, attack: DataAttack, messages: np.ndarray, params: np.ndarray, round_index: int,
+                       tau: int, adversaries: list[int]) -> None:
+        """Overwrite the adversaries' rows of `messages` with what they send after training their
+        partitions on poisoned data (same batches as the honest replicas draw)."""
+        holdings = {w: (self.code.partitions_of(w) if self.code is not None else [w]) for w in adversaries}
+        held = sorted({p for parts in holdings.values() for p in parts})
+        config = self.config
+        rngs = [batch_rng(config.seed, round_index, p) for p in held]
+        poisoned = local_updates(self.objective, params, [attack.poison(self.partitions[p]) for p in held],
+                                 config.lr, tau, config.batch_size, rngs).deltas
+        poisoned *= self.message_scale[held][:, None]
+        row_of = {p: i for i, p in enumerate(held)}
+        for worker, parts in holdings.items():
+            rows = poisoned[[row_of[p] for p in parts]]
+            messages[worker] = rows[0] if self.code is None else self.code.encode(worker, rows)
 
     def _draw_adversaries(self) -> list[int]:
         if not self.config.n_adversaries:

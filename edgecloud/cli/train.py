@@ -13,6 +13,8 @@ import typer
 
 from edgecloud.cli.options import COUNT_MAX, SEED_BOUNDS, finite_float
 from edgecloud.cli.user_errors import writable_output
+from robust_training.aggregators import aggregator_help
+from robust_training.attacks import ATTACK_NAMES
 
 if TYPE_CHECKING:
     from robust_training.simulator import SimulationConfig
@@ -27,9 +29,9 @@ def train(
         "--adaptive-tau", help="Choose tau every round by Wang et al.'s control algorithm (estimates logged).")] = False,
     code: Annotated[str, typer.Option(help="none | repetition | cyclic (Draco).")] = "none",
     redundancy: Annotated[int, typer.Option(help="Workers per partition r; a code decodes s <= (r-1)/2.", min=1, max=COUNT_MAX)] = 1,
-    aggregator: Annotated[str, typer.Option(help="With --code none: mean | geomedian | median | krum | multikrum | trimmed.")] = "mean",
+    aggregator: Annotated[str, typer.Option(help=f"With --code none: {aggregator_help()}")] = "mean",
     adversaries: Annotated[int, typer.Option(help="Adversarial workers s (re-drawn every round).", min=0, max=COUNT_MAX)] = 0,
-    attack: Annotated[str, typer.Option(help="reverse | constant | gaussian | alie | signflip.")] = "reverse",
+    attack: Annotated[str, typer.Option(help=f"{' | '.join(ATTACK_NAMES)}.")] = "reverse",
     rounds: Annotated[int, typer.Option(help="Synchronisation rounds R.", min=1, max=COUNT_MAX)] = 30,
     lr: Annotated[float, typer.Option(help="Learning rate eta of every local step.",
                                      parser=finite_float(0.0, 1e6, low_open=True))] = 0.1,
@@ -111,14 +113,12 @@ def train(
 
 
 def _check_defence(config: "SimulationConfig") -> None:
-    """Build the code, aggregator and attack and run the aggregator once on n zero updates of one
-    coordinate: Krum's n > f + 2 or the trimmed mean's n > 2f fails here, in milliseconds, with the
-    aggregator's own sentence, instead of at the first aggregation after the data has loaded."""
-    import numpy as np
-
+    """Build the code, aggregator and attack and check the aggregator's declared feasibility rule
+    (Krum's n > 2f + 2, the trimmed mean's n > 2f, ...) here, in milliseconds, instead of at the first
+    aggregation after the data has loaded."""
     _, aggregator, _ = config.build()
     if aggregator is not None:
-        aggregator(np.zeros((config.n_workers, 1)), config.n_adversaries)
+        aggregator.check_feasible(config.n_workers, config.n_adversaries)
 
 
 def _flag_counts(records: list) -> dict[str, int]:
