@@ -123,6 +123,10 @@ class RoundRecord:
         return self.compute_s + self.aggregate_s + self.transfer_s
 
 
+class _HonestUpdatesDiverged(Exception):
+    """The honest workers' own updates became non-finite (the learning rate is too large)."""
+
+
 @dataclass
 class SimulationResult:
     """The trained model and the run's history."""
@@ -132,6 +136,7 @@ class SimulationResult:
     partition_sizes: list[int]
     train_loss: float          # of the final model on the whole training set
     tau_estimates: list[TauEstimates] = field(default_factory=list)
+    diverged: bool = False     # stopped because the honest updates or the model became non-finite
 
     @property
     def flagged(self) -> list[int]:
@@ -178,12 +183,19 @@ class Simulator:
         budget_s: float | None = None
         tau = config.tau
         adversaries = self._draw_adversaries()
+        diverged = False
         for round_index in range(config.rounds):
             if config.redraw_adversaries and round_index:
                 adversaries = self._draw_adversaries()
             elapsed_s = records[-1].elapsed_s if records else 0.0
-            new_params, updates, record = self._play_round(params, round_index, tau, adversaries, elapsed_s,
-                                                           probe=controller is not None)
+            try:
+                new_params, updates, record = self._play_round(params, round_index, tau, adversaries, elapsed_s,
+                                                               probe=controller is not None)
+            except _HonestUpdatesDiverged:
+                logger.warning("the honest updates diverged to non-finite values in round %d; stopping",
+                               round_index + 1)
+                diverged = True
+                break
             records.append(record)
             if on_round is not None:
                 on_round(record)
@@ -195,19 +207,22 @@ class Simulator:
             params = new_params
             if not np.all(np.isfinite(params)):
                 logger.warning("the model diverged to non-finite values in round %d; stopping", record.round)
+                diverged = True
                 break
             if (config.target_accuracy is not None and record.test_accuracy is not None
                     and record.test_accuracy >= config.target_accuracy):
                 break
         train_loss = self.objective.loss(params, self.train.features, self.train.labels)
         return SimulationResult(params, records, self.partition_sizes, train_loss,
-                                controller.log if controller is not None else [])
+                                controller.log if controller is not None else [], diverged)
 
     def _play_round(self, params: np.ndarray, round_index: int, tau: int, adversaries: list[int],
                     elapsed_s: float, probe: bool) -> tuple[np.ndarray, PartitionUpdates, RoundRecord]:
         """One round: compute, encode, attack, decode or aggregate, step; returns the new global model."""
         config = self.config
         updates, partition_s = self._compute_partitions(params, round_index, tau, probe)
+        if not np.all(np.isfinite(updates.deltas)):
+            raise _HonestUpdatesDiverged()  # no defence can make a step of that: the run has diverged
         # adaptive tau reads the unscaled deltas after the round; otherwise scale in place (no 360 MB copy)
         scaled = updates.deltas.copy() if probe else updates.deltas
         scaled *= self.message_scale[:, None]

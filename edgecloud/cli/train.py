@@ -81,8 +81,8 @@ def train(
         result = simulator.run(on_round=lambda r: progress.update(
             task, advance=1, accuracy="-" if r.test_accuracy is None else f"{r.test_accuracy:.3f}"))
 
-    if not np.all(np.isfinite(result.params)):
-        raise TrainingError(f"training diverged: the model became non-finite in round {len(result.records)} "
+    if result.diverged:
+        raise TrainingError(f"training diverged: the model or its updates became non-finite after {len(result.records)} rounds "
                             f"(try a smaller --lr than {lr:g}).")
     final = result.last_evaluated()
     defence = f"code {code} r={redundancy}" if code != "none" else aggregator
