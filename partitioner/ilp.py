@@ -39,9 +39,10 @@ class Solution:
     status: str  # "optimal" or "time_limit" (then gap > 0)
     gap: float
     time_s: float
-    method: str  # "lp-certificate" or "mip"
+    method: str  # "lp-certificate", "mip", or "warm-start" (the solver's answer was unusable)
     solver: str  # "highs" or "cbc"
     start_s: np.ndarray | None = None  # makespan schedule
+    note: str | None = None  # what went wrong when the solver did not deliver, in one sentence
 
 
 def solve(arrays: CostArrays, objective: str = "latency", solver: str = "highs", time_limit_s: float | None = None,
@@ -76,7 +77,7 @@ def solve(arrays: CostArrays, objective: str = "latency", solver: str = "highs",
                     warm_start = rounded
     start = model.start_from(warm_start) if warm_start is not None and solver == "highs" else None
     result = solve_mip(model.mip, solver, time_limit_s, start)
-    return _finish(arrays, result, model, evaluate, started)
+    return _finish(arrays, result, model, evaluate, warm_start, started)
 
 
 def _solve_makespan(arrays: CostArrays, solver: str, time_limit_s: float | None, warm_start: np.ndarray | None,
@@ -86,22 +87,65 @@ def _solve_makespan(arrays: CostArrays, solver: str, time_limit_s: float | None,
     if warm_start is not None and solver == "highs":
         makespan, start_s = schedule_makespan_s(arrays, warm_start, list(range(arrays.n_nodes)))
         start = model.start_from(warm_start, start_s, makespan)
-    result = solve_mip(model.mip, solver, time_limit_s, start)
-    if result.values is None:
-        _raise_unsolved(arrays, result.status)
-    placement = model.placement_of(result.values)
-    makespan, start_s = schedule_makespan_s(arrays, placement, model.order_of(result.values))
-    return Solution(placement, makespan, result.status, result.gap, time.perf_counter() - started, "mip",
-                    result.solver, start_s)
+    # Times are microseconds there (see ilp_makespan): HiGHS' default tolerances suit them, where 1e-9
+    # made it flag its own optimum's 7e-9 residuals as a solve error.
+    result = solve_mip(model.mip, solver, time_limit_s, start, feasibility_tolerance=None)
+    candidates: list[_Candidate] = []
+    if result.values is not None:
+        placement = model.placement_of(result.values)
+        if infeasibility(arrays, placement) is None:
+            makespan, start_s = schedule_makespan_s(arrays, placement, model.order_of(result.values))
+            candidates.append(_Candidate(makespan, placement, "mip", start_s))
+    if result.status in ("optimal", "time_limit") and candidates:
+        best = candidates[0]
+        return Solution(best.placement, best.objective_s, result.status, result.gap, time.perf_counter() - started,
+                        "mip", result.solver, best.start_s)
+    if warm_start is not None:
+        makespan, start_s = schedule_makespan_s(arrays, warm_start, list(range(arrays.n_nodes)))
+        candidates.append(_Candidate(makespan, warm_start, "warm-start", start_s))
+    return _best_known(arrays, result, candidates, started)
 
 
 def _finish(arrays: CostArrays, result: MipResult, model: PlacementModel,
-            evaluate: Callable[[CostArrays, np.ndarray], float], started: float) -> Solution:
-    if result.values is None:
+            evaluate: Callable[[CostArrays, np.ndarray], float], warm_start: np.ndarray | None,
+            started: float) -> Solution:
+    candidates: list[_Candidate] = []
+    if result.values is not None:
+        placement = model.placement_of(result.values)
+        if infeasibility(arrays, placement) is None:
+            candidates.append(_Candidate(evaluate(arrays, placement), placement, "mip"))
+    if result.status in ("optimal", "time_limit") and candidates:
+        best = candidates[0]
+        return Solution(best.placement, best.objective_s, result.status, result.gap, time.perf_counter() - started,
+                        "mip", result.solver)
+    if warm_start is not None:
+        candidates.append(_Candidate(evaluate(arrays, warm_start), warm_start, "warm-start"))
+    return _best_known(arrays, result, candidates, started)
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """A feasible placement and its objective recomputed by `partitioner.objective`."""
+
+    objective_s: float
+    placement: np.ndarray
+    method: str
+    start_s: np.ndarray | None = None
+
+
+def _best_known(arrays: CostArrays, result: MipResult, candidates: list[_Candidate], started: float) -> Solution:
+    """The solver ended without a usable answer (an error status, or no solution in the time limit):
+    keep the best feasible placement known, its solver's or the warm start, re-scored by our objective,
+    and say so; raise only when there is none."""
+    if not candidates:
         _raise_unsolved(arrays, result.status)
-    placement = model.placement_of(result.values)
-    return Solution(placement, evaluate(arrays, placement), result.status, result.gap,
-                    time.perf_counter() - started, "mip", result.solver)
+    best = min(candidates, key=lambda candidate: candidate.objective_s)
+    source = "the solver's own" if best.method == "mip" else "the warm start (best baseline)"
+    note = (f"{result.solver} ended with status {result.status} and no proven optimum; kept the best feasible "
+            f"placement known, {source}, at {best.objective_s:.6g} s, which may not be optimal")
+    log.warning("%s", note)
+    return Solution(best.placement, best.objective_s, result.status, float("inf"), time.perf_counter() - started,
+                    best.method, result.solver, best.start_s, note)
 
 
 def _raise_unsolved(arrays: CostArrays, status: str) -> NoReturn:
@@ -109,7 +153,9 @@ def _raise_unsolved(arrays: CostArrays, status: str) -> NoReturn:
         limits = ", ".join(f"{arrays.device_names[k]} {arrays.memory_limit_bytes[k]:.0f} B"
                            for k in np.flatnonzero(np.isfinite(arrays.memory_limit_bytes)))
         raise InfeasiblePlanError(f"no placement satisfies the memory limits ({limits}) together with the pins.")
-    raise PartitionerError(f"the solver stopped without a placement (status {status}); raise the time limit.")
+    if status == "time_limit":
+        raise PartitionerError("the solver found no placement within the time limit; raise the time limit.")
+    raise PartitionerError(f"the solver stopped without a placement (status {status}); try --solver cbc.")
 
 
 def structural_infeasibility(arrays: CostArrays) -> str | None:

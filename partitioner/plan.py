@@ -148,7 +148,7 @@ def build_plan(graph: CostGraph, arrays: CostArrays, solution: Solution, baselin
         breakdown={"compute_s": {name: float(compute[k]) for k, name in enumerate(names)}, "transfer_s": transfer_s},
         crossing_tensors=crossing, baselines={b.name: b.objective_s for b in baselines},
         solver={"name": solution.solver, "method": solution.method, "status": solution.status,
-                "time_s": solution.time_s, "gap": gap},
+                "time_s": solution.time_s, "gap": gap, **({"note": solution.note} if solution.note else {})},
         layers=layers, schedule_s=schedule,
         model_sha256=file_sha256(graph.model) if graph.model is not None and Path(graph.model).is_file() else None,
     )
