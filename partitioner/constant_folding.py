@@ -8,7 +8,7 @@ graph input, so their values are the same for every request: compute them once, 
 initializers, where they are what they always were — parameters of the nodes that read them.
 
 A node is folded when every input it reads (including outer-scope names its subgraphs read) is an
-initializer or a folded tensor, it is a deterministic op of the standard domain without subgraphs, and
+initializer that is not also a graph input (such a default can be overridden) or a folded tensor, it is a deterministic op of the standard domain without subgraphs, and
 none of its outputs is a graph output (a stage must produce every graph output). The values come from
 onnxruntime itself, so they are exactly what running the model would compute. Node names must be
 canonical before folding (`partitioner.onnx_names`): the nodes that stay keep their ids.
@@ -41,7 +41,8 @@ def _foldable(node: onnx.NodeProto) -> bool:
 
 def constant_nodes(graph: onnx.GraphProto) -> list[int]:
     """Positions of the nodes whose outputs are the same for every input (see the module docstring)."""
-    constant = {item.name for item in graph.initializer}
+    overridable = {item.name for item in graph.input}  # an initializer listed as input may be fed instead
+    constant = {item.name for item in graph.initializer} - overridable
     graph_outputs = {item.name for item in graph.output}
     positions = []
     for position, node in enumerate(graph.node):
@@ -93,7 +94,7 @@ def _evaluate(model: onnx.ModelProto, nodes: list[onnx.NodeProto], outputs: list
     graph = helper.make_graph(
         nodes, "constants", [], [onnx.ValueInfoProto(name=name) for name in outputs],
         [item for item in model.graph.initializer if item.name in read])
-    sub = helper.make_model(graph, opset_imports=model.opset_import, ir_version=max(model.ir_version, 4))
+    sub = helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
     sub = onnx.shape_inference.infer_shapes(sub)
     typed = {item.name: item for item in sub.graph.value_info}
     for output in sub.graph.output:

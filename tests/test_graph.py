@@ -486,3 +486,14 @@ def test_invalid_graph_is_a_model_load_error() -> None:
     with pytest.raises(ModelLoadError, match="not a valid ONNX model"):
         load_layer_graph(model)
 
+
+
+def test_an_initializer_that_is_also_a_graph_input_is_not_folded() -> None:
+    """From IR 4 on, an initializer listed as an input is a default the caller may override."""
+    model = _model([helper.make_node("Add", ["k", "c"], ["kc"], name="add"),
+                    helper.make_node("Mul", ["x", "kc"], ["y"], name="mul")], {"x": [2, 4]}, ["y"],
+                   {"k": _weights(2, 4), "c": _weights(2, 4)})
+    model.graph.input.append(helper.make_tensor_value_info("k", FLOAT, [2, 4]))
+    assert set(load_layer_graph(model).dag.nodes) == {"add", "mul"}
+    del model.graph.input[-1]
+    assert set(load_layer_graph(model).dag.nodes) == {"mul"}
