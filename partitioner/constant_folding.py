@@ -68,7 +68,8 @@ def fold_constants(model: onnx.ModelProto) -> list[str]:
     needed = [name for node in folded for name in node.output if name in read_by_kept]
     try:
         values = _evaluate(model, folded, needed) if needed else {}
-    except Exception as error:  # onnxruntime raises its own exception types
+        weights = [numpy_helper.from_array(values[name], name) for name in needed]
+    except Exception as error:  # onnxruntime (and numpy_helper, on an exotic dtype) raise their own types
         logger.warning("constant folding skipped: onnxruntime could not evaluate %d constant node(s) (%s)",
                        len(folded), str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
         return []
@@ -78,7 +79,7 @@ def fold_constants(model: onnx.ModelProto) -> list[str]:
     unused = [item for item in graph.initializer if item.name not in still_read]
     for item in unused:
         graph.initializer.remove(item)
-    graph.initializer.extend(numpy_helper.from_array(values[name], name) for name in needed)
+    graph.initializer.extend(weights)
     stale = [item for item in graph.value_info if item.name in made]
     for item in stale:
         graph.value_info.remove(item)

@@ -273,3 +273,20 @@ def test_a_plan_for_a_replaced_model_is_refused_unless_forced(tmp_path: Path) ->
     model_path.write_bytes(cached_model_path("mlp").read_bytes())  # another graph: its nodes are not in the plan
     other = runner.invoke(app, ["split", str(tmp_path / "plan.json"), "-o", str(tmp_path / "out2"), "--force"])
     assert other.exit_code == 2 and other.output.startswith("error: ")
+
+
+def test_a_model_that_cannot_be_split_is_one_error_line(tmp_path: Path) -> None:
+    """A graph output that is a weight, produced by no stage: planned fine, refused by split in one line."""
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"], name="relu")], "weight_out",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4]),
+         helper.make_tensor_value_info("w", TensorProto.FLOAT, [4])],
+        [helper.make_tensor("w", TensorProto.FLOAT, [4], [1.0, 2.0, 3.0, 4.0])])
+    model_path = tmp_path / "weight_out.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(model_path))
+    runner = CliRunner()
+    assert runner.invoke(app, ["plan", str(model_path), "-o", str(tmp_path / "plan.json")]).exit_code == 0
+    outcome = runner.invoke(app, ["split", str(tmp_path / "plan.json"), "-o", str(tmp_path / "out")])
+    assert outcome.exit_code == 2 and outcome.output.startswith("error: ")
+    assert len(outcome.output.strip().splitlines()) == 1 and "Traceback" not in outcome.output
