@@ -7,7 +7,10 @@
   always holds (it is the exact min-cut, solved by HiGHS' simplex, faster here than networkx' max-flow);
 - throughput: the same formulation as a MIP; makespan: `partitioner.ilp_makespan` with a time limit.
 Every solution's objective is recomputed from its placement (`partitioner.objective`), never taken
-from the solver, so a reported figure always describes the placement that is returned.
+from the solver, so a reported figure always describes the placement that is returned. A solver that
+ends without a usable answer (no solution within the time limit, or an error status such as HiGHS'
+"solve error" after it had found the optimum) does not lose what is known: the best feasible placement
+among its own and the warm start is returned with status, infinite gap and a `note` saying so.
 """
 
 from __future__ import annotations
