@@ -112,15 +112,19 @@ def _arc_points(start: tuple[float, float], end: tuple[float, float], bend: floa
             for t in (i / (count - 1) for i in range(count))]
 
 
-def _spread_labels(candidates: list[tuple[float, float, float, str]], x_span: float, y_span: float,
-                   at_most: int) -> list[tuple[float, float, str]]:
-    """The largest crossing tensors' labels first, each kept only if it does not overlap one kept
-    before (in axes fractions: labels are about 6 % wide and 4 % tall)."""
+def _spread_labels(candidates: list[tuple[float, float, float, str]], obstacles: list[tuple[float, float]],
+                   x_span: float, y_span: float, at_most: int) -> list[tuple[float, float, str]]:
+    """The largest crossing tensors' labels first, each kept only if it overlaps neither a label kept
+    before nor a node mark (in axes fractions: a label is about 8 % wide and 6 % tall)."""
     kept: list[tuple[float, float, str]] = []
+
+    def clear(x: float, y: float, points: list[tuple[float, float]], width: float, height: float) -> bool:
+        return all(abs(x - px) / x_span > width or abs(y - py) / y_span > height for px, py in points)
+
     for _, x, y, text in sorted(candidates, key=lambda candidate: -candidate[0]):
         if len(kept) == at_most:
             break
-        if all(abs(x - kx) / x_span > 0.06 or abs(y - ky) / y_span > 0.04 for kx, ky, _ in kept):
+        if clear(x, y, [(kx, ky) for kx, ky, _ in kept], 0.08, 0.06) and clear(x, y, obstacles, 0.04, 0.04):
             kept.append((x, y, text))
     return kept
 
@@ -162,9 +166,9 @@ def plot_plan(plan: Plan, graph: CostGraph, path: str | Path) -> None:
     axes.add_collection(LineCollection(lines[False], colors="0.6", linewidths=0.8, zorder=1))
     axes.add_collection(LineCollection(lines[True], colors="red", linewidths=2.2, linestyles="--", zorder=1))
     x_span, y_span = max(columns, 1.0), max(rows, 1.0)
-    for x, y, text in _spread_labels(labels, x_span, y_span, at_most=20):
-        axes.annotate(text, (x, y), xytext=(0, -5), textcoords="offset points", ha="center", va="top", fontsize=7,
-                      color="red")
+    for x, y, text in _spread_labels(labels, position, x_span, y_span, at_most=20):
+        axes.annotate(text, (x, y), ha="center", va="center", fontsize=7, color="red", zorder=3,
+                      bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none", alpha=0.8))
 
     compute_groups = [index for index, nodes in enumerate(drawing.members) if nodes[0] not in (INPUT, OUTPUT)]
     base_size = 45 if len(compute_groups) <= 150 else 12  # big graphs: dots that do not merge into a bar
@@ -190,9 +194,10 @@ def plot_plan(plan: Plan, graph: CostGraph, path: str | Path) -> None:
 
     best = min((value for value in plan.baselines.values() if value is not None), default=None)
     versus = f", best baseline {best * 1e3:.2f} ms" if best is not None else ""
-    links = "; ".join(f"{link['from']}-{link['to']} {link['bandwidth_bps'] / 1e6:g} Mbit/s, "
-                      f"{link['latency_s'] * 1e3:g} ms" for link in plan.links)
-    collapsed = (f"; {len(graph.nodes)} nodes, chains drawn as one mark ({len(compute_groups)} marks)"
+    link_texts = [f"{link['from']}-{link['to']} {link['bandwidth_bps'] / 1e6:g} Mbit/s, {link['latency_s'] * 1e3:g} ms"
+                  for link in plan.links]
+    links = "\n".join("; ".join(link_texts[i:i + 2]) for i in range(0, len(link_texts), 2))
+    collapsed = (f"\n{len(graph.nodes)} nodes; chains drawn as one mark ({len(compute_groups)} marks)"
                  if len(compute_groups) < len(graph.nodes) else "")
     axes.set_title(f"{plan.objective} plan: {plan.predicted_s * 1e3:.2f} ms{versus}\n{links}{collapsed}", fontsize=10)
     axes.set_xlabel("depth in the DAG (longest path from the inputs)")
