@@ -267,6 +267,8 @@ def test_a_plan_for_a_replaced_model_is_refused_unless_forced(tmp_path: Path) ->
     assert refused.exit_code == 2
     assert refused.output.startswith("error: ") and len(refused.output.strip().splitlines()) == 1
     assert "--force" in refused.output and not (tmp_path / "out" / "manifest.json").exists()
+    with pytest.raises(PartitionerError, match="not the model the plan was made for"):
+        cached_split(tmp_path / "plan.json")  # what `edgecloud agent` and `infer` split with
     forced = runner.invoke(app, ["split", str(tmp_path / "plan.json"), "-o", str(tmp_path / "out"), "--force"])
     assert forced.exit_code == 0, forced.output
     _assert_split_matches(model_path, load_manifest(tmp_path / "out"))
