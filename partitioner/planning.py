@@ -27,8 +27,9 @@ def plan_cost_graph(graph: CostGraph, objective: str = "latency", solver: str = 
     if objective != "latency" and candidates:
         # Throughput and makespan are solved under a time limit: the latency optimum (one LP, fast) is
         # often a far better incumbent than any baseline, so branch and bound starts from it too.
-        best_for_latency = min((latency_s(arrays, p) , i) for i, (_, p) in enumerate(candidates))[1]
-        latency_optimum = solve(arrays, "latency", solver, time_limit_s, warm_start=candidates[best_for_latency][1]).placement
+        # Warm-started by the best baseline for latency, so that even a solver stopped early answers.
+        latency_start = min((p for _, p in candidates), key=lambda p: latency_s(arrays, p))
+        latency_optimum = solve(arrays, "latency", solver, time_limit_s, warm_start=latency_start).placement
         candidates.append((objective_value(arrays, latency_optimum, objective), latency_optimum))
     best_s, best = min(candidates, key=lambda c: c[0]) if candidates else (None, None)
     solution = solve(arrays, objective, solver, time_limit_s, warm_start=best)
