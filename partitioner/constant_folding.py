@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from partitioner.onnx_loading import first_line
 from partitioner.onnx_reads import node_inputs
 
 logger = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def fold_constants(model: onnx.ModelProto) -> list[str]:
         weights = [numpy_helper.from_array(values[name], name) for name in needed]
     except Exception as error:  # onnxruntime (and numpy_helper, on an exotic dtype) raise their own types
         logger.warning("constant folding skipped: onnxruntime could not evaluate %d constant node(s) (%s)",
-                       len(folded), str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
+                       len(folded), first_line(error))
         return []
     del graph.node[:]
     graph.node.extend(kept)

@@ -40,13 +40,13 @@ def load_onnx_model(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
         try:
             loaded = onnx.load(path)
         except (DecodeError, OSError, ValueError, RuntimeError) as error:
-            raise ModelLoadError(f"{path} is not a readable ONNX model ({_first_line(error)})") from None
+            raise ModelLoadError(f"{path} is not a readable ONNX model ({first_line(error)})") from None
     if not loaded.HasField("graph") or not loaded.opset_import:
         raise ModelLoadError(f"{source} is not an ONNX model (it has no graph or no opset)")
     try:
         onnx.checker.check_model(loaded)
     except (onnx.checker.ValidationError, ValueError) as error:
-        raise ModelLoadError(f"{source} is not a valid ONNX model: {_first_line(error)}") from None
+        raise ModelLoadError(f"{source} is not a valid ONNX model: {first_line(error)}") from None
     upgrade_ir_version(loaded)
     return loaded
 
@@ -85,7 +85,8 @@ def load_compute_model(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelP
     return loaded, fold_constants(loaded)
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (onnx and onnxruntime write pages), or its type."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 
@@ -147,4 +148,4 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
     except (onnx.shape_inference.InferenceError, ValueError, RuntimeError) as error:
-        raise ModelLoadError(f"shape inference failed on model: {_first_line(error)}") from None
+        raise ModelLoadError(f"shape inference failed on model: {first_line(error)}") from None

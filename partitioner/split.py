@@ -40,7 +40,7 @@ from partitioner.manifest import (
     TensorSpec,
     load_manifest,
 )
-from partitioner.onnx_loading import infer_shapes, load_compute_model
+from partitioner.onnx_loading import first_line, infer_shapes, load_compute_model
 from partitioner.onnx_reads import node_inputs
 
 logger = logging.getLogger(__name__)
@@ -185,9 +185,8 @@ def split_model(model: onnx.ModelProto | str | Path, placement: Mapping[str, str
             try:
                 onnx.checker.check_model(stage_model)
             except (onnx.checker.ValidationError, ValueError) as error:
-                reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                 raise PartitionerError(f"stage {index} ({plan.device}) cut from the model is not valid ONNX, so this "
-                                       f"model cannot be split: {reason}") from None
+                                       f"model cannot be split: {first_line(error)}") from None
         _save(stage_model, out_dir / stage.file)
         stages.append(stage)
 
