@@ -86,44 +86,34 @@ def solve(arrays: CostArrays, objective: str = "latency", solver: str = "highs",
 def _solve_makespan(arrays: CostArrays, solver: str, time_limit_s: float | None, warm_start: np.ndarray | None,
                     started: float) -> Solution:
     model = MakespanModel(arrays)
-    start = None
-    if warm_start is not None and solver == "highs":
+    fallback = start = None
+    if warm_start is not None:
         makespan, start_s = schedule_makespan_s(arrays, warm_start, list(range(arrays.n_nodes)))
-        start = model.start_from(warm_start, start_s, makespan)
+        fallback = _Candidate(makespan, warm_start, "warm-start", start_s)
+        if solver == "highs":
+            start = model.start_from(warm_start, start_s, makespan)
     # Times are microseconds there (see ilp_makespan): HiGHS' default tolerances suit them, where 1e-9
     # made it flag its own optimum's 7e-9 residuals as a solve error.
     result = solve_mip(model.mip, solver, time_limit_s, start, feasibility_tolerance=None)
-    candidates: list[_Candidate] = []
+    own = None
     if result.values is not None:
         placement = model.placement_of(result.values)
         if infeasibility(arrays, placement) is None:
             makespan, start_s = schedule_makespan_s(arrays, placement, model.order_of(result.values))
-            candidates.append(_Candidate(makespan, placement, "mip", start_s))
-    if result.status in ("optimal", "time_limit") and candidates:
-        best = candidates[0]
-        return Solution(best.placement, best.objective_s, result.status, result.gap, time.perf_counter() - started,
-                        "mip", result.solver, best.start_s)
-    if warm_start is not None:
-        makespan, start_s = schedule_makespan_s(arrays, warm_start, list(range(arrays.n_nodes)))
-        candidates.append(_Candidate(makespan, warm_start, "warm-start", start_s))
-    return _best_known(arrays, result, candidates, started)
+            own = _Candidate(makespan, placement, "mip", start_s)
+    return _settle(arrays, result, own, fallback, started)
 
 
 def _finish(arrays: CostArrays, result: MipResult, model: PlacementModel,
             evaluate: Callable[[CostArrays, np.ndarray], float], warm_start: np.ndarray | None,
             started: float) -> Solution:
-    candidates: list[_Candidate] = []
+    own = None
     if result.values is not None:
         placement = model.placement_of(result.values)
         if infeasibility(arrays, placement) is None:
-            candidates.append(_Candidate(evaluate(arrays, placement), placement, "mip"))
-    if result.status in ("optimal", "time_limit") and candidates:
-        best = candidates[0]
-        return Solution(best.placement, best.objective_s, result.status, result.gap, time.perf_counter() - started,
-                        "mip", result.solver)
-    if warm_start is not None:
-        candidates.append(_Candidate(evaluate(arrays, warm_start), warm_start, "warm-start"))
-    return _best_known(arrays, result, candidates, started)
+            own = _Candidate(evaluate(arrays, placement), placement, "mip")
+    fallback = None if warm_start is None else _Candidate(evaluate(arrays, warm_start), warm_start, "warm-start")
+    return _settle(arrays, result, own, fallback, started)
 
 
 @dataclass(frozen=True)
@@ -136,10 +126,16 @@ class _Candidate:
     start_s: np.ndarray | None = None
 
 
-def _best_known(arrays: CostArrays, result: MipResult, candidates: list[_Candidate], started: float) -> Solution:
-    """The solver ended without a usable answer (an error status, or no solution in the time limit):
-    keep the best feasible placement known, its solver's or the warm start, re-scored by our objective,
-    and say so; raise only when there is none."""
+def _settle(arrays: CostArrays, result: MipResult, own: _Candidate | None, fallback: _Candidate | None,
+            started: float) -> Solution:
+    """The solver's placement when it answered (optimal, or the incumbent at the time limit). When it
+    ended without a usable answer (an error status, or no solution in the time limit), the best
+    feasible placement known, its own or the warm start, re-scored by our objective, with a note saying
+    so; raise only when there is none."""
+    if own is not None and result.status in ("optimal", "time_limit"):
+        return Solution(own.placement, own.objective_s, result.status, result.gap, time.perf_counter() - started,
+                        "mip", result.solver, own.start_s)
+    candidates = [candidate for candidate in (own, fallback) if candidate is not None]
     if not candidates:
         _raise_unsolved(arrays, result.status)
     best = min(candidates, key=lambda candidate: candidate.objective_s)
