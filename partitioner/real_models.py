@@ -158,11 +158,9 @@ def export_real_model(name: str, path: str | Path, seed: int = DEFAULT_SEED) -> 
     """Build the named architecture with weights drawn from `seed` and export it to one ONNX file
     (input "input", output "output", static shapes)."""
     spec = real_model(name)
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a core dependency
-        raise PartitionerError("exporting a real model needs torch") from None
-    from partitioner.zoo import _quiet_exporter
+    import torch
+
+    from partitioner.zoo import quiet_exporter
 
     path = Path(path)
     state = torch.random.get_rng_state()
@@ -176,12 +174,15 @@ def export_real_model(name: str, path: str | Path, seed: int = DEFAULT_SEED) -> 
         torch.random.set_rng_state(state)
     example = torch.from_numpy(example_input(name, seed))
     started_s = time.perf_counter()
-    with _quiet_exporter(), torch.no_grad():
+    with quiet_exporter(), torch.no_grad():
         program = torch.onnx.export(module, (example,), dynamo=True, opset_version=ONNX_OPSET, input_names=["input"],
                                     output_names=["output"], external_data=False, verbose=False)
     if program is None:
         raise PartitionerError(f"torch's ONNX exporter returned nothing for model {name!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    program.save(str(path), external_data=False)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        program.save(str(path), external_data=False)
+    except OSError as error:
+        raise PartitionerError(f"cannot write {path}: {error.strerror or error}") from None
     logger.info("exported %s to %s in %.1f s", name, path, time.perf_counter() - started_s)
     return path

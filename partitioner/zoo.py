@@ -263,7 +263,7 @@ def export_model(name: str, path: str | Path, seed: int = DEFAULT_SEED) -> Path:
     traced_inputs = tuple(torch.cat([example, example]) for example in example_inputs)
     batch = torch.export.Dim("batch", min=1, max=1024)
     started_s = time.perf_counter()
-    with _quiet_exporter():
+    with quiet_exporter():
         program = torch.onnx.export(
             module,
             traced_inputs,
@@ -287,7 +287,7 @@ def export_model(name: str, path: str | Path, seed: int = DEFAULT_SEED) -> Path:
 
 
 @contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
+def quiet_exporter() -> Iterator[None]:
     """Silence the exporter's chatter (missing torchvision ops, deprecations) that says nothing about our models."""
     registration_logger = logging.getLogger("torch.onnx._internal.exporter._registration")
     previous_level = registration_logger.level
