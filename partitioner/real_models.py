@@ -14,8 +14,6 @@ A later benchmark (the latency predictor's) reuses `export_real_model`; `REAL_MO
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +26,6 @@ from partitioner.errors import PartitionerError
 if TYPE_CHECKING:
     import torch
 
-logger = logging.getLogger(__name__)
-
-ONNX_OPSET = 18
 DEFAULT_SEED = 0
 IMAGE_SIZE = 32
 SEQUENCE_LENGTH = 16
@@ -160,9 +155,8 @@ def export_real_model(name: str, path: str | Path, seed: int = DEFAULT_SEED) -> 
     spec = real_model(name)
     import torch
 
-    from partitioner.zoo import quiet_exporter
+    from partitioner.zoo import export_onnx
 
-    path = Path(path)
     state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
@@ -172,17 +166,4 @@ def export_real_model(name: str, path: str | Path, seed: int = DEFAULT_SEED) -> 
             raise PartitionerError("real models need Hugging Face transformers: pip install 'edgecloud[models]'") from None
     finally:
         torch.random.set_rng_state(state)
-    example = torch.from_numpy(example_input(name, seed))
-    started_s = time.perf_counter()
-    with quiet_exporter(), torch.no_grad():
-        program = torch.onnx.export(module, (example,), dynamo=True, opset_version=ONNX_OPSET, input_names=["input"],
-                                    output_names=["output"], external_data=False, verbose=False)
-    if program is None:
-        raise PartitionerError(f"torch's ONNX exporter returned nothing for model {name!r}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        program.save(str(path), external_data=False)
-    except OSError as error:
-        raise PartitionerError(f"cannot write {path}: {error.strerror or error}") from None
-    logger.info("exported %s to %s in %.1f s", name, path, time.perf_counter() - started_s)
-    return path
+    return export_onnx(module, (torch.from_numpy(example_input(name, seed)),), Path(path), name)
