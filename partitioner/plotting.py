@@ -9,6 +9,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from partitioner.costs import CostGraph, topological_order
 from partitioner.plan import Plan
 
@@ -112,21 +114,40 @@ def _arc_points(start: tuple[float, float], end: tuple[float, float], bend: floa
             for t in (i / (count - 1) for i in range(count))]
 
 
-def _spread_labels(candidates: list[tuple[float, float, float, str]], obstacles: list[tuple[float, float]],
+def _spread_labels(candidates: list[tuple[float, list[tuple[float, float]], str]], obstacles: list[tuple[float, float]],
                    x_span: float, y_span: float, at_most: int) -> list[tuple[float, float, str]]:
-    """The largest crossing tensors' labels first, each kept only if it overlaps neither a label kept
-    before nor a node mark (in axes fractions: a label is about 8 % wide and 6 % tall)."""
+    """The largest crossing tensors' labels first, each at the first of its candidate spots (along its
+    edge) that overlaps neither a label kept before nor an obstacle (node marks, node names); a label
+    with no such spot is left out. Distances in axes fractions: a label is about 8 % wide, 6 % tall."""
     kept: list[tuple[float, float, str]] = []
 
     def clear(x: float, y: float, points: list[tuple[float, float]], width: float, height: float) -> bool:
         return all(abs(x - px) / x_span > width or abs(y - py) / y_span > height for px, py in points)
 
-    for _, x, y, text in sorted(candidates, key=lambda candidate: -candidate[0]):
+    for _, spots, text in sorted(candidates, key=lambda candidate: -candidate[0]):
         if len(kept) == at_most:
             break
-        if clear(x, y, [(kx, ky) for kx, ky, _ in kept], 0.08, 0.06) and clear(x, y, obstacles, 0.04, 0.04):
-            kept.append((x, y, text))
+        for x, y in spots:
+            if clear(x, y, [(kx, ky) for kx, ky, _ in kept], 0.08, 0.06) and clear(x, y, obstacles, 0.04, 0.04):
+                kept.append((x, y, text))
+                break
     return kept
+
+
+def _name_points(axes, names: list[tuple[tuple[float, float], str]]) -> list[tuple[float, float]]:  # type: ignore[no-untyped-def]
+    """Points (data coordinates) along each node name as `plot_plan` writes it: from 3, 5 points off
+    its mark, rotated 35 degrees, about 3.5 points per character at font size 6."""
+    to_data = axes.transData.inverted()
+    pixels_per_point = axes.figure.dpi / 72.0
+    along = np.array([math.cos(math.radians(35)), math.sin(math.radians(35))])
+    points: list[tuple[float, float]] = []
+    for anchor, text in names:
+        base = axes.transData.transform(anchor)
+        for distance in np.arange(0.0, 3.5 * len(text), 8.0):
+            offset = (np.array([3.0, 5.0]) + distance * along) * pixels_per_point
+            x, y = to_data.transform(base + offset)
+            points.append((float(x), float(y)))
+    return points
 
 
 def plot_plan(plan: Plan, graph: CostGraph, path: str | Path) -> None:
@@ -147,7 +168,7 @@ def plot_plan(plan: Plan, graph: CostGraph, path: str | Path) -> None:
     figure, axes = plt.subplots(figsize=(min(18.0, max(7.0, 0.3 * columns)), min(10.0, max(3.5, 0.8 * rows + 2.0))))
 
     lines: dict[bool, list[list[tuple[float, float]]]] = {False: [], True: []}
-    labels: list[tuple[float, float, float, str]] = []
+    labels: list[tuple[float, list[tuple[float, float]], str]] = []
     drawn: set[tuple[int, int, bool]] = set()
     for tensor in graph.tensors.values():
         start = INPUT if tensor.producer is None else tensor.producer
@@ -161,14 +182,11 @@ def plot_plan(plan: Plan, graph: CostGraph, path: str | Path) -> None:
             skips = abs(x1 - x0) > 1 and y0 == y1
             lines[crossing].append(_arc_points(position[a], position[b], 0.12) if skips else [(x0, y0), (x1, y1)])
             if crossing:
-                middle = lines[crossing][-1][len(lines[crossing][-1]) // 2] if skips else ((x0 + x1) / 2, (y0 + y1) / 2)
-                labels.append((tensor.bytes, *middle, _size_text(tensor.bytes)))
+                points = lines[crossing][-1] if skips else _arc_points(position[a], position[b], 0.0)
+                spots = [points[round(t * (len(points) - 1))] for t in (0.5, 0.3, 0.7, 0.2, 0.8)]
+                labels.append((tensor.bytes, spots, _size_text(tensor.bytes)))
     axes.add_collection(LineCollection(lines[False], colors="0.6", linewidths=0.8, zorder=1))
     axes.add_collection(LineCollection(lines[True], colors="red", linewidths=2.2, linestyles="--", zorder=1))
-    x_span, y_span = max(columns, 1.0), max(rows, 1.0)
-    for x, y, text in _spread_labels(labels, position, x_span, y_span, at_most=20):
-        axes.annotate(text, (x, y), ha="center", va="center", fontsize=7, color="red", zorder=3,
-                      bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none", alpha=0.8))
 
     compute_groups = [index for index, nodes in enumerate(drawing.members) if nodes[0] not in (INPUT, OUTPUT)]
     base_size = 45 if len(compute_groups) <= 150 else 12  # big graphs: dots that do not merge into a bar
@@ -184,11 +202,12 @@ def plot_plan(plan: Plan, graph: CostGraph, path: str | Path) -> None:
                      edgecolors="black", linewidths=1.0)
         axes.annotate(f"{end}\n({device_of[end]})", position[group_of[end]], xytext=(0, -14),
                       textcoords="offset points", ha="center", va="top", fontsize=7)
+    names: list[tuple[tuple[float, float], str]] = []
     if len(compute_groups) <= LABELLED_NODES_AT_MOST:
         for g in compute_groups:
             nodes = drawing.members[g]
-            text = nodes[0] if len(nodes) == 1 else f"{nodes[0]} (+{len(nodes) - 1})"
-            axes.annotate(text, position[g], xytext=(3, 5), textcoords="offset points", fontsize=6, rotation=35)
+            names.append((position[g], nodes[0] if len(nodes) == 1 else f"{nodes[0]} (+{len(nodes) - 1})"))
+            axes.annotate(names[-1][1], position[g], xytext=(3, 5), textcoords="offset points", fontsize=6, rotation=35)
     axes.plot([], [], color="red", linestyle="--", linewidth=2.2,
               label=f"crossing tensors: {len(plan.crossing_tensors)}")
 
@@ -204,6 +223,10 @@ def plot_plan(plan: Plan, graph: CostGraph, path: str | Path) -> None:
     axes.set_yticks([])
     axes.autoscale_view()
     axes.margins(x=0.03, y=0.25)
+    obstacles = [*position, *_name_points(axes, names)]  # the limits are final from here on
+    for x, y, text in _spread_labels(labels, obstacles, max(columns, 1.0), max(rows, 1.0), at_most=20):
+        axes.annotate(text, (x, y), ha="center", va="center", fontsize=7, color="red", zorder=3,
+                      bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none", alpha=0.8))
     axes.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
     figure.tight_layout()
     figure.savefig(path, dpi=110)

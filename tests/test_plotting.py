@@ -30,11 +30,16 @@ def test_chains_collapse_into_groups_of_one_device_in_order() -> None:
 
 
 def test_crossing_labels_that_would_overlap_are_dropped_largest_first() -> None:
-    candidates = [(float(size), 5.0, 1.0, f"{size} B") for size in (10, 30, 20)] + [(5.0, 50.0, 1.0, "far")]
+    candidates = [(float(size), [(5.0, 1.0)], f"{size} B") for size in (10, 30, 20)] + [(5.0, [(50.0, 1.0)], "far")]
     kept = _spread_labels(candidates, [], x_span=100.0, y_span=2.0, at_most=20)
     assert [text for _, _, text in kept] == ["30 B", "far"]
     assert len(_spread_labels(candidates, [], 100.0, 2.0, at_most=1)) == 1
     assert [text for _, _, text in _spread_labels(candidates, [(50.0, 1.0)], 100.0, 2.0, at_most=20)] == ["30 B"]
+
+
+def test_a_label_moves_along_its_edge_to_a_free_spot() -> None:
+    candidates = [(2.0, [(5.0, 1.0)], "first"), (1.0, [(5.0, 1.0), (30.0, 1.0)], "second")]
+    assert _spread_labels(candidates, [], 100.0, 2.0, at_most=20) == [(5.0, 1.0, "first"), (30.0, 1.0, "second")]
 
 
 def test_a_plan_of_two_thousand_nodes_is_drawn(tmp_path: Path) -> None:
