@@ -150,5 +150,6 @@ def build_plan(graph: CostGraph, arrays: CostArrays, solution: Solution, baselin
         solver={"name": solution.solver, "method": solution.method, "status": solution.status,
                 "time_s": solution.time_s, "gap": gap, **({"note": solution.note} if solution.note else {})},
         layers=layers, schedule_s=schedule,
-        model_sha256=file_sha256(graph.model) if graph.model is not None and Path(graph.model).is_file() else None,
+        model_sha256=graph.model_sha256 or (
+            file_sha256(graph.model) if graph.model is not None and Path(graph.model).is_file() else None),
     )
