@@ -59,6 +59,7 @@ class CostGraph:
     nodes: dict[str, CostNode]
     tensors: dict[str, CostTensor]
     model: str | None = None  # ONNX path when built from a model
+    model_sha256: str | None = None  # of that file when it was read (plans record it; not in the JSON form)
 
     def link(self, a: str, b: str) -> Link:
         return self.links[_link_key(a, b)]

@@ -5,9 +5,11 @@ ops. Every tensor's bytes are exact for the chosen batch size: prod(shape) * ite
 inference. FLOPs follow `partitioner.flops` (a multiply-add is 2 FLOPs).
 
 Parameters: an initializer counts in `param_bytes` of every node that reads it (each device that runs
-one of its consumers needs its own copy). A Constant node stays a node of its own: its `param_bytes`
-are its value's bytes and its output is an ordinary tensor, since the split model must place it
-somewhere; with `fuse=True` a Constant read by one node joins that node's layer.
+one of its consumers needs its own copy). Constant subgraphs (Constant, ConstantOfShape and everything
+computed from them and initializers only) are folded into initializers first
+(`partitioner.constant_folding`): they are weights, not layers. A Constant node that survives (its value
+is a graph output) stays a node of its own: its `param_bytes` are its value's bytes; with `fuse=True` a
+Constant read by one node joins that node's layer.
 """
 
 from __future__ import annotations
@@ -25,8 +27,7 @@ import onnx
 
 from partitioner.flops import NodeShapes, count_flops
 from partitioner.fusion import fusion_groups
-from partitioner.onnx_loading import fix_dimensions, infer_shapes, load_onnx_model
-from partitioner.onnx_names import name_nodes_uniquely
+from partitioner.onnx_loading import fix_dimensions, infer_shapes, load_compute_model
 from partitioner.onnx_reads import node_inputs
 
 logger = logging.getLogger(__name__)
@@ -84,8 +85,7 @@ def load_layer_graph(model: str | Path | onnx.ModelProto, batch_size: int = 1, f
     dimensions by name. Raises ModelLoadError for a missing, corrupt or invalid model; an op it does not
     know is logged as a warning and costs 0 FLOPs (known_op=False).
     """
-    proto = load_onnx_model(model)
-    name_nodes_uniquely(proto.graph)
+    proto, _ = load_compute_model(model)
     inferred = onnx.ModelProto()
     inferred.CopyFrom(proto)
     fix_dimensions(inferred, batch_size, symbolic_dims)

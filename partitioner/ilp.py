@@ -7,7 +7,10 @@
   always holds (it is the exact min-cut, solved by HiGHS' simplex, faster here than networkx' max-flow);
 - throughput: the same formulation as a MIP; makespan: `partitioner.ilp_makespan` with a time limit.
 Every solution's objective is recomputed from its placement (`partitioner.objective`), never taken
-from the solver, so a reported figure always describes the placement that is returned.
+from the solver, so a reported figure always describes the placement that is returned. A solver that
+ends without a usable answer (no solution within the time limit, or an error status such as HiGHS'
+"solve error" after it had found the optimum) does not lose what is known: the best feasible placement
+among its own and the warm start is returned with status, infinite gap and a `note` saying so.
 """
 
 from __future__ import annotations
@@ -39,9 +42,10 @@ class Solution:
     status: str  # "optimal" or "time_limit" (then gap > 0)
     gap: float
     time_s: float
-    method: str  # "lp-certificate" or "mip"
+    method: str  # "lp-certificate", "mip", or "warm-start" (the solver's answer was unusable)
     solver: str  # "highs" or "cbc"
     start_s: np.ndarray | None = None  # makespan schedule
+    note: str | None = None  # what went wrong when the solver did not deliver, in one sentence
 
 
 def solve(arrays: CostArrays, objective: str = "latency", solver: str = "highs", time_limit_s: float | None = None,
@@ -76,32 +80,71 @@ def solve(arrays: CostArrays, objective: str = "latency", solver: str = "highs",
                     warm_start = rounded
     start = model.start_from(warm_start) if warm_start is not None and solver == "highs" else None
     result = solve_mip(model.mip, solver, time_limit_s, start)
-    return _finish(arrays, result, model, evaluate, started)
+    return _finish(arrays, result, model, evaluate, warm_start, started)
 
 
 def _solve_makespan(arrays: CostArrays, solver: str, time_limit_s: float | None, warm_start: np.ndarray | None,
                     started: float) -> Solution:
     model = MakespanModel(arrays)
-    start = None
-    if warm_start is not None and solver == "highs":
+    fallback = start = None
+    if warm_start is not None:
         makespan, start_s = schedule_makespan_s(arrays, warm_start, list(range(arrays.n_nodes)))
-        start = model.start_from(warm_start, start_s, makespan)
-    result = solve_mip(model.mip, solver, time_limit_s, start)
-    if result.values is None:
-        _raise_unsolved(arrays, result.status)
-    placement = model.placement_of(result.values)
-    makespan, start_s = schedule_makespan_s(arrays, placement, model.order_of(result.values))
-    return Solution(placement, makespan, result.status, result.gap, time.perf_counter() - started, "mip",
-                    result.solver, start_s)
+        fallback = _Candidate(makespan, warm_start, "warm-start", start_s)
+        if solver == "highs":
+            start = model.start_from(warm_start, start_s, makespan)
+    # Times are microseconds there (see ilp_makespan): HiGHS' default tolerances suit them, where 1e-9
+    # made it flag its own optimum's 7e-9 residuals as a solve error.
+    result = solve_mip(model.mip, solver, time_limit_s, start, feasibility_tolerance=None)
+    own = None
+    if result.values is not None:
+        placement = model.placement_of(result.values)
+        if infeasibility(arrays, placement) is None:
+            makespan, start_s = schedule_makespan_s(arrays, placement, model.order_of(result.values))
+            own = _Candidate(makespan, placement, "mip", start_s)
+    return _settle(arrays, result, own, fallback, started)
 
 
 def _finish(arrays: CostArrays, result: MipResult, model: PlacementModel,
-            evaluate: Callable[[CostArrays, np.ndarray], float], started: float) -> Solution:
-    if result.values is None:
+            evaluate: Callable[[CostArrays, np.ndarray], float], warm_start: np.ndarray | None,
+            started: float) -> Solution:
+    own = None
+    if result.values is not None:
+        placement = model.placement_of(result.values)
+        if infeasibility(arrays, placement) is None:
+            own = _Candidate(evaluate(arrays, placement), placement, "mip")
+    fallback = None if warm_start is None else _Candidate(evaluate(arrays, warm_start), warm_start, "warm-start")
+    return _settle(arrays, result, own, fallback, started)
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """A feasible placement and its objective recomputed by `partitioner.objective`."""
+
+    objective_s: float
+    placement: np.ndarray
+    method: str
+    start_s: np.ndarray | None = None
+
+
+def _settle(arrays: CostArrays, result: MipResult, own: _Candidate | None, fallback: _Candidate | None,
+            started: float) -> Solution:
+    """The solver's placement when it answered (optimal, or the incumbent at the time limit). When it
+    ended without a usable answer (an error status, or no solution in the time limit), the best
+    feasible placement known, its own or the warm start, re-scored by our objective, with a note saying
+    so; raise only when there is none."""
+    if own is not None and result.status in ("optimal", "time_limit"):
+        return Solution(own.placement, own.objective_s, result.status, result.gap, time.perf_counter() - started,
+                        "mip", result.solver, own.start_s)
+    candidates = [candidate for candidate in (own, fallback) if candidate is not None]
+    if not candidates:
         _raise_unsolved(arrays, result.status)
-    placement = model.placement_of(result.values)
-    return Solution(placement, evaluate(arrays, placement), result.status, result.gap,
-                    time.perf_counter() - started, "mip", result.solver)
+    best = min(candidates, key=lambda candidate: candidate.objective_s)
+    source = "the solver's own" if best.method == "mip" else "the warm start (best baseline)"
+    note = (f"{result.solver} ended with status {result.status} and no proven optimum; kept the best feasible "
+            f"placement known, {source}, at {best.objective_s:.6g} s, which may not be optimal")
+    log.warning("%s", note)
+    return Solution(best.placement, best.objective_s, result.status, float("inf"), time.perf_counter() - started,
+                    best.method, result.solver, best.start_s, note)
 
 
 def _raise_unsolved(arrays: CostArrays, status: str) -> NoReturn:
@@ -109,7 +152,9 @@ def _raise_unsolved(arrays: CostArrays, status: str) -> NoReturn:
         limits = ", ".join(f"{arrays.device_names[k]} {arrays.memory_limit_bytes[k]:.0f} B"
                            for k in np.flatnonzero(np.isfinite(arrays.memory_limit_bytes)))
         raise InfeasiblePlanError(f"no placement satisfies the memory limits ({limits}) together with the pins.")
-    raise PartitionerError(f"the solver stopped without a placement (status {status}); raise the time limit.")
+    if status == "time_limit":
+        raise PartitionerError("the solver found no placement within the time limit; raise the time limit.")
+    raise PartitionerError(f"the solver stopped without a placement (status {status}); try --solver cbc.")
 
 
 def structural_infeasibility(arrays: CostArrays) -> str | None:

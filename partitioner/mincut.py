@@ -17,17 +17,16 @@ from __future__ import annotations
 import numpy as np
 
 from partitioner.costs import CostArrays
+from partitioner.maxflow import INFINITE, min_cut_source_side
 
 SOURCE, SINK = "S", "T"
-# networkx decides the cut side by comparing flow == capacity, which float round-off breaks (it then
-# returns a partition whose cut is not minimal): capacities are integer picoseconds, exact in Python ints.
+# Float round-off in capacities picks wrong cut sides (seen with networkx): capacities are integer
+# picoseconds, and the max-flow (`partitioner.maxflow`) is exact on them.
 TICKS_PER_S = 10**12
 
 
 def min_cut_placement(arrays: CostArrays, a: int, b: int) -> np.ndarray | None:
     """The latency-optimal placement using only devices a and b (None if a pin forbids it)."""
-    import networkx as nx
-
     pins = arrays.pin[arrays.pin >= 0]
     if np.any((pins != a) & (pins != b)):
         return None
@@ -98,14 +97,16 @@ def min_cut_placement(arrays: CostArrays, a: int, b: int) -> np.ndarray | None:
             capacity_ticks[(v, SINK)] = capacity_ticks.get((v, SINK), 0) + difference
         elif difference < 0:
             capacity_ticks[(SOURCE, v)] = capacity_ticks.get((SOURCE, v), 0) - difference
-    graph = nx.DiGraph()
-    graph.add_nodes_from([SOURCE, SINK, *range(arrays.n_nodes)])
-    graph.add_edges_from((u, v, {"capacity": c}) for (u, v), c in capacity_ticks.items() if (u, v) not in infinite)
-    graph.add_edges_from(infinite)
-    _, (reachable, _) = nx.minimum_cut(graph, SOURCE, SINK)
-    placement = np.full(arrays.n_nodes, b, dtype=np.int64)
-    on_a = [v for v in reachable if isinstance(v, (int, np.integer))]
-    placement[on_a] = a
+    index: dict[object, int] = {SOURCE: 0, SINK: 1, **{v: v + 2 for v in range(arrays.n_nodes)}}
+    for end in (end for edge in [*capacity_ticks, *infinite] for end in edge):
+        index.setdefault(end, len(index))
+    finite = [(u, v, c) for (u, v), c in capacity_ticks.items() if (u, v) not in infinite]
+    edges = finite + [(u, v, INFINITE) for u, v in infinite]
+    tails = np.array([index[u] for u, _, _ in edges], dtype=np.int64)
+    heads = np.array([index[v] for _, v, _ in edges], dtype=np.int64)
+    capacities = np.array([c for _, _, c in edges], dtype=np.int64)
+    on_source_side = min_cut_source_side(len(index), tails, heads, capacities, index[SOURCE], index[SINK])
+    placement = np.where(on_source_side[2:arrays.n_nodes + 2], a, b).astype(np.int64)
     return placement
 
 

@@ -106,20 +106,27 @@ class MipResult:
     solver: str
 
 
+TIGHT_FEASIBILITY_TOLERANCE = 1e-9
+
+
 def solve_mip(mip: Mip, solver: str = "highs", time_limit_s: float | None = None,
-              warm_start: np.ndarray | None = None, mip_rel_gap: float = 1e-9, presolve: bool = True) -> MipResult:
+              warm_start: np.ndarray | None = None, mip_rel_gap: float = 1e-9, presolve: bool = True,
+              feasibility_tolerance: float | None = TIGHT_FEASIBILITY_TOLERANCE) -> MipResult:
     """Solve `mip` with HiGHS (highspy, direct) or CBC (through PuLP).
 
-    presolve=False suits the placement LP relaxation: HiGHS' presolve costs 5x the simplex there."""
+    presolve=False suits the placement LP relaxation: HiGHS' presolve costs 5x the simplex there.
+    `feasibility_tolerance` (HiGHS): tight for the placement models, whose costs are seconds and often
+    microseconds small; None keeps HiGHS' defaults, for models whose units are scaled to suit them (a
+    tolerance far below the coefficients' round-off makes HiGHS reject its own optimum as a solve error)."""
     if solver == "highs":
-        return _solve_highs(mip, time_limit_s, warm_start, mip_rel_gap, presolve)
+        return _solve_highs(mip, time_limit_s, warm_start, mip_rel_gap, presolve, feasibility_tolerance)
     if solver == "cbc":
         return _solve_cbc(mip, time_limit_s, mip_rel_gap)
     raise PartitionerError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}.")
 
 
 def _solve_highs(mip: Mip, time_limit_s: float | None, warm_start: np.ndarray | None, mip_rel_gap: float,
-                 presolve: bool) -> MipResult:
+                 presolve: bool, feasibility_tolerance: float | None) -> MipResult:
     import highspy
 
     started = time.perf_counter()
@@ -130,10 +137,10 @@ def _solve_highs(mip: Mip, time_limit_s: float | None, warm_start: np.ndarray | 
     if not presolve:
         highs.setOptionValue("presolve", "off")
     highs.setOptionValue("mip_abs_gap", 1e-12)
-    # Costs are seconds, often microseconds small: the default 1e-6/1e-7 tolerances would blur them.
-    highs.setOptionValue("mip_feasibility_tolerance", 1e-9)
-    highs.setOptionValue("primal_feasibility_tolerance", 1e-9)
-    highs.setOptionValue("dual_feasibility_tolerance", 1e-9)
+    if feasibility_tolerance is not None:
+        # Costs are seconds, often microseconds small: the default 1e-6/1e-7 tolerances would blur them.
+        for option in ("mip_feasibility_tolerance", "primal_feasibility_tolerance", "dual_feasibility_tolerance"):
+            highs.setOptionValue(option, feasibility_tolerance)
     if time_limit_s is not None:
         highs.setOptionValue("time_limit", float(time_limit_s))
     lp = highspy.HighsLp()

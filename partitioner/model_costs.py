@@ -60,7 +60,10 @@ def cost_graph_from_model(layer_graph: LayerGraph, devices: dict[str, DeviceProf
         for name, info in layer_graph.tensors.items()
         if info.consumers or info.is_graph_output
     }
+    from partitioner.plan import file_sha256
+
     graph = CostGraph(devices={name: device.to_dict() for name, device in devices.items()}, links=dict(links),
                       source=source, sink=sink, nodes=nodes, tensors=tensors,
-                      model=str(model_path) if model_path is not None else None)
+                      model=str(model_path) if model_path is not None else None,
+                      model_sha256=file_sha256(model_path) if model_path is not None and Path(model_path).is_file() else None)
     return graph.validate()

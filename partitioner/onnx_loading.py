@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 # Value given to a symbolic dimension other than the batch when the caller names none: the smallest
 # size that keeps every op valid. Costs scale with it, hence the warning.
 DEFAULT_SYMBOLIC_DIM = 1
+# Below IR 4 every initializer must also be a graph input, which sub-models cut from the graph are not.
+MIN_SPLITTABLE_IR_VERSION = 4
 
 
 def load_onnx_model(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
@@ -40,17 +42,53 @@ def load_onnx_model(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
             loaded = onnx.load(path)
         # onnx.load reads a .json or .txt path as JSON or text protobuf: their parse errors are ours too
         except (DecodeError, json_format.Error, text_format.ParseError, OSError, ValueError, RuntimeError) as error:
-            raise ModelLoadError(f"{path} is not a readable ONNX model ({_first_line(error)})") from None
+            raise ModelLoadError(f"{path} is not a readable ONNX model ({first_line(error)})") from None
     if not loaded.HasField("graph") or not loaded.opset_import:
         raise ModelLoadError(f"{source} is not an ONNX model (it has no graph or no opset)")
     try:
         onnx.checker.check_model(loaded)
     except (onnx.checker.ValidationError, ValueError) as error:
-        raise ModelLoadError(f"{source} is not a valid ONNX model: {_first_line(error)}") from None
+        raise ModelLoadError(f"{source} is not a valid ONNX model: {first_line(error)}") from None
+    upgrade_ir_version(loaded)
     return loaded
 
 
-def _first_line(error: BaseException) -> str:
+def upgrade_ir_version(model: onnx.ModelProto) -> None:
+    """Bring a model below IR 4 to IR 4, in place: initializers stop being graph inputs too.
+
+    IR < 4 requires every initializer to be listed as a graph input; a sub-model cut from such a graph
+    keeps only its real inputs and then fails the checker ("... in initializer but not in graph input").
+    From IR 4 on, an initializer need not be an input, and the same graph is valid with every opset
+    the old model can use, so the upgrade changes nothing onnxruntime computes: the weights merely stop
+    being overridable from outside.
+    """
+    if model.ir_version >= MIN_SPLITTABLE_IR_VERSION:
+        return
+    initializer_names = {item.name for item in model.graph.initializer}
+    initializer_names |= {item.values.name for item in model.graph.sparse_initializer}
+    weights = [item for item in model.graph.input if item.name in initializer_names]
+    for item in weights:
+        model.graph.input.remove(item)
+    logger.info("model upgraded from IR %d to IR %d (%d initializer(s) no longer listed as inputs)",
+                model.ir_version, MIN_SPLITTABLE_IR_VERSION, len(weights))
+    model.ir_version = MIN_SPLITTABLE_IR_VERSION
+
+
+def load_compute_model(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """The model as the planner and the splitter both see it: loaded and checked, IR upgraded, nodes
+    under their canonical ids, constant subgraphs folded into initializers. Returns it with the ids of
+    the nodes folded away (a placement may still name them). Both stages must call this, so that a
+    plan's node ids are the split's."""
+    from partitioner.constant_folding import fold_constants
+    from partitioner.onnx_names import name_nodes_uniquely
+
+    loaded = load_onnx_model(model)
+    name_nodes_uniquely(loaded.graph)
+    return loaded, fold_constants(loaded)
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (onnx and onnxruntime write pages), or its type."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 
@@ -112,4 +150,4 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
     except (onnx.shape_inference.InferenceError, ValueError, RuntimeError) as error:
-        raise ModelLoadError(f"shape inference failed on model: {_first_line(error)}") from None
+        raise ModelLoadError(f"shape inference failed on model: {first_line(error)}") from None

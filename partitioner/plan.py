@@ -7,6 +7,7 @@ stage can cut the model without the layer DAG; `layers` keeps the planner's own 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ class Plan:
     solver: dict[str, Any]
     layers: dict[str, str] = field(default_factory=dict)  # planner node -> device
     schedule_s: dict[str, float] | None = None  # makespan plans: start time per planner node
+    model_sha256: str | None = None  # of the model file planned: a split of another model is refused
 
     @property
     def model_path(self) -> Path | None:
@@ -57,6 +59,8 @@ class Plan:
         }
         if self.schedule_s is not None:
             data["schedule_s"] = self.schedule_s
+        if self.model_sha256 is not None:
+            data["model_sha256"] = self.model_sha256
         return data
 
     def save(self, path: str | Path) -> None:
@@ -82,7 +86,8 @@ def load_plan(path: str | Path) -> Plan:
                     source=data["source"], sink=data["sink"], placement=dict(data["placement"]),
                     predicted_s=float(data["predicted_s"]), breakdown=data["breakdown"],
                     crossing_tensors=list(data["crossing_tensors"]), baselines=dict(data["baselines"]),
-                    solver=dict(data["solver"]), layers=dict(data.get("layers", {})), schedule_s=data.get("schedule_s"))
+                    solver=dict(data["solver"]), layers=dict(data.get("layers", {})), schedule_s=data.get("schedule_s"),
+                    model_sha256=data.get("model_sha256"))
         link_ends = [(link["from"], link["to"], float(link["bandwidth_bps"]), float(link.get("latency_s", 0.0)))
                      for link in plan.links]  # the agents' link emulation reads them too
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as error:
@@ -96,6 +101,15 @@ def load_plan(path: str | Path) -> Plan:
             raise PartitionerError(f"plan file {path}: {what} names the device {device!r}, which is not one of its "
                                    f"devices ({', '.join(plan.devices) or 'none'}).")
     return plan
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read in blocks (models can be gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def build_plan(graph: CostGraph, arrays: CostArrays, solution: Solution, baselines: list[Baseline], objective: str) -> Plan:
@@ -128,6 +142,8 @@ def build_plan(graph: CostGraph, arrays: CostArrays, solution: Solution, baselin
         breakdown={"compute_s": {name: float(compute[k]) for k, name in enumerate(names)}, "transfer_s": transfer_s},
         crossing_tensors=crossing, baselines={b.name: b.objective_s for b in baselines},
         solver={"name": solution.solver, "method": solution.method, "status": solution.status,
-                "time_s": solution.time_s, "gap": gap},
+                "time_s": solution.time_s, "gap": gap, **({"note": solution.note} if solution.note else {})},
         layers=layers, schedule_s=schedule,
+        model_sha256=graph.model_sha256 or (
+            file_sha256(graph.model) if graph.model is not None and Path(graph.model).is_file() else None),
     )

@@ -9,6 +9,7 @@ import numpy as np
 from partitioner.baselines import baselines, brute_force_baseline, objective_value
 from partitioner.costs import CostGraph, to_arrays
 from partitioner.ilp import solve
+from partitioner.objective import latency_s
 from partitioner.plan import Plan, build_plan
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,9 @@ def plan_cost_graph(graph: CostGraph, objective: str = "latency", solver: str = 
     if objective != "latency" and candidates:
         # Throughput and makespan are solved under a time limit: the latency optimum (one LP, fast) is
         # often a far better incumbent than any baseline, so branch and bound starts from it too.
-        latency_optimum = solve(arrays, "latency", solver, time_limit_s).placement
+        # Warm-started by the best baseline for latency, so that even a solver stopped early answers.
+        latency_start = min((p for _, p in candidates), key=lambda p: latency_s(arrays, p))
+        latency_optimum = solve(arrays, "latency", solver, time_limit_s, warm_start=latency_start).placement
         candidates.append((objective_value(arrays, latency_optimum, objective), latency_optimum))
     best_s, best = min(candidates, key=lambda c: c[0]) if candidates else (None, None)
     solution = solve(arrays, objective, solver, time_limit_s, warm_start=best)

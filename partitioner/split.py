@@ -40,8 +40,7 @@ from partitioner.manifest import (
     TensorSpec,
     load_manifest,
 )
-from partitioner.onnx_loading import infer_shapes, load_onnx_model
-from partitioner.onnx_names import name_nodes_uniquely
+from partitioner.onnx_loading import first_line, infer_shapes, load_compute_model
 from partitioner.onnx_reads import node_inputs
 
 logger = logging.getLogger(__name__)
@@ -116,9 +115,13 @@ def split_model(model: onnx.ModelProto | str | Path, placement: Mapping[str, str
     model's path recorded for the source agent's fallback (default: the path given, else none).
     """
     model_path = None if isinstance(model, onnx.ModelProto) else Path(model)
-    model = load_onnx_model(model)
-    name_nodes_uniquely(model.graph)
+    model, folded = load_compute_model(model)
     graph = model.graph
+    unknown = sorted(set(placement) - {node.name for node in graph.node} - set(folded))
+    if unknown:
+        raise PartitionerError(
+            f"the placement names {len(unknown)} node(s) the model does not have, e.g. {unknown[0]!r}: "
+            "was it planned for another model?")
     initializer_names = {item.name for item in graph.initializer}
     graph_input_names = [item.name for item in graph.input if item.name not in initializer_names]
     graph_output_names = [item.name for item in graph.output]
@@ -179,7 +182,11 @@ def split_model(model: onnx.ModelProto | str | Path, placement: Mapping[str, str
         )
         stage_model = _stage_model(model, plan, stage, value_infos)
         if check:
-            onnx.checker.check_model(stage_model)
+            try:
+                onnx.checker.check_model(stage_model)
+            except (onnx.checker.ValidationError, ValueError) as error:
+                raise PartitionerError(f"stage {index} ({plan.device}) cut from the model is not valid ONNX, so this "
+                                       f"model cannot be split: {first_line(error)}") from None
         _save(stage_model, out_dir / stage.file)
         stages.append(stage)
 
@@ -205,25 +212,34 @@ def split_model(model: onnx.ModelProto | str | Path, placement: Mapping[str, str
 
 def plan_content_hash(plan_path: str | Path) -> str:
     """SHA-256 of the plan file and of the model it names: a changed model must not reuse an old split."""
-    from partitioner.plan import load_plan
+    from partitioner.plan import file_sha256, load_plan
 
     plan_path = Path(plan_path)
     model_path = load_plan(plan_path).model_path  # first: a missing or bad plan is reported as such
     digest = hashlib.sha256(plan_path.read_bytes())
     if model_path is not None and Path(model_path).is_file():
-        with open(model_path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        digest.update(file_sha256(model_path).encode())
     return digest.hexdigest()
 
 
-def split_plan(plan_path: str | Path, out_dir: str | Path, check: bool = True) -> SplitManifest:
-    """Split the model a plan names, following the plan's placement (`edgecloud split`)."""
-    from partitioner.plan import load_plan
+def split_plan(plan_path: str | Path, out_dir: str | Path, check: bool = True, force: bool = False) -> SplitManifest:
+    """Split the model a plan names, following the plan's placement (`edgecloud split`).
+
+    The plan records the SHA-256 of the model it was made for: when the file now holds another model,
+    the plan's node ids and costs describe something else, so the split is refused unless `force`."""
+    from partitioner.plan import file_sha256, load_plan
 
     plan = load_plan(plan_path)
     if plan.model_path is None:
         raise PartitionerError("the plan was made from a cost graph, not an ONNX model, so there is nothing to split")
+    if plan.model_sha256 is not None and plan.model_path.is_file():
+        actual = file_sha256(plan.model_path)
+        if actual != plan.model_sha256:
+            if not force:
+                raise PartitionerError(
+                    f"{plan.model_path} is not the model the plan was made for (SHA-256 {actual[:12]}..., the plan "
+                    f"expects {plan.model_sha256[:12]}...); plan it again, or pass --force to split it anyway")
+            logger.warning("splitting %s although the plan was made for another file (--force)", plan.model_path)
     return split_model(plan.model_path, plan.placement, plan.source, plan.sink, out_dir,
                        devices=list(plan.devices), model_reference=str(Path(plan.model_path).resolve()),
                        plan_sha256=plan_content_hash(plan_path), check=check)

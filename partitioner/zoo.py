@@ -263,19 +263,19 @@ def export_model(name: str, path: str | Path, seed: int = DEFAULT_SEED) -> Path:
 
     traced_inputs = tuple(torch.cat([example, example]) for example in example_inputs)
     batch = torch.export.Dim("batch", min=1, max=1024)
+    return export_onnx(module, traced_inputs, path, name, dynamic_shapes=tuple({0: batch} for _ in traced_inputs))
+
+
+def export_onnx(module: "torch.nn.Module", inputs: tuple["torch.Tensor", ...], path: Path, name: str,
+                dynamic_shapes: tuple[dict, ...] | None = None) -> Path:
+    """torch's default (dynamo) exporter into one self-contained file, input "input", output "output"."""
+    import torch
+
     started_s = time.perf_counter()
-    with _quiet_exporter():
-        program = torch.onnx.export(
-            module,
-            traced_inputs,
-            dynamo=True,
-            opset_version=ONNX_OPSET,
-            input_names=["input"],
-            output_names=["output"],
-            dynamic_shapes=tuple({0: batch} for _ in traced_inputs),
-            external_data=False,
-            verbose=False,
-        )
+    with quiet_exporter(), torch.no_grad():
+        program = torch.onnx.export(module, inputs, dynamo=True, opset_version=ONNX_OPSET, input_names=["input"],
+                                    output_names=["output"], dynamic_shapes=dynamic_shapes, external_data=False,
+                                    verbose=False)
     if program is None:
         raise PartitionerError(f"torch's ONNX exporter returned nothing for model {name!r}")
     try:
@@ -288,7 +288,7 @@ def export_model(name: str, path: str | Path, seed: int = DEFAULT_SEED) -> Path:
 
 
 @contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
+def quiet_exporter() -> Iterator[None]:
     """Silence the exporter's chatter (missing torchvision ops, deprecations) that says nothing about our models."""
     registration_logger = logging.getLogger("torch.onnx._internal.exporter._registration")
     previous_level = registration_logger.level

@@ -266,18 +266,50 @@ def test_other_symbolic_dimension_defaults_with_a_warning(caplog: pytest.LogCapt
     assert load_layer_graph(model, batch_size=2, symbolic_dims={"seq": 5}).tensors["y"].shape == (2, 5, 8)
 
 
-def test_constant_node_is_a_node_with_parameters() -> None:
+def test_constant_node_is_folded_into_its_consumers_parameters() -> None:
     constant = helper.make_node("Constant", [], ["k"], name="k_const",
                                 value=numpy_helper.from_array(np.ones((1, 4), dtype=np.float32)))
     model = _model([constant, helper.make_node("Mul", ["x", "k"], ["y"], name="scale")], {"x": [2, 4]}, ["y"])
+    for fuse in (False, True):
+        graph = load_layer_graph(model, fuse=fuse)
+        assert list(graph.dag.nodes) == ["scale"] and graph.dag.nodes["scale"]["members"] == ["scale"]
+        assert graph.dag.nodes["scale"]["param_bytes"] == 16 and "k" not in graph.tensors
+
+
+def test_constant_that_is_a_graph_output_stays_a_node_with_parameters() -> None:
+    constant = helper.make_node("Constant", [], ["k"], name="k_const",
+                                value=numpy_helper.from_array(np.ones((1, 4), dtype=np.float32)))
+    model = _model([constant, helper.make_node("Mul", ["x", "k"], ["y"], name="scale")], {"x": [2, 4]}, ["y", "k"])
     graph = load_layer_graph(model)
     assert graph.dag.nodes["k_const"]["param_bytes"] == 16 and graph.dag.nodes["k_const"]["known_op"]
     assert graph.dag.edges["k_const", "scale"]["bytes"] == 16
     fused = load_layer_graph(model, fuse=True)
-    assert list(fused.dag.nodes) == ["scale"]
-    assert fused.dag.nodes["scale"]["members"] == ["k_const", "scale"]
-    assert fused.dag.nodes["scale"]["op_type"] == "Mul" and fused.dag.nodes["scale"]["param_bytes"] == 16
-    assert "k" not in fused.tensors
+    assert fused.dag.nodes["k_const"]["op_type"] == "Constant" and fused.tensors["k"].is_graph_output
+
+
+def test_weight_chains_fold_to_the_values_onnxruntime_computes() -> None:
+    """ConstantOfShape -> Mul -> Conv weight, as old zoo models build them: the DAG keeps the Conv only,
+    its weight becomes an initializer with exactly the run-time value, and random ops are not folded."""
+    from partitioner.onnx_loading import load_compute_model
+
+    nodes = [
+        helper.make_node("ConstantOfShape", ["w_shape"], ["ones"], name="fill",
+                         value=numpy_helper.from_array(np.array([1.0], dtype=np.float32))),
+        helper.make_node("Mul", ["ones", "w_scale"], ["w"], name="weight"),
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", kernel_shape=[3, 3]),
+        helper.make_node("RandomNormal", [], ["noise"], name="noise", shape=[1, 2, 2, 2]),
+        helper.make_node("Add", ["c", "noise"], ["y"], name="add"),
+    ]
+    scale = _weights(2, 3, 3, 3)
+    model = _model(nodes, {"x": [1, 3, 4, 4]}, ["y"], {"w_shape": np.array([2, 3, 3, 3], dtype=np.int64), "w_scale": scale})
+    graph = load_layer_graph(model)
+    assert set(graph.dag.nodes) == {"conv", "noise", "add"}
+    assert graph.dag.nodes["conv"]["param_bytes"] == 2 * 3 * 3 * 3 * 4
+    folded, removed = load_compute_model(model)
+    assert removed == ["fill", "weight"]
+    (weight,) = [item for item in folded.graph.initializer if item.name == "w"]
+    np.testing.assert_array_equal(numpy_helper.to_array(weight), scale.astype(np.float32))
+    assert {item.name for item in folded.graph.initializer} == {"w"}  # the shape and scale are no longer read
 
 
 def _conv_bn_relu_model() -> onnx.ModelProto:
@@ -454,3 +486,14 @@ def test_invalid_graph_is_a_model_load_error() -> None:
     with pytest.raises(ModelLoadError, match="not a valid ONNX model"):
         load_layer_graph(model)
 
+
+
+def test_an_initializer_that_is_also_a_graph_input_is_not_folded() -> None:
+    """From IR 4 on, an initializer listed as an input is a default the caller may override."""
+    model = _model([helper.make_node("Add", ["k", "c"], ["kc"], name="add"),
+                    helper.make_node("Mul", ["x", "kc"], ["y"], name="mul")], {"x": [2, 4]}, ["y"],
+                   {"k": _weights(2, 4), "c": _weights(2, 4)})
+    model.graph.input.append(helper.make_tensor_value_info("k", FLOAT, [2, 4]))
+    assert set(load_layer_graph(model).dag.nodes) == {"add", "mul"}
+    del model.graph.input[-1]
+    assert set(load_layer_graph(model).dag.nodes) == {"mul"}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from pathlib import Path
 
@@ -212,3 +214,81 @@ def test_any_placement_of_a_dag_with_control_flow_reproduces_it(devices: list[st
         for item in stage.inputs:
             assert item.origin is None or stage_order[item.origin.stage] < stage_order[stage.index]
     _assert_split_matches(model_path, manifest)
+
+
+def _old_ir_model_file(folder: Path) -> Path:
+    from old_ir_models import old_ir_model
+
+    path = folder / "old_zoo_net.onnx"
+    onnx.save(old_ir_model(), str(path))
+    return path
+
+
+def test_an_ir3_model_with_weight_chains_splits_and_runs_like_the_whole_model(tmp_path: Path) -> None:
+    """IR < 4 lists initializers as graph inputs; stages cut from it used to fail the checker."""
+    model_path = _old_ir_model_file(tmp_path)
+    manifest = split_model(model_path, bouncing_placement(node_ids(model_path), 3), "edge", "edge", tmp_path / "out",
+                           devices=DEVICES)
+    assert [spec.name for spec in manifest.graph_inputs] == ["data"]
+    for stage in manifest.stages:
+        onnx.checker.check_model(onnx.load(str(manifest.stage_path(stage))), full_check=True)
+        assert not any(node.startswith(("Constant", "Mul_", "Add_", "Reshape_")) for node in stage.nodes)
+    _assert_split_matches(model_path, manifest)
+
+
+def test_cli_plans_splits_an_ir3_model_without_a_traceback(tmp_path: Path) -> None:
+    model_path = _old_ir_model_file(tmp_path)
+    runner = CliRunner()
+    planned = runner.invoke(app, ["plan", str(model_path), "--bandwidth", "1Gbit", "-o", str(tmp_path / "plan.json")])
+    assert planned.exit_code == 0, planned.output
+    split = runner.invoke(app, ["split", str(tmp_path / "plan.json"), "-o", str(tmp_path / "out")])
+    assert split.exit_code == 0, split.output
+    _assert_split_matches(model_path, load_manifest(tmp_path / "out"))
+
+
+def test_placement_naming_nodes_the_model_lacks_is_refused(tmp_path: Path) -> None:
+    model_path = cached_model_path("mlp")
+    placement = {**dict.fromkeys(node_ids(model_path), "edge"), "node_from_another_model": "cloud"}
+    with pytest.raises(PartitionerError, match="does not have.*node_from_another_model"):
+        split_model(model_path, placement, "edge", "edge", tmp_path)
+
+
+def test_a_plan_for_a_replaced_model_is_refused_unless_forced(tmp_path: Path) -> None:
+    from partitioner.zoo import export_model
+
+    model_path = tmp_path / "chain.onnx"
+    model_path.write_bytes(cached_model_path("chain").read_bytes())
+    runner = CliRunner()
+    planned = runner.invoke(app, ["plan", str(model_path), "-o", str(tmp_path / "plan.json")])
+    assert planned.exit_code == 0, planned.output
+    assert json.loads((tmp_path / "plan.json").read_text())["model_sha256"] == hashlib.sha256(model_path.read_bytes()).hexdigest()
+    export_model("chain", model_path, seed=1)  # same graph, other weights: another model
+    refused = runner.invoke(app, ["split", str(tmp_path / "plan.json"), "-o", str(tmp_path / "out")])
+    assert refused.exit_code == 2
+    assert refused.output.startswith("error: ") and len(refused.output.strip().splitlines()) == 1
+    assert "--force" in refused.output and not (tmp_path / "out" / "manifest.json").exists()
+    with pytest.raises(PartitionerError, match="not the model the plan was made for"):
+        cached_split(tmp_path / "plan.json")  # what `edgecloud agent` and `infer` split with
+    forced = runner.invoke(app, ["split", str(tmp_path / "plan.json"), "-o", str(tmp_path / "out"), "--force"])
+    assert forced.exit_code == 0, forced.output
+    _assert_split_matches(model_path, load_manifest(tmp_path / "out"))
+    model_path.write_bytes(cached_model_path("mlp").read_bytes())  # another graph: its nodes are not in the plan
+    other = runner.invoke(app, ["split", str(tmp_path / "plan.json"), "-o", str(tmp_path / "out2"), "--force"])
+    assert other.exit_code == 2 and other.output.startswith("error: ")
+
+
+def test_a_model_that_cannot_be_split_is_one_error_line(tmp_path: Path) -> None:
+    """A graph output that is a weight, produced by no stage: planned fine, refused by split in one line."""
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"], name="relu")], "weight_out",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4]),
+         helper.make_tensor_value_info("w", TensorProto.FLOAT, [4])],
+        [helper.make_tensor("w", TensorProto.FLOAT, [4], [1.0, 2.0, 3.0, 4.0])])
+    model_path = tmp_path / "weight_out.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(model_path))
+    runner = CliRunner()
+    assert runner.invoke(app, ["plan", str(model_path), "-o", str(tmp_path / "plan.json")]).exit_code == 0
+    outcome = runner.invoke(app, ["split", str(tmp_path / "plan.json"), "-o", str(tmp_path / "out")])
+    assert outcome.exit_code == 2 and outcome.output.startswith("error: ")
+    assert len(outcome.output.strip().splitlines()) == 1 and "Traceback" not in outcome.output

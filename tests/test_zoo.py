@@ -121,3 +121,25 @@ def test_cli_export_into_a_directory_is_one_line_and_exit_2(tmp_path: Path) -> N
     result = CliRunner().invoke(app, ["export", "mlp", "-o", str(tmp_path)])
     assert result.exit_code == 2
     assert result.output.strip() == f"error: {tmp_path} is a directory; give the ONNX file to write"
+
+
+def test_real_models_module_imports_neither_torch_nor_transformers() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, partitioner.real_models as r; assert len(r.REAL_MODELS) >= 6; "
+            "print(sorted(m for m in ('torch', 'transformers', 'onnx') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_real_model_inputs_are_valid_and_unknown_names_are_one_sentence() -> None:
+    from partitioner.real_models import REAL_MODELS, VOCAB_SIZE, example_input, export_real_model
+
+    for name, spec in REAL_MODELS.items():
+        x = example_input(name, seed=3)
+        assert x.shape == spec.input_shape and x.dtype == spec.input_dtype
+        if spec.input_dtype == "int64":
+            assert 0 <= x.min() and x.max() < VOCAB_SIZE
+    with pytest.raises(PartitionerError, match="unknown real model 'alexnet'; choose one of mobilenetv2"):
+        export_real_model("alexnet", "x.onnx")

@@ -17,6 +17,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 def split(
     plan: Annotated[Path, typer.Argument(help="Plan JSON (from `edgecloud plan`).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the stage files and manifest.json.")],
+    force: Annotated[bool, typer.Option("--force", help="Split even if the model file is not the one the plan was made for.")] = False,
 ) -> None:
     """Cut the plan's model into one ONNX file per stage and write the manifest that routes them."""
     from rich.console import Console
@@ -27,7 +28,7 @@ def split(
 
     if output.exists() and not output.is_dir():
         raise EdgecloudError(f"--output {output} is a file; give the folder to write the stages into.")
-    manifest = split_plan(plan, output)
+    manifest = split_plan(plan, output, force=force)
     table = Table(title=f"{len(manifest.stages)} stage(s), source {manifest.source}, sink {manifest.sink}")
     for column in ("stage", "device", "nodes", "receives", "sends", "file"):
         table.add_column(column, justify="right" if column in ("stage", "nodes") else "left")
