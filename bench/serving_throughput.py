@@ -31,7 +31,7 @@ from edgecloud.agent_processes import AgentProcesses
 from edgecloud.broker import EmbeddedBrokerProcess, MosquittoBroker
 from edgecloud.client import InferenceClient, InferenceResult
 from edgecloud.demo import model_inputs
-from edgecloud.stage_runner import make_session
+from devices.sessions import make_session
 from partitioner.onnx_names import name_nodes_uniquely
 from partitioner.plan import Plan
 from partitioner.split import cached_split

@@ -41,7 +41,7 @@ from edgecloud.agent_processes import AgentProcesses
 from edgecloud.broker import MosquittoBroker, device_acl
 from edgecloud.client import InferenceClient, InferenceResult
 from edgecloud.errors import EdgecloudError
-from edgecloud.stage_runner import make_session
+from devices.sessions import make_session
 from edgecloud.topics import sender_topic
 from partitioner.split import cached_split
 from partitioner.zoo import cached_model_path

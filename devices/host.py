@@ -22,8 +22,8 @@ import numpy as np
 from devices.cache import cache_dir
 from devices.errors import DeviceError
 from devices.json_files import read_json_file, write_json_file
-from devices.profiler import NO_SPINNING
 from devices.profiles import HOST_DEVICE_NAME, DeviceProfile
+from devices.sessions import make_session
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +62,6 @@ def memory_bytes() -> int:
 def _matmul_session(threads: int) -> Any:
     import onnx
     from onnx import TensorProto, helper
-    import onnxruntime as ort
-
     shape = [_MATMUL_SIZE, _MATMUL_SIZE]
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["a", "b"], ["c"], name="matmul")],
@@ -73,12 +71,7 @@ def _matmul_session(threads: int) -> Any:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(model)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", NO_SPINNING)
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return make_session(model.SerializeToString(), threads)
 
 
 def measure_peak_flops(threads: int, seed: int = 0) -> float:

@@ -35,6 +35,7 @@ import numpy as np
 from devices.errors import DeviceError
 from devices.json_files import read_json_file, write_json_file
 from devices.profiles import DeviceProfile
+from devices.sessions import make_session
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +43,6 @@ PROFILE_FORMAT = "edgecloud.profile/1"
 DEFAULT_WARMUP = 3
 DEFAULT_REPEATS = 20
 _KERNEL_SUFFIX = "_kernel_time"
-# Idle onnxruntime pool threads spin by default. On a machine shared with other processes (or with the
-# other session the profiler alternates with) spinning threads take the cores the working ones need:
-# resnet18 at 2 threads measured 38 ms spinning vs 11 ms not, under load. So the profiler never spins.
-NO_SPINNING = "0"
 
 
 @dataclass
@@ -139,25 +136,6 @@ def random_inputs(model: Any, seed: int = 0) -> dict[str, np.ndarray]:
     return feeds
 
 
-def _session(model_bytes: bytes, threads: int, profile_prefix: str | None) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", NO_SPINNING)
-    if profile_prefix is not None:
-        options.enable_profiling = True
-        options.profile_file_prefix = profile_prefix
-    try:
-        return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
-    except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
-        raise DeviceError(f"onnxruntime cannot load the model: {str(error).splitlines()[0]}") from None
-
-
 def _kernel_times_per_run(trace: list[dict[str, Any]], skip_runs: int) -> list[dict[str, float]]:
     """Per model run (after the first `skip_runs`), each node's summed kernel time in seconds."""
     runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in trace
@@ -186,10 +164,10 @@ def measure_model(model: Any, threads: int = 1, warmup: int = DEFAULT_WARMUP,
     feeds = random_inputs(model, seed)
 
     # Profiled and plain runs alternate so that both see the same machine load (other processes).
-    plain = _session(model_bytes, threads, None)
+    plain = make_session(model_bytes, threads, optimize=False)
     wall_s: list[float] = []
     with tempfile.TemporaryDirectory(prefix="edgecloud-profile-") as folder:
-        profiled = _session(model_bytes, threads, os.path.join(folder, "ort"))
+        profiled = make_session(model_bytes, threads, optimize=False, profile_prefix=os.path.join(folder, "ort"))
         for run in range(warmup + repeats):
             profiled.run(None, feeds)
             start = time.perf_counter()

@@ -29,7 +29,7 @@ from edgecloud.agent_processes import AgentProcesses
 from edgecloud.broker import EmbeddedBrokerProcess
 from edgecloud.client import InferenceClient, RequestTimings
 from edgecloud.errors import EdgecloudError
-from edgecloud.stage_runner import make_session
+from devices.sessions import make_session
 from edgecloud.trace import CLIENT
 from partitioner.costs import CostGraph, Link
 from partitioner.manifest import SplitManifest, concrete_shape

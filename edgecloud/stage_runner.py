@@ -11,21 +11,11 @@ import time
 from collections.abc import Iterable, Mapping, MutableMapping
 
 import numpy as np
-import onnxruntime as ort
-
+from devices.sessions import make_session
 from edgecloud.errors import EdgecloudError
 from partitioner.manifest import SplitManifest, Stage, concrete_shape
 
 logger = logging.getLogger(__name__)
-
-
-def make_session(path: str, threads: int = 1) -> ort.InferenceSession:
-    """A CPU session with a fixed thread count, so that several agents on one host do not oversubscribe."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
 
 
 class StageRunner:

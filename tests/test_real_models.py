@@ -24,7 +24,8 @@ from devices.profiles import load_device
 from edgecloud.agent import AgentOptions, DeviceAgent
 from edgecloud.broker import MosquittoBroker
 from edgecloud.client import InferenceClient
-from edgecloud.stage_runner import StageRunner, make_session
+from devices.sessions import make_session
+from edgecloud.stage_runner import StageRunner
 from partitioner.costs import Link
 from partitioner.graph import load_layer_graph
 from partitioner.manifest import SplitManifest

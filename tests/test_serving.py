@@ -24,7 +24,7 @@ from edgecloud.client import InferenceClient
 from edgecloud.demo import model_inputs
 from edgecloud.errors import EdgecloudError
 from edgecloud.mqtt import MqttTransport
-from edgecloud.stage_runner import make_session
+from devices.sessions import make_session
 from edgecloud.topics import device_topic, sender_topic
 from edgecloud.wire import Message, WireLimits, encode
 from partitioner.costs import Link

@@ -28,7 +28,8 @@ from edgecloud.client import InferenceClient
 from edgecloud.demo import model_inputs
 from edgecloud.errors import EdgecloudError
 from edgecloud.mqtt import MqttTransport, Requester
-from edgecloud.stage_runner import StageRunner, make_session
+from devices.sessions import make_session
+from edgecloud.stage_runner import StageRunner
 from edgecloud.topics import device_topic, inbox_filter, reply_topic, sender_topic
 from edgecloud.wire import Message, encode
 from partitioner.costs import Link

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from edgecloud.agent_processes import AgentProcesses
 from edgecloud.cli.app import app
 from edgecloud.client import InferenceClient
-from edgecloud.stage_runner import make_session
+from devices.sessions import make_session
 from partitioner.split import cached_split
 
 

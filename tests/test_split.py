@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 
 from edgecloud.cli.app import app
 from edgecloud.demo import model_inputs
-from edgecloud.stage_runner import make_session, run_split
+from devices.sessions import make_session
+from edgecloud.stage_runner import run_split
 from partitioner.errors import PartitionerError
 from partitioner.manifest import SplitManifest, load_manifest
 from partitioner.onnx_names import name_nodes_uniquely
