@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable
@@ -58,7 +59,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edgecloud.errors import TransportError, WireFormatError
 from edgecloud.mqtt_fastpath import FastPathClient
-from edgecloud.mqtt_url import BrokerAddress, parse_broker_url
+from edgecloud.mqtt_url import BrokerAddress, parse_broker_url, resolve_credentials
 from edgecloud.topics import device_topic, parse_device_topic, sender_topic
 from edgecloud.wire import DEFAULT_LIMITS, Message, WireLimits, decode, encode
 
@@ -93,7 +94,7 @@ class MqttTransport:
 
     def __init__(self, url: str, client_id: str, options: TransportOptions = TransportOptions(),
                  limits: WireLimits = DEFAULT_LIMITS) -> None:
-        self.address: BrokerAddress = parse_broker_url(url)
+        self.address: BrokerAddress = resolve_credentials(parse_broker_url(url))
         self.client_id = client_id
         self.options = options
         self.limits = limits
@@ -139,15 +140,28 @@ class MqttTransport:
         if self.address.username is not None:
             client.username_pw_set(self.address.username, self.address.password)
         if self.address.tls:
-            client.tls_set(ca_certs=self.address.ca_file, certfile=self.address.cert_file,
-                           keyfile=self.address.key_file)
-            client.tls_insecure_set(self.address.insecure)
+            self._set_tls(client)
         client.on_socket_open = self._on_socket_open
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_unrouted_message
         return client
+
+    def _set_tls(self, client: paho.Client) -> None:
+        """TLS from the URL's options; TransportError names the file that is missing or unusable
+        (ssl's own errors say "No such file or directory" without saying which)."""
+        files = {"ca": self.address.ca_file, "cert": self.address.cert_file, "key": self.address.key_file}
+        for option, path in files.items():
+            if path is not None and not os.path.isfile(path):
+                raise TransportError(f"broker URL option {option}={path} names no file.")
+        try:
+            client.tls_set(ca_certs=self.address.ca_file, certfile=self.address.cert_file,
+                           keyfile=self.address.key_file)
+        except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
+            named = ", ".join(f"{option}={path}" for option, path in files.items() if path is not None)
+            raise TransportError(f"cannot use the TLS files of the broker URL ({named}): {error}.") from None
+        client.tls_insecure_set(self.address.insecure)
 
     def _first_connect(self, client: paho.Client) -> ReasonCode | None:
         """Connect `client` once; None on success, else the broker's refusal (client stopped)."""

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
+from edgecloud.cli.broker_options import BrokerPasswordFile
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -49,6 +51,7 @@ def demo(
     latency: Annotated[str, typer.Option("--latency", help="Edge-cloud one-way latency, e.g. 10ms.")] = DEFAULT_LATENCY,
     requests: Annotated[int, typer.Option("--requests", min=1, help="Requests to send through the agents.")] = 10,
     broker: Annotated[Optional[str], typer.Option("--broker", help="Broker URL; default: start the embedded broker.")] = None,
+    broker_password_file: BrokerPasswordFile = None,
     edge: Annotated[str, typer.Option("--edge", help="Edge device profile (catalogue name or JSON file).")] = DEFAULT_EDGE,
     cloud: Annotated[str, typer.Option("--cloud", help="Cloud device profile (catalogue name or JSON file).")] = DEFAULT_CLOUD,
     deadline: Annotated[str, typer.Option("--deadline", help="Deadline of each request.")] = "10s",
