@@ -56,6 +56,7 @@ SYSTEM_BINARY_DIRS = "/usr/sbin:/usr/local/sbin:/sbin"
 # A PUBLISH packet carries the topic and a few header bytes besides our payload.
 MQTT_PACKET_OVERHEAD_BYTES = 64 * 2**10
 MAX_QUEUED_BYTES_PER_CLIENT = 256 * 2**20
+AMQTT_PROTOCOL_LEVEL = 4  # MQTT 3.1.1, the only one amqtt 0.12.1 speaks
 
 
 def ready_banner(host: str, port: int) -> str:
@@ -112,6 +113,29 @@ class _AmqttNoise(logging.Filter):
             "Invalid connection from" not in message and message != "Broker startup failed"
 
 
+def _answer_mqtt5_connects() -> None:
+    """Make amqtt refuse an MQTT 5 CONNECT that carries properties instead of hanging on it.
+
+    amqtt 0.12.1 parses the whole CONNECT as 3.1.1 before it looks at the protocol level: an MQTT 5
+    CONNECT's properties are read as the client id's length, amqtt waits for bytes that never come,
+    and the client gets no CONNACK (ours sends Maximum Packet Size and a session expiry). Skipping the
+    payload of any other level lets amqtt's own check answer "unacceptable protocol version" at once.
+    """
+    from amqtt.mqtt.connect import ConnectPayload
+
+    if getattr(ConnectPayload.from_stream, "_edgecloud", False):
+        return
+    parse = ConnectPayload.from_stream.__func__  # type: ignore[attr-defined]
+
+    async def from_stream(cls, reader, fixed_header, variable_header):  # type: ignore[no-untyped-def]
+        if variable_header is not None and variable_header.proto_level != AMQTT_PROTOCOL_LEVEL:
+            return cls(client_id="unread")  # amqtt checks that a client id is present before the level
+        return await parse(cls, reader, fixed_header, variable_header)
+
+    from_stream._edgecloud = True  # type: ignore[attr-defined]
+    ConnectPayload.from_stream = classmethod(from_stream)  # type: ignore[method-assign,assignment]
+
+
 async def serve_amqtt(host: str, port: int, stop: asyncio.Event, on_started: Callable[[], None] = lambda: None) -> None:
     """Run an amqtt broker on the running loop until `stop` is set; `on_started` runs once it listens."""
     from amqtt.broker import Broker  # imported here: amqtt pulls in websockets and transitions
@@ -120,6 +144,7 @@ async def serve_amqtt(host: str, port: int, stop: asyncio.Event, on_started: Cal
     amqtt_logger = logging.getLogger("amqtt.broker")
     if not any(isinstance(existing, _AmqttNoise) for existing in amqtt_logger.filters):
         amqtt_logger.addFilter(_AmqttNoise())
+    _answer_mqtt5_connects()
     broker = Broker(amqtt_config(host, port))
     try:
         await broker.start()
