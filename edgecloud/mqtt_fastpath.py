@@ -413,7 +413,7 @@ class FastPathClient(paho.Client):
 
     def _handle_on_message(self, message: paho.MQTTMessage) -> None:
         if self._dropped_payload_bytes:
-            logger.warning("dropped a %d-byte message on %s unread: larger than the %d-byte packet limit",
+            logger.warning("dropped a %d-byte message on %s unread: more than the limit of %d bytes per packet",
                            self._dropped_payload_bytes, message.topic, self.max_packet_bytes)
             return  # paho acknowledges it after this returns
         if self._received_payload is not None:
