@@ -6,7 +6,8 @@ API (stable; used by the agents and the client):
     from edgecloud.topics import device_topic, inbox_filter, reply_topic, sender_topic
     with MqttTransport("mqtt://127.0.0.1:1883", client_id="edge") as transport:   # connects
         transport.subscribe_messages(inbox_filter("demo", "edge"), on_message)    # on_message(Message, topic)
-        transport.publish_message(sender_topic("demo", "cloud", "edge"), message) # encodes, QoS 1
+        acked = transport.publish_message(sender_topic("demo", "cloud", "edge"), message)  # encodes, QoS 1
+        acked.result(timeout=5.0)         # the broker's PUBACK; TransportError if an MQTT 5 broker refused it
         transport.publish(topic, payload_bytes)                                   # raw bytes, QoS 1
         transport.subscribe(topic, on_payload)                                    # on_payload(bytes, topic)
 
@@ -24,7 +25,12 @@ with `edgecloud.wire.decode`; a message that fails validation is dropped with a 
 Behaviour that matters, and why:
 - MQTT 5 is tried first and MQTT 3.1.1 used when the broker refuses it (the embedded amqtt broker
   speaks 3.1.1 only); nothing depends on MQTT 5, since request id and reply topic travel in our
-  wire header.
+  wire header. What MQTT 5 adds where the broker speaks it: the broker's reason when it refuses a
+  message (a refused request fails at once instead of at its timeout), Maximum Packet Size (the
+  broker drops what is above our wire limit instead of sending it), and a 1 s session expiry with
+  `clean_start=False`, so that a session present on our first connect reveals another live client
+  with our identity (`IdentityInUseError`, instead of the two knocking each other off for ever).
+- Credentials from the URL, a password file or the environment (`edgecloud.mqtt_url`), masked in logs.
 - QoS 1, never retained: activations must arrive, and a stale retained one must never be replayed.
 - TCP_NODELAY on the client socket: without it a 10 KB message waits ~20 ms for Nagle vs delayed
   ACK (measured on this machine).
