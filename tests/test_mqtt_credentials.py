@@ -1,4 +1,7 @@
-"""Broker credentials outside the URL (file, environment), masked in logs; TLS files named when missing."""
+"""Broker credentials outside the URL (file, environment), masked in logs; TLS files named when missing.
+
+Every password these tests use is registered for masking for the rest of the test process, so each is
+a string no other test's log could contain."""
 
 from __future__ import annotations
 
@@ -37,14 +40,14 @@ def test_the_password_comes_from_the_url_then_a_file_then_the_environment(tmp_pa
     password_file.write_text(SECRET + "\n")
     address = parse_broker_url("mqtt://edge@h")
     assert resolve_credentials(address, {}).password is None
-    assert resolve_credentials(address, {PASSWORD_ENV: "from-env"}).password == "from-env"
-    both = {PASSWORD_ENV: "from-env", PASSWORD_FILE_ENV: str(password_file)}
+    assert resolve_credentials(address, {PASSWORD_ENV: "pw-from-env-3f9"}).password == "pw-from-env-3f9"
+    both = {PASSWORD_ENV: "pw-from-env-3f9", PASSWORD_FILE_ENV: str(password_file)}
     assert resolve_credentials(address, both).password == SECRET  # one trailing newline is not part of it
-    assert resolve_credentials(parse_broker_url("mqtt://edge:in-url@h"), both).password == "in-url"
+    assert resolve_credentials(parse_broker_url("mqtt://edge:pw-in-url-3f9@h"), both).password == "pw-in-url-3f9"
     with pytest.raises(TransportError, match="missing.password"):
         resolve_credentials(address, {PASSWORD_FILE_ENV: str(tmp_path / "missing.password")})
     with pytest.raises(TransportError, match="names no user"):
-        resolve_credentials(parse_broker_url("mqtt://h"), {PASSWORD_ENV: "x"})
+        resolve_credentials(parse_broker_url("mqtt://h"), {PASSWORD_ENV: "pw-no-user-3f9"})
 
 
 def test_a_password_file_logs_in_to_mosquitto_and_no_log_line_shows_the_password(
