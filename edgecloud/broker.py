@@ -56,6 +56,7 @@ SYSTEM_BINARY_DIRS = "/usr/sbin:/usr/local/sbin:/sbin"
 # A PUBLISH packet carries the topic and a few header bytes besides our payload.
 MQTT_PACKET_OVERHEAD_BYTES = 64 * 2**10
 MAX_QUEUED_BYTES_PER_CLIENT = 256 * 2**20
+AMQTT_PROTOCOL_LEVEL = 4  # MQTT 3.1.1, the only one amqtt 0.12.1 speaks
 
 
 def ready_banner(host: str, port: int) -> str:
@@ -112,6 +113,29 @@ class _AmqttNoise(logging.Filter):
             "Invalid connection from" not in message and message != "Broker startup failed"
 
 
+def _answer_mqtt5_connects() -> None:
+    """Make amqtt refuse an MQTT 5 CONNECT that carries properties instead of hanging on it.
+
+    amqtt 0.12.1 parses the whole CONNECT as 3.1.1 before it looks at the protocol level: an MQTT 5
+    CONNECT's properties are read as the client id's length, amqtt waits for bytes that never come,
+    and the client gets no CONNACK (ours sends Maximum Packet Size and a session expiry). Skipping the
+    payload of any other level lets amqtt's own check answer "unacceptable protocol version" at once.
+    """
+    from amqtt.mqtt.connect import ConnectPayload
+
+    if getattr(ConnectPayload.from_stream, "_edgecloud", False):
+        return
+    parse = ConnectPayload.from_stream.__func__  # type: ignore[attr-defined]
+
+    async def from_stream(cls, reader, fixed_header, variable_header):  # type: ignore[no-untyped-def]
+        if variable_header is not None and variable_header.proto_level != AMQTT_PROTOCOL_LEVEL:
+            return cls(client_id="unread")  # amqtt checks that a client id is present before the level
+        return await parse(cls, reader, fixed_header, variable_header)
+
+    from_stream._edgecloud = True  # type: ignore[attr-defined]
+    ConnectPayload.from_stream = classmethod(from_stream)  # type: ignore[method-assign,assignment]
+
+
 async def serve_amqtt(host: str, port: int, stop: asyncio.Event, on_started: Callable[[], None] = lambda: None) -> None:
     """Run an amqtt broker on the running loop until `stop` is set; `on_started` runs once it listens."""
     from amqtt.broker import Broker  # imported here: amqtt pulls in websockets and transitions
@@ -120,6 +144,7 @@ async def serve_amqtt(host: str, port: int, stop: asyncio.Event, on_started: Cal
     amqtt_logger = logging.getLogger("amqtt.broker")
     if not any(isinstance(existing, _AmqttNoise) for existing in amqtt_logger.filters):
         amqtt_logger.addFilter(_AmqttNoise())
+    _answer_mqtt5_connects()
     broker = Broker(amqtt_config(host, port))
     try:
         await broker.start()
@@ -251,6 +276,10 @@ class _BrokerProcess(_Broker):
     def pid(self) -> int | None:
         return None if self._process is None else self._process.pid
 
+    def exited(self) -> bool:
+        """True once the broker process has ended (or was never started)."""
+        return self._process is None or self._process.poll() is not None
+
     def stop(self) -> None:
         process, self._process = self._process, None
         if process is None:
@@ -315,6 +344,17 @@ def device_acl(deployment: str, devices: Sequence[str], clients: Sequence[str] =
     return "\n\n".join(blocks) + "\n"
 
 
+def hash_passwords(path: Path, passwords: Mapping[str, str]) -> None:
+    """Add `passwords` (user -> password) to the Mosquitto password file `path` (created 0600), hashed."""
+    path.touch(mode=0o600)
+    executable = shutil.which("mosquitto_passwd") or shutil.which("mosquitto_passwd", path=SYSTEM_BINARY_DIRS)
+    if executable is None:
+        raise TransportError("mosquitto_passwd is not installed; on Debian run `apt-get install mosquitto`.")
+    # One call per user with -b: `-U` on a plain user:password file mis-splits passwords holding ':'.
+    for user, password in passwords.items():
+        subprocess.run([executable, "-b", str(path), user, password], check=True, capture_output=True)
+
+
 def _unprivileged_user() -> pwd.struct_passwd | None:
     """When we run as root, the account to run mosquitto as (it would otherwise drop privileges
     itself after start-up and then fail to read our temp files)."""
@@ -331,16 +371,18 @@ def _unprivileged_user() -> pwd.struct_passwd | None:
 class MosquittoBroker(_BrokerProcess):
     """Debian's `mosquitto` from a generated config in a temp dir, as an unprivileged child process.
 
-    `passwords` maps usernames to passwords (anonymous access is then off); `acl` is ACL text
-    (see `device_acl`); `tls` turns the listener into MQTT over TLS (mqtts://).
+    `passwords` maps usernames to passwords, or `password_file` is one hashed by `mosquitto_passwd`
+    (anonymous access is then off); `acl` is ACL text (see `device_acl`); `tls` turns the listener
+    into MQTT over TLS (mqtts://). `edgecloud.fleet` writes all of these for a deployment.
     """
 
     def __init__(self, host: str = LOOPBACK, port: int = 0, *, max_message_bytes: int = DEFAULT_LIMITS.max_message_bytes,
-                 passwords: Mapping[str, str] | None = None, acl: str | None = None, tls: TlsFiles | None = None,
-                 executable: str = "mosquitto") -> None:
+                 passwords: Mapping[str, str] | None = None, password_file: Path | None = None,
+                 acl: str | None = None, tls: TlsFiles | None = None, executable: str = "mosquitto") -> None:
         super().__init__(host, port)
         self.max_message_bytes = max_message_bytes
         self.passwords = dict(passwords or {})
+        self.password_file = password_file
         self.acl = acl
         self.tls = tls
         self.executable = executable
@@ -366,7 +408,7 @@ class MosquittoBroker(_BrokerProcess):
             "log_type error",
             "log_type warning",
         ]
-        if self.passwords:
+        if self.passwords or self.password_file is not None:
             lines += ["allow_anonymous false", f"password_file {config_dir / 'passwords'}", "use_username_as_clientid true"]
         else:
             lines.append("allow_anonymous true")
@@ -378,25 +420,33 @@ class MosquittoBroker(_BrokerProcess):
                 lines.append(f"cafile {config_dir / 'ca.crt'}")
         return "\n".join(lines) + "\n"
 
-    def _write_config(self) -> Path:
-        config_dir = Path(tempfile.mkdtemp(prefix="edgecloud-mosquitto-"))
-        self._config_dir = config_dir
+    def write_files(self, config_dir: Path) -> Path:
+        """Write mosquitto.conf and every file it names into `config_dir`; returns the config's path.
+
+        Secrets (password hashes, the server key) are created 0600.
+        """
         (config_dir / "mosquitto.conf").write_text(self.config_text(config_dir))
         if self.acl is not None:
             (config_dir / "acl").write_text(self.acl)
+        copies = [] if self.password_file is None else [(self.password_file, "passwords")]
         if self.tls is not None:
-            # Copied so that the unprivileged broker can read them wherever the originals live.
-            shutil.copyfile(self.tls.certfile, config_dir / "server.crt")
-            shutil.copyfile(self.tls.keyfile, config_dir / "server.key")
+            copies += [(self.tls.certfile, "server.crt"), (self.tls.keyfile, "server.key")]
             if self.tls.cafile is not None:
-                shutil.copyfile(self.tls.cafile, config_dir / "ca.crt")
+                copies.append((self.tls.cafile, "ca.crt"))
+        for source, name in copies:
+            target = config_dir / name
+            if Path(source).resolve() != target.resolve():
+                target.touch(mode=0o600)
+                shutil.copyfile(source, target)
         if self.passwords:
-            password_file = config_dir / "passwords"
-            password_file.touch(mode=0o600)
-            # One call per user with -b: `-U` on a plain user:password file mis-splits passwords holding ':'.
-            for user, password in self.passwords.items():
-                subprocess.run(["mosquitto_passwd", "-b", str(password_file), user, password], check=True,
-                               capture_output=True)
+            hash_passwords(config_dir / "passwords", self.passwords)
+        return config_dir / "mosquitto.conf"
+
+    def _write_config(self) -> Path:
+        config_dir = Path(tempfile.mkdtemp(prefix="edgecloud-mosquitto-"))
+        self._config_dir = config_dir
+        # Copied so that the unprivileged broker can read them wherever the originals live.
+        self.write_files(config_dir)
         account = _unprivileged_user()
         if account is not None:
             for path in [config_dir, *config_dir.iterdir()]:

@@ -9,6 +9,12 @@
 as a budget relative to when it was sent (or none: the source agent then derives one from the plan's
 prediction and the whole model's time measured there); the source agent falls back to running the model
 itself when the answer would otherwise miss it, and `fell_back` says so.
+
+Identity: the client speaks as `client_name`, by default the broker URL's user (so that a login made
+by `edgecloud fleet init --client NAME` works under the fleet's ACL, which lets login NAME write only
+as NAME), else a random `client-<hex>` for brokers without logins. A request the broker refuses fails
+at once with TransportError (MQTT 5 says why); over MQTT 3.1.1 the timeout says whether the broker
+acknowledged the request at all.
 """
 
 from __future__ import annotations
@@ -72,13 +78,14 @@ class InferenceClient:
     """A connection to a deployment's broker that sends requests to the source device's agent."""
 
     def __init__(self, plan: str | Path | SplitManifest, broker_url: str, deployment: str = DEFAULT_DEPLOYMENT,
-                 max_in_flight: int = 128, transport_options: TransportOptions = TransportOptions()) -> None:
+                 max_in_flight: int = 128, transport_options: TransportOptions = TransportOptions(),
+                 client_name: str | None = None) -> None:
         # A plan file is split on first use and the split cached beside it (the agents find it there).
         self.manifest = plan if isinstance(plan, SplitManifest) else cached_split(plan)
         self.deployment = deployment
-        self.client_name = f"client-{uuid.uuid4().hex[:12]}"
-        self._transport = MqttTransport(broker_url, client_id=f"{deployment}-{self.client_name}",
-                                        options=transport_options)
+        self._transport = MqttTransport(broker_url, client_id="", options=transport_options)
+        self.client_name = client_name or self._transport.address.username or f"client-{uuid.uuid4().hex[:12]}"
+        self._transport.client_id = f"{deployment}-{self.client_name}"
         self._max_in_flight = max_in_flight
         self._requester: Requester | None = None
         self._source_topic = sender_topic(deployment, self.manifest.source, self.client_name)
@@ -141,7 +148,7 @@ class InferenceClient:
                 return
             try:
                 result.set_result(self._result(done.result(), sent_s, time.time()))
-            except EdgecloudError as error:
+            except EdgecloudError as error:  # also a refusal by the broker, raised by done.result()
                 result.set_exception(error)
             except Exception as error:  # whatever a peer sent, the future must resolve
                 result.set_exception(EdgecloudError(f"the answer to request {request_id} could not be read: {error}"))
@@ -149,11 +156,13 @@ class InferenceClient:
         reply_future.add_done_callback(on_reply)
         return result
 
-    @staticmethod
-    def _expire(reply_future: Future[Message], result: Future[InferenceResult], request_id: str,
+    def _expire(self, reply_future: Future[Message], result: Future[InferenceResult], request_id: str,
                 deadline_s: float) -> None:
+        requester = self._requester
+        reason = (requester.timeout_reason(request_id, deadline_s) if requester is not None
+                  else f"no reply to request {request_id!r} within {deadline_s:g} s.")
         if reply_future.cancel() and not result.done():
-            result.set_exception(TransportError(f"no answer to request {request_id} within its {deadline_s:g} s deadline"))
+            result.set_exception(TransportError(reason))
 
     def infer(self, inputs: Mapping[str, np.ndarray] | np.ndarray, deadline_s: float | None = None) -> InferenceResult:
         """Send one request and wait for its outputs (at most the deadline plus a short grace)."""

@@ -6,7 +6,8 @@ API (stable; used by the agents and the client):
     from edgecloud.topics import device_topic, inbox_filter, reply_topic, sender_topic
     with MqttTransport("mqtt://127.0.0.1:1883", client_id="edge") as transport:   # connects
         transport.subscribe_messages(inbox_filter("demo", "edge"), on_message)    # on_message(Message, topic)
-        transport.publish_message(sender_topic("demo", "cloud", "edge"), message) # encodes, QoS 1
+        acked = transport.publish_message(sender_topic("demo", "cloud", "edge"), message)  # encodes, QoS 1
+        acked.result(timeout=5.0)         # the broker's PUBACK; TransportError if an MQTT 5 broker refused it
         transport.publish(topic, payload_bytes)                                   # raw bytes, QoS 1
         transport.subscribe(topic, on_payload)                                    # on_payload(bytes, topic)
 
@@ -24,7 +25,12 @@ with `edgecloud.wire.decode`; a message that fails validation is dropped with a 
 Behaviour that matters, and why:
 - MQTT 5 is tried first and MQTT 3.1.1 used when the broker refuses it (the embedded amqtt broker
   speaks 3.1.1 only); nothing depends on MQTT 5, since request id and reply topic travel in our
-  wire header.
+  wire header. What MQTT 5 adds where the broker speaks it: the broker's reason when it refuses a
+  message (a refused request fails at once instead of at its timeout), Maximum Packet Size (the
+  broker drops what is above our wire limit instead of sending it), and a 1 s session expiry with
+  `clean_start=False`, so that a session present on our first connect reveals another live client
+  with our identity (`IdentityInUseError`, instead of the two knocking each other off for ever).
+- Credentials from the URL, a password file or the environment (`edgecloud.mqtt_url`), masked in logs.
 - QoS 1, never retained: activations must arrive, and a stale retained one must never be replayed.
 - TCP_NODELAY on the client socket: without it a 10 KB message waits ~20 ms for Nagle vs delayed
   ACK (measured on this machine).
@@ -43,6 +49,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable
@@ -54,11 +61,14 @@ from typing import Any, Self
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edgecloud.errors import TransportError, WireFormatError
+from edgecloud.broker import MQTT_PACKET_OVERHEAD_BYTES
+from edgecloud.errors import IdentityInUseError, TransportError, WireFormatError
 from edgecloud.mqtt_fastpath import FastPathClient
-from edgecloud.mqtt_url import BrokerAddress, parse_broker_url
+from edgecloud.mqtt_url import BrokerAddress, parse_broker_url, resolve_credentials
 from edgecloud.topics import device_topic, parse_device_topic, sender_topic
 from edgecloud.wire import DEFAULT_LIMITS, Message, WireLimits, decode, encode
 
@@ -72,6 +82,10 @@ BufferHandler = Callable[[bytes | memoryview, str], None]  # what the client del
 MessageHandler = Callable[[Message, str], None]
 SEND_BUFFER_BYTES = 4 * 2**20  # the kernel caps it at net.core.wmem_max (4 MiB by default)
 UNSUPPORTED_PROTOCOL_VERSION = 0x84  # MQTT 5 reason code; paho maps a 3.1.1 refusal onto it too
+# MQTT 5 only: how long the broker keeps a session after its connection drops. Not zero, because a
+# session that outlives no connection is never reported as present, and "present on our first
+# connect" is how we learn that another client holds our identity (see `IdentityInUseError`).
+SESSION_EXPIRY_S = 1
 
 
 @dataclass(frozen=True)
@@ -93,7 +107,7 @@ class MqttTransport:
 
     def __init__(self, url: str, client_id: str, options: TransportOptions = TransportOptions(),
                  limits: WireLimits = DEFAULT_LIMITS) -> None:
-        self.address: BrokerAddress = parse_broker_url(url)
+        self.address: BrokerAddress = resolve_credentials(parse_broker_url(url))
         self.client_id = client_id
         self.options = options
         self.limits = limits
@@ -104,15 +118,20 @@ class MqttTransport:
         self._connected = threading.Event()
         self._connack_answered = threading.Event()
         self._connack_reason: ReasonCode | None = None
+        self._session_present = False
         self._suback_waiters: dict[int, tuple[threading.Event, list[ReasonCode]]] = {}
         self._network_thread: threading.Thread | None = None
         self._closing = False
         self._last_publish: paho.MQTTMessageInfo | None = None
+        self._ack_lock = threading.Lock()  # never held while calling paho: its PUBACK handler holds paho's lock
+        self._ack_waiters: dict[int, tuple[str, Future[None]]] = {}
+        self._early_acks: dict[int, ReasonCode] = {}
 
     # -- connection -------------------------------------------------------------------------
 
     def connect(self) -> Self:
-        """Connect (MQTT 5, else 3.1.1) and start the network thread; TransportError when refused."""
+        """Connect (MQTT 5, else 3.1.1) and start the network thread; TransportError when refused,
+        IdentityInUseError when (over MQTT 5) another client is connected with this identity."""
         if self._client is not None:
             return self
         for protocol, label in ((paho.MQTTv5, "5"), (paho.MQTTv311, "3.1.1")):
@@ -133,21 +152,36 @@ class MqttTransport:
     def _new_client(self, protocol: int) -> paho.Client:
         client = FastPathClient(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=protocol,
                              clean_session=None if protocol == paho.MQTTv5 else True)
+        client.max_packet_bytes = self.max_packet_bytes  # also on MQTT 3.1.1, where the broker cannot be told
         client.max_queued_messages_set(self.options.max_queued_messages)
         client.max_inflight_messages_set(self.options.max_inflight_messages)
         client.reconnect_delay_set(self.options.reconnect_min_delay_s, self.options.reconnect_max_delay_s)  # type: ignore[arg-type]
         if self.address.username is not None:
             client.username_pw_set(self.address.username, self.address.password)
         if self.address.tls:
-            client.tls_set(ca_certs=self.address.ca_file, certfile=self.address.cert_file,
-                           keyfile=self.address.key_file)
-            client.tls_insecure_set(self.address.insecure)
+            self._set_tls(client)
         client.on_socket_open = self._on_socket_open
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
+        client.on_publish = self._on_publish
         client.on_message = self._on_unrouted_message
         return client
+
+    def _set_tls(self, client: paho.Client) -> None:
+        """TLS from the URL's options; TransportError names the file that is missing or unusable
+        (ssl's own errors say "No such file or directory" without saying which)."""
+        files = {"ca": self.address.ca_file, "cert": self.address.cert_file, "key": self.address.key_file}
+        for option, path in files.items():
+            if path is not None and not os.path.isfile(path):
+                raise TransportError(f"broker URL option {option}={path} names no file.")
+        try:
+            client.tls_set(ca_certs=self.address.ca_file, certfile=self.address.cert_file,
+                           keyfile=self.address.key_file)
+        except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
+            named = ", ".join(f"{option}={path}" for option, path in files.items() if path is not None)
+            raise TransportError(f"cannot use the TLS files of the broker URL ({named}): {error}.") from None
+        client.tls_insecure_set(self.address.insecure)
 
     def _first_connect(self, client: paho.Client) -> ReasonCode | None:
         """Connect `client` once; None on success, else the broker's refusal (client stopped)."""
@@ -156,7 +190,7 @@ class MqttTransport:
         try:
             if client.protocol == paho.MQTTv5:
                 client.connect(self.address.host, self.address.port, keepalive=self.options.keepalive_s,
-                               clean_start=True)
+                               clean_start=False, properties=self._connect_properties())
             else:
                 client.connect(self.address.host, self.address.port, keepalive=self.options.keepalive_s)
         except (OSError, ValueError) as error:
@@ -169,10 +203,47 @@ class MqttTransport:
                                  f"within {self.options.connect_timeout_s:g} s.")
         reason = self._connack_reason
         if reason is None or not reason.is_failure:
+            if self._session_present:
+                self._disconnect(client)
+                client.loop_stop()
+                raise IdentityInUseError(
+                    f"another client is connected to broker {self.address.host}:{self.address.port} as "
+                    f"{self._broker_client_id(client)!r}, so this one stops instead of knocking it off: is a "
+                    f"second agent running for the same device (or one that stopped less than "
+                    f"{SESSION_EXPIRY_S} s ago, or whose machine vanished less than "
+                    f"{1.5 * self.options.keepalive_s:g} s ago)?")
             return None
         client.disconnect()
         client.loop_stop()
         return reason
+
+    def _connect_properties(self) -> Properties:
+        """MQTT 5 CONNECT properties. Maximum Packet Size makes the broker drop a message bigger than
+        our wire limit instead of sending it (we would have to receive it whole before refusing it);
+        a short session expiry lets us see a session that someone else's live connection holds."""
+        properties = Properties(PacketTypes.CONNECT)
+        properties.MaximumPacketSize = self.max_packet_bytes
+        properties.SessionExpiryInterval = SESSION_EXPIRY_S
+        return properties
+
+    @property
+    def max_packet_bytes(self) -> int:
+        """The largest MQTT packet we take: our wire limit plus room for topic and framing."""
+        return self.limits.max_message_bytes + MQTT_PACKET_OVERHEAD_BYTES
+
+    def _broker_client_id(self, client: paho.Client) -> str:
+        """The id the broker knows us by (Mosquitto's `use_username_as_clientid` replaces ours with the login)."""
+        return self.address.username if self.address.username is not None else self.client_id
+
+    @staticmethod
+    def _disconnect(client: paho.Client) -> None:
+        """DISCONNECT; on MQTT 5 with session expiry 0, so that the broker forgets our session at once."""
+        if client.protocol == paho.MQTTv5:
+            properties = Properties(PacketTypes.DISCONNECT)
+            properties.SessionExpiryInterval = 0
+            client.disconnect(properties=properties)
+        else:
+            client.disconnect()
 
     def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         try:
@@ -186,6 +257,7 @@ class MqttTransport:
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any) -> None:
         self._network_thread = threading.current_thread()
         self._connack_reason = reason
+        self._session_present = bool(getattr(flags, "session_present", False))
         self._connack_answered.set()
         if reason.is_failure:
             return
@@ -212,6 +284,23 @@ class MqttTransport:
             waiter[1].extend(reasons)
             waiter[0].set()
 
+    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: ReasonCode, properties: Any) -> None:
+        with self._ack_lock:
+            waiter = self._ack_waiters.pop(mid, None)
+            if waiter is None:  # acknowledged before `publish` registered it
+                self._early_acks[mid] = reason
+                return
+        self._resolve_ack(*waiter, reason)
+
+    def _resolve_ack(self, topic: str, acked: Future[None], reason: ReasonCode) -> None:
+        if not reason.is_failure:
+            acked.set_result(None)
+            return
+        logger.warning("broker refused the message %s published to %s: %s", self.client_id, topic, reason.getName())
+        acked.set_exception(TransportError(
+            f"broker refused the message to {topic}: {reason.getName()} (with the fleet's ACL a login may write "
+            f"only edgecloud/<deployment>/<device>/in/<its own name>)."))
+
     def _on_unrouted_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         logger.debug("%s dropped a message on %s: no handler", self.client_id, message.topic)
 
@@ -235,7 +324,7 @@ class MqttTransport:
                 last.wait_for_publish(self.options.close_flush_timeout_s)
             except (RuntimeError, ValueError) as error:
                 logger.warning("%s closed with unacknowledged messages: %s", self.client_id, error)
-        client.disconnect()
+        self._disconnect(client)
         client.loop_stop()
         self._connected.clear()
 
@@ -253,9 +342,12 @@ class MqttTransport:
 
     # -- publish ----------------------------------------------------------------------------
 
-    def publish(self, topic: str, payload: bytes) -> None:
+    def publish(self, topic: str, payload: bytes) -> Future[None]:
         """Queue `payload` for `topic` at QoS 1 (sent after a reconnect if the link is down).
 
+        The returned future resolves once the broker acknowledged the message, and fails with
+        TransportError when an MQTT 5 broker refuses it (e.g. the ACL: "Not authorized"). An MQTT 3.1.1
+        broker cannot say no: Mosquitto acknowledges a refused message as if it were delivered.
         Raises TransportError when the bounded outgoing queue is full: the caller is producing
         faster than the broker takes messages and must slow down.
         """
@@ -266,10 +358,18 @@ class MqttTransport:
                                  f"({self.options.max_queued_messages} messages); the broker is not keeping up.")
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             raise TransportError(f"publishing to {topic} failed: {paho.error_string(info.rc)}.")
+        acked: Future[None] = Future()
+        with self._ack_lock:
+            early = self._early_acks.pop(info.mid, None)
+            if early is None:
+                self._ack_waiters[info.mid] = (topic, acked)
+        if early is not None:
+            self._resolve_ack(topic, acked, early)
+        return acked
 
-    def publish_message(self, topic: str, message: Message) -> None:
-        """Encode `message` with our wire limits and publish it."""
-        self.publish(topic, encode(message, self.limits))
+    def publish_message(self, topic: str, message: Message) -> Future[None]:
+        """Encode `message` with our wire limits and publish it (see `publish` for the future)."""
+        return self.publish(topic, encode(message, self.limits))
 
     # -- subscribe --------------------------------------------------------------------------
 
@@ -350,6 +450,7 @@ class Requester:
         self.max_in_flight = max_in_flight
         self._slots = threading.BoundedSemaphore(max_in_flight)
         self._pending: dict[str, Future[Message]] = {}
+        self._acks: dict[str, Future[None]] = {}  # the broker's acknowledgement of each pending request
         self._lock = threading.Lock()
         parse_device_topic(reply_topic)  # a base inbox, or replies could never match `reply_topic/<replier>`
         transport.subscribe_messages(f"{reply_topic}/+", self._on_reply)
@@ -394,20 +495,44 @@ class Requester:
 
         future.add_done_callback(finish)
         try:
-            self.transport.publish_message(topic, dataclasses.replace(message, reply_to=self.reply_topic))
+            acked = self.transport.publish_message(topic, dataclasses.replace(message, reply_to=self.reply_topic))
         except (TransportError, WireFormatError):
             future.cancel()
             raise
+        self._acks[message.request_id] = acked
+        future.add_done_callback(lambda _: self._acks.pop(message.request_id, None))
+        acked.add_done_callback(lambda done: self._fail_if_refused(future, done))
         return future
 
+    @staticmethod
+    def _fail_if_refused(future: Future[Message], acked: Future[None]) -> None:
+        """A request the broker refused never gets an answer: fail it now rather than at its timeout."""
+        error = acked.exception()
+        if error is not None:
+            try:
+                future.set_exception(error)
+            except InvalidStateError:  # answered or cancelled meanwhile
+                pass
+
     def request(self, topic: str, message: Message, timeout_s: float) -> Message:
-        """Send and wait for the reply; TransportError when none arrives within `timeout_s`."""
+        """Send and wait for the reply; TransportError when the broker refuses the request or no
+        reply arrives within `timeout_s`."""
         future = self.submit(topic, message, timeout_s)
         try:
             return future.result(timeout_s)
         except FutureTimeoutError:
+            raise TransportError(self.timeout_reason(message.request_id, timeout_s)) from None
+        finally:
             future.cancel()
-            raise TransportError(f"no reply to request {message.request_id!r} within {timeout_s:g} s.") from None
+
+    def timeout_reason(self, request_id: str, timeout_s: float) -> str:
+        """Why request `request_id` went unanswered, as far as we can tell (call before cancelling it):
+        an MQTT 3.1.1 broker says nothing when it refuses a message, but it acknowledges what it accepted."""
+        acked = self._acks.get(request_id)
+        if acked is not None and not acked.done():
+            return (f"the broker did not even acknowledge request {request_id!r} within {timeout_s:g} s "
+                    "(refused, or the connection is down).")
+        return f"no reply to request {request_id!r} within {timeout_s:g} s."
 
     @property
     def in_flight(self) -> int:

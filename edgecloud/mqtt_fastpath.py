@@ -27,6 +27,10 @@ What this subclass changes, and nothing else:
   topic checks, MQTT 5 properties, QoS handling, logging) and this hook attaches the payload to the
   message just before the callbacks run. QoS 2 and all other packets are read whole and go through
   paho's code unchanged.
+- `max_packet_bytes` (None: no limit): a PUBLISH whose packet is larger is read through a small
+  scratch buffer and dropped with a logged warning (paho still acknowledges it, so the broker does
+  not resend it); any other packet that large ends the connection as a protocol error. Why: an MQTT
+  3.1.1 broker has no way to learn our limit, and paho would buffer a 200 MiB message whole.
 Consequence for users: `MQTTMessage.payload` of a QoS 0/1 message is a read-only `memoryview` (zero
 copy), not `bytes`; `bytes(message.payload)` copies it if needed. Paho's debug log reports such a
 payload as 0 bytes.
@@ -40,6 +44,7 @@ has no `recv_into`).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import ssl
 import struct
 import threading
@@ -63,6 +68,9 @@ HEAD_READ_BYTES = 1024
 MAX_REMAINING_LENGTH_BYTES = 4  # MQTT encodes the remaining length in at most 4 bytes
 RECV_CALLS_PER_READ = 100  # as paho: let the loop serve writes and pings during a huge message
 PAYLOAD_ALIGNMENT_BYTES = 16
+DISCARD_CHUNK_BYTES = 256 * 2**10  # scratch buffer that an oversized payload is read into and dropped
+
+logger = logging.getLogger(__name__)
 
 
 def publish_header_bytes(head: bytes | bytearray | memoryview, qos: int, mqtt5: bool) -> int | None:
@@ -128,28 +136,35 @@ class _IncomingBody:
     header_bytes: int | None = None
     payload: memoryview | None = None
     payload_filled: int = 0
+    discard: bool = False  # an oversized payload: `payload` is a scratch buffer, `payload_filled` counts bytes dropped
+
+    @property
+    def payload_bytes(self) -> int:
+        return self.remaining_bytes - (self.header_bytes or 0)
 
     @property
     def complete(self) -> bool:
         if not self.split_publish:
             return self.head_filled == self.remaining_bytes
-        return self.payload is not None and self.payload_filled == len(self.payload)
+        return self.payload is not None and self.payload_filled == self.payload_bytes
 
     def free_space(self) -> memoryview:
         if self.payload is not None:
+            if self.discard:
+                return self.payload[:min(len(self.payload), self.payload_bytes - self.payload_filled)]
             return self.payload[self.payload_filled:]
         return memoryview(self.head)[self.head_filled:]
 
-    def took(self, count: int, mqtt5: bool) -> None:
+    def took(self, count: int, mqtt5: bool, max_packet_bytes: int | None = None) -> None:
         """Account for `count` bytes just received into `free_space()`."""
         if self.payload is not None:
             self.payload_filled += count
             return
         self.head_filled += count
         if self.split_publish:
-            self._find_payload(mqtt5)
+            self._find_payload(mqtt5, max_packet_bytes)
 
-    def _find_payload(self, mqtt5: bool) -> None:
+    def _find_payload(self, mqtt5: bool, max_packet_bytes: int | None) -> None:
         qos = (self.command & 0x06) >> 1
         header_bytes = publish_header_bytes(memoryview(self.head)[:self.head_filled], qos, mqtt5)
         if header_bytes is None:
@@ -165,9 +180,13 @@ class _IncomingBody:
                 self.head.extend(bytes(header_bytes - len(self.head)))
             return
         self.header_bytes = header_bytes
-        self.payload = _aligned_buffer(self.remaining_bytes - header_bytes)
         early = self.head_filled - header_bytes  # payload bytes that arrived with the header
-        self.payload[:early] = memoryview(self.head)[header_bytes:self.head_filled]
+        if max_packet_bytes is not None and self.remaining_bytes > max_packet_bytes:
+            self.discard = True
+            self.payload = memoryview(bytearray(min(DISCARD_CHUNK_BYTES, self.payload_bytes)))
+        else:
+            self.payload = _aligned_buffer(self.payload_bytes)
+            self.payload[:early] = memoryview(self.head)[header_bytes:self.head_filled]
         self.payload_filled = early
 
 
@@ -199,6 +218,8 @@ class FastPathClient(paho.Client):
         self._incoming_body: _IncomingBody | None = None
         self._received_payload: memoryview | None = None
         self._write_lock = threading.Lock()  # one writer on the socket: the network thread or a publisher
+        self.max_packet_bytes: int | None = None  # see the module docstring
+        self._dropped_payload_bytes = 0
 
     # -- sending --------------------------------------------------------------------------------
 
@@ -334,6 +355,10 @@ class FastPathClient(paho.Client):
             command, remaining_bytes = self._in_packet["command"], self._in_packet["remaining_length"]
             # too short for a topic length: paho's own decode reports it as malformed
             split_publish = command & 0xF0 == paho.PUBLISH and (command & 0x06) >> 1 < 2 and remaining_bytes >= 2
+            if not split_publish and self.max_packet_bytes is not None and remaining_bytes > self.max_packet_bytes:
+                self._easy_log(paho.MQTT_LOG_ERR, "refusing a %d-byte packet (type 0x%02x): limit %d bytes",
+                               remaining_bytes, command, self.max_packet_bytes)
+                return MQTTErrorCode.MQTT_ERR_PROTOCOL
             head_bytes = min(remaining_bytes, HEAD_READ_BYTES) if split_publish else remaining_bytes
             body = self._incoming_body = _IncomingBody(command, remaining_bytes, split_publish, bytearray(head_bytes))
         mqtt5 = self._protocol == paho.MQTTv5
@@ -350,7 +375,7 @@ class FastPathClient(paho.Client):
             if received == 0:
                 return MQTTErrorCode.MQTT_ERR_CONN_LOST
             try:
-                body.took(received, mqtt5)
+                body.took(received, mqtt5, self.max_packet_bytes)
             except MalformedPacket as exc:
                 self._easy_log(paho.MQTT_LOG_DEBUG, "Received malformed packet: %s", exc)
                 return MQTTErrorCode.MQTT_ERR_PROTOCOL
@@ -364,7 +389,10 @@ class FastPathClient(paho.Client):
         """Let paho handle the complete packet; a split PUBLISH reaches paho without its payload."""
         if body.split_publish:
             self._in_packet["packet"] = bytes(memoryview(body.head)[:body.header_bytes])
-            self._received_payload = body.payload.toreadonly() if body.payload is not None else None
+            if body.discard:
+                self._dropped_payload_bytes = body.payload_bytes
+            else:
+                self._received_payload = body.payload.toreadonly() if body.payload is not None else None
         else:
             self._in_packet["packet"] = body.head
         self._in_packet["to_process"] = 0
@@ -376,6 +404,7 @@ class FastPathClient(paho.Client):
             rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
         finally:
             self._received_payload = None
+            self._dropped_payload_bytes = 0
             self._incoming_body = None
             self._in_packet = _idle_in_packet()  # type: ignore[assignment]
         with self._msgtime_mutex:
@@ -383,6 +412,10 @@ class FastPathClient(paho.Client):
         return rc
 
     def _handle_on_message(self, message: paho.MQTTMessage) -> None:
+        if self._dropped_payload_bytes:
+            logger.warning("dropped a %d-byte message on %s unread: more than the limit of %d bytes per packet",
+                           self._dropped_payload_bytes, message.topic, self.max_packet_bytes)
+            return  # paho acknowledges it after this returns
         if self._received_payload is not None:
             message.payload, self._received_payload = self._received_payload, None  # type: ignore[assignment]
         super()._handle_on_message(message)

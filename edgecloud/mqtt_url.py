@@ -1,18 +1,31 @@
 """Broker URLs: `mqtt://[user[:password]@]host[:port]` and `mqtts://...?ca=PATH&cert=PATH&key=PATH&insecure=1`.
 
-Why a URL: one string on the command line (`--broker`) carries address, credentials and TLS
-options. User and password may be percent-encoded. Query options apply to mqtts:// only:
-`ca` (CA bundle to verify the broker against; the system store when absent), `cert` and `key`
-(client certificate), `insecure=1` (skip hostname checking, e.g. a self-signed cert on an IP).
+Why a URL: one string on the command line (`--broker`) carries address, user and TLS options.
+User and password may be percent-encoded. Query options apply to mqtts:// only: `ca` (CA bundle to
+verify the broker against; the system store when absent), `cert` and `key` (client certificate),
+`insecure=1` (skip hostname checking, e.g. a self-signed cert on an IP).
+
+Passwords: a password in the URL ends up in `/proc/<pid>/cmdline`, which every local user can read.
+So `resolve_credentials` also takes it from the file named by `EDGECLOUD_BROKER_PASSWORD_FILE` (what
+the CLI's `--broker-password-file` sets; child processes inherit the path, not the secret) or from
+`EDGECLOUD_BROKER_PASSWORD` (`/proc/<pid>/environ` is readable by its owner only). Precedence: URL,
+file, variable. Every password found is masked in all log output (`edgecloud.secret_masking`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from edgecloud.errors import TransportError
+from edgecloud.secret_masking import register_secret
+
+PASSWORD_ENV = "EDGECLOUD_BROKER_PASSWORD"
+PASSWORD_FILE_ENV = "EDGECLOUD_BROKER_PASSWORD_FILE"
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 _TLS_OPTIONS = frozenset({"ca", "cert", "key", "insecure"})
@@ -34,7 +47,7 @@ class BrokerAddress:
     port: int
     tls: bool = False
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
@@ -78,3 +91,29 @@ def parse_broker_url(url: str) -> BrokerAddress:
         key_file=single.get("key") or None,
         insecure=insecure_text in _TRUE,
     )
+
+
+def resolve_credentials(address: BrokerAddress, environ: Mapping[str, str] = os.environ) -> BrokerAddress:
+    """`address` with its password from the URL, else the password file, else the environment (see module doc).
+
+    The password found is registered for masking in log output. TransportError names an unreadable
+    password file, and a password given for a URL without a user (MQTT sends none without one).
+    """
+    password, source = address.password, "the URL"
+    if password is None and environ.get(PASSWORD_FILE_ENV):
+        path = environ[PASSWORD_FILE_ENV]
+        try:
+            with open(path, encoding="utf-8") as handle:
+                password = handle.read().removesuffix("\n").removesuffix("\r")
+        except (OSError, UnicodeDecodeError) as error:
+            raise TransportError(f"cannot read the broker password file {path}: {error.strerror or error}.") from None
+        source = f"the password file {path}"
+    elif password is None and environ.get(PASSWORD_ENV):
+        password, source = environ[PASSWORD_ENV], f"${PASSWORD_ENV}"
+    if password is None:
+        return address
+    register_secret(password)
+    if address.username is None:
+        raise TransportError(f"a broker password comes from {source}, but the broker URL names no user "
+                             "(write mqtt://USER@host:port).")
+    return dataclasses.replace(address, password=password)

@@ -93,6 +93,18 @@ def _aligned(offset: int) -> int:
     return -(-offset // ALIGNMENT_BYTES) * ALIGNMENT_BYTES
 
 
+def _brief(value: Any, max_chars: int = 80) -> str:
+    """`value` as an error message quotes it: shortened, since it comes from the network and may be
+    64 KiB long, or an integer too long for Python's int-to-str limit (a ValueError of its own)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    try:
+        text = repr(value)
+    except ValueError:  # an over-long integer nested in a list
+        return f"a {type(value).__name__} holding an integer too long to print"
+    return text if len(text) <= max_chars else f"{text[:max_chars - 3]}..."
+
+
 def _check_text(value: Any, what: str, max_chars: int, *, nullable: bool = False) -> None:
     if value is None and nullable:
         return
@@ -116,23 +128,34 @@ def _check_routing(kind: Any, request_id: Any, sender: Any, reply_to: Any, deadl
                    limits: WireLimits) -> None:
     """Checks shared by encode and decode, so that a sender cannot build what a receiver rejects."""
     if kind not in KINDS:
-        raise WireFormatError(f"kind {kind!r} is not one of {', '.join(KINDS)}.")
+        raise WireFormatError(f"kind {_brief(kind)} is not one of {', '.join(KINDS)}.")
     _check_text(request_id, "request_id", limits.max_id_chars)
     _check_text(sender, "sender", limits.max_id_chars)
     _check_text(reply_to, "reply_to", limits.max_topic_chars, nullable=True)
     if deadline is not None and not _is_finite_number(deadline):
-        raise WireFormatError(f"deadline must be finite unix seconds or null, got {deadline!r}.")
+        raise WireFormatError(f"deadline must be finite unix seconds or null, got {_brief(deadline)}.")
     if not isinstance(meta, Mapping):
         raise WireFormatError(f"meta must be a JSON object, got {type(meta).__name__}.")
 
 
 def _tensor_length(name: str, dtype_name: str, shape: Any, limits: WireLimits) -> int:
+    """Bytes of the tensor; every size is checked first.
+
+    Why the product of the non-zero sizes is bounded as well: a zero-size tensor of shape
+    [0, 2**63] needs no bytes, yet numpy cannot even reshape an empty buffer to it.
+    """
     if dtype_name not in DTYPES:
-        raise WireFormatError(f"tensor {name!r} has dtype {dtype_name!r}, not one of {', '.join(DTYPES)}.")
+        raise WireFormatError(f"tensor {name!r} has dtype {_brief(dtype_name)}, not one of {', '.join(DTYPES)}.")
     if not isinstance(shape, list | tuple) or len(shape) > limits.max_rank:
         raise WireFormatError(f"tensor {name!r} shape must be a list of at most {limits.max_rank} sizes.")
     if any(isinstance(size, bool) or not isinstance(size, int) or size < 0 for size in shape):
-        raise WireFormatError(f"tensor {name!r} shape {shape!r} must hold non-negative integers.")
+        raise WireFormatError(f"tensor {name!r} shape {_brief(shape)} must hold non-negative integers.")
+    elements = 1
+    for size in shape:
+        elements *= max(size, 1)
+        if elements > limits.max_message_bytes:
+            raise WireFormatError(f"tensor {name!r} has a shape whose non-zero sizes multiply to more than "
+                                  f"the message limit of {limits.max_message_bytes}.")
     return math.prod(shape) * np.dtype(dtype_name).itemsize
 
 
@@ -203,7 +226,7 @@ def _parse_header(raw: memoryview) -> dict[str, Any]:
     except (UnicodeDecodeError, ValueError, RecursionError) as error:  # ValueError: also ints over 4300 digits
         raise WireFormatError(f"header is not UTF-8 JSON: {error}.") from None
     if not isinstance(header, dict) or set(header) != _HEADER_KEYS:
-        found = sorted(header) if isinstance(header, dict) else type(header).__name__
+        found = _brief(sorted(header)) if isinstance(header, dict) else type(header).__name__
         raise WireFormatError(f"header must be an object with exactly the keys {sorted(_HEADER_KEYS)}, got {found}.")
     return header
 
@@ -250,7 +273,7 @@ def decode(payload: bytes | bytearray | memoryview, limits: WireLimits = DEFAULT
         length = _tensor_length(name, descriptor["dtype"], descriptor["shape"], limits)
         declared = descriptor["length"]
         if isinstance(declared, bool) or not isinstance(declared, int) or declared != length:
-            raise WireFormatError(f"tensor {name!r} declares {declared!r} bytes, its shape and dtype need {length}.")
+            raise WireFormatError(f"tensor {name!r} declares {_brief(declared)} bytes, its shape and dtype need {length}.")
         start = _aligned(offset)
         if start + length > total_bytes:
             raise WireFormatError(f"tensor {name!r} runs past the end of a {total_bytes}-byte message (truncated?).")

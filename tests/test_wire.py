@@ -133,8 +133,9 @@ TENSOR_DATA = np.ones(2, np.float32).tobytes()
     (with_header(good_header(tensors=[{"name": "x", "dtype": "float32", "shape": [1] * 9, "length": 4}]), TENSOR_DATA), "at most 8"),
     (with_header(good_header(tensors=[{"name": "x", "dtype": "float32", "shape": [2], "length": 4}]), TENSOR_DATA), "declares"),
     (with_header(good_header(tensors=[{"name": "x", "dtype": "float32", "shape": [2], "length": 8.0}]), TENSOR_DATA), "declares"),
-    (with_header(good_header(tensors=[{"name": "x", "dtype": "float32", "shape": [10**12], "length": 4 * 10**12}]), TENSOR_DATA), "past the end"),
-    (with_header(good_header(tensors=[{"name": "x", "dtype": "float32", "shape": [2**40, 2**40], "length": 2**82}])), "past the end"),
+    (with_header(good_header(tensors=[{"name": "x", "dtype": "float32", "shape": [10**12], "length": 4 * 10**12}]), TENSOR_DATA), "multiply to more"),
+    (with_header(good_header(tensors=[{"name": "x", "dtype": "float32", "shape": [2**40, 2**40], "length": 2**82}])), "multiply to more"),
+    (with_header(good_header(tensors=[{"name": "x", "dtype": "float32", "shape": [2**20], "length": 4 * 2**20}]), TENSOR_DATA), "past the end"),
     (with_header(good_header(tensors=[{"name": "", "dtype": "float32", "shape": [2], "length": 8}]), TENSOR_DATA), "tensor name"),
     (with_header(good_header(tensors=[{"name": "x", "dtype": "uint8", "shape": [1], "length": 1}] * 2), b"\1" + b"\0" * 7 + b"\1"), "twice"),
     (with_header(good_header(tensors=[{"name": "a", "dtype": "uint8", "shape": [1], "length": 1},
@@ -172,3 +173,28 @@ def test_limits_are_enforced_on_both_sides() -> None:
 def test_encode_refuses_what_the_format_cannot_carry(message: Message) -> None:
     with pytest.raises(WireFormatError):
         encode(message)
+
+
+@pytest.mark.parametrize("tensor", [
+    {"name": "x", "dtype": "float32", "shape": [0, 2**63], "length": 0},           # numpy's reshape overflows
+    {"name": "x", "dtype": "float32", "shape": [0, 2**40, 2**40], "length": 0},
+    {"name": "x", "dtype": "float32", "shape": [10**4000, 10**4000], "length": 0},  # the product has 8001 digits
+    {"name": "x", "dtype": "float32", "shape": [2], "length": 10**4000},
+])
+def test_absurd_dimensions_raise_our_error_not_numpys_or_pythons(tensor: dict) -> None:
+    """Found by fuzzing (issue 9): a zero-size tensor with a huge dimension passed every check and
+    failed in numpy's reshape; two 4001-digit dimensions overflowed Python's int-to-str limit while
+    the error message was being formatted. Both escaped as plain ValueError."""
+    with pytest.raises(WireFormatError):
+        decode(with_header(good_header(tensors=[tensor])))
+
+
+def test_a_zero_size_tensor_with_large_but_sane_dimensions_still_decodes() -> None:
+    payload = encode(Message("activation", "r", "e", {"x": np.zeros((0, 4096, 4096), np.float32)}))
+    assert decode(payload).tensors["x"].shape == (0, 4096, 4096)
+
+
+def test_error_messages_quote_hostile_values_briefly() -> None:
+    with pytest.raises(WireFormatError) as caught:
+        decode(with_header(good_header(kind="k" * 60000), TENSOR_DATA))
+    assert len(str(caught.value)) < 300

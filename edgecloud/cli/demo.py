@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
+from edgecloud.cli.broker_options import BrokerPasswordFile
 from edgecloud.cli.options import COUNT_MAX, SEED_BOUNDS
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ def demo(
     latency: Annotated[str, typer.Option("--latency", help="Edge-cloud one-way latency, e.g. 10ms.")] = DEFAULT_LATENCY,
     requests: Annotated[int, typer.Option("--requests", min=1, max=COUNT_MAX, help="Requests to send through the agents.")] = 10,
     broker: Annotated[Optional[str], typer.Option("--broker", help="Broker URL; default: start the embedded broker.")] = None,
+    broker_password_file: BrokerPasswordFile = None,
     edge: Annotated[str, typer.Option("--edge", help="Edge device profile (catalogue name or JSON file).")] = DEFAULT_EDGE,
     cloud: Annotated[str, typer.Option("--cloud", help="Cloud device profile (catalogue name or JSON file).")] = DEFAULT_CLOUD,
     deadline: Annotated[str, typer.Option("--deadline", help="Deadline of each request.")] = "10s",

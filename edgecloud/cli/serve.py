@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from edgecloud.cli.broker_options import BrokerPasswordFile
 from edgecloud.cli.options import COUNT_MAX, THREADS_MAX
 from edgecloud.cli.user_errors import writable_output
 
@@ -50,6 +51,7 @@ def agent(
     plan: Annotated[Path, typer.Option("--plan", help="Plan JSON; it is split on first use (cached beside it).")],
     device: Annotated[str, typer.Option("--device", help="Which of the plan's devices this agent serves.")],
     broker: Annotated[str, typer.Option("--broker", help="Broker URL: mqtt://[user:pass@]host[:port] or mqtts://...")] = DEFAULT_BROKER,
+    broker_password_file: BrokerPasswordFile = None,
     deployment: Annotated[str, typer.Option("--deployment", help="Deployment id: the topic namespace shared with the client.")] = "default",
     threads: Annotated[int, typer.Option("--threads", min=1, max=THREADS_MAX, help="onnxruntime threads per stage.")] = 1,
     max_pending: Annotated[int, typer.Option("--max-pending", min=1, max=COUNT_MAX, help="Requests held at once; more are refused.")] = 256,
@@ -97,6 +99,7 @@ def infer(
     input_path: Annotated[Path, typer.Option("--input", help=".npy (one input) or .npz (inputs by name).")],
     output: Annotated[Path, typer.Option("--output", "-o", help=".npy (one output) or .npz (outputs by name).")],
     broker: Annotated[str, typer.Option("--broker", help="Broker URL.")] = DEFAULT_BROKER,
+    broker_password_file: BrokerPasswordFile = None,
     deployment: Annotated[str, typer.Option("--deployment", help="Deployment id the agents use.")] = "default",
     deadline: Annotated[Optional[str], typer.Option("--deadline", help="Time the answer may take (e.g. 2s, 500ms); default: the source agent's, from the plan's prediction and its measured whole-model time.")] = None,
 ) -> None:
