@@ -95,7 +95,7 @@ class CostGraph:
                 time_s = node.time_s.get(device)
                 if time_s is None:
                     raise PartitionerError(f"node {name!r} has no time for device {device!r}.")
-                if not (_is_number(time_s) and math.isfinite(time_s) and time_s >= 0):
+                if not (_is_number(time_s) and time_s >= 0):
                     raise PartitionerError(f"node {name!r} has an invalid time {time_s!r} for device {device!r}.")
             if not (_is_number(node.memory_bytes) and node.memory_bytes >= 0):
                 raise PartitionerError(f"node {name!r} has an invalid memory_bytes {node.memory_bytes!r}.")
@@ -107,8 +107,8 @@ class CostGraph:
             for consumer in tensor.consumers:
                 if consumer not in self.nodes:
                     raise PartitionerError(f"tensor {name!r} is consumed by the unknown node {consumer!r}.")
-            if tensor.bytes < 0:
-                raise PartitionerError(f"tensor {name!r} has a negative size.")
+            if not (_is_number(tensor.bytes) and tensor.bytes >= 0):
+                raise PartitionerError(f"tensor {name!r} has an invalid size {tensor.bytes!r}: give a non-negative number of bytes.")
         topological_order(self)  # raises on a cycle
         return self
 
@@ -141,17 +141,20 @@ class CostGraph:
                 links[_link_key(link["from"], link["to"])] = Link(float(link["bandwidth_bps"]), float(link.get("latency_s", 0.0)))
             nodes = {
                 str(name): CostNode(time_s=dict(node["time_s"]), memory_bytes=int(node.get("memory_bytes") or 0),
-                                    pin=node.get("pin"), members=node.get("members"))
+                                    pin=_optional_name(node.get("pin"), f"pin of node {name!r}"),
+                                    members=node.get("members"))
                 for name, node in data["nodes"].items()
             }
             tensors = {
-                str(name): CostTensor(bytes=int(t["bytes"]), producer=t.get("producer"),
+                str(name): CostTensor(bytes=int(t["bytes"]),
+                                      producer=_optional_name(t.get("producer"), f"producer of tensor {name!r}"),
                                       consumers=_name_list(t.get("consumers", []), f"consumers of tensor {name!r}"),
                                       output=bool(t.get("output", False)))
                 for name, t in data.get("tensors", {}).items()
             }
             graph = cls(devices={str(k): dict(v or {}) for k, v in data["devices"].items()}, links=links,
-                        source=data["source"], sink=data.get("sink", data["source"]), nodes=nodes, tensors=tensors,
+                        source=_optional_name(data["source"], "source"),
+                        sink=_optional_name(data.get("sink", data["source"]), "sink"), nodes=nodes, tensors=tensors,
                         model=data.get("model"))
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as error:
             raise PartitionerError(f"the cost graph is malformed ({type(error).__name__}: {error}).") from None
@@ -167,14 +170,28 @@ class CostGraph:
 
 
 def _is_number(value: object) -> bool:
-    """int or float, not bool (JSON's true would otherwise count as 1)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float that a float can hold, not bool (JSON's true would otherwise count as 1;
+    JSON's integers have no size limit, and 10**400 overflows the solver's float arithmetic)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def _name_list(value: object, what: str) -> list[str]:
     if not isinstance(value, list):
         raise ValueError(f"{what} must be a list of node names")
     return [str(item) for item in value]
+
+
+def _optional_name(value: object, what: str) -> str | None:
+    """A device or node name read from a file: a string (or absent), never a list or object, which
+    would otherwise surface later as 'unhashable type' instead of a sentence about the file."""
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{what} must be a name (a JSON string), not {type(value).__name__}")
+    return value
 
 
 def _link_key(a: str, b: str) -> tuple[str, str]:
