@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 
 from robust_training.codes import Code
+from robust_training.codes.promise import unexplained
 
 #: How adversaries deviate, each scaled by a magnitude: a shared constant (pi times magnitude times the
 #: honest scale), their message scaled by 1 +/- magnitude, Gaussian noise, or one coordinate moved.
 DEVIATIONS = ("constant", "scaled", "random", "coordinate")
-EPS = float(np.finfo(np.float64).eps)
 
 
 def honest_round(code: Code, d: int, seed: int, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -44,15 +44,6 @@ def relative_error(total: np.ndarray, truth: np.ndarray) -> float:
 
 def assert_explained(code: Code, received: np.ndarray, flagged: list[int], total: np.ndarray,
                      honest: np.ndarray) -> None:
-    """The promise beyond the correctable sets: the flagged set is one the code could correct, the
-    unflagged messages are, within rtol of the honest scale plus float64 rounding of themselves, the
-    encoding of some partition updates, and `total` is those updates' sum."""
-    assert code.correctable(flagged), f"flagged {flagged} is more than the code corrects"
-    kept = np.setdiff1d(np.arange(code.n_workers), flagged)
-    weights = code.encoding_matrix[kept]
-    updates, *_ = np.linalg.lstsq(weights, received[kept], rcond=None)
-    residual = np.linalg.norm(weights @ updates - received[kept])
-    allowance = 100 * code.rtol * np.linalg.norm(honest) + 32 * EPS * np.linalg.norm(received[kept])
-    assert residual <= allowance, f"kept rows off the code by {residual:.3g} > {allowance:.3g}"
-    explained = updates.sum(axis=0)
-    assert np.linalg.norm(total - explained) <= 1e4 * allowance + 1e-9 * np.linalg.norm(explained)
+    """The promise beyond the correctable sets (`robust_training.codes.promise`)."""
+    reason = unexplained(code, received, flagged, total, honest)
+    assert reason is None, reason

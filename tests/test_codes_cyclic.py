@@ -135,3 +135,19 @@ def test_deviations_orthogonal_to_the_projections_are_found_on_the_full_messages
     result = code.decode(forged)
     assert result.flagged == [2, 3, 11]
     assert relative_error(result.total, updates.sum(axis=0)) <= 1e-10
+
+
+@pytest.mark.parametrize(("n_workers", "redundancy"), [(45, 21), (45, 3), (15, 7)])
+def test_one_partition_far_larger_than_the_others_still_decodes_exactly(n_workers, redundancy):
+    """Honest rows of very different scales (one partition's update 1e4 times the others') are consistent
+    only to rounding of the large rows: that allowance stays, up to the documented spread."""
+    code = CyclicCode(n_workers, redundancy)
+    rng = np.random.default_rng(n_workers + redundancy)
+    for trial in range(4):
+        updates = rng.standard_normal((n_workers, 8))
+        updates[int(rng.integers(n_workers))] *= 1e4
+        adversaries = choose_adversaries(n_workers, code.max_adversaries, rng) if trial % 2 else []
+        forged = deviate(code.encode_all(updates), adversaries, "random", 1.0, rng)
+        result = code.decode(forged)
+        assert result.flagged == adversaries
+        assert relative_error(result.total, updates.sum(axis=0)) <= 1e-10

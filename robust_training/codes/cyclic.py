@@ -52,9 +52,9 @@ What is guaranteed
 - More than s deviating workers: DecodeError, unless the kept (unflagged) messages lie within that
   tolerance of a codeword, whose sum is then returned. No decoder can tell that case from an honest one
   (the distance is 2s + 1); it needs colluding adversaries who know W and craft messages along a codeword,
-  or n - s adversaries consistent among themselves (e.g. identical messages when r >= n - 1). Adversaries
-  whose kept rows are ~1e13 times the honest scale or more can also hide honest-scale inconsistencies
-  under float64 rounding of their own rows (`cyclic_fit`); below that, huge rows cannot inflate the
+  or n - s adversaries consistent among themselves (e.g. identical messages when r >= n - 1). Colluders
+  whose rows are kept at M times the honest scale can also hide inconsistencies below float64 rounding
+  of their own rows, 3.5e-15 M (`cyclic_fit`); huge rows no longer inflate the rtol part of the
   tolerance (issue 8: Constant(-1e12) at n = 9 returned a sum off by 5e11 without a word).
 - Real DFT codes lose numerical distance as n and s grow (a contiguous block of 2s workers can be almost
   a codeword's support). The constructor measures that margin and refuses (n, r) pairs whose margin is

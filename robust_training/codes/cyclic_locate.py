@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from robust_training.codes.cyclic_fit import Fit, KeptRowTest, frobenius, row_norms
+from robust_training.codes.cyclic_fit import ROUNDING_ULPS, Fit, KeptRowTest, rounding_scale, row_norms
 
 #: Norm ratio between consecutive rows (sorted by norm) above which the larger ones are erased.
 ERASURE_GAP = 100.0
@@ -216,8 +216,8 @@ class Locator:
         with np.errstate(over="ignore", invalid="ignore"):
             deviations = row_norms(self.projected[candidates] - basis[candidates] @ coefficients)
         kept_norms = self.norms[kept]
-        allowance = self.geometry.rtol * float(np.median(kept_norms)) + 8.0 * np.finfo(float).eps * frobenius(
-            kept_norms) / max(float(singular[-1]), 1e-300)
+        allowance = self.geometry.rtol * float(np.median(kept_norms)) + ROUNDING_ULPS * np.finfo(float).eps * (
+            rounding_scale(kept_norms) / max(float(singular[-1]), 1e-300))
         agreeing = candidates[deviations <= allowance]
         if agreeing.size == 0:
             return fit
