@@ -167,10 +167,10 @@ class Locator:
         ranking only; the chosen moves are evaluated exactly from their kept rows).
         """
         parity = self.geometry.real_parity
-        scored: list[tuple[float, np.ndarray]] = []
+        scores, moves = [], []
         swappable = np.setdiff1d(removed, self.forced)
-        bases = [(removed, None)] if removed.size < self.geometry.max_adversaries else []
-        bases += [(np.setdiff1d(removed, [row]), row) for row in swappable]
+        bases = [(removed, -1)] if removed.size < self.geometry.max_adversaries else []
+        bases += [(np.setdiff1d(removed, [row]), int(row)) for row in swappable]
         for base, returned in bases:
             kept = np.setdiff1d(np.arange(self.n_workers), base)
             complement = self.test.complement(base)
@@ -183,20 +183,21 @@ class Locator:
                 explained = np.einsum("ic,ij->jc", residual, directions)
                 remaining = np.einsum("ic,ic->", residual, residual) - np.einsum(
                     "jc,jc->j", explained, explained) / np.where(lengths > 0, lengths, np.inf)
-            remaining = np.nan_to_num(remaining, nan=np.inf)
-            for position, row in enumerate(kept):
-                if row != returned:
-                    scored.append((float(remaining[position]), np.union1d(base, [row])))
-        scored.sort(key=lambda item: item[0])
-        moves, seen = [], set()
-        for _, move in scored:
-            key = tuple(move.tolist())
+            remaining = np.where(kept == returned, np.inf, np.nan_to_num(remaining, nan=np.inf))
+            scores.append(remaining)
+            moves += [(base, int(row)) for row in kept]
+        if not moves:
+            return []
+        chosen, seen = [], set()
+        for index in np.argsort(np.concatenate(scores), kind="stable"):
+            base, row = moves[index]
+            key = tuple(sorted([*base.tolist(), row]))
             if key not in seen:
                 seen.add(key)
-                moves.append(move)
-            if len(moves) == MOVES_PER_STEP:
+                chosen.append(np.array(key, dtype=int))
+            if len(chosen) == MOVES_PER_STEP:
                 break
-        return moves
+        return chosen
 
     # -- result -----------------------------------------------------------------------------------------------
 
