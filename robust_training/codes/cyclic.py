@@ -89,6 +89,8 @@ N_PROJECTIONS = 4
 MIN_NUMERICAL_DISTANCE_MARGIN = 5e-11
 #: Locate-and-verify rounds: each failed verification adds the residual's directions to the projections.
 VERIFY_ATTEMPTS = 3
+#: Columns per block of the verifying product (21 x 65536 doubles: 11 MB).
+_VERIFY_BLOCK_COLUMNS = 1 << 16
 
 
 class CyclicCode(Code):
@@ -159,15 +161,15 @@ class CyclicCode(Code):
             projected = received @ self._projections(received.shape[1])
             for _ in range(VERIFY_ATTEMPTS):
                 located = self._locate(projected, unreadable)
-                verified, total, residual_rows = self._verify(received, norms, np.array(located.removed, dtype=int))
+                verified, total, checks = self._verify(received, norms, np.array(located.removed, dtype=int))
                 if verified.passes:
                     flagged = list(located.removed)
                     if flagged:
                         logger.debug("cyclic decode flagged workers %s", flagged)
                     return DecodeResult(total=total, flagged=flagged)
-                logger.debug("cyclic decode: the projections missed a deviation; adding %d directions",
-                             residual_rows.shape[0])
-                projected = np.hstack([projected, received @ _directions(residual_rows)])
+                logger.debug("cyclic decode: the projections missed a deviation; adding %d directions", len(checks))
+                with np.errstate(over="ignore", invalid="ignore"):
+                    projected = np.hstack([projected, received @ _directions(checks @ received)])
         raise DecodeError(
             f"the cyclic code cannot decode: the messages kept after removing {self.max_adversaries} or fewer "
             f"workers are never consistent with the code, so more than {self.max_adversaries} of the "
@@ -257,17 +259,26 @@ class CyclicCode(Code):
 
     def _verify(self, received: np.ndarray, norms: np.ndarray, removed: np.ndarray) -> tuple[Fit, np.ndarray,
                                                                                              np.ndarray]:
-        """(fit of the kept rows on the full messages, their sum a_H^T R_H, the residual rows), one product."""
+        """(fit of the kept rows on the full messages, their sum a_H^T R_H, the check rows), one product.
+
+        By blocks of columns, so that the (p - t + 1, d) product never exists whole (168 MB at d = 1e6);
+        the residual's rows are recomputed from the check rows only when the check fails.
+        """
         test = KeptRowTest(self._real_parity, self.rtol)
         kept = np.setdiff1d(np.arange(self.n_workers), removed)
         combination = np.zeros((self._real_parity.shape[0] - removed.size + 1, self.n_workers))
         combination[:-1, kept] = test.checks(removed, kept)
         combination[-1, kept] = self._recovery_weights(kept)
+        dimension = received.shape[1]
+        total = np.empty(dimension)
+        block_residuals = []
         with np.errstate(over="ignore", invalid="ignore"):  # removed rows are multiplied by 0 (finite)
-            product = combination @ received
-        residual_rows, total = product[:-1], product[-1]
-        fit = test.judge(tuple(int(w) for w in removed), frobenius(residual_rows), norms[kept])
-        return fit, total, residual_rows
+            for start in range(0, dimension, _VERIFY_BLOCK_COLUMNS):
+                product = combination @ received[:, start : start + _VERIFY_BLOCK_COLUMNS]
+                total[start : start + _VERIFY_BLOCK_COLUMNS] = product[-1]
+                block_residuals.append(frobenius(product[:-1]))
+        fit = test.judge(tuple(int(w) for w in removed), frobenius(np.array(block_residuals)), norms[kept])
+        return fit, total, combination[:-1]
 
     def _recovery_weights(self, honest: np.ndarray) -> np.ndarray:
         """a_H with a_H^T W[honest] = 1^T: the sum from the honest rows alone (minimum-norm solution)."""
