@@ -38,9 +38,10 @@ Decoding
    locate is repeated. So correctness never rests on the projections being secret.
 4. The products run on one BLAS thread (`blas.one_blas_thread`): under CPU contention a multi-threaded
    OpenBLAS spends its time waiting (issue 8: 1.2-2.0 s against 0.22-0.33 s at d = 1e6). Measured by
-   bench/cyclic_exactness.py --timing at n = 45, d = 1e6 beside 2 busy processes: 0.52 s at r = 21 with
-   10 adversaries (before: 1.41 s), 0.40 s without adversaries (the full-message check is one product of
-   p + 1 rows: it costs about a pass more than trusting the projections would).
+   bench/cyclic_exactness.py --timing at n = 45, d = 1e6 beside 2 busy processes (two runs, loaded
+   machine): 0.22-0.52 s at r = 21 with 10 adversaries (before: 0.48-1.41 s), 0.18-0.40 s without
+   adversaries (before 0.28-0.46 s; the full-message check is one product of p + 1 rows: idle, it costs
+   about a pass more than trusting the projections would).
 
 What is guaranteed
 ------------------
