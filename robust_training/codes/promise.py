@@ -3,10 +3,12 @@
 A decode that returns instead of raising DecodeError must be explained by the messages it kept: its
 flagged set is one the code could correct, the unflagged messages are the encoding of some partition
 updates to within the tolerance, and the returned total is those updates' sum. "Within the tolerance" is
-judged row by row, each row relative to the larger of its own norm and the typical honest row (RTOL_FACTOR
-times rtol, plus rounding): rows are rescaled by that before the fit, which changes no consistency (R = W G
-iff D R = D W G) but keeps a few huge kept rows from vouching, through their own float64 rounding, for the
-honest-scale rows beside them. It uses nothing but the encoding matrix, so it judges every registered
+judged row by row, each row relative to the larger of its own norm and the typical row (RTOL_FACTOR times
+rtol, plus rounding): rows are rescaled by that before the fit, which changes no consistency (R = W G iff
+D R = D W G) but keeps a few huge kept rows from vouching, through their own float64 rounding, for the
+honest-scale rows beside them. The typical row is the larger of the honest rows' median and the kept
+rows' median: when adversaries are most of the kept rows, their scale is the scale of the codeword the
+kept rows claim, and nothing but that codeword is left to judge them by (the codes say so too). It uses nothing but the encoding matrix, so it judges every registered
 code the same way and none of their decoders' internals.
 """
 
@@ -31,9 +33,10 @@ def unexplained(code: Code, received: np.ndarray, flagged: list[int], total: np.
     if not code.correctable(flagged):
         return f"flagged {flagged} is more than the code corrects"
     kept = np.setdiff1d(np.arange(code.n_workers), flagged)
-    typical = float(np.median(np.linalg.norm(honest, axis=1))) or 1.0
     with np.errstate(over="ignore"):
-        rescale = 1.0 / np.maximum(np.linalg.norm(received[kept], axis=1), typical)
+        kept_norms = np.linalg.norm(received[kept], axis=1)
+    typical = max(float(np.median(np.linalg.norm(honest, axis=1))), float(np.median(kept_norms))) or 1.0
+    rescale = 1.0 / np.maximum(kept_norms, typical)
     unscaled = code.encoding_matrix[kept]
     singular = np.linalg.svd(unscaled, compute_uv=False)  # the rank, which rescaling rows does not change
     rank = int(np.sum(singular > singular[0] * max(unscaled.shape) * _EPS)) if singular.size else 0
