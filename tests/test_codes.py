@@ -4,41 +4,30 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from code_rounds import DEVIATIONS, assert_explained, deviate, honest_round, relative_error
+
 from robust_training.attacks import ATTACKS, Constant, GaussianNoise, SignFlip, choose_adversaries
-from robust_training.codes import Code, CyclicCode, DecodeResult, RepetitionCode, make_code
+from robust_training.codes import CODE_NAMES, CODES, Code, CyclicCode, DecodeResult, RepetitionCode, make_code
 from robust_training.errors import DecodeError, TrainingError
 
 ATTACK_NAMES = sorted(ATTACKS)
 
+#: Sizes every registered code is checked at (those it accepts): odd and even r, negacyclic n = 10.
+SIZES = [(9, 3), (9, 5), (10, 5), (12, 4), (15, 7), (25, 11)]
 CODE_FACTORIES = {
-    "repetition-9-3": lambda: RepetitionCode(9, 3),
-    "repetition-10-5": lambda: RepetitionCode(10, 5),
-    "repetition-12-4": lambda: RepetitionCode(12, 4),
-    "cyclic-9-3": lambda: CyclicCode(9, 3),
-    "cyclic-9-5": lambda: CyclicCode(9, 5),
-    "cyclic-10-5-negacyclic": lambda: CyclicCode(10, 5),
-    "cyclic-12-4-even-r": lambda: CyclicCode(12, 4),
-    "cyclic-15-7": lambda: CyclicCode(15, 7),
-    "cyclic-25-11": lambda: CyclicCode(25, 11),
+    f"{name}-{n}-{r}": (lambda name=name, n=n, r=r: CODES[name](n, r))
+    for name in sorted(CODES)
+    for n, r in SIZES
+    if name != "repetition" or n % r == 0
 }
 
 
 @pytest.fixture(params=sorted(CODE_FACTORIES), scope="module")
 def code(request) -> Code:
     return CODE_FACTORIES[request.param]()
-
-
-def relative_error(total: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.linalg.norm(total - truth) / np.linalg.norm(truth))
-
-
-def honest_round(code: Code, d: int, seed: int, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """(partition updates, honest messages) for one round."""
-    updates = scale * np.random.default_rng(seed).standard_normal((code.n_partitions, d))
-    return updates, code.encode_all(updates)
 
 
 # ---- conformance: every code -----------------------------------------------------------------------------
@@ -77,7 +66,7 @@ def test_up_to_s_adversaries_change_nothing_and_are_flagged(code, attack_name):
     for n_adversaries in range(1, code.max_adversaries + 1):
         updates, messages = honest_round(code, d=9, seed=n_adversaries)
         adversaries = choose_adversaries(code.n_workers, n_adversaries, rng)
-        if isinstance(code, RepetitionCode):  # s per group, placed in the first group (the worst case)
+        if not code.correctable(adversaries):  # s per group, placed in the first group (the worst case)
             adversaries = list(range(n_adversaries))
         attacked = ATTACKS[attack_name]().apply(messages, adversaries, rng)
         result = code.decode(attacked)
@@ -101,6 +90,84 @@ def test_a_non_finite_message_is_flagged_not_propagated(code):
     result = code.decode(messages)
     assert result.flagged == [1]
     assert relative_error(result.total, updates.sum(axis=0)) <= 1e-9
+
+
+# ---- properties of every registered code (hypothesis) --------------------------------------------------
+
+
+@st.composite
+def registered_codes(draw) -> Code:
+    """Any registered code at any size it accepts: n = r * groups (+ extra workers where allowed)."""
+    name = draw(st.sampled_from(sorted(CODES)))
+    redundancy = draw(st.integers(1, 7) | st.integers(1, 15))
+    groups = draw(st.integers(1, max(1, 45 // redundancy)))
+    extra = draw(st.integers(0, min(redundancy - 1, 45 - redundancy * groups)))
+    seed = draw(st.integers(0, 3))
+    try:
+        return CODES[name](redundancy * groups + extra, redundancy, seed=seed)
+    except TrainingError:  # e.g. repetition needs r | n
+        return CODES[name](redundancy * groups, redundancy, seed=seed)
+
+
+@st.composite
+def rounds(draw, correctable: bool):
+    """(code, updates, honest messages, adversaries, forged messages) with a correctable adversary set or
+    not, deviations of every kind from 1e3 rtol (correctable; 1e-8 otherwise) to 1e15."""
+    code = draw(registered_codes())
+    n = code.n_workers
+    if correctable:
+        adversaries = draw(st.lists(st.integers(0, n - 1), unique=True, max_size=max(code.max_adversaries, 0)))
+        assume(code.correctable(adversaries))
+        low = np.log10(1e3 * code.rtol)
+    else:  # s + 1, s + 2, ... workers in a random order, grown until the code cannot correct them
+        order = draw(st.permutations(range(n)))
+        count = min(n, code.max_adversaries + draw(st.integers(1, 2) | st.integers(1, n)))
+        while code.correctable(order[:count]):
+            count += 1
+        adversaries = list(order[:count])
+        low = -8.0
+    magnitude = 10.0 ** draw(st.sampled_from([low, -3.0, 0.0, 3.0, 9.0, 12.0, 15.0]) | st.floats(low, 15.0))
+    kind = draw(st.sampled_from(DEVIATIONS))
+    seed = draw(st.integers(0, 2**31))
+    scale = 10.0 ** draw(st.floats(-3, 3))
+    updates, messages = honest_round(code, draw(st.integers(1, 12)), seed, scale)
+    forged = deviate(messages, sorted(adversaries), kind, magnitude, np.random.default_rng(seed))
+    return code, updates, messages, sorted(adversaries), forged
+
+
+@settings(max_examples=120, deadline=None)
+@given(case=rounds(correctable=True))
+def test_a_correctable_set_of_deviating_workers_is_located_exactly_and_changes_nothing(case):
+    code, updates, _, adversaries, forged = case
+    result = code.decode(forged)
+    assert result.flagged == adversaries
+    assert relative_error(result.total, updates.sum(axis=0)) <= 1e-9
+
+
+@settings(max_examples=200, deadline=None)
+@given(case=rounds(correctable=False))
+def test_beyond_what_a_code_corrects_it_raises_or_its_answer_is_explained_by_the_kept_messages(case):
+    code, _, messages, _, forged = case
+    try:
+        result = code.decode(forged)
+    except DecodeError:
+        return
+    assert_explained(code, forged, result.flagged, result.total, messages)
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=rounds(correctable=True) | rounds(correctable=False))
+def test_decoding_is_a_function_of_the_messages(case):
+    code, _, _, _, forged = case
+    twin = type(code)(code.n_workers, code.redundancy, seed=code.seed)
+    outcomes = []
+    for decoder in (code, code, twin):
+        try:
+            result = decoder.decode(forged)
+            outcomes.append((result.flagged, result.total.tobytes()))
+        except DecodeError as error:
+            outcomes.append(str(error))
+    assert outcomes[0] == outcomes[1] == outcomes[2]
 
 
 # ---- cyclic code -----------------------------------------------------------------------------------------
@@ -255,14 +322,6 @@ def test_cyclic_with_r2_detects_what_it_cannot_correct():
         code.decode(SignFlip().apply(messages, [3], np.random.default_rng(0)))
 
 
-def test_cyclic_decode_is_deterministic_by_seed():
-    rng = np.random.default_rng(0)
-    first, second = CyclicCode(15, 7, seed=3), CyclicCode(15, 7, seed=3)
-    _, messages = honest_round(first, d=5, seed=0)
-    attacked = Constant().apply(messages, [2, 9], rng)
-    assert first.decode(attacked).total.tolist() == second.decode(attacked).total.tolist()
-
-
 # ---- repetition code -------------------------------------------------------------------------------------
 
 
@@ -284,6 +343,17 @@ def test_repetition_tolerance_lets_only_tiny_deviations_through():
     result = code.decode(caught)
     assert result.flagged == [0]
     np.testing.assert_allclose(result.total, updates.sum(axis=0), rtol=1e-12)
+
+
+def test_repetition_tolerance_is_relative_to_the_smaller_message_not_the_forgery():
+    """At rtol = 0.5 a forgery 2h sent first agreed with h under max(|a|, |b|) and became the answer: the
+    group's contribution moved by |h|, twice the stated slip rtol * |h|."""
+    code = RepetitionCode(3, 3, rtol=0.5)
+    updates, messages = honest_round(code, d=4, seed=0)
+    messages[0] = 2 * messages[1]
+    result = code.decode(messages)
+    assert result.flagged == [0]
+    np.testing.assert_allclose(result.total, updates.sum(axis=0))
 
 
 def test_repetition_without_a_strict_majority_raises_naming_the_group():
@@ -343,10 +413,13 @@ def test_repetition_tolerates_s_adversaries_in_every_group_at_once():
 # ---- factory ---------------------------------------------------------------------------------------------
 
 
-def test_make_code_builds_each_code_by_name():
+def test_make_code_builds_each_registered_code_by_name():
     assert make_code("none", 9, 3) is None
-    assert isinstance(make_code("repetition", 9, 3), RepetitionCode)
-    assert isinstance(make_code("cyclic", 9, 3), CyclicCode)
+    assert CODE_NAMES == ("none", *CODES)
+    assert CODES == {"repetition": RepetitionCode, "cyclic": CyclicCode}
+    for name, code_class in CODES.items():
+        assert code_class.name == name
+        assert isinstance(make_code(name, 9, 3), code_class)
     with pytest.raises(TrainingError, match="unknown code"):
         make_code("fountain", 9, 3)
 
@@ -360,7 +433,7 @@ def pairwise_vote(replicas: np.ndarray, rtol: float, atol: float) -> tuple[int, 
     with np.errstate(invalid="ignore", over="ignore"):
         norms = np.abs(replicas).max(axis=1)
         distance = np.abs(replicas[:, None, :] - replicas[None, :, :]).max(axis=2)
-        agree = distance <= atol + rtol * np.maximum(norms[:, None], norms[None, :])
+        agree = distance <= atol + rtol * np.minimum(norms[:, None], norms[None, :])
     finite = np.isfinite(norms)
     agree &= finite[:, None] & finite[None, :]
     counts = agree.sum(axis=1)

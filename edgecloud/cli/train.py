@@ -15,6 +15,7 @@ from edgecloud.cli.options import COUNT_MAX, SEED_BOUNDS, finite_float
 from edgecloud.cli.user_errors import writable_output
 from robust_training.aggregators import aggregator_help
 from robust_training.attacks import ATTACK_NAMES
+from robust_training.codes import CODE_NAMES
 
 if TYPE_CHECKING:
     from robust_training.simulator import SimulationConfig
@@ -27,7 +28,7 @@ def train(
     tau: Annotated[int, typer.Option(help="Local steps between synchronisations (initial tau with --adaptive-tau).", min=1, max=COUNT_MAX)] = 1,
     adaptive_tau: Annotated[bool, typer.Option(
         "--adaptive-tau", help="Choose tau every round by Wang et al.'s control algorithm (estimates logged).")] = False,
-    code: Annotated[str, typer.Option(help="none | repetition | cyclic (Draco).")] = "none",
+    code: Annotated[str, typer.Option(help=f"{' | '.join(CODE_NAMES)} (Draco).")] = "none",
     redundancy: Annotated[int, typer.Option(help="Workers per partition r; a code decodes s <= (r-1)/2.", min=1, max=COUNT_MAX)] = 1,
     aggregator: Annotated[str, typer.Option(help=f"With --code none: {aggregator_help()}")] = "mean",
     adversaries: Annotated[int, typer.Option(help="Adversarial workers s (re-drawn every round).", min=0, max=COUNT_MAX)] = 0,

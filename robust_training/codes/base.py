@@ -10,7 +10,9 @@ local steps) nor on d.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
@@ -30,12 +32,25 @@ class DecodeResult:
 
 
 class Code(ABC):
-    """One verb each: assignment and encode run on workers, decode on the PS."""
+    """One verb each: assignment and encode run on workers, decode on the PS.
 
+    What a code declares about itself (the registry in `robust_training.codes` and the property tests
+    rely on it, so a new code is tested by being registered):
+    - `name`: its CLI name; the constructor takes (n_workers, redundancy, seed=...).
+    - `correctable(workers)`: whether the decode promises the exact sum and exactly these workers flagged
+      when they (and no others) deviate by more than the tolerance.
+    - `rtol`: deviations below rtol times the honest messages' scale are indistinguishable from rounding.
+    - `encoding_matrix`: W with messages = W @ partition updates (every code here is linear).
+    The promise beyond `correctable`: DecodeError, unless the unflagged messages are (within the
+    tolerance) the encoding of some partition updates, in which case the result is their sum.
+    """
+
+    name: ClassVar[str]
     n_workers: int
     n_partitions: int
     redundancy: int
-    max_adversaries: int  # s: adversarial workers the decode tolerates exactly
+    max_adversaries: int  # s: adversarial workers the decode tolerates exactly (per group for repetition)
+    rtol: float
 
     @abstractmethod
     def partitions_of(self, worker: int) -> list[int]:
@@ -48,6 +63,15 @@ class Code(ABC):
     @abstractmethod
     def decode(self, messages: np.ndarray) -> DecodeResult:
         """(n_workers, d) messages -> exact sum; raises DecodeError when that is impossible."""
+
+    @abstractmethod
+    def correctable(self, workers: Iterable[int]) -> bool:
+        """Whether the decode corrects these workers' messages whatever they send (see class doc)."""
+
+    @property
+    def encoding_matrix(self) -> np.ndarray:
+        """W (n_workers, n_partitions): the honest messages are W @ partition updates."""
+        return self.encode_all(np.eye(self.n_partitions))
 
     def encode_all(self, partition_updates: np.ndarray) -> np.ndarray:
         """(n_partitions, d) updates -> (n_workers, d) honest messages, as a simulator needs them.

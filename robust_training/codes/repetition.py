@@ -5,15 +5,18 @@ are compared within a tolerance instead of bit for bit (the reference's `np.arra
 replicas computed on different hardware or BLAS builds differ in the last bits.
 
 What the tolerance lets an adversary slip through: two messages "agree" when
-    max_k |a_k - b_k| <= atol + rtol * max(max_k |a_k|, max_k |b_k|).
-An adversary whose message agrees with the honest replicas may be picked as its group's answer, so it can
-move that group's contribution to the sum by at most atol + rtol * ||honest||_inf per coordinate, and the
-total by at most that times the number of groups it sits in. Anything farther is outvoted and flagged.
+    max_k |a_k - b_k| <= atol + rtol * min(max_k |a_k|, max_k |b_k|).
+The smaller norm, so that an adversary's own magnitude never widens the tolerance (with the larger one,
+a forgery 2h agreed with an honest h at rtol = 0.5: a slip of |h|, twice what was stated). An adversary
+whose message agrees with an honest replica may be picked as its group's answer, so it can move that
+group's contribution to the sum by at most atol + rtol * ||honest||_inf per coordinate, and the total by
+at most that times the number of groups it sits in. Anything farther is outvoted and flagged.
 
 The vote: a group's answer is the replica agreeing with the most replicas (ties: lowest worker id) and
 the replicas not agreeing with it are flagged; without a strict majority the decode raises DecodeError
 naming the group. More than s colluding replicas that agree among themselves ARE the majority: no vote
-can tell them from honest ones, and the group's answer is theirs.
+can tell them from honest ones, and the group's answer is theirs: the decode returns only answers that
+agree with a strict majority of their group.
 
 Cost: comparing every pair of replicas is O(r^2 d), 0.7 s per round at r = 15, d = 1e6. Instead a probe
 of a few random columns names each group's likely answer (its reference) and bounds every pair's
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -56,8 +60,12 @@ _PARALLEL_MIN_COLUMNS = 1 << 18
 class RepetitionCode(Code):
     """n workers in groups of `redundancy`; tolerates s = (r - 1) // 2 adversaries per group.
 
-    `seed` only drives the probe that makes the vote fast; decoded sums and flags do not depend on it.
+    `seed` only drives the probe that makes the vote fast; decoded sums and flags do not depend on it,
+    and the probe is drawn afresh from the seed at every decode, so even its cost is a function of the
+    messages.
     """
+
+    name = "repetition"
 
     def __init__(
         self, n_workers: int, redundancy: int, rtol: float = 1e-9, atol: float = 0.0, seed: int = 0
@@ -77,7 +85,12 @@ class RepetitionCode(Code):
         self.max_adversaries = (redundancy - 1) // 2
         self.rtol = rtol
         self.atol = atol
-        self._probe_rng = np.random.default_rng(seed)
+        self.seed = seed
+
+    def correctable(self, workers: Iterable[int]) -> bool:
+        """At most s of them in every group."""
+        counts = np.bincount([self.partitions_of(worker)[0] for worker in set(workers)], minlength=1)
+        return bool(counts.max() <= self.max_adversaries)
 
     def group_of(self, worker: int) -> list[int]:
         """The workers that compute the same partition as `worker` (its replicas, itself included)."""
@@ -128,11 +141,12 @@ class RepetitionCode(Code):
         and exact lower bounds on every pair's distance (groups, r, r) and every replica's norm (groups, r).
         """
         dimension = groups.shape[2]
-        columns = np.sort(self._probe_rng.integers(0, max(dimension, 1), size=min(dimension, _PROBE_COLUMNS)))
+        rng = np.random.default_rng(self.seed)
+        columns = np.sort(rng.integers(0, max(dimension, 1), size=min(dimension, _PROBE_COLUMNS)))
         sample = groups[:, :, columns]
         spread = np.abs(sample[:, :, None, :] - sample[:, None, :, :]).max(axis=3, initial=0.0)
         norms = np.abs(sample).max(axis=2, initial=0.0)
-        agree = spread <= self.atol + self.rtol * np.maximum(norms[:, :, None], norms[:, None, :])
+        agree = spread <= self.atol + self.rtol * np.minimum(norms[:, :, None], norms[:, None, :])
         return agree.sum(axis=2).argmax(axis=1), spread, norms
 
 
@@ -192,18 +206,13 @@ class _GroupVote:
     def _settled_pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """(r, r) masks of the pairs the bounds prove agreeing, and prove disagreeing.
 
-        Disagreeing needs only the smaller norm bounded: with L <= dist(a, b) and dist(a, b) >=
-        |norm_a - norm_b|, L (1 - rtol) > atol + rtol min(norm_a, norm_b) implies dist(a, b) > atol + rtol
-        max(norm_a, norm_b) whatever the larger norm (a forgery's norm is unknown until measured).
+        The tolerance uses the smaller norm, so disagreeing needs only one of the two norms bounded from
+        above (a forgery's norm is unknown until measured): L > atol + rtol min(high_a, high_b) suffices.
         """
         finite = np.isfinite(self.norm_high)  # a non-finite replica agrees with nothing, not even itself
-        agree = self.pair_high <= self.atol + self.rtol * np.maximum.outer(self.norm_low, self.norm_low)
+        agree = self.pair_high <= self.atol + self.rtol * np.minimum.outer(self.norm_low, self.norm_low)
         agree &= np.outer(finite, finite)
-        disagree = self.pair_low > self.atol + self.rtol * np.maximum.outer(self.norm_high, self.norm_high)
-        if self.rtol < 1:
-            smaller = np.minimum.outer(self.norm_high, self.norm_high)
-            disagree |= self.pair_low * ((1 - self.rtol) * (1 - _BOUND_SLACK)) > (
-                (self.atol + self.rtol * smaller) * (1 + _BOUND_SLACK))
+        disagree = self.pair_low > self.atol + self.rtol * np.minimum.outer(self.norm_high, self.norm_high)
         if self.norms_exact:
             disagree |= ~np.outer(finite, finite)
         return agree, disagree

@@ -1,0 +1,25 @@
+"""One BLAS thread for the decodes' matrix products.
+
+The decodes' products are thin (45 rows by a million columns): memory-bound, so a second thread gains
+little on an idle machine, while under CPU contention OpenBLAS's threads wait for each other at every
+product (DESIGN.md 8: 2 cores shared by several processes). Measured at n = 45, d = 1e6 under load: a
+projection in 123 blocks took 0.60 s with 2 threads against 0.076 s with one (bench/cyclic_exactness.py
+--timing measures the decode itself).
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from functools import cache
+
+from threadpoolctl import ThreadpoolController
+
+
+@cache
+def _controller() -> ThreadpoolController:
+    return ThreadpoolController()  # inspects the loaded BLAS libraries once (a few ms)
+
+
+def one_blas_thread() -> AbstractContextManager:
+    """Context in which numpy's BLAS runs single-threaded (the previous setting is restored after)."""
+    return _controller().limit(limits=1, user_api="blas")
