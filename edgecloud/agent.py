@@ -59,7 +59,7 @@ from edgecloud.link_emulation import LinkEmulator
 from edgecloud.log_limit import RateLimitedLog
 from edgecloud.mqtt import MqttTransport, TransportOptions
 from edgecloud.stage_runner import StageRunner
-from edgecloud.topics import inbox_filter, parse_device_topic, reply_topic, sender_topic
+from edgecloud.topics import DEFAULT_DEPLOYMENT, inbox_filter, parse_device_topic, reply_topic, sender_topic
 from edgecloud.trace import CLIENT, TraceEvent, encode_trace, merge, parse_trace, stage_event, transfer_event
 from edgecloud.wire import DEFAULT_LIMITS, Message, WireLimits
 from partitioner.costs import Link
@@ -67,7 +67,6 @@ from partitioner.manifest import SplitManifest, StageOutput, TensorSpec, concret
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_DEPLOYMENT = "default"
 _STOP = object()
 
 

@@ -31,15 +31,13 @@ from typing import Self
 
 import numpy as np
 
-from edgecloud.agent import DEFAULT_DEPLOYMENT
 from edgecloud.deadlines import finite_float
 from edgecloud.errors import EdgecloudError, TransportError
 from edgecloud.mqtt import MqttTransport, Requester, TransportOptions
-from edgecloud.topics import device_topic, sender_topic
+from edgecloud.topics import DEFAULT_DEPLOYMENT, device_topic, sender_topic
 from edgecloud.trace import CLIENT, TraceEvent, parse_trace, transfer_event
 from edgecloud.wire import Message
 from partitioner.manifest import SplitManifest
-from partitioner.split import cached_split
 
 # How long past its deadline the client still waits: the fallback answer is sent just before the
 # deadline and needs a moment to travel back.
@@ -81,7 +79,12 @@ class InferenceClient:
                  max_in_flight: int = 128, transport_options: TransportOptions = TransportOptions(),
                  client_name: str | None = None) -> None:
         # A plan file is split on first use and the split cached beside it (the agents find it there).
-        self.manifest = plan if isinstance(plan, SplitManifest) else cached_split(plan)
+        if isinstance(plan, SplitManifest):
+            self.manifest = plan
+        else:  # splitting needs onnx: a client given a manifest (or importing this module) never loads it
+            from partitioner.split import cached_split
+
+            self.manifest = cached_split(plan)
         self.deployment = deployment
         self._transport = MqttTransport(broker_url, client_id="", options=transport_options)
         self.client_name = client_name or self._transport.address.username or f"client-{uuid.uuid4().hex[:12]}"

@@ -17,6 +17,7 @@ from __future__ import annotations
 from edgecloud.errors import TransportError
 
 TOPIC_ROOT = "edgecloud"
+DEFAULT_DEPLOYMENT = "default"  # the deployment id agents and clients share unless told otherwise
 INBOX_LEVEL = "in"
 _FORBIDDEN_CHARACTERS = frozenset("/+#\0")
 

@@ -24,6 +24,12 @@ def test_importing_the_cli_app_loads_no_heavy_module() -> None:
     assert not loaded & set(HEAVY_MODULES), sorted(loaded & set(HEAVY_MODULES))
 
 
+def test_a_thin_client_loads_no_heavy_module() -> None:
+    """A sensor's client process imports the client only: no torch, onnxruntime or onnx (issue 11.6)."""
+    loaded = _modules_loaded_by("import edgecloud.client")
+    assert not loaded & set(HEAVY_MODULES), sorted(loaded & set(HEAVY_MODULES))
+
+
 def test_help_runs_and_loads_no_heavy_module() -> None:
     code = (
         "from typer.testing import CliRunner\n"
