@@ -9,7 +9,6 @@ import logging
 import queue
 
 import pytest
-from broker_fixtures import broker_factory  # noqa: F401  (fixture)
 
 from edgecloud.errors import TransportError
 from edgecloud.mqtt import MqttTransport
@@ -51,7 +50,7 @@ def test_the_password_comes_from_the_url_then_a_file_then_the_environment(tmp_pa
 
 
 def test_a_password_file_logs_in_to_mosquitto_and_no_log_line_shows_the_password(
-        broker_factory, tmp_path, monkeypatch, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+        broker_factory, tmp_path, monkeypatch, caplog: pytest.LogCaptureFixture) -> None:
     broker = broker_factory("mosquitto", passwords={"edge": SECRET})
     password_file = tmp_path / "edge.password"
     password_file.write_text(SECRET)

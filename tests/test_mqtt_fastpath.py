@@ -18,7 +18,6 @@ from collections.abc import Iterator
 import numpy as np
 import paho.mqtt.client as paho
 import pytest
-from broker_fixtures import broker  # noqa: F401  (fixture)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -276,7 +275,7 @@ def test_publish_header_bytes(head: bytes, qos: int, mqtt5: bool, expected: int 
 
 # -- through real brokers ---------------------------------------------------------------------------
 
-def test_large_messages_round_trip_through_the_broker(broker, request) -> None:  # noqa: F811
+def test_large_messages_round_trip_through_the_broker(broker, request) -> None:
     deployment = "f" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:12]
     decoded: queue.Queue[Message] = queue.Queue()
     raw: queue.Queue[bytes] = queue.Queue()

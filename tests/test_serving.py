@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from broker_fixtures import broker  # noqa: F401  (session fixture, parametrized over both brokers)
 from serving_helpers import DEVICES, bouncing_placement, node_ids
 
 from edgecloud.agent import AgentOptions, DeviceAgent
@@ -68,7 +67,7 @@ Deploy = Callable[..., tuple[dict[str, DeviceAgent], InferenceClient]]
 
 
 @pytest.fixture()
-def deploy(broker) -> Iterator[Deploy]:  # noqa: F811
+def deploy(broker) -> Iterator[Deploy]:
     """Start one agent per device of a manifest and a connected client, under a fresh deployment id."""
     with ExitStack() as stack:
         def start(manifest: SplitManifest, limits: WireLimits | None = None,
@@ -128,7 +127,7 @@ def test_hundred_concurrent_requests_are_answered_and_matched(bouncing_splits, r
 
 
 def test_stopped_cloud_agent_makes_the_edge_fall_back_within_the_deadline(bouncing_splits, references,
-                                                                          deploy, broker) -> None:  # noqa: F811
+                                                                          deploy, broker) -> None:
     manifest = bouncing_splits["resnet18"]
     agents, client = deploy(manifest, local_after_fallback_s=1.0)
     x = model_input(manifest, seed=2)
@@ -159,7 +158,7 @@ def test_stopped_cloud_agent_makes_the_edge_fall_back_within_the_deadline(bounci
 
 
 def test_bad_messages_are_rejected_with_a_reason_and_the_agent_keeps_serving(
-        bouncing_splits, references, deploy, broker, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+        bouncing_splits, references, deploy, broker, caplog: pytest.LogCaptureFixture) -> None:
     manifest = bouncing_splits["mlp"]
     limits = WireLimits(max_message_bytes=2**20)
     agents, client = deploy(manifest, limits=limits)

@@ -9,7 +9,6 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-from broker_fixtures import broker  # noqa: F401  (session fixture, parametrized over both brokers)
 from serving_helpers import write_plan
 from typer.testing import CliRunner
 
@@ -20,7 +19,7 @@ from devices.sessions import make_session
 from partitioner.split import cached_split
 
 
-def test_agent_processes_serve_fall_back_and_stop_cleanly(bundled_models, broker, tmp_path: Path) -> None:  # noqa: F811
+def test_agent_processes_serve_fall_back_and_stop_cleanly(bundled_models, broker, tmp_path: Path) -> None:
     model_path = bundled_models["resnet18"]
     plan_path = write_plan(model_path, tmp_path)
     manifest = cached_split(plan_path)  # the agents find this split in the cache beside the plan
@@ -62,7 +61,7 @@ def test_agent_processes_serve_fall_back_and_stop_cleanly(bundled_models, broker
     assert all(not Path(f"/proc/{pid}").exists() for pid in agents.pids)
 
 
-def test_agent_with_an_unknown_device_fails_with_one_line(bundled_models, broker, tmp_path: Path) -> None:  # noqa: F811
+def test_agent_with_an_unknown_device_fails_with_one_line(bundled_models, broker, tmp_path: Path) -> None:
     plan_path = write_plan(bundled_models["mlp"], tmp_path)
     outcome = CliRunner().invoke(app, ["agent", "--plan", str(plan_path), "--device", "moon", "--broker", broker.url])
     assert outcome.exit_code == 2

@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import paho.mqtt.client as paho
 import pytest
-from broker_fixtures import broker, broker_factory  # noqa: F401  (fixtures)
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgecloud.errors import TransportError
@@ -42,7 +41,7 @@ def sample_tensors(seed: int) -> dict[str, np.ndarray]:
     return tensors
 
 
-def test_round_trip_is_bit_exact(broker, request) -> None:  # noqa: F811
+def test_round_trip_is_bit_exact(broker, request) -> None:
     deployment = unique_deployment(request)
     received: queue.Queue[Message] = queue.Queue()
     sent = Message("activation", "req-1", "edge", sample_tensors(seed=1), reply_to=device_topic(deployment, "edge"),
@@ -59,7 +58,7 @@ def test_round_trip_is_bit_exact(broker, request) -> None:  # noqa: F811
         assert got.tensors[name].tobytes() == array.tobytes(), name
 
 
-def test_qos1_delivers_every_message_once_in_order_without_retain(broker, request) -> None:  # noqa: F811
+def test_qos1_delivers_every_message_once_in_order_without_retain(broker, request) -> None:
     deployment = unique_deployment(request)
     topic = device_topic(deployment, "sink")
     seen: queue.Queue[tuple[int, bool, bytes]] = queue.Queue()
@@ -87,7 +86,7 @@ def test_qos1_delivers_every_message_once_in_order_without_retain(broker, reques
     assert [int.from_bytes(payload[:4], "little") for _, _, payload in deliveries] == list(range(count))
 
 
-def test_hundred_concurrent_requests_are_matched_by_request_id(broker, request) -> None:  # noqa: F811
+def test_hundred_concurrent_requests_are_matched_by_request_id(broker, request) -> None:
     deployment = unique_deployment(request)
     server_topic = sender_topic(deployment, "server", "client")
     rng = random.Random(7)
@@ -112,7 +111,7 @@ def test_hundred_concurrent_requests_are_matched_by_request_id(broker, request) 
         np.testing.assert_array_equal(reply.tensors["y"], np.full((2, 2), 3 * index, np.int64))
 
 
-def test_requests_in_flight_are_bounded_and_a_timeout_frees_the_slot(broker, request) -> None:  # noqa: F811
+def test_requests_in_flight_are_bounded_and_a_timeout_frees_the_slot(broker, request) -> None:
     deployment = unique_deployment(request)
     nobody = device_topic(deployment, "nobody")
     with MqttTransport(broker.url, f"{deployment}-client") as client:
@@ -129,7 +128,7 @@ def test_requests_in_flight_are_bounded_and_a_timeout_frees_the_slot(broker, req
 
 
 def test_malformed_truncated_and_oversized_messages_are_rejected_and_serving_continues(
-        broker, request, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+        broker, request, caplog: pytest.LogCaptureFixture) -> None:
     deployment = unique_deployment(request)
     topic = device_topic(deployment, "agent")
     limits = WireLimits(max_message_bytes=64 * 2**10)
@@ -159,7 +158,7 @@ def test_malformed_truncated_and_oversized_messages_are_rejected_and_serving_con
 
 
 @pytest.mark.parametrize("kind", ["embedded", "mosquitto"])
-def test_reconnects_and_resubscribes_after_broker_restart(kind: str, broker_factory, request) -> None:  # noqa: F811
+def test_reconnects_and_resubscribes_after_broker_restart(kind: str, broker_factory, request) -> None:
     deployment = unique_deployment(request)
     topic = device_topic(deployment, "agent")
     first = broker_factory(kind)

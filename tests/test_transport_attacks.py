@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from broker_fixtures import broker_factory  # noqa: F401  (fixture)
 from serving_helpers import write_plan
 from typer.testing import CliRunner
 
@@ -30,7 +29,7 @@ PASSWORDS = {"edge": "edge-pw", "cloud": "cloud-pw", "app": "app-pw"}
 
 
 @pytest.fixture()
-def guarded_broker(broker_factory):  # noqa: F811
+def guarded_broker(broker_factory):
     acl = device_acl(DEPLOYMENT, devices=["edge", "cloud"], clients=["app"])
     return broker_factory("mosquitto", passwords=PASSWORDS, acl=acl)
 
@@ -85,7 +84,7 @@ def test_a_second_client_with_a_taken_identity_is_refused_and_the_first_keeps_se
 
 
 def test_a_second_agent_for_the_same_device_exits_with_a_clear_error(
-        bundled_models, broker_factory, tmp_path: Path) -> None:  # noqa: F811
+        bundled_models, broker_factory, tmp_path: Path) -> None:
     broker = broker_factory("mosquitto")
     plan_path = write_plan(bundled_models["mlp"], tmp_path, runs=2)
     deployment = f"d{uuid.uuid4().hex[:8]}"
@@ -103,7 +102,7 @@ def test_a_second_agent_for_the_same_device_exits_with_a_clear_error(
 
 @pytest.mark.parametrize("kind", ["embedded", "mosquitto"])
 def test_an_oversized_message_is_never_buffered_whole(broker_factory, kind: str,
-                                                      caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+                                                      caplog: pytest.LogCaptureFixture) -> None:
     """The broker here lets 64 MiB through (as a plain Mosquitto or amqtt would); the receiver's wire limit
     is 1 MiB. Mosquitto must not send it (MQTT 5 Maximum Packet Size), over amqtt's MQTT 3.1.1 the client
     must read it through a small buffer and drop it: the receiver's allocations stay far below its size."""

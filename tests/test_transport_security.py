@@ -8,7 +8,6 @@ import time
 from urllib.parse import quote
 
 import pytest
-from broker_fixtures import broker_factory, self_signed_tls  # noqa: F401  (fixtures)
 
 from edgecloud.broker import MQTT_PACKET_OVERHEAD_BYTES, MosquittoBroker, TlsFiles, device_acl
 from edgecloud.errors import TransportError
@@ -22,7 +21,7 @@ QUIET_PERIOD_S = 0.5
 
 
 @pytest.fixture(scope="module")
-def secure_broker(self_signed_tls):  # noqa: F811
+def secure_broker(self_signed_tls):
     cert, key = self_signed_tls
     acl = device_acl(DEPLOYMENT, devices=["edge", "cloud"], clients=["client"])
     with MosquittoBroker(passwords=PASSWORDS, acl=acl, tls=TlsFiles(certfile=cert, keyfile=key)) as broker:
