@@ -9,12 +9,14 @@ evaluation works on it, so they all read the transfer semantics from one place.
 
 Transfer semantics: a tensor produced on device k is sent directly from k to every OTHER device that
 needs it (a consumer runs there, or the tensor is a graph output and that device is the sink), once per
-destination device, costing `8 * bytes / bandwidth_bps + latency_s`.
+destination device, costing `LinkProfile.transfer_time_s(bytes)` = `8 * bytes / bandwidth_bps + latency_s`.
+Where the devices, links, pins and memory limits come from is `partitioner.scenario`'s business.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,12 +67,7 @@ class CostGraph:
     model_sha256: str | None = None  # of that file when it was read (plans record it; not in the JSON form)
 
     def __post_init__(self) -> None:
-        links: dict[LinkKey, LinkProfile] = {}
-        for (a, b), link in self.links.items():
-            if link_key(a, b) in links:
-                raise PartitionerError(f"the link between devices {a!r} and {b!r} is given twice.")
-            links[link_key(a, b)] = link
-        self.links = links
+        self.links = keyed_links(self.links)
 
     def link(self, a: str, b: str) -> LinkProfile:
         return self.links[link_key(a, b)]
@@ -172,6 +169,16 @@ class CostGraph:
             return cls.from_dict(data)
         except PartitionerError as error:  # the sentence names the file, as the reader's do
             raise type(error)(f"cost graph file {path}: {error}") from None
+
+
+def keyed_links(links: Mapping[tuple[str, str], LinkProfile]) -> dict[LinkKey, LinkProfile]:
+    """`links` keyed by `link_key`, whichever order each pair was given in; a pair given both ways is refused."""
+    keyed: dict[LinkKey, LinkProfile] = {}
+    for (a, b), link in links.items():
+        if link_key(a, b) in keyed:
+            raise PartitionerError(f"the link between devices {a!r} and {b!r} is given twice.")
+        keyed[link_key(a, b)] = link
+    return keyed
 
 
 def _is_number(value: object) -> bool:
