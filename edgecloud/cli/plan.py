@@ -79,7 +79,7 @@ def plan(
         scenario = _with_options(Scenario.of_graph(loaded), link, pin, memory_limit)
         graph = scenario.cost_graph(loaded.nodes, loaded.tensors, loaded.model)
     else:
-        scenario = _model_scenario(edge, cloud, _edge_cloud_link(bandwidth, latency), device, link, pin, memory_limit)
+        scenario = _model_scenario(edge, cloud, _parsed_link(bandwidth, latency), device, link, pin, memory_limit)
         graph = _model_cost_graph(model, scenario, profile, fuse)
     result = plan_cost_graph(graph, chosen, solver, chosen.time_limit_s(time_limit))
     if output is not None:
@@ -174,7 +174,8 @@ def sweep(
         Console().print(f"plot: {plot}")
 
 
-def _edge_cloud_link(bandwidth: str, latency: str) -> LinkProfile:
+def _parsed_link(bandwidth: str, latency: str) -> LinkProfile:
+    """A link from the strings of --bandwidth and --latency, or of one --link's BW,LAT."""
     from devices.profiles import LinkProfile
     from partitioner.units import parse_bandwidth_bps, parse_duration_s
 
@@ -215,16 +216,15 @@ def _model_cost_graph(model: Path, scenario: Scenario, profile: Path | None, fus
 def _with_options(scenario: Scenario, link: list[str] | None, pin: list[str] | None,
                   memory_limit: list[str] | None) -> Scenario:
     """`scenario` with --link A-B=BW,LAT, --pin NODE=DEVICE and --memory-limit DEVICE=SIZE on top, validated."""
-    from devices.profiles import LinkProfile
     from partitioner.errors import PartitionerError
-    from partitioner.units import parse_bandwidth_bps, parse_duration_s, parse_size_bytes
+    from partitioner.units import parse_size_bytes
 
     links = {}
     for pair, figures in _pairs(link, "--link", "A-B=BW,LAT").items():
         bandwidth, sep, latency = figures.partition(",")
         if not sep:
             raise PartitionerError(f"--link {pair}={figures} must look like A-B=BW,LAT.")
-        links[scenario.device_pair(pair)] = LinkProfile(parse_bandwidth_bps(bandwidth), parse_duration_s(latency))
+        links[scenario.device_pair(pair)] = _parsed_link(bandwidth, latency)
     memory = {name: parse_size_bytes(size) for name, size in _pairs(memory_limit, "--memory-limit", "DEVICE=SIZE").items()}
     return scenario.overridden(links, _pairs(pin, "--pin", "NODE=DEVICE"), memory).validate()
 
