@@ -109,9 +109,13 @@ class LinkProfile:
         object.__setattr__(self, "bandwidth_bps", float(self.bandwidth_bps))
         object.__setattr__(self, "latency_s", float(self.latency_s))
 
+    def serialisation_s(self, size_bytes: Any) -> Any:
+        """Seconds the link is busy putting `size_bytes` on the wire (a number, or a numpy array of sizes)."""
+        return 8.0 * size_bytes / self.bandwidth_bps
+
     def transfer_time_s(self, size_bytes: Any) -> Any:
-        """Seconds to send `size_bytes` (a number, or a numpy array of sizes)."""
-        return 8.0 * size_bytes / self.bandwidth_bps + self.latency_s
+        """Seconds from the first byte sent to the last received (a number, or a numpy array of sizes)."""
+        return self.serialisation_s(size_bytes) + self.latency_s
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)

@@ -49,7 +49,7 @@ class LinkEmulator:
         with self._condition:
             now = time.monotonic()
             # The link serialises messages: this one starts when the previous one has left.
-            leaves_s = max(now, self._busy_until_s.get(device, now)) + 8.0 * n_bytes / link.bandwidth_bps
+            leaves_s = max(now, self._busy_until_s.get(device, now)) + link.serialisation_s(n_bytes)
             self._busy_until_s[device] = leaves_s
             heapq.heappush(self._queue, (leaves_s + link.latency_s, next(self._order), device, item))
             self._condition.notify()

@@ -82,6 +82,8 @@ def test_a_link_checks_its_figures_when_made(bandwidth_bps, latency_s, message) 
 
 def test_links_have_one_key_and_one_serializer() -> None:
     assert link_key("edge", "cloud") == link_key("cloud", "edge") == ("cloud", "edge")
+    assert LinkProfile(8e6, 0.01).serialisation_s(1_000_000) == 1.0
+    assert LinkProfile(8e6, 0.01).transfer_time_s(1_000_000) == 1.01
     links = {link_key("edge", "edge-server"): LinkProfile(1e8, 0.002), link_key("cloud", "edge"): LinkProfile(2e7, 0.01)}
     assert links_from_list(links_to_list(links), "test") == links
     assert links_from_list([{"from": "edge", "to": "cloud", "bandwidth_bps": 8e6}], "test") == {
