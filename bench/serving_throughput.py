@@ -27,6 +27,7 @@ import onnx
 from rich.console import Console
 from rich.table import Table
 
+from devices.profiles import LinkProfile, link_key
 from edgecloud.agent_processes import AgentProcesses
 from edgecloud.broker import EmbeddedBrokerProcess, MosquittoBroker
 from edgecloud.client import InferenceClient, InferenceResult
@@ -46,7 +47,7 @@ def bouncing_plan(model_path: Path, folder: Path, runs: int) -> Path:
     size = -(-len(node_ids) // runs)
     placement = {node: ("edge", "cloud")[position // size % 2] for position, node in enumerate(node_ids)}
     plan = Plan(model=str(model_path), objective="latency", devices={"edge": {}, "cloud": {}},
-                links=[{"from": "edge", "to": "cloud", "bandwidth_bps": 1e9, "latency_s": 0.0}],
+                links={link_key("edge", "cloud"): LinkProfile(1e9, 0.0)},
                 source="edge", sink="edge", placement=placement, predicted_s=0.0,
                 breakdown={"compute_s": {}, "transfer_s": {}}, crossing_tensors=[], baselines={},
                 solver={"name": "bench", "status": "given"})

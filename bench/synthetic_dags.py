@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from partitioner.costs import CostGraph, CostNode, CostTensor, Link
+from devices.profiles import LinkProfile, link_key
+from partitioner.costs import CostGraph, CostNode, CostTensor
+from partitioner.scenario import Scenario
 
 # name, speed factor relative to the edge device
 TIERS = [("edge", 1.0), ("cloud", 0.1), ("edge-server", 0.35), ("edge2", 1.2), ("edge3", 0.8)]
@@ -21,13 +23,9 @@ def synthetic_cost_graph(n_nodes: int, n_devices: int = 2, seed: int = 0, skip_p
     """A DAG of `n_nodes` layers over the first `n_devices` tiers (edge, cloud, edge-server, ...)."""
     rng = np.random.default_rng(seed)
     tiers = TIERS[:n_devices]
-    devices: dict[str, dict] = {name: {} for name, _ in tiers}
-    links = {}
     names = [name for name, _ in tiers]
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            bandwidth_bps, latency_s = LINKS_BPS_S.get(tuple(sorted((a, b))), (5e7, 0.005))
-            links[(a, b) if a <= b else (b, a)] = Link(bandwidth_bps, latency_s)
+    links = {(a, b): LinkProfile(*LINKS_BPS_S.get(link_key(a, b), (5e7, 0.005)))
+             for i, a in enumerate(names) for b in names[i + 1:]}
     nodes: dict[str, CostNode] = {}
     consumers: dict[str, list[str]] = {"input": []}
     producers: dict[str, str | None] = {"input": None}
@@ -61,9 +59,9 @@ def synthetic_cost_graph(n_nodes: int, n_devices: int = 2, seed: int = 0, skip_p
         is_last = tensor == f"t{n_nodes - 1}"
         tensors[tensor] = CostTensor(bytes=int(size), producer=producers[tensor], consumers=users,
                                      output=is_last or (not users and producers[tensor] is not None))
+    memory_limits_bytes = {}
     if memory_limit_fraction is not None:
-        total = sum(node.memory_bytes for node in nodes.values())
-        devices["edge"]["memory_bytes"] = int(total * memory_limit_fraction)
-    if pin_first and node_names:
-        nodes[node_names[0]].pin = "edge"
-    return CostGraph(devices=devices, links=links, source="edge", sink="edge", nodes=nodes, tensors=tensors).validate()
+        memory_limits_bytes["edge"] = int(sum(node.memory_bytes for node in nodes.values()) * memory_limit_fraction)
+    pins = {node_names[0]: "edge"} if pin_first and node_names else {}
+    scenario = Scenario({name: {} for name in names}, links, "edge", "edge", pins, memory_limits_bytes)
+    return scenario.cost_graph(nodes, tensors)

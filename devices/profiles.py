@@ -38,7 +38,7 @@ def _positive_number(value: Any, key: str, owner: str, allow_zero: bool = False)
     except OverflowError:
         finite = False
     if not finite:
-        raise DeviceError(f"{owner}: '{key}' must be a number, got {value!r}.")
+        raise DeviceError(f"{owner}: '{key}' must be a finite number, got {value!r}.")
     if value < 0 or (value == 0 and not allow_zero):
         bound = "non-negative" if allow_zero else "positive"
         raise DeviceError(f"{owner}: '{key}' must be {bound}, got {value!r}.")
@@ -86,15 +86,36 @@ class DeviceProfile:
         write_json_file(path, self.to_dict(), "device profile", indent=2)
 
 
+LinkKey = tuple[str, str]
+
+
+def link_key(a: str, b: str) -> LinkKey:
+    """The one key of the link between devices a and b: a link holds both ways, so the pair is sorted."""
+    return (a, b) if a <= b else (b, a)
+
+
 @dataclass(frozen=True)
 class LinkProfile:
-    """A network link: sending b bytes costs 8*b/bandwidth_bps + latency_s seconds."""
+    """A network link: sending b bytes costs 8*b/bandwidth_bps + latency_s seconds, in either direction.
+
+    The figures are checked when the link is made, wherever it comes from (a catalogue file, a plan, a
+    cost graph, a command-line option), so no consumer checks them again."""
 
     bandwidth_bps: float
     latency_s: float
 
-    def transfer_time_s(self, size_bytes: int) -> float:
-        return 8.0 * size_bytes / self.bandwidth_bps + self.latency_s
+    def __post_init__(self) -> None:
+        _check_link_figures(self.bandwidth_bps, self.latency_s, "link")
+        object.__setattr__(self, "bandwidth_bps", float(self.bandwidth_bps))
+        object.__setattr__(self, "latency_s", float(self.latency_s))
+
+    def serialisation_s(self, size_bytes: Any) -> Any:
+        """Seconds the link is busy putting `size_bytes` on the wire (a number, or a numpy array of sizes)."""
+        return 8.0 * size_bytes / self.bandwidth_bps
+
+    def transfer_time_s(self, size_bytes: Any) -> Any:
+        """Seconds from the first byte sent to the last received (a number, or a numpy array of sizes)."""
+        return self.serialisation_s(size_bytes) + self.latency_s
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -106,10 +127,34 @@ class LinkProfile:
         missing = [key for key in _LINK_FIGURES if key not in d]
         if missing:
             raise DeviceError(f"{origin}: missing key(s) {', '.join(missing)}.")
-        return cls(
-            bandwidth_bps=_positive_number(d["bandwidth_bps"], "bandwidth_bps", origin),
-            latency_s=_positive_number(d["latency_s"], "latency_s", origin, allow_zero=True),
-        )
+        _check_link_figures(d["bandwidth_bps"], d["latency_s"], origin)
+        return cls(bandwidth_bps=d["bandwidth_bps"], latency_s=d["latency_s"])
+
+
+def _check_link_figures(bandwidth_bps: Any, latency_s: Any, origin: str) -> None:
+    _positive_number(bandwidth_bps, "bandwidth_bps", origin)
+    _positive_number(latency_s, "latency_s", origin, allow_zero=True)
+
+
+def links_to_list(links: dict[LinkKey, LinkProfile]) -> list[dict[str, Any]]:
+    """The JSON form of a set of links (cost graphs and plans): one `{"from", "to", figures}` per link."""
+    return [{"from": a, "to": b, **link.to_dict()} for (a, b), link in links.items()]
+
+
+def links_from_list(items: Any, origin: str) -> dict[LinkKey, LinkProfile]:
+    """Parse `links_to_list`'s form (a missing latency is 0 s, as files written by hand may leave it
+    out); each link is checked by `LinkProfile.from_dict`, and a pair given twice is refused."""
+    if not isinstance(items, list):
+        raise DeviceError(f"{origin}: 'links' must be a list of links.")
+    links: dict[LinkKey, LinkProfile] = {}
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("from"), str) or not isinstance(item.get("to"), str):
+            raise DeviceError(f"{origin}: each link needs the device names 'from' and 'to', got {item!r}.")
+        key = link_key(item["from"], item["to"])
+        if key in links:
+            raise DeviceError(f"{origin}: the link {key[0]}-{key[1]} is given twice.")
+        links[key] = LinkProfile.from_dict({"latency_s": 0.0, **item}, origin=f"{origin}, link {key[0]}-{key[1]}")
+    return links
 
 
 def _catalogue_folder() -> Path:

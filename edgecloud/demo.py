@@ -31,7 +31,7 @@ from edgecloud.client import InferenceClient, RequestTimings
 from edgecloud.errors import EdgecloudError
 from devices.sessions import make_session
 from edgecloud.trace import CLIENT
-from partitioner.costs import CostGraph, Link
+from partitioner.costs import CostGraph
 from partitioner.manifest import SplitManifest, concrete_shape
 from partitioner.plan import Plan
 
@@ -94,21 +94,23 @@ def plan_demo_model(settings: DemoSettings, workdir: Path,
     """Export the bundled model, profile it here, price it on the edge and cloud profiles (measured
     times carried across devices by the predictor) and solve the plan beside its baselines."""
     from devices.host import host_profile
-    from devices.profiles import load_device
+    from devices.profiles import LinkProfile, load_device
     from edgecloud.calibration import profile_file
     from partitioner.graph import load_layer_graph
     from partitioner.model_costs import cost_graph_from_model
     from partitioner.planning import plan_cost_graph
+    from partitioner.scenario import Scenario
     from partitioner.zoo import cached_model_path
 
-    devices = {"edge": load_device(settings.edge), "cloud": load_device(settings.cloud)}  # a typo fails first
+    scenario = Scenario.of_profiles(  # a typo fails first
+        {"edge": load_device(settings.edge), "cloud": load_device(settings.cloud)},
+        {("edge", "cloud"): LinkProfile(settings.bandwidth_bps, settings.latency_s)}, source="edge").validate()
     on_phase(f"exporting {settings.model} to ONNX (cached after the first time)")
     model_path = cached_model_path(settings.model)
     on_phase("measuring this host and profiling every node with onnxruntime")
     profile = profile_file(model_path, host_profile(), [1], warmup=2, repeats=10, seed=settings.seed)
     on_phase(f"planning for edge={settings.edge}, cloud={settings.cloud}")
-    links = {("cloud", "edge"): Link(settings.bandwidth_bps, settings.latency_s)}  # keyed sorted, both ways
-    costs = cost_graph_from_model(load_layer_graph(model_path), devices, links, "edge", "edge", model_path, profile)
+    costs = cost_graph_from_model(load_layer_graph(model_path), scenario, model_path, profile)
     plan = plan_cost_graph(costs, "latency")
     plan_path = workdir / "plan.json"
     plan.save(plan_path)

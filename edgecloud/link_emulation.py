@@ -2,7 +2,7 @@
 
 Why: on one machine every hop is loopback (well under a millisecond), so a plan made for a 20 Mbit/s
 edge-cloud link cannot be checked against measurements. With emulation on, an agent holds each message
-for a device back as long as the plan's link model (`partitioner.costs.Link`) says it takes,
+for a device back as long as the plan's link model (`devices.profiles.LinkProfile`) says it takes,
 `8 * bytes / bandwidth_bps + latency_s`, and messages to one device queue behind each other as on one
 link. Network namespaces with `tc` shaping (docs/architecture.md §7) are the faithful alternative; they need root.
 """
@@ -14,29 +14,22 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
 
-from partitioner.costs import Link
+from devices.profiles import LinkKey, LinkProfile
 
 logger = logging.getLogger(__name__)
 
 
-def links_of(device: str, plan_links: Iterable[Mapping[str, Any]]) -> dict[str, Link]:
+def links_of(device: str, plan_links: Mapping[LinkKey, LinkProfile]) -> dict[str, LinkProfile]:
     """The plan's links that touch `device` (a link holds both ways), keyed by the device at the other end."""
-    links: dict[str, Link] = {}
-    for item in plan_links:
-        ends = (item["from"], item["to"])
-        if device in ends and ends[0] != ends[1]:
-            other = ends[1] if ends[0] == device else ends[0]
-            links[other] = Link(float(item["bandwidth_bps"]), float(item.get("latency_s", 0.0)))
-    return links
+    return {(b if a == device else a): link for (a, b), link in plan_links.items() if device in (a, b) and a != b}
 
 
 class LinkEmulator:
     """Releases each submitted send when its emulated transfer ends, from one worker thread."""
 
-    def __init__(self, links: Mapping[str, Link], send: Callable[[str, object], None]) -> None:
+    def __init__(self, links: Mapping[str, LinkProfile], send: Callable[[str, object], None]) -> None:
         self.links = dict(links)
         self._send = send
         self._busy_until_s: dict[str, float] = {}
@@ -56,7 +49,7 @@ class LinkEmulator:
         with self._condition:
             now = time.monotonic()
             # The link serialises messages: this one starts when the previous one has left.
-            leaves_s = max(now, self._busy_until_s.get(device, now)) + 8.0 * n_bytes / link.bandwidth_bps
+            leaves_s = max(now, self._busy_until_s.get(device, now)) + link.serialisation_s(n_bytes)
             self._busy_until_s[device] = leaves_s
             heapq.heappush(self._queue, (leaves_s + link.latency_s, next(self._order), device, item))
             self._condition.notify()

@@ -22,10 +22,11 @@ import numpy as np
 from partitioner.costs import CostArrays
 from partitioner.errors import PartitionerError
 from partitioner.mincut import min_cut_placement
-from partitioner.objective import infeasibility, latency_s, schedule_makespan_s, throughput_s
+from partitioner.objective import Objective, infeasibility, latency_s, objective_named, schedule_makespan_s
 
 BRUTE_FORCE_MAX_PLACEMENTS = 3**13
 BRUTE_FORCE_REPORT_MAX_PLACEMENTS = 4096  # beside a plan: a few milliseconds at most
+_BRUTE_FORCE_FORMULATIONS = ("sum", "bottleneck")  # vectorised over placements; a schedule also needs orders
 
 
 @dataclass(frozen=True)
@@ -35,13 +36,9 @@ class Baseline:
     objective_s: float | None
 
 
-def objective_value(arrays: CostArrays, placement: np.ndarray, objective: str) -> float:
+def objective_value(arrays: CostArrays, placement: np.ndarray, objective: str | Objective) -> float:
     """Latency or throughput of a placement; makespan of its topological-order list schedule."""
-    if objective == "latency":
-        return latency_s(arrays, placement)
-    if objective == "throughput":
-        return throughput_s(arrays, placement)
-    return schedule_makespan_s(arrays, placement, list(range(arrays.n_nodes)))[0]
+    return objective_named(objective).evaluate(arrays, placement)
 
 
 def all_on_one(arrays: CostArrays, device: int) -> np.ndarray | None:
@@ -183,8 +180,9 @@ def dads_min_cut(arrays: CostArrays, a: int, b: int) -> np.ndarray | None:
     return placement
 
 
-def baselines(arrays: CostArrays, objective: str) -> list[Baseline]:
+def baselines(arrays: CostArrays, objective: str | Objective) -> list[Baseline]:
     """Every baseline, scored under `objective` (None when infeasible under the pins/memory limits)."""
+    objective = objective_named(objective)  # an unknown name is refused before any baseline is computed
     found: list[tuple[str, np.ndarray | None]] = []
     for k, name in enumerate(arrays.device_names):
         found.append((f"all-{name}", all_on_one(arrays, k)))
@@ -192,14 +190,14 @@ def baselines(arrays: CostArrays, objective: str) -> list[Baseline]:
     for label, method in (("neurosurgeon", neurosurgeon), ("dads-mincut", dads_min_cut)):
         candidates = [p for p in (method(arrays, arrays.source, b) for b in others) if p is not None]
         found.append((label, min(candidates, key=lambda p: latency_s(arrays, p)) if candidates else None))
-    return [Baseline(name, placement, None if placement is None else objective_value(arrays, placement, objective))
+    return [Baseline(name, placement, None if placement is None else objective.evaluate(arrays, placement))
             for name, placement in found]
 
 
-def brute_force_baseline(arrays: CostArrays, objective: str) -> Baseline | None:
+def brute_force_baseline(arrays: CostArrays, objective: str | Objective) -> Baseline | None:
     """The exhaustive optimum as a baseline row, for latency or throughput on graphs small enough to
     enumerate beside a plan (None otherwise)."""
-    if objective not in ("latency", "throughput") or _placement_count(arrays) > BRUTE_FORCE_REPORT_MAX_PLACEMENTS:
+    if objective_named(objective).formulation not in _BRUTE_FORCE_FORMULATIONS or _placement_count(arrays) > BRUTE_FORCE_REPORT_MAX_PLACEMENTS:
         return None
     exhaustive = brute_force(arrays, objective)
     return Baseline("brute-force", None, None) if exhaustive is None else Baseline("brute-force", *exhaustive)
@@ -218,8 +216,11 @@ def _all_placements(arrays: CostArrays) -> np.ndarray:
     return np.stack([g.ravel() for g in grids], axis=1) if choices else np.zeros((1, 0), dtype=np.int64)
 
 
-def brute_force(arrays: CostArrays, objective: str) -> tuple[np.ndarray, float] | None:
+def brute_force(arrays: CostArrays, objective: str | Objective) -> tuple[np.ndarray, float] | None:
     """Exhaustive optimum for `latency` or `throughput` (vectorised over all placements); None if infeasible."""
+    objective = objective_named(objective)
+    if objective.formulation not in _BRUTE_FORCE_FORMULATIONS:
+        raise PartitionerError(f"brute force handles latency and throughput, not {objective.name!r}.")
     placements = _all_placements(arrays)
     count, d = placements.shape[0], arrays.n_devices
     rows = np.arange(count)
@@ -238,12 +239,10 @@ def brute_force(arrays: CostArrays, objective: str) -> tuple[np.ndarray, float] 
         needed[rows, home] = False
         for l in range(d):
             links[rows, home, l] += np.where(needed[:, l], arrays.transfer_s[t, home, l], 0.0)
-    if objective == "latency":
+    if objective.formulation == "sum":
         value = compute.sum(axis=1) + links.sum(axis=(1, 2))
-    elif objective == "throughput":
+    else:  # the busiest resource
         value = np.maximum(compute.max(axis=1), links.reshape(count, -1).max(axis=1))
-    else:
-        raise PartitionerError(f"brute force handles latency and throughput, not {objective!r}.")
     memory = np.zeros((count, d))
     for v in range(arrays.n_nodes):
         memory[rows, placements[:, v]] += arrays.memory_bytes[v]

@@ -9,12 +9,14 @@ evaluation works on it, so they all read the transfer semantics from one place.
 
 Transfer semantics: a tensor produced on device k is sent directly from k to every OTHER device that
 needs it (a consumer runs there, or the tensor is a graph output and that device is the sink), once per
-destination device, costing `8 * bytes / bandwidth_bps + latency_s`.
+destination device, costing `LinkProfile.transfer_time_s(bytes)` = `8 * bytes / bandwidth_bps + latency_s`.
+Where the devices, links, pins and memory limits come from is `partitioner.scenario`'s business.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,10 @@ import numpy as np
 
 from devices.json_files import read_json_file, write_json_file
 # A cost graph's link is the device catalogue's link profile; a link given in one direction holds for both.
-from devices.profiles import LinkProfile as Link
+from devices.errors import DeviceError
+from devices.profiles import LinkKey, LinkProfile, link_key, links_from_list, links_to_list
+
+Link = LinkProfile  # the name the planner's callers have used
 from partitioner.errors import PartitionerError
 
 COSTGRAPH_FORMAT = "edgecloud.costgraph/1"
@@ -53,7 +58,7 @@ class CostTensor:
 @dataclass
 class CostGraph:
     devices: dict[str, dict[str, Any]]  # name -> profile dict; "memory_bytes" caps the sum of its nodes'
-    links: dict[tuple[str, str], Link]  # keyed by (a, b) with a < b
+    links: dict[LinkKey, LinkProfile]  # keyed by `link_key` (whatever order the caller gave the pair in)
     source: str
     sink: str
     nodes: dict[str, CostNode]
@@ -61,8 +66,11 @@ class CostGraph:
     model: str | None = None  # ONNX path when built from a model
     model_sha256: str | None = None  # of that file when it was read (plans record it; not in the JSON form)
 
-    def link(self, a: str, b: str) -> Link:
-        return self.links[_link_key(a, b)]
+    def __post_init__(self) -> None:
+        self.links = keyed_links(self.links)
+
+    def link(self, a: str, b: str) -> LinkProfile:
+        return self.links[link_key(a, b)]
 
     def memory_limit_bytes(self, device: str) -> float:
         limit = self.devices[device].get("memory_bytes")
@@ -80,15 +88,13 @@ class CostGraph:
             limit = spec.get("memory_bytes")
             if limit is not None and not (_is_number(limit) and limit >= 0):
                 raise PartitionerError(f"device {device!r} has an invalid memory_bytes {limit!r}: give a non-negative number.")
-        for (a, b), link in self.links.items():
+        for a, b in self.links:  # the figures were checked when each LinkProfile was made
             for device in (a, b):
                 if device not in self.devices:
                     raise PartitionerError(f"link {a}-{b} names the unknown device {device!r}.")
-            if not link.bandwidth_bps > 0 or not 0 <= link.latency_s < math.inf:
-                raise PartitionerError(f"link {a}-{b} needs a positive bandwidth and a finite, non-negative latency.")
         for i, a in enumerate(names):
             for b in names[i + 1:]:
-                if _link_key(a, b) not in self.links:
+                if link_key(a, b) not in self.links:
                     raise PartitionerError(f"there is no link between devices {a!r} and {b!r}; give one (e.g. --link {a}-{b}=20Mbit,10ms).")
         for name, node in self.nodes.items():
             for device in self.devices:
@@ -116,8 +122,7 @@ class CostGraph:
         return {
             "format": COSTGRAPH_FORMAT,
             "devices": self.devices,
-            "links": [{"from": a, "to": b, "bandwidth_bps": link.bandwidth_bps, "latency_s": link.latency_s}
-                      for (a, b), link in self.links.items()],
+            "links": links_to_list(self.links),
             "source": self.source,
             "sink": self.sink,
             "nodes": {name: {"time_s": node.time_s, "memory_bytes": node.memory_bytes, "pin": node.pin,
@@ -136,9 +141,7 @@ class CostGraph:
         if not isinstance(data, dict) or data.get("format") != COSTGRAPH_FORMAT:
             raise PartitionerError(f"the cost graph must be a JSON object with \"format\": \"{COSTGRAPH_FORMAT}\".")
         try:
-            links = {}
-            for link in data.get("links", []):
-                links[_link_key(link["from"], link["to"])] = Link(float(link["bandwidth_bps"]), float(link.get("latency_s", 0.0)))
+            links = links_from_list(data.get("links", []), "the cost graph")
             nodes = {
                 str(name): CostNode(time_s=dict(node["time_s"]), memory_bytes=int(node.get("memory_bytes") or 0),
                                     pin=_optional_name(node.get("pin"), f"pin of node {name!r}"),
@@ -156,6 +159,8 @@ class CostGraph:
                         source=_optional_name(data["source"], "source"),
                         sink=_optional_name(data.get("sink", data["source"]), "sink"), nodes=nodes, tensors=tensors,
                         model=data.get("model"))
+        except DeviceError as error:  # a link's sentence names it already
+            raise PartitionerError(str(error)) from None
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as error:
             raise PartitionerError(f"the cost graph is malformed ({type(error).__name__}: {error}).") from None
         return graph.validate()
@@ -167,6 +172,16 @@ class CostGraph:
             return cls.from_dict(data)
         except PartitionerError as error:  # the sentence names the file, as the reader's do
             raise type(error)(f"cost graph file {path}: {error}") from None
+
+
+def keyed_links(links: Mapping[tuple[str, str], LinkProfile]) -> dict[LinkKey, LinkProfile]:
+    """`links` keyed by `link_key`, whichever order each pair was given in; a pair given both ways is refused."""
+    keyed: dict[LinkKey, LinkProfile] = {}
+    for (a, b), link in links.items():
+        if link_key(a, b) in keyed:
+            raise PartitionerError(f"the link between devices {a!r} and {b!r} is given twice.")
+        keyed[link_key(a, b)] = link
+    return keyed
 
 
 def _is_number(value: object) -> bool:
@@ -192,10 +207,6 @@ def _optional_name(value: object, what: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise ValueError(f"{what} must be a name (a JSON string), not {type(value).__name__}")
     return value
-
-
-def _link_key(a: str, b: str) -> tuple[str, str]:
-    return (a, b) if a <= b else (b, a)
 
 
 def topological_order(graph: CostGraph) -> list[str]:
@@ -244,8 +255,6 @@ class CostArrays:
     is_output: np.ndarray  # (T,) bool
     use_tensor: np.ndarray  # (U,) tensor index of each (tensor, consumer) pair, consumers deduplicated
     use_node: np.ndarray  # (U,) consumer node index
-    bandwidth_bps: np.ndarray  # (d, d), inf on the diagonal
-    latency_s: np.ndarray  # (d, d), 0 on the diagonal
     source: int
     sink: int
     transfer_s: np.ndarray = field(repr=False)  # (T, d, d)
@@ -286,12 +295,6 @@ def to_arrays(graph: CostGraph) -> CostArrays:
     time_s = np.array([[node.time_s[device] for device in device_names] for node in nodes], dtype=float).reshape(len(nodes), d)
     memory_bytes = np.array([node.memory_bytes for node in nodes], dtype=float)
     pin = np.array([device_index[node.pin] if node.pin is not None else -1 for node in nodes], dtype=np.int64)
-    bandwidth_bps = np.full((d, d), np.inf)
-    latency_s = np.zeros((d, d))
-    for (a, b), link in graph.links.items():
-        for k, l in ((device_index[a], device_index[b]), (device_index[b], device_index[a])):
-            bandwidth_bps[k, l] = link.bandwidth_bps
-            latency_s[k, l] = link.latency_s
     tensor_names = list(graph.tensors)
     tensors = [graph.tensors[name] for name in tensor_names]
     producer = np.array([node_index[t.producer] if t.producer is not None else -1 for t in tensors], dtype=np.int64)
@@ -302,7 +305,11 @@ def to_arrays(graph: CostGraph) -> CostArrays:
         for consumer in dict.fromkeys(tensor.consumers):
             use_tensor.append(index)
             use_node.append(node_index[consumer])
-    transfer_s = 8.0 * tensor_bytes[:, None, None] / bandwidth_bps[None, :, :] + latency_s[None, :, :]
+    transfer_s = np.zeros((len(tensors), d, d))  # the diagonal stays 0: no transfer within a device
+    for (a, b), link in graph.links.items():
+        seconds = link.transfer_time_s(tensor_bytes)
+        transfer_s[:, device_index[a], device_index[b]] = seconds
+        transfer_s[:, device_index[b], device_index[a]] = seconds
     return CostArrays(
         device_names=device_names, node_names=node_names, tensor_names=tensor_names, time_s=time_s,
         memory_bytes=memory_bytes,
@@ -310,7 +317,7 @@ def to_arrays(graph: CostGraph) -> CostArrays:
                                      for name in device_names]),
         pin=pin, producer=producer, tensor_bytes=tensor_bytes, is_output=is_output,
         use_tensor=np.array(use_tensor, dtype=np.int64), use_node=np.array(use_node, dtype=np.int64),
-        bandwidth_bps=bandwidth_bps, latency_s=latency_s, source=device_index[graph.source],
+        source=device_index[graph.source],
         sink=device_index[graph.sink], transfer_s=transfer_s,
     )
 

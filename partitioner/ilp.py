@@ -28,7 +28,7 @@ from partitioner.errors import InfeasiblePlanError, PartitionerError
 from partitioner.ilp_makespan import MakespanModel
 from partitioner.ilp_placement import PlacementModel
 from partitioner.mip import SOLVERS, MipResult, solve_mip
-from partitioner.objective import OBJECTIVES, infeasibility, latency_s, schedule_makespan_s, throughput_s
+from partitioner.objective import Objective, infeasibility, objective_named, schedule_makespan_s
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +48,10 @@ class Solution:
     note: str | None = None  # what went wrong when the solver did not deliver, in one sentence
 
 
-def solve(arrays: CostArrays, objective: str = "latency", solver: str = "highs", time_limit_s: float | None = None,
-          warm_start: np.ndarray | None = None) -> Solution:
+def solve(arrays: CostArrays, objective: str | Objective = "latency", solver: str = "highs",
+          time_limit_s: float | None = None, warm_start: np.ndarray | None = None) -> Solution:
     """The optimal placement under `objective`; raises InfeasiblePlanError naming the violated constraint."""
-    if objective not in OBJECTIVES:
-        raise PartitionerError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}.")
+    objective = objective_named(objective)
     if solver not in SOLVERS:
         raise PartitionerError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}.")
     reason = structural_infeasibility(arrays)
@@ -61,11 +60,11 @@ def solve(arrays: CostArrays, objective: str = "latency", solver: str = "highs",
     if warm_start is not None and infeasibility(arrays, warm_start) is not None:
         warm_start = None
     started = time.perf_counter()
-    if objective == "makespan":
+    if objective.formulation == "schedule":
         return _solve_makespan(arrays, solver, time_limit_s, warm_start, started)
     model = PlacementModel(arrays, objective)
-    evaluate = latency_s if objective == "latency" else throughput_s
-    if objective == "latency" and solver == "highs":
+    evaluate = objective.evaluate
+    if objective.formulation == "sum" and solver == "highs":
         relaxed = solve_mip(replace(model.mip, integer=np.zeros_like(model.mip.integer)), "highs", time_limit_s,
                             presolve=False)
         if relaxed.status == "optimal" and relaxed.values is not None:  # only an optimal LP bounds the MIP

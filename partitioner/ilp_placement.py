@@ -21,7 +21,8 @@ import numpy as np
 
 from partitioner.costs import CostArrays
 from partitioner.mip import Mip, MipBuilder
-from partitioner.objective import throughput_s, transfers
+from partitioner.errors import PartitionerError
+from partitioner.objective import Objective, objective_named, transfers
 
 
 def add_memory_limits(builder: MipBuilder, arrays: CostArrays, x_cols: np.ndarray) -> None:
@@ -34,11 +35,14 @@ def add_memory_limits(builder: MipBuilder, arrays: CostArrays, x_cols: np.ndarra
 class PlacementModel:
     """Builds the MIP for one cost graph; maps a solution back to a placement and a placement to a start."""
 
-    def __init__(self, arrays: CostArrays, objective: str) -> None:
+    def __init__(self, arrays: CostArrays, objective: str | Objective) -> None:
+        objective = objective_named(objective)
+        if objective.formulation not in ("sum", "bottleneck"):
+            raise PartitionerError(f"the placement model solves sums and bottlenecks, not {objective.name!r}.")
         self.arrays = arrays
         self.objective = objective
         n, d = arrays.n_nodes, arrays.n_devices
-        latency = objective == "latency"
+        latency = objective.formulation == "sum"
         allowed = arrays.allowed()
         pinned = np.flatnonzero(arrays.pin >= 0)
         producer = arrays.producer
@@ -145,6 +149,6 @@ class PlacementModel:
         sends = transfers(self.arrays, placement)
         ys = self.y_index[sends.tensor, sends.from_device, sends.to_device]
         values[ys[ys >= 0]] = 1.0
-        if self.objective != "latency":
-            values[self.bottleneck_col] = throughput_s(self.arrays, placement)
+        if self.objective.formulation == "bottleneck":
+            values[self.bottleneck_col] = self.objective.evaluate(self.arrays, placement)
         return values

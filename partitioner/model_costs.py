@@ -11,8 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from partitioner.costs import CostGraph, CostNode, CostTensor, Link
+from partitioner.costs import CostGraph, CostNode, CostTensor
 from partitioner.errors import PartitionerError
+from partitioner.scenario import Scenario
 
 if TYPE_CHECKING:
     from devices.profiler import ModelProfile
@@ -33,12 +34,12 @@ def measured_layer_times_s(layer_graph: LayerGraph, profile: ModelProfile) -> di
     return times
 
 
-def cost_graph_from_model(layer_graph: LayerGraph, devices: dict[str, DeviceProfile], links: dict[tuple[str, str], Link],
-                          source: str, sink: str, model_path: str | Path | None = None,
+def cost_graph_from_model(layer_graph: LayerGraph, scenario: Scenario, model_path: str | Path | None = None,
                           profile: ModelProfile | None = None) -> CostGraph:
-    """Price every layer on every device; tensors and links as given."""
+    """Price every layer on every device of `scenario`; its links, pins and memory limits as given."""
     from devices.predictor import predict_node_time_s
 
+    devices = scenario.device_profiles()
     measured = measured_layer_times_s(layer_graph, profile) if profile is not None else None
     nodes: dict[str, CostNode] = {}
     for layer, attrs in layer_graph.dag.nodes(data=True):
@@ -62,8 +63,6 @@ def cost_graph_from_model(layer_graph: LayerGraph, devices: dict[str, DeviceProf
     }
     from partitioner.plan import file_sha256
 
-    graph = CostGraph(devices={name: device.to_dict() for name, device in devices.items()}, links=dict(links),
-                      source=source, sink=sink, nodes=nodes, tensors=tensors,
-                      model=str(model_path) if model_path is not None else None,
-                      model_sha256=file_sha256(model_path) if model_path is not None and Path(model_path).is_file() else None)
-    return graph.validate()
+    return scenario.cost_graph(
+        nodes, tensors, model=str(model_path) if model_path is not None else None,
+        model_sha256=file_sha256(model_path) if model_path is not None and Path(model_path).is_file() else None)

@@ -6,17 +6,24 @@ A placement is an int array (node index in `CostArrays` order -> device index). 
   each device (its compute) and each directed link (the transfers it carries, full duplex);
 - makespan: one request, independent branches in parallel on different devices, one node at a time per
   device, a consumer starting once its inputs have arrived (`schedule_makespan_s`).
+Each is one `Objective` record in `OBJECTIVES`, the registry every solver, baseline and command reads:
+what a name means is decided here once, and a name not in it is refused before any work starts.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from partitioner.costs import CostArrays
+from partitioner.errors import PartitionerError
 
-OBJECTIVES = ("latency", "throughput", "makespan")
+# How the optimum is found: "sum" and "bottleneck" are `partitioner.ilp_placement`'s model (the sum of
+# every second, or the busiest resource's), "schedule" is `partitioner.ilp_makespan`'s.
+Formulation = Literal["sum", "bottleneck", "schedule"]
 
 
 @dataclass(frozen=True)
@@ -120,3 +127,39 @@ def schedule_makespan_s(arrays: CostArrays, placement: np.ndarray, order: list[i
             arrival = arrays.transfer_s[tensor, arrays.source, arrays.sink]
         makespan = max(makespan, float(arrival))
     return makespan, start_s
+
+
+def list_schedule_makespan_s(arrays: CostArrays, placement: np.ndarray) -> float:
+    """Makespan of the placement's list schedule in the nodes' topological order (how a baseline's
+    placement is scored: it comes without an order of its own)."""
+    return schedule_makespan_s(arrays, placement, list(range(arrays.n_nodes)))[0]
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One objective: its name, how a placement is scored, how the optimum is formulated, and the solver
+    time limit it gets when none is given (None: it is solved fast and exactly, no limit needed)."""
+
+    name: str
+    evaluate: Callable[[CostArrays, np.ndarray], float]
+    formulation: Formulation
+    default_time_limit_s: float | None
+
+    def time_limit_s(self, given_s: float | None) -> float | None:
+        return self.default_time_limit_s if given_s is None else given_s
+
+
+LATENCY = Objective("latency", latency_s, "sum", None)
+THROUGHPUT = Objective("throughput", throughput_s, "bottleneck", 60.0)
+MAKESPAN = Objective("makespan", list_schedule_makespan_s, "schedule", 60.0)
+OBJECTIVES: dict[str, Objective] = {objective.name: objective for objective in (LATENCY, THROUGHPUT, MAKESPAN)}
+
+
+def objective_named(objective: str | Objective) -> Objective:
+    """The registered objective of that name (a record is returned as it is); one sentence otherwise."""
+    if isinstance(objective, Objective):
+        return objective
+    found = OBJECTIVES.get(objective)
+    if found is None:
+        raise PartitionerError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}.")
+    return found

@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from devices.errors import DeviceError
 from devices.json_files import read_json_file, write_json_file
+from devices.profiles import LinkKey, LinkProfile, links_from_list, links_to_list
 from partitioner.baselines import Baseline
 from partitioner.costs import CostArrays, CostGraph
 from partitioner.errors import PartitionerError
@@ -30,7 +32,7 @@ class Plan:
     model: str | None  # absolute (or as given) path of the ONNX model; None for cost-graph plans
     objective: str
     devices: dict[str, dict[str, Any]]
-    links: list[dict[str, Any]]
+    links: dict[LinkKey, LinkProfile]  # as in the cost graph (the agents' link emulation reads them too)
     source: str
     sink: str
     placement: dict[str, str]  # ONNX node id (or cost-graph node) -> device
@@ -53,7 +55,7 @@ class Plan:
             model = os.path.relpath(Path(model).resolve(), relative_to.resolve())
         data = {
             "format": PLAN_FORMAT, "model": model, "objective": self.objective, "devices": self.devices,
-            "links": self.links, "source": self.source, "sink": self.sink, "placement": self.placement,
+            "links": links_to_list(self.links), "source": self.source, "sink": self.sink, "placement": self.placement,
             "predicted_s": self.predicted_s, "breakdown": self.breakdown, "crossing_tensors": self.crossing_tensors,
             "baselines": self.baselines, "solver": self.solver, "layers": self.layers,
         }
@@ -82,20 +84,21 @@ def load_plan(path: str | Path) -> Plan:
         model = data["model"]
         if model is not None and not Path(model).is_absolute():
             model = str((path.parent / model).resolve())
-        plan = Plan(model=model, objective=data["objective"], devices=dict(data["devices"]), links=data["links"],
+        links = links_from_list(data["links"], "its links")
+        plan = Plan(model=model, objective=data["objective"], devices=dict(data["devices"]), links=links,
                     source=data["source"], sink=data["sink"], placement=dict(data["placement"]),
                     predicted_s=float(data["predicted_s"]), breakdown=data["breakdown"],
                     crossing_tensors=list(data["crossing_tensors"]), baselines=dict(data["baselines"]),
                     solver=dict(data["solver"]), layers=dict(data.get("layers", {})), schedule_s=data.get("schedule_s"),
                     model_sha256=data.get("model_sha256"))
-        link_ends = [(link["from"], link["to"], float(link["bandwidth_bps"]), float(link.get("latency_s", 0.0)))
-                     for link in plan.links]  # the agents' link emulation reads them too
+    except DeviceError as error:  # the sentence names the link
+        raise PartitionerError(f"plan file {path} is malformed ({str(error).rstrip('.')}).") from None
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as error:
         raise PartitionerError(f"plan file {path} is malformed ({type(error).__name__}: {error}).") from None
     # Agents are started per listed device: a node placed on another would wait for one nobody starts.
     named = [("the source", plan.source), ("the sink", plan.sink)]
     named += [(f"node {node!r}", device) for node, device in plan.placement.items()]
-    named += [("a link", end) for a, b, _, _ in link_ends for end in (a, b)]
+    named += [("a link", end) for ends in plan.links for end in ends]
     for what, device in named:
         if not isinstance(device, str) or device not in plan.devices:
             raise PartitionerError(f"plan file {path}: {what} names the device {device!r}, which is not one of its "
@@ -130,14 +133,12 @@ def build_plan(graph: CostGraph, arrays: CostArrays, solution: Solution, baselin
         crossing.append({"tensor": arrays.tensor_names[t], "from": names[k], "to": names[l],
                          "bytes": int(arrays.tensor_bytes[t]), "seconds": float(seconds)})
     compute = compute_s_per_device(arrays, placement)
-    links = [{"from": a, "to": b, "bandwidth_bps": link.bandwidth_bps, "latency_s": link.latency_s}
-             for (a, b), link in graph.links.items()]
     schedule = None
     if solution.start_s is not None:
         schedule = {node: float(solution.start_s[i]) for i, node in enumerate(arrays.node_names)}
     gap = solution.gap if np.isfinite(solution.gap) else None
     return Plan(
-        model=graph.model, objective=objective, devices=graph.devices, links=links, source=graph.source,
+        model=graph.model, objective=objective, devices=graph.devices, links=dict(graph.links), source=graph.source,
         sink=graph.sink, placement=onnx_placement, predicted_s=float(solution.objective_s),
         breakdown={"compute_s": {name: float(compute[k]) for k, name in enumerate(names)}, "transfer_s": transfer_s},
         crossing_tensors=crossing, baselines={b.name: b.objective_s for b in baselines},

@@ -213,8 +213,8 @@ def plot_plan(plan: Plan, graph: CostGraph, path: str | Path) -> None:
 
     best = min((value for value in plan.baselines.values() if value is not None), default=None)
     versus = f", best baseline {best * 1e3:.2f} ms" if best is not None else ""
-    link_texts = [f"{link['from']}-{link['to']} {link['bandwidth_bps'] / 1e6:g} Mbit/s, {link['latency_s'] * 1e3:g} ms"
-                  for link in plan.links]
+    link_texts = [f"{a}-{b} {link.bandwidth_bps / 1e6:g} Mbit/s, {link.latency_s * 1e3:g} ms"
+                  for (a, b), link in plan.links.items()]
     links = "\n".join("; ".join(link_texts[i:i + 2]) for i in range(0, len(link_texts), 2))
     collapsed = (f"\n{len(graph.nodes)} nodes; chains drawn as one mark ({len(compute_groups)} marks)"
                  if len(compute_groups) < len(graph.nodes) else "")

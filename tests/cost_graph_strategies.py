@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from partitioner.costs import CostGraph, CostNode, CostTensor, Link
+from devices.profiles import LinkProfile
+from partitioner.costs import CostGraph, CostNode, CostTensor
+from partitioner.scenario import Scenario
 
 DEVICE_NAMES = ("edge", "cloud", "server")
 
@@ -42,14 +44,14 @@ def cost_graphs(draw: st.DrawFn, max_nodes: int = 12, devices: tuple[int, ...] =
     links = {}
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            key = (a, b) if a <= b else (b, a)
-            links[key] = Link(draw(st.sampled_from([1e6, 5e6, 2e7, 1e8, 1e9])), draw(st.floats(0.0, 0.02)))
-    device_specs: dict[str, dict] = {k: {} for k in names}
+            links[(a, b)] = LinkProfile(draw(st.sampled_from([1e6, 5e6, 2e7, 1e8, 1e9])), draw(st.floats(0.0, 0.02)))
+    memory_limits_bytes: dict[str, int] = {}
     if memory:
         total = sum(node.memory_bytes for node in nodes.values())
         for k in names:
             if draw(st.booleans()) and draw(st.booleans()):
-                device_specs[k]["memory_bytes"] = int(total * draw(st.floats(0.0, 1.0)))
+                memory_limits_bytes[k] = int(total * draw(st.floats(0.0, 1.0)))
     source = draw(st.sampled_from(names))
     sink = draw(st.sampled_from([source, source, *names]))
-    return CostGraph(devices=device_specs, links=links, source=source, sink=sink, nodes=nodes, tensors=tensors).validate()
+    return Scenario({k: {} for k in names}, links, source, sink, memory_limits_bytes=memory_limits_bytes).cost_graph(
+        nodes, tensors)

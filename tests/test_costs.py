@@ -91,7 +91,7 @@ def test_throughput_is_the_busiest_device_or_link() -> None:
     (lambda g: g["devices"]["edge"].update(memory_bytes=-5), "invalid memory_bytes -5"),
     (lambda g: g["nodes"]["a"].update(memory_bytes=-6), "node 'a' has an invalid memory_bytes"),
     (lambda g: g["nodes"]["a"]["time_s"].update(edge=True), "invalid time True"),
-    (lambda g: g["links"][0].update(latency_s=float("inf")), "finite, non-negative latency"),
+    (lambda g: g["links"][0].update(latency_s=float("inf")), "link cloud-edge: 'latency_s' must be a finite number"),
     (lambda g: g["tensors"]["t"].update(bytes=float("inf")), "malformed"),
     (lambda g: g["tensors"]["t"].update(consumers="b"), "must be a list of node names"),
 ])

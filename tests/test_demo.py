@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from serving_helpers import bouncing_placement, node_ids
 
-from devices.profiles import load_device
+from devices.profiles import LinkProfile, load_device
 from edgecloud.demo import predicted_stage_s, transfer_rows
-from partitioner.costs import Link
 from partitioner.graph import load_layer_graph
 from partitioner.model_costs import cost_graph_from_model
+from partitioner.scenario import Scenario
 from partitioner.split import split_model
 from partitioner.zoo import cached_model_path
 
@@ -86,9 +86,10 @@ def test_interrupted_demo_stops_the_broker_and_every_agent(tmp_path: Path, signa
 
 def test_stage_and_transfer_predictions_follow_the_cost_graph(tmp_path: Path) -> None:
     path = cached_model_path("chain")
-    link = Link(bandwidth_bps=2e7, latency_s=0.01)
-    devices = {"edge": load_device("rpi4"), "cloud": load_device("cloud-server")}
-    costs = cost_graph_from_model(load_layer_graph(path), devices, {("cloud", "edge"): link}, "edge", "edge", path)
+    link = LinkProfile(bandwidth_bps=2e7, latency_s=0.01)
+    scenario = Scenario.of_profiles({"edge": load_device("rpi4"), "cloud": load_device("cloud-server")},
+                                    {("edge", "cloud"): link}, source="edge")
+    costs = cost_graph_from_model(load_layer_graph(path), scenario, path)
     placement = bouncing_placement(node_ids(path), 4)
     manifest = split_model(path, placement, "edge", "edge", tmp_path)
 

@@ -17,8 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cost_graph_strategies import cost_graphs
+from devices.profiles import LinkProfile
 from partitioner.baselines import brute_force, brute_force_makespan
-from partitioner.costs import CostGraph, CostNode, CostTensor, Link, to_arrays
+from partitioner.costs import CostGraph, CostNode, CostTensor, to_arrays
 from partitioner.errors import InfeasiblePlanError, PartitionerError
 from partitioner.ilp import solve
 from partitioner.ilp_placement import PlacementModel
@@ -175,7 +176,7 @@ def test_makespan_names_memory_when_no_placement_fits() -> None:
     """Three 6-byte nodes, two devices of 10 bytes: each node fits, the total fits, no placement does."""
     graph = CostGraph(
         devices={"edge": {"memory_bytes": 10}, "cloud": {"memory_bytes": 10}},
-        links={("cloud", "edge"): Link(2e7, 0.01)}, source="edge", sink="edge",
+        links={("cloud", "edge"): LinkProfile(2e7, 0.01)}, source="edge", sink="edge",
         nodes={name: CostNode(time_s={"edge": 0.01, "cloud": 0.001}, memory_bytes=6) for name in "abc"},
         tensors={"x": CostTensor(10, None, ["a"], False), "ab": CostTensor(10, "a", ["b"], False),
                  "bc": CostTensor(10, "b", ["c"], False), "y": CostTensor(10, "c", [], True)}).validate()

@@ -14,13 +14,13 @@ import pytest
 from typer.testing import CliRunner
 
 from bench.synthetic_dags import synthetic_cost_graph
-from devices.profiles import load_device
+from devices.profiles import LinkProfile, load_device
 from edgecloud.cli.app import app
-from partitioner.costs import Link
 from partitioner.graph import load_layer_graph
 from partitioner.model_costs import cost_graph_from_model
 from partitioner.plan import load_plan
 from partitioner.planning import plan_cost_graph
+from partitioner.scenario import Scenario
 from test_costs import fan_out_graph
 
 HEAVY_MODULES = {"torch", "onnx", "onnxruntime", "matplotlib"}
@@ -173,8 +173,9 @@ def test_ilp_latency_never_above_a_baseline_on_bundled_models(bundled_models, cl
     for name, model in bundled_models.items():
         layer_graph = load_layer_graph(model)
         for bandwidth_bps in np.geomspace(1e6, 1e9, 4):
-            graph = cost_graph_from_model(layer_graph, devices, {("cloud", "edge"): Link(bandwidth_bps, 0.001)},
-                                          source="edge", sink="edge")
+            scenario = Scenario.of_profiles(devices, {("edge", "cloud"): LinkProfile(float(bandwidth_bps), 0.001)},
+                                            source="edge")
+            graph = cost_graph_from_model(layer_graph, scenario)
             plan = plan_cost_graph(graph)
             assert plan.solver["status"] == "optimal"
             for baseline, value in plan.baselines.items():

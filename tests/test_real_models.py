@@ -20,19 +20,19 @@ import pytest
 from old_ir_models import INPUT_SHAPE, old_ir_model
 from serving_helpers import DEVICES, bouncing_placement
 
-from devices.profiles import load_device
+from devices.profiles import LinkProfile, load_device
 from edgecloud.agent import AgentOptions, DeviceAgent
 from edgecloud.broker import MosquittoBroker
 from edgecloud.client import InferenceClient
 from devices.sessions import make_session
 from edgecloud.stage_runner import StageRunner
-from partitioner.costs import Link
 from partitioner.graph import load_layer_graph
 from partitioner.manifest import SplitManifest
 from partitioner.model_costs import cost_graph_from_model
 from partitioner.onnx_loading import load_compute_model
 from partitioner.planning import plan_cost_graph
 from partitioner.real_models import REAL_MODELS, example_input, export_real_model
+from partitioner.scenario import Scenario
 from partitioner.split import split_model
 
 pytestmark = pytest.mark.slow
@@ -78,8 +78,8 @@ def test_plan_at_three_bandwidths_is_never_worse_than_a_baseline(model_files, na
     assert not any(attrs["op_type"] in ("Constant", "ConstantOfShape") for _, attrs in layer_graph.dag.nodes(data=True))
     devices = {"edge": load_device("rpi4"), "cloud": load_device("cloud-server")}
     for bandwidth_bps in BANDWIDTHS_BPS:
-        graph = cost_graph_from_model(layer_graph, devices, {("cloud", "edge"): Link(bandwidth_bps, 0.005)},
-                                      "edge", "edge", model_files[name])
+        scenario = Scenario.of_profiles(devices, {("edge", "cloud"): LinkProfile(bandwidth_bps, 0.005)}, "edge")
+        graph = cost_graph_from_model(layer_graph, scenario, model_files[name])
         plan = plan_cost_graph(graph, "latency")
         assert plan.solver["status"] == "optimal" and set(plan.placement) == set(layer_graph.dag.nodes)
         for baseline, value in plan.baselines.items():

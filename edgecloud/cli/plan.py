@@ -6,7 +6,6 @@ matplotlib load only when a model or a plot asks for them.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -16,8 +15,10 @@ from edgecloud.cli.options import finite_float
 from edgecloud.cli.user_errors import writable_output
 
 if TYPE_CHECKING:
+    from devices.profiles import LinkProfile
     from partitioner.costs import CostGraph
     from partitioner.plan import Plan
+    from partitioner.scenario import Scenario
 
 EDGE, CLOUD = "edge", "cloud"
 
@@ -25,7 +26,7 @@ ModelArgument = Annotated[Optional[Path], typer.Argument(help="ONNX model file, 
 EdgeOption = Annotated[str, typer.Option(help="Edge device: catalogue name or device JSON file.")]
 CloudOption = Annotated[str, typer.Option(help="Cloud device: catalogue name or device JSON file.")]
 LatencyOption = Annotated[str, typer.Option(help="One-way edge-cloud latency, e.g. 10ms.")]
-ObjectiveOption = Annotated[str, typer.Option(help="latency | throughput | makespan.")]
+ObjectiveOption = Annotated[str, typer.Option(help="latency | throughput | makespan (partitioner.objective.OBJECTIVES).")]
 MemoryOption = Annotated[Optional[list[str]], typer.Option("--memory-limit", help="DEVICE=SIZE, e.g. edge=512MB (repeatable).")]
 PinOption = Annotated[Optional[list[str]], typer.Option("--pin", help="NODE=DEVICE: keep a node on a device (repeatable).")]
 ProfileOption = Annotated[Optional[Path], typer.Option(help="Profile JSON from `edgecloud profile`: measured node times.")]
@@ -33,7 +34,7 @@ DeviceOption = Annotated[Optional[list[str]], typer.Option("--device", help="NAM
 LinkOption = Annotated[Optional[list[str]], typer.Option("--link", help="A-B=BW,LAT, e.g. edge-server=100Mbit,2ms (repeatable).")]
 SolverOption = Annotated[str, typer.Option(help="highs | cbc.")]
 TimeLimitOption = Annotated[Optional[float], typer.Option(
-    help="Solver time limit in seconds (throughput and makespan: 60 by default).",
+    help="Solver time limit in seconds (default: the objective's; throughput and makespan 60).",
     parser=finite_float(0.0, 86_400.0, low_open=True))]
 FuseOption = Annotated[bool, typer.Option("--fuse", help="Plan fused layers (Conv+BN+ReLU) instead of single ops.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of a table.")]
@@ -62,19 +63,25 @@ def plan(
     """Find the optimal placement of a model's layers on edge and cloud, beside the classic baselines."""
     from devices.json_files import dumps_strict
     from partitioner.errors import PartitionerError
+    from partitioner.objective import objective_named
     from partitioner.planning import plan_cost_graph
 
+    chosen = objective_named(objective)  # refused before any file is read
     if (model is None) == (cost_graph is None):
         raise PartitionerError("give either a MODEL or --cost-graph FILE, not both or neither.")
     writable_output(output, "--output")
     writable_output(plot, "--plot")
     if cost_graph is not None:
         from partitioner.costs import CostGraph
+        from partitioner.scenario import Scenario
 
-        graph = _with_overrides(CostGraph.load(cost_graph), memory_limit, pin, link, node_layers=None)
+        loaded = CostGraph.load(cost_graph)
+        scenario = _with_options(Scenario.of_graph(loaded), link, pin, memory_limit)
+        graph = scenario.cost_graph(loaded.nodes, loaded.tensors, loaded.model)
     else:
-        graph = _model_cost_graph(model, edge, cloud, bandwidth, latency, memory_limit, pin, profile, device, link, fuse)
-    result = plan_cost_graph(graph, objective, solver, _time_limit(objective, time_limit))
+        scenario = _model_scenario(edge, cloud, _parsed_link(bandwidth, latency), device, link, pin, memory_limit)
+        graph = _model_cost_graph(model, scenario, profile, fuse)
+    result = plan_cost_graph(graph, chosen, solver, chosen.time_limit_s(time_limit))
     if output is not None:
         result.save(output)
     if plot is not None:
@@ -99,6 +106,8 @@ def sweep(
     memory_limit: MemoryOption = None,
     pin: PinOption = None,
     profile: ProfileOption = None,
+    device: DeviceOption = None,
+    link: LinkOption = None,
     fuse: FuseOption = False,
     solver: SolverOption = "highs",
     time_limit: TimeLimitOption = None,
@@ -106,30 +115,36 @@ def sweep(
     plot: Annotated[Optional[Path], typer.Option(help="PNG: predicted time vs bandwidth, log axes.")] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Plan the model at each bandwidth of a range: the plan against every baseline."""
+    """Plan the model at each bandwidth of the edge-cloud link in a range: the plan against every baseline."""
     import numpy as np
     from rich.progress import Progress
 
     from devices.json_files import dumps_strict, write_json_file
-    from partitioner.costs import Link
+    from devices.profiles import LinkProfile, link_key
     from partitioner.errors import PartitionerError
+    from partitioner.objective import objective_named
     from partitioner.planning import plan_cost_graph
     from partitioner.plotting import SweepPoint
-    from partitioner.units import parse_bandwidth_range_bps
+    from partitioner.units import parse_bandwidth_range_bps, parse_duration_s
 
+    chosen = objective_named(objective)  # refused before any file is read
     if model is None:
         raise PartitionerError("give a MODEL to sweep (an ONNX file or a bundled model's name).")
     writable_output(output, "--output")
     writable_output(plot, "--plot")
     low_bps, high_bps = parse_bandwidth_range_bps(bandwidth)
-    graph = _model_cost_graph(model, edge, cloud, "1Mbit", latency, memory_limit, pin, profile, None, None, fuse)
-    key = next(iter(graph.links))
+    scenario = _model_scenario(edge, cloud, LinkProfile(low_bps, parse_duration_s(latency)), device, link, pin,
+                               memory_limit)
+    graph = _model_cost_graph(model, scenario, profile, fuse)
+    swept = link_key(EDGE, CLOUD)  # a --link edge-cloud=... gives its latency; its bandwidth is swept
     results: list[SweepPoint] = []
     with Progress(transient=True, disable=as_json) as progress:
         task = progress.add_task(f"planning {len(graph.nodes)} layers", total=points)
         for bandwidth_bps in np.geomspace(low_bps, high_bps, points):
-            at = replace(graph, links={key: Link(float(bandwidth_bps), graph.links[key].latency_s)})
-            planned = plan_cost_graph(at, objective, solver, _time_limit(objective, time_limit))
+            link_at = LinkProfile(float(bandwidth_bps), scenario.links[swept].latency_s)
+            at = scenario.overridden(links={swept: link_at}).cost_graph(graph.nodes, graph.tensors, graph.model,
+                                                                       graph.model_sha256)
+            planned = plan_cost_graph(at, chosen, solver, chosen.time_limit_s(time_limit))
             results.append(SweepPoint(float(bandwidth_bps), planned.predicted_s, planned.baselines))
             progress.advance(task)
     rows = [{"bandwidth_bps": p.bandwidth_bps, "plan_s": p.plan_s, "baselines_s": p.baselines_s} for p in results]
@@ -159,58 +174,59 @@ def sweep(
         Console().print(f"plot: {plot}")
 
 
-def _time_limit(objective: str, time_limit_s: float | None) -> float | None:
-    return 60.0 if time_limit_s is None and objective != "latency" else time_limit_s
+def _parsed_link(bandwidth: str, latency: str) -> LinkProfile:
+    """A link from the strings of --bandwidth and --latency, or of one --link's BW,LAT."""
+    from devices.profiles import LinkProfile
+    from partitioner.units import parse_bandwidth_bps, parse_duration_s
+
+    return LinkProfile(parse_bandwidth_bps(bandwidth), parse_duration_s(latency))
 
 
-def _model_cost_graph(model: Path, edge: str, cloud: str, bandwidth: str, latency: str, memory_limit: list[str] | None,
-                      pin: list[str] | None, profile: Path | None, device: list[str] | None, link: list[str] | None,
-                      fuse: bool) -> CostGraph:
-    """Layer DAG of `model` priced on the chosen devices (measured times when a profile is given)."""
+def _model_scenario(edge: str, cloud: str, edge_cloud: LinkProfile, device: list[str] | None,
+                    link: list[str] | None, pin: list[str] | None, memory_limit: list[str] | None) -> Scenario:
+    """Edge, cloud and every --device, joined by `edge_cloud` and the --link options; checked before the
+    model is read."""
     from devices.profiles import load_device
-    from partitioner.costs import Link
+    from partitioner.scenario import Scenario
+
+    profiles = {EDGE: load_device(edge), CLOUD: load_device(cloud)}
+    for name, source in _pairs(device, "--device", "NAME=PROFILE").items():
+        profiles[name] = load_device(source)
+    return _with_options(Scenario.of_profiles(profiles, {(EDGE, CLOUD): edge_cloud}, source=EDGE), link, pin,
+                         memory_limit)
+
+
+def _model_cost_graph(model: Path, scenario: Scenario, profile: Path | None, fuse: bool) -> CostGraph:
+    """Layer DAG of `model` (a file, or a bundled model's name) priced in `scenario` (measured times when a
+    profile is given)."""
     from partitioner.graph import load_layer_graph
     from partitioner.model_costs import cost_graph_from_model
-    from partitioner.units import parse_bandwidth_bps, parse_duration_s
     from partitioner.zoo import MODEL_NAMES, cached_model_path
 
     if not model.exists() and str(model) in MODEL_NAMES:
         model = cached_model_path(str(model))
-    profiles = {EDGE: load_device(edge), CLOUD: load_device(cloud)}
-    for name, source in _pairs(device, "--device", "NAME=PROFILE").items():
-        profiles[name] = load_device(source)
-    links = {(CLOUD, EDGE): Link(parse_bandwidth_bps(bandwidth), parse_duration_s(latency))}
     measured = None
     if profile is not None:
         from devices.profiler import load_profile_file
 
         measured = load_profile_file(profile)
-    layer_graph = load_layer_graph(model, fuse=fuse)
-    graph = cost_graph_from_model(layer_graph, profiles, {**links, **_links(link, list(profiles))}, source=EDGE,
-                                  sink=EDGE, model_path=model.resolve(), profile=measured)
-    layer_of = {member: layer for layer, node in graph.nodes.items() for member in node.members or [layer]}
-    return _with_overrides(graph, memory_limit, pin, None, node_layers=layer_of)
+    return cost_graph_from_model(load_layer_graph(model, fuse=fuse), scenario, model.resolve(), measured)
 
 
-def _with_overrides(graph: CostGraph, memory_limit: list[str] | None, pin: list[str] | None, link: list[str] | None,
-                    node_layers: dict[str, str] | None) -> CostGraph:
-    """Apply --memory-limit, --pin (ONNX node ids map to their layer) and --link; validate again."""
+def _with_options(scenario: Scenario, link: list[str] | None, pin: list[str] | None,
+                  memory_limit: list[str] | None) -> Scenario:
+    """`scenario` with --link A-B=BW,LAT, --pin NODE=DEVICE and --memory-limit DEVICE=SIZE on top, validated."""
     from partitioner.errors import PartitionerError
     from partitioner.units import parse_size_bytes
 
-    devices = {name: dict(spec) for name, spec in graph.devices.items()}
-    for name, size in _pairs(memory_limit, "--memory-limit", "DEVICE=SIZE").items():
-        if name not in devices:
-            raise PartitionerError(f"--memory-limit names the unknown device {name!r} (devices: {', '.join(devices)}).")
-        devices[name]["memory_bytes"] = parse_size_bytes(size)
-    nodes = dict(graph.nodes)
-    for node, device_name in _pairs(pin, "--pin", "NODE=DEVICE").items():
-        layer = node_layers.get(node) if node_layers is not None else (node if node in nodes else None)
-        if layer is None:
-            raise PartitionerError(f"--pin names the unknown node {node!r}.")
-        nodes[layer] = replace(nodes[layer], pin=device_name)
-    links = {**graph.links, **_links(link, list(devices))}
-    return replace(graph, devices=devices, nodes=nodes, links=links).validate()
+    links = {}
+    for pair, figures in _pairs(link, "--link", "A-B=BW,LAT").items():
+        bandwidth, sep, latency = figures.partition(",")
+        if not sep:
+            raise PartitionerError(f"--link {pair}={figures} must look like A-B=BW,LAT.")
+        links[scenario.device_pair(pair)] = _parsed_link(bandwidth, latency)
+    memory = {name: parse_size_bytes(size) for name, size in _pairs(memory_limit, "--memory-limit", "DEVICE=SIZE").items()}
+    return scenario.overridden(links, _pairs(pin, "--pin", "NODE=DEVICE"), memory).validate()
 
 
 def _pairs(values: list[str] | None, option: str, shape: str) -> dict[str, str]:
@@ -223,24 +239,6 @@ def _pairs(values: list[str] | None, option: str, shape: str) -> dict[str, str]:
             raise PartitionerError(f"{option} {value!r} must look like {shape}.")
         pairs[key] = rest
     return pairs
-
-
-def _links(values: list[str] | None, device_names: list[str]) -> dict:
-    """`A-B=BW,LAT` -> {(a, b): Link}; device names may contain '-', so the split is the one naming two devices."""
-    from partitioner.costs import Link
-    from partitioner.errors import PartitionerError
-    from partitioner.units import parse_bandwidth_bps, parse_duration_s
-
-    links = {}
-    for pair, figures in _pairs(values, "--link", "A-B=BW,LAT").items():
-        ends = [(pair[:i], pair[i + 1:]) for i, ch in enumerate(pair) if ch == "-"
-                if pair[:i] in device_names and pair[i + 1:] in device_names]
-        bandwidth, sep, latency = figures.partition(",")
-        if not ends or not sep:
-            raise PartitionerError(f"--link {pair}={figures} must look like A-B=BW,LAT with A and B among {', '.join(device_names)}.")
-        a, b = ends[0]
-        links[(a, b) if a <= b else (b, a)] = Link(parse_bandwidth_bps(bandwidth), parse_duration_s(latency))
-    return links
 
 
 def _print_plan_table(result: Plan, output: Path | None, plot: Path | None) -> None:
