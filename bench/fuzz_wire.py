@@ -10,7 +10,7 @@ Inputs (seeded; the same seed gives the same inputs):
   integers, 2**63, negative and zero sizes, floats, wrong types, deep nesting, long strings, duplicate
   tensors), followed by as many data bytes as the header claims, or a few more or fewer.
 - loaders, through their public functions (`partitioner.plan.load_plan`, `partitioner.manifest.load_manifest`,
-  `partitioner.costs.CostGraph.load`, `devices.profiles.load_device`/`load_link`): a valid document with
+  `partitioner.costs.CostGraph.load`, `devices.lookup.load_device`, `devices.profiles.load_link`): a valid document with
   1-4 values replaced by hostile ones, keys deleted or added, or its text mutated byte-wise.
 "Our own error type" means `edgecloud.errors.EdgecloudError`, `partitioner.errors.PartitionerError` or
 `devices.errors.DeviceError`: all subclass ValueError, so a bare ValueError (numpy's, Python's) counts as
@@ -37,7 +37,8 @@ from typing import Any
 import numpy as np
 
 from devices.errors import DeviceError
-from devices.profiles import load_device, load_link
+from devices.profiles import load_link
+from devices.lookup import load_device
 from edgecloud.errors import EdgecloudError
 from edgecloud.wire import DTYPES, KINDS, MAGIC, PREFIX_BYTES, VERSION, Message, decode, encode
 from partitioner.costs import CostGraph

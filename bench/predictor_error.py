@@ -26,7 +26,8 @@ from rich.table import Table
 from devices.host import host_profile, measure_host
 from devices.predictor import HeldOutResult, LatencyPredictor, leave_one_model_out, relative_errors, shipped_predictor
 from devices.profiler import ModelProfile, load_profile_file
-from devices.profiles import DeviceProfile, catalogue
+from devices.profiles import DeviceProfile
+from devices.lookup import catalogue
 from edgecloud.calibration import predicted_node_times_s, profile_bundled_models, profile_samples
 from partitioner.graph import load_layer_graph
 from partitioner.zoo import MODEL_NAMES

@@ -166,41 +166,17 @@ def catalogue_path(file_name: str) -> Path:
     return _catalogue_folder() / file_name
 
 
-def _catalogue_files() -> dict[str, Path]:
+def shipped_device_files() -> dict[str, Path]:
+    """Device name -> its data file in `devices/catalogue/` (the shipped profiles, not `host`)."""
     return {path.stem: path for path in sorted(_catalogue_folder().glob("*.json"))
             if path.name not in _NOT_DEVICE_FILES}
 
 
 @cache
-def _load_catalogue_device(name: str) -> DeviceProfile:
-    path = _catalogue_files()[name]
+def load_shipped_device(name: str) -> DeviceProfile:
+    """A shipped profile by name (KeyError for any other name)."""
+    path = shipped_device_files()[name]
     return DeviceProfile.from_dict(read_json_file(path, "device profile"), origin=str(path))
-
-
-def catalogue_names() -> list[str]:
-    """Names `load_device` accepts without a file: the shipped profiles plus `host`."""
-    return [*_catalogue_files(), HOST_DEVICE_NAME]
-
-
-def load_device(name_or_path: str) -> DeviceProfile:
-    """A catalogue device by name, `host` (measured once, then cached), or a device JSON file."""
-    if name_or_path == HOST_DEVICE_NAME:
-        from devices.host import host_profile
-
-        return host_profile()
-    if name_or_path in _catalogue_files():
-        return _load_catalogue_device(name_or_path)
-    path = Path(name_or_path)
-    if path.suffix != ".json" and not path.exists():
-        raise DeviceError(
-            f"unknown device '{name_or_path}': use one of {', '.join(catalogue_names())} or a JSON file."
-        )
-    return DeviceProfile.from_dict(read_json_file(path, "device profile"), origin=str(path))
-
-
-def catalogue() -> dict[str, DeviceProfile]:
-    """Every named device, `host` included (measuring this machine the first time)."""
-    return {name: load_device(name) for name in catalogue_names()}
 
 
 @cache

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from devices.errors import DeviceError
+from devices.errors import DeviceError, first_line
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -44,5 +44,4 @@ def make_session(model: str | Path | bytes, threads: int = 1, *, optimize: bool 
     try:
         return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph/NoSuchFile types
-        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise DeviceError(f"onnxruntime cannot load the model: {detail}") from None
+        raise DeviceError(f"onnxruntime cannot load the model: {first_line(error)}") from None

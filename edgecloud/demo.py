@@ -94,7 +94,8 @@ def plan_demo_model(settings: DemoSettings, workdir: Path,
     """Export the bundled model, profile it here, price it on the edge and cloud profiles (measured
     times carried across devices by the predictor) and solve the plan beside its baselines."""
     from devices.host import host_profile
-    from devices.profiles import LinkProfile, load_device
+    from devices.profiles import LinkProfile
+    from devices.lookup import load_device
     from edgecloud.calibration import profile_file
     from partitioner.graph import load_layer_graph
     from partitioner.model_costs import cost_graph_from_model

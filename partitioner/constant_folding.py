@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from partitioner.onnx_loading import first_line
+from devices.errors import first_line
 from partitioner.onnx_reads import node_inputs
 
 logger = logging.getLogger(__name__)

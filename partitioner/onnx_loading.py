@@ -14,6 +14,7 @@ import onnx
 from google.protobuf import json_format, text_format
 from google.protobuf.message import DecodeError
 
+from devices.errors import first_line
 from partitioner.errors import ModelLoadError, PartitionerError
 
 logger = logging.getLogger(__name__)
@@ -85,12 +86,6 @@ def load_compute_model(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelP
     loaded = load_onnx_model(model)
     name_nodes_uniquely(loaded.graph)
     return loaded, fold_constants(loaded)
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of an exception's message (onnx and onnxruntime write pages), or its type."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def fix_dimensions(model: onnx.ModelProto, batch_size: int,

@@ -29,6 +29,7 @@ from pathlib import Path
 import onnx
 from onnx import helper
 
+from devices.errors import first_line
 from partitioner.errors import PartitionerError
 from partitioner.manifest import (
     MANIFEST_FILE,
@@ -40,7 +41,7 @@ from partitioner.manifest import (
     TensorSpec,
     load_manifest,
 )
-from partitioner.onnx_loading import first_line, infer_shapes, load_compute_model
+from partitioner.onnx_loading import infer_shapes, load_compute_model
 from partitioner.onnx_reads import node_inputs
 
 logger = logging.getLogger(__name__)

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from serving_helpers import bouncing_placement, node_ids
 
-from devices.profiles import LinkProfile, load_device
+from devices.profiles import LinkProfile
+from devices.lookup import load_device
 from edgecloud.demo import predicted_stage_s, transfer_rows
 from partitioner.graph import load_layer_graph
 from partitioner.model_costs import cost_graph_from_model

@@ -9,16 +9,8 @@ import pytest
 
 from devices import host
 from devices.errors import DeviceError
-from devices.profiles import (
-    DeviceProfile,
-    LinkProfile,
-    catalogue,
-    catalogue_names,
-    link_presets,
-    link_sources,
-    load_device,
-    load_link,
-)
+from devices.lookup import catalogue, catalogue_names, load_device
+from devices.profiles import DeviceProfile, LinkProfile, link_presets, link_sources, load_link
 
 FIGURES = ("peak_flops", "memory_bandwidth_bytes_per_s", "memory_bytes", "threads")
 SHIPPED = ("rpi4", "jetson-nano", "edge-server", "cloud-server")

@@ -14,7 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from bench.synthetic_dags import synthetic_cost_graph
-from devices.profiles import LinkProfile, load_device
+from devices.profiles import LinkProfile
+from devices.lookup import load_device
 from edgecloud.cli.app import app
 from partitioner.graph import load_layer_graph
 from partitioner.model_costs import cost_graph_from_model

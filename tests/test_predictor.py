@@ -24,7 +24,8 @@ from devices.predictor import (
     roofline_time_s,
     shipped_predictor,
 )
-from devices.profiles import DeviceProfile, load_device
+from devices.profiles import DeviceProfile
+from devices.lookup import load_device
 
 REFERENCE = DeviceProfile("ref", peak_flops=1e11, memory_bandwidth_bytes_per_s=1e10, memory_bytes=2**30, threads=2)
 TRUE = {

@@ -20,7 +20,8 @@ import pytest
 from old_ir_models import INPUT_SHAPE, old_ir_model
 from serving_helpers import DEVICES, bouncing_placement
 
-from devices.profiles import LinkProfile, load_device
+from devices.profiles import LinkProfile
+from devices.lookup import load_device
 from edgecloud.agent import AgentOptions, DeviceAgent
 from edgecloud.broker import MosquittoBroker
 from edgecloud.client import InferenceClient

@@ -186,7 +186,7 @@ def _model_scenario(edge: str, cloud: str, edge_cloud: LinkProfile, device: list
                     link: list[str] | None, pin: list[str] | None, memory_limit: list[str] | None) -> Scenario:
     """Edge, cloud and every --device, joined by `edge_cloud` and the --link options; checked before the
     model is read."""
-    from devices.profiles import load_device
+    from devices.lookup import load_device
     from partitioner.scenario import Scenario
 
     profiles = {EDGE: load_device(edge), CLOUD: load_device(cloud)}

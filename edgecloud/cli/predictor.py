@@ -75,7 +75,7 @@ def estimate(
     from rich.table import Table
 
     from devices.predictor import LatencyPredictor, shipped_predictor
-    from devices.profiles import catalogue_names, load_device
+    from devices.lookup import catalogue_names, load_device
     from edgecloud.calibration import predicted_node_times_s
     from partitioner.graph import load_layer_graph
     from partitioner.zoo import MODEL_NAMES, cached_model_path
