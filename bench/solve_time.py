@@ -5,7 +5,7 @@
 
 For each size and device count, one run each (same graph, seed 0):
 - ours: `partitioner.ilp.solve` (marginal formulation, LP certificate, highspy directly), build included;
-- textbook: DESIGN.md 3's formulation built with PuLP and solved by HiGHS through PuLP, build included,
+- textbook: docs/architecture.md §3's formulation built with PuLP and solved by HiGHS through PuLP, build included,
   with a time limit (reported as a lower bound when hit);
 - min-cut: DADS' send-once min-cut (scipy's compiled max-flow, scaled to stay exact) between the first
   two devices (the exact latency optimum when there are two devices; a restricted placement with three).

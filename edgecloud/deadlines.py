@@ -28,7 +28,7 @@ from typing import Any
 
 WINDOW_S = 30.0  # how far back the quickest delay of a sender is remembered (adapts to clock steps)
 MAX_SENDERS = 1024  # senders whose delays are remembered; the least recent is forgotten first
-PLAN_SLACK = 3.0  # measured stage times vs the plan's prediction: 2–3x seen (DESIGN.md, demo figures)
+PLAN_SLACK = 3.0  # measured stage times vs the plan's prediction: 2–3x seen (docs/architecture.md §7, demo figures)
 JITTER_S = 0.05  # scheduling and broker hops on a loaded host
 
 

@@ -1,4 +1,4 @@
-"""The textbook placement ILP of DESIGN.md section 3, built with PuLP: the reference `ilp_placement`
+"""The textbook placement ILP of docs/architecture.md §3, built with PuLP: the reference `ilp_placement`
 is benchmarked and tested against (same optimum, see tests/test_ilp_properties.py, bench/solve_time.py).
 
 x[v,k] node v on k; p[t,k] tensor t present on k; y[t,k,l] t sent from k to l, all binary;

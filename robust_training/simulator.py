@@ -14,7 +14,7 @@ One round, as a cluster would run it:
 4. The PS decodes the exact sum (`code.decode`) or aggregates the messages (`aggregator(messages, f=s)`)
    and steps.
 
-Time model (DESIGN.md 5): a round lasts the slowest worker's measured compute (its partitions' local
+Time model (docs/architecture.md §5): a round lasts the slowest worker's measured compute (its partitions' local
 updates plus its encoding) + the PS's measured decode/aggregate + the modelled transfer, never the sum
 of all workers' compute. Transfer: each worker has its own link of `bandwidth_bps` to the PS and the
 links run in parallel, so a round moves one model down and one message up per link:

@@ -2,7 +2,7 @@
 
 The decodes' products are thin (45 rows by a million columns): memory-bound, so a second thread gains
 little on an idle machine, while under CPU contention OpenBLAS's threads wait for each other at every
-product (DESIGN.md 8: 2 cores shared by several processes). Measured at n = 45, d = 1e6 under load: a
+product (docs/architecture.md §7: 2 cores shared by several processes). Measured at n = 45, d = 1e6 under load: a
 projection in 123 blocks took 0.60 s with 2 threads against 0.076 s with one (bench/cyclic_exactness.py
 --timing measures the decode itself).
 """

@@ -19,7 +19,7 @@ the codeword, and the weights stay below 1.
 
 The reference instead removes the 2s frequencies next to zero and reads the sum from frequency zero; its
 columns are then polynomials with roots clustered around +1, normalised by their (tiny) value at 1, which
-is where its max |W| of 1.8e5 (n = 45, s = 5, DESIGN.md 5) and its precision trouble come from. Ours has
+is where its max |W| of 1.8e5 (n = 45, s = 5, docs/architecture.md §5) and its precision trouble come from. Ours has
 max |W| = 0.16 at n = 45, r = 21 (0.24 at r = 11). When n + p - 1 is odd (n even, r odd) the code is
 negacyclic instead of cyclic (a wrap flips the sign); 1 is then not a codeword and a cosine functional a
 with a^T W = 1^T replaces it (max |W| = 4.5 at n = 44, r = 21).
