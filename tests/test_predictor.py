@@ -365,12 +365,17 @@ def test_held_out_device_calibrates_on_ten_other_models_only() -> None:
     reference_s = {name: sum(s.time_s for s in group) for name, group in models.items()}
     device_s = {name: 2.5 * seconds for name, seconds in reference_s.items()}
     results = held_out_device(models, REFERENCE, reference_s, SLOW, device_s)
-    for name, (measured, few_shot, _figures_only) in results.items():
-        assert measured == device_s[name]
-        assert few_shot == pytest.approx(measured, rel=0.02)
+    for name, result in results.items():
+        assert result.measured_s == device_s[name]
+        assert result.few_shot_s == pytest.approx(result.measured_s, rel=0.02)
+        assert result.profiled_s == pytest.approx(result.measured_s, rel=0.02)
     # The held-out model's time on the device is never used: changing it changes none of its predictions.
     again = held_out_device(models, REFERENCE, reference_s, SLOW, device_s | {"a": 99.0})
-    assert again["a"][1:] == pytest.approx(results["a"][1:])
+    assert (again["a"].few_shot_s, again["a"].profiled_s, again["a"].figures_only_s) == pytest.approx(
+        (results["a"].few_shot_s, results["a"].profiled_s, results["a"].figures_only_s))
+    # The profiled setting is anchored on the model's reference run: twice that run, twice the prediction.
+    anchored = held_out_device(models, REFERENCE, reference_s | {"a": 2 * reference_s["a"]}, SLOW, device_s)
+    assert anchored["a"].profiled_s == pytest.approx(2 * results["a"].profiled_s)
 
 
 def test_json_round_trip_keeps_the_calibrations(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from functools import cache
 from pathlib import Path
 
 from devices.predictor.evaluation import (
+    DevicePrediction,
     HeldOutResult,
     error_summary,
     held_out_device,
@@ -33,6 +34,7 @@ from devices.profiles import PREDICTOR_FILE, DeviceProfile, catalogue_path
 
 __all__ = [
     "DEFAULT_OVERHEAD_S", "DEFAULT_SHRINKAGE", "MAX_DEVICE_MEASUREMENTS", "PREDICTOR_FORMAT", "DeviceCalibration",
+    "DevicePrediction",
     "HeldOutResult", "LatencyPredictor", "NodeSample", "OpCoefficients", "StageCalibration", "StageParts",
     "error_summary", "held_out_device", "kernel_class", "leave_one_model_out", "op_type_of", "predict_node_time_s",
     "relative_errors", "roofline_features", "roofline_time_s", "shipped_predictor", "shipped_predictor_path",

@@ -4,12 +4,12 @@ for a new device, at most MAX_DEVICE_MEASUREMENTS calibration runs of *other* mo
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from devices.errors import DeviceError
-from devices.predictor.model import MAX_DEVICE_MEASUREMENTS, LatencyPredictor, NodeSample
+from devices.predictor.model import MAX_DEVICE_MEASUREMENTS, LatencyPredictor, NodeSample, StageCalibration
 from devices.profiles import DeviceProfile
 
 WITHIN = (0.05, 0.10)  # the field's reporting bands (nn-Meter, LitePred: share of models within ±10 %)
@@ -65,10 +65,13 @@ def leave_one_model_out(samples_by_model: Mapping[str, list[NodeSample]], refere
     results = []
     for held_out, test in samples_by_model.items():
         predictor = fit_without(samples_by_model, reference, held_out, latencies_s)
-        predicted = [predictor.predict(s.op_type, s.flops, s.bytes_moved, s.param_bytes, reference, s.kernel)
+        # Node errors against the profiled kernel times: the node-level model, before the stage calibration
+        # (which maps profiled kernels to a whole run, trace overhead out).
+        nodes_only = replace(predictor, stage=StageCalibration())
+        predicted = [nodes_only.predict(s.op_type, s.flops, s.bytes_moved, s.param_bytes, reference, s.kernel)
                      for s in test]
         if latencies_s is None:
-            measured_s, total_s = sum(s.time_s for s in test), float(sum(predicted))
+            measured_s, total_s = sum(s.time_s for s in test), nodes_only.predict_stage_s(test, reference)
         else:
             measured_s, total_s = latencies_s[held_out], predictor.predict_stage_s(test, reference)
         results.append(HeldOutResult(held_out, relative_errors(predicted, test), measured_s, total_s))
@@ -81,13 +84,26 @@ def calibration_models(models: Sequence[str], held_out: str,
     return [name for name in models if name != held_out][:budget]
 
 
+@dataclass(frozen=True)
+class DevicePrediction:
+    """One (model, held-out device) pair: what was measured there and three predictions of it."""
+
+    measured_s: float
+    few_shot_s: float  # model held out everywhere; device calibrated on <= budget runs of other models
+    profiled_s: float  # as few_shot, anchored on the model's measured run on the reference device
+    figures_only_s: float  # model held out; no run on the device, its figures only
+
+
 def held_out_device(samples_by_model: Mapping[str, list[NodeSample]], reference: DeviceProfile,
                     reference_latencies_s: Mapping[str, float], device: DeviceProfile,
                     device_latencies_s: Mapping[str, float],
-                    budget: int = MAX_DEVICE_MEASUREMENTS) -> dict[str, tuple[float, float, float]]:
+                    budget: int = MAX_DEVICE_MEASUREMENTS) -> dict[str, DevicePrediction]:
     """For each model m: fit without m on the reference, calibrate on `device` with at most `budget`
-    measured runs of other models there, predict m on `device`. Returns m -> (measured s, predicted s
-    few-shot, predicted s from the device's figures alone)."""
+    measured runs of other models there, predict m on `device`.
+
+    Two settings: `few_shot_s` never sees m at all (held-out model on a held-out device); `profiled_s`
+    is HELP's few-shot setting and `edgecloud plan --profile`'s: m was measured on the reference host
+    (not on the device), so its prediction is that run times the calibrated device/reference ratio."""
     results = {}
     names = list(samples_by_model)
     for held_out in names:
@@ -95,6 +111,9 @@ def held_out_device(samples_by_model: Mapping[str, list[NodeSample]], reference:
         shots = [(samples_by_model[name], device_latencies_s[name]) for name in calibration_models(names, held_out, budget)]
         calibrated = predictor.with_device_calibration(device, shots)
         test = samples_by_model[held_out]
-        results[held_out] = (device_latencies_s[held_out], calibrated.predict_stage_s(test, device),
-                             predictor.predict_stage_s(test, device))
+        few_shot_s = calibrated.predict_stage_s(test, device)
+        ratio = few_shot_s / predictor.predict_stage_s(test, reference)
+        results[held_out] = DevicePrediction(device_latencies_s[held_out], few_shot_s,
+                                             reference_latencies_s[held_out] * ratio,
+                                             predictor.predict_stage_s(test, device))
     return results
