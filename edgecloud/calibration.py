@@ -7,12 +7,13 @@ shared by the CLI (`edgecloud profile`, `edgecloud predictor fit|estimate`) and 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from devices.errors import DeviceError
-from devices.predictor import LatencyPredictor, NodeSample
+from devices.predictor import LatencyPredictor, NodeSample, kernel_class
 from devices.profiler import DEFAULT_REPEATS, DEFAULT_WARMUP, ModelProfile, ThreadTiming, profile_threads
 from devices.profiles import DeviceProfile
 
@@ -40,21 +41,51 @@ def profile_file(path: str | Path, host: DeviceProfile, thread_counts: list[int]
     return profile_threads(model, str(Path(path).resolve()), host, thread_counts, warmup, repeats, seed, on_done)
 
 
+def kernel_classes(graph: "LayerGraph") -> dict[str, str]:
+    """Each ONNX node's kernel class (`devices.predictor.kernels`), from its attributes and which of its
+    inputs are constants, with the weights' shapes (initializers, Constant nodes)."""
+    from onnx import helper, numpy_helper
+
+    model = graph.model.graph
+    shapes: dict[str, tuple[int, ...]] = {init.name: tuple(init.dims) for init in model.initializer}
+    for node in model.node:
+        if node.op_type == "Constant":
+            for attribute in node.attribute:
+                if attribute.name == "value":
+                    shapes[node.output[0]] = tuple(numpy_helper.to_array(attribute.t).shape)
+    classes = {}
+    for node in model.node:
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute
+                      if a.type == a.INT or a.type == a.INTS}
+        classes[node.name] = kernel_class(node.op_type, attributes, [shapes.get(name) for name in node.input],
+                                          [name in shapes for name in node.input])
+    return classes
+
+
+def _layer_kernel(attrs: Mapping[str, object], classes: Mapping[str, str]) -> str:
+    """A single node's kernel class; none for a fused layer, which the predictor costs by its fused type."""
+    members = list(attrs["members"])  # type: ignore[call-overload]
+    return classes.get(members[0], "") if len(members) == 1 else ""
+
+
+def layer_nodes(graph: "LayerGraph") -> dict[str, NodeSample]:
+    """Each layer of `graph` as a predictor input (features and kernel class; time 0)."""
+    classes = kernel_classes(graph)
+    return {node: NodeSample(op_type=attrs["op_type"], flops=int(attrs["flops"]), bytes_moved=int(attrs["bytes_moved"]),
+                             param_bytes=int(attrs["param_bytes"]), time_s=0.0, kernel=_layer_kernel(attrs, classes))
+            for node, attrs in graph.dag.nodes(data=True)}
+
+
 def samples_from_times(graph: "LayerGraph", node_times_s: Mapping[str, float]) -> list[NodeSample]:
-    """One predictor sample per layer of `graph`: its DAG features and its measured time (a fused
-    layer's time is the sum of its members')."""
+    """One predictor sample per layer of `graph`: its DAG features, kernel class and measured time (a
+    fused layer's time is the sum of its members')."""
     samples = []
+    nodes = layer_nodes(graph)
     for node, attrs in graph.dag.nodes(data=True):
         missing = [member for member in attrs["members"] if member not in node_times_s]
         if missing:
             raise DeviceError(f"the profile has no time for node '{missing[0]}'; was it measured on another model?")
-        samples.append(NodeSample(
-            op_type=attrs["op_type"],
-            flops=int(attrs["flops"]),
-            bytes_moved=int(attrs["bytes_moved"]),
-            param_bytes=int(attrs["param_bytes"]),
-            time_s=sum(node_times_s[member] for member in attrs["members"]),
-        ))
+        samples.append(replace(nodes[node], time_s=sum(node_times_s[member] for member in attrs["members"])))
     return samples
 
 
@@ -69,32 +100,73 @@ def profile_samples(profile: ModelProfile, threads: int) -> list[NodeSample]:
 
 
 def fit_predictor(profiles: Mapping[str, ModelProfile], threads: int, reference: DeviceProfile) -> LatencyPredictor:
-    """Fit on every profile's timing at `threads`, with `reference` the device that ran them."""
-    samples = [s for profile in profiles.values() for s in profile_samples(profile, threads)]
-    return LatencyPredictor.fit(samples, reference, fitted_on={
+    """Fit on every profile's timing at `threads`, with `reference` the device that ran them; the stage
+    calibration on each profile's whole-model latency against its nodes."""
+    by_model = {name: profile_samples(profile, threads) for name, profile in profiles.items()}
+    samples = [s for group in by_model.values() for s in group]
+    predictor = LatencyPredictor.fit(samples, reference, fitted_on={
         "models": sorted(profiles), "threads": threads, "nodes": len(samples),
     })
+    return predictor.with_stage_calibration(
+        [(by_model[name], profile.timings[threads].latency_s) for name, profile in profiles.items()])
 
 
 def predicted_node_times_s(graph: "LayerGraph", predictor: LatencyPredictor,
                            device: DeviceProfile) -> dict[str, float]:
     """Each layer's predicted seconds on `device`, from its DAG features."""
-    return {node: predictor.predict(attrs["op_type"], int(attrs["flops"]), int(attrs["bytes_moved"]),
-                                    int(attrs["param_bytes"]), device)
-            for node, attrs in graph.dag.nodes(data=True)}
+    return {node: predictor.predict(s.op_type, s.flops, s.bytes_moved, s.param_bytes, device, s.kernel)
+            for node, s in layer_nodes(graph).items()}
 
 
-def profile_bundled_models(names: Iterable[str], host: DeviceProfile, thread_counts: list[int],
-                           warmup: int = DEFAULT_WARMUP, repeats: int = DEFAULT_REPEATS, seed: int = 0,
-                           on_done: Callable[[str, ThreadTiming], None] | None = None) -> dict[str, ModelProfile]:
-    """Profile the named bundled models (exported once into the cache) at each thread count."""
-    from partitioner.zoo import cached_model_path
+def predicted_run_s(graph: "LayerGraph", predictor: LatencyPredictor, device: DeviceProfile) -> float:
+    """Seconds of one session run of the whole model on `device`: its layers plus the per-run cost."""
+    return predictor.predict_stage_s(layer_nodes(graph).values(), device)
 
+
+REAL_MODEL_PREFIX = "hf-"
+
+
+def real_model_path(name: str, seed: int = 0) -> Path:
+    """A real architecture (`partitioner.real_models`) exported once into the cache; written under a
+    temporary name and renamed, so that concurrent callers see no file or a complete one."""
+    import os
+    import tempfile
+
+    from devices.cache import cache_dir
+    from partitioner.real_models import export_real_model
+
+    target = cache_dir() / "models" / f"{REAL_MODEL_PREFIX}{name}-seed{seed}.onnx"
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{name}-", suffix=".onnx", dir=target.parent)
+        os.close(handle)
+        try:
+            export_real_model(name, temporary, seed)
+            os.replace(temporary, target)
+        finally:
+            Path(temporary).unlink(missing_ok=True)
+    return target
+
+
+def predictor_model_paths(seed: int = 0) -> dict[str, Path]:
+    """The models the shipped predictor is fitted and evaluated on: every bundled model and every real
+    architecture (named "hf-<architecture>")."""
+    from partitioner.real_models import REAL_MODELS
+    from partitioner.zoo import MODEL_NAMES, cached_model_path
+
+    paths = {name: cached_model_path(name, seed) for name in MODEL_NAMES}
+    return paths | {f"{REAL_MODEL_PREFIX}{name}": real_model_path(name, seed) for name in REAL_MODELS}
+
+
+def profile_models(paths: Mapping[str, Path], host: DeviceProfile, thread_counts: list[int],
+                   warmup: int = DEFAULT_WARMUP, repeats: int = DEFAULT_REPEATS, seed: int = 0,
+                   on_done: Callable[[str, ThreadTiming], None] | None = None) -> dict[str, ModelProfile]:
+    """Profile each named model file at each thread count."""
     profiles = {}
-    for name in names:
+    for name, path in paths.items():
         def report(timing: ThreadTiming, name: str = name) -> None:
             if on_done is not None:
                 on_done(name, timing)
 
-        profiles[name] = profile_file(cached_model_path(name), host, thread_counts, warmup, repeats, seed, report)
+        profiles[name] = profile_file(path, host, thread_counts, warmup, repeats, seed, report)
     return profiles

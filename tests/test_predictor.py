@@ -1,5 +1,6 @@
-"""The latency predictor: recovers known coefficients, transfers across devices, never crashes on an
-unknown op type, round-trips through JSON, and the shipped file is valid."""
+"""The latency predictor: recovers known coefficients (per op type and per kernel class), calibrates a
+stage and a new device, evaluates honestly, transfers across devices, never crashes on an unknown op
+type, round-trips through JSON, and the shipped file is valid."""
 
 from __future__ import annotations
 
@@ -16,16 +17,22 @@ from hypothesis import strategies as st
 from devices.errors import DeviceError
 from devices.predictor import (
     DEFAULT_OVERHEAD_S,
+    MAX_DEVICE_MEASUREMENTS,
     LatencyPredictor,
     NodeSample,
     OpCoefficients,
+    error_summary,
+    held_out_device,
+    kernel_class,
     leave_one_model_out,
+    op_type_of,
     predict_node_time_s,
     roofline_time_s,
     shipped_predictor,
 )
-from devices.profiles import DeviceProfile
 from devices.lookup import load_device
+from devices.predictor.evaluation import calibration_models
+from devices.profiles import DeviceProfile
 
 REFERENCE = DeviceProfile("ref", peak_flops=1e11, memory_bandwidth_bytes_per_s=1e10, memory_bytes=2**30, threads=2)
 TRUE = {
@@ -192,3 +199,198 @@ def test_cli_estimate_ranks_devices_and_rejects_unknown_ones(tmp_path: Path,
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
         "error: unknown device 'pi-zero': use one of cloud-server, edge-server, jetson-nano, rpi4, host or a JSON file."]
+
+
+# --- kernel classes ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("op_type", "attributes", "shapes", "constants", "expected"), [
+    ("Conv", {"group": 32}, [(1, 32, 8, 8), (32, 1, 3, 3)], [False, True], "Conv/depthwise"),
+    ("Conv", {"group": 4}, [(1, 32, 8, 8), (32, 8, 3, 3)], [False, True], "Conv/grouped"),
+    ("Conv", {}, [(1, 32, 8, 8), (64, 32, 1, 1)], [False, True], "Conv/pointwise"),
+    ("Conv", {"group": 1}, [(1, 32, 8, 8), (64, 32, 3, 3)], [False, True], "Conv/dense"),
+    ("Conv", {}, [(1, 32, 8, 8), None], [False, False], "Conv/dense"),
+    ("ConvTranspose", {"group": 8}, [(1, 8, 4, 4), (8, 1, 2, 2)], [False, True], "ConvTranspose/depthwise"),
+    ("MatMul", {}, [(1, 16, 32), (32, 32)], [False, True], "MatMul/weights"),
+    ("MatMul", {}, [(1, 2, 16, 16), (1, 2, 16, 16)], [False, False], "MatMul/activations"),
+    ("Gemm", {}, [(1, 32), (10, 32), (10,)], [False, True, True], "Gemm/weights"),
+    ("Relu", {}, [(1, 32)], [False], "Relu"),
+])
+def test_kernel_class_tells_apart_what_shares_an_op_type(op_type, attributes, shapes, constants,  # type: ignore[no-untyped-def]
+                                                         expected) -> None:
+    kernel = kernel_class(op_type, attributes, shapes, constants)
+    assert kernel == expected
+    assert op_type_of(kernel) == op_type
+
+
+DEPTHWISE = OpCoefficients(compute=12.0, activations=2.5, params=0.5, overhead_s=3e-6, samples=0)
+
+
+def _timed(sample: NodeSample, truth: OpCoefficients, device: DeviceProfile = REFERENCE) -> NodeSample:
+    features = np.array([sample.flops / device.peak_flops,
+                         (sample.bytes_moved - sample.param_bytes) / device.memory_bandwidth_bytes_per_s,
+                         sample.param_bytes / device.memory_bandwidth_bytes_per_s, 1.0])
+    return NodeSample(sample.op_type, sample.flops, sample.bytes_moved, sample.param_bytes,
+                      float(features @ truth.as_vector()), sample.kernel)
+
+
+def depthwise_and_dense(seed: int) -> list[NodeSample]:
+    """Conv nodes of two kernel classes with different true costs (depthwise 6x dearer per FLOP)."""
+    rng = np.random.default_rng(seed)
+    samples = []
+    for kernel, truth in (("Conv/dense", TRUE["Conv"]), ("Conv/depthwise", DEPTHWISE)):
+        for _ in range(30):
+            flops, params = int(10 ** rng.uniform(5, 8)), int(10 ** rng.uniform(2, 5))
+            node = NodeSample("Conv", flops, int(10 ** rng.uniform(4, 6)) + params, params, 0.0, kernel)
+            samples.append(_timed(node, truth))
+    return samples
+
+
+def test_kernel_classes_recover_each_variant_where_the_op_type_alone_cannot() -> None:
+    samples = depthwise_and_dense(0)
+    predictor = LatencyPredictor.fit(samples, REFERENCE, shrinkage=0.0)
+    np.testing.assert_allclose(predictor.op_types["Conv/depthwise"].as_vector(), DEPTHWISE.as_vector(), rtol=1e-4)
+    np.testing.assert_allclose(predictor.op_types["Conv/dense"].as_vector(), TRUE["Conv"].as_vector(), rtol=1e-4)
+    op_type_only = LatencyPredictor.fit([NodeSample(s.op_type, s.flops, s.bytes_moved, s.param_bytes, s.time_s)
+                                         for s in samples], REFERENCE, shrinkage=0.0)
+
+    def worst(p: LatencyPredictor) -> float:
+        return max(abs(p.predict(s.op_type, s.flops, s.bytes_moved, s.param_bytes, REFERENCE, s.kernel) - s.time_s)
+                   / s.time_s for s in samples)
+
+    assert worst(predictor) < 1e-3 < 0.2 < worst(op_type_only)
+
+
+def test_an_unseen_kernel_class_falls_back_to_its_op_type() -> None:
+    predictor = LatencyPredictor.fit(synthetic_samples(0), REFERENCE)
+    assert predictor.predict("Conv", 10**6, 10**5, 10**3, REFERENCE, kernel="Conv/grouped") == pytest.approx(
+        predictor.predict("Conv", 10**6, 10**5, 10**3, REFERENCE))
+
+
+# --- stage and device calibration -------------------------------------------------------------------
+
+
+def stages_of(samples: list[NodeSample], size: int) -> list[list[NodeSample]]:
+    return [samples[i:i + size] for i in range(0, len(samples), size)]
+
+
+def small_stages(seed: int, count: int) -> list[list[NodeSample]]:
+    """Runs of 1 to 30 nodes, big and small, so that work, per-node and per-run costs are all visible."""
+    rng = np.random.default_rng(seed)
+    stages = []
+    for _ in range(count):
+        nodes = []
+        for _ in range(int(rng.integers(1, 31))):
+            flops = int(10 ** rng.uniform(2, 7))
+            nodes.append(NodeSample("Conv", flops, int(10 ** rng.uniform(2, 6)), 0, 0.0))
+        stages.append(nodes)
+    return stages
+
+
+def test_stage_calibration_recovers_work_and_fixed_scales_and_a_per_run_cost() -> None:
+    predictor = LatencyPredictor.fit(synthetic_samples(0), REFERENCE, shrinkage=0.0)
+    stages = small_stages(1, 12)
+    truth = []
+    for nodes in stages:
+        parts = predictor.stage_parts(nodes, REFERENCE)
+        truth.append((nodes, 0.8 * parts.work_s + 0.4 * parts.fixed_s + 30e-6))
+    calibrated = predictor.with_stage_calibration(truth)
+    assert (calibrated.stage.work_scale, calibrated.stage.fixed_scale) == pytest.approx((0.8, 0.4), rel=1e-2)
+    assert calibrated.stage.per_run_s == pytest.approx(30e-6, rel=2e-2)
+    for nodes, seconds in truth:
+        assert calibrated.predict_stage_s(nodes, REFERENCE) == pytest.approx(seconds, rel=1e-3)
+    # A node within a run carries the scales, the per-run cost belongs to the run only.
+    node = stages[0][0]
+    parts = predictor.node_parts(node.op_type, node.flops, node.bytes_moved, node.param_bytes, REFERENCE)
+    assert calibrated.predict(node.op_type, node.flops, node.bytes_moved, node.param_bytes, REFERENCE) == pytest.approx(
+        calibrated.stage.work_scale * parts.work_s + calibrated.stage.fixed_scale * parts.fixed_s)
+    with pytest.raises(DeviceError, match="positive time"):
+        predictor.with_stage_calibration([(stages[0], 0.0)])
+
+
+SLOW = DeviceProfile("slow", peak_flops=5e10, memory_bandwidth_bytes_per_s=5e9, memory_bytes=2**30, threads=1)
+
+
+def test_device_calibration_recovers_the_scales_from_at_most_ten_runs() -> None:
+    predictor = LatencyPredictor.fit(synthetic_samples(0), REFERENCE, shrinkage=0.0)
+    runs = []
+    for nodes in small_stages(3, MAX_DEVICE_MEASUREMENTS):
+        parts = predictor.stage_parts(nodes, SLOW)
+        runs.append((nodes, 3.0 * parts.work_s + 1.5 * parts.fixed_s))
+    calibrated = predictor.with_device_calibration(SLOW, runs)
+    scales = calibrated.devices["slow"]
+    # The work scale is well determined; the fixed one, a small share of each run, gives a little to the
+    # weak pull towards one common scale that keeps ill-posed calibrations sane.
+    assert scales.work_scale == pytest.approx(3.0, rel=2e-2) and scales.fixed_scale == pytest.approx(1.5, rel=0.15)
+    assert scales.measurements == MAX_DEVICE_MEASUREMENTS
+    unseen = small_stages(4, 1)[0]
+    parts = predictor.stage_parts(unseen, SLOW)
+    assert calibrated.predict_stage_s(unseen, SLOW) == pytest.approx(3.0 * parts.work_s + 1.5 * parts.fixed_s, rel=2e-2)
+    # Other devices are untouched, and one run gives one common scale.
+    assert calibrated.predict_stage_s(unseen, REFERENCE) == pytest.approx(predictor.predict_stage_s(unseen, REFERENCE))
+    one = predictor.with_device_calibration(SLOW, [(runs[0][0], 2 * predictor.predict_stage_s(runs[0][0], SLOW))])
+    assert one.devices["slow"].work_scale == one.devices["slow"].fixed_scale == pytest.approx(2.0)
+    with pytest.raises(DeviceError, match="1 to 10 measured runs"):
+        predictor.with_device_calibration(SLOW, runs + runs[:1])
+
+
+# --- honest evaluation ------------------------------------------------------------------------------
+
+
+def test_error_summary_reports_the_fields_figures() -> None:
+    summary = error_summary([0.01, 0.04, 0.06, 0.09, 0.3])
+    assert summary["within_5pct"] == pytest.approx(0.4) and summary["within_10pct"] == pytest.approx(0.8)
+    assert summary["median"] == pytest.approx(0.06) and summary["count"] == 5
+    assert summary["p90"] == pytest.approx(np.percentile([0.01, 0.04, 0.06, 0.09, 0.3], 90))
+    with pytest.raises(DeviceError):
+        error_summary([])
+
+
+def _models() -> dict[str, list[NodeSample]]:
+    return {name: synthetic_samples(seed, 10) for seed, name in enumerate("abcdefghijkl")}
+
+
+def test_a_held_out_models_own_whole_run_never_enters_its_fit() -> None:
+    models = _models()
+    latencies = {name: sum(s.time_s for s in group) * 1.1 for name, group in models.items()}
+    honest = {r.model: r.predicted_total_s for r in leave_one_model_out(models, REFERENCE, latencies)}
+    lied = {r.model: r.predicted_total_s for r in leave_one_model_out(models, REFERENCE, latencies | {"a": 1.0})}
+    assert lied["a"] == pytest.approx(honest["a"])  # its own absurd time changes nothing for it
+    assert lied["b"] != pytest.approx(honest["b"])  # but it is in every other model's fit
+    assert all(abs(honest[n] - latencies[n]) / latencies[n] < 0.02 for n in models)
+
+
+def test_held_out_device_calibrates_on_ten_other_models_only() -> None:
+    models = _models()
+    assert calibration_models(list(models), "c") == [n for n in models if n != "c"][:MAX_DEVICE_MEASUREMENTS]
+    reference_s = {name: sum(s.time_s for s in group) for name, group in models.items()}
+    device_s = {name: 2.5 * seconds for name, seconds in reference_s.items()}
+    results = held_out_device(models, REFERENCE, reference_s, SLOW, device_s)
+    for name, result in results.items():
+        assert result.measured_s == device_s[name]
+        assert result.few_shot_s == pytest.approx(result.measured_s, rel=0.02)
+        assert result.profiled_s == pytest.approx(result.measured_s, rel=0.02)
+    # The held-out model's time on the device is never used: changing it changes none of its predictions.
+    again = held_out_device(models, REFERENCE, reference_s, SLOW, device_s | {"a": 99.0})
+    assert (again["a"].few_shot_s, again["a"].profiled_s, again["a"].figures_only_s) == pytest.approx(
+        (results["a"].few_shot_s, results["a"].profiled_s, results["a"].figures_only_s))
+    # The profiled setting is anchored on the model's reference run: twice that run, twice the prediction.
+    anchored = held_out_device(models, REFERENCE, reference_s | {"a": 2 * reference_s["a"]}, SLOW, device_s)
+    assert anchored["a"].profiled_s == pytest.approx(2 * results["a"].profiled_s)
+
+
+def test_json_round_trip_keeps_the_calibrations(tmp_path: Path) -> None:
+    predictor = LatencyPredictor.fit(depthwise_and_dense(0), REFERENCE)
+    stages = stages_of(depthwise_and_dense(1), 6)
+    predictor = predictor.with_stage_calibration([(nodes, 2 * sum(s.time_s for s in nodes)) for nodes in stages])
+    predictor = predictor.with_device_calibration(SLOW, [(nodes, 5 * sum(s.time_s for s in nodes)) for nodes in stages[:4]])
+    path = tmp_path / "predictor.json"
+    predictor.save(path)
+    loaded = LatencyPredictor.load(path)
+    assert loaded.stage == predictor.stage and loaded.devices == predictor.devices
+    assert loaded.op_types == predictor.op_types
+    data = json.loads(path.read_text())
+    data["devices"]["slow"]["work_scale"] = -1.0
+    path.write_text(json.dumps(data))
+    with pytest.raises(DeviceError, match="non-negative"):
+        LatencyPredictor.load(path)

@@ -19,13 +19,14 @@ from devices.profiler import (
     ModelProfile,
     ThreadTiming,
     load_profile_file,
+    measure_latencies_s,
     measure_model,
     profile_model,
     profile_threads,
     random_inputs,
 )
 from devices.profiles import DeviceProfile
-from edgecloud.calibration import canonical_model, profile_samples, samples_from_times
+from edgecloud.calibration import canonical_model, layer_nodes, profile_samples, samples_from_times
 from edgecloud.cli.app import app
 from partitioner.graph import load_layer_graph
 from partitioner.onnx_names import unique_node_names
@@ -252,3 +253,53 @@ def test_cli_predictor_fit_on_profile_files(tmp_path: Path, bundled_profiles: di
     assert {"Conv", "Gemm", "Relu"} <= set(fitted["op_types"])
     assert fitted["fitted_on"]["threads"] == 1
     assert len(profile_samples(load_profile_file(paths[0]), 1)) == len(bundled_profiles["chain"].timings[1].node_times_s)
+
+
+def conv_and_attention_model() -> onnx.ModelProto:
+    """A depthwise, a pointwise and a dense 3x3 convolution, a MatMul on a weight and one of two activations."""
+    rng = np.random.default_rng(0)
+
+    def weight(name: str, shape: list[int]) -> onnx.TensorProto:
+        return helper.make_tensor(name, TensorProto.FLOAT, shape, rng.standard_normal(shape).astype(np.float32).ravel())
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w_dw"], ["a"], name="depthwise", group=8, pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["a", "w_pw"], ["b"], name="pointwise"),
+        helper.make_node("Conv", ["b", "w_3x3"], ["c"], name="dense", pads=[1, 1, 1, 1]),
+        helper.make_node("Reshape", ["c", "shape"], ["d"], name="flatten"),
+        helper.make_node("MatMul", ["d", "w_fc"], ["e"], name="projection"),
+        helper.make_node("Transpose", ["e"], ["et"], name="transpose", perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["e", "et"], ["scores"], name="attention"),
+    ]
+    initializers = [weight("w_dw", [8, 1, 3, 3]), weight("w_pw", [16, 8, 1, 1]), weight("w_3x3", [16, 16, 3, 3]),
+                    helper.make_tensor("shape", TensorProto.INT64, [3], [1, 16, 16]), weight("w_fc", [16, 4])]
+    graph = helper.make_graph(nodes, "kernels", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 4, 4])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 16, 16])], initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_layer_nodes_carry_the_kernel_class_of_each_onnx_node() -> None:
+    nodes = layer_nodes(load_layer_graph(conv_and_attention_model()))
+    assert {name: node.kernel for name, node in nodes.items()} == {
+        "depthwise": "Conv/depthwise", "pointwise": "Conv/pointwise", "dense": "Conv/dense", "flatten": "Reshape",
+        "projection": "MatMul/weights", "transpose": "Transpose", "attention": "MatMul/activations"}
+    assert all(node.op_type == node.kernel.split("/")[0] for node in nodes.values())
+
+
+def test_fused_layers_carry_no_kernel_class_and_keep_their_fused_type(bundled_models: Mapping[str, Path]) -> None:
+    nodes = layer_nodes(load_layer_graph(bundled_models["mobilenetv2"], fuse=True))
+    fused = [node for node in nodes.values() if "+" in node.op_type]
+    assert fused and all(node.kernel == "" for node in fused)
+    single = layer_nodes(load_layer_graph(bundled_models["mobilenetv2"]))
+    assert {"Conv/depthwise", "Conv/pointwise"} <= {node.kernel for node in single.values()}
+
+
+def test_measure_latencies_times_every_model_with_the_profilers_policy() -> None:
+    models = {"tiny": tiny_model(), "kernels": conv_and_attention_model()}
+    latencies = measure_latencies_s(models, threads=1, blocks=2, min_block_s=0.005)
+    assert set(latencies) == {"tiny", "kernels"}
+    assert all(np.isfinite(seconds) and seconds > 0 for seconds in latencies.values())
+    with pytest.raises(DeviceError, match="at least 1"):
+        measure_latencies_s(models, threads=1, blocks=0)
+    with pytest.raises(DeviceError, match="positive"):
+        measure_latencies_s(models, threads=1, min_block_s=0.0)

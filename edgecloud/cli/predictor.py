@@ -18,7 +18,7 @@ app = typer.Typer(help="Fit the per-op-type latency predictor on measured profil
 
 def fit(
     profiles: Annotated[Optional[list[Path]], typer.Argument(
-        help="Profile files (edgecloud profile); none: profile the bundled models now.")] = None,
+        help="Profile files (edgecloud profile); none: profile the bundled and real models now.")] = None,
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Predictor JSON to write (default: the one shipped in devices/catalogue).")] = None,
     threads: Annotated[Optional[int], typer.Option(
@@ -27,7 +27,8 @@ def fit(
     repeats: Annotated[int, typer.Option(help="Timed runs per bundled model.", min=1, max=COUNT_MAX)] = 20,
     seed: Annotated[int, typer.Option(help="Seed of the random inputs.", **SEED_BOUNDS)] = 0,
 ) -> None:
-    """Fit on the given profiles, or profile every bundled model and fit on those (the shipped file)."""
+    """Fit on the given profiles, or profile every bundled and real model and fit on those (the shipped
+    file); the stage calibration is fitted on the profiles' whole-model latencies."""
     from rich.console import Console
     from rich.progress import Progress
     from rich.table import Table
@@ -35,8 +36,7 @@ def fit(
     from devices.host import host_profile, measure_host
     from devices.predictor import shipped_predictor_path
     from devices.profiler import load_profile_file
-    from edgecloud.calibration import fit_predictor, profile_bundled_models
-    from partitioner.zoo import MODEL_NAMES
+    from edgecloud.calibration import fit_predictor, predictor_model_paths, profile_models
 
     target = writable_output(output or shipped_predictor_path(), "--output")  # refused before profiling
     thread_count = threads or os.cpu_count() or 1
@@ -45,15 +45,19 @@ def fit(
     if profiles:
         loaded = {str(path): load_profile_file(path) for path in profiles}
     else:
+        paths = predictor_model_paths()
         with Progress(transient=True) as progress:
-            task = progress.add_task("profiling the bundled models", total=len(MODEL_NAMES))
-            loaded = profile_bundled_models(MODEL_NAMES, host, [thread_count], warmup, repeats, seed,
-                                            on_done=lambda *_: progress.advance(task))
+            task = progress.add_task("profiling the bundled and real models", total=len(paths))
+            loaded = profile_models(paths, host, [thread_count], warmup, repeats, seed,
+                                    on_done=lambda *_: progress.advance(task))
     predictor = fit_predictor(loaded, thread_count, reference)
     predictor.save(target)
 
-    table = Table(title=f"fitted on {predictor.fitted_on['nodes']} nodes, {thread_count} thread(s)")
-    for column in ("op type", "samples", "compute", "activations", "params", "overhead (us)"):
+    stage = predictor.stage
+    table = Table(title=f"fitted on {predictor.fitted_on['nodes']} nodes, {thread_count} thread(s); stage: "
+                        f"{stage.work_scale:.3f} x work + {stage.fixed_scale:.3f} x fixed costs + "
+                        f"{stage.per_run_s * 1e6:.1f} us per run")
+    for column in ("op type / kernel class", "samples", "compute", "activations", "params", "overhead (us)"):
         table.add_column(column, justify="right")
     for name, c in sorted(predictor.op_types.items()):
         table.add_row(name, str(c.samples), f"{c.compute:.3g}", f"{c.activations:.3g}", f"{c.params:.3g}",
@@ -70,13 +74,13 @@ def estimate(
     predictor_file: Annotated[Optional[Path], typer.Option(
         "--predictor", help="Predictor JSON (default: the shipped one).")] = None,
 ) -> None:
-    """Predict a model's latency on devices that are not at hand, one layer after another."""
+    """Predict a model's latency on devices that are not at hand: one run, one layer after another."""
     from rich.console import Console
     from rich.table import Table
 
     from devices.predictor import LatencyPredictor, shipped_predictor
     from devices.lookup import catalogue_names, load_device
-    from edgecloud.calibration import predicted_node_times_s
+    from edgecloud.calibration import predicted_node_times_s, predicted_run_s
     from partitioner.graph import load_layer_graph
     from partitioner.zoo import MODEL_NAMES, cached_model_path
 
@@ -92,7 +96,7 @@ def estimate(
         times_s = predicted_node_times_s(graph, predictor, device)
         slowest = max(times_s, key=times_s.__getitem__)
         table.add_row(device.name, f"{device.peak_flops / 1e9:.1f}", f"{device.memory_bandwidth_bytes_per_s / 1e9:.1f}",
-                      str(device.threads), f"{sum(times_s.values()) * 1e3:.3f}", slowest)
+                      str(device.threads), f"{predicted_run_s(graph, predictor, device) * 1e3:.3f}", slowest)
     Console().print(table)
 
 

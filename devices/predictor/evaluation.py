@@ -1,0 +1,119 @@
+"""Honest error of the predictor: leave one model out (its measurements never enter its own fit) and,
+for a new device, at most MAX_DEVICE_MEASUREMENTS calibration runs of *other* models there."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from devices.errors import DeviceError
+from devices.predictor.model import MAX_DEVICE_MEASUREMENTS, LatencyPredictor, NodeSample, StageCalibration
+from devices.profiles import DeviceProfile
+
+WITHIN = (0.05, 0.10)  # the field's reporting bands (nn-Meter, LitePred: share of models within ±10 %)
+
+
+@dataclass(frozen=True)
+class HeldOutResult:
+    """How well a predictor fitted without one model predicts that model."""
+
+    model: str
+    node_relative_errors: list[float]  # |predicted - measured| / measured, timed nodes only
+    measured_total_s: float  # measured whole-model time (or the sum of node times, without one)
+    predicted_total_s: float
+
+    @property
+    def model_relative_error(self) -> float:
+        return abs(self.predicted_total_s - self.measured_total_s) / self.measured_total_s
+
+
+def relative_errors(predicted_s: Iterable[float], samples: Iterable[NodeSample]) -> list[float]:
+    """|predicted - measured| / measured for every timed sample."""
+    return [abs(p - s.time_s) / s.time_s for p, s in zip(predicted_s, samples, strict=True) if s.time_s > 0]
+
+
+def error_summary(errors: Sequence[float]) -> dict[str, float]:
+    """The field's figures of a set of relative errors: share within ±5 % and ±10 %, median, p90."""
+    values = np.asarray(errors, dtype=float)
+    if values.size == 0:
+        raise DeviceError("no errors to summarise.")
+    summary = {f"within_{round(band * 100)}pct": float(np.mean(values <= band)) for band in WITHIN}
+    return summary | {"median": float(np.median(values)), "p90": float(np.percentile(values, 90)),
+                      "count": int(values.size)}
+
+
+def fit_without(samples_by_model: Mapping[str, list[NodeSample]], reference: DeviceProfile, held_out: str,
+                latencies_s: Mapping[str, float] | None = None) -> LatencyPredictor:
+    """Fit on every model but `held_out`; with whole-model latencies, calibrate the stage on theirs too."""
+    train = [name for name in samples_by_model if name != held_out]
+    predictor = LatencyPredictor.fit([s for name in train for s in samples_by_model[name]], reference)
+    if latencies_s is not None:
+        predictor = predictor.with_stage_calibration([(samples_by_model[name], latencies_s[name]) for name in train])
+    return predictor
+
+
+def leave_one_model_out(samples_by_model: Mapping[str, list[NodeSample]], reference: DeviceProfile,
+                        latencies_s: Mapping[str, float] | None = None) -> list[HeldOutResult]:
+    """Fit on every model but one, predict the one held out on `reference`, for each model in turn.
+
+    With `latencies_s` (measured whole-model seconds) the target is the whole run and the stage
+    calibration is fitted on the other models' runs; without, the target is the sum of node times."""
+    if len(samples_by_model) < 2:
+        raise DeviceError("leave-one-model-out needs samples of at least two models.")
+    results = []
+    for held_out, test in samples_by_model.items():
+        predictor = fit_without(samples_by_model, reference, held_out, latencies_s)
+        # Node errors against the profiled kernel times: the node-level model, before the stage calibration
+        # (which maps profiled kernels to a whole run, trace overhead out).
+        nodes_only = replace(predictor, stage=StageCalibration())
+        predicted = [nodes_only.predict(s.op_type, s.flops, s.bytes_moved, s.param_bytes, reference, s.kernel)
+                     for s in test]
+        if latencies_s is None:
+            measured_s, total_s = sum(s.time_s for s in test), nodes_only.predict_stage_s(test, reference)
+        else:
+            measured_s, total_s = latencies_s[held_out], predictor.predict_stage_s(test, reference)
+        results.append(HeldOutResult(held_out, relative_errors(predicted, test), measured_s, total_s))
+    return results
+
+
+def calibration_models(models: Sequence[str], held_out: str,
+                       budget: int = MAX_DEVICE_MEASUREMENTS) -> list[str]:
+    """The models measured on a new device to calibrate it: up to `budget` of the others, in order."""
+    return [name for name in models if name != held_out][:budget]
+
+
+@dataclass(frozen=True)
+class DevicePrediction:
+    """One (model, held-out device) pair: what was measured there and three predictions of it."""
+
+    measured_s: float
+    few_shot_s: float  # model held out everywhere; device calibrated on <= budget runs of other models
+    profiled_s: float  # as few_shot, anchored on the model's measured run on the reference device
+    figures_only_s: float  # model held out; no run on the device, its figures only
+
+
+def held_out_device(samples_by_model: Mapping[str, list[NodeSample]], reference: DeviceProfile,
+                    reference_latencies_s: Mapping[str, float], device: DeviceProfile,
+                    device_latencies_s: Mapping[str, float],
+                    budget: int = MAX_DEVICE_MEASUREMENTS) -> dict[str, DevicePrediction]:
+    """For each model m: fit without m on the reference, calibrate on `device` with at most `budget`
+    measured runs of other models there, predict m on `device`.
+
+    Two settings: `few_shot_s` never sees m at all (held-out model on a held-out device); `profiled_s`
+    is HELP's few-shot setting and `edgecloud plan --profile`'s: m was measured on the reference host
+    (not on the device), so its prediction is that run times the calibrated device/reference ratio."""
+    results = {}
+    names = list(samples_by_model)
+    for held_out in names:
+        predictor = fit_without(samples_by_model, reference, held_out, reference_latencies_s)
+        shots = [(samples_by_model[name], device_latencies_s[name]) for name in calibration_models(names, held_out, budget)]
+        calibrated = predictor.with_device_calibration(device, shots)
+        test = samples_by_model[held_out]
+        few_shot_s = calibrated.predict_stage_s(test, device)
+        ratio = few_shot_s / predictor.predict_stage_s(test, reference)
+        results[held_out] = DevicePrediction(device_latencies_s[held_out], few_shot_s,
+                                             reference_latencies_s[held_out] * ratio,
+                                             predictor.predict_stage_s(test, device))
+    return results

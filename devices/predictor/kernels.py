@@ -1,0 +1,45 @@
+"""Kernel classes: what onnxruntime really runs for a node, where the op type alone lies.
+
+A depthwise 3x3 convolution and a dense 3x3 one are both `Conv`, but onnxruntime runs the first as a
+memory-bound per-channel loop and the second as an im2col + GEMM (MLAS): per FLOP they differ by an
+order of magnitude, so one set of coefficients for both mispredicts whichever the training set has
+fewer of. Likewise a MatMul against a weight (packed once by MLAS) and attention's MatMul of two
+activations (Q·Kᵀ, scores·V: batched, small, unpacked). The class is `op/variant`; op types without
+variants keep their name, so a predictor fitted before a variant existed still finds the op type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+KERNEL_SEPARATOR = "/"
+
+
+def op_type_of(kernel: str) -> str:
+    """The ONNX op type a kernel class refines ("Conv/depthwise" -> "Conv")."""
+    return kernel.split(KERNEL_SEPARATOR, 1)[0]
+
+
+def _conv_class(attributes: Mapping[str, object], weight_shape: tuple[int, ...] | None) -> str:
+    group = int(attributes.get("group", 1) or 1)  # type: ignore[call-overload]
+    if group > 1:
+        # Weight [out, in/group, kh, kw]: one input channel per group is depthwise.
+        depthwise = weight_shape is not None and len(weight_shape) > 1 and weight_shape[1] == 1
+        return "Conv/depthwise" if depthwise else "Conv/grouped"
+    if weight_shape is not None and len(weight_shape) > 2 and all(k == 1 for k in weight_shape[2:]):
+        return "Conv/pointwise"
+    return "Conv/dense"  # ConvTranspose takes the same variants (suffix only)
+
+
+def kernel_class(op_type: str, attributes: Mapping[str, object], input_shapes: Sequence[tuple[int, ...] | None],
+                 constant_inputs: Sequence[bool]) -> str:
+    """The kernel class of one ONNX node from its attributes, input shapes and which inputs are
+    constants (initializers or Constant outputs)."""
+    if op_type in ("Conv", "ConvTranspose"):
+        weight = input_shapes[1] if len(input_shapes) > 1 else None
+        suffix = _conv_class(attributes, weight).split(KERNEL_SEPARATOR, 1)[1]
+        return f"{op_type}{KERNEL_SEPARATOR}{suffix}"
+    if op_type in ("MatMul", "Gemm"):
+        variant = "weights" if any(constant_inputs[:2]) else "activations"
+        return f"{op_type}{KERNEL_SEPARATOR}{variant}"
+    return op_type

@@ -1,0 +1,352 @@
+"""Per-kernel-class latency model with roofline features, fitted on measured profiles, so that a device
+that is not at hand can be planned for from its DeviceProfile (and, better, a few measurements on it).
+
+For a node of kernel class k (`devices.predictor.kernels`) on device D the model is
+
+    work  = a_k * flops / peak_flops(D) + b_k * activation_bytes / bandwidth(D) + p_k * param_bytes / bandwidth(D)
+    fixed = c_k * overhead_scale(D)
+    t     = u_D * s_w * work + v_D * s_f * fixed                      (a node within a run)
+    run   = sum(t) + v_D * h * overhead_scale(D)                         (a stage or the whole model)
+
+with non-negative coefficients: a, b, p dimensionless inefficiency factors, c_k seconds of fixed per-kernel
+cost on the reference device; overhead_scale(D) = (peak_flops / threads of the reference) / (peak_flops /
+threads of D), since fixed cost is serial work. s_w, s_f and h are the *stage calibration*: one session
+run of many nodes (as the agents run a stage) is not the sum of the nodes' profiled kernel times. The
+trace's own cost inflates every small kernel (transformer blocks: sum of nodes 0.57 ms, whole run 0.19 ms
+here) while the run adds set-up (h); fitted on whole-model times against the nodes' predicted work and
+fixed parts. u_D and v_D are the *device calibration*: the scale
+of the work and of the fixed costs on a new device, fitted on at most a few whole-stage measurements
+there (HELP's few-shot setting); 1 for a device never measured, whose figures alone then carry it.
+
+Fitting: one pooled model over every node, then each op type's model shrunk towards the pooled one, then
+each kernel class's shrunk towards its op type's (hierarchical: a class seen a few times borrows from its
+op type). A fused layer type ("Conv+BatchNormalization+Relu") not fitted as a whole takes its first
+member's factors plus every member's fixed cost. A predictor never fitted falls back to the plain
+roofline, max(compute, memory time), plus DEFAULT_OVERHEAD_S.
+
+Every fit is weighted by 1/t (relative error): the planner compares placements that differ by whole
+layers, small ones included. bench/predictor_error.py measures the error on held-out models and devices.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from devices.errors import DeviceError
+from devices.json_files import read_json_file, write_json_file
+from devices.predictor.kernels import op_type_of
+from devices.profiles import DeviceProfile
+
+PREDICTOR_FORMAT = "edgecloud.predictor/2"
+FUSED_SEPARATOR = "+"
+DEFAULT_SHRINKAGE = 0.1
+DEFAULT_OVERHEAD_S = 5e-6  # fixed cost per kernel of a predictor that was never fitted
+_TIME_FLOOR_S = 1e-6  # onnxruntime's trace has microsecond resolution: no sample weighs more than this
+MAX_DEVICE_MEASUREMENTS = 10  # the few-shot budget of a device calibration
+
+
+@dataclass(frozen=True)
+class NodeSample:
+    """One node: its roofline features (from the layer DAG), its kernel class and its measured time
+    (ignored where the sample is only predicted)."""
+
+    op_type: str
+    flops: int
+    bytes_moved: int  # input + output activation bytes + parameter bytes
+    param_bytes: int
+    time_s: float
+    kernel: str = ""  # kernel class ("Conv/depthwise"); empty: the op type
+
+    @property
+    def kernel_class(self) -> str:
+        return self.kernel or self.op_type
+
+
+@dataclass(frozen=True)
+class OpCoefficients:
+    """Fitted coefficients of one op type or kernel class (see the module docstring)."""
+
+    compute: float
+    activations: float
+    params: float
+    overhead_s: float
+    samples: int
+
+    def as_vector(self) -> np.ndarray:
+        return np.array([self.compute, self.activations, self.params, self.overhead_s])
+
+
+@dataclass(frozen=True)
+class StageCalibration:
+    """Whole run vs its nodes: t_run = work_scale * sum(work) + fixed_scale * sum(fixed) + per_run_s (the
+    per-run term in reference seconds, scaled by overhead_scale on another device)."""
+
+    work_scale: float = 1.0
+    fixed_scale: float = 1.0
+    per_run_s: float = 0.0
+    stages: int = 0  # how many measured runs it was fitted on
+
+
+@dataclass(frozen=True)
+class DeviceCalibration:
+    """A new device's scales of the predicted work and fixed costs, from a few measurements there."""
+
+    work_scale: float
+    fixed_scale: float
+    measurements: int
+
+
+@dataclass(frozen=True)
+class StageParts:
+    """A stage's prediction split into the part that scales with the device's throughput and the
+    serial fixed costs, before device calibration (what a device calibration is fitted on)."""
+
+    work_s: float
+    fixed_s: float
+
+
+def _overhead_scale(reference: DeviceProfile, device: DeviceProfile) -> float:
+    return (reference.peak_flops / reference.threads) / (device.peak_flops / device.threads)
+
+
+def roofline_features(flops: int, bytes_moved: int, param_bytes: int, device: DeviceProfile,
+                      reference: DeviceProfile) -> np.ndarray:
+    """[compute time, activation time, parameter time, fixed-cost scale] of a node on `device`."""
+    bandwidth = device.memory_bandwidth_bytes_per_s
+    activation_bytes = max(bytes_moved - param_bytes, 0)
+    return np.array([flops / device.peak_flops, activation_bytes / bandwidth, param_bytes / bandwidth,
+                     _overhead_scale(reference, device)])
+
+
+def roofline_time_s(flops: int, bytes_moved: int, device: DeviceProfile) -> float:
+    """The plain roofline bound: whichever of compute and memory traffic takes longer."""
+    return max(flops / device.peak_flops, bytes_moved / device.memory_bandwidth_bytes_per_s)
+
+
+def relative_nnls(rows: np.ndarray, targets: np.ndarray, prior: np.ndarray | None = None,
+                  penalty: float | np.ndarray = 0.0) -> np.ndarray:
+    """Non-negative x minimising sum ((rows x - t) / t)^2 + sum penalty_i (x_i - prior_i)^2 (t floored;
+    `penalty` one weight for all unknowns or one per unknown)."""
+    from scipy.optimize import nnls
+
+    weights = 1.0 / np.maximum(targets, _TIME_FLOOR_S)
+    a, b = rows * weights[:, None], targets * weights
+    roots = np.sqrt(np.broadcast_to(np.asarray(penalty, dtype=float), (rows.shape[1],)))
+    if prior is not None and np.any(roots > 0):
+        a = np.vstack([a, np.diag(roots)])
+        b = np.concatenate([b, roots * prior])
+    solution, _ = nnls(a, b)
+    return solution
+
+
+def _fit_group(group: list[NodeSample], reference: DeviceProfile, prior: OpCoefficients | None,
+               shrinkage: float) -> OpCoefficients:
+    """Relative-error NNLS plus `shrinkage` * squared distance to `prior` (the factors as they are, the
+    fixed cost in microseconds).
+
+    Why shrink: a class seen only in one regime (Concat of a few int64 shape values) tells nothing
+    about another (Concat of image tensors); without the prior its factors explode when extrapolated.
+    """
+    features = np.array([roofline_features(s.flops, s.bytes_moved, s.param_bytes, reference, reference)
+                         for s in group])
+    times = np.array([s.time_s for s in group])
+    # Unknowns in units of `scale` (fixed cost in microseconds) so that all columns are of order one.
+    scale = np.array([1.0, 1.0, 1.0, _TIME_FLOOR_S])
+    solution = relative_nnls(features * scale, times, None if prior is None else prior.as_vector() / scale,
+                             shrinkage)
+    a, b, p, c = solution * scale
+    return OpCoefficients(float(a), float(b), float(p), float(c), len(group))
+
+
+def _coefficients_from_dict(data: dict[str, Any]) -> OpCoefficients:
+    return OpCoefficients(compute=float(data["compute"]), activations=float(data["activations"]),
+                          params=float(data["params"]), overhead_s=float(data["overhead_s"]),
+                          samples=int(data["samples"]))
+
+
+def _groups(samples: Iterable[NodeSample], key: Any) -> dict[str, list[NodeSample]]:
+    groups: dict[str, list[NodeSample]] = {}
+    for sample in samples:
+        groups.setdefault(key(sample), []).append(sample)
+    return dict(sorted(groups.items()))
+
+
+def _finite_non_negative(values: Iterable[float]) -> bool:
+    return all(value >= 0 and math.isfinite(value) for value in values)
+
+
+@dataclass
+class LatencyPredictor:
+    """Coefficients per op type and kernel class, the pooled coefficients for what was never seen, the
+    stage and device calibrations, and the device the measurements came from (the fixed costs are in its
+    seconds)."""
+
+    reference: DeviceProfile
+    op_types: dict[str, OpCoefficients] = field(default_factory=dict)  # op types and kernel classes
+    pooled: OpCoefficients | None = None
+    fitted_on: dict[str, Any] = field(default_factory=dict)
+    stage: StageCalibration = field(default_factory=StageCalibration)
+    devices: dict[str, DeviceCalibration] = field(default_factory=dict)  # by device name
+
+    @classmethod
+    def fit(cls, samples: Iterable[NodeSample], reference: DeviceProfile,
+            fitted_on: dict[str, Any] | None = None, shrinkage: float = DEFAULT_SHRINKAGE) -> LatencyPredictor:
+        """Fit pooled, then per op type, then per kernel class (each shrunk towards its parent);
+        untimed (0 s) samples are ignored."""
+        timed = [s for s in samples if s.time_s > 0]
+        if not timed:
+            raise DeviceError("the predictor needs at least one timed node to fit.")
+        pooled = _fit_group(timed, reference, prior=None, shrinkage=0.0)
+        coefficients = {op_type: _fit_group(group, reference, pooled, shrinkage)
+                        for op_type, group in _groups(timed, lambda s: s.op_type).items()}
+        for kernel, group in _groups(timed, lambda s: s.kernel_class).items():
+            if kernel not in coefficients:
+                coefficients[kernel] = _fit_group(group, reference, coefficients[op_type_of(kernel)], shrinkage)
+        return cls(reference, dict(sorted(coefficients.items())), pooled, dict(fitted_on or {}))
+
+    # --- prediction ------------------------------------------------------------------------------
+
+    def _coefficients_of(self, op_type: str, kernel: str = "") -> OpCoefficients | None:
+        """The kernel class's fit, else the op type's; for a fused type its first member's factors with
+        every member's fixed cost; else the pooled fit; None when nothing was fitted at all."""
+        for name in (kernel, op_type):
+            if name and name in self.op_types:
+                return self.op_types[name]
+        members = op_type.split(FUSED_SEPARATOR)
+        head = self.op_types.get(kernel or members[0], self.op_types.get(members[0], self.pooled))
+        if len(members) == 1 or head is None:
+            return head
+        overhead_s = sum(self.op_types.get(m, head).overhead_s for m in members[1:])
+        return replace(head, overhead_s=head.overhead_s + overhead_s)
+
+    def node_parts(self, op_type: str, flops: int, bytes_moved: int, param_bytes: int, device: DeviceProfile,
+                   kernel: str = "") -> StageParts:
+        """A node's (work, fixed) seconds on `device`, stage calibration in, device calibration not."""
+        features = roofline_features(flops, bytes_moved, param_bytes, device, self.reference)
+        coefficients = self._coefficients_of(op_type, kernel)
+        if coefficients is None:
+            return StageParts(roofline_time_s(flops, bytes_moved, device), DEFAULT_OVERHEAD_S * features[3])
+        vector = coefficients.as_vector()
+        work_s = float(features[:3] @ vector[:3])
+        fixed_s = float(features[3] * vector[3])
+        return StageParts(self.stage.work_scale * work_s, self.stage.fixed_scale * fixed_s)
+
+    def _device_scales(self, device: DeviceProfile) -> tuple[float, float]:
+        calibration = self.devices.get(device.name)
+        return (1.0, 1.0) if calibration is None else (calibration.work_scale, calibration.fixed_scale)
+
+    def predict(self, op_type: str, flops: int, bytes_moved: int, param_bytes: int,
+                device: DeviceProfile, kernel: str = "") -> float:
+        """Seconds the node takes on `device` within a run of many nodes."""
+        parts = self.node_parts(op_type, flops, bytes_moved, param_bytes, device, kernel)
+        work_scale, fixed_scale = self._device_scales(device)
+        return work_scale * parts.work_s + fixed_scale * parts.fixed_s
+
+    def stage_parts(self, nodes: Iterable[NodeSample], device: DeviceProfile) -> StageParts:
+        """(work, fixed) seconds of one run of `nodes` (their times ignored), device calibration not in."""
+        work_s = fixed_s = 0.0
+        for node in nodes:
+            parts = self.node_parts(node.op_type, node.flops, node.bytes_moved, node.param_bytes, device, node.kernel)
+            work_s += parts.work_s
+            fixed_s += parts.fixed_s
+        return StageParts(work_s, fixed_s + self.stage.per_run_s * _overhead_scale(self.reference, device))
+
+    def predict_stage_s(self, nodes: Iterable[NodeSample], device: DeviceProfile) -> float:
+        """Seconds of one session run of `nodes` on `device` (a stage, or the whole model)."""
+        parts = self.stage_parts(nodes, device)
+        work_scale, fixed_scale = self._device_scales(device)
+        return work_scale * parts.work_s + fixed_scale * parts.fixed_s
+
+    # --- calibration -----------------------------------------------------------------------------
+
+    def with_stage_calibration(self, stages: Sequence[tuple[Sequence[NodeSample], float]]) -> LatencyPredictor:
+        """A copy whose stage calibration is fitted on measured runs (nodes, seconds of a whole run) on
+        the reference device: t = s_w * sum(work) + s_f * sum(fixed) + h, the scales weakly pulled towards
+        1 so that a few runs alike cannot send one to zero."""
+        base = replace(self, stage=StageCalibration(), devices={})
+        rows, targets = [], []
+        for nodes, seconds in stages:
+            parts = base.stage_parts(nodes, self.reference)
+            rows.append([parts.work_s, parts.fixed_s, _TIME_FLOOR_S])
+            targets.append(seconds)
+        if not rows or not all(t > 0 for t in targets):
+            raise DeviceError("a stage calibration needs at least one measured run with a positive time.")
+        s_w, s_f, h = relative_nnls(np.array(rows), np.array(targets), np.array([1.0, 1.0, 0.0]),
+                                    penalty=np.array([1e-4, 1e-4, 0.0]))
+        return replace(self, stage=StageCalibration(float(s_w), float(s_f), float(h * _TIME_FLOOR_S), len(rows)))
+
+    def with_device_calibration(self, device: DeviceProfile,
+                                stages: Sequence[tuple[Sequence[NodeSample], float]]) -> LatencyPredictor:
+        """A copy calibrated for `device` from at most MAX_DEVICE_MEASUREMENTS measured runs there
+        (nodes, seconds): fits the scales of the predicted work and fixed costs. One measurement fixes
+        one common scale; two or more fit both (a slower core stretches both, more threads only the work)."""
+        if not 1 <= len(stages) <= MAX_DEVICE_MEASUREMENTS:
+            raise DeviceError(f"a device calibration takes 1 to {MAX_DEVICE_MEASUREMENTS} measured runs, "
+                              f"got {len(stages)}.")
+        base = replace(self, devices={name: c for name, c in self.devices.items() if name != device.name})
+        parts = [base.stage_parts(nodes, device) for nodes, _ in stages]
+        targets = np.array([seconds for _, seconds in stages])
+        if not np.all(targets > 0):
+            raise DeviceError("a device calibration needs measured runs with positive times.")
+        if len(stages) == 1:
+            scale = float(targets[0] / max(parts[0].work_s + parts[0].fixed_s, _TIME_FLOOR_S))
+            work_scale = fixed_scale = scale
+        else:
+            rows = np.array([[p.work_s, p.fixed_s] for p in parts])
+            # A weak pull towards one common scale keeps an ill-posed pair (all runs alike) sane.
+            common = float(np.median(targets / np.maximum(rows.sum(axis=1), _TIME_FLOOR_S)))
+            work_scale, fixed_scale = (float(x) for x in relative_nnls(rows, targets, np.array([common, common]), 1e-4))
+        calibration = DeviceCalibration(work_scale, fixed_scale, len(stages))
+        return replace(base, devices={**base.devices, device.name: calibration})
+
+    # --- file format -----------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": PREDICTOR_FORMAT,
+            "model": "node = u*work_scale*(compute*flops/peak_flops + activations*activation_bytes/bw"
+                     " + params*param_bytes/bw) + v*fixed_scale*overhead_s*(reference flops per thread / device"
+                     " flops per thread); stage = sum(node) + v*per_run_s*(same scale); u, v per calibrated"
+                     " device (devices), else 1",
+            "reference": self.reference.to_dict(),
+            "fitted_on": self.fitted_on,
+            "pooled": asdict(self.pooled) if self.pooled else None,
+            "op_types": {name: asdict(coefficients) for name, coefficients in sorted(self.op_types.items())},
+            "stage": asdict(self.stage),
+            "devices": {name: asdict(c) for name, c in sorted(self.devices.items())},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, origin: str = "predictor") -> LatencyPredictor:
+        if not isinstance(data, dict) or data.get("format") != PREDICTOR_FORMAT:
+            raise DeviceError(f"{origin} is not an edgecloud predictor (expected \"format\": \"{PREDICTOR_FORMAT}\").")
+        try:
+            op_types = {str(name): _coefficients_from_dict(c) for name, c in data["op_types"].items()}
+            pooled = _coefficients_from_dict(data["pooled"]) if data.get("pooled") is not None else None
+            stage_data = data["stage"]
+            stage = StageCalibration(float(stage_data["work_scale"]), float(stage_data["fixed_scale"]),
+                                     float(stage_data["per_run_s"]), int(stage_data["stages"]))
+            devices = {str(name): DeviceCalibration(float(c["work_scale"]), float(c["fixed_scale"]),
+                                                    int(c["measurements"]))
+                       for name, c in data.get("devices", {}).items()}
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise DeviceError(f"{origin}: malformed coefficients ({type(error).__name__}: {error}).") from None
+        every = [*op_types.values(), *([pooled] if pooled else [])]
+        numbers = [*(v for c in every for v in c.as_vector()), stage.work_scale, stage.fixed_scale, stage.per_run_s,
+                   *(v for c in devices.values() for v in (c.work_scale, c.fixed_scale))]
+        if not _finite_non_negative(numbers):
+            raise DeviceError(f"{origin}: coefficients must be finite and non-negative.")
+        reference = DeviceProfile.from_dict(data.get("reference"), origin=f"{origin} reference")
+        return cls(reference, op_types, pooled, dict(data.get("fitted_on", {})), stage, devices)
+
+    def save(self, path: Any) -> None:
+        write_json_file(path, self.to_dict(), "predictor")
+
+    @classmethod
+    def load(cls, path: Any) -> LatencyPredictor:
+        return cls.from_dict(read_json_file(path, "predictor", expected_format=PREDICTOR_FORMAT), origin=str(path))
