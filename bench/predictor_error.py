@@ -29,8 +29,8 @@ from devices.profiler import ModelProfile, load_profile_file
 from devices.profiles import DeviceProfile
 from devices.lookup import catalogue
 from edgecloud.calibration import predicted_node_times_s, profile_bundled_models, profile_samples
-from partitioner.graph import load_layer_graph
-from partitioner.zoo import MODEL_NAMES
+from partitioner.graph.layer_graph import load_layer_graph
+from partitioner.models.zoo import MODEL_NAMES
 
 RESULTS = Path(__file__).parent / "results"
 PROFILES = RESULTS / "profiles"

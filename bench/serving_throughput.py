@@ -33,10 +33,10 @@ from edgecloud.broker import EmbeddedBrokerProcess, MosquittoBroker
 from edgecloud.client import InferenceClient, InferenceResult
 from edgecloud.demo import model_inputs
 from devices.sessions import make_session
-from partitioner.onnx_names import name_nodes_uniquely
-from partitioner.plan import Plan
-from partitioner.split import cached_split
-from partitioner.zoo import cached_model_path
+from partitioner.graph.onnx_names import name_nodes_uniquely
+from partitioner.plan.plan_file import Plan
+from partitioner.split.onnx_split import cached_split
+from partitioner.models.zoo import cached_model_path
 
 RESULTS = Path(__file__).parent / "results"
 

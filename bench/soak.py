@@ -43,8 +43,8 @@ from edgecloud.client import InferenceClient, InferenceResult
 from edgecloud.errors import EdgecloudError
 from devices.sessions import make_session
 from edgecloud.topics import sender_topic
-from partitioner.split import cached_split
-from partitioner.zoo import cached_model_path
+from partitioner.split.onnx_split import cached_split
+from partitioner.models.zoo import cached_model_path
 
 RESULTS = Path(__file__).parent / "results"
 DEVICES = ("edge", "cloud")

@@ -62,8 +62,8 @@ from edgecloud.stage_runner import StageRunner
 from edgecloud.topics import DEFAULT_DEPLOYMENT, inbox_filter, parse_device_topic, reply_topic, sender_topic
 from edgecloud.trace import CLIENT, TraceEvent, encode_trace, merge, parse_trace, stage_event, transfer_event
 from edgecloud.wire import DEFAULT_LIMITS, Message, WireLimits
-from partitioner.costs import Link
-from partitioner.manifest import SplitManifest, StageOutput, TensorSpec, concrete_shape
+from partitioner.costs.cost_graph import Link
+from partitioner.split.manifest import SplitManifest, StageOutput, TensorSpec, concrete_shape
 
 logger = logging.getLogger(__name__)
 

@@ -19,13 +19,13 @@ from devices.profiles import DeviceProfile
 if TYPE_CHECKING:
     import onnx
 
-    from partitioner.graph import LayerGraph
+    from partitioner.graph.layer_graph import LayerGraph
 
 
 def canonical_model(path: str | Path) -> "onnx.ModelProto":
     """The checked ONNX model with the canonical node ids every stage uses."""
-    from partitioner.onnx_loading import load_onnx_model
-    from partitioner.onnx_names import name_nodes_uniquely
+    from partitioner.graph.onnx_loading import load_onnx_model
+    from partitioner.graph.onnx_names import name_nodes_uniquely
 
     model = load_onnx_model(path)
     name_nodes_uniquely(model.graph)
@@ -60,7 +60,7 @@ def samples_from_times(graph: "LayerGraph", node_times_s: Mapping[str, float]) -
 
 def profile_samples(profile: ModelProfile, threads: int) -> list[NodeSample]:
     """Predictor samples of a profile at one thread count, features from the profiled model file."""
-    from partitioner.graph import load_layer_graph
+    from partitioner.graph.layer_graph import load_layer_graph
 
     if threads not in profile.timings:
         raise DeviceError(f"the profile of {profile.model} has no timing with {threads} thread(s).")
@@ -88,7 +88,7 @@ def profile_bundled_models(names: Iterable[str], host: DeviceProfile, thread_cou
                            warmup: int = DEFAULT_WARMUP, repeats: int = DEFAULT_REPEATS, seed: int = 0,
                            on_done: Callable[[str, ThreadTiming], None] | None = None) -> dict[str, ModelProfile]:
     """Profile the named bundled models (exported once into the cache) at each thread count."""
-    from partitioner.zoo import cached_model_path
+    from partitioner.models.zoo import cached_model_path
 
     profiles = {}
     for name in names:

@@ -37,7 +37,7 @@ from edgecloud.mqtt import MqttTransport, Requester, TransportOptions
 from edgecloud.topics import DEFAULT_DEPLOYMENT, device_topic, sender_topic
 from edgecloud.trace import CLIENT, TraceEvent, parse_trace, transfer_event
 from edgecloud.wire import Message
-from partitioner.manifest import SplitManifest
+from partitioner.split.manifest import SplitManifest
 
 # How long past its deadline the client still waits: the fallback answer is sent just before the
 # deadline and needs a moment to travel back.
@@ -82,7 +82,7 @@ class InferenceClient:
         if isinstance(plan, SplitManifest):
             self.manifest = plan
         else:  # splitting needs onnx: a client given a manifest (or importing this module) never loads it
-            from partitioner.split import cached_split
+            from partitioner.split.onnx_split import cached_split
 
             self.manifest = cached_split(plan)
         self.deployment = deployment

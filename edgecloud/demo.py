@@ -31,9 +31,9 @@ from edgecloud.client import InferenceClient, RequestTimings
 from edgecloud.errors import EdgecloudError
 from devices.sessions import make_session
 from edgecloud.trace import CLIENT
-from partitioner.costs import CostGraph
-from partitioner.manifest import SplitManifest, concrete_shape
-from partitioner.plan import Plan
+from partitioner.costs.cost_graph import CostGraph
+from partitioner.split.manifest import SplitManifest, concrete_shape
+from partitioner.plan.plan_file import Plan
 
 logger = logging.getLogger(__name__)
 
@@ -97,11 +97,11 @@ def plan_demo_model(settings: DemoSettings, workdir: Path,
     from devices.profiles import LinkProfile
     from devices.lookup import load_device
     from edgecloud.calibration import profile_file
-    from partitioner.graph import load_layer_graph
-    from partitioner.model_costs import cost_graph_from_model
-    from partitioner.planning import plan_cost_graph
-    from partitioner.scenario import Scenario
-    from partitioner.zoo import cached_model_path
+    from partitioner.graph.layer_graph import load_layer_graph
+    from partitioner.costs.from_model import cost_graph_from_model
+    from partitioner.plan.make_plan import plan_cost_graph
+    from partitioner.costs.scenario import Scenario
+    from partitioner.models.zoo import cached_model_path
 
     scenario = Scenario.of_profiles(  # a typo fails first
         {"edge": load_device(settings.edge), "cloud": load_device(settings.cloud)},

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, MutableMapping
 import numpy as np
 from devices.sessions import make_session
 from edgecloud.errors import EdgecloudError
-from partitioner.manifest import SplitManifest, Stage, concrete_shape
+from partitioner.split.manifest import SplitManifest, Stage, concrete_shape
 
 logger = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ from serving_helpers import bouncing_placement, node_ids
 from devices.profiles import LinkProfile
 from devices.lookup import load_device
 from edgecloud.demo import predicted_stage_s, transfer_rows
-from partitioner.graph import load_layer_graph
-from partitioner.model_costs import cost_graph_from_model
-from partitioner.scenario import Scenario
-from partitioner.split import split_model
-from partitioner.zoo import cached_model_path
+from partitioner.graph.layer_graph import load_layer_graph
+from partitioner.costs.from_model import cost_graph_from_model
+from partitioner.costs.scenario import Scenario
+from partitioner.split.onnx_split import split_model
+from partitioner.models.zoo import cached_model_path
 
 DEMO = [sys.executable, "-m", "edgecloud.cli.app", "demo"]
 

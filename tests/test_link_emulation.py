@@ -6,7 +6,7 @@ import threading
 import time
 
 from edgecloud.link_emulation import LinkEmulator
-from partitioner.costs import Link
+from partitioner.costs.cost_graph import Link
 
 
 def test_messages_to_one_device_queue_behind_each_other_and_others_pass_at_once() -> None:

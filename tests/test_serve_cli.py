@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from edgecloud.cli.app import app
 from edgecloud.client import InferenceClient
 from edgecloud.errors import EdgecloudError
-from partitioner.zoo import cached_model_path
+from partitioner.models.zoo import cached_model_path
 
 NO_BROKER = "mqtt://127.0.0.1:9"
 

@@ -26,10 +26,10 @@ from edgecloud.mqtt import MqttTransport
 from devices.sessions import make_session
 from edgecloud.topics import device_topic, sender_topic
 from edgecloud.wire import Message, WireLimits, encode
-from partitioner.costs import Link
-from partitioner.manifest import SplitManifest
-from partitioner.split import split_model
-from partitioner.zoo import MODEL_NAMES
+from partitioner.costs.cost_graph import Link
+from partitioner.split.manifest import SplitManifest
+from partitioner.split.onnx_split import split_model
+from partitioner.models.zoo import MODEL_NAMES
 
 def model_input(manifest: SplitManifest, seed: int) -> np.ndarray:
     """The input of a one-input model."""

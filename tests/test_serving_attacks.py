@@ -32,9 +32,9 @@ from devices.sessions import make_session
 from edgecloud.stage_runner import StageRunner
 from edgecloud.topics import device_topic, inbox_filter, reply_topic, sender_topic
 from edgecloud.wire import Message, encode
-from partitioner.costs import Link
-from partitioner.manifest import SplitManifest
-from partitioner.split import split_model
+from partitioner.costs.cost_graph import Link
+from partitioner.split.manifest import SplitManifest
+from partitioner.split.onnx_split import split_model
 
 # JSON numbers Python cannot hold as floats: 1e400 parses to inf (int() of it overflows), 10**400 is an
 # int that float() refuses. The encoder writes neither, so the 1e400 is patched into the bytes.

@@ -16,7 +16,7 @@ from edgecloud.agent_processes import AgentProcesses
 from edgecloud.cli.app import app
 from edgecloud.client import InferenceClient
 from devices.sessions import make_session
-from partitioner.split import cached_split
+from partitioner.split.onnx_split import cached_split
 
 
 def test_agent_processes_serve_fall_back_and_stop_cleanly(bundled_models, broker, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from serving_helpers import DEVICES, bouncing_placement, node_ids
 from devices.errors import DeviceError
 from devices.sessions import NO_SPINNING, make_session
 from edgecloud.stage_runner import StageRunner
-from partitioner.split import split_model
+from partitioner.split.onnx_split import split_model
 
 
 def _spinning(session) -> str:

@@ -92,7 +92,7 @@ def _run(settings: "DemoSettings", workdir: Path, console: "Console") -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from edgecloud.demo import check_outcomes, measured_rows, plan_demo_model, serve_requests
-    from partitioner.split import cached_split
+    from partitioner.split.onnx_split import cached_split
 
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as progress:

@@ -36,7 +36,7 @@ def fit(
     from devices.predictor import shipped_predictor_path
     from devices.profiler import load_profile_file
     from edgecloud.calibration import fit_predictor, profile_bundled_models
-    from partitioner.zoo import MODEL_NAMES
+    from partitioner.models.zoo import MODEL_NAMES
 
     target = writable_output(output or shipped_predictor_path(), "--output")  # refused before profiling
     thread_count = threads or os.cpu_count() or 1
@@ -77,8 +77,8 @@ def estimate(
     from devices.predictor import LatencyPredictor, shipped_predictor
     from devices.lookup import catalogue_names, load_device
     from edgecloud.calibration import predicted_node_times_s
-    from partitioner.graph import load_layer_graph
-    from partitioner.zoo import MODEL_NAMES, cached_model_path
+    from partitioner.graph.layer_graph import load_layer_graph
+    from partitioner.models.zoo import MODEL_NAMES, cached_model_path
 
     if not model.exists() and str(model) in MODEL_NAMES:
         model = cached_model_path(str(model))

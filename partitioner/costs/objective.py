@@ -18,11 +18,11 @@ from typing import Literal
 
 import numpy as np
 
-from partitioner.costs import CostArrays
+from partitioner.costs.cost_graph import CostArrays
 from partitioner.errors import PartitionerError
 
-# How the optimum is found: "sum" and "bottleneck" are `partitioner.ilp_placement`'s model (the sum of
-# every second, or the busiest resource's), "schedule" is `partitioner.ilp_makespan`'s.
+# How the optimum is found: "sum" and "bottleneck" are `partitioner.solve.ilp_placement`'s model (the sum of
+# every second, or the busiest resource's), "schedule" is `partitioner.solve.ilp_makespan`'s.
 Formulation = Literal["sum", "bottleneck", "schedule"]
 
 

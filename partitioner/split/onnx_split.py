@@ -31,7 +31,7 @@ from onnx import helper
 
 from devices.errors import first_line
 from partitioner.errors import PartitionerError
-from partitioner.manifest import (
+from partitioner.split.manifest import (
     MANIFEST_FILE,
     SplitManifest,
     Stage,
@@ -41,8 +41,8 @@ from partitioner.manifest import (
     TensorSpec,
     load_manifest,
 )
-from partitioner.onnx_loading import infer_shapes, load_compute_model
-from partitioner.onnx_reads import node_inputs
+from partitioner.graph.onnx_loading import infer_shapes, load_compute_model
+from partitioner.graph.onnx_reads import node_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def split_model(model: onnx.ModelProto | str | Path, placement: Mapping[str, str
                 plan_sha256: str | None = None, check: bool = True) -> SplitManifest:
     """Write one ONNX file per stage and `manifest.json` into `out_dir`; return the manifest.
 
-    `placement` maps every canonical node id (see `partitioner.onnx_names`) to a device; `devices` lists
+    `placement` maps every canonical node id (see `partitioner.graph.onnx_names`) to a device; `devices` lists
     devices that hold no node but still take part (the source/sink). `model_reference` is the whole
     model's path recorded for the source agent's fallback (default: the path given, else none).
     """
@@ -213,7 +213,7 @@ def split_model(model: onnx.ModelProto | str | Path, placement: Mapping[str, str
 
 def plan_content_hash(plan_path: str | Path) -> str:
     """SHA-256 of the plan file and of the model it names: a changed model must not reuse an old split."""
-    from partitioner.plan import file_sha256, load_plan
+    from partitioner.plan.plan_file import file_sha256, load_plan
 
     plan_path = Path(plan_path)
     model_path = load_plan(plan_path).model_path  # first: a missing or bad plan is reported as such
@@ -228,7 +228,7 @@ def split_plan(plan_path: str | Path, out_dir: str | Path, check: bool = True, f
 
     The plan records the SHA-256 of the model it was made for: when the file now holds another model,
     the plan's node ids and costs describe something else, so the split is refused unless `force`."""
-    from partitioner.plan import file_sha256, load_plan
+    from partitioner.plan.plan_file import file_sha256, load_plan
 
     plan = load_plan(plan_path)
     if plan.model_path is None:

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from partitioner.costs import CostArrays
-from partitioner.maxflow import INFINITE, min_cut_source_side
+from partitioner.costs.cost_graph import CostArrays
+from partitioner.solve.maxflow import INFINITE, min_cut_source_side
 
 SOURCE, SINK = "S", "T"
 # Float round-off in capacities picks wrong cut sides (seen with networkx): capacities are integer
-# picoseconds, and the max-flow (`partitioner.maxflow`) is exact on them.
+# picoseconds, and the max-flow (`partitioner.solve.maxflow`) is exact on them.
 TICKS_PER_S = 10**12
 
 

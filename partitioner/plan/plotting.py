@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from partitioner.costs import CostGraph, topological_order
-from partitioner.plan import Plan
+from partitioner.costs.cost_graph import CostGraph, topological_order
+from partitioner.plan.plan_file import Plan
 
 INPUT, OUTPUT = "input", "output"  # the graph's inputs (on the source) and outputs (due at the sink)
 LABELLED_NODES_AT_MOST = 40  # more node names than this overlap into an unreadable band

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from partitioner.costs import CostArrays
+from partitioner.costs.cost_graph import CostArrays
 from partitioner.errors import PartitionerError
-from partitioner.mip import SOLVERS
+from partitioner.solve.mip import SOLVERS
 
 
 @dataclass(frozen=True)

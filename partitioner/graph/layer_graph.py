@@ -1,13 +1,13 @@
 """ONNX model -> layer DAG: the nodes the planner places, the tensors it may send, what each costs.
 
-Nodes are ONNX ops keyed by their canonical ids (`partitioner.onnx_names`), or fused layers of several
+Nodes are ONNX ops keyed by their canonical ids (`partitioner.graph.onnx_names`), or fused layers of several
 ops. Every tensor's bytes are exact for the chosen batch size: prod(shape) * itemsize after shape
-inference. FLOPs follow `partitioner.flops` (a multiply-add is 2 FLOPs).
+inference. FLOPs follow `partitioner.graph.flops` (a multiply-add is 2 FLOPs).
 
 Parameters: an initializer counts in `param_bytes` of every node that reads it (each device that runs
 one of its consumers needs its own copy). Constant subgraphs (Constant, ConstantOfShape and everything
 computed from them and initializers only) are folded into initializers first
-(`partitioner.constant_folding`): they are weights, not layers. A Constant node that survives (its value
+(`partitioner.graph.constant_folding`): they are weights, not layers. A Constant node that survives (its value
 is a graph output) stays a node of its own: its `param_bytes` are its value's bytes; with `fuse=True` a
 Constant read by one node joins that node's layer.
 """
@@ -25,10 +25,10 @@ import networkx as nx
 import numpy as np
 import onnx
 
-from partitioner.flops import NodeShapes, count_flops
-from partitioner.fusion import fusion_groups
-from partitioner.onnx_loading import fix_dimensions, infer_shapes, load_compute_model
-from partitioner.onnx_reads import node_inputs
+from partitioner.graph.flops import NodeShapes, count_flops
+from partitioner.graph.fusion import fusion_groups
+from partitioner.graph.onnx_loading import fix_dimensions, infer_shapes, load_compute_model
+from partitioner.graph.onnx_reads import node_inputs
 
 logger = logging.getLogger(__name__)
 

@@ -1,12 +1,12 @@
 """Real architectures from Hugging Face `transformers`, built from tiny configs with seeded random weights.
 
-The bundled zoo (`partitioner.zoo`) holds hand-written models, one per graph shape; these are the
+The bundled zoo (`partitioner.models.zoo`) holds hand-written models, one per graph shape; these are the
 architectures users actually deploy, as the library that defines them writes them: MobileNetV2
 (depthwise convolutions), RegNet (grouped convolutions), ConvNeXt (depthwise 7x7 + LayerNorm), ViT,
 BERT and GPT-2. Nothing is downloaded: each model is built from a config, so only the graph shape is
 real, not the weights; configs are kept tiny so that export and tests stay fast. torch and
 transformers are imported inside the functions (`pip install edgecloud[models]`), so importing this
-module costs nothing. Exported with torch's default (dynamo) exporter, as `partitioner.zoo` does, with
+module costs nothing. Exported with torch's default (dynamo) exporter, as `partitioner.models.zoo` does, with
 static shapes (batch 1): HF models specialise sequence and image sizes anyway.
 
 A later benchmark (the latency predictor's) reuses `export_real_model`; `REAL_MODELS` is the one list.
@@ -155,7 +155,7 @@ def export_real_model(name: str, path: str | Path, seed: int = DEFAULT_SEED) -> 
     spec = real_model(name)
     import torch
 
-    from partitioner.zoo import export_onnx
+    from partitioner.models.zoo import export_onnx
 
     state = torch.random.get_rng_state()
     try:

@@ -6,11 +6,11 @@ import logging
 
 import numpy as np
 
-from partitioner.baselines import baselines, brute_force_baseline
-from partitioner.costs import CostGraph, to_arrays
-from partitioner.ilp import solve
-from partitioner.objective import LATENCY, Objective, objective_named
-from partitioner.plan import Plan, build_plan
+from partitioner.solve.baselines import baselines, brute_force_baseline
+from partitioner.costs.cost_graph import CostGraph, to_arrays
+from partitioner.solve.optimal import solve
+from partitioner.costs.objective import LATENCY, Objective, objective_named
+from partitioner.plan.plan_file import Plan, build_plan
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@
 - neurosurgeon: the best single cut of the compute graph's chain (`chain_order`), prefix on the source
   device and suffix on one other device (Neurosurgeon's chain view of the network), over every other
   device;
-- dads-mincut: DADS' min-cut between the source device and each other device (`partitioner.mincut`);
+- dads-mincut: DADS' min-cut between the source device and each other device (`partitioner.solve.mincut`);
 - brute-force: every placement, vectorised; reported for latency and throughput plans of graphs with at
   most BRUTE_FORCE_REPORT_MAX_PLACEMENTS placements, where it shows the ILP's optimum is the true one.
 The other baselines choose their placement for latency, as the originals do; all are scored under the
@@ -19,10 +19,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from partitioner.costs import CostArrays
+from partitioner.costs.cost_graph import CostArrays
 from partitioner.errors import PartitionerError
-from partitioner.mincut import min_cut_placement
-from partitioner.objective import Objective, infeasibility, latency_s, objective_named, schedule_makespan_s
+from partitioner.solve.mincut import min_cut_placement
+from partitioner.costs.objective import Objective, infeasibility, latency_s, objective_named, schedule_makespan_s
 
 BRUTE_FORCE_MAX_PLACEMENTS = 3**13
 BRUTE_FORCE_REPORT_MAX_PLACEMENTS = 4096  # beside a plan: a few milliseconds at most

@@ -10,12 +10,12 @@ path orders. Duration D[v] = sum_k t[v,k] x[v,k]. Big-M disjunctive rows:
 - no overlap on a device, for unordered u, v and each device k both may use:
   S[v] >= S[u] + D[u] - M (1 - o) - M (2 - x[u,k] - x[v,k]),  S[u] >= S[v] + D[v] - M o - M (2 - ...).
 M is a horizon no optimal schedule exceeds (all work and all transfers in sequence). Weak relaxation and
-O(n^2) order variables: hard at scale, so `partitioner.ilp` passes a time limit and reports the gap.
+O(n^2) order variables: hard at scale, so `partitioner.solve.optimal` passes a time limit and reports the gap.
 
 Times enter the model in microseconds, rounded to the nanosecond. In seconds, a 1 ns duration is a
 coefficient of 1e-9: at HiGHS' feasibility tolerance and zero threshold, where its presolve went wrong
 (highspy 1.16 proved "optimal" a schedule twice as long as the real optimum). The rounding moves no
-reported figure: `partitioner.ilp` recomputes the makespan of the solver's placement and order exactly.
+reported figure: `partitioner.solve.optimal` recomputes the makespan of the solver's placement and order exactly.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import heapq
 
 import numpy as np
 
-from partitioner.costs import CostArrays
-from partitioner.ilp_placement import add_memory_limits
-from partitioner.mip import Mip, MipBuilder
+from partitioner.costs.cost_graph import CostArrays
+from partitioner.solve.ilp_placement import add_memory_limits
+from partitioner.solve.mip import Mip, MipBuilder
 
 MICROSECONDS = 1e6  # per second
 

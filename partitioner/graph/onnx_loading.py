@@ -80,8 +80,8 @@ def load_compute_model(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelP
     under their canonical ids, constant subgraphs folded into initializers. Returns it with the ids of
     the nodes folded away (a placement may still name them). Both stages must call this, so that a
     plan's node ids are the split's."""
-    from partitioner.constant_folding import fold_constants
-    from partitioner.onnx_names import name_nodes_uniquely
+    from partitioner.graph.constant_folding import fold_constants
+    from partitioner.graph.onnx_names import name_nodes_uniquely
 
     loaded = load_onnx_model(model)
     name_nodes_uniquely(loaded.graph)

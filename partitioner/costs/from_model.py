@@ -11,14 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from partitioner.costs import CostGraph, CostNode, CostTensor
+from partitioner.costs.cost_graph import CostGraph, CostNode, CostTensor
 from partitioner.errors import PartitionerError
-from partitioner.scenario import Scenario
+from partitioner.costs.scenario import Scenario
 
 if TYPE_CHECKING:
     from devices.profiler import ModelProfile
     from devices.profiles import DeviceProfile
-    from partitioner.graph import LayerGraph
+    from partitioner.graph.layer_graph import LayerGraph
 
 
 def measured_layer_times_s(layer_graph: LayerGraph, profile: ModelProfile) -> dict[str, float]:
@@ -61,7 +61,7 @@ def cost_graph_from_model(layer_graph: LayerGraph, scenario: Scenario, model_pat
         for name, info in layer_graph.tensors.items()
         if info.consumers or info.is_graph_output
     }
-    from partitioner.plan import file_sha256
+    from partitioner.plan.plan_file import file_sha256
 
     return scenario.cost_graph(
         nodes, tensors, model=str(model_path) if model_path is not None else None,

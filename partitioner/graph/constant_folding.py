@@ -11,7 +11,7 @@ A node is folded when every input it reads (including outer-scope names its subg
 initializer that is not also a graph input (such a default can be overridden) or a folded tensor, it is a deterministic op of the standard domain without subgraphs, and
 none of its outputs is a graph output (a stage must produce every graph output). The values come from
 onnxruntime itself, so they are exactly what running the model would compute. Node names must be
-canonical before folding (`partitioner.onnx_names`): the nodes that stay keep their ids.
+canonical before folding (`partitioner.graph.onnx_names`): the nodes that stay keep their ids.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from devices.errors import first_line
-from partitioner.onnx_reads import node_inputs
+from partitioner.graph.onnx_reads import node_inputs
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ source: y[t,source,l] >= x[c,l]; outputs reach the sink: y[t,k,sink] >= x[p,k].
 
 Why this form: the textbook linearisation (y >= x + p - 1) has a weak LP relaxation, so the solver
 branches a lot; the marginal tables make the relaxation exact on tree-like parts of the graph, and on
-DNN-like DAGs the LP optimum is usually integral. `partitioner.ilp` then certifies optimality from the
+DNN-like DAGs the LP optimum is usually integral. `partitioner.solve.optimal` then certifies optimality from the
 LP alone (rounded placement's recomputed cost == LP bound) and only falls back to branch and bound when
 that certificate fails. Variables that pins rule out are never created.
 """
@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from partitioner.costs import CostArrays
-from partitioner.mip import Mip, MipBuilder
+from partitioner.costs.cost_graph import CostArrays
+from partitioner.solve.mip import Mip, MipBuilder
 from partitioner.errors import PartitionerError
-from partitioner.objective import Objective, objective_named, transfers
+from partitioner.costs.objective import Objective, objective_named, transfers
 
 
 def add_memory_limits(builder: MipBuilder, arrays: CostArrays, x_cols: np.ndarray) -> None:

@@ -1,12 +1,12 @@
 """Optimal placement: picks the fastest exact method for the objective and proves optimality.
 
-- latency: the LP relaxation of the marginal formulation (`partitioner.ilp_placement`). If its
+- latency: the LP relaxation of the marginal formulation (`partitioner.solve.ilp_placement`). If its
   rounded placement costs exactly the LP bound, that placement is optimal (a certificate: no placement
   can beat the relaxation's bound) and no branch and bound runs; else the MIP is solved, warm-started.
   With two devices and no binding memory limit the relaxation is the s-t cut LP, so the certificate
   always holds (it is the exact min-cut, solved by HiGHS' simplex, faster here than networkx' max-flow);
-- throughput: the same formulation as a MIP; makespan: `partitioner.ilp_makespan` with a time limit.
-Every solution's objective is recomputed from its placement (`partitioner.objective`), never taken
+- throughput: the same formulation as a MIP; makespan: `partitioner.solve.ilp_makespan` with a time limit.
+Every solution's objective is recomputed from its placement (`partitioner.costs.objective`), never taken
 from the solver, so a reported figure always describes the placement that is returned. A solver that
 ends without a usable answer (no solution within the time limit, or an error status such as HiGHS'
 "solve error" after it had found the optimum) does not lose what is known: the best feasible placement
@@ -23,12 +23,12 @@ from typing import NoReturn
 
 import numpy as np
 
-from partitioner.costs import CostArrays
+from partitioner.costs.cost_graph import CostArrays
 from partitioner.errors import InfeasiblePlanError, PartitionerError
-from partitioner.ilp_makespan import MakespanModel
-from partitioner.ilp_placement import PlacementModel
-from partitioner.mip import SOLVERS, MipResult, solve_mip
-from partitioner.objective import Objective, infeasibility, objective_named, schedule_makespan_s
+from partitioner.solve.ilp_makespan import MakespanModel
+from partitioner.solve.ilp_placement import PlacementModel
+from partitioner.solve.mip import SOLVERS, MipResult, solve_mip
+from partitioner.costs.objective import Objective, infeasibility, objective_named, schedule_makespan_s
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def _finish(arrays: CostArrays, result: MipResult, model: PlacementModel,
 
 @dataclass(frozen=True)
 class _Candidate:
-    """A feasible placement and its objective recomputed by `partitioner.objective`."""
+    """A feasible placement and its objective recomputed by `partitioner.costs.objective`."""
 
     objective_s: float
     placement: np.ndarray

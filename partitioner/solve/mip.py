@@ -3,7 +3,7 @@
 The formulations (`ilp_latency`, `ilp_makespan`) build their rows in bulk as coordinate arrays; handing
 those to highspy in one `passModel` call avoids PuLP's per-variable Python objects and its model file,
 which dominate the textbook solve time. PuLP stays the solver layer for CBC (and for the textbook
-formulation kept for comparison in `partitioner.ilp_textbook`).
+formulation kept for comparison in `partitioner.solve.ilp_textbook`).
 """
 
 from __future__ import annotations

@@ -3,14 +3,14 @@
 A cost graph holds per node the seconds it takes on every device, per tensor its bytes, producer and
 consumers, per device pair a link (bandwidth, latency), a source device (where graph inputs live) and a
 sink device (where graph outputs must arrive). It is built from an ONNX model and device profiles
-(`partitioner.model_costs`) or read from a JSON file (`edgecloud.costgraph/1`), so that any pipeline can
+(`partitioner.costs.from_model`) or read from a JSON file (`edgecloud.costgraph/1`), so that any pipeline can
 be planned. `CostArrays` is the same graph as numpy index arrays: every solver, baseline and objective
 evaluation works on it, so they all read the transfer semantics from one place.
 
 Transfer semantics: a tensor produced on device k is sent directly from k to every OTHER device that
 needs it (a consumer runs there, or the tensor is a graph output and that device is the sink), once per
 destination device, costing `LinkProfile.transfer_time_s(bytes)` = `8 * bytes / bandwidth_bps + latency_s`.
-Where the devices, links, pins and memory limits come from is `partitioner.scenario`'s business.
+Where the devices, links, pins and memory limits come from is `partitioner.costs.scenario`'s business.
 """
 
 from __future__ import annotations

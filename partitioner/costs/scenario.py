@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from devices.profiles import DeviceProfile, LinkKey, LinkProfile
-from partitioner.costs import CostGraph, CostNode, CostTensor, keyed_links
+from partitioner.costs.cost_graph import CostGraph, CostNode, CostTensor, keyed_links
 from partitioner.errors import PartitionerError
 
 
