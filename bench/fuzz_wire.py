@@ -38,14 +38,14 @@ from typing import Any
 import numpy as np
 
 from devices.errors import DeviceError
-from devices.profiles import load_link
 from devices.lookup import load_device
+from devices.profiles import load_link
 from edgecloud.errors import EdgecloudError
-from edgecloud.wire import DTYPES, KINDS, MAGIC, PREFIX_BYTES, VERSION, Message, decode, encode
+from edgecloud.transport.wire import DTYPES, KINDS, MAGIC, PREFIX_BYTES, VERSION, Message, decode, encode
 from partitioner.costs.cost_graph import CostGraph
 from partitioner.errors import PartitionerError
-from partitioner.split.manifest import MANIFEST_FILE, load_manifest
 from partitioner.plan.plan_file import load_plan
+from partitioner.split.manifest import MANIFEST_FILE, load_manifest
 
 OUR_ERRORS = (EdgecloudError, PartitionerError, DeviceError)
 # Allowed extra allocation while parsing an input of n bytes: JSON parsing builds a few objects per

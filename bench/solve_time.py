@@ -29,10 +29,10 @@ from pathlib import Path
 
 from bench.synthetic_dags import synthetic_cost_graph
 from partitioner.costs.cost_graph import to_arrays
-from partitioner.solve.optimal import solve
+from partitioner.costs.objective import latency_s
 from partitioner.solve.ilp_textbook import solve_textbook_latency
 from partitioner.solve.mincut import min_cut_placement
-from partitioner.costs.objective import latency_s
+from partitioner.solve.optimal import solve
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from broker_fixtures import BROKER_KINDS, BrokerFactory, make_broker
 
-from edgecloud.broker import EmbeddedBrokerProcess, MosquittoBroker
+from edgecloud.transport.broker import EmbeddedBrokerProcess, MosquittoBroker
 from partitioner.models.zoo import MODEL_NAMES, cached_model_path
 
 

@@ -9,8 +9,8 @@ import pytest
 
 from bench.synthetic_dags import synthetic_cost_graph
 from partitioner.costs.cost_graph import CostGraph, to_arrays
-from partitioner.errors import PartitionerError
 from partitioner.costs.objective import latency_s, throughput_s, transfers
+from partitioner.errors import PartitionerError
 from partitioner.units import parse_bandwidth_bps, parse_bandwidth_range_bps, parse_duration_s, parse_size_bytes
 
 ISSUE_EXAMPLE = {

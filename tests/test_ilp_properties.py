@@ -18,16 +18,16 @@ from hypothesis import strategies as st
 
 from cost_graph_strategies import cost_graphs
 from devices.profiles import LinkProfile
-from partitioner.solve.baselines import brute_force, brute_force_makespan
 from partitioner.costs.cost_graph import CostGraph, CostNode, CostTensor, to_arrays
+from partitioner.costs.objective import infeasibility, latency_s, schedule_makespan_s, throughput_s
 from partitioner.errors import InfeasiblePlanError, PartitionerError
-from partitioner.solve.optimal import solve
+from partitioner.plan.make_plan import plan_cost_graph
+from partitioner.solve.baselines import brute_force, brute_force_makespan
 from partitioner.solve.ilp_placement import PlacementModel
 from partitioner.solve.ilp_textbook import solve_textbook_latency
 from partitioner.solve.mincut import min_cut_placement
 from partitioner.solve.mip import solve_mip
-from partitioner.costs.objective import infeasibility, latency_s, schedule_makespan_s, throughput_s
-from partitioner.plan.make_plan import plan_cost_graph
+from partitioner.solve.optimal import solve
 
 FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from edgecloud.link_emulation import LinkEmulator
+from edgecloud.serving.link_emulation import LinkEmulator
 from partitioner.costs.cost_graph import Link
 
 

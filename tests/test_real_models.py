@@ -20,20 +20,20 @@ import pytest
 from old_ir_models import INPUT_SHAPE, old_ir_model
 from serving_helpers import DEVICES, bouncing_placement
 
-from devices.profiles import LinkProfile
 from devices.lookup import load_device
-from edgecloud.agent import AgentOptions, DeviceAgent
-from edgecloud.broker import MosquittoBroker
-from edgecloud.client import InferenceClient
+from devices.profiles import LinkProfile
 from devices.sessions import make_session
-from edgecloud.stage_runner import StageRunner
-from partitioner.graph.layer_graph import load_layer_graph
-from partitioner.split.manifest import SplitManifest
+from edgecloud.serving.agent import AgentOptions, DeviceAgent
+from edgecloud.serving.client import InferenceClient
+from edgecloud.serving.stage_runner import StageRunner
+from edgecloud.transport.broker import MosquittoBroker
 from partitioner.costs.from_model import cost_graph_from_model
-from partitioner.graph.onnx_loading import load_compute_model
-from partitioner.plan.make_plan import plan_cost_graph
-from partitioner.models.real_models import REAL_MODELS, example_input, export_real_model
 from partitioner.costs.scenario import Scenario
+from partitioner.graph.layer_graph import load_layer_graph
+from partitioner.graph.onnx_loading import load_compute_model
+from partitioner.models.real_models import REAL_MODELS, example_input, export_real_model
+from partitioner.plan.make_plan import plan_cost_graph
+from partitioner.split.manifest import SplitManifest
 from partitioner.split.onnx_split import split_model
 
 pytestmark = pytest.mark.slow

@@ -14,14 +14,14 @@ from bench.synthetic_dags import synthetic_cost_graph
 from devices.errors import DeviceError
 from devices.profiles import LinkProfile, link_key, links_from_list, links_to_list
 from edgecloud.cli.app import app
-from edgecloud.link_emulation import links_of
-from partitioner.solve.baselines import baselines, objective_value
+from edgecloud.serving.link_emulation import links_of
 from partitioner.costs.cost_graph import CostGraph, CostNode, CostTensor, to_arrays
-from partitioner.errors import PartitionerError
 from partitioner.costs.objective import OBJECTIVES, latency_s, objective_named
-from partitioner.plan.plan_file import load_plan
-from partitioner.plan.make_plan import plan_cost_graph
 from partitioner.costs.scenario import Scenario
+from partitioner.errors import PartitionerError
+from partitioner.plan.make_plan import plan_cost_graph
+from partitioner.plan.plan_file import load_plan
+from partitioner.solve.baselines import baselines, objective_value
 
 runner = CliRunner()
 UNKNOWN_OBJECTIVE = "unknown objective 'cost'; choose one of latency, throughput, makespan."

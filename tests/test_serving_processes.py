@@ -12,10 +12,10 @@ import numpy as np
 from serving_helpers import write_plan
 from typer.testing import CliRunner
 
-from edgecloud.agent_processes import AgentProcesses
-from edgecloud.cli.app import app
-from edgecloud.client import InferenceClient
 from devices.sessions import make_session
+from edgecloud.cli.app import app
+from edgecloud.serving.agent_processes import AgentProcesses
+from edgecloud.serving.client import InferenceClient
 from partitioner.split.onnx_split import cached_split
 
 

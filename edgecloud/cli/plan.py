@@ -17,8 +17,8 @@ from edgecloud.cli.user_errors import writable_output
 if TYPE_CHECKING:
     from devices.profiles import LinkProfile
     from partitioner.costs.cost_graph import CostGraph
-    from partitioner.plan.plan_file import Plan
     from partitioner.costs.scenario import Scenario
+    from partitioner.plan.plan_file import Plan
 
 EDGE, CLOUD = "edge", "cloud"
 
@@ -64,8 +64,8 @@ def plan(
 ) -> None:
     """Find the optimal placement of a model's layers on edge and cloud, beside the classic baselines."""
     from devices.json_files import dumps_strict
-    from partitioner.errors import PartitionerError
     from partitioner.costs.objective import objective_named
+    from partitioner.errors import PartitionerError
     from partitioner.plan.make_plan import plan_cost_graph
 
     chosen = objective_named(objective)  # refused before any file is read
@@ -123,8 +123,8 @@ def sweep(
 
     from devices.json_files import dumps_strict, write_json_file
     from devices.profiles import LinkProfile, link_key
-    from partitioner.errors import PartitionerError
     from partitioner.costs.objective import objective_named
+    from partitioner.errors import PartitionerError
     from partitioner.plan.make_plan import plan_cost_graph
     from partitioner.plan.plotting import SweepPoint
     from partitioner.units import parse_bandwidth_range_bps, parse_duration_s
@@ -201,8 +201,8 @@ def _model_scenario(edge: str, cloud: str, edge_cloud: LinkProfile, device: list
 def _model_cost_graph(model: Path, scenario: Scenario, profile: Path | None, fuse: bool) -> CostGraph:
     """Layer DAG of `model` (a file, or a bundled model's name) priced in `scenario` (measured times when a
     profile is given)."""
-    from partitioner.graph.layer_graph import load_layer_graph
     from partitioner.costs.from_model import cost_graph_from_model
+    from partitioner.graph.layer_graph import load_layer_graph
     from partitioner.models.zoo import MODEL_NAMES, cached_model_path
 
     if not model.exists() and str(model) in MODEL_NAMES:

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from partitioner.costs.cost_graph import CostGraph, CostNode, CostTensor
-from partitioner.errors import PartitionerError
 from partitioner.costs.scenario import Scenario
+from partitioner.errors import PartitionerError
 
 if TYPE_CHECKING:
     from devices.profiler import ModelProfile

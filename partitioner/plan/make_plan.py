@@ -6,11 +6,11 @@ import logging
 
 import numpy as np
 
-from partitioner.solve.baselines import baselines, brute_force_baseline
 from partitioner.costs.cost_graph import CostGraph, to_arrays
-from partitioner.solve.optimal import solve
 from partitioner.costs.objective import LATENCY, Objective, objective_named
 from partitioner.plan.plan_file import Plan, build_plan
+from partitioner.solve.baselines import baselines, brute_force_baseline
+from partitioner.solve.optimal import solve
 
 log = logging.getLogger(__name__)
 

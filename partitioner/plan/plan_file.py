@@ -18,11 +18,11 @@ import numpy as np
 from devices.errors import DeviceError
 from devices.json_files import read_json_file, write_json_file
 from devices.profiles import LinkKey, LinkProfile, links_from_list, links_to_list
-from partitioner.solve.baselines import Baseline
 from partitioner.costs.cost_graph import CostArrays, CostGraph
-from partitioner.errors import PartitionerError
-from partitioner.solve.optimal import Solution
 from partitioner.costs.objective import compute_s_per_device, transfers
+from partitioner.errors import PartitionerError
+from partitioner.solve.baselines import Baseline
+from partitioner.solve.optimal import Solution
 
 PLAN_FORMAT = "edgecloud.plan/1"
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from partitioner.costs.cost_graph import CostArrays
+from partitioner.costs.objective import Objective, infeasibility, latency_s, objective_named, schedule_makespan_s
 from partitioner.errors import PartitionerError
 from partitioner.solve.mincut import min_cut_placement
-from partitioner.costs.objective import Objective, infeasibility, latency_s, objective_named, schedule_makespan_s
 
 BRUTE_FORCE_MAX_PLACEMENTS = 3**13
 BRUTE_FORCE_REPORT_MAX_PLACEMENTS = 4096  # beside a plan: a few milliseconds at most

@@ -20,9 +20,9 @@ from __future__ import annotations
 import numpy as np
 
 from partitioner.costs.cost_graph import CostArrays
-from partitioner.solve.mip import Mip, MipBuilder
-from partitioner.errors import PartitionerError
 from partitioner.costs.objective import Objective, objective_named, transfers
+from partitioner.errors import PartitionerError
+from partitioner.solve.mip import Mip, MipBuilder
 
 
 def add_memory_limits(builder: MipBuilder, arrays: CostArrays, x_cols: np.ndarray) -> None:

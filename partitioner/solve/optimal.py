@@ -24,11 +24,11 @@ from typing import NoReturn
 import numpy as np
 
 from partitioner.costs.cost_graph import CostArrays
+from partitioner.costs.objective import Objective, infeasibility, objective_named, schedule_makespan_s
 from partitioner.errors import InfeasiblePlanError, PartitionerError
 from partitioner.solve.ilp_makespan import MakespanModel
 from partitioner.solve.ilp_placement import PlacementModel
 from partitioner.solve.mip import SOLVERS, MipResult, solve_mip
-from partitioner.costs.objective import Objective, infeasibility, objective_named, schedule_makespan_s
 
 log = logging.getLogger(__name__)
 

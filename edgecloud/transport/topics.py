@@ -1,7 +1,7 @@
 """MQTT topic names of a deployment: one inbox per device (and per client), one sub-topic per sender.
 
 A message from X to Y goes to `edgecloud/<deployment>/<Y>/in/<X>`. Why the sender is in the topic: the
-broker can check topics against the login (see `edgecloud.broker.device_acl`: X may write only to
+broker can check topics against the login (see `edgecloud.transport.broker.device_acl`: X may write only to
 `edgecloud/<deployment>/+/in/X`), but never the `sender` inside our wire header. Receivers subscribe to
 `edgecloud/<deployment>/<self>/in/+` and refuse a message whose header `sender` differs from the topic's
 last level, so with the ACL in place a device cannot speak as another one.

@@ -2,7 +2,7 @@
 
 API (stable; used by the agents and the client):
 
-    from edgecloud.wire import Message, WireLimits, encode, decode
+    from edgecloud.transport.wire import Message, WireLimits, encode, decode
     message = Message(kind="activation", request_id="r1", sender="edge",
                       tensors={"x": np.ones((1, 3), np.float32)},
                       reply_to="edgecloud/demo/client/in", deadline=time.time() + 5.0,

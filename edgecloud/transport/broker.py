@@ -2,7 +2,7 @@
 
 API (stable):
 
-    from edgecloud.broker import EmbeddedBroker, EmbeddedBrokerProcess, MosquittoBroker
+    from edgecloud.transport.broker import EmbeddedBroker, EmbeddedBrokerProcess, MosquittoBroker
     with EmbeddedBroker() as broker:            # amqtt in a background thread, free port
         url = broker.url                        # "mqtt://127.0.0.1:<port>"
     with EmbeddedBrokerProcess() as broker:     # same broker as a child process (`edgecloud broker`)
@@ -44,8 +44,8 @@ from types import TracebackType
 from typing import Self
 
 from edgecloud.errors import TransportError
-from edgecloud.topics import INBOX_LEVEL, TOPIC_ROOT, inbox_filter
-from edgecloud.wire import DEFAULT_LIMITS
+from edgecloud.transport.topics import INBOX_LEVEL, TOPIC_ROOT, inbox_filter
+from edgecloud.transport.wire import DEFAULT_LIMITS
 
 logger = logging.getLogger(__name__)
 
@@ -329,7 +329,7 @@ class TlsFiles:
 
 
 def device_acl(deployment: str, devices: Sequence[str], clients: Sequence[str] = ()) -> str:
-    """Mosquitto ACL text that makes the topic name the authenticated sender (see `edgecloud.topics`).
+    """Mosquitto ACL text that makes the topic name the authenticated sender (see `edgecloud.transport.topics`).
 
     Identity X may read only its own inbox, `edgecloud/<deployment>/X/in/<any sender>`, and write only
     as itself, `edgecloud/<deployment>/<any receiver>/in/X`. With `use_username_as_clientid` in the
@@ -373,7 +373,7 @@ class MosquittoBroker(_BrokerProcess):
 
     `passwords` maps usernames to passwords, or `password_file` is one hashed by `mosquitto_passwd`
     (anonymous access is then off); `acl` is ACL text (see `device_acl`); `tls` turns the listener
-    into MQTT over TLS (mqtts://). `edgecloud.fleet` writes all of these for a deployment.
+    into MQTT over TLS (mqtts://). `edgecloud.transport.fleet` writes all of these for a deployment.
     """
 
     def __init__(self, host: str = LOOPBACK, port: int = 0, *, max_message_bytes: int = DEFAULT_LIMITS.max_message_bytes,

@@ -1,6 +1,6 @@
 """Send inputs to a split model's source agent and get the outputs back (`edgecloud infer`).
 
-    from edgecloud.client import InferenceClient
+    from edgecloud.serving.client import InferenceClient
     with InferenceClient("plan.json", "mqtt://127.0.0.1:1883") as client:
         result = client.infer(x, deadline_s=2.0)        # x: np.ndarray or {input name: array}
         result.outputs["output"], result.fell_back, result.timings.total_s
@@ -31,12 +31,12 @@ from typing import Self
 
 import numpy as np
 
-from edgecloud.deadlines import finite_float
 from edgecloud.errors import EdgecloudError, TransportError
-from edgecloud.mqtt import MqttTransport, Requester, TransportOptions
-from edgecloud.topics import DEFAULT_DEPLOYMENT, device_topic, sender_topic
-from edgecloud.trace import CLIENT, TraceEvent, parse_trace, transfer_event
-from edgecloud.wire import Message
+from edgecloud.serving.deadlines import finite_float
+from edgecloud.serving.trace import CLIENT, TraceEvent, parse_trace, transfer_event
+from edgecloud.transport.mqtt import MqttTransport, Requester, TransportOptions
+from edgecloud.transport.topics import DEFAULT_DEPLOYMENT, device_topic, sender_topic
+from edgecloud.transport.wire import Message
 from partitioner.split.manifest import SplitManifest
 
 # How long past its deadline the client still waits: the fallback answer is sent just before the
@@ -128,12 +128,13 @@ class InferenceClient:
                deadline_s: float | None = None) -> Future[InferenceResult]:
         """Send one request; the future gives its InferenceResult (or raises EdgecloudError). With no
         `deadline_s` the source agent sets one from the plan's prediction and the whole model's time
-        measured there (`edgecloud.deadlines.default_deadline_s`); the client waits up to AGENT_DEADLINE_WAIT_S."""
+        measured there (`edgecloud.serving.deadlines.default_deadline_s`); the client waits up to
+        AGENT_DEADLINE_WAIT_S."""
         if self._requester is None:
             raise TransportError("the inference client is not connected; use it as a context manager or call connect()")
         request_id = uuid.uuid4().hex
         sent_s = time.time()
-        # The budget is relative, so that the agents' clocks need not agree with ours (edgecloud.deadlines).
+        # The budget is relative, so that the agents' clocks need not agree with ours (edgecloud.serving.deadlines).
         meta = {"sent_s": sent_s} if deadline_s is None else {"sent_s": sent_s, "budget_s": deadline_s}
         message = Message(kind="request", request_id=request_id, sender=self.client_name,
                           tensors=self.named_inputs(inputs), meta=meta,

@@ -1,6 +1,6 @@
 """`edgecloud fleet init`: everything a locked-down deployment needs, written into one folder.
 
-    from edgecloud.fleet import init_fleet, fleet_broker, load_fleet
+    from edgecloud.transport.fleet import init_fleet, fleet_broker, load_fleet
     fleet = init_fleet("factory", devices=["edge", "cloud"], clients=["app"], output_dir=Path("fleet"), tls=True)
     fleet.identity("app").url            # "mqtts://app@127.0.0.1:8883?ca=/abs/fleet/ca.crt" (no password)
     fleet.identity("app").password_file  # fleet/credentials/app.password, mode 0600
@@ -8,11 +8,11 @@
         ...
 
 What the folder holds, and why:
-- `mosquitto.conf`: the generated config of `edgecloud.broker.MosquittoBroker` (TCP_NODELAY, packet
+- `mosquitto.conf`: the generated config of `edgecloud.transport.broker.MosquittoBroker` (TCP_NODELAY, packet
   limit, bounded queues, no anonymous access, `use_username_as_clientid` so a login is an identity);
   `mosquitto -c fleet/mosquitto.conf` runs it as it is.
 - `passwords`: hashed by `mosquitto_passwd` (the broker never holds a plain password); `acl`: the
-  per-identity rules of `edgecloud.broker.device_acl` (X reads only its inbox, writes only as X).
+  per-identity rules of `edgecloud.transport.broker.device_acl` (X reads only its inbox, writes only as X).
 - with TLS: `ca.crt`/`ca.key` (a CA made here with openssl) and `server.crt`/`server.key` signed by it
   for the broker's host; clients verify the broker with `ca.crt`.
 - `credentials/<identity>.password` (0600): one per device and client, for `--broker-password-file`,
@@ -30,10 +30,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgecloud.broker import LOOPBACK, MosquittoBroker, TlsFiles, device_acl, hash_passwords
 from edgecloud.errors import EdgecloudError
-from edgecloud.topics import device_topic
-from edgecloud.wire import DEFAULT_LIMITS
+from edgecloud.transport.broker import LOOPBACK, MosquittoBroker, TlsFiles, device_acl, hash_passwords
+from edgecloud.transport.topics import device_topic
+from edgecloud.transport.wire import DEFAULT_LIMITS
 
 FLEET_FORMAT = "edgecloud.fleet/1"
 PASSWORD_BYTES = 24  # of randomness per generated password (32 URL-safe characters)

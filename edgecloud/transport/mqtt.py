@@ -2,8 +2,8 @@
 
 API (stable; used by the agents and the client):
 
-    from edgecloud.mqtt import MqttTransport, Requester
-    from edgecloud.topics import device_topic, inbox_filter, reply_topic, sender_topic
+    from edgecloud.transport.mqtt import MqttTransport, Requester
+    from edgecloud.transport.topics import device_topic, inbox_filter, reply_topic, sender_topic
     with MqttTransport("mqtt://127.0.0.1:1883", client_id="edge") as transport:   # connects
         transport.subscribe_messages(inbox_filter("demo", "edge"), on_message)    # on_message(Message, topic)
         acked = transport.publish_message(sender_topic("demo", "cloud", "edge"), message)  # encodes, QoS 1
@@ -19,7 +19,7 @@ API (stable; used by the agents and the client):
 Handlers run on paho's network thread, one at a time: keep them quick (hand work to a queue or
 an executor), never block on another request there, and do not call `subscribe` from them. An
 exception in a handler is logged and the transport keeps running. `subscribe_messages` decodes
-with `edgecloud.wire.decode`; a message that fails validation is dropped with a logged warning
+with `edgecloud.transport.wire.decode`; a message that fails validation is dropped with a logged warning
 (its reason) and the next one is served.
 
 Behaviour that matters, and why:
@@ -30,7 +30,7 @@ Behaviour that matters, and why:
   broker drops what is above our wire limit instead of sending it), and a 1 s session expiry with
   `clean_start=False`, so that a session present on our first connect reveals another live client
   with our identity (`IdentityInUseError`, instead of the two knocking each other off for ever).
-- Credentials from the URL, a password file or the environment (`edgecloud.mqtt_url`), masked in logs.
+- Credentials from the URL, a password file or the environment (`edgecloud.transport.mqtt_url`), masked in logs.
 - QoS 1, never retained: activations must arrive, and a stale retained one must never be replayed.
 - TCP_NODELAY on the client socket: without it a 10 KB message waits ~20 ms for Nagle vs delayed
   ACK (measured on this machine).
@@ -39,7 +39,7 @@ Behaviour that matters, and why:
   requests in `Requester` — backpressure instead of unbounded memory.
 - Reconnects with exponential back-off and re-subscribes; a generous keepalive so that a large
   transfer does not starve the ping (paho issue 914).
-- The paho client is `edgecloud.mqtt_fastpath.FastPathClient`: large payloads are neither copied
+- The paho client is `edgecloud.transport.mqtt_fastpath.FastPathClient`: large payloads are neither copied
   on send nor on receive (paho 2.2 copies them about six times); `subscribe_messages` decodes
   straight from the received buffer, `subscribe` hands its handler `bytes` as before. A publish
   from a thread other than paho's is sent by that thread (no handoff), into a 4 MiB send buffer.
@@ -65,12 +65,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edgecloud.broker import MQTT_PACKET_OVERHEAD_BYTES
 from edgecloud.errors import IdentityInUseError, TransportError, WireFormatError
-from edgecloud.mqtt_fastpath import FastPathClient
-from edgecloud.mqtt_url import BrokerAddress, parse_broker_url, resolve_credentials
-from edgecloud.topics import device_topic, parse_device_topic, sender_topic
-from edgecloud.wire import DEFAULT_LIMITS, Message, WireLimits, decode, encode
+from edgecloud.transport.broker import MQTT_PACKET_OVERHEAD_BYTES
+from edgecloud.transport.mqtt_fastpath import FastPathClient
+from edgecloud.transport.mqtt_url import BrokerAddress, parse_broker_url, resolve_credentials
+from edgecloud.transport.topics import device_topic, parse_device_topic, sender_topic
+from edgecloud.transport.wire import DEFAULT_LIMITS, Message, WireLimits, decode, encode
 
 __all__ = ["MqttTransport", "Requester", "TransportOptions", "device_topic", "sender_topic"]
 
@@ -438,7 +438,7 @@ class Requester:
 
     `reply_topic` is a base inbox (`device_topic`); each request's `reply_to` is set to it and replies
     (kind "result" or "error") arrive on its per-sender topics (`reply_topic/<replier>`, see
-    `edgecloud.topics`). A reply whose header `sender` differs from the topic's sender is dropped with
+    `edgecloud.transport.topics`). A reply whose header `sender` differs from the topic's sender is dropped with
     a logged reason: with the broker's ACL (`device_acl`), the topic is the authenticated sender.
     At most `max_in_flight` requests are pending: `submit` blocks (up to `timeout_s`) for a slot.
     A reply to an unknown or abandoned request id is logged and dropped.

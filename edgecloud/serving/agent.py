@@ -1,9 +1,9 @@
 """The device agent: runs one device's stages of a split model and passes activations on over MQTT.
 
-Life of a request (ids and reply topic travel in our wire header, see `edgecloud.wire`):
+Life of a request (ids and reply topic travel in our wire header, see `edgecloud.transport.wire`):
 1. the client sends the graph inputs (kind "request") to the source device's inbox
    `edgecloud/<deployment>/<source>/in/<client>` (every message goes to `<receiver>/in/<sender>`, see
-   `edgecloud.topics`; a message whose header `sender` is not the topic's sender is rejected, and so is
+   `edgecloud.transport.topics`; a message whose header `sender` is not the topic's sender is rejected, and so is
    a `reply_to` that is not a base inbox of this deployment);
 2. every agent keeps, per request id, the tensors that have arrived; a stage runs as soon as all its
    inputs are there, and its outputs go on to the devices that need them: one "activation" message per
@@ -14,11 +14,11 @@ Life of a request (ids and reply topic travel in our wire header, see `edgecloud
    the request and skip its fallback.
 
 What a peer can make an agent hold is bounded on the agent's own terms: every deadline is turned into
-one on our clock (`edgecloud.deadlines`: a relative budget, never a sender's absolute time) and capped
+one on our clock (`edgecloud.serving.deadlines`: a relative budget, never a sender's absolute time) and capped
 at `request_ttl_s`; only a client's request opens an entry on the source, and on other devices each
 sending device may open at most `max_pending` entries, with activations that carry a tensor this device
 takes from that sender. A request whose deadline passed before it arrived is answered with an error.
-Rejections are logged one line each, rate-limited (`edgecloud.log_limit`).
+Rejections are logged one line each, rate-limited (`edgecloud.serving.log_limit`).
 
 Why one executor thread per agent: paho delivers messages on its network thread, which must never block
 (or keepalives and acknowledgements stall), so the callback only queues; stages run on the executor.
@@ -31,7 +31,7 @@ all it computed or received) and answers itself with `meta.fell_back = true`. Th
 the time the whole model took here at start-up plus 50 ms, so that the fallback ends before the deadline.
 A request whose budget leaves no time for the planned path is served here at once. When
 `misses_before_local` requests in a row got no answer although the other devices had time to give one
-(the planned path's time, see `edgecloud.deadlines`), the source serves requests locally at once for
+(the planned path's time, see `edgecloud.serving.deadlines`), the source serves requests locally at once for
 `local_after_fallback_s` (a dead cloud would otherwise cost every request its whole deadline); the first
 request after that window goes the planned way again and so probes whether the other devices are back.
 A late or short request is no evidence about the link and never opens that window.
@@ -52,16 +52,16 @@ from typing import Self
 
 import numpy as np
 
-from edgecloud.deadlines import (SenderClocks, default_deadline_s, expected_path_s, fallback_margin_s,
+from edgecloud.serving.deadlines import (SenderClocks, default_deadline_s, expected_path_s, fallback_margin_s,
                                  finite_float)
 from edgecloud.errors import EdgecloudError, TransportError, WireFormatError
-from edgecloud.link_emulation import LinkEmulator
-from edgecloud.log_limit import RateLimitedLog
-from edgecloud.mqtt import MqttTransport, TransportOptions
-from edgecloud.stage_runner import StageRunner
-from edgecloud.topics import DEFAULT_DEPLOYMENT, inbox_filter, parse_device_topic, reply_topic, sender_topic
-from edgecloud.trace import CLIENT, TraceEvent, encode_trace, merge, parse_trace, stage_event, transfer_event
-from edgecloud.wire import DEFAULT_LIMITS, Message, WireLimits
+from edgecloud.serving.link_emulation import LinkEmulator
+from edgecloud.serving.log_limit import RateLimitedLog
+from edgecloud.serving.stage_runner import StageRunner
+from edgecloud.serving.trace import CLIENT, TraceEvent, encode_trace, merge, parse_trace, stage_event, transfer_event
+from edgecloud.transport.mqtt import MqttTransport, TransportOptions
+from edgecloud.transport.topics import DEFAULT_DEPLOYMENT, inbox_filter, parse_device_topic, reply_topic, sender_topic
+from edgecloud.transport.wire import DEFAULT_LIMITS, Message, WireLimits
 from partitioner.costs.cost_graph import Link
 from partitioner.split.manifest import SplitManifest, StageOutput, TensorSpec, concrete_shape
 
@@ -93,7 +93,7 @@ class _Request:
 
     request_id: str
     reply_to: str | None
-    deadline: float  # on this host's clock (see edgecloud.deadlines)
+    deadline: float  # on this host's clock (see edgecloud.serving.deadlines)
     opened_by: str  # the sender whose message created the entry: each sender has a quota
     handed_on_s: float | None = None  # source: when the inputs went on to the other devices
     tensors: dict[str, np.ndarray] = field(default_factory=dict)

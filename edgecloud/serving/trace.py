@@ -14,8 +14,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from edgecloud.deadlines import finite_float
 from edgecloud.errors import EdgecloudError
+from edgecloud.serving.deadlines import finite_float
 
 MAX_EVENTS = 256  # keeps the header far below the wire's header limit, even for many-stage plans
 CLIENT = "client"

@@ -9,7 +9,7 @@ Passwords: a password in the URL ends up in `/proc/<pid>/cmdline`, which every l
 So `resolve_credentials` also takes it from the file named by `EDGECLOUD_BROKER_PASSWORD_FILE` (what
 the CLI's `--broker-password-file` sets; child processes inherit the path, not the secret) or from
 `EDGECLOUD_BROKER_PASSWORD` (`/proc/<pid>/environ` is readable by its owner only). Precedence: URL,
-file, variable. Every password found is masked in all log output (`edgecloud.secret_masking`).
+file, variable. Every password found is masked in all log output (`edgecloud.transport.secret_masking`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from edgecloud.errors import TransportError
-from edgecloud.secret_masking import register_secret
+from edgecloud.transport.secret_masking import register_secret
 
 PASSWORD_ENV = "EDGECLOUD_BROKER_PASSWORD"
 PASSWORD_FILE_ENV = "EDGECLOUD_BROKER_PASSWORD_FILE"

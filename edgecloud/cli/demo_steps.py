@@ -7,7 +7,7 @@ process started is stopped again, also when the demo is interrupted.
 
 Predicted vs measured: the plan predicts for the chosen edge and cloud profiles, while both agents run
 on this host, so compute times differ by the host's speed relative to those devices. The link is
-emulated in the agents at the plan's bandwidth and latency (`edgecloud.link_emulation`), so transfers
+emulated in the agents at the plan's bandwidth and latency (`edgecloud.serving.link_emulation`), so transfers
 can be compared directly.
 """
 
@@ -25,15 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecloud.agent_processes import AgentProcesses
-from edgecloud.broker import EmbeddedBrokerProcess
-from edgecloud.client import InferenceClient, RequestTimings
-from edgecloud.errors import EdgecloudError
 from devices.sessions import make_session
-from edgecloud.trace import CLIENT
+from edgecloud.errors import EdgecloudError
+from edgecloud.serving.agent_processes import AgentProcesses
+from edgecloud.serving.client import InferenceClient, RequestTimings
+from edgecloud.serving.trace import CLIENT
+from edgecloud.transport.broker import EmbeddedBrokerProcess
 from partitioner.costs.cost_graph import CostGraph
-from partitioner.split.manifest import SplitManifest, concrete_shape
 from partitioner.plan.plan_file import Plan
+from partitioner.split.manifest import SplitManifest, concrete_shape
 
 logger = logging.getLogger(__name__)
 
@@ -94,14 +94,14 @@ def plan_demo_model(settings: DemoSettings, workdir: Path,
     """Export the bundled model, profile it here, price it on the edge and cloud profiles (measured
     times carried across devices by the predictor) and solve the plan beside its baselines."""
     from devices.host import host_profile
-    from devices.profiles import LinkProfile
     from devices.lookup import load_device
+    from devices.profiles import LinkProfile
     from edgecloud.calibration import profile_file
-    from partitioner.graph.layer_graph import load_layer_graph
     from partitioner.costs.from_model import cost_graph_from_model
-    from partitioner.plan.make_plan import plan_cost_graph
     from partitioner.costs.scenario import Scenario
+    from partitioner.graph.layer_graph import load_layer_graph
     from partitioner.models.zoo import cached_model_path
+    from partitioner.plan.make_plan import plan_cost_graph
 
     scenario = Scenario.of_profiles(  # a typo fails first
         {"edge": load_device(settings.edge), "cloud": load_device(settings.cloud)},
