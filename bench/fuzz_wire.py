@@ -9,9 +9,10 @@ Inputs (seeded; the same seed gives the same inputs):
   headers: a well-formed prefix and JSON header whose values are drawn from hostile ones (4000-digit
   integers, 2**63, negative and zero sizes, floats, wrong types, deep nesting, long strings, duplicate
   tensors), followed by as many data bytes as the header claims, or a few more or fewer.
-- loaders, through their public functions (`partitioner.plan.load_plan`, `partitioner.manifest.load_manifest`,
-  `partitioner.costs.CostGraph.load`, `devices.lookup.load_device`, `devices.profiles.load_link`): a valid document with
-  1-4 values replaced by hostile ones, keys deleted or added, or its text mutated byte-wise.
+- loaders, through their public functions (`partitioner.plan.plan_file.load_plan`,
+  `partitioner.split.manifest.load_manifest`, `partitioner.costs.cost_graph.CostGraph.load`,
+  `devices.lookup.load_device`, `devices.profiles.load_link`): a valid document with 1-4 values
+  replaced by hostile ones, keys deleted or added, or its text mutated byte-wise.
 "Our own error type" means `edgecloud.errors.EdgecloudError`, `partitioner.errors.PartitionerError` or
 `devices.errors.DeviceError`: all subclass ValueError, so a bare ValueError (numpy's, Python's) counts as
 an escape. Allocation is measured with tracemalloc (numpy reports its buffers to it) as the peak above
@@ -37,14 +38,14 @@ from typing import Any
 import numpy as np
 
 from devices.errors import DeviceError
-from devices.profiles import load_link
 from devices.lookup import load_device
+from devices.profiles import load_link
 from edgecloud.errors import EdgecloudError
-from edgecloud.wire import DTYPES, KINDS, MAGIC, PREFIX_BYTES, VERSION, Message, decode, encode
-from partitioner.costs import CostGraph
+from edgecloud.transport.wire import DTYPES, KINDS, MAGIC, PREFIX_BYTES, VERSION, Message, decode, encode
+from partitioner.costs.cost_graph import CostGraph
 from partitioner.errors import PartitionerError
-from partitioner.manifest import MANIFEST_FILE, load_manifest
-from partitioner.plan import load_plan
+from partitioner.plan.plan_file import load_plan
+from partitioner.split.manifest import MANIFEST_FILE, load_manifest
 
 OUR_ERRORS = (EdgecloudError, PartitionerError, DeviceError)
 # Allowed extra allocation while parsing an input of n bytes: JSON parsing builds a few objects per

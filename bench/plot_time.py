@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from bench.synthetic_dags import synthetic_cost_graph
-from partitioner.plotting import INPUT, OUTPUT, _layout, plot_plan
-from partitioner.planning import plan_cost_graph
+from partitioner.plan.make_plan import plan_cost_graph
+from partitioner.plan.plotting import INPUT, OUTPUT, _layout, plot_plan
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -1,6 +1,6 @@
 """How well the latency predictor predicts models and devices it was not fitted on, on this host.
 
-Models: every bundled model plus the real architectures of `partitioner.real_models` (hf-*).
+Models: every bundled model plus the real architectures of `partitioner.models.real_models` (hf-*).
 Devices: this host at the reference thread count (per-node profiles), and emulated devices it never
 profiled per node: other thread counts and a cgroup v1 CPU quota (a slower core), each measured in its
 own process.

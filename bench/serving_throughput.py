@@ -28,15 +28,15 @@ from rich.console import Console
 from rich.table import Table
 
 from devices.profiles import LinkProfile, link_key
-from edgecloud.agent_processes import AgentProcesses
-from edgecloud.broker import EmbeddedBrokerProcess, MosquittoBroker
-from edgecloud.client import InferenceClient, InferenceResult
-from edgecloud.demo import model_inputs
 from devices.sessions import make_session
-from partitioner.onnx_names import name_nodes_uniquely
-from partitioner.plan import Plan
-from partitioner.split import cached_split
-from partitioner.zoo import cached_model_path
+from edgecloud.cli.demo_steps import model_inputs
+from edgecloud.serving.agent_processes import AgentProcesses
+from edgecloud.serving.client import InferenceClient, InferenceResult
+from edgecloud.transport.broker import EmbeddedBrokerProcess, MosquittoBroker
+from partitioner.graph.onnx_names import name_nodes_uniquely
+from partitioner.models.zoo import cached_model_path
+from partitioner.plan.plan_file import Plan
+from partitioner.split.onnx_split import cached_split
 
 RESULTS = Path(__file__).parent / "results"
 

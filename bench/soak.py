@@ -37,14 +37,14 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.serving_throughput import bouncing_plan
-from edgecloud.agent_processes import AgentProcesses
-from edgecloud.broker import MosquittoBroker, device_acl
-from edgecloud.client import InferenceClient, InferenceResult
-from edgecloud.errors import EdgecloudError
 from devices.sessions import make_session
-from edgecloud.topics import sender_topic
-from partitioner.split import cached_split
-from partitioner.zoo import cached_model_path
+from edgecloud.errors import EdgecloudError
+from edgecloud.serving.agent_processes import AgentProcesses
+from edgecloud.serving.client import InferenceClient, InferenceResult
+from edgecloud.transport.broker import MosquittoBroker, device_acl
+from edgecloud.transport.topics import sender_topic
+from partitioner.models.zoo import cached_model_path
+from partitioner.split.onnx_split import cached_split
 
 RESULTS = Path(__file__).parent / "results"
 DEVICES = ("edge", "cloud")
@@ -193,8 +193,8 @@ def main() -> None:
     client.client_name = client_name
     client._source_topic = sender_topic(deployment, manifest.source, client_name)
     replies = RepliesSeen()
-    logging.getLogger("edgecloud.mqtt").addHandler(replies)
-    logging.getLogger("edgecloud.mqtt").setLevel(logging.INFO)
+    logging.getLogger("edgecloud.transport.mqtt").addHandler(replies)
+    logging.getLogger("edgecloud.transport.mqtt").setLevel(logging.INFO)
 
     agents = AgentProcesses(plan_path, list(DEVICES), {device: url(device) for device in DEVICES}, deployment,
                             log_level="WARNING")

@@ -4,7 +4,7 @@
     python -m bench.solve_time --sizes 500 2000 --textbook-time-limit 120
 
 For each size and device count, one run each (same graph, seed 0):
-- ours: `partitioner.ilp.solve` (marginal formulation, LP certificate, highspy directly), build included;
+- ours: `partitioner.solve.optimal.solve` (marginal formulation, LP certificate, highspy directly), build included;
 - textbook: docs/architecture.md §3's formulation built with PuLP and solved by HiGHS through PuLP, build included,
   with a time limit (reported as a lower bound when hit);
 - min-cut: DADS' send-once min-cut (scipy's compiled max-flow, scaled to stay exact) between the first
@@ -28,11 +28,11 @@ import time
 from pathlib import Path
 
 from bench.synthetic_dags import synthetic_cost_graph
-from partitioner.costs import to_arrays
-from partitioner.ilp import solve
-from partitioner.ilp_textbook import solve_textbook_latency
-from partitioner.mincut import min_cut_placement
-from partitioner.objective import latency_s
+from partitioner.costs.cost_graph import to_arrays
+from partitioner.costs.objective import latency_s
+from partitioner.solve.ilp_textbook import solve_textbook_latency
+from partitioner.solve.mincut import min_cut_placement
+from partitioner.solve.optimal import solve
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -24,10 +24,10 @@ from onnx import TensorProto, helper, numpy_helper
 from rich.console import Console
 from rich.table import Table
 
-from partitioner.manifest import load_manifest
-from partitioner.onnx_names import name_nodes_uniquely
-from partitioner.split import split_model
-from partitioner.zoo import MODEL_NAMES, cached_model_path
+from partitioner.graph.onnx_names import name_nodes_uniquely
+from partitioner.models.zoo import MODEL_NAMES, cached_model_path
+from partitioner.split.manifest import load_manifest
+from partitioner.split.onnx_split import split_model
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from devices.profiles import LinkProfile, link_key
-from partitioner.costs import CostGraph, CostNode, CostTensor
-from partitioner.scenario import Scenario
+from partitioner.costs.cost_graph import CostGraph, CostNode, CostTensor
+from partitioner.costs.scenario import Scenario
 
 # name, speed factor relative to the edge device
 TIERS = [("edge", 1.0), ("cloud", 0.1), ("edge-server", 0.35), ("edge2", 1.2), ("edge3", 0.8)]

@@ -37,9 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecloud.broker import EmbeddedBrokerProcess, MosquittoBroker, free_tcp_port
-from edgecloud.mqtt import MqttTransport, device_topic
-from edgecloud.wire import Message, encode
+from edgecloud.transport.broker import EmbeddedBrokerProcess, MosquittoBroker, free_tcp_port
+from edgecloud.transport.mqtt import MqttTransport, device_topic
+from edgecloud.transport.wire import Message, encode
 
 SIZES_BYTES = (10_000, 100_000, 1_000_000, 10_000_000)
 REPEATS = {10_000: 300, 100_000: 150, 1_000_000: 40, 10_000_000: 12}

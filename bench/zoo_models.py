@@ -1,6 +1,6 @@
 """The bundled models and the real architectures: export time, node counts, FLOPs, parameter bytes.
 
-Each model (`partitioner.zoo`'s six, then `partitioner.real_models`' six from tiny transformers
+Each model (`partitioner.models.zoo`'s six, then `partitioner.models.real_models`' six from tiny transformers
 configs) is exported into a scratch directory with torch's default (dynamo) exporter, in one process
 after one untimed warm-up export (the first export also pays the exporter's own imports); each time is
 the fastest of `--repeats` exports. `ONNX nodes` counts the file's nodes, `compute nodes` the layer
@@ -24,9 +24,9 @@ from rich.table import Table
 
 import onnx
 
-from partitioner.graph import load_layer_graph
-from partitioner.real_models import REAL_MODELS, export_real_model
-from partitioner.zoo import MODEL_NAMES, export_model
+from partitioner.graph.layer_graph import load_layer_graph
+from partitioner.models.real_models import REAL_MODELS, export_real_model
+from partitioner.models.zoo import MODEL_NAMES, export_model
 
 RESULTS = Path(__file__).parent / "results"
 

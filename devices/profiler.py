@@ -13,7 +13,7 @@ which filter out preemptions that hit a different node in each run.
 
 Node ids: the profiler keys nodes by their ONNX names, so it needs names that are unique and
 non-empty. `devices` imports no other package of the project, so callers that may hold arbitrary
-models canonicalise first (`partitioner.onnx_names.name_nodes_uniquely`) and pass the ModelProto.
+models canonicalise first (`partitioner.graph.onnx_names.name_nodes_uniquely`) and pass the ModelProto.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def _node_ids(model: Any) -> list[str]:
     if any(not name for name in names) or len(set(names)) != len(names):
         raise DeviceError(
             "the model's node names are empty or repeated; canonicalise them first "
-            "(partitioner.onnx_names.name_nodes_uniquely)."
+            "(partitioner.graph.onnx_names.name_nodes_uniquely)."
         )
     return names
 

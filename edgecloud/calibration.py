@@ -20,13 +20,13 @@ from devices.profiles import DeviceProfile
 if TYPE_CHECKING:
     import onnx
 
-    from partitioner.graph import LayerGraph
+    from partitioner.graph.layer_graph import LayerGraph
 
 
 def canonical_model(path: str | Path) -> "onnx.ModelProto":
     """The checked ONNX model with the canonical node ids every stage uses."""
-    from partitioner.onnx_loading import load_onnx_model
-    from partitioner.onnx_names import name_nodes_uniquely
+    from partitioner.graph.onnx_loading import load_onnx_model
+    from partitioner.graph.onnx_names import name_nodes_uniquely
 
     model = load_onnx_model(path)
     name_nodes_uniquely(model.graph)
@@ -91,7 +91,7 @@ def samples_from_times(graph: "LayerGraph", node_times_s: Mapping[str, float]) -
 
 def profile_samples(profile: ModelProfile, threads: int) -> list[NodeSample]:
     """Predictor samples of a profile at one thread count, features from the profiled model file."""
-    from partitioner.graph import load_layer_graph
+    from partitioner.graph.layer_graph import load_layer_graph
 
     if threads not in profile.timings:
         raise DeviceError(f"the profile of {profile.model} has no timing with {threads} thread(s).")
@@ -127,13 +127,13 @@ REAL_MODEL_PREFIX = "hf-"
 
 
 def real_model_path(name: str, seed: int = 0) -> Path:
-    """A real architecture (`partitioner.real_models`) exported once into the cache; written under a
+    """A real architecture (`partitioner.models.real_models`) exported once into the cache; written under a
     temporary name and renamed, so that concurrent callers see no file or a complete one."""
     import os
     import tempfile
 
     from devices.cache import cache_dir
-    from partitioner.real_models import export_real_model
+    from partitioner.models.real_models import export_real_model
 
     target = cache_dir() / "models" / f"{REAL_MODEL_PREFIX}{name}-seed{seed}.onnx"
     if not target.is_file():
@@ -151,8 +151,8 @@ def real_model_path(name: str, seed: int = 0) -> Path:
 def predictor_model_paths(seed: int = 0) -> dict[str, Path]:
     """The models the shipped predictor is fitted and evaluated on: every bundled model and every real
     architecture (named "hf-<architecture>")."""
-    from partitioner.real_models import REAL_MODELS
-    from partitioner.zoo import MODEL_NAMES, cached_model_path
+    from partitioner.models.real_models import REAL_MODELS
+    from partitioner.models.zoo import MODEL_NAMES, cached_model_path
 
     paths = {name: cached_model_path(name, seed) for name in MODEL_NAMES}
     return paths | {f"{REAL_MODEL_PREFIX}{name}": real_model_path(name, seed) for name in REAL_MODELS}

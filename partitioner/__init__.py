@@ -1,1 +1,2 @@
-"""Planning: ONNX -> layer DAG -> cost graph -> ILP placement plan, baselines and ONNX splitting."""
+"""Planning, one subpackage per stage: graph (ONNX -> layer DAG), costs (cost graph), solve (ILP
+placement and baselines), plan (the plan file), split (ONNX splitting), models (example models)."""

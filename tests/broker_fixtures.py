@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from edgecloud.broker import EmbeddedBrokerProcess, MosquittoBroker
+from edgecloud.transport.broker import EmbeddedBrokerProcess, MosquittoBroker
 
 BROKER_KINDS = ("embedded", "mosquitto")
 BrokerFactory = Callable[..., EmbeddedBrokerProcess | MosquittoBroker]

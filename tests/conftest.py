@@ -2,7 +2,7 @@
 
 Bundled models: exporting one takes 1-6 s (torch's dynamo exporter), so every test gets them from one
 on-disk cache. Unless EDGECLOUD_CACHE is already set, it points at `.pytest_cache/d/edgecloud-cache`
-for the whole session, so `partitioner.zoo.cached_model_path(name)` called anywhere in a test (or in a
+for the whole session, so `partitioner.models.zoo.cached_model_path(name)` called anywhere in a test (or in a
 subprocess that inherits the environment) re-uses the files across tests and runs. Use either
 
     def test_x(bundled_models):            # lazy mapping: a model is exported on first access only
@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 from broker_fixtures import BROKER_KINDS, BrokerFactory, make_broker
 
-from edgecloud.broker import EmbeddedBrokerProcess, MosquittoBroker
-from partitioner.zoo import MODEL_NAMES, cached_model_path
+from edgecloud.transport.broker import EmbeddedBrokerProcess, MosquittoBroker
+from partitioner.models.zoo import MODEL_NAMES, cached_model_path
 
 
 class BundledModels(Mapping[str, Path]):

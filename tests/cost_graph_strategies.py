@@ -6,8 +6,8 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from devices.profiles import LinkProfile
-from partitioner.costs import CostGraph, CostNode, CostTensor
-from partitioner.scenario import Scenario
+from partitioner.costs.cost_graph import CostGraph, CostNode, CostTensor
+from partitioner.costs.scenario import Scenario
 
 DEVICE_NAMES = ("edge", "cloud", "server")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import onnx
 
-from partitioner.onnx_names import name_nodes_uniquely
+from partitioner.graph.onnx_names import name_nodes_uniquely
 
 DEVICES = ("edge", "cloud")
 

@@ -9,10 +9,10 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 
 from cost_graph_strategies import cost_graphs
-from partitioner.baselines import (all_on_one, baselines, brute_force, brute_force_makespan, chain_order,
+from partitioner.solve.baselines import (all_on_one, baselines, brute_force, brute_force_makespan, chain_order,
                                    dads_min_cut, linear_extensions, neurosurgeon)
-from partitioner.costs import CostGraph, to_arrays
-from partitioner.objective import infeasibility, latency_s, schedule_makespan_s
+from partitioner.costs.cost_graph import CostGraph, to_arrays
+from partitioner.costs.objective import infeasibility, latency_s, schedule_makespan_s
 from test_costs import fan_out_graph
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -82,7 +82,7 @@ def test_neurosurgeon_cuts_the_compute_chain_and_keeps_weights_with_their_layers
 
 
 def _sent(arrays, placement) -> list[int]:
-    from partitioner.objective import transfers
+    from partitioner.costs.objective import transfers
 
     return transfers(arrays, placement).tensor.tolist()
 
@@ -121,7 +121,7 @@ def test_brute_force_makespan_runs_branches_in_parallel() -> None:
 
 def test_small_plans_report_brute_force_beside_the_ilp_and_large_ones_do_not() -> None:
     from bench.synthetic_dags import synthetic_cost_graph
-    from partitioner.planning import plan_cost_graph
+    from partitioner.plan.make_plan import plan_cost_graph
 
     for objective in ("latency", "throughput"):
         plan = plan_cost_graph(CostGraph.from_dict(fan_out_graph()), objective)

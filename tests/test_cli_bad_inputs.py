@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 
 from edgecloud.cli.app import app, run
 from edgecloud.cli.options import finite_float
-from partitioner.zoo import cached_model_path
+from partitioner.models.zoo import cached_model_path
 
 NO_BROKER = "mqtt://127.0.0.1:9"  # a closed port: nothing here may get as far as connecting
 BAD = "<BAD>"  # replaced by the bad file's path
@@ -190,7 +190,7 @@ def test_a_bad_file_is_one_error_line(fixtures, tmp_path: Path, args: list[str],
 def _other_files(folder: Path) -> dict[str, Path]:
     """Files of the wrong kind: an ONNX model, and JSON files of our other formats."""
     from devices.profiler import PROFILE_FORMAT
-    from partitioner.costs import COSTGRAPH_FORMAT
+    from partitioner.costs.cost_graph import COSTGRAPH_FORMAT
 
     files = {"model": cached_model_path("mlp")}
     for name, tag in (("profile", PROFILE_FORMAT), ("costgraph", COSTGRAPH_FORMAT)):
@@ -326,7 +326,7 @@ def test_every_writer_refuses_nan_and_infinity(tmp_path: Path) -> None:
     from dataclasses import replace
 
     from partitioner.errors import PartitionerError
-    from partitioner.plan import load_plan
+    from partitioner.plan.plan_file import load_plan
 
     plan = load_plan(write_plan(cached_model_path("mlp"), tmp_path))
     with pytest.raises(PartitionerError, match="non-finite number"):
@@ -355,9 +355,9 @@ def test_an_unreadable_host_cache_is_measured_again(tmp_path: Path, monkeypatch:
 
 def test_a_malformed_cost_graph_or_manifest_names_its_file(tmp_path: Path) -> None:
     """The reader names the file; so must the format's own checks after it ("the cost graph is malformed")."""
-    from partitioner.costs import COSTGRAPH_FORMAT
+    from partitioner.costs.cost_graph import COSTGRAPH_FORMAT
     from partitioner.errors import PartitionerError
-    from partitioner.manifest import MANIFEST_FORMAT, load_manifest
+    from partitioner.split.manifest import MANIFEST_FORMAT, load_manifest
 
     graph = tmp_path / "g.json"
     graph.write_text(json.dumps({"format": COSTGRAPH_FORMAT, "devices": {}}))

@@ -26,7 +26,7 @@ def test_importing_the_cli_app_loads_no_heavy_module() -> None:
 
 def test_a_thin_client_loads_no_heavy_module() -> None:
     """A sensor's client process imports the client only: no torch, onnxruntime or onnx (issue 11.6)."""
-    loaded = _modules_loaded_by("import edgecloud.client")
+    loaded = _modules_loaded_by("import edgecloud.serving.client")
     assert not loaded & set(HEAVY_MODULES), sorted(loaded & set(HEAVY_MODULES))
 
 

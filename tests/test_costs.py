@@ -1,4 +1,4 @@
-"""Cost graph JSON, validation sentences, unit parsing and the transfer semantics of `partitioner.objective`."""
+"""Cost graph JSON, validation sentences, unit parsing and the transfer semantics of `partitioner.costs.objective`."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from bench.synthetic_dags import synthetic_cost_graph
-from partitioner.costs import CostGraph, to_arrays
+from partitioner.costs.cost_graph import CostGraph, to_arrays
+from partitioner.costs.objective import latency_s, throughput_s, transfers
 from partitioner.errors import PartitionerError
-from partitioner.objective import latency_s, throughput_s, transfers
 from partitioner.units import parse_bandwidth_bps, parse_bandwidth_range_bps, parse_duration_s, parse_size_bytes
 
 ISSUE_EXAMPLE = {

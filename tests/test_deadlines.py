@@ -1,4 +1,4 @@
-"""Deadlines on the receiver's clock (edgecloud.deadlines) and the trace parser's refusal of forged entries."""
+"""Deadlines on the receiver's clock (edgecloud.serving.deadlines) and the trace parser's refusal of forged entries."""
 
 from __future__ import annotations
 
@@ -6,8 +6,14 @@ import math
 
 import pytest
 
-from edgecloud.deadlines import SenderClocks, default_deadline_s, expected_path_s, fallback_margin_s, finite_float
-from edgecloud.trace import encode_trace, parse_trace, stage_event, transfer_event
+from edgecloud.serving.deadlines import (
+    SenderClocks,
+    default_deadline_s,
+    expected_path_s,
+    fallback_margin_s,
+    finite_float,
+)
+from edgecloud.serving.trace import encode_trace, parse_trace, stage_event, transfer_event
 
 
 @pytest.mark.parametrize("value", [True, "1.0", None, [1.0], math.inf, -math.inf, math.nan, 10**400])

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 from serving_helpers import bouncing_placement, node_ids
 
-from devices.profiles import LinkProfile
 from devices.lookup import load_device
-from edgecloud.demo import predicted_stage_s, transfer_rows
-from partitioner.graph import load_layer_graph
-from partitioner.model_costs import cost_graph_from_model
-from partitioner.scenario import Scenario
-from partitioner.split import split_model
-from partitioner.zoo import cached_model_path
+from devices.profiles import LinkProfile
+from edgecloud.cli.demo_steps import predicted_stage_s, transfer_rows
+from partitioner.costs.from_model import cost_graph_from_model
+from partitioner.costs.scenario import Scenario
+from partitioner.graph.layer_graph import load_layer_graph
+from partitioner.models.zoo import cached_model_path
+from partitioner.split.onnx_split import split_model
 
 DEMO = [sys.executable, "-m", "edgecloud.cli.app", "demo"]
 
@@ -114,7 +114,7 @@ def test_demo_defaults_plan_a_real_split_ahead_of_both_all_on_one_baselines(tmp_
     """The README's first command must show what planning is for: work on both devices, the plan faster
     than all-edge and all-cloud (resnet18 at 20 Mbit/s, the old default, kept everything on the edge)."""
     from edgecloud.cli import demo as demo_command
-    from edgecloud.demo import DemoSettings, plan_demo_model
+    from edgecloud.cli.demo_steps import DemoSettings, plan_demo_model
     from partitioner.units import parse_bandwidth_bps, parse_duration_s
 
     settings = DemoSettings(model=demo_command.DEFAULT_MODEL, edge=demo_command.DEFAULT_EDGE,

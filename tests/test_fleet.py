@@ -16,14 +16,14 @@ import pytest
 from serving_helpers import write_plan
 from typer.testing import CliRunner
 
-from edgecloud.broker import free_tcp_port, wait_for_port
 from edgecloud.cli.app import app
-from edgecloud.client import InferenceClient
 from edgecloud.errors import EdgecloudError, TransportError
-from edgecloud.fleet import init_fleet, load_fleet
-from edgecloud.mqtt import MqttTransport
-from edgecloud.mqtt_url import PASSWORD_FILE_ENV
-from edgecloud.stage_runner import make_session
+from edgecloud.serving.client import InferenceClient
+from edgecloud.serving.stage_runner import make_session
+from edgecloud.transport.broker import free_tcp_port, wait_for_port
+from edgecloud.transport.fleet import init_fleet, load_fleet
+from edgecloud.transport.mqtt import MqttTransport
+from edgecloud.transport.mqtt_url import PASSWORD_FILE_ENV
 
 DEPLOYMENT = "factory"
 START_TIMEOUT_S = 60.0

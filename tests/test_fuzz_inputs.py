@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from bench.fuzz_wire import (ALLOCATION_BASE_BYTES, ALLOCATION_PER_INPUT_BYTE, OUR_ERRORS, SEED_DOCUMENTS, crafted_header,
                              loaders, mutate_bytes, mutate_document, valid_message)
 from edgecloud.errors import WireFormatError
-from edgecloud.wire import decode
+from edgecloud.transport.wire import decode
 
 FUZZ_SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 seeds = st.integers(0, 2**32 - 1)

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from partitioner.errors import ModelLoadError, PartitionerError
-from partitioner.flops import TRANSCENDENTAL_FLOPS
-from partitioner.graph import LayerGraph, load_layer_graph
+from partitioner.graph.flops import TRANSCENDENTAL_FLOPS
+from partitioner.graph.layer_graph import LayerGraph, load_layer_graph
 
 FLOAT = TensorProto.FLOAT
 
@@ -290,7 +290,7 @@ def test_constant_that_is_a_graph_output_stays_a_node_with_parameters() -> None:
 def test_weight_chains_fold_to_the_values_onnxruntime_computes() -> None:
     """ConstantOfShape -> Mul -> Conv weight, as old zoo models build them: the DAG keeps the Conv only,
     its weight becomes an initializer with exactly the run-time value, and random ops are not folded."""
-    from partitioner.onnx_loading import load_compute_model
+    from partitioner.graph.onnx_loading import load_compute_model
 
     nodes = [
         helper.make_node("ConstantOfShape", ["w_shape"], ["ones"], name="fill",

@@ -1,6 +1,6 @@
 """Optimality properties of every exact method against brute force on random small DAGs.
 
-Each shortcut of `partitioner.ilp` (min-cut for two devices, the LP certificate, the marginal MIP
+Each shortcut of `partitioner.solve.optimal` (min-cut for two devices, the LP certificate, the marginal MIP
 formulation, dropping non-binding memory limits) has to reproduce the brute-force optimum, and every
 reported objective has to equal the one recomputed from the returned placement.
 """
@@ -18,16 +18,16 @@ from hypothesis import strategies as st
 
 from cost_graph_strategies import cost_graphs
 from devices.profiles import LinkProfile
-from partitioner.baselines import brute_force, brute_force_makespan
-from partitioner.costs import CostGraph, CostNode, CostTensor, to_arrays
+from partitioner.costs.cost_graph import CostGraph, CostNode, CostTensor, to_arrays
+from partitioner.costs.objective import infeasibility, latency_s, schedule_makespan_s, throughput_s
 from partitioner.errors import InfeasiblePlanError, PartitionerError
-from partitioner.ilp import solve
-from partitioner.ilp_placement import PlacementModel
-from partitioner.ilp_textbook import solve_textbook_latency
-from partitioner.mincut import min_cut_placement
-from partitioner.mip import solve_mip
-from partitioner.objective import infeasibility, latency_s, schedule_makespan_s, throughput_s
-from partitioner.planning import plan_cost_graph
+from partitioner.plan.make_plan import plan_cost_graph
+from partitioner.solve.baselines import brute_force, brute_force_makespan
+from partitioner.solve.ilp_placement import PlacementModel
+from partitioner.solve.ilp_textbook import solve_textbook_latency
+from partitioner.solve.mincut import min_cut_placement
+from partitioner.solve.mip import solve_mip
+from partitioner.solve.optimal import solve
 
 FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
-from edgecloud.link_emulation import LinkEmulator
-from partitioner.costs import Link
+from edgecloud.serving.link_emulation import LinkEmulator
+from partitioner.costs.cost_graph import Link
 
 
 def test_messages_to_one_device_queue_behind_each_other_and_others_pass_at_once() -> None:

@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from partitioner.maxflow import INFINITE, min_cut_source_side
+from partitioner.solve.maxflow import INFINITE, min_cut_source_side
 
 
 @st.composite

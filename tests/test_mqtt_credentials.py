@@ -11,8 +11,8 @@ import queue
 import pytest
 
 from edgecloud.errors import TransportError
-from edgecloud.mqtt import MqttTransport
-from edgecloud.mqtt_url import PASSWORD_ENV, PASSWORD_FILE_ENV, parse_broker_url, resolve_credentials
+from edgecloud.transport.mqtt import MqttTransport
+from edgecloud.transport.mqtt_url import PASSWORD_ENV, PASSWORD_FILE_ENV, parse_broker_url, resolve_credentials
 
 SECRET = "s3cret:with@odd/chars"
 

@@ -1,6 +1,6 @@
 """FastPathClient: byte-identical to paho on the wire, zero-copy payloads, and loud failure if paho's internals move.
 
-The first group pins the private paho API the subclass relies on (see edgecloud/mqtt_fastpath.py):
+The first group pins the private paho API the subclass relies on (see edgecloud/transport/mqtt_fastpath.py):
 if one of these fails after a paho upgrade, re-check every override before widening the pin.
 """
 
@@ -24,8 +24,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edgecloud.mqtt import MqttTransport, device_topic
-from edgecloud.mqtt_fastpath import (
+from edgecloud.transport.mqtt import MqttTransport, device_topic
+from edgecloud.transport.mqtt_fastpath import (
     GATHER_MIN_PAYLOAD_BYTES,
     HEAD_READ_BYTES,
     PAHO_VERSION_RANGE,
@@ -34,7 +34,7 @@ from edgecloud.mqtt_fastpath import (
     _out_packet,
     publish_header_bytes,
 )
-from edgecloud.wire import Message
+from edgecloud.transport.wire import Message
 
 PROTOCOLS = (paho.MQTTv311, paho.MQTTv5)
 TOPIC = "edgecloud/fast/dev/in"
@@ -112,7 +112,7 @@ def test_installed_paho_is_in_the_checked_version_range() -> None:
                                                                         PAHO_VERSION_RANGE).groups())
     installed = tuple(int(part) for part in importlib.metadata.version("paho-mqtt").split(".")[:2])
     assert (low_major, low_minor) <= installed < (high_major, high_minor), (
-        f"paho-mqtt {installed} is outside {PAHO_VERSION_RANGE}: re-check edgecloud/mqtt_fastpath.py")
+        f"paho-mqtt {installed} is outside {PAHO_VERSION_RANGE}: re-check edgecloud/transport/mqtt_fastpath.py")
 
 
 @pytest.mark.parametrize("name", sorted(PAHO_PRIVATE_SIGNATURES))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from edgecloud.errors import TransportError
-from edgecloud.mqtt_url import BrokerAddress, parse_broker_url
-from edgecloud.topics import device_topic, parse_sender_topic, reply_topic, sender_topic
+from edgecloud.transport.mqtt_url import BrokerAddress, parse_broker_url
+from edgecloud.transport.topics import device_topic, parse_sender_topic, reply_topic, sender_topic
 
 
 @pytest.mark.parametrize(("url", "expected"), [

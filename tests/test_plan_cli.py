@@ -14,14 +14,14 @@ import pytest
 from typer.testing import CliRunner
 
 from bench.synthetic_dags import synthetic_cost_graph
-from devices.profiles import LinkProfile
 from devices.lookup import load_device
+from devices.profiles import LinkProfile
 from edgecloud.cli.app import app
-from partitioner.graph import load_layer_graph
-from partitioner.model_costs import cost_graph_from_model
-from partitioner.plan import load_plan
-from partitioner.planning import plan_cost_graph
-from partitioner.scenario import Scenario
+from partitioner.costs.from_model import cost_graph_from_model
+from partitioner.costs.scenario import Scenario
+from partitioner.graph.layer_graph import load_layer_graph
+from partitioner.plan.make_plan import plan_cost_graph
+from partitioner.plan.plan_file import load_plan
 from test_costs import fan_out_graph
 
 HEAVY_MODULES = {"torch", "onnx", "onnxruntime", "matplotlib"}

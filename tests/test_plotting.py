@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.synthetic_dags import synthetic_cost_graph
-from partitioner.plotting import INPUT, OUTPUT, _layout, _spread_labels, plot_plan
-from partitioner.planning import plan_cost_graph
-from partitioner.costs import topological_order
+from partitioner.costs.cost_graph import topological_order
+from partitioner.plan.make_plan import plan_cost_graph
+from partitioner.plan.plotting import INPUT, OUTPUT, _layout, _spread_labels, plot_plan
 
 
 def test_chains_collapse_into_groups_of_one_device_in_order() -> None:

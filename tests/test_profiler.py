@@ -28,9 +28,9 @@ from devices.profiler import (
 from devices.profiles import DeviceProfile
 from edgecloud.calibration import canonical_model, layer_nodes, profile_samples, samples_from_times
 from edgecloud.cli.app import app
-from partitioner.graph import load_layer_graph
-from partitioner.onnx_names import unique_node_names
-from partitioner.zoo import MODEL_NAMES
+from partitioner.graph.layer_graph import load_layer_graph
+from partitioner.graph.onnx_names import unique_node_names
+from partitioner.models.zoo import MODEL_NAMES
 
 HOST = DeviceProfile("host", 1e11, 1e10, 2**30, 2, {"peak_flops": "test"})
 FAST = {"warmup": 1, "repeats": 3}

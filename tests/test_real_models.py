@@ -1,7 +1,7 @@
 """Real architectures end to end: export, plan, split, run and serve.
 
 Six Hugging Face architectures built from tiny configs (depthwise, grouped and 7x7 depthwise CNNs, a
-ViT, a BERT-style and a GPT-style transformer; `partitioner.real_models`) and an IR 3 model built by
+ViT, a BERT-style and a GPT-style transformer; `partitioner.models.real_models`) and an IR 3 model built by
 hand with ConstantOfShape/Constant weight chains like the old ONNX zoo's (`old_ir_models`). For each:
 the plan at three bandwidths is never worse than a baseline; a split with cuts forced (consecutive
 runs of nodes alternating edge/cloud) reproduces every output and every tensor that crosses devices;
@@ -20,21 +20,21 @@ import pytest
 from old_ir_models import INPUT_SHAPE, old_ir_model
 from serving_helpers import DEVICES, bouncing_placement
 
-from devices.profiles import LinkProfile
 from devices.lookup import load_device
-from edgecloud.agent import AgentOptions, DeviceAgent
-from edgecloud.broker import MosquittoBroker
-from edgecloud.client import InferenceClient
+from devices.profiles import LinkProfile
 from devices.sessions import make_session
-from edgecloud.stage_runner import StageRunner
-from partitioner.graph import load_layer_graph
-from partitioner.manifest import SplitManifest
-from partitioner.model_costs import cost_graph_from_model
-from partitioner.onnx_loading import load_compute_model
-from partitioner.planning import plan_cost_graph
-from partitioner.real_models import REAL_MODELS, example_input, export_real_model
-from partitioner.scenario import Scenario
-from partitioner.split import split_model
+from edgecloud.serving.agent import AgentOptions, DeviceAgent
+from edgecloud.serving.client import InferenceClient
+from edgecloud.serving.stage_runner import StageRunner
+from edgecloud.transport.broker import MosquittoBroker
+from partitioner.costs.from_model import cost_graph_from_model
+from partitioner.costs.scenario import Scenario
+from partitioner.graph.layer_graph import load_layer_graph
+from partitioner.graph.onnx_loading import load_compute_model
+from partitioner.models.real_models import REAL_MODELS, example_input, export_real_model
+from partitioner.plan.make_plan import plan_cost_graph
+from partitioner.split.manifest import SplitManifest
+from partitioner.split.onnx_split import split_model
 
 pytestmark = pytest.mark.slow
 

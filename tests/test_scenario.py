@@ -9,19 +9,19 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import partitioner.planning as planning
+import partitioner.plan.make_plan as planning
 from bench.synthetic_dags import synthetic_cost_graph
 from devices.errors import DeviceError
 from devices.profiles import LinkProfile, link_key, links_from_list, links_to_list
 from edgecloud.cli.app import app
-from edgecloud.link_emulation import links_of
-from partitioner.baselines import baselines, objective_value
-from partitioner.costs import CostGraph, CostNode, CostTensor, to_arrays
+from edgecloud.serving.link_emulation import links_of
+from partitioner.costs.cost_graph import CostGraph, CostNode, CostTensor, to_arrays
+from partitioner.costs.objective import OBJECTIVES, latency_s, objective_named
+from partitioner.costs.scenario import Scenario
 from partitioner.errors import PartitionerError
-from partitioner.objective import OBJECTIVES, latency_s, objective_named
-from partitioner.plan import load_plan
-from partitioner.planning import plan_cost_graph
-from partitioner.scenario import Scenario
+from partitioner.plan.make_plan import plan_cost_graph
+from partitioner.plan.plan_file import load_plan
+from partitioner.solve.baselines import baselines, objective_value
 
 runner = CliRunner()
 UNKNOWN_OBJECTIVE = "unknown objective 'cost'; choose one of latency, throughput, makespan."

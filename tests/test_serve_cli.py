@@ -11,9 +11,9 @@ from serving_helpers import write_plan
 from typer.testing import CliRunner
 
 from edgecloud.cli.app import app
-from edgecloud.client import InferenceClient
 from edgecloud.errors import EdgecloudError
-from partitioner.zoo import cached_model_path
+from edgecloud.serving.client import InferenceClient
+from partitioner.models.zoo import cached_model_path
 
 NO_BROKER = "mqtt://127.0.0.1:9"
 
@@ -98,7 +98,7 @@ def test_infer_names_the_file_it_really_writes(plan_path: Path, tmp_path: Path) 
     from broker_fixtures import make_broker
     from test_cli_bad_inputs import run_cli
 
-    from edgecloud.agent_processes import AgentProcesses
+    from edgecloud.serving.agent_processes import AgentProcesses
 
     np.save(tmp_path / "x.npy", np.zeros((1, 784), np.float32))
     deployment = f"o{uuid.uuid4().hex[:8]}"

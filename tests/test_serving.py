@@ -18,18 +18,18 @@ import numpy as np
 import pytest
 from serving_helpers import DEVICES, bouncing_placement, node_ids
 
-from edgecloud.agent import AgentOptions, DeviceAgent
-from edgecloud.client import InferenceClient
-from edgecloud.demo import model_inputs
-from edgecloud.errors import EdgecloudError
-from edgecloud.mqtt import MqttTransport
 from devices.sessions import make_session
-from edgecloud.topics import device_topic, sender_topic
-from edgecloud.wire import Message, WireLimits, encode
-from partitioner.costs import Link
-from partitioner.manifest import SplitManifest
-from partitioner.split import split_model
-from partitioner.zoo import MODEL_NAMES
+from edgecloud.cli.demo_steps import model_inputs
+from edgecloud.errors import EdgecloudError
+from edgecloud.serving.agent import AgentOptions, DeviceAgent
+from edgecloud.serving.client import InferenceClient
+from edgecloud.transport.mqtt import MqttTransport
+from edgecloud.transport.topics import device_topic, sender_topic
+from edgecloud.transport.wire import Message, WireLimits, encode
+from partitioner.costs.cost_graph import Link
+from partitioner.models.zoo import MODEL_NAMES
+from partitioner.split.manifest import SplitManifest
+from partitioner.split.onnx_split import split_model
 
 def model_input(manifest: SplitManifest, seed: int) -> np.ndarray:
     """The input of a one-input model."""

@@ -21,20 +21,20 @@ import numpy as np
 import pytest
 from serving_helpers import DEVICES, bouncing_placement, node_ids
 
-import edgecloud.client
-from edgecloud.agent import AgentOptions, DeviceAgent
-from edgecloud.broker import MosquittoBroker
-from edgecloud.client import InferenceClient
-from edgecloud.demo import model_inputs
-from edgecloud.errors import EdgecloudError
-from edgecloud.mqtt import MqttTransport, Requester
+import edgecloud.serving.client
 from devices.sessions import make_session
-from edgecloud.stage_runner import StageRunner
-from edgecloud.topics import device_topic, inbox_filter, reply_topic, sender_topic
-from edgecloud.wire import Message, encode
-from partitioner.costs import Link
-from partitioner.manifest import SplitManifest
-from partitioner.split import split_model
+from edgecloud.cli.demo_steps import model_inputs
+from edgecloud.errors import EdgecloudError
+from edgecloud.serving.agent import AgentOptions, DeviceAgent
+from edgecloud.serving.client import InferenceClient
+from edgecloud.serving.stage_runner import StageRunner
+from edgecloud.transport.broker import MosquittoBroker
+from edgecloud.transport.mqtt import MqttTransport, Requester
+from edgecloud.transport.topics import device_topic, inbox_filter, reply_topic, sender_topic
+from edgecloud.transport.wire import Message, encode
+from partitioner.costs.cost_graph import Link
+from partitioner.split.manifest import SplitManifest
+from partitioner.split.onnx_split import split_model
 
 # JSON numbers Python cannot hold as floats: 1e400 parses to inf (int() of it overflows), 10**400 is an
 # int that float() refuses. The encoder writes neither, so the 1e400 is patched into the bytes.
@@ -210,7 +210,7 @@ class SkewedClock:
 def test_a_client_clock_three_seconds_behind_changes_nothing(mlp_split, reference, deploy,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     deployment = deploy(mlp_split)
-    monkeypatch.setattr(edgecloud.client, "time", SkewedClock(-3.0))
+    monkeypatch.setattr(edgecloud.serving.client, "time", SkewedClock(-3.0))
     x = the_input(mlp_split, seed=5)
     for _ in range(3):
         result = deployment.client.infer(x, deadline_s=2.0)
@@ -286,11 +286,11 @@ def test_a_flood_of_bad_messages_logs_a_bounded_number_of_one_line_warnings(
         mlp_split, deploy, caplog: pytest.LogCaptureFixture) -> None:
     deployment = deploy(mlp_split)
     edge = deployment.agents["edge"]
-    with caplog.at_level(logging.WARNING, logger="edgecloud.agent"):
+    with caplog.at_level(logging.WARNING, logger="edgecloud.serving.agent"):
         for number in range(200):
             deployment.send_as("cloud", "edge", Message("activation", f"flood-{number}", "cloud"))
         assert wait_for(lambda: edge.stats["rejected"] >= 200, 10.0)
-    lines = [record for record in caplog.records if record.name == "edgecloud.agent"]
+    lines = [record for record in caplog.records if record.name == "edgecloud.serving.agent"]
     assert len(lines) <= 25, f"{len(lines)} log lines for 200 bad messages"
     assert all(record.exc_info is None for record in lines)
     assert "it carries no tensor" in caplog.text

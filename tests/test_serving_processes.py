@@ -12,11 +12,11 @@ import numpy as np
 from serving_helpers import write_plan
 from typer.testing import CliRunner
 
-from edgecloud.agent_processes import AgentProcesses
-from edgecloud.cli.app import app
-from edgecloud.client import InferenceClient
 from devices.sessions import make_session
-from partitioner.split import cached_split
+from edgecloud.cli.app import app
+from edgecloud.serving.agent_processes import AgentProcesses
+from edgecloud.serving.client import InferenceClient
+from partitioner.split.onnx_split import cached_split
 
 
 def test_agent_processes_serve_fall_back_and_stop_cleanly(bundled_models, broker, tmp_path: Path) -> None:

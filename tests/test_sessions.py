@@ -10,8 +10,8 @@ from serving_helpers import DEVICES, bouncing_placement, node_ids
 
 from devices.errors import DeviceError
 from devices.sessions import NO_SPINNING, make_session
-from edgecloud.stage_runner import StageRunner
-from partitioner.split import split_model
+from edgecloud.serving.stage_runner import StageRunner
+from partitioner.split.onnx_split import split_model
 
 
 def _spinning(session) -> str:

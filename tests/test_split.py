@@ -16,15 +16,15 @@ from onnx import TensorProto, helper
 from serving_helpers import DEVICES, bouncing_placement, node_ids, write_plan
 from typer.testing import CliRunner
 
-from edgecloud.cli.app import app
-from edgecloud.demo import model_inputs
 from devices.sessions import make_session
-from edgecloud.stage_runner import run_split
+from edgecloud.cli.app import app
+from edgecloud.cli.demo_steps import model_inputs
+from edgecloud.serving.stage_runner import run_split
 from partitioner.errors import PartitionerError
-from partitioner.manifest import SplitManifest, load_manifest
-from partitioner.onnx_names import name_nodes_uniquely
-from partitioner.split import cached_split, plan_content_hash, split_model
-from partitioner.zoo import MODEL_NAMES, cached_model_path
+from partitioner.graph.onnx_names import name_nodes_uniquely
+from partitioner.models.zoo import MODEL_NAMES, cached_model_path
+from partitioner.split.manifest import SplitManifest, load_manifest
+from partitioner.split.onnx_split import cached_split, plan_content_hash, split_model
 
 def _reference(model_path: Path | str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     session = make_session(str(model_path))
@@ -255,7 +255,7 @@ def test_placement_naming_nodes_the_model_lacks_is_refused(tmp_path: Path) -> No
 
 
 def test_a_plan_for_a_replaced_model_is_refused_unless_forced(tmp_path: Path) -> None:
-    from partitioner.zoo import export_model
+    from partitioner.models.zoo import export_model
 
     model_path = tmp_path / "chain.onnx"
     model_path.write_bytes(cached_model_path("chain").read_bytes())

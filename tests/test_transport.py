@@ -16,9 +16,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgecloud.errors import TransportError
-from edgecloud.mqtt import MqttTransport, Requester, device_topic
-from edgecloud.topics import reply_topic, sender_topic
-from edgecloud.wire import DTYPES, Message, WireLimits, encode
+from edgecloud.transport.mqtt import MqttTransport, Requester, device_topic
+from edgecloud.transport.topics import reply_topic, sender_topic
+from edgecloud.transport.wire import DTYPES, Message, WireLimits, encode
 
 RECEIVE_TIMEOUT_S = 10.0
 
@@ -141,7 +141,7 @@ def test_malformed_truncated_and_oversized_messages_are_rejected_and_serving_con
         "bad-json": good[:12] + b"\xff" + good[13:],
     }
     served: queue.Queue[str] = queue.Queue()
-    caplog.set_level(logging.WARNING, logger="edgecloud.mqtt")
+    caplog.set_level(logging.WARNING, logger="edgecloud.transport.mqtt")
     with (MqttTransport(broker.url, f"{deployment}-agent", limits=limits) as agent,
           MqttTransport(broker.url, f"{deployment}-sender") as sender):
         agent.subscribe_messages(topic, lambda message, _: served.put(message.request_id))

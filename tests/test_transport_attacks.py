@@ -15,14 +15,14 @@ import pytest
 from serving_helpers import write_plan
 from typer.testing import CliRunner
 
-from edgecloud.agent_processes import AgentProcesses
-from edgecloud.broker import device_acl
 from edgecloud.cli.app import app
-from edgecloud.client import InferenceClient
 from edgecloud.errors import IdentityInUseError, TransportError
-from edgecloud.mqtt import MqttTransport, Requester
-from edgecloud.topics import device_topic, sender_topic
-from edgecloud.wire import Message, WireLimits
+from edgecloud.serving.agent_processes import AgentProcesses
+from edgecloud.serving.client import InferenceClient
+from edgecloud.transport.broker import device_acl
+from edgecloud.transport.mqtt import MqttTransport, Requester
+from edgecloud.transport.topics import device_topic, sender_topic
+from edgecloud.transport.wire import Message, WireLimits
 
 DEPLOYMENT = "guarded"
 PASSWORDS = {"edge": "edge-pw", "cloud": "cloud-pw", "app": "app-pw"}
@@ -66,7 +66,7 @@ def test_the_inference_client_speaks_as_its_login_and_a_forged_name_is_refused_q
 def test_a_second_client_with_a_taken_identity_is_refused_and_the_first_keeps_serving(
         guarded_broker, caplog: pytest.LogCaptureFixture) -> None:
     seen: queue.Queue[bytes] = queue.Queue()
-    with caplog.at_level(logging.WARNING, logger="edgecloud.mqtt"), \
+    with caplog.at_level(logging.WARNING, logger="edgecloud.transport.mqtt"), \
             MqttTransport(login_url(guarded_broker, "edge"), f"{DEPLOYMENT}-edge") as first:
         first.subscribe(f"edgecloud/{DEPLOYMENT}/edge/in/+", lambda payload, _: seen.put(payload))
         # another client id, the same login: `use_username_as_clientid` makes it the same identity

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from edgecloud.broker import EmbeddedBroker, EmbeddedBrokerProcess
 from edgecloud.errors import TransportError
-from edgecloud.mqtt import MqttTransport, TransportOptions
+from edgecloud.transport.broker import EmbeddedBroker, EmbeddedBrokerProcess
+from edgecloud.transport.mqtt import MqttTransport, TransportOptions
 
 
 def test_embedded_broker_thread_serves_and_stops_cleanly() -> None:

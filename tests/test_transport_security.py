@@ -9,11 +9,11 @@ from urllib.parse import quote
 
 import pytest
 
-from edgecloud.broker import MQTT_PACKET_OVERHEAD_BYTES, MosquittoBroker, TlsFiles, device_acl
 from edgecloud.errors import TransportError
-from edgecloud.mqtt import MqttTransport, Requester, device_topic
-from edgecloud.topics import inbox_filter, reply_topic, sender_topic
-from edgecloud.wire import Message
+from edgecloud.transport.broker import MQTT_PACKET_OVERHEAD_BYTES, MosquittoBroker, TlsFiles, device_acl
+from edgecloud.transport.mqtt import MqttTransport, Requester, device_topic
+from edgecloud.transport.topics import inbox_filter, reply_topic, sender_topic
+from edgecloud.transport.wire import Message
 
 DEPLOYMENT = "secure"
 PASSWORDS = {"edge": "edge-secret", "cloud": "cloud-secret", "client": "client:secret@1"}
@@ -121,7 +121,7 @@ def test_a_device_cannot_speak_as_another_one(secure_broker, caplog: pytest.LogC
     drops it): only the cloud's real answer may resolve the request."""
     broker, cert = secure_broker
     arrived: queue.Queue[tuple[Message, str]] = queue.Queue()
-    with (caplog.at_level(logging.WARNING, logger="edgecloud.mqtt"),
+    with (caplog.at_level(logging.WARNING, logger="edgecloud.transport.mqtt"),
           MqttTransport(secure_url(broker, cert, "edge", PASSWORDS["edge"]), "edge") as edge,
           MqttTransport(secure_url(broker, cert, "client", PASSWORDS["client"]), "client") as client,
           MqttTransport(secure_url(broker, cert, "cloud", PASSWORDS["cloud"]), "cloud") as cloud):

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from edgecloud.errors import WireFormatError
-from edgecloud.wire import ALIGNMENT_BYTES, DTYPES, KINDS, PREFIX_BYTES, Message, WireLimits, decode, encode
+from edgecloud.transport.wire import ALIGNMENT_BYTES, DTYPES, KINDS, PREFIX_BYTES, Message, WireLimits, decode, encode
 
 names = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=20)
 arrays = st.sampled_from(DTYPES).flatmap(

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from edgecloud.cli.app import app
 from partitioner.errors import PartitionerError
-from partitioner.graph import load_layer_graph
-from partitioner.zoo import MODEL_NAMES, MODEL_SPECS, build_module, cached_model_path, check_model_name
+from partitioner.graph.layer_graph import load_layer_graph
+from partitioner.models.zoo import MODEL_NAMES, MODEL_SPECS, build_module, cached_model_path, check_model_name
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
@@ -127,14 +127,14 @@ def test_real_models_module_imports_neither_torch_nor_transformers() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, partitioner.real_models as r; assert len(r.REAL_MODELS) >= 6; "
+    code = ("import sys, partitioner.models.real_models as r; assert len(r.REAL_MODELS) >= 6; "
             "print(sorted(m for m in ('torch', 'transformers', 'onnx') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
 
 def test_real_model_inputs_are_valid_and_unknown_names_are_one_sentence() -> None:
-    from partitioner.real_models import REAL_MODELS, VOCAB_SIZE, example_input, export_real_model
+    from partitioner.models.real_models import REAL_MODELS, VOCAB_SIZE, example_input, export_real_model
 
     for name, spec in REAL_MODELS.items():
         x = example_input(name, seed=3)

@@ -20,7 +20,7 @@ def broker(
     import logging
     import signal
 
-    from edgecloud.broker import ready_banner, serve_amqtt
+    from edgecloud.transport.broker import ready_banner, serve_amqtt
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if mosquitto or config is not None:
@@ -42,7 +42,7 @@ def _mosquitto(config: Optional[Path]) -> None:
     import threading
 
     from edgecloud.errors import EdgecloudError
-    from edgecloud.fleet import fleet_broker
+    from edgecloud.transport.fleet import fleet_broker
 
     if config is None:
         raise EdgecloudError("--mosquitto needs --config DIR, a folder written by `edgecloud fleet init`.")

@@ -2,7 +2,7 @@
 
 Why through the environment: the commands hand a broker URL to library code (agents, the client,
 child agent processes of `edgecloud demo`); the option exports the file's *path* as
-`EDGECLOUD_BROKER_PASSWORD_FILE`, which `edgecloud.mqtt_url.resolve_credentials` reads whenever a URL
+`EDGECLOUD_BROKER_PASSWORD_FILE`, which `edgecloud.transport.mqtt_url.resolve_credentials` reads whenever a URL
 names a user but no password, in this process and in every child it starts. The secret itself never
 appears on a command line (`/proc/<pid>/cmdline` is world-readable).
 """
@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgecloud.mqtt_url import PASSWORD_FILE_ENV
+from edgecloud.transport.mqtt_url import PASSWORD_FILE_ENV
 
 
 def _export_password_file(path: Optional[Path]) -> Optional[Path]:

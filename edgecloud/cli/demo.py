@@ -18,7 +18,7 @@ from edgecloud.cli.options import COUNT_MAX, SEED_BOUNDS
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from edgecloud.demo import DemoSettings, PlannedModel, RequestOutcome, StepRow
+    from edgecloud.cli.demo_steps import DemoSettings, PlannedModel, RequestOutcome, StepRow
 
 
 @contextmanager
@@ -65,7 +65,7 @@ def demo(
 
     from rich.console import Console
 
-    from edgecloud.demo import DemoSettings
+    from edgecloud.cli.demo_steps import DemoSettings
     from partitioner.units import parse_bandwidth_bps, parse_duration_s
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -91,8 +91,8 @@ def demo(
 def _run(settings: "DemoSettings", workdir: Path, console: "Console") -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from edgecloud.demo import check_outcomes, measured_rows, plan_demo_model, serve_requests
-    from partitioner.split import cached_split
+    from edgecloud.cli.demo_steps import check_outcomes, measured_rows, plan_demo_model, serve_requests
+    from partitioner.split.onnx_split import cached_split
 
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as progress:

@@ -24,7 +24,7 @@ def init(
     port: Annotated[Optional[int], typer.Option("--port", min=1, max=65535, help="Broker port (default 8883 with --tls, else 1883).")] = None,
 ) -> None:
     """Write everything a locked-down deployment needs into one folder and list its identities."""
-    from edgecloud.fleet import init_fleet
+    from edgecloud.transport.fleet import init_fleet
 
     fleet = init_fleet(deployment, device, client or [], output, tls=tls, host=host, port=port)
     # plain lines, not a table: the URLs and paths are meant to be copied whole

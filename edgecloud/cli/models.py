@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgecloud.cli.options import SEED_BOUNDS
-from partitioner.zoo import MODEL_NAMES, MODEL_SPECS, cached_file, check_model_name
+from partitioner.models.zoo import MODEL_NAMES, MODEL_SPECS, cached_file, check_model_name
 
 
 def list_models() -> None:
@@ -43,7 +43,7 @@ def export(
 ) -> None:
     """Export a bundled model to a self-contained ONNX file (dynamic batch dimension)."""
     check_model_name(name)  # before the slow torch import
-    from partitioner.zoo import export_model
+    from partitioner.models.zoo import export_model
 
     console = Console()
     started_s = time.perf_counter()

@@ -16,9 +16,9 @@ from edgecloud.cli.user_errors import writable_output
 
 if TYPE_CHECKING:
     from devices.profiles import LinkProfile
-    from partitioner.costs import CostGraph
-    from partitioner.plan import Plan
-    from partitioner.scenario import Scenario
+    from partitioner.costs.cost_graph import CostGraph
+    from partitioner.costs.scenario import Scenario
+    from partitioner.plan.plan_file import Plan
 
 EDGE, CLOUD = "edge", "cloud"
 
@@ -26,7 +26,9 @@ ModelArgument = Annotated[Optional[Path], typer.Argument(help="ONNX model file, 
 EdgeOption = Annotated[str, typer.Option(help="Edge device: catalogue name or device JSON file.")]
 CloudOption = Annotated[str, typer.Option(help="Cloud device: catalogue name or device JSON file.")]
 LatencyOption = Annotated[str, typer.Option(help="One-way edge-cloud latency, e.g. 10ms.")]
-ObjectiveOption = Annotated[str, typer.Option(help="latency | throughput | makespan (partitioner.objective.OBJECTIVES).")]
+ObjectiveOption = Annotated[
+    str, typer.Option(help="latency | throughput | makespan (partitioner.costs.objective.OBJECTIVES).")
+]
 MemoryOption = Annotated[Optional[list[str]], typer.Option("--memory-limit", help="DEVICE=SIZE, e.g. edge=512MB (repeatable).")]
 PinOption = Annotated[Optional[list[str]], typer.Option("--pin", help="NODE=DEVICE: keep a node on a device (repeatable).")]
 ProfileOption = Annotated[Optional[Path], typer.Option(help="Profile JSON from `edgecloud profile`: measured node times.")]
@@ -62,9 +64,9 @@ def plan(
 ) -> None:
     """Find the optimal placement of a model's layers on edge and cloud, beside the classic baselines."""
     from devices.json_files import dumps_strict
+    from partitioner.costs.objective import objective_named
     from partitioner.errors import PartitionerError
-    from partitioner.objective import objective_named
-    from partitioner.planning import plan_cost_graph
+    from partitioner.plan.make_plan import plan_cost_graph
 
     chosen = objective_named(objective)  # refused before any file is read
     if (model is None) == (cost_graph is None):
@@ -72,8 +74,8 @@ def plan(
     writable_output(output, "--output")
     writable_output(plot, "--plot")
     if cost_graph is not None:
-        from partitioner.costs import CostGraph
-        from partitioner.scenario import Scenario
+        from partitioner.costs.cost_graph import CostGraph
+        from partitioner.costs.scenario import Scenario
 
         loaded = CostGraph.load(cost_graph)
         scenario = _with_options(Scenario.of_graph(loaded), link, pin, memory_limit)
@@ -85,7 +87,7 @@ def plan(
     if output is not None:
         result.save(output)
     if plot is not None:
-        from partitioner.plotting import plot_plan
+        from partitioner.plan.plotting import plot_plan
 
         plot_plan(result, graph, plot)
     if as_json:
@@ -121,10 +123,10 @@ def sweep(
 
     from devices.json_files import dumps_strict, write_json_file
     from devices.profiles import LinkProfile, link_key
+    from partitioner.costs.objective import objective_named
     from partitioner.errors import PartitionerError
-    from partitioner.objective import objective_named
-    from partitioner.planning import plan_cost_graph
-    from partitioner.plotting import SweepPoint
+    from partitioner.plan.make_plan import plan_cost_graph
+    from partitioner.plan.plotting import SweepPoint
     from partitioner.units import parse_bandwidth_range_bps, parse_duration_s
 
     chosen = objective_named(objective)  # refused before any file is read
@@ -152,7 +154,7 @@ def sweep(
         write_json_file(output, {"format": "edgecloud.sweep/1", "objective": objective, "points": rows}, "sweep",
                         error=PartitionerError)
     if plot is not None:
-        from partitioner.plotting import plot_sweep
+        from partitioner.plan.plotting import plot_sweep
 
         plot_sweep(results, plot, objective,
                    title=f"{model.name}: {objective} vs bandwidth, edge {edge} + cloud {cloud}, latency {latency}")
@@ -187,7 +189,7 @@ def _model_scenario(edge: str, cloud: str, edge_cloud: LinkProfile, device: list
     """Edge, cloud and every --device, joined by `edge_cloud` and the --link options; checked before the
     model is read."""
     from devices.lookup import load_device
-    from partitioner.scenario import Scenario
+    from partitioner.costs.scenario import Scenario
 
     profiles = {EDGE: load_device(edge), CLOUD: load_device(cloud)}
     for name, source in _pairs(device, "--device", "NAME=PROFILE").items():
@@ -199,9 +201,9 @@ def _model_scenario(edge: str, cloud: str, edge_cloud: LinkProfile, device: list
 def _model_cost_graph(model: Path, scenario: Scenario, profile: Path | None, fuse: bool) -> CostGraph:
     """Layer DAG of `model` (a file, or a bundled model's name) priced in `scenario` (measured times when a
     profile is given)."""
-    from partitioner.graph import load_layer_graph
-    from partitioner.model_costs import cost_graph_from_model
-    from partitioner.zoo import MODEL_NAMES, cached_model_path
+    from partitioner.costs.from_model import cost_graph_from_model
+    from partitioner.graph.layer_graph import load_layer_graph
+    from partitioner.models.zoo import MODEL_NAMES, cached_model_path
 
     if not model.exists() and str(model) in MODEL_NAMES:
         model = cached_model_path(str(model))

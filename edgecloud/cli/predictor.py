@@ -81,8 +81,8 @@ def estimate(
     from devices.predictor import LatencyPredictor, shipped_predictor
     from devices.lookup import catalogue_names, load_device
     from edgecloud.calibration import predicted_node_times_s, predicted_run_s
-    from partitioner.graph import load_layer_graph
-    from partitioner.zoo import MODEL_NAMES, cached_model_path
+    from partitioner.graph.layer_graph import load_layer_graph
+    from partitioner.models.zoo import MODEL_NAMES, cached_model_path
 
     if not model.exists() and str(model) in MODEL_NAMES:
         model = cached_model_path(str(model))

@@ -28,7 +28,7 @@ def profile(
     from devices.host import host_profile
     from devices.profiler import default_thread_counts
     from edgecloud.calibration import profile_file
-    from partitioner.zoo import MODEL_NAMES, cached_model_path
+    from partitioner.models.zoo import MODEL_NAMES, cached_model_path
 
     if not model.exists() and str(model) in MODEL_NAMES:
         model = cached_model_path(str(model))

@@ -25,7 +25,7 @@ def split(
     from rich.table import Table
 
     from edgecloud.errors import EdgecloudError
-    from partitioner.split import split_plan
+    from partitioner.split.onnx_split import split_plan
 
     if output.exists() and not output.is_dir():
         raise EdgecloudError(f"--output {output} is a file; give the folder to write the stages into.")
@@ -67,11 +67,11 @@ def agent(
     import signal
     import threading
 
-    from edgecloud.agent import AgentOptions, DeviceAgent
     from edgecloud.errors import EdgecloudError
-    from edgecloud.link_emulation import links_of
-    from partitioner.plan import load_plan
-    from partitioner.split import cached_split
+    from edgecloud.serving.agent import AgentOptions, DeviceAgent
+    from edgecloud.serving.link_emulation import links_of
+    from partitioner.plan.plan_file import load_plan
+    from partitioner.split.onnx_split import cached_split
     from partitioner.units import parse_duration_s
 
     level = log_level.upper()
@@ -107,8 +107,8 @@ def infer(
     import numpy as np
     from rich.console import Console
 
-    from edgecloud.client import InferenceClient
     from edgecloud.errors import EdgecloudError
+    from edgecloud.serving.client import InferenceClient
     from partitioner.units import parse_duration_s
 
     deadline_s = None if deadline is None else parse_duration_s(deadline)

@@ -1,0 +1,552 @@
+"""The device agent: runs one device's stages of a split model and passes activations on over MQTT.
+
+Life of a request (ids and reply topic travel in our wire header, see `edgecloud.transport.wire`):
+1. the client sends the graph inputs (kind "request") to the source device's inbox
+   `edgecloud/<deployment>/<source>/in/<client>` (every message goes to `<receiver>/in/<sender>`, see
+   `edgecloud.transport.topics`; a message whose header `sender` is not the topic's sender is rejected, and so is
+   a `reply_to` that is not a base inbox of this deployment);
+2. every agent keeps, per request id, the tensors that have arrived; a stage runs as soon as all its
+   inputs are there, and its outputs go on to the devices that need them: one "activation" message per
+   destination device, carrying all tensors for it;
+3. the sink device answers the client's reply topic (kind "result") and, if it is not the source, tells
+   the source it answered (a "result" with `meta.ack`), so the source can forget the request. Only the
+   sink's acknowledgement of a request the source holds counts: a forged one would make the source drop
+   the request and skip its fallback.
+
+What a peer can make an agent hold is bounded on the agent's own terms: every deadline is turned into
+one on our clock (`edgecloud.serving.deadlines`: a relative budget, never a sender's absolute time) and capped
+at `request_ttl_s`; only a client's request opens an entry on the source, and on other devices each
+sending device may open at most `max_pending` entries, with activations that carry a tensor this device
+takes from that sender. A request whose deadline passed before it arrived is answered with an error.
+Rejections are logged one line each, rate-limited (`edgecloud.serving.log_limit`).
+
+Why one executor thread per agent: paho delivers messages on its network thread, which must never block
+(or keepalives and acknowledgements stall), so the callback only queues; stages run on the executor.
+Requests still overlap across devices (pipelining): while the cloud runs request 1, the edge runs
+request 2. The pending-request table is bounded and every entry expires at its deadline.
+
+Fallback: the source agent loads every stage, not only its own. If the answer has not come back by
+(deadline - margin), it runs whatever stages are still missing on the tensors it holds (the inputs, and
+all it computed or received) and answers itself with `meta.fell_back = true`. The margin defaults to twice
+the time the whole model took here at start-up plus 50 ms, so that the fallback ends before the deadline.
+A request whose budget leaves no time for the planned path is served here at once. When
+`misses_before_local` requests in a row got no answer although the other devices had time to give one
+(the planned path's time, see `edgecloud.serving.deadlines`), the source serves requests locally at once for
+`local_after_fallback_s` (a dead cloud would otherwise cost every request its whole deadline); the first
+request after that window goes the planned way again and so probes whether the other devices are back.
+A late or short request is no evidence about the link and never opens that window.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import queue
+import threading
+import time
+from collections import Counter, OrderedDict, defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+
+import numpy as np
+
+from edgecloud.serving.deadlines import (SenderClocks, default_deadline_s, expected_path_s, fallback_margin_s,
+                                 finite_float)
+from edgecloud.errors import EdgecloudError, TransportError, WireFormatError
+from edgecloud.serving.link_emulation import LinkEmulator
+from edgecloud.serving.log_limit import RateLimitedLog
+from edgecloud.serving.stage_runner import StageRunner
+from edgecloud.serving.trace import CLIENT, TraceEvent, encode_trace, merge, parse_trace, stage_event, transfer_event
+from edgecloud.transport.mqtt import MqttTransport, TransportOptions
+from edgecloud.transport.topics import DEFAULT_DEPLOYMENT, inbox_filter, parse_device_topic, reply_topic, sender_topic
+from edgecloud.transport.wire import DEFAULT_LIMITS, Message, WireLimits
+from partitioner.costs.cost_graph import Link
+from partitioner.split.manifest import SplitManifest, StageOutput, TensorSpec, concrete_shape
+
+logger = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    """How an agent serves; the defaults suit one host running every agent of a small deployment."""
+
+    deployment: str = DEFAULT_DEPLOYMENT
+    threads: int = 1  # onnxruntime intra-op threads per session
+    max_pending: int = 256  # requests held at once; more are refused (backpressure)
+    fallback: bool = True  # source device only: answer by itself when downstream is late
+    fallback_margin_s: float | None = None  # None: 2 x the whole model's measured time + 50 ms
+    local_after_fallback_s: float = 5.0  # after misses, serve locally at once this long, then probe again
+    misses_before_local: int = 2  # answers in a row the other devices failed to give before going local
+    predicted_s: float | None = None  # the plan's predicted latency: sizes the default deadline
+    request_ttl_s: float = 60.0  # the longest any request is held, whatever its deadline says
+    inbox_size: int = 4096  # messages queued between the network thread and the executor
+    emulated_links: Mapping[str, Link] = field(default_factory=dict)  # destination device -> link
+
+
+@dataclass
+class _Request:
+    """One request's state on this device."""
+
+    request_id: str
+    reply_to: str | None
+    deadline: float  # on this host's clock (see edgecloud.serving.deadlines)
+    opened_by: str  # the sender whose message created the entry: each sender has a quota
+    handed_on_s: float | None = None  # source: when the inputs went on to the other devices
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)
+    done_stages: set[int] = field(default_factory=set)
+    trace: list[TraceEvent] = field(default_factory=list)
+    answered: bool = False
+
+
+def zeros_for(specs: list[TensorSpec]) -> dict[str, np.ndarray]:
+    """Inputs of the right dtype and shape (symbolic dimensions taken as 1) for a warm-up run."""
+    return {spec.name: np.zeros(concrete_shape(spec.shape), spec.dtype) for spec in specs}
+
+
+class DeviceAgent:
+    """Serves one device of a split model until stopped. Use as a context manager or start()/stop()."""
+
+    def __init__(self, manifest: SplitManifest, device: str, broker_url: str,
+                 options: AgentOptions = AgentOptions(),
+                 transport_options: TransportOptions = TransportOptions(),
+                 limits: WireLimits = DEFAULT_LIMITS) -> None:
+        if device not in manifest.devices:
+            raise EdgecloudError(f"device {device!r} is not in the plan; its devices are {', '.join(manifest.devices)}")
+        self.manifest = manifest
+        self.device = device
+        self.options = options
+        self.is_source = device == manifest.source
+        self.is_sink = device == manifest.sink
+        self.stages = manifest.stages_of(device)
+        self.topic = inbox_filter(options.deployment, device)
+        self._transport = MqttTransport(broker_url, client_id=f"{options.deployment}-{device}",
+                                        options=transport_options, limits=limits)
+        self._expected_from = self._tensors_by_sender()
+        self._stages_of = {name: {stage.index for stage in manifest.stages_of(name)} for name in manifest.devices}
+        self._runner: StageRunner | None = None
+        self.fallback_margin_s = 0.0
+        self.default_deadline_s = options.request_ttl_s  # the source derives its own in _warm_up
+        self._path_s = 0.0  # source: how long the other devices may take before a missing answer counts
+        self._misses = 0  # requests in a row the other devices did not answer in time
+        self._clocks = SenderClocks()
+        self._opened: Counter[str] = Counter()
+        self._log = RateLimitedLog(logger)
+        self._inbox: queue.Queue[object] = queue.Queue(options.inbox_size)
+        self._pending: OrderedDict[str, _Request] = OrderedDict()
+        self._finished: OrderedDict[str, None] = OrderedDict()
+        self._timers: list[tuple[float, str]] = []
+        self._local_until_s = 0.0  # set by a fallback: downstream is presumed down until then
+        self._executor: threading.Thread | None = None
+        self._emulator: LinkEmulator | None = None
+        self.stats: dict[str, int] = defaultdict(int)
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def start(self) -> Self:
+        """Load the sessions, warm them up, connect, subscribe: once this returns, the agent serves."""
+        fallback = self.is_source and self.options.fallback
+        loaded = self.manifest.stages if fallback else self.stages
+        self._runner = StageRunner(self.manifest, loaded, self.options.threads)
+        self._warm_up(fallback)
+        if self.options.emulated_links:
+            self._emulator = LinkEmulator(self.options.emulated_links, self._publish_to_device)  # type: ignore[arg-type]
+        self._executor = threading.Thread(target=self._serve, name=f"agent-{self.device}", daemon=True)
+        self._executor.start()
+        try:
+            self._transport.connect()
+            self._transport.subscribe_messages(self.topic, self._on_message)
+        except BaseException:
+            self.stop()
+            raise
+        logger.info("agent %s serving %d stage(s) on %s%s", self.device, len(self.stages), self.topic,
+                    f" (fallback margin {self.fallback_margin_s * 1e3:.0f} ms, default deadline "
+                    f"{self.default_deadline_s * 1e3:.0f} ms)" if fallback else "")
+        return self
+
+    def stop(self) -> None:
+        """Disconnect, then let the executor finish the message in hand and exit (idempotent)."""
+        self._transport.close()
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            self._inbox.put(_STOP)
+            executor.join()
+            self._log.flush()
+            logger.info("agent %s stopped (%s)", self.device, dict(self.stats))
+        emulator, self._emulator = self._emulator, None
+        if emulator is not None:
+            emulator.close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.stop()
+
+    def _warm_up(self, fallback: bool) -> None:
+        """First onnxruntime runs are slow (allocation, kernel choice): pay that before serving. The
+        source also times the whole model here, which sizes its fallback margin."""
+        assert self._runner is not None
+        if fallback:
+            tensors = zeros_for(self.manifest.graph_inputs)
+            self._runner.run_remaining(dict(tensors))
+            started_s = time.perf_counter()
+            self._runner.run_remaining(tensors)
+            whole_s = time.perf_counter() - started_s
+            margin = self.options.fallback_margin_s
+            self.fallback_margin_s = fallback_margin_s(whole_s) if margin is None else margin
+            self.default_deadline_s = default_deadline_s(self.options.predicted_s, whole_s, self.fallback_margin_s)
+            self._path_s = expected_path_s(self.options.predicted_s, whole_s)
+            return
+        self._runner.warm_up()
+
+    def _tensors_by_sender(self) -> dict[str, set[str]]:
+        """Which tensors each device sends here: an activation carrying anything else is refused."""
+        expected: dict[str, set[str]] = defaultdict(set)
+        inputs = [item for stage in self.stages for item in stage.inputs]
+        if self.is_sink:
+            inputs += self.manifest.sink_inputs
+        for item in inputs:
+            sender = self.manifest.source if item.origin is None else item.origin.device
+            if sender != self.device:
+                expected[sender].add(item.tensor)
+        return dict(expected)
+
+    # -- network thread -------------------------------------------------------------------------
+
+    def _on_message(self, message: Message, topic: str) -> None:
+        """paho's thread: timestamp and queue, nothing else (it must never block)."""
+        try:
+            self._inbox.put_nowait((message, topic, time.time()))
+        except queue.Full:
+            self.stats["dropped"] += 1
+            self._log.warning("agent %s dropped request %s: its inbox of %d messages is full", self.device,
+                              message.request_id, self.options.inbox_size)
+
+    # -- executor thread ------------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        next_sweep_s = time.time() + 0.5
+        while True:
+            now = time.time()
+            wait_s = min(next_sweep_s, self._timers[0][0] if self._timers else next_sweep_s) - now
+            try:
+                item = self._inbox.get(timeout=max(wait_s, 0.0))
+            except queue.Empty:
+                item = None
+            if item is _STOP:
+                return
+            if item is not None:
+                message, topic, received_s = item  # type: ignore[misc]
+                try:
+                    self._handle(message, topic, received_s)
+                except Exception as error:  # one bad request must not end the agent, nor flood its log
+                    logger.debug("agent %s failed on request %s", self.device, message.request_id, exc_info=True)
+                    self._log.warning("agent %s failed on request %s: %s: %s", self.device, message.request_id,
+                                      type(error).__name__, error)
+                    self._fail(message.request_id, "internal error in the agent; see its log")
+            now = time.time()
+            while self._timers and self._timers[0][0] <= now:
+                _, request_id = heapq.heappop(self._timers)
+                self._fall_back(request_id)
+            if now >= next_sweep_s:
+                self._expire(now)
+                self._log.flush()
+                next_sweep_s = now + 0.5
+
+    def _handle(self, message: Message, topic: str, received_s: float) -> None:
+        problem = self._routing_problem(message, topic)
+        if problem is not None:
+            self._reject(message, problem)
+        elif message.kind == "request":
+            self._on_request(message, received_s)
+        elif message.kind == "activation":
+            self._on_activation(message, received_s)
+        elif message.kind == "result" and message.meta.get("ack") is True:
+            self._on_ack(message)
+        else:
+            self._reject(message, f"a {message.kind!r} message is not for an agent's inbox")
+
+    def _routing_problem(self, message: Message, topic: str) -> str | None:
+        """Why the header cannot be trusted, or None. The topic's last level is the sender the broker
+        authenticated (with `device_acl`); `reply_to` is where results go, so it must be a base inbox of
+        this deployment, not some other topic the replier may write to."""
+        topic_sender = topic.rpartition("/")[2]
+        if message.sender != topic_sender:
+            return f"its header names sender {message.sender!r} but it came on {topic}, the topic of {topic_sender!r}"
+        if message.reply_to is not None:
+            try:
+                deployment, _ = parse_device_topic(message.reply_to)
+            except TransportError as error:
+                return f"its reply_to is not usable: {error}"
+            if deployment != self.options.deployment:
+                return f"its reply_to {message.reply_to!r} is outside deployment {self.options.deployment!r}"
+        return None
+
+    def _reject(self, message: Message, reason: str) -> None:
+        self.stats["rejected"] += 1
+        self._log.warning("agent %s rejected message %s from %s: %s", self.device, message.request_id,
+                          message.sender, reason)
+
+    def _on_ack(self, message: Message) -> None:
+        """The sink answered the client: forget the request. Only the sink may say so, and only for a
+        request held here; anyone else could otherwise cancel a request and its fallback."""
+        if not self.is_source or self.is_sink:
+            return self._reject(message, "this device takes no acknowledgements: it answers its requests itself"
+                                if self.is_source else "acknowledgements go to the source device")
+        if message.sender != self.manifest.sink:
+            return self._reject(message, f"only the sink device {self.manifest.sink!r} acknowledges requests")
+        if message.request_id not in self._pending:
+            if message.request_id not in self._finished:
+                self._reject(message, "it acknowledges a request this device does not hold")
+            return None
+        self._misses = 0
+        self._finish(message.request_id)
+        return None
+
+    def _on_request(self, message: Message, received_s: float) -> None:
+        if not self.is_source:
+            return self._reject(message, f"requests go to the source device {self.manifest.source!r}")
+        if message.request_id in self._pending or message.request_id in self._finished:
+            return self._reject(message, "its request id is already in use")
+        problem = self.manifest.input_problem(message.tensors)
+        if problem is not None:
+            self._reject(message, problem)
+            return self._reply_error(message.request_id, message.reply_to, problem)
+        if len(self._pending) >= self.options.max_pending:
+            reason = f"the device holds {self.options.max_pending} requests already"
+            self._reject(message, reason)
+            return self._reply_error(message.request_id, message.reply_to, reason)
+        request = self._new_request(message, received_s, self.default_deadline_s)
+        if request is None:
+            return self._reply_error(message.request_id, message.reply_to, "its deadline passed before it arrived")
+        self.stats["requests"] += 1
+        self._note_arrival(request, message, received_s)
+        fall_back = self.options.fallback and message.reply_to is not None
+        if fall_back and (time.time() < self._local_until_s
+                          or request.deadline - self.fallback_margin_s <= time.time()):
+            # Local mode, or too short a budget for the planned path: answer here at once.
+            request.tensors.update(message.tensors)
+            return self._fall_back(message.request_id)
+        if fall_back:
+            heapq.heappush(self._timers, (request.deadline - self.fallback_margin_s, message.request_id))
+        request.handed_on_s = time.time()
+        self._hand_on(request, self.manifest.source_outputs, dict(message.tensors), from_stage=None)
+        self._advance(request)
+        return None
+
+    def _on_activation(self, message: Message, received_s: float) -> None:
+        problem = self._activation_problem(message)
+        if problem is not None:
+            return self._reject(message, problem)
+        request = self._pending.get(message.request_id)
+        if request is None:
+            if message.request_id in self._finished:
+                logger.debug("agent %s ignored a late message for finished request %s", self.device,
+                             message.request_id)
+                return None
+            if self.is_source:  # the client's request opened every request the source holds
+                return self._reject(message, "the source holds no such request")
+            if self._opened[message.sender] >= self.options.max_pending:
+                return self._reject(message, f"{message.sender!r} has {self.options.max_pending} requests open "
+                                             "here already")
+            request = self._new_request(message, received_s, self.options.request_ttl_s)
+            if request is None:
+                return None
+        else:
+            present = set(message.tensors) & set(request.tensors)
+            if present:
+                return self._reject(message, f"this device already holds tensor {sorted(present)[0]!r} of the request")
+            self._misses = 0  # the other devices answer
+        self._note_arrival(request, message, received_s)
+        request.tensors.update(message.tensors)
+        self._advance(request)
+        return None
+
+    def _activation_problem(self, message: Message) -> str | None:
+        """Why an activation is not one this device takes from its sender (by the manifest), or None."""
+        if message.sender not in self.manifest.devices or message.sender == self.device:
+            return f"sender {message.sender!r} is not another device of this deployment"
+        if not message.tensors:
+            return "it carries no tensor"
+        unexpected = set(message.tensors) - self._expected_from.get(message.sender, set())
+        if unexpected:
+            return f"this device needs no tensor named {sorted(unexpected)[0]!r} from {message.sender!r}"
+        from_stage = message.meta.get("from_stage")
+        if from_stage is not None and (isinstance(from_stage, bool) or not isinstance(from_stage, int)
+                                       or from_stage not in self._stages_of[message.sender]):
+            return f"from_stage {from_stage!r} is not a stage of {message.sender!r}"
+        return None
+
+    def _new_request(self, message: Message, received_s: float, default_s: float) -> _Request | None:
+        """A pending entry with a deadline on our clock, at most `request_ttl_s` away; None (and the
+        message rejected) when that deadline passed before the message arrived."""
+        arrival = self._clocks.arrival(message.sender, message.meta, message.deadline, received_s, default_s)
+        if arrival.deadline_s <= received_s:
+            self.stats["late"] += 1
+            self._reject(message, f"its deadline passed {(received_s - arrival.deadline_s) * 1e3:.0f} ms before it "
+                                  f"arrived (it was {arrival.staleness_s * 1e3:.0f} ms late on the way)")
+            return None
+        deadline_s = min(arrival.deadline_s, received_s + self.options.request_ttl_s)
+        request = _Request(message.request_id, message.reply_to, deadline_s, message.sender)
+        self._pending[message.request_id] = request
+        self._opened[message.sender] += 1
+        return request
+
+    def _note_arrival(self, request: _Request, message: Message, received_s: float) -> None:
+        merge(request.trace, parse_trace(message.meta.get("trace")))
+        sent_s = finite_float(message.meta.get("sent_s"))
+        from_stage = message.meta.get("from_stage")  # checked by _activation_problem
+        if sent_s is not None:
+            n_bytes = sum(int(array.nbytes) for array in message.tensors.values())
+            sender = CLIENT if message.kind == "request" else message.sender
+            merge(request.trace, [transfer_event(sender, self.device, sent_s, received_s, n_bytes,
+                                                 from_stage if message.kind == "activation" else None)])
+
+    def _advance(self, request: _Request) -> None:
+        """Run every stage of this device whose inputs are all present, until none is; answer if sink."""
+        assert self._runner is not None
+        progressed = True
+        while progressed:
+            progressed = False
+            for stage in self.stages:
+                if stage.index in request.done_stages or not self._runner.is_ready(stage, request.tensors):
+                    continue
+                started_s = time.time()
+                try:
+                    outputs = self._runner.run(stage, request.tensors)
+                except EdgecloudError as error:
+                    self._log.warning("agent %s: request %s: %s", self.device, request.request_id, error)
+                    self._reply_error(request.request_id, request.reply_to, str(error))
+                    self._finish(request.request_id)
+                    return
+                request.done_stages.add(stage.index)
+                self.stats["stages_run"] += 1
+                request.trace.append(stage_event(stage.index, self.device, started_s, time.time()))
+                self._hand_on(request, stage.outputs, outputs, from_stage=stage.index)
+                progressed = True
+        if self.is_sink and not request.answered and all(item.tensor in request.tensors
+                                                         for item in self.manifest.sink_inputs):
+            self._answer(request, fell_back=False)
+        if request.answered or (not self.is_source and not self.is_sink
+                                and len(request.done_stages) == len(self.stages)):
+            self._finish(request.request_id)
+
+    def _hand_on(self, request: _Request, outputs: list[StageOutput], values: Mapping[str, np.ndarray],
+                 from_stage: int | None) -> None:
+        """Keep `values` here for local stages and send each other device one message with its tensors."""
+        request.tensors.update(values)
+        outgoing: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
+        for item in outputs:
+            for device in sorted(item.devices(self.manifest.sink) - {self.device}):
+                outgoing[device][item.tensor] = values[item.tensor]
+        for device, tensors in outgoing.items():
+            now = time.time()
+            self._send(device, Message(kind="activation", request_id=request.request_id, sender=self.device,
+                                       tensors=tensors, reply_to=request.reply_to, deadline=request.deadline,
+                                       meta={"trace": encode_trace(request.trace), "sent_s": now,
+                                             "budget_s": request.deadline - now, "from_stage": from_stage}))
+
+    def _send(self, device: str, message: Message) -> None:
+        if self._emulator is not None:
+            self._emulator.submit(device, message, sum(int(array.nbytes) for array in message.tensors.values()))
+        else:
+            self._publish_to_device(device, message)
+
+    def _publish_to_device(self, device: str, message: Message) -> None:
+        try:
+            self._transport.publish_message(sender_topic(self.options.deployment, device, self.device), message)
+        except (TransportError, WireFormatError) as error:
+            # The request is not lost: the source's fallback (or the client's deadline) covers it.
+            self._log.warning("agent %s could not send request %s to %s: %s", self.device, message.request_id,
+                              device, error)
+
+    def _answer(self, request: _Request, fell_back: bool) -> None:
+        request.answered = True
+        if request.reply_to is None:
+            self._log.warning("agent %s: request %s has no reply topic; its answer is dropped", self.device,
+                              request.request_id)
+            return
+        self.stats["fell_back" if fell_back else "answered"] += 1
+        outputs = {spec.name: request.tensors[spec.name] for spec in self.manifest.graph_outputs}
+        meta = {"trace": encode_trace(request.trace), "sent_s": time.time(), "fell_back": fell_back}
+        self._publish_reply(request.reply_to, Message(kind="result", request_id=request.request_id,
+                                                      sender=self.device, tensors=outputs, meta=meta))
+        if not self.is_source:
+            self._send(self.manifest.source, Message(kind="result", request_id=request.request_id,
+                                                     sender=self.device, meta={"ack": True}))
+
+    def _reply_error(self, request_id: str, reply_to: str | None, reason: str) -> None:
+        if reply_to is not None:
+            self._publish_reply(reply_to, Message(kind="error", request_id=request_id, sender=self.device,
+                                                  meta={"error": reason}))
+
+    def _publish_reply(self, reply_to: str, message: Message) -> None:
+        try:
+            self._transport.publish_message(reply_topic(reply_to, self.device), message)
+        except (TransportError, WireFormatError) as error:
+            self._log.warning("agent %s could not answer request %s: %s", self.device, message.request_id, error)
+
+    def _fail(self, request_id: str, reason: str) -> None:
+        request = self._pending.get(request_id)
+        if request is not None:
+            self._reply_error(request_id, request.reply_to, reason)
+            self._finish(request_id)
+
+    def _fall_back(self, request_id: str) -> None:
+        """Run the missing stages here and answer: the deadline is near and no answer came, the budget
+        was too short for the planned path, or recent misses say the other devices are down."""
+        request = self._pending.get(request_id)
+        if request is None or request.answered:
+            return
+        assert self._runner is not None
+        if request.handed_on_s is not None:
+            self._count_miss(request)
+        try:
+            ran = self._runner.run_remaining(request.tensors)
+        except EdgecloudError as error:
+            self._reply_error(request_id, request.reply_to, str(error))
+            self._finish(request_id)
+            return
+        request.trace.extend(stage_event(index, self.device, started_s, ended_s) for index, started_s, ended_s in ran)
+        logger.info("agent %s fell back on request %s: ran stage(s) %s itself", self.device, request_id,
+                    [index for index, _, _ in ran])
+        self._answer(request, fell_back=True)
+        self._finish(request_id)
+
+    def _count_miss(self, request: _Request) -> None:
+        """A deadline fallback is evidence against the link only when the other devices had the planned
+        path's time and gave no answer; `misses_before_local` of those in a row start local mode, so
+        that the next `local_after_fallback_s` seconds of requests do not each wait for their deadline."""
+        now = time.time()
+        assert request.handed_on_s is not None
+        if now - request.handed_on_s < self._path_s or now < self._local_until_s:
+            return
+        self._misses += 1
+        if self._misses >= self.options.misses_before_local:
+            logger.warning("agent %s: %d request(s) in a row got no answer in time, the last %s; serving locally "
+                           "for the next %g s", self.device, self._misses, request.request_id,
+                           self.options.local_after_fallback_s)
+            self._local_until_s = now + self.options.local_after_fallback_s
+            self._misses = 0
+
+    def _finish(self, request_id: str) -> None:
+        request = self._pending.pop(request_id, None)
+        if request is not None:
+            self._opened[request.opened_by] -= 1
+            if not self._opened[request.opened_by]:
+                del self._opened[request.opened_by]
+        self._finished[request_id] = None
+        while len(self._finished) > 4 * self.options.max_pending:
+            self._finished.popitem(last=False)
+
+    def _expire(self, now: float) -> None:
+        expired = [request.request_id for request in self._pending.values() if request.deadline <= now]
+        for request_id in expired:
+            self.stats["expired"] += 1
+            logger.info("agent %s dropped request %s: its deadline passed", self.device, request_id)
+            self._finish(request_id)

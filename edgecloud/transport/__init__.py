@@ -1,0 +1,1 @@
+"""Transport: the wire format, MQTT connections and topics, the brokers, the fleet file."""

@@ -1,0 +1,1 @@
+"""Example models: the bundled zoo and real transformers architectures built from configs."""
