@@ -49,3 +49,26 @@ def test_no_module_imports_one_that_imports_it_back() -> None:
     graph.remove_edges_from([(a, b) for a, b in graph.edges if b == a.rsplit(".", 1)[0]])
     cycles = [cycle for cycle in nx.simple_cycles(graph) if len(cycle) > 1]
     assert not cycles, cycles
+
+
+# Stages inside a package, lowest first: a module may import its own stage or a lower one.
+STAGES = {
+    "partitioner": ("errors", "units", "graph", "costs", "solve", "plan", "split", "models"),
+    "edgecloud": ("errors", "transport", "serving", "calibration", "cli"),
+}
+
+
+def _stage(module: str) -> tuple[str, int] | None:
+    parts = module.split(".")
+    if parts[0] not in STAGES or len(parts) < 2 or parts[1] not in STAGES[parts[0]]:
+        return None
+    return parts[0], STAGES[parts[0]].index(parts[1])
+
+
+def test_stages_inside_a_package_point_down() -> None:
+    wrong = []
+    for a, b in _import_graph().edges:
+        source, target = _stage(a), _stage(b)
+        if source and target and source[0] == target[0] and target[1] > source[1]:
+            wrong.append((a, b))
+    assert not sorted(wrong), sorted(wrong)

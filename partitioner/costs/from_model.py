@@ -61,7 +61,7 @@ def cost_graph_from_model(layer_graph: LayerGraph, scenario: Scenario, model_pat
         for name, info in layer_graph.tensors.items()
         if info.consumers or info.is_graph_output
     }
-    from partitioner.plan.plan_file import file_sha256
+    from partitioner.graph.model_identity import file_sha256
 
     return scenario.cost_graph(
         nodes, tensors, model=str(model_path) if model_path is not None else None,

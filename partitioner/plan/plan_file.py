@@ -7,7 +7,6 @@ stage can cut the model without the layer DAG; `layers` keeps the planner's own 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from devices.profiles import LinkKey, LinkProfile, links_from_list, links_to_lis
 from partitioner.costs.cost_graph import CostArrays, CostGraph
 from partitioner.costs.objective import compute_s_per_device, transfers
 from partitioner.errors import PartitionerError
+from partitioner.graph.model_identity import file_sha256
 from partitioner.solve.baselines import Baseline
 from partitioner.solve.optimal import Solution
 
@@ -104,15 +104,6 @@ def load_plan(path: str | Path) -> Plan:
             raise PartitionerError(f"plan file {path}: {what} names the device {device!r}, which is not one of its "
                                    f"devices ({', '.join(plan.devices) or 'none'}).")
     return plan
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes, read in blocks (models can be gigabytes)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def build_plan(graph: CostGraph, arrays: CostArrays, solution: Solution, baselines: list[Baseline], objective: str) -> Plan:

@@ -213,7 +213,8 @@ def split_model(model: onnx.ModelProto | str | Path, placement: Mapping[str, str
 
 def plan_content_hash(plan_path: str | Path) -> str:
     """SHA-256 of the plan file and of the model it names: a changed model must not reuse an old split."""
-    from partitioner.plan.plan_file import file_sha256, load_plan
+    from partitioner.graph.model_identity import file_sha256
+    from partitioner.plan.plan_file import load_plan
 
     plan_path = Path(plan_path)
     model_path = load_plan(plan_path).model_path  # first: a missing or bad plan is reported as such
@@ -228,7 +229,8 @@ def split_plan(plan_path: str | Path, out_dir: str | Path, check: bool = True, f
 
     The plan records the SHA-256 of the model it was made for: when the file now holds another model,
     the plan's node ids and costs describe something else, so the split is refused unless `force`."""
-    from partitioner.plan.plan_file import file_sha256, load_plan
+    from partitioner.graph.model_identity import file_sha256
+    from partitioner.plan.plan_file import load_plan
 
     plan = load_plan(plan_path)
     if plan.model_path is None:
