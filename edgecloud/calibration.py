@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from devices.errors import DeviceError
-from devices.predictor import LatencyPredictor, NodeSample, kernel_class
+from devices.predictor import LatencyPredictor, NodeSample
 from devices.profiler import DEFAULT_REPEATS, DEFAULT_WARMUP, ModelProfile, ThreadTiming, profile_threads
 from devices.profiles import DeviceProfile
 
@@ -41,38 +41,13 @@ def profile_file(path: str | Path, host: DeviceProfile, thread_counts: list[int]
     return profile_threads(model, str(Path(path).resolve()), host, thread_counts, warmup, repeats, seed, on_done)
 
 
-def kernel_classes(graph: "LayerGraph") -> dict[str, str]:
-    """Each ONNX node's kernel class (`devices.predictor.kernels`), from its attributes and which of its
-    inputs are constants, with the weights' shapes (initializers, Constant nodes)."""
-    from onnx import helper, numpy_helper
-
-    model = graph.model.graph
-    shapes: dict[str, tuple[int, ...]] = {init.name: tuple(init.dims) for init in model.initializer}
-    for node in model.node:
-        if node.op_type == "Constant":
-            for attribute in node.attribute:
-                if attribute.name == "value":
-                    shapes[node.output[0]] = tuple(numpy_helper.to_array(attribute.t).shape)
-    classes = {}
-    for node in model.node:
-        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute
-                      if a.type == a.INT or a.type == a.INTS}
-        classes[node.name] = kernel_class(node.op_type, attributes, [shapes.get(name) for name in node.input],
-                                          [name in shapes for name in node.input])
-    return classes
-
-
-def _layer_kernel(attrs: Mapping[str, object], classes: Mapping[str, str]) -> str:
-    """A single node's kernel class; none for a fused layer, which the predictor costs by its fused type."""
-    members = list(attrs["members"])  # type: ignore[call-overload]
-    return classes.get(members[0], "") if len(members) == 1 else ""
-
-
 def layer_nodes(graph: "LayerGraph") -> dict[str, NodeSample]:
     """Each layer of `graph` as a predictor input (features and kernel class; time 0)."""
-    classes = kernel_classes(graph)
+    from partitioner.graph.kernel_classes import layer_kernel_classes
+
+    kernels = layer_kernel_classes(graph)
     return {node: NodeSample(op_type=attrs["op_type"], flops=int(attrs["flops"]), bytes_moved=int(attrs["bytes_moved"]),
-                             param_bytes=int(attrs["param_bytes"]), time_s=0.0, kernel=_layer_kernel(attrs, classes))
+                             param_bytes=int(attrs["param_bytes"]), time_s=0.0, kernel=kernels[node])
             for node, attrs in graph.dag.nodes(data=True)}
 
 

@@ -135,3 +135,31 @@ def test_synthetic_graphs_are_valid_dnn_like_dags() -> None:
     assert arrays.n_nodes == 300 and arrays.n_devices == 3
     assert (consumers >= 2).sum() > 10  # fan-out and skips: multi-consumer tensors
     assert json.loads(json.dumps(graph.to_dict()))["format"] == "edgecloud.costgraph/1"
+
+
+def test_the_planner_prices_each_layer_by_its_kernel_class(bundled_models) -> None:
+    """A depthwise Conv and a dense Conv share the op type; the plan's node times must come from the
+    predictor's class for each (as its profiling fitted them), not from the op type alone."""
+    from devices.lookup import load_device
+    from devices.predictor import predict_node_time_s
+    from devices.profiles import LinkProfile
+    from partitioner.costs.from_model import cost_graph_from_model
+    from partitioner.costs.scenario import Scenario
+    from partitioner.graph.kernel_classes import layer_kernel_classes
+    from partitioner.graph.layer_graph import load_layer_graph
+
+    path = bundled_models["mobilenetv2"]
+    graph = load_layer_graph(path)
+    rpi = load_device("rpi4")
+    scenario = Scenario.of_profiles({"edge": rpi, "cloud": load_device("cloud-server")},
+                                    {("edge", "cloud"): LinkProfile(50e6, 1e-3)}, "edge")
+    costs = cost_graph_from_model(graph, scenario, path)
+    kernels = layer_kernel_classes(graph)
+    assert {"Conv/depthwise", "Conv/dense"} <= set(kernels.values())
+    differs = 0
+    for layer, attrs in graph.dag.nodes(data=True):
+        features = (attrs["op_type"], attrs["flops"], attrs["bytes_moved"], attrs["param_bytes"], rpi)
+        expected = predict_node_time_s(*features, kernels[layer])
+        assert costs.nodes[layer].time_s["edge"] == pytest.approx(expected, rel=1e-12)
+        differs += expected != pytest.approx(predict_node_time_s(*features), rel=1e-6)
+    assert differs  # the class changes some prices: the test can tell the two apart
