@@ -143,40 +143,53 @@ class CyclicCode(Code):
     def encode_all(self, partition_updates: np.ndarray) -> np.ndarray:
         return self._weights @ self._check_partition_updates(partition_updates)
 
-    def correctable(self, workers: Iterable[int]) -> bool:
-        return len(set(workers)) <= self.max_adversaries
+    def correctable(self, workers: Iterable[int], erased: Iterable[int] = ()) -> bool:
+        """2 s' + e <= r - 1: each erasure costs one parity check, each adversary two (distance r)."""
+        missing = set(erased)
+        return 2 * len(set(workers) - missing) + len(missing) <= self.redundancy - 1
 
-    def decode(self, messages: np.ndarray) -> DecodeResult:
+    def decode(self, messages: np.ndarray, erased: Iterable[int] = ()) -> DecodeResult:
         received = self._check_messages(messages)
+        erased_ids = self._check_erased(erased)
         with one_blas_thread():
+            if erased_ids.size:  # their content is never read: zero rows are finite and project to zero
+                received = received.copy()
+                received[erased_ids] = 0.0
             norms, projected = self._norms_and_projections(received)
             readable = np.isfinite(norms)
             unreadable = np.flatnonzero(~readable)
-            if unreadable.size > self.max_adversaries:
+            forced = np.union1d(erased_ids, unreadable)
+            if not self.correctable(unreadable, erased_ids):
                 raise DecodeError(
-                    f"the cyclic code cannot decode: {unreadable.size} messages hold inf or NaN, more than the "
-                    f"{self.max_adversaries} it corrects."
+                    f"the cyclic code cannot decode: {unreadable.size} messages hold inf or NaN and "
+                    f"{erased_ids.size} are missing, more than its {self.redundancy - 1} parity checks correct "
+                    f"(2 per unreadable message, 1 per missing one)."
                 )
             if unreadable.size:  # 0 * inf would poison the products below; a row's projection is its own
                 received = np.where(readable[:, None], received, 0.0)
                 norms = np.where(readable, norms, 0.0)
                 projected[unreadable] = 0.0
             for _ in range(VERIFY_ATTEMPTS):
-                located = self._locate(projected, unreadable)
+                located = self._locate(projected, forced, erased_ids.size)
                 verified, total, checks = self._verify(received, norms, np.array(located.removed, dtype=int))
                 if verified.passes:
-                    flagged = list(located.removed)
+                    flagged = [w for w in located.removed if w not in erased_ids]
                     if flagged:
                         logger.debug("cyclic decode flagged workers %s", flagged)
                     return DecodeResult(total=total, flagged=flagged)
                 logger.debug("cyclic decode: the projections missed a deviation; adding %d directions", len(checks))
                 with np.errstate(over="ignore", invalid="ignore"):
                     projected = np.hstack([projected, received @ _directions(checks @ received)])
+        correctable = self._max_adversaries_with(erased_ids.size)
         raise DecodeError(
-            f"the cyclic code cannot decode: the messages kept after removing {self.max_adversaries} or fewer "
-            f"workers are never consistent with the code, so more than {self.max_adversaries} of the "
-            f"{self.n_workers} workers sent inconsistent messages."
+            f"the cyclic code cannot decode: the messages kept after removing {correctable} or fewer "
+            f"workers are never consistent with the code, so more than {correctable} of the "
+            f"{self.n_workers - erased_ids.size} workers that answered sent inconsistent messages."
         )
+
+    def _max_adversaries_with(self, n_erased: int) -> int:
+        """s' = (r - 1 - e) // 2: adversaries corrected beside e erasures."""
+        return (self.redundancy - 1 - n_erased) // 2
 
     # -- construction ---------------------------------------------------------------------------------------
 
@@ -255,23 +268,25 @@ class CyclicCode(Code):
                 squares += np.einsum("ij,ij->i", block, block)
         return row_norms(received, squares), projected
 
-    def _locate(self, projected: np.ndarray, unreadable: np.ndarray) -> Fit:
-        """The removal the locator settles on; DecodeError when none fits (see module doc)."""
-        locator = Locator(self._geometry, projected, unreadable)
-        if self.max_adversaries == 0:  # nothing to correct, but with r = 2 a deviation is still detected
-            fit = locator.fit(unreadable)
+    def _locate(self, projected: np.ndarray, forced: np.ndarray, n_erased: int) -> Fit:
+        """The removal the locator settles on, `forced` rows (erased and unreadable) always removed;
+        DecodeError when none fits (see module doc)."""
+        max_adversaries = self._max_adversaries_with(n_erased)
+        locator = Locator(self._geometry, projected, forced, max_removed=n_erased + max_adversaries)
+        if max_adversaries == 0:  # nothing to correct, but with r = 2 (or few erasures) a deviation is detected
+            fit = locator.fit(forced)
             if fit.passes:
                 return fit
             raise DecodeError(
-                f"the cyclic code with redundancy {self.redundancy} detects inconsistent messages but corrects "
-                f"none (it needs r >= 3 to correct one adversary)."
+                f"the cyclic code with redundancy {self.redundancy} and {n_erased} missing messages detects "
+                f"inconsistent messages but corrects none (one adversary needs 2 + e < r with e missing)."
             )
         located = locator.locate()
         if located is None:
             raise DecodeError(
-                f"the cyclic code cannot decode: no set of at most {self.max_adversaries} workers explains the "
-                f"messages, so more than {self.max_adversaries} of the {self.n_workers} workers sent "
-                f"inconsistent messages."
+                f"the cyclic code cannot decode: no set of at most {max_adversaries} workers explains the "
+                f"messages, so more than {max_adversaries} of the {self.n_workers - n_erased} workers that "
+                f"answered sent inconsistent messages."
             )
         return located
 

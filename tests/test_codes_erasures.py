@@ -1,0 +1,152 @@
+"""Erasures (issue 12, item 4): workers that did not answer by the round's deadline, positions known.
+
+Every registered code: within what it tolerates together (cyclic: 2 s' + e <= r - 1; repetition: per
+group, a strict majority of the answers that arrived is honest) the decode is the adversary-free sum and
+flags exactly the adversaries; beyond it, DecodeError or an answer explained by the kept messages.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from code_rounds import DEVIATIONS, deviate, honest_round, relative_error
+from test_codes import registered_codes
+
+from robust_training.codes import CODES, CyclicCode, RepetitionCode
+from robust_training.codes.promise import unexplained
+from robust_training.errors import DecodeError, TrainingError
+
+#: What a caller may leave in an erased row: the decode must not read it.
+ERASED_CONTENT = ("nan", "zeros", "huge", "honest")
+
+
+def with_erasures(messages: np.ndarray, erased: list[int], content: str, rng: np.random.Generator) -> np.ndarray:
+    rows = messages.copy()
+    if content == "nan":
+        rows[erased] = np.nan
+    elif content == "zeros":
+        rows[erased] = 0.0
+    elif content == "huge":
+        rows[erased] = 1e300 * rng.standard_normal((len(erased), rows.shape[1]))
+    return rows
+
+
+def _most(holds, limit: int) -> int:
+    """The largest k <= limit with holds(k), holds being true at 0 and monotone."""
+    k = 0
+    while k < limit and holds(k + 1):
+        k += 1
+    return k
+
+
+@st.composite
+def erasure_rounds(draw, within: bool):
+    """(code, updates, honest messages, adversaries, erased, received) within the code's joint bound or
+    beyond it; deviations of every kind from 1e3 rtol (within; 1e-8 beyond) to 1e15."""
+    code = draw(registered_codes())
+    n = code.n_workers
+    order = [int(w) for w in draw(st.permutations(range(n)))]
+    if within:  # anywhere up to the bound, often on it
+        most = _most(lambda k: code.correctable([], order[:k]), n)  # erasures alone (at least one)
+        n_erased = draw(st.integers(min(1, most), most))
+        erased = sorted(order[:n_erased])
+        most = _most(lambda k: code.correctable(order[n_erased : n_erased + k], erased), n - n_erased)
+        count = draw(st.integers(0, most) | st.just(most))
+        low = np.log10(1e3 * code.rtol)
+    else:
+        n_erased = draw(st.integers(0, min(n, code.redundancy)) | st.integers(0, n))
+        erased = sorted(order[:n_erased])
+        count = draw(st.integers(0, 2))
+        while code.correctable(order[n_erased : n_erased + count], erased):
+            count += 1
+        low = -8.0
+    adversaries = sorted(order[n_erased : n_erased + count])
+    magnitude = 10.0 ** draw(st.sampled_from([low, 0.0, 9.0, 15.0]) | st.floats(low, 15.0))
+    kind = draw(st.sampled_from(DEVIATIONS))
+    seed = draw(st.integers(0, 2**31))
+    rng = np.random.default_rng(seed)
+    updates, messages = honest_round(code, draw(st.integers(1, 12)), seed, 10.0 ** draw(st.floats(-3, 3)))
+    forged = deviate(messages, adversaries, kind, magnitude, rng)
+    received = with_erasures(forged, erased, draw(st.sampled_from(ERASED_CONTENT)), rng)
+    return code, updates, messages, adversaries, erased, received
+
+
+@settings(max_examples=150, deadline=None)
+@given(case=erasure_rounds(within=True))
+def test_within_the_joint_bound_the_sum_is_exact_and_exactly_the_adversaries_are_flagged(case):
+    code, updates, _, adversaries, erased, received = case
+    result = code.decode(received, erased=erased)
+    assert result.flagged == adversaries
+    assert relative_error(result.total, updates.sum(axis=0)) <= 1e-10
+
+
+@settings(max_examples=150, deadline=None)
+@given(case=erasure_rounds(within=False))
+def test_beyond_the_joint_bound_a_code_raises_or_its_answer_is_explained(case):
+    code, _, messages, _, erased, received = case
+    try:
+        result = code.decode(received, erased=erased)
+    except DecodeError:
+        return
+    assert not set(result.flagged) & set(erased)
+    reason = unexplained(code, received, result.flagged, result.total, messages, erased=erased)
+    assert reason is None, reason
+
+
+@pytest.mark.parametrize("name", sorted(CODES))
+def test_no_erasure_is_the_plain_decode_and_the_erased_rows_are_never_read(name):
+    code = CODES[name](12, 3)
+    rng = np.random.default_rng(3)
+    _, messages = honest_round(code, d=7, seed=4)
+    plain = code.decode(messages)
+    empty = code.decode(messages, erased=())
+    assert plain.flagged == empty.flagged and plain.total.tobytes() == empty.total.tobytes()
+    outcomes = {content: code.decode(with_erasures(messages, [1], content, rng), erased=[1])
+                for content in ERASED_CONTENT}
+    assert len({(tuple(r.flagged), r.total.tobytes()) for r in outcomes.values()}) == 1
+
+
+@pytest.mark.parametrize("name", sorted(CODES))
+def test_erased_ids_outside_the_workers_are_refused(name):
+    code = CODES[name](9, 3)
+    with pytest.raises(TrainingError):
+        code.decode(np.zeros((9, 2)), erased=[9])
+
+
+@pytest.mark.parametrize(("n_erased", "n_adversaries", "decodes"),
+                         [(4, 0, True), (2, 1, True), (0, 2, True), (3, 1, False), (5, 0, False)])
+def test_cyclic_trades_two_erasures_for_one_adversary(n_erased, n_adversaries, decodes):
+    """CyclicCode(9, 5): p = 4 parity checks; 2 s' + e <= 4 decodes, anything more raises."""
+    code = CyclicCode(9, 5)
+    rng = np.random.default_rng(n_erased * 10 + n_adversaries)
+    assert code.correctable(range(n_erased, n_erased + n_adversaries), range(n_erased)) == decodes
+    for trial in range(10):
+        order = [int(w) for w in rng.permutation(9)]
+        erased, adversaries = sorted(order[:n_erased]), sorted(order[n_erased : n_erased + n_adversaries])
+        updates, messages = honest_round(code, d=6, seed=trial)
+        received = with_erasures(deviate(messages, adversaries, "random", 1.0, rng), erased, "nan", rng)
+        if decodes:
+            result = code.decode(received, erased=erased)
+            assert result.flagged == adversaries
+            assert relative_error(result.total, updates.sum(axis=0)) <= 1e-10
+        else:
+            with pytest.raises(DecodeError):
+                code.decode(received, erased=erased)
+
+
+def test_repetition_takes_the_strict_majority_of_the_answers_that_arrived():
+    code = RepetitionCode(9, 3)
+    updates, messages = honest_round(code, d=5, seed=1)
+    forged = messages.copy()
+    forged[4] += 1.0  # group 1: 3 honest, 4 forged, 5 honest
+    result = code.decode(forged, erased=[0, 8])  # groups 0 and 2 keep two honest answers each
+    with pytest.raises(DecodeError, match="repetition group 1 \\(workers 3..5"):
+        code.decode(forged, erased=[3])  # group 1 keeps 4 and 5: one against one
+    assert result.flagged == [4]
+    assert relative_error(result.total, updates.sum(axis=0)) <= 1e-12
+    with pytest.raises(DecodeError, match="repetition group 2"):
+        code.decode(messages, erased=[6, 7, 8])
+    assert code.correctable([4], erased=[8]) and not code.correctable([4], erased=[3])
