@@ -88,6 +88,11 @@ N_PROJECTIONS = 4
 #: Smallest singular value of the code basis restricted to the complement of 2s consecutive workers that
 #: we accept (n = 45, s = 10 gives 9e-11 and decodes exactly; n = 64, s = 7 gives 7e-12 and does not).
 MIN_NUMERICAL_DISTANCE_MARGIN = 5e-11
+#: Smallest singular value of the code basis on the rows kept after erasures and adversaries that we accept:
+#: the sum is read from them with an error of about eps / margin (n = 45, r = 21: 2e-4 with 10 rows removed,
+#: 9e-11 with 20, where a round of 20 erasures came out 1.2e-6 off). Every accepted (n, r) has at least
+#: 1.5e-4 with s rows removed, so this limits erasures only.
+MIN_RECOVERY_MARGIN = 1e-5
 #: Locate-and-verify rounds: each failed verification adds the residual's directions to the projections.
 VERIFY_ATTEMPTS = 3
 #: Columns per block of the verifying product (21 x 65536 doubles: 11 MB).
@@ -123,7 +128,9 @@ class CyclicCode(Code):
         unscaled = self._minimum_weight_columns()
         self._sum_functional = self._choose_sum_functional(unscaled)
         self._weights = unscaled / (self._sum_functional @ unscaled)
+        self._removal_margins = self._contiguous_removal_margins()
         self._check_numerical_margin()
+        self._capacity = [self._adversaries_beside(n_erased) for n_erased in range(n_workers + 1)]
         self._geometry = CyclicGeometry(self._parity_check, self._locator_points, self._real_parity, self._basis,
                                         self.max_adversaries, rtol, seed)
 
@@ -144,9 +151,10 @@ class CyclicCode(Code):
         return self._weights @ self._check_partition_updates(partition_updates)
 
     def correctable(self, workers: Iterable[int], erased: Iterable[int] = ()) -> bool:
-        """2 s' + e <= r - 1: each erasure costs one parity check, each adversary two (distance r)."""
+        """2 s' + e <= r - 1 (each erasure costs one parity check, each adversary two: distance r), as far
+        as float64 allows: see `_adversaries_beside`."""
         missing = set(erased)
-        return 2 * len(set(workers) - missing) + len(missing) <= self.redundancy - 1
+        return len(set(workers) - missing) <= self._max_adversaries_with(len(missing))
 
     def decode(self, messages: np.ndarray, erased: Iterable[int] = ()) -> DecodeResult:
         received = self._check_messages(messages)
@@ -162,8 +170,8 @@ class CyclicCode(Code):
             if not self.correctable(unreadable, erased_ids):
                 raise DecodeError(
                     f"the cyclic code cannot decode: {unreadable.size} messages hold inf or NaN and "
-                    f"{erased_ids.size} are missing, more than its {self.redundancy - 1} parity checks correct "
-                    f"(2 per unreadable message, 1 per missing one)."
+                    f"{erased_ids.size} are missing, more than it corrects (beside {erased_ids.size} missing, at "
+                    f"most {max(self._max_adversaries_with(erased_ids.size), 0)} wrong ones)."
                 )
             if unreadable.size:  # 0 * inf would poison the products below; a row's projection is its own
                 received = np.where(readable[:, None], received, 0.0)
@@ -188,8 +196,8 @@ class CyclicCode(Code):
         )
 
     def _max_adversaries_with(self, n_erased: int) -> int:
-        """s' = (r - 1 - e) // 2: adversaries corrected beside e erasures."""
-        return (self.redundancy - 1 - n_erased) // 2
+        """s': adversaries corrected beside e erasures (-1: the erasures alone are too many)."""
+        return self._capacity[n_erased]
 
     # -- construction ---------------------------------------------------------------------------------------
 
@@ -231,12 +239,29 @@ class CyclicCode(Code):
     def _project_on_code(self, vector: np.ndarray) -> np.ndarray:
         return self._basis @ (self._basis.T @ vector)
 
+    def _contiguous_removal_margins(self) -> np.ndarray:
+        """margins[m]: smallest singular value of the code basis without m consecutive workers, m = 0..p
+        (the worst pattern for a DFT code: consecutive rows carry a codeword most nearly)."""
+        n_parity = self.redundancy - 1
+        return np.array([np.linalg.svd(self._basis[removed:], compute_uv=False)[-1]
+                         for removed in range(n_parity + 1)])
+
+    def _adversaries_beside(self, n_erased: int) -> int:
+        """The most adversaries a with 2 a + e <= p whose removal leaves the kept rows both unique (margin
+        of e + 2 a removed rows, as the constructor demands of 2 s) and well-conditioned enough to read
+        the sum from (margin of e + a removed rows); -1 when no a >= 0 qualifies."""
+        margins = self._removal_margins
+        for adversaries in range((len(margins) - 1 - n_erased) // 2, -1, -1):
+            if (margins[n_erased + 2 * adversaries] >= MIN_NUMERICAL_DISTANCE_MARGIN
+                    and margins[n_erased + adversaries] >= MIN_RECOVERY_MARGIN):
+                return adversaries
+        return -1
+
     def _check_numerical_margin(self) -> None:
         n_erased = 2 * self.max_adversaries
         if n_erased == 0:
             return
-        kept = np.arange(n_erased, self.n_workers)
-        margin = np.linalg.svd(self._basis[kept], compute_uv=False)[-1]
+        margin = self._removal_margins[n_erased]
         if margin < MIN_NUMERICAL_DISTANCE_MARGIN:
             raise TrainingError(
                 f"the cyclic code with n={self.n_workers}, r={self.redundancy} cannot decode reliably in float64 "
@@ -279,7 +304,7 @@ class CyclicCode(Code):
                 return fit
             raise DecodeError(
                 f"the cyclic code with redundancy {self.redundancy} and {n_erased} missing messages detects "
-                f"inconsistent messages but corrects none (one adversary needs 2 + e < r with e missing)."
+                f"inconsistent messages but corrects none beside them."
             )
         located = locator.locate()
         if located is None:
