@@ -26,7 +26,11 @@ with a^T W = 1^T replaces it (max |W| = 4.5 at n = 44, r = 21).
 
 Decoding
 --------
-1. Rows holding inf or NaN are erased (removed from every proposal; more than s of them: DecodeError).
+1. Rows holding inf or NaN are unreadable, and rows the caller names in `erased` (workers that did not
+   answer) are missing: both are removed from every proposal and zeroed (the missing ones are never read).
+   An unreadable row is a wrong message at a known place and costs two parity checks like an adversary;
+   a missing one costs one, so s' adversaries are corrected beside e missing rows when 2 s' + e <= p and
+   float64 can still read the sum from the rows left (`_adversaries_beside`); beyond that: DecodeError.
 2. Project the (n, d) messages on N_PROJECTIONS fixed random vectors, drawn once per d from the code's
    seed (so a decode is a function of its inputs), and locate the deviating rows on the (n, c)
    projections (`cyclic_locate`): proposals ranked by how well the rows kept fit the code.
@@ -53,6 +57,8 @@ What is guaranteed
   rounding of the kept rows, see `cyclic_fit`), and nothing below it can be told from rounding.
   rtol = 1e-11 sits far above the rounding of honest float64 messages (~1e-15, also at d = 1e6);
   messages computed in float32 need rtol ~ 1e-5.
+- With e erasures, the same for s' deviating workers as far as `correctable(adversaries, erased)` says
+  (2 s' + e <= r - 1 within the float64 margins), and the same promise beyond it.
 - More than s deviating workers: DecodeError, unless the kept (unflagged) messages lie within that
   tolerance of a codeword, whose sum is then returned. No decoder can tell that case from an honest one
   (the distance is 2s + 1); it needs colluding adversaries who know W and craft messages along a codeword,

@@ -16,7 +16,9 @@ The vote: a group's answer is the replica agreeing with the most replicas (ties:
 the replicas not agreeing with it are flagged; without a strict majority the decode raises DecodeError
 naming the group. More than s colluding replicas that agree among themselves ARE the majority: no vote
 can tell them from honest ones, and the group's answer is theirs: the decode returns only answers that
-agree with a strict majority of their group.
+agree with a strict majority of their group. Erased replicas (workers that did not answer, named by the
+caller) take no part: the vote is among the replicas that arrived, a strict majority of those, and a
+group none of whose replicas arrived raises DecodeError naming it.
 
 Cost: comparing every pair of replicas is O(r^2 d), 0.7 s per round at r = 15, d = 1e6. Instead a probe
 of a few random columns names each group's likely answer (its reference) and bounds every pair's
