@@ -104,9 +104,13 @@ def test_no_erasure_is_the_plain_decode_and_the_erased_rows_are_never_read(name)
     plain = code.decode(messages)
     empty = code.decode(messages, erased=())
     assert plain.flagged == empty.flagged and plain.total.tobytes() == empty.total.tobytes()
-    outcomes = {content: code.decode(with_erasures(messages, [1], content, rng), erased=[1])
-                for content in ERASED_CONTENT}
-    assert len({(tuple(r.flagged), r.total.tobytes()) for r in outcomes.values()}) == 1
+    outcomes = []
+    for content in ERASED_CONTENT:
+        received = with_erasures(messages, [1], content, rng)
+        sent = received.copy()
+        outcomes.append(code.decode(received, erased=[1]))
+        assert np.array_equal(received, sent, equal_nan=True)  # the caller's array is left as it was
+    assert len({(tuple(r.flagged), r.total.tobytes()) for r in outcomes}) == 1
 
 
 @pytest.mark.parametrize("name", sorted(CODES))
@@ -182,3 +186,35 @@ def test_cyclic_refuses_erasures_beyond_what_float64_reads_the_sum_from():
     _, messages = honest_round(code, d=8, seed=0)
     with pytest.raises(DecodeError, match="missing"):
         code.decode(messages, erased=range(20))
+
+
+@pytest.mark.parametrize(("n_erased", "decodes"), [(2, True), (3, False)])
+def test_unreadable_messages_cost_two_parity_checks_and_erasures_one(n_erased, decodes):
+    """CyclicCode(15, 7): 6 checks; two rows holding inf/NaN beside 2 missing ones decode (flagged, the
+    missing ones not), beside 3 missing ones they cannot."""
+    code = CyclicCode(15, 7)
+    updates, messages = honest_round(code, d=5, seed=2)
+    received = messages.copy()
+    received[[5, 11], 1] = [np.inf, np.nan]
+    erased = list(range(n_erased))
+    received[erased] = np.nan
+    if not decodes:
+        with pytest.raises(DecodeError, match="missing"):
+            code.decode(received, erased=erased)
+        return
+    result = code.decode(received, erased=erased)
+    assert result.flagged == [5, 11]
+    assert relative_error(result.total, updates.sum(axis=0)) <= 1e-10
+
+
+def test_repetition_ignores_missing_replicas_beside_unreadable_ones():
+    code = RepetitionCode(10, 5)
+    updates, messages = honest_round(code, d=4, seed=5)
+    received = messages.copy()
+    received[[0, 1]] = np.nan  # missing
+    received[2, 0] = np.inf  # group 0 arrived: 2 (unreadable), 3, 4 -> 3 and 4 are the strict majority
+    result = code.decode(received, erased=[0, 1])
+    assert result.flagged == [2]
+    assert relative_error(result.total, updates.sum(axis=0)) <= 1e-12
+    with pytest.raises(DecodeError, match="repetition group 0 \\(workers 0..4\\).*1 of 2 that arrived"):
+        code.decode(received, erased=[0, 1, 3])
