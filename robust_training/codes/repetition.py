@@ -139,7 +139,8 @@ class RepetitionCode(Code):
             winners = np.zeros(self.n_partitions, dtype=int)  # replica index of each group's answer
             for group in np.flatnonzero(disputed):
                 members = np.flatnonzero(arrived[group])  # replica indices that arrived
-                vote = _GroupVote(groups[group, members], self.rtol, self.atol,
+                replicas = groups[group] if members.size == self.redundancy else groups[group, members]  # no copy
+                vote = _GroupVote(replicas, self.rtol, self.atol,
                                   probe_spread[group][np.ix_(members, members)], probe_norms[group, members])
                 vote.learn_reference(int(np.searchsorted(members, references[group])), equal[group, members])
                 first = group * self.redundancy
