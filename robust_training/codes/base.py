@@ -37,12 +37,14 @@ class Code(ABC):
     What a code declares about itself (the registry in `robust_training.codes` and the property tests
     rely on it, so a new code is tested by being registered):
     - `name`: its CLI name; the constructor takes (n_workers, redundancy, seed=...).
-    - `correctable(workers)`: whether the decode promises the exact sum and exactly these workers flagged
-      when they (and no others) deviate by more than the tolerance.
+    - `correctable(workers, erased=())`: whether the decode promises the exact sum and exactly these
+      workers flagged when they (and no others) deviate by more than the tolerance while the `erased`
+      workers' messages are missing (an erasure: no answer by the round's deadline, position known).
     - `rtol`: deviations below rtol times the honest messages' scale are indistinguishable from rounding.
     - `encoding_matrix`: W with messages = W @ partition updates (every code here is linear).
-    The promise beyond `correctable`: DecodeError, unless the unflagged messages are (within the
-    tolerance) the encoding of some partition updates, in which case the result is their sum.
+    The promise beyond `correctable`: DecodeError, unless the unflagged messages that arrived are (within
+    the tolerance) the encoding of some partition updates, in which case the result is their sum.
+    Erased rows are never read for their content (callers may pass NaN or zeros) and never flagged.
     """
 
     name: ClassVar[str]
@@ -61,12 +63,13 @@ class Code(ABC):
         """(len(partitions_of(worker)), d) updates -> the worker's (d,) message."""
 
     @abstractmethod
-    def decode(self, messages: np.ndarray) -> DecodeResult:
-        """(n_workers, d) messages -> exact sum; raises DecodeError when that is impossible."""
+    def decode(self, messages: np.ndarray, erased: Iterable[int] = ()) -> DecodeResult:
+        """(n_workers, d) messages, `erased` rows missing -> exact sum; DecodeError when that is impossible."""
 
     @abstractmethod
-    def correctable(self, workers: Iterable[int]) -> bool:
-        """Whether the decode corrects these workers' messages whatever they send (see class doc)."""
+    def correctable(self, workers: Iterable[int], erased: Iterable[int] = ()) -> bool:
+        """Whether the decode corrects these workers' messages whatever they send, with the `erased` ones
+        missing (see class doc); a worker both erased and listed counts as erased."""
 
     @property
     def encoding_matrix(self) -> np.ndarray:
@@ -96,6 +99,13 @@ class Code(ABC):
 
     def _check_messages(self, messages: np.ndarray) -> np.ndarray:
         return _float64_rows(messages, self.n_workers, "the messages")
+
+    def _check_erased(self, erased: Iterable[int]) -> np.ndarray:
+        """The erased worker ids, sorted and unique; refused when one is not a worker."""
+        ids = np.unique(np.asarray(list(erased), dtype=int))
+        if ids.size and (ids[0] < 0 or ids[-1] >= self.n_workers):
+            raise TrainingError(f"erased worker ids must lie in 0..{self.n_workers - 1}, got {ids.tolist()}.")
+        return ids
 
 
 def _float64_rows(array: np.ndarray, n_rows: int, what: str) -> np.ndarray:

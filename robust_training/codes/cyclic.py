@@ -26,7 +26,11 @@ with a^T W = 1^T replaces it (max |W| = 4.5 at n = 44, r = 21).
 
 Decoding
 --------
-1. Rows holding inf or NaN are erased (removed from every proposal; more than s of them: DecodeError).
+1. Rows holding inf or NaN are unreadable, and rows the caller names in `erased` (workers that did not
+   answer) are missing: both are removed from every proposal and zeroed (the missing ones are never read).
+   An unreadable row is a wrong message at a known place and costs two parity checks like an adversary;
+   a missing one costs one, so s' adversaries are corrected beside e missing rows when 2 s' + e <= p and
+   float64 can still read the sum from the rows left (`_adversaries_beside`); beyond that: DecodeError.
 2. Project the (n, d) messages on N_PROJECTIONS fixed random vectors, drawn once per d from the code's
    seed (so a decode is a function of its inputs), and locate the deviating rows on the (n, c)
    projections (`cyclic_locate`): proposals ranked by how well the rows kept fit the code.
@@ -53,6 +57,8 @@ What is guaranteed
   rounding of the kept rows, see `cyclic_fit`), and nothing below it can be told from rounding.
   rtol = 1e-11 sits far above the rounding of honest float64 messages (~1e-15, also at d = 1e6);
   messages computed in float32 need rtol ~ 1e-5.
+- With e erasures, the same for s' deviating workers as far as `correctable(adversaries, erased)` says
+  (2 s' + e <= r - 1 within the float64 margins), and the same promise beyond it.
 - More than s deviating workers: DecodeError, unless the kept (unflagged) messages lie within that
   tolerance of a codeword, whose sum is then returned. No decoder can tell that case from an honest one
   (the distance is 2s + 1); it needs colluding adversaries who know W and craft messages along a codeword,
@@ -88,6 +94,11 @@ N_PROJECTIONS = 4
 #: Smallest singular value of the code basis restricted to the complement of 2s consecutive workers that
 #: we accept (n = 45, s = 10 gives 9e-11 and decodes exactly; n = 64, s = 7 gives 7e-12 and does not).
 MIN_NUMERICAL_DISTANCE_MARGIN = 5e-11
+#: Smallest singular value of the code basis on the rows kept after erasures and adversaries that we accept:
+#: the sum is read from them with an error of about eps / margin (n = 45, r = 21: 2e-4 with 10 rows removed,
+#: 9e-11 with 20, where a round of 20 erasures came out 1.2e-6 off). Every accepted (n, r) has at least
+#: 1.5e-4 with s rows removed, so this limits erasures only.
+MIN_RECOVERY_MARGIN = 1e-5
 #: Locate-and-verify rounds: each failed verification adds the residual's directions to the projections.
 VERIFY_ATTEMPTS = 3
 #: Columns per block of the verifying product (21 x 65536 doubles: 11 MB).
@@ -123,7 +134,9 @@ class CyclicCode(Code):
         unscaled = self._minimum_weight_columns()
         self._sum_functional = self._choose_sum_functional(unscaled)
         self._weights = unscaled / (self._sum_functional @ unscaled)
+        self._removal_margins = self._contiguous_removal_margins()
         self._check_numerical_margin()
+        self._capacity = [self._adversaries_beside(n_erased) for n_erased in range(n_workers + 1)]
         self._geometry = CyclicGeometry(self._parity_check, self._locator_points, self._real_parity, self._basis,
                                         self.max_adversaries, rtol, seed)
 
@@ -143,40 +156,54 @@ class CyclicCode(Code):
     def encode_all(self, partition_updates: np.ndarray) -> np.ndarray:
         return self._weights @ self._check_partition_updates(partition_updates)
 
-    def correctable(self, workers: Iterable[int]) -> bool:
-        return len(set(workers)) <= self.max_adversaries
+    def correctable(self, workers: Iterable[int], erased: Iterable[int] = ()) -> bool:
+        """2 s' + e <= r - 1 (each erasure costs one parity check, each adversary two: distance r), as far
+        as float64 allows: see `_adversaries_beside`."""
+        missing = set(erased)
+        return len(set(workers) - missing) <= self._max_adversaries_with(len(missing))
 
-    def decode(self, messages: np.ndarray) -> DecodeResult:
+    def decode(self, messages: np.ndarray, erased: Iterable[int] = ()) -> DecodeResult:
         received = self._check_messages(messages)
+        erased_ids = self._check_erased(erased)
         with one_blas_thread():
+            if erased_ids.size:  # their content is never read: zero rows are finite and project to zero
+                received = received.copy()
+                received[erased_ids] = 0.0
             norms, projected = self._norms_and_projections(received)
             readable = np.isfinite(norms)
             unreadable = np.flatnonzero(~readable)
-            if unreadable.size > self.max_adversaries:
+            forced = np.union1d(erased_ids, unreadable)
+            if not self.correctable(unreadable, erased_ids):
                 raise DecodeError(
-                    f"the cyclic code cannot decode: {unreadable.size} messages hold inf or NaN, more than the "
-                    f"{self.max_adversaries} it corrects."
+                    f"the cyclic code cannot decode: {unreadable.size} messages hold inf or NaN and "
+                    f"{erased_ids.size} are missing, more than it corrects (beside {erased_ids.size} missing, at "
+                    f"most {max(self._max_adversaries_with(erased_ids.size), 0)} wrong ones)."
                 )
             if unreadable.size:  # 0 * inf would poison the products below; a row's projection is its own
                 received = np.where(readable[:, None], received, 0.0)
                 norms = np.where(readable, norms, 0.0)
                 projected[unreadable] = 0.0
             for _ in range(VERIFY_ATTEMPTS):
-                located = self._locate(projected, unreadable)
+                located = self._locate(projected, forced, erased_ids.size)
                 verified, total, checks = self._verify(received, norms, np.array(located.removed, dtype=int))
                 if verified.passes:
-                    flagged = list(located.removed)
+                    flagged = [w for w in located.removed if w not in erased_ids]
                     if flagged:
                         logger.debug("cyclic decode flagged workers %s", flagged)
                     return DecodeResult(total=total, flagged=flagged)
                 logger.debug("cyclic decode: the projections missed a deviation; adding %d directions", len(checks))
                 with np.errstate(over="ignore", invalid="ignore"):
                     projected = np.hstack([projected, received @ _directions(checks @ received)])
+        correctable = self._max_adversaries_with(erased_ids.size)
         raise DecodeError(
-            f"the cyclic code cannot decode: the messages kept after removing {self.max_adversaries} or fewer "
-            f"workers are never consistent with the code, so more than {self.max_adversaries} of the "
-            f"{self.n_workers} workers sent inconsistent messages."
+            f"the cyclic code cannot decode: the messages kept after removing {correctable} or fewer "
+            f"workers are never consistent with the code, so more than {correctable} of the "
+            f"{self.n_workers - erased_ids.size} workers that answered sent inconsistent messages."
         )
+
+    def _max_adversaries_with(self, n_erased: int) -> int:
+        """s': adversaries corrected beside e erasures (-1: the erasures alone are too many)."""
+        return self._capacity[n_erased]
 
     # -- construction ---------------------------------------------------------------------------------------
 
@@ -218,12 +245,29 @@ class CyclicCode(Code):
     def _project_on_code(self, vector: np.ndarray) -> np.ndarray:
         return self._basis @ (self._basis.T @ vector)
 
+    def _contiguous_removal_margins(self) -> np.ndarray:
+        """margins[m]: smallest singular value of the code basis without m consecutive workers, m = 0..p
+        (the worst pattern for a DFT code: consecutive rows carry a codeword most nearly)."""
+        n_parity = self.redundancy - 1
+        return np.array([np.linalg.svd(self._basis[removed:], compute_uv=False)[-1]
+                         for removed in range(n_parity + 1)])
+
+    def _adversaries_beside(self, n_erased: int) -> int:
+        """The most adversaries a with 2 a + e <= p whose removal leaves the kept rows both unique (margin
+        of e + 2 a removed rows, as the constructor demands of 2 s) and well-conditioned enough to read
+        the sum from (margin of e + a removed rows); -1 when no a >= 0 qualifies."""
+        margins = self._removal_margins
+        for adversaries in range((len(margins) - 1 - n_erased) // 2, -1, -1):
+            if (margins[n_erased + 2 * adversaries] >= MIN_NUMERICAL_DISTANCE_MARGIN
+                    and margins[n_erased + adversaries] >= MIN_RECOVERY_MARGIN):
+                return adversaries
+        return -1
+
     def _check_numerical_margin(self) -> None:
         n_erased = 2 * self.max_adversaries
         if n_erased == 0:
             return
-        kept = np.arange(n_erased, self.n_workers)
-        margin = np.linalg.svd(self._basis[kept], compute_uv=False)[-1]
+        margin = self._removal_margins[n_erased]
         if margin < MIN_NUMERICAL_DISTANCE_MARGIN:
             raise TrainingError(
                 f"the cyclic code with n={self.n_workers}, r={self.redundancy} cannot decode reliably in float64 "
@@ -255,23 +299,25 @@ class CyclicCode(Code):
                 squares += np.einsum("ij,ij->i", block, block)
         return row_norms(received, squares), projected
 
-    def _locate(self, projected: np.ndarray, unreadable: np.ndarray) -> Fit:
-        """The removal the locator settles on; DecodeError when none fits (see module doc)."""
-        locator = Locator(self._geometry, projected, unreadable)
-        if self.max_adversaries == 0:  # nothing to correct, but with r = 2 a deviation is still detected
-            fit = locator.fit(unreadable)
+    def _locate(self, projected: np.ndarray, forced: np.ndarray, n_erased: int) -> Fit:
+        """The removal the locator settles on, `forced` rows (erased and unreadable) always removed;
+        DecodeError when none fits (see module doc)."""
+        max_adversaries = self._max_adversaries_with(n_erased)
+        locator = Locator(self._geometry, projected, forced, max_removed=n_erased + max_adversaries)
+        if max_adversaries == 0:  # nothing to correct, but with r = 2 (or few erasures) a deviation is detected
+            fit = locator.fit(forced)
             if fit.passes:
                 return fit
             raise DecodeError(
-                f"the cyclic code with redundancy {self.redundancy} detects inconsistent messages but corrects "
-                f"none (it needs r >= 3 to correct one adversary)."
+                f"the cyclic code with redundancy {self.redundancy} and {n_erased} missing messages detects "
+                f"inconsistent messages but corrects none beside them."
             )
         located = locator.locate()
         if located is None:
             raise DecodeError(
-                f"the cyclic code cannot decode: no set of at most {self.max_adversaries} workers explains the "
-                f"messages, so more than {self.max_adversaries} of the {self.n_workers} workers sent "
-                f"inconsistent messages."
+                f"the cyclic code cannot decode: no set of at most {max_adversaries} workers explains the "
+                f"messages, so more than {max_adversaries} of the {self.n_workers - n_erased} workers that "
+                f"answered sent inconsistent messages."
             )
         return located
 

@@ -53,13 +53,16 @@ class CyclicGeometry:
 
 
 class Locator:
-    """One locate over the projections `projected` (n, c); `forced` rows are removed in every proposal."""
+    """One locate over the projections `projected` (n, c); `forced` rows are removed in every proposal,
+    and no proposal removes more than `max_removed` rows in all (the forced ones included)."""
 
-    def __init__(self, geometry: CyclicGeometry, projected: np.ndarray, forced: np.ndarray) -> None:
+    def __init__(self, geometry: CyclicGeometry, projected: np.ndarray, forced: np.ndarray,
+                 max_removed: int) -> None:
         self.geometry = geometry
         self.projected = projected
         self.norms = row_norms(projected)
         self.forced = forced
+        self.max_removed = max_removed
         self.test = KeptRowTest(geometry.real_parity, geometry.rtol)
         self.n_workers = projected.shape[0]
         self.free = np.setdiff1d(np.arange(self.n_workers), forced)
@@ -71,7 +74,8 @@ class Locator:
             return best
         fits = [best]
         for erased in self._erasure_sets():
-            for candidate in [erased, *algebraic_candidates(self.geometry, self.projected, erased)]:
+            for candidate in [erased, *algebraic_candidates(self.geometry, self.projected, erased,
+                                                            self.max_removed)]:
                 fits.append(self.fit(candidate))
                 if fits[-1].exact:
                     return self.give_back(fits[-1])
@@ -96,7 +100,7 @@ class Locator:
     def _erasure_sets(self) -> list[np.ndarray]:
         """The forced rows, then each set of largest rows whose norms stand ERASURE_GAP above the next."""
         sets = [self.forced]
-        budget = self.geometry.max_adversaries - self.forced.size
+        budget = self.max_removed - self.forced.size
         order = self.free[np.argsort(-self.norms[self.free], kind="stable")]
         sizes = self.norms[order]
         for count in range(1, min(budget, len(order) - 1) + 1):
@@ -115,7 +119,7 @@ class Locator:
     def _consensus_candidates(self) -> list[np.ndarray]:
         """Farthest rows from the best exact fits through random sets of n - p free rows."""
         geometry = self.geometry
-        budget = geometry.max_adversaries - self.forced.size
+        budget = self.max_removed - self.forced.size
         dimension = geometry.basis.shape[1]
         if budget <= 0 or self.free.size <= dimension:
             return []
@@ -169,7 +173,7 @@ class Locator:
         parity = self.geometry.real_parity
         scores, moves = [], []
         swappable = np.setdiff1d(removed, self.forced)
-        bases = [(removed, -1)] if removed.size < self.geometry.max_adversaries else []
+        bases = [(removed, -1)] if removed.size < self.max_removed else []
         bases += [(np.setdiff1d(removed, [row]), int(row)) for row in swappable]
         for base, returned in bases:
             kept = np.setdiff1d(np.arange(self.n_workers), base)
@@ -243,8 +247,10 @@ def _rank(fit: Fit) -> tuple[float, int]:
     return (fit.ratio, len(fit.removed))
 
 
-def algebraic_candidates(geometry: CyclicGeometry, projected: np.ndarray, erased: np.ndarray) -> list[np.ndarray]:
-    """Removals proposed by the error locator over the syndromes, the `erased` rows known bad.
+def algebraic_candidates(geometry: CyclicGeometry, projected: np.ndarray, erased: np.ndarray,
+                         max_removed: int) -> list[np.ndarray]:
+    """Removals of at most `max_removed` rows proposed by the error locator over the syndromes, the
+    `erased` rows known bad.
 
     Erasures enter through Forney's modified syndromes T_u = sum_k gamma_k S_{u+k}, gamma the coefficients
     of prod_{e in erased} (z - z_e): they annihilate the erased rows, leaving p - e syndromes for the
@@ -262,7 +268,7 @@ def algebraic_candidates(geometry: CyclicGeometry, projected: np.ndarray, erased
     modified = np.stack(
         [np.convolve(syndromes[:, column], kernel, mode="valid") for column in range(syndromes.shape[1])], axis=1
     )
-    max_errors = min(geometry.max_adversaries - erased.size, modified.shape[0] // 2)
+    max_errors = min(max_removed - erased.size, modified.shape[0] // 2)
     if max_errors <= 0:
         return []
     n_rows = modified.shape[0] - max_errors

@@ -1,7 +1,8 @@
 """The codes' promise beyond what they correct, checked from the outside (tests and benchmarks).
 
 A decode that returns instead of raising DecodeError must be explained by the messages it kept: its
-flagged set is one the code could correct, the unflagged messages are the encoding of some partition
+flagged set is one the code could correct beside the erased (missing) workers, none of them erased, the
+unflagged messages that arrived are the encoding of some partition
 updates to within the tolerance, and the returned total is those updates' sum. "Within the tolerance" is
 judged row by row, each row relative to the larger of its own norm and the typical row (RTOL_FACTOR times
 rtol, plus rounding): rows are rescaled by that before the fit, which changes no consistency (R = W G iff
@@ -14,6 +15,8 @@ code the same way and none of their decoders' internals.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
 from robust_training.codes.base import Code
@@ -25,14 +28,19 @@ _EPS = float(np.finfo(np.float64).eps)
 
 
 def unexplained(code: Code, received: np.ndarray, flagged: list[int], total: np.ndarray,
-                honest: np.ndarray) -> str | None:
-    """Why the decode (flagged, total) of `received` breaks the promise, or None when it keeps it.
+                honest: np.ndarray, erased: Iterable[int] = ()) -> str | None:
+    """Why the decode (flagged, total) of `received` with `erased` rows missing breaks the promise, or
+    None when it keeps it (the erased rows' content is never read).
 
     `honest`: the honest messages (known to a test, not to the decoder), for the typical honest row.
     """
-    if not code.correctable(flagged):
-        return f"flagged {flagged} is more than the code corrects"
-    kept = np.setdiff1d(np.arange(code.n_workers), flagged)
+    missing = sorted(set(erased))
+    if set(flagged) & set(missing):
+        return f"flagged {flagged} includes erased workers {missing}"
+    if not code.correctable(flagged, missing):
+        return f"flagged {flagged} is more than the code corrects beside the erased {missing}"
+    kept = np.setdiff1d(np.arange(code.n_workers), [*flagged, *missing])
+    honest = np.delete(honest, missing, axis=0) if missing else honest
     with np.errstate(over="ignore"):
         kept_norms = np.linalg.norm(received[kept], axis=1)
     typical = max(float(np.median(np.linalg.norm(honest, axis=1))), float(np.median(kept_norms))) or 1.0

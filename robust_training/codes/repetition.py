@@ -16,7 +16,9 @@ The vote: a group's answer is the replica agreeing with the most replicas (ties:
 the replicas not agreeing with it are flagged; without a strict majority the decode raises DecodeError
 naming the group. More than s colluding replicas that agree among themselves ARE the majority: no vote
 can tell them from honest ones, and the group's answer is theirs: the decode returns only answers that
-agree with a strict majority of their group.
+agree with a strict majority of their group. Erased replicas (workers that did not answer, named by the
+caller) take no part: the vote is among the replicas that arrived, a strict majority of those, and a
+group none of whose replicas arrived raises DecodeError naming it.
 
 Cost: comparing every pair of replicas is O(r^2 d), 0.7 s per round at r = 15, d = 1e6. Instead a probe
 of a few random columns names each group's likely answer (its reference) and bounds every pair's
@@ -87,10 +89,15 @@ class RepetitionCode(Code):
         self.atol = atol
         self.seed = seed
 
-    def correctable(self, workers: Iterable[int]) -> bool:
-        """At most s of them in every group."""
-        counts = np.bincount([self.partitions_of(worker)[0] for worker in set(workers)], minlength=1)
-        return bool(counts.max() <= self.max_adversaries)
+    def correctable(self, workers: Iterable[int], erased: Iterable[int] = ()) -> bool:
+        """In every group, the honest replicas are a strict majority of those that arrived (with nothing
+        erased: at most s adversaries per group)."""
+        missing = set(erased)
+        adversaries = np.bincount([worker // self.redundancy for worker in set(workers) - missing],
+                                  minlength=self.n_partitions)
+        arrived = self.redundancy - np.bincount([worker // self.redundancy for worker in missing],
+                                                minlength=self.n_partitions)
+        return bool(np.all(2 * adversaries < arrived))
 
     def group_of(self, worker: int) -> list[int]:
         """The workers that compute the same partition as `worker` (its replicas, itself included)."""
@@ -108,23 +115,38 @@ class RepetitionCode(Code):
     def encode_all(self, partition_updates: np.ndarray) -> np.ndarray:
         return np.repeat(self._check_partition_updates(partition_updates), self.redundancy, axis=0)
 
-    def decode(self, messages: np.ndarray) -> DecodeResult:
+    def decode(self, messages: np.ndarray, erased: Iterable[int] = ()) -> DecodeResult:
+        """Per group, the strict majority of the replicas that arrived (`erased` ones are never read)."""
         received = self._check_messages(messages)
         groups = received.reshape(self.n_partitions, self.redundancy, -1)
+        arrived = np.ones((self.n_partitions, self.redundancy), dtype=bool)
+        arrived.reshape(-1)[self._check_erased(erased)] = False
+        silent = np.flatnonzero(~arrived.any(axis=1))
+        if silent.size:
+            first = int(silent[0]) * self.redundancy
+            raise DecodeError(
+                f"repetition group {silent[0]} (workers {first}..{first + self.redundancy - 1}) has no strict "
+                f"majority of agreeing replicas: none of its {self.redundancy} replicas arrived."
+            )
         with np.errstate(invalid="ignore", over="ignore"):  # inf - inf in a forged row: it agrees with nothing
-            references, probe_spread, probe_norms = self._probe(groups)
+            references, probe_spread, probe_norms = self._probe(groups, arrived)
             equal, reference_total = _scan_against_references(groups, references)
+            equal &= arrived  # a missing replica is never part of the answer's majority
             disputed = ~equal.all(axis=1)
             if not np.isfinite(reference_total).all():  # equal replicas may still be non-finite
                 disputed |= ~np.isfinite(groups[np.arange(self.n_partitions), references]).all(axis=1)
             flagged: list[int] = []
             winners = np.zeros(self.n_partitions, dtype=int)  # replica index of each group's answer
             for group in np.flatnonzero(disputed):
-                vote = _GroupVote(groups[group], self.rtol, self.atol, probe_spread[group], probe_norms[group])
-                vote.learn_reference(int(references[group]), equal[group])
-                winners[group], agreeing = vote.settle(int(group))
+                members = np.flatnonzero(arrived[group])  # replica indices that arrived
+                replicas = groups[group] if members.size == self.redundancy else groups[group, members]  # no copy
+                vote = _GroupVote(replicas, self.rtol, self.atol,
+                                  probe_spread[group][np.ix_(members, members)], probe_norms[group, members])
+                vote.learn_reference(int(np.searchsorted(members, references[group])), equal[group, members])
                 first = group * self.redundancy
-                flagged.extend(int(first + member) for member in range(self.redundancy) if not agreeing[member])
+                winner, agreeing = vote.settle(int(group), first, self.redundancy)
+                winners[group] = members[winner]
+                flagged.extend(int(first + member) for member in members[~agreeing])
         total = reference_total
         if not equal[np.arange(self.n_partitions), winners].all():
             # an answer differs from the reference summed in the pass: sum the answers afresh
@@ -136,9 +158,10 @@ class RepetitionCode(Code):
             logger.debug("repetition decode flagged workers %s", flagged)
         return DecodeResult(total=total, flagged=flagged)
 
-    def _probe(self, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """On a few random columns: per group the replica agreeing with the most others (ties: lowest),
-        and exact lower bounds on every pair's distance (groups, r, r) and every replica's norm (groups, r).
+    def _probe(self, groups: np.ndarray, arrived: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """On a few random columns: per group the arrived replica agreeing with the most arrived others
+        (ties: lowest), and exact lower bounds on every pair's distance (groups, r, r) and every replica's
+        norm (groups, r).
         """
         dimension = groups.shape[2]
         rng = np.random.default_rng(self.seed)
@@ -147,7 +170,8 @@ class RepetitionCode(Code):
         spread = np.abs(sample[:, :, None, :] - sample[:, None, :, :]).max(axis=3, initial=0.0)
         norms = np.abs(sample).max(axis=2, initial=0.0)
         agree = spread <= self.atol + self.rtol * np.minimum(norms[:, :, None], norms[:, None, :])
-        return agree.sum(axis=2).argmax(axis=1), spread, norms
+        votes = np.where(arrived, (agree & arrived[:, None, :]).sum(axis=2), -1)
+        return votes.argmax(axis=1), spread, norms
 
 
 class _GroupVote:
@@ -179,8 +203,11 @@ class _GroupVote:
         self.norm_low[reference] = self.norm_high[reference] = norm
         self._learn_row(reference, np.where(equal, 0.0, self.pair_low[reference]), np.where(equal, 0.0, np.inf))
 
-    def settle(self, group: int) -> tuple[int, np.ndarray]:
-        """The pairwise vote's answer and its agreement row; measure more until the bounds decide them."""
+    def settle(self, group: int, first: int, group_size: int) -> tuple[int, np.ndarray]:
+        """The pairwise vote's answer and its agreement row; measure more until the bounds decide them.
+
+        `first`, `group_size`: the group's first worker and its replicas, arrived or not (for the error).
+        """
         while True:
             agree, disagree = self._settled_pairs()
             count_low = agree.sum(axis=1)
@@ -196,10 +223,10 @@ class _GroupVote:
             pivot = winner if open_rows[winner] else _strongest(blockers & open_rows, count_high)
             self._measure(pivot)
         if 2 * best <= self.size:
-            first = group * self.size
             raise DecodeError(
-                f"repetition group {group} (workers {first}..{first + self.size - 1}) has no strict majority of "
-                f"agreeing replicas: the largest agreeing set has {best} of {self.size}."
+                f"repetition group {group} (workers {first}..{first + group_size - 1}) has no strict majority of "
+                f"agreeing replicas: the largest agreeing set has {best} of {self.size}"
+                + (" that arrived." if self.size < group_size else ".")
             )
         return winner, agree[winner]
 
