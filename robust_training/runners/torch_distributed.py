@@ -114,15 +114,17 @@ class _ServerRounds:
             raise HonestUpdatesDiverged()
         compute_s = float(payloads[:, -1].max())
         link_bytes = (control.nbytes + model.nbytes + self.payload_length * 8) * self.n_workers
-        record = RoundRecord(round_index + 1, tau, self._start_loss(payloads), None, compute_s, 0.0,
+        record = RoundRecord(round_index + 1, tau, self._start_loss(payloads, honest), None, compute_s, 0.0,
                              max(wall_s - compute_s, 0.0), elapsed_s, sorted(adversaries), [], link_bytes)
         new_params, record = self.simulator.server_step(params, messages, adversaries, record)
         return new_params, None, record
 
-    def _start_loss(self, payloads: np.ndarray) -> float:
-        """Size-weighted start loss over the partitions, each read from its first holder's payload."""
+    def _start_loss(self, payloads: np.ndarray, honest: np.ndarray) -> float:
+        """Size-weighted start loss over the partitions, each read from an honest holder's payload where
+        there is one (a label-flipper reports its poisoned losses; the simulator logs the honest ones)."""
         losses = np.zeros(len(self.simulator.partitions))
-        for worker in reversed(range(self.n_workers)):
+        adversarial = np.setdiff1d(np.arange(self.n_workers), honest)
+        for worker in [*adversarial, *honest]:
             held = held_partitions(self.simulator.code, worker)
             losses[held] = payloads[worker, self.message_length:self.message_length + len(held)]
         return float(self.simulator.size_weights @ losses)
