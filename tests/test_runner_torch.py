@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -63,17 +64,31 @@ def test_torch_runner_saves_the_simulators_model(tmp_path: Path, args: list[str]
         assert sent >= modelled > 0
 
 
-def test_the_same_module_runs_under_torchrun(tmp_path: Path) -> None:
+def test_the_readmes_two_host_torchrun_command_trains_the_simulators_model(tmp_path: Path) -> None:
+    """Two torchrun "hosts" on loopback (--nnodes 2, 2 processes each: 3 workers + the PS), as in the README."""
     args = ["--model", "logistic", "--nodes", "3", "--code", "repetition", "--redundancy", "3", "--adversaries",
             "1", "--attack", "reverse", "--tau", "2"]
     _, sim_model = _train(tmp_path, "sim", args)
     model_path = tmp_path / "torchrun.npz"
-    completed = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc-per-node", "4",
-         "-m", "edgecloud.cli.app", *BASE, *args, "--runner", "torch", "--save", str(model_path)],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    assert json.loads(completed.stdout)["runner"] == "torch"  # rank 0 alone prints
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    def host(node_rank: int) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "2",
+             "--node-rank", str(node_rank), "--master-addr", "127.0.0.1", "--master-port", str(port),
+             "-m", "edgecloud.cli.app", *BASE, *args, "--runner", "torch", "--save", str(model_path)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    hosts = [host(0), host(1)]
+    try:
+        outputs = [h.communicate(timeout=300) for h in hosts]
+    finally:
+        for h in hosts:
+            h.kill()
+    assert [h.returncode for h in hosts] == [0, 0], [err[-3000:] for _, err in outputs]
+    assert json.loads(outputs[0][0])["runner"] == "torch" and outputs[1][0] == ""  # rank 0 alone prints
     with np.load(model_path, allow_pickle=False) as arrays:
         _assert_same_model(sim_model, {name: arrays[name] for name in arrays.files})
 
