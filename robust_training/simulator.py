@@ -14,6 +14,11 @@ One round, as a cluster would run it:
 4. The PS decodes the exact sum (`code.decode`) or aggregates the messages (`aggregator(messages, f=s)`)
    and steps.
 
+The two halves are reusable so that a runner with real processes trains the same model: a worker's
+message from only its own partitions (`worker_message`) and the PS's attack-decode-step
+(`Simulator.server_step`); `Simulator.run(play_round=...)` plays another runner's rounds through this
+loop (robust_training.runners.torch_distributed).
+
 Time model (docs/architecture.md §5): a round lasts the slowest worker's measured compute (its partitions' local
 updates plus its encoding) + the PS's measured decode/aggregate + the modelled transfer, never the sum
 of all workers' compute. Transfer: each worker has its own link of `bandwidth_bps` to the PS and the
