@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_cli_bad_inputs import assert_one_error_line, run_cli
+from test_cli_bad_inputs import assert_one_error_line, run_cli
 
 BASE = ["train", "--dataset", "digits", "--rounds", "3", "--lr", "0.1", "--batch-size", "16", "--seed", "3",
         "--json"]
