@@ -137,12 +137,16 @@ def _serve(job: TrainJob, on_round: Callable[[RoundRecord], None] | None, starte
     """Rank 0: wait until every worker holds its data (the end of start-up), then play the rounds."""
     simulator = _simulator(job)
     rounds = _ServerRounds(simulator)
-    dist.barrier()
-    startup_s = time.perf_counter() - started
     try:
-        return DistributedResult(simulator.run(on_round=on_round, play_round=rounds), startup_s)
-    finally:
+        dist.barrier()
+        startup_s = time.perf_counter() - started
+        result = simulator.run(on_round=on_round, play_round=rounds)
         rounds.stop()
+    except RuntimeError as error:  # gloo's errors: a worker died or stopped answering
+        first_line = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
+        raise TrainingError(f"the process group failed, typically because a worker process died ({first_line}).") \
+            from error
+    return DistributedResult(result, startup_s)
 
 
 def _work(job: TrainJob, worker: int) -> None:
