@@ -7,7 +7,9 @@ numpy logistic/svm models on digits, 3-5 workers, 3 rounds. Equality is on the s
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +19,10 @@ import numpy as np
 import pytest
 
 from test_cli_bad_inputs import assert_one_error_line, run_cli
+
+from robust_training.errors import TrainingError
+from robust_training.runners.torch_distributed import TrainJob, run_spawned
+from robust_training.simulator import RoundRecord, SimulationConfig
 
 BASE = ["train", "--dataset", "digits", "--rounds", "3", "--lr", "0.1", "--batch-size", "16", "--seed", "3",
         "--json"]
@@ -99,3 +105,19 @@ def test_the_readmes_two_host_torchrun_command_trains_the_simulators_model(tmp_p
 ])
 def test_bad_runner_settings_are_one_line_errors(extra: list[str], phrase: str) -> None:
     assert_one_error_line(*run_cli([*BASE, "--nodes", "3", *extra]), phrase)
+
+
+def test_a_worker_that_dies_mid_run_ends_the_run_with_a_training_error() -> None:
+    """Round 2's callback at rank 0 kills one worker this run spawned: the next round fails in one
+    sentence and the other workers are gone, instead of a gloo traceback or a hang."""
+    config = SimulationConfig(n_workers=3, rounds=50, lr=0.1, batch_size=16, seed=0)
+
+    def kill_a_worker(record: RoundRecord) -> None:
+        if record.round == 2:
+            os.kill(multiprocessing.active_children()[0].pid, signal.SIGKILL)
+
+    with pytest.raises(TrainingError, match="worker process died"):
+        run_spawned(TrainJob("digits", "logistic", config), on_round=kill_a_worker)
+    for child in multiprocessing.active_children():
+        child.join(timeout=10)
+    assert multiprocessing.active_children() == []
