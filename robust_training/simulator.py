@@ -14,6 +14,11 @@ One round, as a cluster would run it:
 4. The PS decodes the exact sum (`code.decode`) or aggregates the messages (`aggregator(messages, f=s)`)
    and steps.
 
+The two halves are reusable so that a runner with real processes trains the same model: a worker's
+message from only its own partitions (`worker_message`) and the PS's attack-decode-step
+(`Simulator.server_step`); `Simulator.run(play_round=...)` plays another runner's rounds through this
+loop (robust_training.runners.torch_distributed).
+
 Time model (docs/architecture.md §5): a round lasts the slowest worker's measured compute (its partitions' local
 updates plus its encoding) + the PS's measured decode/aggregate + the modelled transfer, never the sum
 of all workers' compute. Transfer: each worker has its own link of `bandwidth_bps` to the PS and the
@@ -28,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -117,13 +122,14 @@ class RoundRecord:
     elapsed_s: float
     adversaries: list[int]
     flagged: list[int]
+    transfer_bytes: int = 0    # model down and message up over every link (modelled, or counted by a runner)
 
     @property
     def round_s(self) -> float:
         return self.compute_s + self.aggregate_s + self.transfer_s
 
 
-class _HonestUpdatesDiverged(Exception):
+class HonestUpdatesDiverged(Exception):
     """The honest workers' own updates became non-finite (the learning rate is too large)."""
 
 
@@ -154,6 +160,28 @@ class SimulationResult:
         return [asdict(record) for record in self.records]
 
 
+RoundPlayer = Callable[[np.ndarray, int, int, list[int], float, bool], tuple[np.ndarray, PartitionUpdates | None,
+                                                                          RoundRecord]]
+
+
+def held_partitions(code: Code | None, worker: int) -> list[int]:
+    """The partitions a worker computes: the code's assignment, or uncoded its own one."""
+    return [worker] if code is None else code.partitions_of(worker)
+
+
+def worker_message(objective: Objective, config: SimulationConfig, code: Code | None, message_scale: np.ndarray,
+                   worker: int, partitions: Mapping[int, Dataset], params: np.ndarray, round_index: int,
+                   tau: int) -> tuple[np.ndarray, np.ndarray]:
+    """What one worker sends in one round, from only the partitions it holds: their updates (batches
+    seeded by round and partition, so every replica draws the same), scaled by P |D_p| / |D| and encoded.
+    Returns the message and the partitions' start losses, in `held_partitions` order."""
+    held = held_partitions(code, worker)
+    rngs = [batch_rng(config.seed, round_index, p) for p in held]
+    updates = local_updates(objective, params, [partitions[p] for p in held], config.lr, tau, config.batch_size, rngs)
+    scaled = updates.deltas * message_scale[held][:, None]
+    return (scaled[0] if code is None else code.encode(worker, scaled)), updates.start_losses
+
+
 class Simulator:
     """Runs `SimulationConfig` on one objective and one train/test split."""
 
@@ -174,9 +202,15 @@ class Simulator:
         init_rng = np.random.default_rng(np.random.SeedSequence([config.seed, 2]))
         self.params0 = objective.initial_params(train.features, init_rng)
 
-    def run(self, on_round: Callable[[RoundRecord], None] | None = None) -> SimulationResult:
-        """Train for `config.rounds` rounds (fewer if the target accuracy is reached or the model diverges)."""
+    def run(self, on_round: Callable[[RoundRecord], None] | None = None,
+            play_round: RoundPlayer | None = None) -> SimulationResult:
+        """Train for `config.rounds` rounds (fewer if the target accuracy is reached or the model diverges).
+
+        `play_round` replaces the in-process round (`_play_round`'s signature) so that a runner with real
+        worker processes (robust_training.runners) shares this loop: adversary draws, stopping, records.
+        """
         config = self.config
+        play_round = play_round or self._play_round
         params = self.params0.copy()
         records: list[RoundRecord] = []
         controller = AdaptiveTau(config.tau, max(config.tau_max, config.tau)) if config.adaptive_tau else None
@@ -189,9 +223,9 @@ class Simulator:
                 adversaries = self._draw_adversaries()
             elapsed_s = records[-1].elapsed_s if records else 0.0
             try:
-                new_params, updates, record = self._play_round(params, round_index, tau, adversaries, elapsed_s,
-                                                               probe=controller is not None)
-            except _HonestUpdatesDiverged:
+                new_params, updates, record = play_round(params, round_index, tau, adversaries, elapsed_s,
+                                                         controller is not None)
+            except HonestUpdatesDiverged:
                 logger.warning("the honest updates diverged to non-finite values in round %d; stopping",
                                round_index + 1)
                 diverged = True
@@ -222,27 +256,39 @@ class Simulator:
         config = self.config
         updates, partition_s = self._compute_partitions(params, round_index, tau, probe)
         if not np.all(np.isfinite(updates.deltas)):
-            raise _HonestUpdatesDiverged()  # no defence can make a step of that: the run has diverged
+            raise HonestUpdatesDiverged()  # no defence can make a step of that: the run has diverged
         # adaptive tau reads the unscaled deltas after the round; otherwise scale in place (no 360 MB copy)
         scaled = updates.deltas.copy() if probe else updates.deltas
         scaled *= self.message_scale[:, None]
         messages, worker_s = self._encode(scaled, partition_s)
         if isinstance(self.attack, DataAttack):
             self._send_poisoned(self.attack, messages, params, round_index, tau, adversaries)
-        elif self.attack is not None:
+        link_bytes = messages.shape[1] * messages.itemsize + params.nbytes
+        new_params, record = self.server_step(
+            params, messages, adversaries,
+            RoundRecord(round_index + 1, tau, float(self.size_weights @ updates.start_losses), None,
+                        float(max(worker_s)), 0.0, link_bytes * 8 / config.bandwidth_bps, elapsed_s,
+                        sorted(adversaries), [], link_bytes * config.n_workers))
+        return new_params, updates, record
+
+    def server_step(self, params: np.ndarray, messages: np.ndarray, adversaries: list[int],
+                    record: RoundRecord) -> tuple[np.ndarray, RoundRecord]:
+        """The PS's half of a round, shared by every runner: a model attack corrupts the adversaries'
+        messages on arrival (it sees all of them, as an omniscient adversary would), then decode or
+        aggregate, step, and evaluate. `record` arrives with the round's compute and transfer filled in
+        and `elapsed_s` at the round's start; this adds the aggregate time, the flagged workers and
+        the test accuracy."""
+        if self.attack is not None and not isinstance(self.attack, DataAttack):
             messages = self.attack.apply(messages, adversaries, self.adversary_rng)
         started = time.perf_counter()
         step, flagged = self._combine(messages)
-        aggregate_s = time.perf_counter() - started
-        transfer_s = (messages.shape[1] * messages.itemsize + params.nbytes) * 8 / config.bandwidth_bps
-        compute_s = float(max(worker_s))
+        record.aggregate_s = time.perf_counter() - started
+        record.flagged = sorted(flagged)
+        record.elapsed_s += record.round_s
         new_params = params + step
-        record = RoundRecord(round_index + 1, tau, float(self.size_weights @ updates.start_losses), None, compute_s,
-                             aggregate_s, transfer_s, elapsed_s + compute_s + aggregate_s + transfer_s,
-                             sorted(adversaries), sorted(flagged))
-        if (round_index + 1) % config.eval_every == 0 or round_index + 1 == config.rounds:
+        if record.round % self.config.eval_every == 0 or record.round == self.config.rounds:
             record.test_accuracy = self.objective.accuracy(new_params, self.test.features, self.test.labels)
-        return new_params, updates, record
+        return new_params, record
 
     def _compute_partitions(self, params: np.ndarray, round_index: int, tau: int,
                             probe: bool) -> tuple[PartitionUpdates, list[float]]:
@@ -262,17 +308,10 @@ class Simulator:
                        tau: int, adversaries: list[int]) -> None:
         """Overwrite the adversaries' rows of `messages` with what they send after training their
         partitions on poisoned data (same batches as the honest replicas draw)."""
-        holdings = {w: (self.code.partitions_of(w) if self.code is not None else [w]) for w in adversaries}
-        held = sorted({p for parts in holdings.values() for p in parts})
-        config = self.config
-        rngs = [batch_rng(config.seed, round_index, p) for p in held]
-        poisoned = local_updates(self.objective, params, [attack.poison(self.partitions[p]) for p in held],
-                                 config.lr, tau, config.batch_size, rngs).deltas
-        poisoned *= self.message_scale[held][:, None]
-        row_of = {p: i for i, p in enumerate(held)}
-        for worker, parts in holdings.items():
-            rows = poisoned[[row_of[p] for p in parts]]
-            messages[worker] = rows[0] if self.code is None else self.code.encode(worker, rows)
+        for worker in adversaries:
+            poisoned = {p: attack.poison(self.partitions[p]) for p in held_partitions(self.code, worker)}
+            messages[worker] = worker_message(self.objective, self.config, self.code, self.message_scale, worker,
+                                              poisoned, params, round_index, tau)[0]
 
     def _draw_adversaries(self) -> list[int]:
         if not self.config.n_adversaries:

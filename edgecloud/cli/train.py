@@ -1,4 +1,5 @@
-"""`edgecloud train`: Byzantine-robust DGD in the in-process simulator, with Draco codes or an aggregator.
+"""`edgecloud train`: Byzantine-robust DGD with Draco codes or an aggregator, in the in-process simulator
+(`--runner sim`) or as P + 1 torch.distributed processes (`--runner torch`, spawned here or under torchrun).
 
 Progress goes to stderr so that `--json` leaves stdout a single JSON document.
 """
@@ -16,6 +17,9 @@ from edgecloud.cli.user_errors import writable_output
 from robust_training.aggregators import aggregator_help
 from robust_training.attacks import ATTACK_NAMES
 from robust_training.codes import CODE_NAMES
+from robust_training.errors import TrainingError
+
+RUNNERS = ("sim", "torch")
 
 if TYPE_CHECKING:
     from robust_training.simulator import SimulationConfig
@@ -49,6 +53,9 @@ def train(
         help="Write the model's named parameter arrays (numpy .npz; the suffix is added if missing).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of a table.")] = False,
     plot: Annotated[Optional[Path], typer.Option(help="PNG of test accuracy vs modelled wall time and vs round.")] = None,
+    runner: Annotated[str, typer.Option(
+        help="sim (one process, modelled transfer) | torch (P workers + a PS over gloo; under torchrun it "
+             "joins torchrun's group, which must have P + 1 processes).")] = "sim",
 ) -> None:
     """Train with P simulated workers, s adversaries, and a Draco code or a robust aggregator at the PS."""
     import numpy as np
@@ -58,10 +65,11 @@ def train(
     from devices.json_files import dumps_strict
     from partitioner.units import parse_bandwidth_bps
     from robust_training.data import load_dataset
-    from robust_training.errors import TrainingError
     from robust_training.models import make_objective
     from robust_training.simulator import SimulationConfig, Simulator
 
+    if runner not in RUNNERS:
+        raise TrainingError(f"unknown runner {runner!r}; choose one of {', '.join(RUNNERS)}.")
     save = writable_output(save, "--save", ".npz")
     plot = writable_output(plot, "--plot", ".png")
     config = SimulationConfig(
@@ -73,14 +81,27 @@ def train(
     _check_defence(config)  # before the data loads: an impossible defence is a mistake, not a result
     train_data, test_data = load_dataset(dataset, seed=seed)
     objective = make_objective(model, train_data)
-    simulator = Simulator(objective, train_data, test_data, config)
+    startup_s = None
 
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("acc {task.fields[accuracy]}"), TimeElapsedColumn(),
                   console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task(f"training {model} on {dataset}", total=rounds, accuracy="-")
-        result = simulator.run(on_round=lambda r: progress.update(
-            task, advance=1, accuracy="-" if r.test_accuracy is None else f"{r.test_accuracy:.3f}"))
+
+        def on_round(r) -> None:
+            progress.update(task, advance=1, accuracy="-" if r.test_accuracy is None else f"{r.test_accuracy:.3f}")
+
+        if runner == "sim":
+            result = Simulator(objective, train_data, test_data, config).run(on_round=on_round)
+        else:
+            from robust_training.runners.torch_distributed import (TrainJob, launched_by_torchrun,
+                                                                    run_from_environment, run_spawned)
+
+            job = TrainJob(dataset, model, config)
+            distributed = run_from_environment(job, on_round) if launched_by_torchrun() else run_spawned(job, on_round)
+            if distributed is None:
+                return  # a worker rank under torchrun: rank 0 reports
+            result, startup_s = distributed.result, distributed.startup_s
 
     if result.diverged:
         raise TrainingError(f"training diverged: the model or its updates became non-finite after {len(result.records)} rounds "
@@ -105,6 +126,9 @@ def train(
         "n_params": objective.n_params,
         "config": asdict(config),
         "tau_estimates": [asdict(e) for e in result.tau_estimates],
+        "runner": runner,
+        "startup_s": startup_s,  # torch: spawning and joining the group, not part of any round
+        "bytes_per_round": [record.transfer_bytes for record in result.records],
         "history": result.history(),
     }
     if as_json:
@@ -148,10 +172,14 @@ def _print_summary(summary: dict, save: Path | None, plot: Path | None, title: s
         ("modelled wall time (s)", f"{summary['seconds']:.3f}"),
         ("  slowest worker compute (s)", f"{sum(r['compute_s'] for r in history):.3f}"),
         ("  PS decode/aggregate (s)", f"{sum(r['aggregate_s'] for r in history):.3f}"),
-        ("  transfer, modelled (s)", f"{sum(r['transfer_s'] for r in history):.3f}"),
+        (f"  transfer, {'modelled' if summary['runner'] == 'sim' else 'measured'} (s)",
+         f"{sum(r['transfer_s'] for r in history):.3f}"),
+        ("bytes per round (all links)", f"{max(summary['bytes_per_round'], default=0):,}"),
         ("flagged workers (rounds)", ", ".join(f"{worker} ({count})" for worker, count in summary["flagged_count"].items())
          or "none"),
     ]
+    if summary["startup_s"] is not None:
+        rows.append(("process start-up, not in rounds (s)", f"{summary['startup_s']:.3f}"))
     if summary["tau_estimates"]:
         last = summary["tau_estimates"][-1]
         rows.append(("adaptive tau (last)", f"{last['tau']} (beta {last['beta']:.3g}, rho {last['rho']:.3g}, "

@@ -1,0 +1,123 @@
+"""`--runner torch` trains the simulator's model with real processes: P workers and a PS over gloo.
+
+Each case starts P + 1 processes (seconds of torch imports each), so the runs are few and small: the
+numpy logistic/svm models on digits, 3-5 workers, 3 rounds. Equality is on the saved parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from test_cli_bad_inputs import assert_one_error_line, run_cli
+
+from robust_training.errors import TrainingError
+from robust_training.runners.torch_distributed import TrainJob, run_spawned
+from robust_training.simulator import RoundRecord, SimulationConfig
+
+BASE = ["train", "--dataset", "digits", "--rounds", "3", "--lr", "0.1", "--batch-size", "16", "--seed", "3",
+        "--json"]
+
+
+def _train(folder: Path, runner: str, args: list[str]) -> tuple[dict, dict[str, np.ndarray]]:
+    model_path = folder / f"{runner}.npz"
+    code, stdout, stderr = run_cli([*BASE, *args, "--runner", runner, "--save", str(model_path)])
+    assert code == 0, stderr[-3000:]
+    with np.load(model_path, allow_pickle=False) as arrays:
+        return json.loads(stdout), {name: arrays[name] for name in arrays.files}
+
+
+def _assert_same_model(sim: dict[str, np.ndarray], torch_run: dict[str, np.ndarray]) -> None:
+    assert sim.keys() == torch_run.keys()
+    for name in sim:
+        gap = np.linalg.norm(torch_run[name] - sim[name]) / np.linalg.norm(sim[name])
+        assert gap < 1e-6, (name, gap)
+
+
+@pytest.mark.parametrize("args", [
+    ["--model", "logistic", "--nodes", "4", "--tau", "1"],
+    ["--model", "logistic", "--nodes", "5", "--code", "cyclic", "--redundancy", "3", "--adversaries", "1",
+     "--attack", "reverse", "--tau", "1"],
+    ["--model", "svm", "--nodes", "5", "--code", "cyclic", "--redundancy", "3", "--adversaries", "1",
+     "--attack", "labelflip", "--tau", "2"],
+    ["--model", "logistic", "--nodes", "3", "--code", "repetition", "--redundancy", "3", "--adversaries", "1",
+     "--attack", "gaussian", "--tau", "2"],
+    ["--model", "svm", "--nodes", "3", "--code", "repetition", "--redundancy", "3", "--adversaries", "1",
+     "--attack", "alie", "--tau", "1"],
+], ids=["mean-clean-tau1", "cyclic-reverse-tau1", "cyclic-labelflip-tau2", "repetition-gaussian-tau2",
+        "repetition-alie-tau1"])
+def test_torch_runner_saves_the_simulators_model(tmp_path: Path, args: list[str]) -> None:
+    sim_summary, sim_model = _train(tmp_path, "sim", args)
+    torch_summary, torch_model = _train(tmp_path, "torch", args)
+    _assert_same_model(sim_model, torch_model)
+    assert torch_summary["flagged_per_round"] == sim_summary["flagged_per_round"]
+    assert [r["adversaries"] for r in torch_summary["history"]] == [r["adversaries"] for r in sim_summary["history"]]
+    # measured per-round split, start-up apart; gloo moves at least the sim's modelled model + message
+    assert torch_summary["startup_s"] > 0 and sim_summary["startup_s"] is None
+    for record, sim_record, sent, modelled in zip(torch_summary["history"], sim_summary["history"],
+                                                  torch_summary["bytes_per_round"], sim_summary["bytes_per_round"]):
+        assert record["compute_s"] > 0 and record["transfer_s"] >= 0 and record["aggregate_s"] > 0
+        assert record["batch_loss"] == pytest.approx(sim_record["batch_loss"], rel=1e-9)
+        assert sent >= modelled > 0
+
+
+def test_the_readmes_two_host_torchrun_command_trains_the_simulators_model(tmp_path: Path) -> None:
+    """Two torchrun "hosts" on loopback (--nnodes 2, 2 processes each: 3 workers + the PS), as in the README."""
+    args = ["--model", "logistic", "--nodes", "3", "--code", "repetition", "--redundancy", "3", "--adversaries",
+            "1", "--attack", "reverse", "--tau", "2"]
+    _, sim_model = _train(tmp_path, "sim", args)
+    model_path = tmp_path / "torchrun.npz"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    def host(node_rank: int) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "2",
+             "--node-rank", str(node_rank), "--master-addr", "127.0.0.1", "--master-port", str(port),
+             "-m", "edgecloud.cli.app", *BASE, *args, "--runner", "torch", "--save", str(model_path)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    hosts = [host(0), host(1)]
+    try:
+        outputs = [h.communicate(timeout=300) for h in hosts]
+    finally:
+        for h in hosts:
+            h.kill()
+    assert [h.returncode for h in hosts] == [0, 0], [err[-3000:] for _, err in outputs]
+    assert json.loads(outputs[0][0])["runner"] == "torch" and outputs[1][0] == ""  # rank 0 alone prints
+    with np.load(model_path, allow_pickle=False) as arrays:
+        _assert_same_model(sim_model, {name: arrays[name] for name in arrays.files})
+
+
+@pytest.mark.parametrize(("extra", "phrase"), [
+    (["--runner", "mpi"], "unknown runner 'mpi'"),
+    (["--runner", "torch", "--adaptive-tau"], "fixed tau"),
+])
+def test_bad_runner_settings_are_one_line_errors(extra: list[str], phrase: str) -> None:
+    assert_one_error_line(*run_cli([*BASE, "--nodes", "3", *extra]), phrase)
+
+
+def test_a_worker_that_dies_mid_run_ends_the_run_with_a_training_error() -> None:
+    """Round 2's callback at rank 0 kills one worker this run spawned: the next round fails in one
+    sentence and the other workers are gone, instead of a gloo traceback or a hang."""
+    config = SimulationConfig(n_workers=3, rounds=50, lr=0.1, batch_size=16, seed=0)
+
+    def kill_a_worker(record: RoundRecord) -> None:
+        if record.round == 2:
+            os.kill(multiprocessing.active_children()[0].pid, signal.SIGKILL)
+
+    with pytest.raises(TrainingError, match="worker process died"):
+        run_spawned(TrainJob("digits", "logistic", config), on_round=kill_a_worker)
+    for child in multiprocessing.active_children():
+        child.join(timeout=10)
+    assert multiprocessing.active_children() == []
