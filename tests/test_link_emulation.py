@@ -6,7 +6,7 @@ import threading
 import time
 
 from edgecloud.serving.link_emulation import LinkEmulator
-from partitioner.costs.cost_graph import Link
+from devices.profiles import LinkProfile
 
 
 def test_messages_to_one_device_queue_behind_each_other_and_others_pass_at_once() -> None:
@@ -18,7 +18,7 @@ def test_messages_to_one_device_queue_behind_each_other_and_others_pass_at_once(
         if len(arrivals) == 4:
             all_arrived.set()
 
-    link = Link(bandwidth_bps=80_000, latency_s=0.02)  # 1000 bytes take 0.1 s + 0.02 s
+    link = LinkProfile(bandwidth_bps=80_000, latency_s=0.02)  # 1000 bytes take 0.1 s + 0.02 s
     emulator = LinkEmulator({"cloud": link}, send)
     try:
         started = time.monotonic()

@@ -26,7 +26,7 @@ from edgecloud.serving.client import InferenceClient
 from edgecloud.transport.mqtt import MqttTransport
 from edgecloud.transport.topics import device_topic, sender_topic
 from edgecloud.transport.wire import Message, WireLimits, encode
-from partitioner.costs.cost_graph import Link
+from devices.profiles import LinkProfile
 from partitioner.models.zoo import MODEL_NAMES
 from partitioner.split.manifest import SplitManifest
 from partitioner.split.onnx_split import split_model
@@ -224,7 +224,7 @@ def test_source_device_without_nodes_forwards_and_answers(bundled_models, refere
 
 def test_pending_table_is_bounded_and_overflow_is_refused_not_queued(bouncing_splits, references, deploy) -> None:
     manifest = bouncing_splits["mlp"]
-    slow_link = {"cloud": Link(bandwidth_bps=1e9, latency_s=0.05)}  # requests stay pending for 100+ ms
+    slow_link = {"cloud": LinkProfile(bandwidth_bps=1e9, latency_s=0.05)}  # requests stay pending for 100+ ms
     agents, client = deploy(manifest, max_pending=2, emulated_links=slow_link)
     inputs = [model_input(manifest, seed) for seed in range(30)]
     futures = [client.submit(x, deadline_s=10.0) for x in inputs]

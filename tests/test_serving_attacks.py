@@ -32,7 +32,7 @@ from edgecloud.transport.broker import MosquittoBroker
 from edgecloud.transport.mqtt import MqttTransport, Requester
 from edgecloud.transport.topics import device_topic, inbox_filter, reply_topic, sender_topic
 from edgecloud.transport.wire import Message, encode
-from partitioner.costs.cost_graph import Link
+from devices.profiles import LinkProfile
 from partitioner.split.manifest import SplitManifest
 from partitioner.split.onnx_split import split_model
 
@@ -123,7 +123,7 @@ def the_input(manifest: SplitManifest, seed: int) -> np.ndarray:
 def test_a_forged_ack_does_not_make_the_source_forget_a_request(mlp_split, reference, deploy) -> None:
     """The edge is the sink here: nobody may acknowledge its requests, least of all a peer posing as the
     cloud while the cloud is still working (the slow link keeps the request in flight)."""
-    slow = {"cloud": Link(bandwidth_bps=1e9, latency_s=0.3), "edge": Link(bandwidth_bps=1e9, latency_s=0.3)}
+    slow = {"cloud": LinkProfile(bandwidth_bps=1e9, latency_s=0.3), "edge": LinkProfile(bandwidth_bps=1e9, latency_s=0.3)}
     deployment = deploy(mlp_split, emulated_links=slow)
     x = the_input(mlp_split, seed=1)
     result = deployment.infer_with_a_forged_ack(x, deadline_s=5.0, forger="cloud")
@@ -301,7 +301,7 @@ def test_without_a_deadline_the_source_leaves_the_planned_path_its_time(mlp_spli
     back when the planned path took longer than what was left. Here the margin is 1.7 s and the link
     makes the planned path take ~0.4 s: the default deadline the edge derives from the plan's
     prediction and the margin leaves it that time."""
-    slow = {"cloud": Link(bandwidth_bps=1e9, latency_s=0.1), "edge": Link(bandwidth_bps=1e9, latency_s=0.1)}
+    slow = {"cloud": LinkProfile(bandwidth_bps=1e9, latency_s=0.1), "edge": LinkProfile(bandwidth_bps=1e9, latency_s=0.1)}
     deployment = deploy(mlp_split, emulated_links=slow, fallback_margin_s=1.7, predicted_s=0.45)
     edge = deployment.agents["edge"]
     assert edge.default_deadline_s == pytest.approx(3 * (0.45 + 0.05) + 1.7)

@@ -62,7 +62,7 @@ from edgecloud.serving.trace import CLIENT, TraceEvent, encode_trace, merge, par
 from edgecloud.transport.mqtt import MqttTransport, TransportOptions
 from edgecloud.transport.topics import DEFAULT_DEPLOYMENT, inbox_filter, parse_device_topic, reply_topic, sender_topic
 from edgecloud.transport.wire import DEFAULT_LIMITS, Message, WireLimits
-from partitioner.costs.cost_graph import Link
+from devices.profiles import LinkProfile
 from partitioner.split.manifest import SplitManifest, StageOutput, TensorSpec, concrete_shape
 
 logger = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class AgentOptions:
     predicted_s: float | None = None  # the plan's predicted latency: sizes the default deadline
     request_ttl_s: float = 60.0  # the longest any request is held, whatever its deadline says
     inbox_size: int = 4096  # messages queued between the network thread and the executor
-    emulated_links: Mapping[str, Link] = field(default_factory=dict)  # destination device -> link
+    emulated_links: Mapping[str, LinkProfile] = field(default_factory=dict)  # destination device -> link
 
 
 @dataclass

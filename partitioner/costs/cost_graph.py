@@ -28,7 +28,6 @@ from devices.json_files import read_json_file, write_json_file
 from devices.errors import DeviceError
 from devices.profiles import LinkKey, LinkProfile, link_key, links_from_list, links_to_list
 
-Link = LinkProfile  # the name the planner's callers have used
 from partitioner.errors import PartitionerError
 
 COSTGRAPH_FORMAT = "edgecloud.costgraph/1"
