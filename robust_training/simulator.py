@@ -104,6 +104,8 @@ class SimulationConfig:
                                 f"{self.n_adversaries} adversaries: it needs redundancy >= "
                                 f"{2 * self.n_adversaries + 1} (r >= 2s + 1).")
         aggregator = make_aggregator(self.aggregator) if code is None else None
+        if aggregator is not None:  # Krum's n > 2f + 2, the trimmed mean's n > 2f, ...: before any data loads
+            aggregator.check_feasible(self.n_workers, self.n_adversaries)
         attack = make_attack(self.attack) if self.n_adversaries else None
         return code, aggregator, attack
 

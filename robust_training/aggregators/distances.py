@@ -14,10 +14,10 @@ Work goes by blocks of columns through buffers of cache size: nothing of size n 
 
 from __future__ import annotations
 
-from functools import cache
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
+
+from robust_training.blas import one_blas_thread
 
 #: Columns per block: keeps temporaries cache-sized instead of a second n x d array.
 BLOCK_COLUMNS = 1 << 13
@@ -26,12 +26,6 @@ _SAFE_MAX = 2.0**400
 _SAFE_MIN = 2.0**-400
 #: A Gram-form squared distance below this fraction of |a - c|^2 + |b - c|^2 is recomputed directly.
 _CANCELLATION_RATIO = 1e-3
-
-
-@cache
-def _blas_controller() -> ThreadpoolController:
-    """One scan of the loaded BLAS libraries per process (threadpoolctl's own scan costs milliseconds)."""
-    return ThreadpoolController()
 
 
 def row_magnitudes(points: np.ndarray) -> np.ndarray:
@@ -131,7 +125,7 @@ def _gram_squared(points: np.ndarray, center: np.ndarray | None) -> np.ndarray:
     n, dimension = points.shape
     gram = np.zeros((n, n))
     buffer = np.empty((n, min(dimension, BLOCK_COLUMNS)))
-    with _blas_controller().limit(limits=1, user_api="blas"):
+    with one_blas_thread():
         for start in range(0, dimension, BLOCK_COLUMNS):
             block = points[:, start : start + BLOCK_COLUMNS]
             work = buffer[:, : block.shape[1]]

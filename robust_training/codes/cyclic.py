@@ -81,7 +81,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from robust_training.codes.base import Code, DecodeResult
-from robust_training.codes.blas import one_blas_thread
+from robust_training.blas import one_blas_thread
 from robust_training.codes.cyclic_fit import Fit, KeptRowTest, frobenius, row_norms
 from robust_training.codes.cyclic_locate import CyclicGeometry, Locator
 from robust_training.errors import DecodeError, TrainingError

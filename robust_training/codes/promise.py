@@ -46,8 +46,7 @@ def unexplained(code: Code, received: np.ndarray, flagged: list[int], total: np.
     typical = max(float(np.median(np.linalg.norm(honest, axis=1))), float(np.median(kept_norms))) or 1.0
     rescale = 1.0 / np.maximum(kept_norms, typical)
     unscaled = code.encoding_matrix[kept]
-    singular = np.linalg.svd(unscaled, compute_uv=False)  # the rank, which rescaling rows does not change
-    rank = int(np.sum(singular > singular[0] * max(unscaled.shape) * _EPS)) if singular.size else 0
+    rank = int(np.linalg.matrix_rank(unscaled)) if unscaled.size else 0  # rescaling rows does not change it
     weights = unscaled * rescale[:, None]
     rows = received[kept] * rescale[:, None]
     left, _, _ = np.linalg.svd(weights, full_matrices=True)  # orthonormal: rounding ~ eps |rows|

@@ -73,12 +73,8 @@ def _check_job(job: TrainJob) -> None:
 
 
 def _message_length(simulator: Simulator) -> int:
-    """Length of one worker's message: the model size, or what the code encodes d values into."""
-    d = simulator.params0.size
-    code = simulator.code
-    if code is None:
-        return d
-    return int(code.encode(0, np.zeros((len(code.partitions_of(0)), d))).shape[0])
+    """Length of one worker's message: a code encodes d-vectors into one d-vector (`Code.encode`)."""
+    return simulator.params0.size
 
 
 def _payload_length(simulator: Simulator) -> int:

@@ -1,4 +1,4 @@
-"""One BLAS thread for the decodes' matrix products.
+"""One BLAS thread for the thin matrix products of the decodes and the pairwise distances.
 
 The decodes' products are thin (45 rows by a million columns): memory-bound, so a second thread gains
 little on an idle machine, while under CPU contention OpenBLAS's threads wait for each other at every
