@@ -68,3 +68,13 @@ def test_a_password_file_logs_in_to_mosquitto_and_no_log_line_shows_the_password
     monkeypatch.delenv(PASSWORD_FILE_ENV)
     with pytest.raises(TransportError, match="refused"):
         MqttTransport(f"mqtt://edge@{broker.host}:{broker.port}", "edge2").connect()
+
+
+def test_masking_never_makes_a_bad_log_call_raise(caplog: pytest.LogCaptureFixture) -> None:
+    """Logging reports its own format errors; the masking factory must not turn them into exceptions."""
+    from edgecloud.transport.secret_masking import register_secret
+
+    register_secret("hunter2-mask-test")
+    with caplog.at_level(logging.WARNING):
+        logging.getLogger("edgecloud.test").warning("bad %s %s", "hunter2-mask-test")  # one argument short
+    assert "hunter2-mask-test" not in caplog.text

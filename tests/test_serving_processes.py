@@ -66,3 +66,17 @@ def test_agent_with_an_unknown_device_fails_with_one_line(bundled_models, broker
     outcome = CliRunner().invoke(app, ["agent", "--plan", str(plan_path), "--device", "moon", "--broker", broker.url])
     assert outcome.exit_code == 2
     assert "device 'moon' is not in the plan" in outcome.output
+
+
+def test_a_password_in_the_broker_url_never_reaches_a_child_agents_command_line(
+        bundled_models, broker_factory, tmp_path: Path) -> None:
+    """/proc/<pid>/cmdline is readable by every local user: the agents get the password by environment."""
+    secret = "s3cret-" + uuid.uuid4().hex[:6]
+    broker = broker_factory("mosquitto", passwords={"edge": secret, "cloud": secret})
+    plan_path = write_plan(bundled_models["mlp"], tmp_path)
+    host_port = broker.url.split("://", 1)[1]
+    urls = {device: f"mqtt://{device}:{secret}@{host_port}" for device in ("edge", "cloud")}
+    with AgentProcesses(plan_path, ["edge", "cloud"], urls, f"p{uuid.uuid4().hex[:8]}") as agents:
+        for process in agents.processes.values():
+            command_line = Path(f"/proc/{process.pid}/cmdline").read_bytes().decode()
+            assert secret not in command_line and "edge" in command_line

@@ -9,6 +9,7 @@ shuts down gracefully), then SIGKILL for one that does not exit in time.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from types import TracebackType
 from typing import Self
 
 from edgecloud.errors import EdgecloudError
+from edgecloud.transport.mqtt_url import PASSWORD_ENV, PASSWORD_FILE_ENV, split_password
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +45,18 @@ class AgentProcesses:
         self._folder: tempfile.TemporaryDirectory[str] | None = None
 
     def command(self, device: str, ready_file: Path) -> list[str]:
+        """The agent's command line: the broker URL without its password (see `environment`)."""
+        url, _ = split_password(self.broker_urls[device])
         return [sys.executable, "-m", "edgecloud.cli.app", "agent", "--plan", str(self.plan_path), "--device", device,
-                "--broker", self.broker_urls[device], "--deployment", self.deployment, "--ready-file", str(ready_file),
+                "--broker", url, "--deployment", self.deployment, "--ready-file", str(ready_file),
                 "--log-level", self.log_level, *self.extra_args]
+
+    def environment(self, device: str) -> dict[str, str]:
+        """The agent's environment: ours, plus the URL's password in PASSWORD_ENV if it had one."""
+        _, password = split_password(self.broker_urls[device])
+        if password is None:
+            return dict(os.environ)
+        return {**{k: v for k, v in os.environ.items() if k != PASSWORD_FILE_ENV}, PASSWORD_ENV: password}
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> Self:
         """Start every agent and return once all serve; EdgecloudError (and nothing left running) if one
@@ -73,7 +84,8 @@ class AgentProcesses:
         (folder / f"{device}.ready").unlink(missing_ok=True)
         with (folder / f"{device}.log").open("ab") as log:
             self.processes[device] = subprocess.Popen(self.command(device, folder / f"{device}.ready"),
-                                                      stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+                                                      env=self.environment(device), stdin=subprocess.DEVNULL,
+                                                      stdout=log, stderr=subprocess.STDOUT)
 
     def _wait_ready(self, devices: Sequence[str], timeout_s: float) -> None:
         assert self._folder is not None

@@ -34,6 +34,14 @@ _FALSE = {"0", "false", "no"}
 _PASSWORD_IN_URL = re.compile(r"^([^:/?#]+://[^/?#@:]*):[^/?#]*@")
 
 
+def split_password(url: str) -> tuple[str, str | None]:
+    """(the URL without its password, the password or None): to hand a child process the address on its
+    command line, which every local user can read in /proc, and the secret through PASSWORD_ENV."""
+    if not _PASSWORD_IN_URL.match(url):
+        return url, None
+    return _PASSWORD_IN_URL.sub(r"\1@", url), parse_broker_url(url).password
+
+
 def _shown(url: str) -> str:
     """The URL as an error message quotes it: the password masked, since errors reach terminals and CI logs."""
     return repr(_PASSWORD_IN_URL.sub(r"\1:***@", url))

@@ -14,31 +14,38 @@ import threading
 from typing import Any
 
 MASK = "***"
-_secrets: set[str] = set()
+_secrets: tuple[str, ...] = ()  # longest first, so that overlaps mask whole; replaced, never mutated
 _lock = threading.Lock()
 _installed = False
 
 
 def mask(text: str) -> str:
     """`text` with every registered secret replaced by `***` (longest first, so that overlaps mask whole)."""
-    for secret in sorted(_secrets, key=len, reverse=True):
+    for secret in _secrets:
         text = text.replace(secret, MASK)
     return text
 
 
 def register_secret(secret: str) -> None:
     """Mask `secret` in every log record from now on (installs the record factory on first use)."""
-    global _installed
+    global _installed, _secrets
     if not secret:
         return
     with _lock:
-        _secrets.add(secret)
+        _secrets = tuple(sorted({*_secrets, secret}, key=len, reverse=True))
         if _installed:
             return
         make_record = logging.getLogRecordFactory()
 
         def masked_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
             record = make_record(*args, **kwargs)
+            try:
+                return _masked(record)
+            except Exception:  # a bad format call must not raise in the caller: keep its parts, masked
+                record.msg, record.args = mask(f"{record.msg} {record.args!r}"), None
+                return record
+
+        def _masked(record: logging.LogRecord) -> logging.LogRecord:
             message = record.getMessage()
             masked = mask(message)
             if masked != message:

@@ -23,11 +23,11 @@ import onnx
 from onnx import helper, numpy_helper
 
 from devices.errors import first_line
-from partitioner.graph.onnx_reads import node_inputs
+from devices.sessions import make_session
+from partitioner.graph.onnx_reads import STANDARD_DOMAINS, node_inputs
 
 logger = logging.getLogger(__name__)
 
-STANDARD_DOMAINS = frozenset({"", "ai.onnx"})
 # Not constant even with constant inputs: a fresh draw per run.
 NONDETERMINISTIC_OPS = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
                                   "Multinomial", "Bernoulli", "Dropout"})
@@ -90,8 +90,6 @@ def fold_constants(model: onnx.ModelProto) -> list[str]:
 
 def _evaluate(model: onnx.ModelProto, nodes: list[onnx.NodeProto], outputs: list[str]) -> dict[str, np.ndarray]:
     """The values of `outputs`, computed by onnxruntime from `nodes` and the model's initializers."""
-    import onnxruntime as ort
-
     read = {name for node in nodes for name in node_inputs(node)}
     graph = helper.make_graph(
         nodes, "constants", [], [onnx.ValueInfoProto(name=name) for name in outputs],
@@ -102,9 +100,5 @@ def _evaluate(model: onnx.ModelProto, nodes: list[onnx.NodeProto], outputs: list
     for output in sub.graph.output:
         if not output.type.HasField("tensor_type") and output.name in typed:
             output.CopyFrom(typed[output.name])
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(sub.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"])
+    session = make_session(sub.SerializeToString(), 1, optimize=False)
     return dict(zip(outputs, (np.asarray(value) for value in session.run(outputs, {}))))

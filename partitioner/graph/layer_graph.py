@@ -28,11 +28,10 @@ import onnx
 from partitioner.graph.flops import NodeShapes, count_flops
 from partitioner.graph.fusion import fusion_groups
 from partitioner.graph.onnx_loading import fix_dimensions, infer_shapes, load_compute_model
-from partitioner.graph.onnx_reads import node_inputs
+from partitioner.graph.onnx_reads import STANDARD_DOMAINS, node_inputs
 
 logger = logging.getLogger(__name__)
 
-STANDARD_DOMAINS = frozenset({"", "ai.onnx"})
 # Sub-byte element types are stored packed, two per byte.
 _PACKED_4BIT_TYPES = frozenset(
     getattr(onnx.TensorProto, name) for name in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(onnx.TensorProto, name))

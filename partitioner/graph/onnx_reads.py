@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import onnx
 
+#: The domains of the ONNX operator set proper (custom ops live in others).
+STANDARD_DOMAINS = frozenset({"", "ai.onnx"})
+
 
 def node_inputs(node: onnx.NodeProto) -> list[str]:
     """Every tensor name `node` reads, each once: its explicit inputs, then outer-scope names its
