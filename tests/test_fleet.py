@@ -126,3 +126,12 @@ def test_lock_it_down_end_to_end(bundled_models, tmp_path: Path, monkeypatch: py
         codes = {name: stop(process) for name, process in reversed(processes.items())}
     assert codes["edge"] == 0 and codes["cloud"] == 0, codes
     assert codes["broker"] == 0, (tmp_path / "broker.log").read_text()
+
+
+def test_a_failed_password_hash_names_the_user_not_the_password(tmp_path: Path) -> None:
+    from edgecloud.errors import TransportError
+    from edgecloud.transport.broker import hash_passwords
+
+    with pytest.raises(TransportError) as caught:
+        hash_passwords(tmp_path, {"edge": "p4ss-not-shown"})  # a folder is no password file
+    assert "'edge'" in str(caught.value) and "p4ss-not-shown" not in str(caught.value)

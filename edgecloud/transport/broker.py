@@ -352,7 +352,10 @@ def hash_passwords(path: Path, passwords: Mapping[str, str]) -> None:
         raise TransportError("mosquitto_passwd is not installed; on Debian run `apt-get install mosquitto`.")
     # One call per user with -b: `-U` on a plain user:password file mis-splits passwords holding ':'.
     for user, password in passwords.items():
-        subprocess.run([executable, "-b", str(path), user, password], check=True, capture_output=True)
+        done = subprocess.run([executable, "-b", str(path), user, password], capture_output=True, text=True)
+        if done.returncode:  # CalledProcessError's text would quote the command, password included
+            reason = (done.stderr or done.stdout).strip().splitlines()[:1] or [f"exit code {done.returncode}"]
+            raise TransportError(f"mosquitto_passwd could not hash the password of {user!r}: {reason[0]}")
 
 
 def _unprivileged_user() -> pwd.struct_passwd | None:
