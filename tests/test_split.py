@@ -293,3 +293,41 @@ def test_a_model_that_cannot_be_split_is_one_error_line(tmp_path: Path) -> None:
     outcome = runner.invoke(app, ["split", str(tmp_path / "plan.json"), "-o", str(tmp_path / "out")])
     assert outcome.exit_code == 2 and outcome.output.startswith("error: ")
     assert len(outcome.output.strip().splitlines()) == 1 and "Traceback" not in outcome.output
+
+
+def test_a_cost_graph_remembers_its_model_so_a_plan_made_from_it_refuses_a_replaced_model(tmp_path: Path,
+                                                                                           monkeypatch) -> None:
+    """A cost graph saved with its model records the model's SHA-256 and names it relative to its own folder:
+    planned later from another folder, after the model file changed, the plan still names the model the
+    costs were measured on, and the split refuses the replacement."""
+    from devices.lookup import load_device
+    from devices.profiles import LinkProfile
+    from partitioner.costs.cost_graph import CostGraph
+    from partitioner.costs.from_model import cost_graph_from_model
+    from partitioner.costs.scenario import Scenario
+    from partitioner.graph.layer_graph import load_layer_graph
+    from partitioner.models.zoo import export_model
+
+    folder = tmp_path / "project"
+    folder.mkdir()
+    model_path = folder / "chain.onnx"
+    model_path.write_bytes(cached_model_path("chain").read_bytes())
+    planned_for = hashlib.sha256(model_path.read_bytes()).hexdigest()
+    scenario = Scenario.of_profiles({"edge": load_device("rpi4"), "cloud": load_device("cloud-server")},
+                                    {("edge", "cloud"): LinkProfile(50e6, 1e-3)}, "edge")
+    graph = cost_graph_from_model(load_layer_graph(model_path), scenario, model_path)
+    graph.save(folder / "costs.json")
+    saved = json.loads((folder / "costs.json").read_text())
+    assert saved["model"] == "chain.onnx" and saved["model_sha256"] == planned_for
+    assert CostGraph.load(folder / "costs.json").model == str(model_path.resolve())
+    export_model("chain", model_path, seed=1)  # the model file now holds another model
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    runner = CliRunner()
+    planned = runner.invoke(app, ["plan", "--cost-graph", str(folder / "costs.json"), "-o", "plan.json"])
+    assert planned.exit_code == 0, planned.output
+    plan = json.loads((elsewhere / "plan.json").read_text())
+    assert plan["model_sha256"] == planned_for
+    refused = runner.invoke(app, ["split", "plan.json", "-o", "out"])
+    assert refused.exit_code == 2 and "not the model the plan was made for" in refused.output

@@ -79,7 +79,7 @@ def plan(
 
         loaded = CostGraph.load(cost_graph)
         scenario = _with_options(Scenario.of_graph(loaded), link, pin, memory_limit)
-        graph = scenario.cost_graph(loaded.nodes, loaded.tensors, loaded.model)
+        graph = scenario.cost_graph(loaded.nodes, loaded.tensors, loaded.model, loaded.model_sha256)
     else:
         scenario = _model_scenario(edge, cloud, _parsed_link(bandwidth, latency), device, link, pin, memory_limit)
         graph = _model_cost_graph(model, scenario, profile, fuse)

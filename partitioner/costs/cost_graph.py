@@ -16,6 +16,7 @@ Where the devices, links, pins and memory limits come from is `partitioner.costs
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,7 +64,7 @@ class CostGraph:
     nodes: dict[str, CostNode]
     tensors: dict[str, CostTensor]
     model: str | None = None  # ONNX path when built from a model
-    model_sha256: str | None = None  # of that file when it was read (plans record it; not in the JSON form)
+    model_sha256: str | None = None  # of that file when its costs were taken: plans record it, splits check it
 
     def __post_init__(self) -> None:
         self.links = keyed_links(self.links)
@@ -117,7 +118,12 @@ class CostGraph:
         topological_order(self)  # raises on a cycle
         return self
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, relative_to: Path | None = None) -> dict[str, Any]:
+        """The JSON form; the model path is written relative to `relative_to` (the file's folder) if given,
+        so that a folder of model + cost graph can move, as plan files do."""
+        model = self.model
+        if model is not None and relative_to is not None:
+            model = os.path.relpath(Path(model).resolve(), relative_to.resolve())
         return {
             "format": COSTGRAPH_FORMAT,
             "devices": self.devices,
@@ -129,11 +135,12 @@ class CostGraph:
                       for name, node in self.nodes.items()},
             "tensors": {name: {"bytes": t.bytes, "producer": t.producer, "consumers": t.consumers, "output": t.output}
                         for name, t in self.tensors.items()},
-            **({"model": self.model} if self.model is not None else {}),
+            **({"model": model} if model is not None else {}),
+            **({"model_sha256": self.model_sha256} if self.model_sha256 is not None else {}),
         }
 
     def save(self, path: str | Path) -> None:
-        write_json_file(path, self.to_dict(), "cost graph", error=PartitionerError)
+        write_json_file(path, self.to_dict(relative_to=Path(path).parent), "cost graph", error=PartitionerError)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CostGraph:
@@ -157,7 +164,7 @@ class CostGraph:
             graph = cls(devices={str(k): dict(v or {}) for k, v in data["devices"].items()}, links=links,
                         source=_optional_name(data["source"], "source"),
                         sink=_optional_name(data.get("sink", data["source"]), "sink"), nodes=nodes, tensors=tensors,
-                        model=data.get("model"))
+                        model=data.get("model"), model_sha256=_optional_name(data.get("model_sha256"), "model_sha256"))
         except DeviceError as error:  # a link's sentence names it already
             raise PartitionerError(str(error)) from None
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as error:
@@ -168,9 +175,12 @@ class CostGraph:
     def load(cls, path: str | Path) -> CostGraph:
         data = read_json_file(path, "cost graph", expected_format=COSTGRAPH_FORMAT, error=PartitionerError)
         try:
-            return cls.from_dict(data)
+            graph = cls.from_dict(data)
         except PartitionerError as error:  # the sentence names the file, as the reader's do
             raise type(error)(f"cost graph file {path}: {error}") from None
+        if graph.model is not None:  # relative to the cost graph's folder, as the plan's is to its own
+            graph.model = str((Path(path).parent / graph.model).resolve())
+        return graph
 
 
 def keyed_links(links: Mapping[tuple[str, str], LinkProfile]) -> dict[LinkKey, LinkProfile]:
