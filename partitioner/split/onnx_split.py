@@ -25,6 +25,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 from onnx import helper
@@ -43,6 +44,9 @@ from partitioner.split.manifest import (
 )
 from partitioner.graph.onnx_loading import infer_shapes, load_compute_model
 from partitioner.graph.onnx_reads import node_inputs
+
+if TYPE_CHECKING:
+    from partitioner.plan.plan_file import Plan
 
 logger = logging.getLogger(__name__)
 
@@ -213,14 +217,23 @@ def split_model(model: onnx.ModelProto | str | Path, placement: Mapping[str, str
 
 def plan_content_hash(plan_path: str | Path) -> str:
     """SHA-256 of the plan file and of the model it names: a changed model must not reuse an old split."""
-    from partitioner.graph.model_identity import file_sha256
     from partitioner.plan.plan_file import load_plan
 
-    plan_path = Path(plan_path)
-    model_path = load_plan(plan_path).model_path  # first: a missing or bad plan is reported as such
+    plan = load_plan(plan_path)  # first: a missing or bad plan is reported as such
+    return _content_hash(Path(plan_path), _model_digest(plan))
+
+
+def _model_digest(plan: Plan) -> str | None:
+    """The SHA-256 of the model file the plan names as it is now (None if there is no such file)."""
+    from partitioner.graph.model_identity import file_sha256
+
+    return file_sha256(plan.model_path) if plan.model_path is not None and plan.model_path.is_file() else None
+
+
+def _content_hash(plan_path: Path, model_digest: str | None) -> str:
     digest = hashlib.sha256(plan_path.read_bytes())
-    if model_path is not None and Path(model_path).is_file():
-        digest.update(file_sha256(model_path).encode())
+    if model_digest is not None:
+        digest.update(model_digest.encode())
     return digest.hexdigest()
 
 
@@ -229,23 +242,26 @@ def split_plan(plan_path: str | Path, out_dir: str | Path, check: bool = True, f
 
     The plan records the SHA-256 of the model it was made for: when the file now holds another model,
     the plan's node ids and costs describe something else, so the split is refused unless `force`."""
-    from partitioner.graph.model_identity import file_sha256
     from partitioner.plan.plan_file import load_plan
 
     plan = load_plan(plan_path)
+    return _split_read_plan(Path(plan_path), plan, _model_digest(plan), out_dir, check, force)
+
+
+def _split_read_plan(plan_path: Path, plan: Plan, model_digest: str | None, out_dir: str | Path, check: bool,
+                     force: bool) -> SplitManifest:
+    """`split_plan` once the plan is read and its model hashed (each once: a model can be gigabytes)."""
     if plan.model_path is None:
         raise PartitionerError("the plan was made from a cost graph, not an ONNX model, so there is nothing to split")
-    if plan.model_sha256 is not None and plan.model_path.is_file():
-        actual = file_sha256(plan.model_path)
-        if actual != plan.model_sha256:
-            if not force:
-                raise PartitionerError(
-                    f"{plan.model_path} is not the model the plan was made for (SHA-256 {actual[:12]}..., the plan "
-                    f"expects {plan.model_sha256[:12]}...); plan it again, or pass --force to split it anyway")
-            logger.warning("splitting %s although the plan was made for another file (--force)", plan.model_path)
+    if plan.model_sha256 is not None and model_digest is not None and model_digest != plan.model_sha256:
+        if not force:
+            raise PartitionerError(
+                f"{plan.model_path} is not the model the plan was made for (SHA-256 {model_digest[:12]}..., the plan "
+                f"expects {plan.model_sha256[:12]}...); plan it again, or pass --force to split it anyway")
+        logger.warning("splitting %s although the plan was made for another file (--force)", plan.model_path)
     return split_model(plan.model_path, plan.placement, plan.source, plan.sink, out_dir,
                        devices=list(plan.devices), model_reference=str(Path(plan.model_path).resolve()),
-                       plan_sha256=plan_content_hash(plan_path), check=check)
+                       plan_sha256=_content_hash(plan_path, model_digest), check=check)
 
 
 def cached_split(plan_path: str | Path) -> SplitManifest:
@@ -253,15 +269,20 @@ def cached_split(plan_path: str | Path) -> SplitManifest:
 
     Several agents of one deployment start at once and may race here: each splits into a private
     temporary folder and renames it into place, so a reader sees either no split or a complete one.
+    The plan is read and its model hashed once.
     """
+    from partitioner.plan.plan_file import load_plan
+
     plan_path = Path(plan_path)
-    content_hash = plan_content_hash(plan_path)
+    plan = load_plan(plan_path)
+    model_digest = _model_digest(plan)
+    content_hash = _content_hash(plan_path, model_digest)
     target = plan_path.parent / f"{plan_path.stem}.split-{content_hash[:16]}"
     if (target / MANIFEST_FILE).is_file():
         return load_manifest(target)
     scratch = Path(tempfile.mkdtemp(prefix=f".{plan_path.stem}.split-", dir=plan_path.parent))
     try:
-        split_plan(plan_path, scratch)
+        _split_read_plan(plan_path, plan, model_digest, scratch, check=True, force=False)
         try:
             os.rename(scratch, target)
         except OSError:
