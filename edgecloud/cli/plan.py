@@ -47,9 +47,12 @@ def plan(
     cost_graph: Annotated[Optional[Path], typer.Option(help="Plan a cost-graph JSON file instead of a model.")] = None,
     edge: EdgeOption = "rpi4",
     cloud: CloudOption = "cloud-server",
-    bandwidth: Annotated[str, typer.Option(help="Edge-cloud bandwidth, e.g. 20Mbit.")] = "20Mbit",
+    bandwidth: Annotated[str, typer.Option(
+        help="Edge-cloud bandwidth, e.g. 20Mbit (with --adaptive a range, e.g. 1Mbit..1Gbit).")] = "20Mbit",
     latency: LatencyOption = "10ms",
     objective: ObjectiveOption = "latency",
+    adaptive: Annotated[bool, typer.Option(
+        "--adaptive", help="Every optimal plan over the --bandwidth range and the exact bandwidths between them.")] = False,
     memory_limit: MemoryOption = None,
     pin: PinOption = None,
     profile: ProfileOption = None,
@@ -73,6 +76,7 @@ def plan(
         raise PartitionerError("give either a MODEL or --cost-graph FILE, not both or neither.")
     writable_output(output, "--output")
     writable_output(plot, "--plot")
+    bandwidth_range = _adaptive_range(bandwidth, chosen.name, plot) if adaptive else None
     if cost_graph is not None:
         from partitioner.costs.cost_graph import CostGraph
         from partitioner.costs.scenario import Scenario
@@ -81,8 +85,12 @@ def plan(
         scenario = _with_options(Scenario.of_graph(loaded), link, pin, memory_limit)
         graph = scenario.cost_graph(loaded.nodes, loaded.tensors, loaded.model, loaded.model_sha256)
     else:
-        scenario = _model_scenario(edge, cloud, _parsed_link(bandwidth, latency), device, link, pin, memory_limit)
+        link_bandwidth = bandwidth.partition("..")[0] if adaptive else bandwidth
+        scenario = _model_scenario(edge, cloud, _parsed_link(link_bandwidth, latency), device, link, pin, memory_limit)
         graph = _model_cost_graph(model, scenario, profile, fuse)
+    if bandwidth_range is not None:
+        _plan_adaptive(graph, bandwidth_range, solver, chosen.time_limit_s(time_limit), output, as_json)
+        return
     result = plan_cost_graph(graph, chosen, solver, chosen.time_limit_s(time_limit))
     if output is not None:
         result.save(output)
@@ -174,6 +182,52 @@ def sweep(
     Console().print(table)
     if plot is not None:
         Console().print(f"plot: {plot}")
+
+
+def _adaptive_range(bandwidth: str, objective: str, plot: Path | None) -> tuple[float, float]:
+    """--adaptive's --bandwidth range, refused with a sentence before any file is read."""
+    from partitioner.errors import PartitionerError
+    from partitioner.units import parse_bandwidth_range_bps
+
+    if objective != "latency":
+        raise PartitionerError(f"--adaptive plans the latency objective only (a placement's latency is affine in "
+                               f"1/bandwidth, so the breakpoints are exact), not {objective!r}.")
+    if plot is not None:
+        raise PartitionerError("--plot draws one plan; for --adaptive, draw the range with `edgecloud sweep --plot`.")
+    if ".." not in bandwidth:
+        raise PartitionerError(f"--adaptive needs a --bandwidth range such as 1Mbit..1Gbit, not {bandwidth!r}.")
+    return parse_bandwidth_range_bps(bandwidth)
+
+
+def _plan_adaptive(graph: CostGraph, bandwidth_range: tuple[float, float], solver: str, time_limit_s: float | None,
+                   output: Path | None, as_json: bool) -> None:
+    """`plan --adaptive`: the plan set, saved, printed as a table of intervals or as JSON."""
+    from devices.json_files import dumps_strict
+    from partitioner.errors import PartitionerError
+    from partitioner.plan.plan_set import adaptive_plans, swept_link
+
+    plans = adaptive_plans(graph, swept_link(graph, (EDGE, CLOUD)), *bandwidth_range, "latency", solver, time_limit_s)
+    if output is not None:
+        plans.save(output)
+    if as_json:
+        typer.echo(dumps_strict(plans.to_dict(relative_to=output.parent if output else None), "plan set",
+                                error=PartitionerError))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"optimal plans over {'-'.join(plans.link)} bandwidth ({plans.solves} ILP solves)")
+    for column in ("bandwidth (Mbit/s)", "predicted (ms)", "layers per device"):
+        table.add_column(column, justify="right")
+    names = plans.graph.devices
+    for piece in plans.pieces:
+        counts = {name: int((piece.solution.placement == k).sum()) for k, name in enumerate(names)}
+        table.add_row(f"{piece.low_bps / 1e6:.4g} .. {piece.high_bps / 1e6:.4g}",
+                      f"{piece.predicted_s[0] * 1e3:.3f} .. {piece.predicted_s[1] * 1e3:.3f}",
+                      ", ".join(f"{name} {count}" for name, count in counts.items() if count))
+    Console().print(table)
+    if output is not None:
+        Console().print(f"plans: {output}")
 
 
 def _parsed_link(bandwidth: str, latency: str) -> LinkProfile:
