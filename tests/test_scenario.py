@@ -21,7 +21,7 @@ from partitioner.costs.scenario import Scenario
 from partitioner.errors import PartitionerError
 from partitioner.plan.make_plan import plan_cost_graph
 from partitioner.plan.plan_file import load_plan
-from partitioner.solve.baselines import baselines, objective_value
+from partitioner.solve.baselines import baselines
 
 runner = CliRunner()
 UNKNOWN_OBJECTIVE = "unknown objective 'cost'; choose one of latency, throughput, makespan."
@@ -180,8 +180,7 @@ def test_sweep_takes_devices_and_links(bundled_models) -> None:
 
 
 def test_an_unknown_objective_is_refused_before_the_baselines_run(monkeypatch) -> None:
-    """Was: the baselines (and brute force) ran, `objective_value` scored them as makespan, and only the
-    solver refused the name."""
+    """Was: the baselines (and brute force) ran, scored as makespan, and only the solver refused the name."""
     ran = []
     monkeypatch.setattr(planning, "baselines", lambda *args: ran.append(args) or baselines(*args))
     graph = synthetic_cost_graph(6, 2, seed=0)
@@ -189,7 +188,7 @@ def test_an_unknown_objective_is_refused_before_the_baselines_run(monkeypatch) -
         plan_cost_graph(graph, "cost")
     assert str(error.value) == UNKNOWN_OBJECTIVE and ran == []
     arrays = to_arrays(graph)
-    for call in (lambda: objective_value(arrays, np.zeros(arrays.n_nodes, dtype=np.int64), "cost"),
+    for call in (lambda: objective_named("cost").evaluate(arrays, np.zeros(arrays.n_nodes, dtype=np.int64)),
                  lambda: baselines(arrays, "cost")):
         with pytest.raises(PartitionerError, match="unknown objective 'cost'"):
             call()
@@ -208,7 +207,6 @@ def test_every_objective_is_one_record() -> None:
     assert objective_named("latency").evaluate(arrays, placement) == latency_s(arrays, placement)
     for name, objective in OBJECTIVES.items():
         assert objective_named(name) is objective and objective_named(objective) is objective
-        assert objective_value(arrays, placement, name) == objective.evaluate(arrays, placement)
         assert objective.time_limit_s(5.0) == 5.0
     assert [o.time_limit_s(None) for o in OBJECTIVES.values()] == [None, 60.0, 60.0]
     assert OBJECTIVES["throughput"].evaluate(arrays, placement) != OBJECTIVES["makespan"].evaluate(arrays, placement)

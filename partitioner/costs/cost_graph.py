@@ -19,6 +19,7 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -279,6 +280,26 @@ class CostArrays:
     @property
     def n_tensors(self) -> int:
         return len(self.tensor_names)
+
+    @cached_property
+    def predecessors(self) -> tuple[tuple[int, ...], ...]:
+        """Each node's producer nodes, once each, in tensor order (graph inputs are not nodes): built
+        once for the baselines, the schedule and the reachability walks that all need it."""
+        found: list[dict[int, None]] = [{} for _ in range(self.n_nodes)]
+        for t, c in zip(self.use_tensor.tolist(), self.use_node.tolist()):
+            p = int(self.producer[t])
+            if p >= 0:
+                found[c][p] = None
+        return tuple(tuple(p) for p in found)
+
+    @cached_property
+    def successors(self) -> tuple[tuple[int, ...], ...]:
+        """Each node's consumer nodes, once each (the reverse of `predecessors`)."""
+        found: list[list[int]] = [[] for _ in range(self.n_nodes)]
+        for c, producers in enumerate(self.predecessors):
+            for p in producers:
+                found[p].append(c)
+        return tuple(tuple(c) for c in found)
 
     def allowed_devices(self, node: int) -> list[int]:
         pin = int(self.pin[node])

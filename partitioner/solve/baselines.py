@@ -36,11 +36,6 @@ class Baseline:
     objective_s: float | None
 
 
-def objective_value(arrays: CostArrays, placement: np.ndarray, objective: str | Objective) -> float:
-    """Latency or throughput of a placement; makespan of its topological-order list schedule."""
-    return objective_named(objective).evaluate(arrays, placement)
-
-
 def all_on_one(arrays: CostArrays, device: int) -> np.ndarray | None:
     placement = np.full(arrays.n_nodes, device, dtype=np.int64)
     return placement if infeasibility(arrays, placement) is None else None
@@ -55,14 +50,9 @@ def chain_order(arrays: CostArrays) -> np.ndarray:
     weights of the suffix on the source device and ships them over the link with the activations, a
     chain no network is (seen as 19 s against 1.2 s on AlexNet at 10 Mbit/s)."""
     n = arrays.n_nodes
-    predecessors: list[list[int]] = [[] for _ in range(n)]
+    predecessors = arrays.predecessors
     computes = np.zeros(n, dtype=bool)
-    for t, c in zip(arrays.use_tensor.tolist(), arrays.use_node.tolist()):
-        p = int(arrays.producer[t])
-        if p >= 0:
-            predecessors[c].append(p)
-        else:
-            computes[c] = True
+    computes[arrays.use_node[arrays.producer[arrays.use_tensor] < 0]] = True  # reads a graph input
     for v in range(n):  # nodes are in a topological order already
         computes[v] = computes[v] or any(computes[p] for p in predecessors[v])
     placed = np.zeros(n, dtype=bool)
@@ -253,10 +243,7 @@ def brute_force(arrays: CostArrays, objective: str | Objective) -> tuple[np.ndar
 
 def linear_extensions(arrays: CostArrays) -> list[list[int]]:
     """Every topological order of the DAG (tiny graphs only)."""
-    predecessors = [set() for _ in range(arrays.n_nodes)]
-    for t, c in zip(arrays.use_tensor, arrays.use_node):
-        if arrays.producer[t] >= 0:
-            predecessors[c].add(int(arrays.producer[t]))
+    predecessors = [set(p) for p in arrays.predecessors]
     orders: list[list[int]] = []
 
     def extend(order: list[int], placed: set[int]) -> None:

@@ -119,13 +119,8 @@ class MakespanModel:
         would order such a tie at random. Intervals that do not overlap have midpoints in their order."""
         starts = values[self.s_cols]
         midpoints = starts + 0.5 * (values[self.x_cols] * self.time_us).sum(axis=1)
-        predecessors_left = [0] * self.arrays.n_nodes
-        successors: list[set[int]] = [set() for _ in range(self.arrays.n_nodes)]
-        for t, c in zip(self.arrays.use_tensor, self.arrays.use_node):
-            p = int(self.arrays.producer[t])
-            if p >= 0 and int(c) not in successors[p]:
-                successors[p].add(int(c))
-                predecessors_left[c] += 1
+        successors = self.arrays.successors
+        predecessors_left = [len(p) for p in self.arrays.predecessors]
         ready = [(midpoints[v], v) for v in range(self.arrays.n_nodes) if predecessors_left[v] == 0]
         heapq.heapify(ready)
         order: list[int] = []
@@ -150,12 +145,8 @@ class MakespanModel:
 
 def _reachability(arrays: CostArrays) -> list[int]:
     """Bitset of descendants per node (nodes are in topological order)."""
-    successors: list[set[int]] = [set() for _ in range(arrays.n_nodes)]
-    for t, c in zip(arrays.use_tensor, arrays.use_node):
-        if arrays.producer[t] >= 0:
-            successors[int(arrays.producer[t])].add(int(c))
     reach = [0] * arrays.n_nodes
     for v in reversed(range(arrays.n_nodes)):
-        for s in successors[v]:
+        for s in arrays.successors[v]:
             reach[v] |= (1 << s) | reach[s]
     return reach
