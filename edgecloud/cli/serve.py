@@ -16,8 +16,9 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def split(
-    plan: Annotated[Path, typer.Argument(help="Plan JSON (from `edgecloud plan`).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the stage files and manifest.json.")],
+    plan: Annotated[Path, typer.Argument(help="Plan JSON (from `edgecloud plan`), or a plan set (`plan --adaptive`).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the stage files and manifest.json "
+                                         "(a plan set: one interval-K folder each).")],
     force: Annotated[bool, typer.Option("--force", help="Split even if the model file is not the one the plan was made for.")] = False,
 ) -> None:
     """Cut the plan's model into one ONNX file per stage and write the manifest that routes them."""
@@ -29,6 +30,19 @@ def split(
 
     if output.exists() and not output.is_dir():
         raise EdgecloudError(f"--output {output} is a file; give the folder to write the stages into.")
+    from devices.json_files import read_json_file
+    from partitioner.errors import PartitionerError
+    from partitioner.plan.plan_set import PLANS_FORMAT
+    from partitioner.split.onnx_split import split_plan_set
+
+    if read_json_file(plan, "plan", error=PartitionerError).get("format") == PLANS_FORMAT:
+        manifests = split_plan_set(plan, output, force=force)
+        console = Console()
+        for index, manifest in enumerate(manifests):
+            devices = ", ".join(f"{d} {len(manifest.stages_of(d))}" for d in manifest.devices)
+            console.print(f"interval {index + 1}: {len(manifest.stages)} stage(s) ({devices}) in "
+                          f"{output / f'interval-{index + 1}'}")
+        return
     manifest = split_plan(plan, output, force=force)
     table = Table(title=f"{len(manifest.stages)} stage(s), source {manifest.source}, sink {manifest.sink}")
     for column in ("stage", "device", "nodes", "receives", "sends", "file"):

@@ -80,10 +80,16 @@ def load_plan(path: str | Path) -> Plan:
     path = Path(path)
     data = read_json_file(path, "plan", expected_format=PLAN_FORMAT, error=PartitionerError,
                           wrong_kind_hint="; make a plan with `edgecloud plan MODEL -o plan.json`")
+    return plan_from_dict(data, path.parent, f"plan file {path}")
+
+
+def plan_from_dict(data: Any, folder: Path, origin: str) -> Plan:
+    """A plan from its JSON form (a plan file's, or one interval of a plan set's), checked; a relative
+    model path is resolved against `folder`. Errors name `origin`."""
     try:
         model = data["model"]
         if model is not None and not Path(model).is_absolute():
-            model = str((path.parent / model).resolve())
+            model = str((folder / model).resolve())
         links = links_from_list(data["links"], "its links")
         plan = Plan(model=model, objective=data["objective"], devices=dict(data["devices"]), links=links,
                     source=data["source"], sink=data["sink"], placement=dict(data["placement"]),
@@ -92,16 +98,16 @@ def load_plan(path: str | Path) -> Plan:
                     solver=dict(data["solver"]), layers=dict(data.get("layers", {})), schedule_s=data.get("schedule_s"),
                     model_sha256=data.get("model_sha256"))
     except DeviceError as error:  # the sentence names the link
-        raise PartitionerError(f"plan file {path} is malformed ({str(error).rstrip('.')}).") from None
+        raise PartitionerError(f"{origin} is malformed ({str(error).rstrip('.')}).") from None
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as error:
-        raise PartitionerError(f"plan file {path} is malformed ({type(error).__name__}: {error}).") from None
+        raise PartitionerError(f"{origin} is malformed ({type(error).__name__}: {error}).") from None
     # Agents are started per listed device: a node placed on another would wait for one nobody starts.
     named = [("the source", plan.source), ("the sink", plan.sink)]
     named += [(f"node {node!r}", device) for node, device in plan.placement.items()]
     named += [("a link", end) for ends in plan.links for end in ends]
     for what, device in named:
         if not isinstance(device, str) or device not in plan.devices:
-            raise PartitionerError(f"plan file {path}: {what} names the device {device!r}, which is not one of its "
+            raise PartitionerError(f"{origin}: {what} names the device {device!r}, which is not one of its "
                                    f"devices ({', '.join(plan.devices) or 'none'}).")
     return plan
 

@@ -18,7 +18,6 @@ optimum is not concave and this search would not be exact: they are refused.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -30,12 +29,13 @@ from devices.profiles import LinkKey, link_key
 from partitioner.costs.cost_graph import CostArrays, CostGraph, to_arrays
 from partitioner.costs.objective import LATENCY, Objective, objective_named
 from partitioner.errors import PartitionerError
-from partitioner.plan.plan_file import Plan, build_plan
+from partitioner.plan.plan_file import PLAN_FORMAT, Plan, build_plan, plan_from_dict
 from partitioner.solve.optimal import Solution, solve
 
 log = logging.getLogger(__name__)
 
 PLANS_FORMAT = "edgecloud.plans/1"
+_SHARED = ("model", "model_sha256", "objective", "devices", "source", "sink")  # once, at the top
 TIE_RTOL = 1e-9  # a new placement must beat the crossing lines by more than this to split an interval
 
 
@@ -76,20 +76,18 @@ class PlanSet:
         return build_plan(graph, arrays, priced, [], LATENCY.name)
 
     def to_dict(self, relative_to: Path | None = None) -> dict[str, Any]:
-        first = self.plan(0).to_dict(relative_to)
+        """Each interval is its plan's JSON form (priced at the interval's low end) with the interval and
+        the predicted time at both ends; what all intervals share sits once at the top."""
         entries = []
         for index, piece in enumerate(self.pieces):
-            plan = first if index == 0 else self.plan(index).to_dict(relative_to)
-            entries.append({"bandwidth_bps": [piece.low_bps, piece.high_bps], "predicted_s": list(piece.predicted_s),
-                            "placement": plan["placement"], "layers": plan["layers"],
-                            "crossing_tensors": plan["crossing_tensors"], "solver": plan["solver"]})
-        return {
-            "format": PLANS_FORMAT, "model": first["model"], "objective": LATENCY.name,
-            **({"model_sha256": first["model_sha256"]} if "model_sha256" in first else {}),
-            "devices": first["devices"], "links": first["links"], "source": first["source"], "sink": first["sink"],
-            "swept_link": list(self.link), "bandwidth_bps": [self.pieces[0].low_bps, self.pieces[-1].high_bps],
-            "solves": self.solves, "plans": entries,
-        }
+            plan = self.plan(index).to_dict(relative_to)
+            shared = {key: plan.pop(key) for key in _SHARED if key in plan}
+            plan.pop("baselines"), plan.pop("format")
+            entries.append({"bandwidth_bps": [piece.low_bps, piece.high_bps], **plan,
+                            "predicted_s": list(piece.predicted_s)})
+        return {"format": PLANS_FORMAT, **shared, "swept_link": list(self.link),
+                "bandwidth_bps": [self.pieces[0].low_bps, self.pieces[-1].high_bps], "solves": self.solves,
+                "plans": entries}
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
@@ -202,25 +200,37 @@ def _pieces(breakpoints: list[tuple[float, Solution, _Line]]) -> list[PlanPiece]
     return pieces
 
 
-def load_plan_set(path: str | Path) -> dict[str, Any]:
-    """Read a plan-set file, checked: intervals sorted, adjacent and covering the file's range; the
-    model path resolved against the file's folder."""
+@dataclass(frozen=True)
+class PlanInterval:
+    """One interval of a plan-set file: its plan (priced at `low_bps`) and its predicted time at both ends."""
+
+    low_bps: float
+    high_bps: float
+    predicted_s: tuple[float, float]
+    plan: Plan
+
+
+def load_plan_set(path: str | Path) -> list[PlanInterval]:
+    """Read a plan-set file, checked: every interval a valid plan, the intervals sorted, adjacent and
+    covering the file's range; model paths resolved against the file's folder."""
     path = Path(path)
     data = read_json_file(path, "plan set", expected_format=PLANS_FORMAT, error=PartitionerError,
                           wrong_kind_hint="; make one with `edgecloud plan MODEL --adaptive --bandwidth 1Mbit..1Gbit`")
     try:
         low_bps, high_bps = (float(v) for v in data["bandwidth_bps"])
-        edges = [(float(p["bandwidth_bps"][0]), float(p["bandwidth_bps"][1])) for p in data["plans"]]
-        for entry in data["plans"]:
-            if not isinstance(entry["placement"], dict):
-                raise TypeError("a placement must be an object")
+        shared = {key: data[key] for key in _SHARED if key in data}
+        intervals = []
+        for index, entry in enumerate(data["plans"]):
+            (low, high), (at_low, at_high) = entry["bandwidth_bps"], entry["predicted_s"]
+            plan_data = {**entry, **shared, "format": PLAN_FORMAT, "predicted_s": at_low, "baselines": {}}
+            plan = plan_from_dict(plan_data, path.parent, f"plan set {path}, interval {index + 1}")
+            intervals.append(PlanInterval(float(low), float(high), (float(at_low), float(at_high)), plan))
     except (KeyError, TypeError, ValueError) as error:
         raise PartitionerError(f"plan set {path} is malformed ({type(error).__name__}: {error}).") from None
+    edges = [(i.low_bps, i.high_bps) for i in intervals]
     covered = bool(edges) and edges[0][0] == low_bps and edges[-1][1] == high_bps and all(
         lo < hi for lo, hi in edges) and all(a[1] == b[0] for a, b in zip(edges, edges[1:]))
     if not covered:
         raise PartitionerError(f"plan set {path}: its intervals must be sorted, adjacent and cover "
                                f"{low_bps:g}..{high_bps:g} bit/s.")
-    if data.get("model") is not None:
-        data["model"] = os.path.normpath(path.parent / data["model"])
-    return data
+    return intervals

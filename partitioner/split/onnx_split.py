@@ -264,6 +264,20 @@ def _split_read_plan(plan_path: Path, plan: Plan, model_digest: str | None, out_
                        plan_sha256=_content_hash(plan_path, model_digest), check=check)
 
 
+def split_plan_set(plans_path: str | Path, out_dir: str | Path, check: bool = True,
+                   force: bool = False) -> list[SplitManifest]:
+    """Split every interval of a plan set (`plan --adaptive`) once, into `out_dir/interval-K`, so that
+    agents hold every placement they may switch to before the link changes. The model is hashed once
+    and checked against the set's recorded SHA-256 as `split_plan` does."""
+    from partitioner.plan.plan_set import load_plan_set
+
+    plans_path, out_dir = Path(plans_path), Path(out_dir)
+    intervals = load_plan_set(plans_path)
+    digest = _model_digest(intervals[0].plan)
+    return [_split_read_plan(plans_path, interval.plan, digest, out_dir / f"interval-{index + 1}", check, force)
+            for index, interval in enumerate(intervals)]
+
+
 def cached_split(plan_path: str | Path) -> SplitManifest:
     """The split of a plan, made once and kept beside the plan in a folder named by its content hash.
 
