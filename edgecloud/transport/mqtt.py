@@ -39,6 +39,9 @@ Behaviour that matters, and why:
   requests in `Requester` — backpressure instead of unbounded memory.
 - Reconnects with exponential back-off and re-subscribes; a generous keepalive so that a large
   transfer does not starve the ping (paho issue 914).
+- A message encoding to more than `TransportOptions.chunk_bytes` (8 MiB) goes as chunks
+  (`edgecloud.transport.chunks`: bounded, checksummed, reassembled within `chunk_limits`), so that
+  no packet exceeds the broker's limit and keepalives and acknowledgements interleave with it.
 - The paho client is `edgecloud.transport.mqtt_fastpath.FastPathClient`: large payloads are neither copied
   on send nor on receive (paho 2.2 copies them about six times); `subscribe_messages` decodes
   straight from the received buffer, `subscribe` hands its handler `bytes` as before. A publish
@@ -67,6 +70,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edgecloud.errors import IdentityInUseError, TransportError, WireFormatError
 from edgecloud.transport.broker import MQTT_PACKET_OVERHEAD_BYTES
+from edgecloud.transport.chunks import CHUNK_HEADER_BYTES, ChunkLimits, Reassembler, chunk_frames, is_chunk
 from edgecloud.transport.mqtt_fastpath import FastPathClient
 from edgecloud.transport.mqtt_url import BrokerAddress, parse_broker_url, resolve_credentials
 from edgecloud.transport.topics import device_topic, parse_device_topic, sender_topic
@@ -81,6 +85,7 @@ PayloadHandler = Callable[[bytes, str], None]
 BufferHandler = Callable[[bytes | memoryview, str], None]  # what the client delivers (read-only)
 MessageHandler = Callable[[Message, str], None]
 SEND_BUFFER_BYTES = 4 * 2**20  # the kernel caps it at net.core.wmem_max (4 MiB by default)
+CHUNK_ACK_TIMEOUT_S = 60.0  # one chunk (8 MiB by default) acknowledged, even over a slow link
 UNSUPPORTED_PROTOCOL_VERSION = 0x84  # MQTT 5 reason code; paho maps a 3.1.1 refusal onto it too
 # MQTT 5 only: how long the broker keeps a session after its connection drops. Not zero, because a
 # session that outlives no connection is never reported as present, and "present on our first
@@ -100,6 +105,11 @@ class TransportOptions:
     reconnect_min_delay_s: float = 0.2
     reconnect_max_delay_s: float = 10.0
     close_flush_timeout_s: float = 2.0
+    # A message encoding to more than this goes as chunks (edgecloud.transport.chunks), at most
+    # `chunk_window` of them unacknowledged at once, so a sender holds a bounded share of a big message.
+    chunk_bytes: int = 8 * 2**20
+    chunk_window: int = 4
+    chunk_limits: ChunkLimits = ChunkLimits()
 
 
 class MqttTransport:
@@ -368,8 +378,42 @@ class MqttTransport:
         return acked
 
     def publish_message(self, topic: str, message: Message) -> Future[None]:
-        """Encode `message` with our wire limits and publish it (see `publish` for the future)."""
-        return self.publish(topic, encode(message, self.limits))
+        """Encode `message` with our wire limits and publish it (see `publish` for the future); one
+        encoding to more than `options.chunk_bytes` goes as chunks, up to `chunk_limits`' size."""
+        if self.options.chunk_bytes >= self.limits.max_message_bytes:
+            return self.publish(topic, encode(message, self.limits))
+        payload = encode(message, self._chunked_limits)
+        if len(payload) <= self.options.chunk_bytes:
+            return self.publish(topic, payload)
+        return self._publish_chunks(topic, payload)
+
+    @property
+    def _chunked_limits(self) -> WireLimits:
+        """Our wire limits with a whole message as large as the chunk limits allow."""
+        return dataclasses.replace(self.limits, max_message_bytes=self.options.chunk_limits.max_message_bytes)
+
+    def _publish_chunks(self, topic: str, payload: bytes) -> Future[None]:
+        """Publish `payload` chunk by chunk, waiting for the oldest chunk's acknowledgement whenever
+        `chunk_window` are unacknowledged (not on paho's own thread, which reads those acknowledgements).
+        The future is the last chunk's: it fails if any chunk was refused."""
+        chunk_bytes = min(self.options.chunk_bytes, self.limits.max_message_bytes - CHUNK_HEADER_BYTES)
+        window: list[Future[None]] = []
+        waits = threading.current_thread() is not self._network_thread
+        for frame in chunk_frames(payload, chunk_bytes):
+            if waits and len(window) >= self.options.chunk_window:
+                self._wait_acked(window.pop(0), topic)
+            window.append(self.publish(topic, frame))
+        if waits:
+            for acked in window[:-1]:
+                self._wait_acked(acked, topic)
+        return window[-1]
+
+    def _wait_acked(self, acked: Future[None], topic: str) -> None:
+        try:
+            acked.result(timeout=CHUNK_ACK_TIMEOUT_S)
+        except FutureTimeoutError:
+            raise TransportError(f"the broker did not acknowledge a chunk published to {topic} within "
+                                 f"{CHUNK_ACK_TIMEOUT_S:g} s.") from None
 
     # -- subscribe --------------------------------------------------------------------------
 
@@ -413,9 +457,17 @@ class MqttTransport:
     def subscribe_messages(self, topic: str, handler: MessageHandler) -> None:
         """Like `subscribe`, but decodes and validates each payload first (see module docstring)."""
 
+        reassembler = Reassembler(self.options.chunk_limits)  # called from paho's one thread only
+
         def decode_then_handle(payload: bytes | memoryview, message_topic: str) -> None:
             try:
-                message = decode(payload, self.limits)
+                if is_chunk(payload):
+                    whole = reassembler.add(message_topic, payload)
+                    if whole is None:
+                        return
+                    message = decode(whole, self._chunked_limits)
+                else:
+                    message = decode(payload, self.limits)
             except WireFormatError as error:
                 logger.warning("%s rejected a %d-byte message on %s: %s", self.client_id, len(payload),
                                message_topic, error)
