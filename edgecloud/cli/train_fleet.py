@@ -47,7 +47,8 @@ def train_worker(
                                            min=0, max=COUNT_MAX)],
     broker_password_file: BrokerPasswordFile = None,
     deployment: Annotated[str, typer.Option("--deployment", help="Topic namespace shared with the server.")] = DEFAULT_DEPLOYMENT,
-    ready_file: Annotated[Optional[Path], typer.Option("--ready-file", help="Touch this file once it holds its partitions (for supervisors).")] = None,
+    keep_serving: Annotated[bool, typer.Option("--keep-serving", help="After a run, wait for the next server's job instead of exiting.")] = False,
+    ready_file: Annotated[Optional[Path], typer.Option("--ready-file", help="Touch this file once connected and listening (for supervisors).")] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="Python logging level.")] = "INFO",
 ) -> None:
     """Serve one worker's rounds until the server finishes or SIGINT/SIGTERM."""
@@ -65,4 +66,4 @@ def train_worker(
     stop = threading.Event()
     for signal_number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signal_number, lambda *_: stop.set())
-    TrainingWorker(broker, worker_id, deployment).run(stop, on_ready=lambda: ready_file.touch() if ready_file else None)
+    TrainingWorker(broker, worker_id, deployment, keep_serving).run(stop, on_ready=lambda: ready_file.touch() if ready_file else None)

@@ -9,7 +9,7 @@ deployment runs; the server runs in this process.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from edgecloud.serving.agent_processes import AgentProcesses
@@ -23,15 +23,17 @@ from robust_training.simulator import RoundRecord
 class WorkerProcesses(AgentProcesses):
     """`edgecloud train-worker` processes for workers 0..P-1, started and stopped as serving's agents are."""
 
-    def __init__(self, n_workers: int, broker_url: str, deployment: str, log_level: str = "WARNING") -> None:
-        super().__init__(Path(), [worker_name(w) for w in range(n_workers)], broker_url, deployment,
-                         log_level=log_level)
+    def __init__(self, n_workers: int, broker_url: str | Mapping[str, str], deployment: str,
+                 extra_args: Sequence[str] = (), log_level: str = "WARNING") -> None:
+        """`broker_url`: one URL for all, or one per worker name (each its own login on a broker with an ACL)."""
+        super().__init__(Path(), [worker_name(w) for w in range(n_workers)], broker_url, deployment, extra_args,
+                         log_level)
 
     def command(self, device: str, ready_file: Path) -> list[str]:
         url, _ = split_password(self.broker_urls[device])
         return [sys.executable, "-m", "edgecloud.cli.app", "train-worker", "--broker", url,
                 "--id", device.removeprefix(WORKER_PREFIX), "--deployment", self.deployment,
-                "--ready-file", str(ready_file), "--log-level", self.log_level]
+                "--ready-file", str(ready_file), "--log-level", self.log_level, *self.extra_args]
 
 
 def run_local_fleet(job: TrainingJob, broker_url: str | None = None, options: ServerOptions = ServerOptions(),

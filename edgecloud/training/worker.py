@@ -7,8 +7,10 @@ its partitions' start losses and its compute time on its own per-sender topic. A
 answered (the server sends a round again when an answer is late, e.g. after a broker restart) is
 answered from the cached reply, so every replica of a round is the same bits.
 
-The handler on paho's network thread only queues; decoding work and computing run in `run`'s thread.
-A restarted worker says hello, gets the job, and joins at the next round the server sends.
+The handler on paho's network thread only queues; computing runs in `run`'s thread. A restarted worker
+says hello, gets the job, and joins at the next round the server sends. With `keep_serving` a worker
+outlives the run: after the server's stop it says hello again and serves the next server's job (a
+device that trains whenever a PS asks).
 """
 
 from __future__ import annotations
@@ -74,12 +76,14 @@ def _share_of(job: TrainingJob, worker: int) -> _Share:
 class TrainingWorker:
     """Worker `index` of the deployment, until `stop` is set or the server says stop."""
 
-    def __init__(self, broker_url: str, index: int, deployment: str = DEFAULT_DEPLOYMENT) -> None:
+    def __init__(self, broker_url: str, index: int, deployment: str = DEFAULT_DEPLOYMENT,
+                 keep_serving: bool = False) -> None:
         if index < 0:
             raise EdgecloudError(f"a worker id must be >= 0, got {index}.")
         self.index = index
         self.name = worker_name(index)
         self.deployment = deployment
+        self.keep_serving = keep_serving
         self.transport = MqttTransport(broker_url, client_id=self.name)
         self._inbox: queue.Queue[Message] = queue.Queue()
         self._to_server = sender_topic(deployment, SERVER, self.name)
@@ -96,9 +100,10 @@ class TrainingWorker:
         self._inbox.put(message)
 
     def run(self, stop: threading.Event, on_ready: Callable[[], None] = lambda: None) -> None:
-        """Serve rounds until `stop` or the server's stop; `on_ready` once it holds a job's data."""
+        """Serve rounds until `stop` or the server's stop; `on_ready` once connected and listening."""
         with self.transport:
             self.transport.subscribe_messages(inbox_filter(self.deployment, self.name), self._on_message)
+            on_ready()
             next_hello_s = 0.0
             while not stop.is_set():
                 if self._share is None and time.monotonic() >= next_hello_s:
@@ -109,12 +114,12 @@ class TrainingWorker:
                 except queue.Empty:
                     continue
                 try:
-                    if self._handle(message, on_ready):
+                    if self._handle(message):
                         return
                 except EdgecloudError as error:
                     logger.warning("%s ignored a %s message: %s", self.name, message_type(message), error)
 
-    def _handle(self, message: Message, on_ready: Callable[[], None]) -> bool:
+    def _handle(self, message: Message) -> bool:
         """Act on one server message; True when told to stop."""
         kind, job_id = message_type(message), job_id_of(message)
         known = self._share is not None and self._share.job.job_id == job_id
@@ -123,14 +128,14 @@ class TrainingWorker:
             self._share, self._answered = _share_of(job, self.index), None
             logger.info("%s holds partitions %s of job %s", self.name, sorted(self._share.own), job.job_id)
             self.transport.publish_message(self._to_server, ready_message(self.index, job.job_id))
-            on_ready()
         elif kind == "round" and known:
             self._answer(message)
         elif kind == "round":  # a round of a run this worker has no data for (restarted, or a new server)
             self._share = None
         elif kind == "stop" and known:
-            logger.info("%s stops: the server finished job %s", self.name, job_id)
-            return True
+            logger.info("%s: the server finished job %s", self.name, job_id)
+            self._share, self._answered = None, None
+            return not self.keep_serving
         return False
 
     def _answer(self, message: Message) -> None:
