@@ -143,7 +143,7 @@ def train(
         "config": asdict(config),
         "tau_estimates": [asdict(e) for e in result.tau_estimates],
         "runner": "mqtt" if runner == REMOTE_WORKERS else runner,
-        "startup_s": startup_s,  # torch: spawning and joining the group, not part of any round
+        "startup_s": startup_s,  # torch/mqtt: starting the workers until all hold their data, not part of any round
         "bytes_per_round": [record.transfer_bytes for record in result.records],
         "history": result.history(),
     }
