@@ -19,7 +19,6 @@ import typer
 from edgecloud.cli import train as train_command
 from edgecloud.cli.broker_options import BrokerPasswordFile
 from edgecloud.cli.options import COUNT_MAX
-from edgecloud.cli.serve import LOG_LEVELS
 from edgecloud.transport.topics import DEFAULT_DEPLOYMENT
 
 
@@ -52,18 +51,9 @@ def train_worker(
     log_level: Annotated[str, typer.Option("--log-level", help="Python logging level.")] = "INFO",
 ) -> None:
     """Serve one worker's rounds until the server finishes or SIGINT/SIGTERM."""
-    import logging
-    import signal
-    import threading
-
-    from edgecloud.errors import EdgecloudError
+    from edgecloud.cli.long_running import configure_logging, stop_on_signals
     from edgecloud.training.worker import TrainingWorker
 
-    level = log_level.upper()
-    if level not in LOG_LEVELS:
-        raise EdgecloudError(f"--log-level {log_level!r} is not one of {', '.join(LOG_LEVELS)}.")
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    stop = threading.Event()
-    for signal_number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signal_number, lambda *_: stop.set())
+    configure_logging(log_level)
+    stop = stop_on_signals()
     TrainingWorker(broker, worker_id, deployment, keep_serving).run(stop, on_ready=lambda: ready_file.touch() if ready_file else None)
