@@ -20,6 +20,7 @@ from broker_fixtures import BROKER_KINDS
 from test_cli_bad_inputs import run_cli
 
 from edgecloud.errors import TransportError
+from edgecloud.training.deadlines import DEADLINE_FACTOR, DEADLINE_FLOOR_S
 from edgecloud.training.local_fleet import WorkerProcesses
 from edgecloud.training.protocol import SERVER, TrainingJob, update_message, worker_name
 from edgecloud.training.server import FleetResult, ServerOptions, serve
@@ -106,10 +107,14 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_the_mqtt_runner_trains_the_simulators_model(fleet: Fleet, case: str) -> None:
+def test_the_mqtt_runner_trains_the_simulators_model(fleet: Fleet, case: str, caplog: pytest.LogCaptureFixture) -> None:
     model, settings = CASES[case]
     config = _config(**settings)
-    run = _train(fleet, model, config)
+    with caplog.at_level(logging.INFO, logger="edgecloud.training.server"):
+        run = _train(fleet, model, config)
+    # no --round-deadline: derived from round 1's measured time, never below the floor
+    derived = [record.args for record in caplog.records if record.getMessage().startswith("round deadline")]
+    assert len(derived) == 1 and derived[0][0] == max(DEADLINE_FLOOR_S, DEADLINE_FACTOR * derived[0][2])
     _assert_same(run.result.params, _simulated(model, config))
     simulated = rebuild_simulator(TrainingJob("digits", model, config)).run()
     assert [r.flagged for r in run.result.records] == [r.flagged for r in simulated.records]
