@@ -11,6 +11,7 @@ The exchange, every message one wire `Message` (JSON header + raw float64 tensor
     ps -> worker   job     (meta: job id, dataset, model, the SimulationConfig as JSON)
     worker -> ps   ready   once it holds its partitions (rebuilt from the seed and its id)
     ps -> worker   round   (meta: job id, round, tau, adversarial flag; tensor `params`)
+    worker -> ps   received (meta: job id, round)           on receipt, before computing
     worker -> ps   update  (meta: job id, round, compute_s; tensors `message`, `start_losses`)
     ps -> worker   stop
 
@@ -167,6 +168,11 @@ def hello_message(worker: int) -> Message:
 def ready_message(worker: int, job_id: str) -> Message:
     return Message(kind="result", request_id=f"{job_id}:ready", sender=worker_name(worker),
                    meta={"type": "ready", "job_id": job_id})
+
+
+def received_message(worker: int, job_id: str, round_index: int) -> Message:
+    return Message(kind="result", request_id=f"{job_id}:{round_index}:received", sender=worker_name(worker),
+                   meta={"type": "received", "job_id": job_id, "round": round_index})
 
 
 def update_message(worker: int, job_id: str, round_index: int, message: np.ndarray, start_losses: np.ndarray,

@@ -13,7 +13,8 @@ otherwise skips the round with a warning: the model stays, a wrong update is nev
 default deadline is a multiple of round 1's measured wall time with a floor; round 1 has a long one
 (its workers start cold). A round message is sent again every RESEND_S to the workers that have not
 answered, so a message lost while the broker was down (restarted, or a worker reconnecting) is not a
-lost round; workers answer a repeated round from their cached reply.
+lost round; workers acknowledge a round on receipt (a few bytes) so that one busy computing is not
+sent the model twice, and answer a repeated round from their cached reply.
 
 Measured, not modelled: compute_s is the slowest answer's own compute time, transfer_s the rest of the
 round's wall time up to the last answer, transfer_bytes every payload sent and received in the round.
@@ -46,6 +47,8 @@ from robust_training.simulator import (HonestUpdatesDiverged, PartitionUpdates, 
                                        Simulator, held_partitions)
 
 logger = logging.getLogger(__name__)
+
+POLL_S = 0.25  # how often a waiting PS looks at its own connection
 
 
 
@@ -130,7 +133,7 @@ class ParameterServer:
             with self._ready_changed:
                 self._ready.add(worker)
                 self._ready_changed.notify_all()
-        elif kind == "update" and job_id_of(message) == self.job.job_id:
+        elif kind in ("update", "received") and job_id_of(message) == self.job.job_id:
             self._arrivals.put((worker, message, len(payload)))
 
     def wait_for_workers(self, timeout_s: float) -> None:
@@ -197,23 +200,37 @@ class ParameterServer:
 
     def _collect(self, model: np.ndarray, round_index: int, tau: int, adversaries: list[int],
                  deadline: float) -> dict[int, Update]:
-        """Send the round to every worker and gather the answers that arrive by `deadline`."""
+        """Send the round to every worker and gather the answers that arrive by `deadline`.
+
+        Sent again (see the module docstring) to a worker that has not even acknowledged receipt within
+        RESEND_S, and to every worker still pending after this PS's own connection came back: a
+        worker busy computing has acknowledged and gets no second copy of the model."""
         adversarial = set(adversaries)
         pending = set(range(self.n_workers))
+        received: set[int] = set()
         updates: dict[int, Update] = {}
-        next_send = time.perf_counter()
+        to_send, next_send = set(pending), time.perf_counter()
+        connected = True
         while pending:
             now = time.perf_counter()
             if now >= deadline:
                 break
+            if not connected and self.transport.is_connected:
+                to_send |= pending  # our session is new: whatever was in flight may be lost
+            connected = self.transport.is_connected
             if now >= next_send:
-                for worker in sorted(pending):
-                    self._publish(worker, round_message(self.job.job_id, round_index, tau, worker in adversarial,
-                                                        model))
+                to_send |= pending - received
                 next_send = now + RESEND_S
+            for worker in sorted(to_send):
+                self._publish(worker, round_message(self.job.job_id, round_index, tau, worker in adversarial, model))
+            to_send.clear()
             try:
-                worker, message, size = self._arrivals.get(timeout=max(min(deadline, next_send) - now, 0.0))
+                worker, message, size = self._arrivals.get(timeout=max(min(deadline, next_send, now + POLL_S) - now, 0))
             except queue.Empty:
+                continue
+            if message_type(message) == "received":
+                if message.meta.get("round") == round_index:
+                    received.add(worker)
                 continue
             try:
                 update = parse_update(message, worker, self.n_params, self._held[worker], size)

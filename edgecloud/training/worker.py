@@ -26,8 +26,8 @@ import numpy as np
 
 from edgecloud.errors import EdgecloudError
 from edgecloud.training.protocol import (SERVER, ProtocolError, TrainingJob, hello_message, job_id_of, message_type,
-                                         parse_job, parse_round, ready_message, sender_of, update_message,
-                                         worker_name)
+                                         parse_job, parse_round, ready_message, received_message, sender_of,
+                                         update_message, worker_name)
 from edgecloud.transport.mqtt import MqttTransport
 from edgecloud.transport.topics import DEFAULT_DEPLOYMENT, inbox_filter, sender_topic
 from edgecloud.transport.wire import Message
@@ -142,6 +142,7 @@ class TrainingWorker:
         share = self._share
         assert share is not None
         round_index, tau, adversarial, params = parse_round(message, share.n_params)
+        self.transport.publish_message(self._to_server, received_message(self.index, share.job.job_id, round_index))
         if self._answered is None or self._answered[0] != round_index:
             started = time.perf_counter()
             update, start_losses = worker_message(share.objective, share.job.config, share.code, share.message_scale,
