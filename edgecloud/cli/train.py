@@ -203,6 +203,9 @@ def _print_summary(summary: dict, save: Path | None, plot: Path | None, title: s
         ("flagged workers (rounds)", ", ".join(f"{worker} ({count})" for worker, count in summary["flagged_count"].items())
          or "none"),
     ]
+    if any("erased" in record for record in history):  # the MQTT runner's deadline
+        rows.append(("rounds with erasures / skipped", f"{sum(bool(r['erased']) for r in history)} / "
+                                                       f"{sum(r['skipped'] for r in history)}"))
     if summary["startup_s"] is not None:
         rows.append(("process start-up, not in rounds (s)", f"{summary['startup_s']:.3f}"))
     if summary["tau_estimates"]:
