@@ -241,3 +241,16 @@ def test_training_survives_a_broker_restart_and_ends_with_the_simulators_model(f
     run = _train(fleet, "logistic", config, deadline_s=30.0, on_round=on_round)
     assert [r.erased for r in run.result.records] == [[]] * 6  # type: ignore[attr-defined]
     _assert_same(run.result.params, _simulated("logistic", config))
+
+
+def test_a_robust_aggregator_runs_on_the_updates_that_arrived(fleet: Fleet) -> None:
+    """Krum needs n > 2f + 2: with f = 1 it works on the 5 answers left after a kill, and the adversary
+    (re-drawn among all six, the dead one included) still cannot take the model anywhere."""
+    config = _config(rounds=4, aggregator="krum", n_adversaries=1, attack="constant")
+    try:
+        run = _train(fleet, "logistic", config, deadline_s=2.0, on_round=_killing(fleet, "worker-3", 2))
+    finally:
+        fleet.workers.restart("worker-3")
+    assert [r.erased for r in run.result.records] == [[], [], [3], [3]]  # type: ignore[attr-defined]
+    assert not any(r.skipped for r in run.result.records)  # type: ignore[attr-defined]
+    assert np.all(np.isfinite(run.result.params)) and run.result.records[-1].test_accuracy > 0.5
