@@ -149,12 +149,16 @@ def test_train_server_prints_and_saves_what_train_does(fleet: Fleet, tmp_path) -
             _assert_same(mqtt[name], sim[name])
 
 
-def _killing(fleet: Fleet, victim: str, at_round: int):
+def _train_killing(fleet: Fleet, config: SimulationConfig, victim: str, after_round: int = 2) -> FleetResult:
+    """Train with a 2 s deadline, SIGKILL `victim` after `after_round`, and restart it for the next test."""
     def on_round(record: RoundRecord) -> None:
-        if record.round == at_round:
+        if record.round == after_round:
             fleet.workers.kill(victim)
 
-    return on_round
+    try:
+        return _train(fleet, "logistic", config, deadline_s=2.0, on_round=on_round)
+    finally:
+        fleet.workers.restart(victim)
 
 
 @pytest.mark.parametrize("settings", [
@@ -164,10 +168,7 @@ def _killing(fleet: Fleet, victim: str, at_round: int):
 ], ids=["cyclic-r3-e1", "repetition-r3-e1", "cyclic-r5-s1-e1"])
 def test_a_killed_worker_within_the_bound_is_an_erasure_and_changes_nothing(fleet: Fleet, settings: dict) -> None:
     config = _config(rounds=4, **settings)
-    try:
-        run = _train(fleet, "logistic", config, deadline_s=2.0, on_round=_killing(fleet, "worker-1", 2))
-    finally:
-        fleet.workers.restart("worker-1")
+    run = _train_killing(fleet, config, "worker-1")
     assert [r.erased for r in run.result.records] == [[], [], [1], [1]]  # type: ignore[attr-defined]
     assert not any(r.skipped for r in run.result.records)  # type: ignore[attr-defined]
     _assert_same(run.result.params, _simulated("logistic", config))
@@ -177,10 +178,7 @@ def test_beyond_the_bound_the_round_is_skipped_with_a_warning(fleet: Fleet, capl
     """Cyclic r = 3 with s = 1 has no room for an erasure (2s + e <= r - 1): after the kill the model stays."""
     config = _config(rounds=4, code="cyclic", redundancy=3, n_adversaries=1, attack="reverse")
     with caplog.at_level(logging.WARNING, logger="edgecloud.training.server"):
-        try:
-            run = _train(fleet, "logistic", config, deadline_s=2.0, on_round=_killing(fleet, "worker-4", 2))
-        finally:
-            fleet.workers.restart("worker-4")
+        run = _train_killing(fleet, config, "worker-4")
     assert [r.skipped for r in run.result.records] == [False, False, True, True]  # type: ignore[attr-defined]
     assert sum("round 3 skipped" in m or "round 4 skipped" in m for m in caplog.messages) == 2
     _assert_same(run.result.params, _simulated("logistic", _config(rounds=2, code="cyclic", redundancy=3,
@@ -247,10 +245,7 @@ def test_a_robust_aggregator_runs_on_the_updates_that_arrived(fleet: Fleet) -> N
     """Krum needs n > 2f + 2: with f = 1 it works on the 5 answers left after a kill, and the adversary
     (re-drawn among all six, the dead one included) still cannot take the model anywhere."""
     config = _config(rounds=4, aggregator="krum", n_adversaries=1, attack="constant")
-    try:
-        run = _train(fleet, "logistic", config, deadline_s=2.0, on_round=_killing(fleet, "worker-3", 2))
-    finally:
-        fleet.workers.restart("worker-3")
+    run = _train_killing(fleet, config, "worker-3")
     assert [r.erased for r in run.result.records] == [[], [], [3], [3]]  # type: ignore[attr-defined]
     assert not any(r.skipped for r in run.result.records)  # type: ignore[attr-defined]
     assert np.all(np.isfinite(run.result.params)) and run.result.records[-1].test_accuracy > 0.5
