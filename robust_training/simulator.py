@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -274,16 +274,26 @@ class Simulator:
         return new_params, updates, record
 
     def server_step(self, params: np.ndarray, messages: np.ndarray, adversaries: list[int],
-                    record: RoundRecord) -> tuple[np.ndarray, RoundRecord]:
+                    record: RoundRecord, erased: Sequence[int] = ()) -> tuple[np.ndarray, RoundRecord]:
         """The PS's half of a round, shared by every runner: a model attack corrupts the adversaries'
         messages on arrival (it sees all of them, as an omniscient adversary would), then decode or
         aggregate, step, and evaluate. `record` arrives with the round's compute and transfer filled in
         and `elapsed_s` at the round's start; this adds the aggregate time, the flagged workers and
-        the test accuracy."""
+        the test accuracy. `erased` workers did not answer (a runner's deadline): their rows are never
+        read, the attack forges among the messages that arrived, a code decodes around the erasures
+        and an aggregator reduces the arrived rows. Whether the round is decodable at all is the
+        caller's decision (`Code.correctable`, `Aggregator.feasibility_problem`)."""
+        erased_ids = np.unique(np.asarray(erased, dtype=int))
         if self.attack is not None and not isinstance(self.attack, DataAttack):
-            messages = self.attack.apply(messages, adversaries, self.adversary_rng)
+            if not erased_ids.size:
+                messages = self.attack.apply(messages, adversaries, self.adversary_rng)
+            else:
+                arrived = np.setdiff1d(np.arange(messages.shape[0]), erased_ids)
+                messages = messages.copy()
+                messages[arrived] = self.attack.apply(messages[arrived], np.flatnonzero(np.isin(arrived, adversaries)),
+                                                      self.adversary_rng)
         started = time.perf_counter()
-        step, flagged = self._combine(messages)
+        step, flagged = self._combine(messages, erased_ids)
         record.aggregate_s = time.perf_counter() - started
         record.flagged = sorted(flagged)
         record.elapsed_s += record.round_s
@@ -335,9 +345,11 @@ class Simulator:
         return messages, [sum(partition_s[p] for p in self.code.partitions_of(w)) + encode_s
                           for w in range(self.config.n_workers)]
 
-    def _combine(self, messages: np.ndarray) -> tuple[np.ndarray, list[int]]:
-        """The PS's step: the decoded exact sum over P partitions / P, or the robust aggregate."""
+    def _combine(self, messages: np.ndarray, erased: np.ndarray) -> tuple[np.ndarray, list[int]]:
+        """The PS's step: the decoded exact sum over P partitions / P, or the robust aggregate of the
+        rows that arrived (all but `erased`)."""
         if self.code is None:
-            return self.aggregator(messages, self.config.n_adversaries), []
-        decoded = self.code.decode(messages)
+            rows = np.delete(messages, erased, axis=0) if erased.size else messages
+            return self.aggregator(rows, self.config.n_adversaries), []
+        decoded = self.code.decode(messages, erased)
         return decoded.total / self.code.n_partitions, list(decoded.flagged)

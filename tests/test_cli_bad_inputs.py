@@ -70,7 +70,7 @@ FILE_SLOTS: dict[tuple[str, ...], list[tuple[list[str], str]]] = {
                                 (["predictor", "estimate", "chain", "-d", BAD], ".json"),
                                 (["predictor", "estimate", BAD], ".onnx")],
 }
-NO_FILE_INPUT = {("models",), ("export",), ("broker",), ("train",), ("fleet", "init")}
+NO_FILE_INPUT = {("models",), ("export",), ("broker",), ("train",), ("train-server",), ("train-worker",), ("fleet", "init")}
 
 # The ways a file can be bad; None: the file does not exist.
 BAD_CONTENT: dict[str, bytes | None] = {

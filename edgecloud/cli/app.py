@@ -17,6 +17,7 @@ from edgecloud.cli import demo as demo_command
 from edgecloud.cli import fleet as fleet_command
 from edgecloud.cli import serve as serve_command
 from edgecloud.cli import train as train_command
+from edgecloud.cli import train_fleet
 from edgecloud.cli.user_errors import reports_user_errors
 
 app = typer.Typer(
@@ -34,6 +35,8 @@ app.command("sweep")(reports_user_errors(plan_command.sweep))
 app.command("broker")(reports_user_errors(broker_command.broker))
 app.command("profile")(reports_user_errors(profile_command.profile))
 app.command("train")(reports_user_errors(train_command.train))
+app.command("train-server")(reports_user_errors(train_fleet.train_server))
+app.command("train-worker")(reports_user_errors(train_fleet.train_worker))
 app.command("split")(reports_user_errors(serve_command.split))
 app.command("agent")(reports_user_errors(serve_command.agent))
 app.command("infer")(reports_user_errors(serve_command.infer))

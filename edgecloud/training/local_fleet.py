@@ -1,0 +1,59 @@
+"""`edgecloud train --runner mqtt`: a broker, the parameter server and P worker processes on this machine.
+
+Everything started here is stopped here, on success, on an error and on Ctrl-C: the workers (SIGTERM,
+then SIGKILL, by `edgecloud.serving.agent_processes`), then the broker if this call started it. The
+workers are `edgecloud train-worker` processes, so a local run exercises exactly what a multi-host
+deployment runs; the server runs in this process.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from edgecloud.serving.agent_processes import AgentProcesses
+from edgecloud.training.protocol import WORKER_PREFIX, TrainingJob, worker_name
+from edgecloud.training.server import FleetResult, ServerOptions, serve
+from edgecloud.transport.broker import EmbeddedBrokerProcess
+from edgecloud.transport.mqtt_url import split_password
+from robust_training.simulator import RoundRecord
+
+
+class WorkerProcesses(AgentProcesses):
+    """`edgecloud train-worker` processes for workers 0..P-1, started and stopped as serving's agents are."""
+
+    def __init__(self, n_workers: int, broker_url: str | Mapping[str, str], deployment: str,
+                 extra_args: Sequence[str] = (), log_level: str = "WARNING") -> None:
+        """`broker_url`: one URL for all, or one per worker name (each its own login on a broker with an ACL)."""
+        super().__init__(Path(), [worker_name(w) for w in range(n_workers)], broker_url, deployment, extra_args,
+                         log_level)
+
+    def command(self, device: str, ready_file: Path) -> list[str]:
+        url, _ = split_password(self.broker_urls[device])
+        return [sys.executable, "-m", "edgecloud.cli.app", "train-worker", "--broker", url,
+                "--id", device.removeprefix(WORKER_PREFIX), "--deployment", self.deployment,
+                "--ready-file", str(ready_file), "--log-level", self.log_level, *self.extra_args]
+
+
+def run_local_fleet(job: TrainingJob, broker_url: str | None = None, options: ServerOptions = ServerOptions(),
+                    on_round: Callable[[RoundRecord], None] | None = None,
+                    on_workers: Callable[[WorkerProcesses], None] = lambda workers: None) -> FleetResult:
+    """Train `job` with P worker processes over `broker_url` (None: an embedded broker started here).
+
+    `on_workers` sees the running worker processes (tests kill and restart them from `on_round`).
+    """
+    job.config.validate()
+    job.config.build()  # an impossible code or aggregator fails here, before any process starts
+    broker = None if broker_url is not None else EmbeddedBrokerProcess().start()
+    workers = WorkerProcesses(job.config.n_workers, broker_url or broker.url, options.deployment)  # type: ignore[union-attr]
+    try:
+        def start_workers() -> None:
+            workers.start()
+            on_workers(workers)
+
+        return serve(broker_url or broker.url, job, options, on_round, start_workers)  # type: ignore[union-attr]
+    finally:
+        workers.stop()
+        if broker is not None:
+            broker.stop()

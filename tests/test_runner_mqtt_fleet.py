@@ -1,0 +1,99 @@
+"""`edgecloud train --runner mqtt`: the local fleet starts a broker, the PS and P worker processes, prints
+the simulator's summary and saves its model, and stops everything it started, Ctrl-C included.
+
+Each run starts P worker processes that import torch (~20-30 s on the loaded 2-core machine), so the
+cases are few; the Mosquitto and Ctrl-C ones are marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_cli_bad_inputs import assert_one_error_line, run_cli
+
+ARGS = ["train", "--dataset", "digits", "--model", "logistic", "--nodes", "3", "--rounds", "3", "--batch-size", "16",
+        "--seed", "3", "--code", "repetition", "--redundancy", "3", "--adversaries", "1", "--attack", "reverse",
+        "--tau", "2", "--json"]
+
+
+def _run(folder: Path, name: str, extra: list[str]) -> tuple[dict, dict[str, np.ndarray]]:
+    path = folder / f"{name}.npz"
+    code, stdout, stderr = run_cli([*ARGS, *extra, "--save", str(path)])
+    assert code == 0, stderr[-3000:]
+    with np.load(path, allow_pickle=False) as arrays:
+        return json.loads(stdout), {key: arrays[key] for key in arrays.files}
+
+
+def _assert_same_run(folder: Path, extra: list[str]) -> dict:
+    sim_summary, sim_model = _run(folder, "sim", [])
+    summary, model = _run(folder, "mqtt", ["--runner", "mqtt", *extra])
+    assert model.keys() == sim_model.keys()
+    for key in sim_model:
+        assert np.linalg.norm(model[key] - sim_model[key]) / np.linalg.norm(sim_model[key]) < 1e-6, key
+    assert summary["runner"] == "mqtt" and summary["startup_s"] > 0
+    assert summary["flagged_per_round"] == sim_summary["flagged_per_round"]
+    assert summary["test_accuracy"] == pytest.approx(sim_summary["test_accuracy"])
+    return summary
+
+
+def test_the_local_fleet_saves_the_simulators_model(tmp_path: Path) -> None:
+    summary = _assert_same_run(tmp_path, [])
+    assert all(sent > 0 for sent in summary["bytes_per_round"])
+    assert [record["erased"] for record in summary["history"]] == [[], [], []]
+
+
+@pytest.mark.slow
+def test_the_local_fleet_over_a_mosquitto_url(tmp_path: Path, broker_factory) -> None:
+    _assert_same_run(tmp_path, ["--broker", broker_factory("mosquitto").url])
+
+
+def test_bad_mqtt_settings_are_one_line_errors() -> None:
+    assert_one_error_line(*run_cli([*ARGS, "--runner", "mqtt", "--adaptive-tau"]), "fixed tau")
+    assert_one_error_line(*run_cli([*ARGS, "--runner", "mqtt", "--round-deadline", "soon"]), "duration")
+    assert_one_error_line(*run_cli(["train-server", *ARGS[1:]]), "needs --broker")
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_broker_and_every_worker_it_started() -> None:
+    process = subprocess.Popen([sys.executable, "-m", "edgecloud.cli.app", *ARGS[:-1], "--rounds", "100000",
+                                "--runner", "mqtt"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 240
+        started: set[int] = set()
+        while time.monotonic() < deadline and len(started) < 4:  # the broker and 3 workers
+            time.sleep(1.0)
+            started = _descendants(process.pid)
+        assert len(started) >= 4, started
+        time.sleep(15.0)  # into the rounds
+        process.send_signal(signal.SIGINT)
+        process.wait(60)
+    finally:
+        process.kill()
+    alive = [pid for pid in started if Path(f"/proc/{pid}").exists()]
+    assert not alive, alive
