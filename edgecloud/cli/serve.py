@@ -34,7 +34,11 @@ def split(
     from partitioner.plan.plan_set import PLANS_FORMAT
     from partitioner.split.onnx_split import split_plan_set
 
-    if read_json_file(plan, "plan", error=PartitionerError).get("format") == PLANS_FORMAT:
+    try:
+        content = read_json_file(plan, "plan", error=PartitionerError)
+    except PartitionerError:
+        content = None  # split_plan below names what is wrong with the file, with its hint
+    if isinstance(content, dict) and content.get("format") == PLANS_FORMAT:
         manifests = split_plan_set(plan, output, force=force)
         console = Console()
         for index, manifest in enumerate(manifests):
