@@ -22,6 +22,13 @@ Rejections are logged one line each, rate-limited (`edgecloud.serving.log_limit`
 
 Why one executor thread per agent: paho delivers messages on its network thread, which must never block
 (or keepalives and acknowledgements stall), so the callback only queues; stages run on the executor.
+What a hop costs beyond the transport is measured by bench/agent_hop.py; on two shared cores every
+microsecond of Python in any process is on the critical path, so the per-message work is kept small:
+topics are built once per destination (and per client inbox), the inbox is a `queue.SimpleQueue`, a
+stage's outgoing trace is encoded once for all its destinations, and the header's absolute `deadline`
+is no longer sent (receivers use `meta.budget_s`; one from an older sender is still honoured, see
+`edgecloud.serving.deadlines`). A broker's refusal of a message (MQTT 5 PUBACK) is counted in
+`stats["refused"]` and logged through the rate limit.
 Requests still overlap across devices (pipelining): while the cloud runs request 1, the edge runs
 request 2. The pending-request table is bounded and every entry expires at its deadline.
 
@@ -46,6 +53,7 @@ import threading
 import time
 from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
@@ -68,6 +76,7 @@ from partitioner.split.manifest import SplitManifest, StageOutput, TensorSpec, c
 logger = logging.getLogger(__name__)
 
 _STOP = object()
+MAX_REPLY_TOPICS = 1024  # checked reply_to topics remembered with the topic we answer them on
 
 
 @dataclass(frozen=True)
@@ -123,6 +132,9 @@ class DeviceAgent:
         self.is_sink = device == manifest.sink
         self.stages = manifest.stages_of(device)
         self.topic = inbox_filter(options.deployment, device)
+        self._device_topics = {name: sender_topic(options.deployment, name, device)
+                               for name in manifest.devices if name != device}
+        self._reply_topics: dict[str, str] = {}  # a checked reply_to -> where this device answers it
         self._transport = MqttTransport(broker_url, client_id=f"{options.deployment}-{device}",
                                         options=transport_options, limits=limits)
         self._expected_from = self._tensors_by_sender()
@@ -135,7 +147,7 @@ class DeviceAgent:
         self._clocks = SenderClocks()
         self._opened: Counter[str] = Counter()
         self._log = RateLimitedLog(logger)
-        self._inbox: queue.Queue[object] = queue.Queue(options.inbox_size)
+        self._inbox: queue.SimpleQueue[object] = queue.SimpleQueue()  # bounded by _on_message
         self._pending: OrderedDict[str, _Request] = OrderedDict()
         self._finished: OrderedDict[str, None] = OrderedDict()
         self._timers: list[tuple[float, str]] = []
@@ -220,9 +232,9 @@ class DeviceAgent:
 
     def _on_message(self, message: Message, topic: str) -> None:
         """paho's thread: timestamp and queue, nothing else (it must never block)."""
-        try:
-            self._inbox.put_nowait((message, topic, time.time()))
-        except queue.Full:
+        if self._inbox.qsize() < self.options.inbox_size:
+            self._inbox.put((message, topic, time.time()))
+        else:
             self.stats["dropped"] += 1
             self._log.warning("agent %s dropped request %s: its inbox of %d messages is full", self.device,
                               message.request_id, self.options.inbox_size)
@@ -278,13 +290,16 @@ class DeviceAgent:
         topic_sender = topic.rpartition("/")[2]
         if message.sender != topic_sender:
             return f"its header names sender {message.sender!r} but it came on {topic}, the topic of {topic_sender!r}"
-        if message.reply_to is not None:
+        if message.reply_to is not None and message.reply_to not in self._reply_topics:
             try:
                 deployment, _ = parse_device_topic(message.reply_to)
             except TransportError as error:
                 return f"its reply_to is not usable: {error}"
             if deployment != self.options.deployment:
                 return f"its reply_to {message.reply_to!r} is outside deployment {self.options.deployment!r}"
+            if len(self._reply_topics) >= MAX_REPLY_TOPICS:
+                self._reply_topics.clear()
+            self._reply_topics[message.reply_to] = reply_topic(message.reply_to, self.device)
         return None
 
     def _reject(self, message: Message, reason: str) -> None:
@@ -444,12 +459,15 @@ class DeviceAgent:
         for item in outputs:
             for device in sorted(item.devices(self.manifest.sink) - {self.device}):
                 outgoing[device][item.tensor] = values[item.tensor]
+        if not outgoing:
+            return
+        trace = encode_trace(request.trace)  # once for every destination
         for device, tensors in outgoing.items():
             now = time.time()
             self._send(device, Message(kind="activation", request_id=request.request_id, sender=self.device,
-                                       tensors=tensors, reply_to=request.reply_to, deadline=request.deadline,
-                                       meta={"trace": encode_trace(request.trace), "sent_s": now,
-                                             "budget_s": request.deadline - now, "from_stage": from_stage}))
+                                       tensors=tensors, reply_to=request.reply_to,
+                                       meta={"trace": trace, "sent_s": now, "budget_s": request.deadline - now,
+                                             "from_stage": from_stage}))
 
     def _send(self, device: str, message: Message) -> None:
         if self._emulator is not None:
@@ -458,12 +476,25 @@ class DeviceAgent:
             self._publish_to_device(device, message)
 
     def _publish_to_device(self, device: str, message: Message) -> None:
+        self._publish(self._device_topics[device], message)
+
+    def _publish(self, topic: str, message: Message) -> None:
+        """Publish; a failure is logged (rate-limited), never raised: the request is not lost, the
+        source's fallback (or the client's deadline) covers it."""
         try:
-            self._transport.publish_message(sender_topic(self.options.deployment, device, self.device), message)
+            acked = self._transport.publish_message(topic, message)
         except (TransportError, WireFormatError) as error:
-            # The request is not lost: the source's fallback (or the client's deadline) covers it.
             self._log.warning("agent %s could not send request %s to %s: %s", self.device, message.request_id,
-                              device, error)
+                              topic, error)
+            return
+        acked.add_done_callback(lambda done: self._on_acked(done, message.request_id))
+
+    def _on_acked(self, acked: Future[None], request_id: str) -> None:
+        """paho's thread: an MQTT 5 broker refused a message (e.g. its ACL); counted and rate-limited."""
+        error = acked.exception()
+        if error is not None:
+            self.stats["refused"] += 1
+            self._log.warning("agent %s: the broker refused a message of request %s: %s", self.device, request_id, error)
 
     def _answer(self, request: _Request, fell_back: bool) -> None:
         request.answered = True
@@ -486,10 +517,10 @@ class DeviceAgent:
                                                   meta={"error": reason}))
 
     def _publish_reply(self, reply_to: str, message: Message) -> None:
-        try:
-            self._transport.publish_message(reply_topic(reply_to, self.device), message)
-        except (TransportError, WireFormatError) as error:
-            self._log.warning("agent %s could not answer request %s: %s", self.device, message.request_id, error)
+        topic = self._reply_topics.get(reply_to)
+        if topic is None:  # checked by _routing_problem when it arrived, forgotten since (the cache was full)
+            topic = reply_topic(reply_to, self.device)
+        self._publish(topic, message)
 
     def _fail(self, request_id: str, reason: str) -> None:
         request = self._pending.get(request_id)

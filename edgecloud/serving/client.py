@@ -19,7 +19,6 @@ acknowledged the request at all.
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -33,6 +32,7 @@ import numpy as np
 
 from edgecloud.errors import EdgecloudError, TransportError
 from edgecloud.serving.deadlines import finite_float
+from edgecloud.serving.expiry import ExpiryTimer
 from edgecloud.serving.trace import CLIENT, TraceEvent, parse_trace, transfer_event
 from edgecloud.transport.mqtt import MqttTransport, Requester, TransportOptions
 from edgecloud.transport.topics import DEFAULT_DEPLOYMENT, device_topic, sender_topic
@@ -92,6 +92,7 @@ class InferenceClient:
         self._max_in_flight = max_in_flight
         self._requester: Requester | None = None
         self._source_topic = sender_topic(deployment, self.manifest.source, self.client_name)
+        self._timeouts = ExpiryTimer(f"{self.client_name}-timeouts")  # one thread for every request's timeout
 
     def connect(self) -> Self:
         self._transport.connect()
@@ -101,6 +102,8 @@ class InferenceClient:
 
     def close(self) -> None:
         self._transport.close()
+        self._timeouts.close()
+        self._timeouts = ExpiryTimer(f"{self.client_name}-timeouts")  # a client may connect again
         self._requester = None
 
     def __enter__(self) -> Self:
@@ -134,17 +137,16 @@ class InferenceClient:
             raise TransportError("the inference client is not connected; use it as a context manager or call connect()")
         request_id = uuid.uuid4().hex
         sent_s = time.time()
-        # The budget is relative, so that the agents' clocks need not agree with ours (edgecloud.serving.deadlines).
+        # The budget is relative, so that the agents' clocks need not agree with ours (edgecloud.serving.deadlines);
+        # the header's absolute `deadline` is left empty (agents still honour it from older clients).
         meta = {"sent_s": sent_s} if deadline_s is None else {"sent_s": sent_s, "budget_s": deadline_s}
         message = Message(kind="request", request_id=request_id, sender=self.client_name,
-                          tensors=self.named_inputs(inputs), meta=meta,
-                          deadline=None if deadline_s is None else sent_s + deadline_s)
+                          tensors=self.named_inputs(inputs), meta=meta)
         wait_s = AGENT_DEADLINE_WAIT_S if deadline_s is None else deadline_s
         reply_future = self._requester.submit(self._source_topic, message, timeout_s=wait_s)
         result: Future[InferenceResult] = Future()
-        timer = threading.Timer(wait_s + REPLY_GRACE_S, self._expire, (reply_future, result, request_id, wait_s))
-        timer.daemon = True
-        timer.start()
+        timer = self._timeouts.schedule(wait_s + REPLY_GRACE_S,
+                                        lambda: self._expire(reply_future, result, request_id, wait_s))
 
         def on_reply(done: Future[Message]) -> None:
             timer.cancel()
