@@ -66,7 +66,7 @@ from edgecloud.errors import EdgecloudError, TransportError, WireFormatError
 from edgecloud.serving.link_emulation import LinkEmulator
 from edgecloud.serving.log_limit import RateLimitedLog
 from edgecloud.serving.stage_runner import StageRunner
-from edgecloud.serving.trace import CLIENT, TraceEvent, encode_trace, merge, parse_trace, stage_event, transfer_event
+from edgecloud.serving.trace import CLIENT, TraceLog, stage_event, transfer_event
 from edgecloud.transport.mqtt import MqttTransport, TransportOptions
 from edgecloud.transport.topics import DEFAULT_DEPLOYMENT, inbox_filter, parse_device_topic, reply_topic, sender_topic
 from edgecloud.transport.wire import DEFAULT_LIMITS, Message, WireLimits
@@ -107,7 +107,7 @@ class _Request:
     handed_on_s: float | None = None  # source: when the inputs went on to the other devices
     tensors: dict[str, np.ndarray] = field(default_factory=dict)
     done_stages: set[int] = field(default_factory=set)
-    trace: list[TraceEvent] = field(default_factory=list)
+    trace: TraceLog = field(default_factory=TraceLog)
     answered: bool = False
 
 
@@ -413,14 +413,14 @@ class DeviceAgent:
         return request
 
     def _note_arrival(self, request: _Request, message: Message, received_s: float) -> None:
-        merge(request.trace, parse_trace(message.meta.get("trace")))
+        request.trace.merge_raw(message.meta.get("trace"))
         sent_s = finite_float(message.meta.get("sent_s"))
         from_stage = message.meta.get("from_stage")  # checked by _activation_problem
         if sent_s is not None:
             n_bytes = sum(int(array.nbytes) for array in message.tensors.values())
             sender = CLIENT if message.kind == "request" else message.sender
-            merge(request.trace, [transfer_event(sender, self.device, sent_s, received_s, n_bytes,
-                                                 from_stage if message.kind == "activation" else None)])
+            request.trace.add(transfer_event(sender, self.device, sent_s, received_s, n_bytes,
+                                             from_stage if message.kind == "activation" else None))
 
     def _advance(self, request: _Request) -> None:
         """Run every stage of this device whose inputs are all present, until none is; answer if sink."""
@@ -441,7 +441,7 @@ class DeviceAgent:
                     return
                 request.done_stages.add(stage.index)
                 self.stats["stages_run"] += 1
-                request.trace.append(stage_event(stage.index, self.device, started_s, time.time()))
+                request.trace.add(stage_event(stage.index, self.device, started_s, time.time()))
                 self._hand_on(request, stage.outputs, outputs, from_stage=stage.index)
                 progressed = True
         if self.is_sink and not request.answered and all(item.tensor in request.tensors
@@ -461,7 +461,7 @@ class DeviceAgent:
                 outgoing[device][item.tensor] = values[item.tensor]
         if not outgoing:
             return
-        trace = encode_trace(request.trace)  # once for every destination
+        trace = request.trace.snapshot()  # once for every destination
         for device, tensors in outgoing.items():
             now = time.time()
             self._send(device, Message(kind="activation", request_id=request.request_id, sender=self.device,
@@ -504,7 +504,7 @@ class DeviceAgent:
             return
         self.stats["fell_back" if fell_back else "answered"] += 1
         outputs = {spec.name: request.tensors[spec.name] for spec in self.manifest.graph_outputs}
-        meta = {"trace": encode_trace(request.trace), "sent_s": time.time(), "fell_back": fell_back}
+        meta = {"trace": request.trace.snapshot(), "sent_s": time.time(), "fell_back": fell_back}
         self._publish_reply(request.reply_to, Message(kind="result", request_id=request.request_id,
                                                       sender=self.device, tensors=outputs, meta=meta))
         if not self.is_source:
@@ -543,7 +543,8 @@ class DeviceAgent:
             self._reply_error(request_id, request.reply_to, str(error))
             self._finish(request_id)
             return
-        request.trace.extend(stage_event(index, self.device, started_s, ended_s) for index, started_s, ended_s in ran)
+        for index, started_s, ended_s in ran:
+            request.trace.add(stage_event(index, self.device, started_s, ended_s))
         logger.info("agent %s fell back on request %s: ran stage(s) %s itself", self.device, request_id,
                     [index for index, _, _ in ran])
         self._answer(request, fell_back=True)
