@@ -25,6 +25,8 @@ def calibrate(
     output: Annotated[Path, typer.Option("--output", "-o", help="Link profile JSON file to write.")] = Path("link.json"),
     peer_broker: Annotated[Optional[str], typer.Option(
         help="The cloud's broker, bridged to --broker (topics edgecloud/# both ways): the bridge hop is priced.")] = None,
+    echo_broker: Annotated[Optional[str], typer.Option(
+        help="--broker under a second login, for the echo end (needed where the broker requires logins).")] = None,
     bandwidth: Annotated[str, typer.Option(help="Edge-cloud bandwidth to record with the measured costs.")] = "20Mbit",
     latency: Annotated[str, typer.Option(help="Edge-cloud propagation latency to record.")] = "10ms",
     repeats: Annotated[int, typer.Option(help="Round trips per path at the small size.", min=5, max=COUNT_MAX)] = 200,
@@ -43,7 +45,7 @@ def calibrate(
     output = writable_output(output, "--output")
     bandwidth_bps, latency_s = parse_bandwidth_bps(bandwidth), parse_duration_s(latency)
     load_before = os.getloadavg()[0]
-    costs = measure_hop_costs(broker, peer_broker, repeats)
+    costs = measure_hop_costs(broker, peer_broker, repeats, echo_broker)
     link = LinkProfile(bandwidth_bps, latency_s, **costs.link_figures())
     client = LinkProfile(CLIENT_BANDWIDTH_BPS, 0.0, **costs.client_figures())
     paths = {"ours/local": costs.ours_local, "floor/local": costs.floor_local,

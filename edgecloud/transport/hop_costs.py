@@ -261,14 +261,21 @@ def floor_measurable(url: str) -> bool:
     return not address.tls and address.username is None
 
 
-def measure_hop_costs(broker_url: str, peer_broker_url: str | None = None, repeats: int = 200) -> HopCosts:
-    """Measure the local path (and the bridged one with a peer broker); see the module docstring."""
-    floor = floor_measurable(broker_url) and (peer_broker_url is None or floor_measurable(peer_broker_url))
+def measure_hop_costs(broker_url: str, peer_broker_url: str | None = None, repeats: int = 200,
+                      echo_url: str | None = None) -> HopCosts:
+    """Measure the local path (and the bridged one with a peer broker); see the module docstring.
+    `echo_url` is the local broker under a second login, where logins are required (one login is one
+    client id there, and the pinger holds ours); by default the echo uses `broker_url` too."""
+    echo_url = broker_url if echo_url is None else echo_url
+    if parse_broker_url(echo_url).username is not None and echo_url == broker_url:
+        raise TransportError("with logins on the broker, the echo needs a second login: give it as the echo's URL "
+                             "(edgecloud calibrate --echo-broker mqtt://OTHER:PASSWORD@host:port).")
+    floor = all(floor_measurable(url) for url in (broker_url, echo_url, peer_broker_url) if url is not None)
     if not floor:
         logger.warning("a broker needs a login or TLS: the broker's share is not measured apart (broker_s = 0)")
     with ExitStack() as stack:
-        ours_local = _path_cost(stack.enter_context(_ours(broker_url, broker_url)), repeats)
-        floor_local = _path_cost(stack.enter_context(_floor(broker_url, broker_url)), repeats) if floor else None
+        ours_local = _path_cost(stack.enter_context(_ours(broker_url, echo_url)), repeats)
+        floor_local = _path_cost(stack.enter_context(_floor(broker_url, echo_url)), repeats) if floor else None
         if peer_broker_url is None:
             return HopCosts(ours_local, floor_local)
         ours_bridged = _path_cost(stack.enter_context(_ours(broker_url, peer_broker_url)), repeats)
