@@ -131,3 +131,18 @@ def test_expiry_timer_runs_due_callbacks_in_order_and_skips_cancelled_ones() -> 
         assert timer.pending() == 1
     finally:
         timer.close()
+
+
+def test_a_request_handled_on_the_network_thread_still_falls_back_at_its_deadline(broker, cloud_split) -> None:
+    """The edge only forwards here, so paho's thread handles the request itself; its fallback timer
+    must still wake the idle executor in time (not at the next half-second sweep)."""
+    deployment = f"t{uuid.uuid4().hex[:8]}"
+    with DeviceAgent(cloud_split, "edge", broker.url, AgentOptions(deployment=deployment, fallback_margin_s=0.05,
+                                                                   misses_before_local=100)) as edge, \
+            InferenceClient(cloud_split, broker.url, deployment=deployment) as client:
+        for pause_s in (0.13, 0.31, 0.07):  # not in step with the executor's half-second sweep
+            time.sleep(pause_s)
+            result = client.infer(mlp_input(cloud_split), deadline_s=0.3)
+            assert result.fell_back
+            assert result.timings.total_s < 0.28  # the fallback starts 50 ms before the deadline
+        assert edge.stats["handled_inline"] == 3

@@ -21,7 +21,11 @@ takes from that sender. A request whose deadline passed before it arrived is ans
 Rejections are logged one line each, rate-limited (`edgecloud.serving.log_limit`).
 
 Why one executor thread per agent: paho delivers messages on its network thread, which must never block
-(or keepalives and acknowledgements stall), so the callback only queues; stages run on the executor.
+(or keepalives and acknowledgements stall), so the callback queues; stages run on the executor. A
+message that can run no stage here (a sink's answer, a forward by a device whose stages do not take
+those tensors, an acknowledgement), no larger than INLINE_MAX_BYTES, is handled on paho's thread
+itself when the executor is idle: routing and one publish, no onnxruntime. That saves the thread
+hand-off (a wake-up and a GIL switch) on those hops; one lock keeps the request table single-writer.
 What a hop costs beyond the transport is measured by bench/agent_hop.py; on two shared cores every
 microsecond of Python in any process is on the critical path, so the per-message work is kept small:
 topics are built once per destination (and per client inbox), the inbox is a `queue.SimpleQueue`, a
@@ -76,7 +80,9 @@ from partitioner.split.manifest import SplitManifest, StageOutput, TensorSpec, c
 logger = logging.getLogger(__name__)
 
 _STOP = object()
+_WAKE = object()  # a timer was set off the executor: it recomputes how long to sleep
 MAX_REPLY_TOPICS = 1024  # checked reply_to topics remembered with the topic we answer them on
+INLINE_MAX_BYTES = 256 * 2**10  # larger messages go to the executor: encoding them would hold paho's thread
 
 
 @dataclass(frozen=True)
@@ -138,6 +144,12 @@ class DeviceAgent:
         self._transport = MqttTransport(broker_url, client_id=f"{options.deployment}-{device}",
                                         options=transport_options, limits=limits)
         self._expected_from = self._tensors_by_sender()
+        stage_inputs = {item.tensor for stage in self.stages for item in stage.inputs}
+        self._forward_only_from = frozenset(sender for sender, tensors in self._expected_from.items()
+                                            if not tensors & stage_inputs)  # their tensors feed no stage here
+        self._inputs_feed_no_stage = not {spec.name for spec in manifest.graph_inputs} & stage_inputs
+        self._state_lock = threading.Lock()  # the request table has one writer at a time (see the docstring)
+        self._executor_wakes_s = 0.0  # when the idle executor looks at its timers next
         self._stages_of = {name: {stage.index for stage in manifest.stages_of(name)} for name in manifest.devices}
         self._runner: StageRunner | None = None
         self.fallback_margin_s = 0.0
@@ -231,13 +243,36 @@ class DeviceAgent:
     # -- network thread -------------------------------------------------------------------------
 
     def _on_message(self, message: Message, topic: str) -> None:
-        """paho's thread: timestamp and queue, nothing else (it must never block)."""
-        if self._inbox.qsize() < self.options.inbox_size:
+        """paho's thread: handle a message that runs no stage at once if the executor is idle, else
+        timestamp and queue it (this thread must never block)."""
+        if (self._inbox.qsize() == 0 and self._runs_no_stage(message)
+                and self._state_lock.acquire(blocking=False)):
+            try:
+                self.stats["handled_inline"] += 1
+                self._handle_safely(message, topic, time.time())
+            finally:
+                self._state_lock.release()
+        elif self._inbox.qsize() < self.options.inbox_size:
             self._inbox.put((message, topic, time.time()))
         else:
             self.stats["dropped"] += 1
             self._log.warning("agent %s dropped request %s: its inbox of %d messages is full", self.device,
                               message.request_id, self.options.inbox_size)
+
+    def _runs_no_stage(self, message: Message) -> bool:
+        """Whether handling `message` certainly runs no onnxruntime stage here (nor the fallback)."""
+        if sum(int(array.nbytes) for array in message.tensors.values()) > INLINE_MAX_BYTES:
+            return False
+        if message.kind == "activation":
+            return message.sender in self._forward_only_from
+        if message.kind == "request":
+            if not self._inputs_feed_no_stage:
+                return False
+            if not self.options.fallback:
+                return True
+            budget_s = finite_float(message.meta.get("budget_s"))  # a short one is served locally at once
+            return time.time() >= self._local_until_s and (budget_s is None or budget_s > 2 * self.fallback_margin_s)
+        return message.kind == "result"
 
     # -- executor thread ------------------------------------------------------------------------
 
@@ -245,30 +280,37 @@ class DeviceAgent:
         next_sweep_s = time.time() + 0.5
         while True:
             now = time.time()
-            wait_s = min(next_sweep_s, self._timers[0][0] if self._timers else next_sweep_s) - now
+            with self._state_lock:
+                self._executor_wakes_s = min(next_sweep_s, self._timers[0][0] if self._timers else next_sweep_s)
             try:
-                item = self._inbox.get(timeout=max(wait_s, 0.0))
+                item = self._inbox.get(timeout=max(self._executor_wakes_s - now, 0.0))
             except queue.Empty:
                 item = None
             if item is _STOP:
                 return
-            if item is not None:
-                message, topic, received_s = item  # type: ignore[misc]
-                try:
-                    self._handle(message, topic, received_s)
-                except Exception as error:  # one bad request must not end the agent, nor flood its log
-                    logger.debug("agent %s failed on request %s", self.device, message.request_id, exc_info=True)
-                    self._log.warning("agent %s failed on request %s: %s: %s", self.device, message.request_id,
-                                      type(error).__name__, error)
-                    self._fail(message.request_id, "internal error in the agent; see its log")
-            now = time.time()
-            while self._timers and self._timers[0][0] <= now:
-                _, request_id = heapq.heappop(self._timers)
-                self._fall_back(request_id)
-            if now >= next_sweep_s:
-                self._expire(now)
-                self._log.flush()
-                next_sweep_s = now + 0.5
+            if item is _WAKE:
+                item = None
+            with self._state_lock:
+                if item is not None:
+                    self._handle_safely(*item)  # type: ignore[misc]
+                now = time.time()
+                while self._timers and self._timers[0][0] <= now:
+                    _, request_id = heapq.heappop(self._timers)
+                    self._fall_back(request_id)
+                if now >= next_sweep_s:
+                    self._expire(now)
+                    self._log.flush()
+                    next_sweep_s = now + 0.5
+
+    def _handle_safely(self, message: Message, topic: str, received_s: float) -> None:
+        """`_handle`, with the lock held; one bad request must not end the agent, nor flood its log."""
+        try:
+            self._handle(message, topic, received_s)
+        except Exception as error:
+            logger.debug("agent %s failed on request %s", self.device, message.request_id, exc_info=True)
+            self._log.warning("agent %s failed on request %s: %s: %s", self.device, message.request_id,
+                              type(error).__name__, error)
+            self._fail(message.request_id, "internal error in the agent; see its log")
 
     def _handle(self, message: Message, topic: str, received_s: float) -> None:
         problem = self._routing_problem(message, topic)
@@ -348,7 +390,10 @@ class DeviceAgent:
             request.tensors.update(message.tensors)
             return self._fall_back(message.request_id)
         if fall_back:
-            heapq.heappush(self._timers, (request.deadline - self.fallback_margin_s, message.request_id))
+            due_s = request.deadline - self.fallback_margin_s
+            heapq.heappush(self._timers, (due_s, message.request_id))
+            if due_s < self._executor_wakes_s and threading.current_thread() is not self._executor:
+                self._inbox.put(_WAKE)  # handled inline: the sleeping executor must learn of this timer
         request.handed_on_s = time.time()
         self._hand_on(request, self.manifest.source_outputs, dict(message.tensors), from_stage=None)
         self._advance(request)
