@@ -125,8 +125,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "agent_hop.json")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
-    from bench.transport import activation, mqtt_pinger, one_way_samples
+    from bench.transport import WARMUP as TRANSPORT_WARMUP
+    from bench.transport import activation, mqtt_pinger
     from edgecloud.transport.broker import MosquittoBroker
+    from edgecloud.transport.hop_costs import one_way_samples
 
     trees = {"agent hop": REPO, **({"agent hop (baseline)": args.baseline_tree.resolve()} if args.baseline_tree else {})}
     per_round = max(2, args.repeats // ROUNDS)
@@ -142,7 +144,7 @@ def main() -> None:
                     for name, path in paths.items():
                         kept = [value / HOPS_PER_REQUEST for value in path.samples(per_round)]
                         samples[name] += kept if round_index else []
-                    trip_samples = one_way_samples(transport_trip, per_round)
+                    trip_samples = one_way_samples(transport_trip, per_round, TRANSPORT_WARMUP)
                     samples["transport one-way"] += trip_samples if round_index else []
             finally:
                 for path in paths.values():

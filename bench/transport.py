@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecloud.transport import bare_mqtt
+from edgecloud.transport.hop_costs import one_way_samples
 from edgecloud.transport.broker import EmbeddedBrokerProcess, MosquittoBroker, free_tcp_port
 from edgecloud.transport.mqtt import MqttTransport, device_topic
 from edgecloud.transport.wire import Message, encode
@@ -181,17 +182,6 @@ def mqtt_pinger(url: str) -> Iterator[Prepare]:
         yield prepare
 
 
-def one_way_samples(round_trip: RoundTrip, repeats: int) -> list[float]:
-    for _ in range(WARMUP):
-        round_trip()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        round_trip()
-        samples.append((time.perf_counter() - start) / 2)
-    return samples
-
-
 # -- report ---------------------------------------------------------------------------------------
 
 def human_bytes(size: int) -> str:
@@ -239,7 +229,7 @@ def main() -> None:
                 for _ in range(ROUNDS):
                     for path, round_trip in round_trips.items():
                         progress.update(task, description=f"{human_bytes(size)} via {path}")
-                        samples[path][size] += one_way_samples(round_trip, per_round[size])
+                        samples[path][size] += one_way_samples(round_trip, per_round[size], WARMUP)
                         progress.advance(task)
     load_after = os.getloadavg()
 
@@ -273,3 +263,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+

@@ -239,15 +239,20 @@ def _wait_for_path(round_trip: RoundTrip) -> None:
     raise TransportError("no echo came back through the broker path within 20 attempts: is the bridge up?")
 
 
-def _median_one_way(round_trip: RoundTrip, repeats: int) -> float:
-    for _ in range(WARMUP):
+def one_way_samples(round_trip: RoundTrip, repeats: int, warmup: int = WARMUP) -> list[float]:
+    """Half of each of `repeats` timed round trips, after `warmup` untimed ones (bench/transport.py too)."""
+    for _ in range(warmup):
         round_trip()
     samples = []
     for _ in range(repeats):
         started_s = time.perf_counter()
         round_trip()
         samples.append((time.perf_counter() - started_s) / 2)
-    return statistics.median(samples)
+    return samples
+
+
+def _median_one_way(round_trip: RoundTrip, repeats: int) -> float:
+    return statistics.median(one_way_samples(round_trip, repeats))
 
 
 def _path_cost(prepare: Callable[[int], RoundTrip], repeats: int) -> PathCost:
