@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 SMALL_BYTES = 64
 LARGE_BYTES = 256 * 2**10
 WARMUP = 5
+ROUNDS = 4
 READY_TIMEOUT_S = 30.0
 REPLY_TIMEOUT_S = 10.0
 CLIENT_BANDWIDTH_BPS = 1e10  # the client's link is local (loopback or LAN): its bytes are priced per byte measured
@@ -251,13 +252,19 @@ def one_way_samples(round_trip: RoundTrip, repeats: int, warmup: int = WARMUP) -
     return samples
 
 
-def _median_one_way(round_trip: RoundTrip, repeats: int) -> float:
-    return statistics.median(one_way_samples(round_trip, repeats))
-
-
-def _path_cost(prepare: Callable[[int], RoundTrip], repeats: int) -> PathCost:
-    small, large = prepare(SMALL_BYTES), prepare(LARGE_BYTES)
-    return PathCost(_median_one_way(small, repeats), _median_one_way(large, max(5, repeats // 4)), repeats)
+def _path_costs(prepared: dict[str, Callable[[int], RoundTrip]], repeats: int) -> dict[str, PathCost]:
+    """Every path measured in ROUNDS interleaved rounds (small and large each), so that the load of a
+    shared machine drifts over all paths alike and their differences (the bridge hop) stay meaningful."""
+    trips = {name: (prepare(SMALL_BYTES), prepare(LARGE_BYTES)) for name, prepare in prepared.items()}
+    small: dict[str, list[float]] = {name: [] for name in trips}
+    large: dict[str, list[float]] = {name: [] for name in trips}
+    per_round_small, per_round_large = max(2, repeats // ROUNDS), max(2, repeats // (4 * ROUNDS))
+    for _ in range(ROUNDS):
+        for name, (small_trip, large_trip) in trips.items():
+            small[name] += one_way_samples(small_trip, per_round_small)
+            large[name] += one_way_samples(large_trip, per_round_large)
+    return {name: PathCost(statistics.median(small[name]), statistics.median(large[name]), len(small[name]))
+            for name in trips}
 
 
 def floor_measurable(url: str) -> bool:
@@ -278,15 +285,14 @@ def measure_hop_costs(broker_url: str, peer_broker_url: str | None = None, repea
     floor = all(floor_measurable(url) for url in (broker_url, echo_url, peer_broker_url) if url is not None)
     if not floor:
         logger.warning("a broker needs a login or TLS: the broker's share is not measured apart (broker_s = 0)")
+    echoes = {"ours_local": echo_url, "ours_bridged": peer_broker_url}
+    if floor:
+        echoes |= {"floor_local": echo_url, "floor_bridged": peer_broker_url}
     with ExitStack() as stack:
-        ours_local = _path_cost(stack.enter_context(_ours(broker_url, echo_url)), repeats)
-        floor_local = _path_cost(stack.enter_context(_floor(broker_url, echo_url)), repeats) if floor else None
-        if peer_broker_url is None:
-            return HopCosts(ours_local, floor_local)
-        ours_bridged = _path_cost(stack.enter_context(_ours(broker_url, peer_broker_url)), repeats)
-        floor_bridged = (_path_cost(stack.enter_context(_floor(broker_url, peer_broker_url)), repeats)
-                         if floor else None)
-        return HopCosts(ours_local, floor_local, ours_bridged, floor_bridged)
+        prepared = {name: stack.enter_context((_ours if name.startswith("ours") else _floor)(broker_url, echo))
+                    for name, echo in echoes.items() if echo is not None}
+        costs = _path_costs(prepared, repeats)
+    return HopCosts(costs["ours_local"], costs.get("floor_local"), costs.get("ours_bridged"), costs.get("floor_bridged"))
 
 
 if __name__ == "__main__":  # an echo process (see `_child`)
