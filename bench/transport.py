@@ -26,7 +26,6 @@ import multiprocessing
 import os
 import platform
 import queue
-import select
 import socket
 import statistics
 import struct
@@ -37,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgecloud.transport import bare_mqtt
+from edgecloud.transport.hop_costs import one_way_samples
 from edgecloud.transport.broker import EmbeddedBrokerProcess, MosquittoBroker, free_tcp_port
 from edgecloud.transport.mqtt import MqttTransport, device_topic
 from edgecloud.transport.wire import Message, encode
@@ -80,15 +81,6 @@ def echo_mqtt(url: str, ready: multiprocessing.Event, stop: multiprocessing.Even
         stop.wait()
 
 
-def recv_exactly(connection: socket.socket, buffer: memoryview) -> None:
-    received = 0
-    while received < len(buffer):
-        count = connection.recv_into(buffer[received:])
-        if count == 0:
-            raise ConnectionError("peer closed the connection")
-        received += count
-
-
 def echo_tcp(port: int, ready: multiprocessing.Event, stop: multiprocessing.Event) -> None:
     """Send every length-prefixed frame of the first connection straight back (ends when it closes)."""
     with socket.create_server(("127.0.0.1", port)) as server:
@@ -99,76 +91,20 @@ def echo_tcp(port: int, ready: multiprocessing.Event, stop: multiprocessing.Even
         prefix = bytearray(LENGTH.size)
         while True:
             try:
-                recv_exactly(connection, memoryview(prefix))
+                bare_mqtt.recv_exactly(connection, memoryview(prefix))
             except ConnectionError:
                 return
             (length,) = LENGTH.unpack(prefix)
             body = bytearray(length)
-            recv_exactly(connection, memoryview(body))
+            bare_mqtt.recv_exactly(connection, memoryview(body))
             connection.sendall(prefix + body)
-
-
-# A minimal MQTT 3.1.1 client (QoS 0, no keepalive traffic): what any client must pay at least
-# through a given broker. It separates the broker's cost from our client's (paho + wire format).
-
-def _varint(value: int) -> bytes:
-    encoded = bytearray()
-    while True:
-        value, digit = divmod(value, 128)
-        encoded.append(digit | (0x80 if value else 0))
-        if not value:
-            return bytes(encoded)
-
-
-def _mqtt_string(text: str) -> bytes:
-    return struct.pack("!H", len(text)) + text.encode()
-
-
-def _read_mqtt_packet(connection: socket.socket) -> bytearray:
-    """The body (after the fixed header) of the next packet."""
-    byte = bytearray(1)
-    recv_exactly(connection, memoryview(byte))  # packet type
-    length, multiplier = 0, 1
-    while True:
-        recv_exactly(connection, memoryview(byte))
-        length += (byte[0] & 0x7F) * multiplier
-        multiplier *= 128
-        if not byte[0] & 0x80:
-            break
-    body = bytearray(length)
-    recv_exactly(connection, memoryview(body))
-    return body
-
-
-def _minimal_mqtt_connection(port: int, client_id: str, subscribe_to: str) -> socket.socket:
-    connection = socket.create_connection(("127.0.0.1", port))
-    connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    connect = _mqtt_string("MQTT") + bytes([4, 0x02]) + struct.pack("!H", 0) + _mqtt_string(client_id)
-    connection.sendall(bytes([0x10]) + _varint(len(connect)) + connect)
-    _read_mqtt_packet(connection)  # CONNACK
-    subscribe = struct.pack("!H", 1) + _mqtt_string(subscribe_to) + bytes([0])
-    connection.sendall(bytes([0x82]) + _varint(len(subscribe)) + subscribe)
-    _read_mqtt_packet(connection)  # SUBACK
-    return connection
-
-
-def _publish_header(topic: str, payload_bytes: int) -> bytes:
-    encoded_topic = _mqtt_string(topic)
-    return bytes([0x30]) + _varint(len(encoded_topic) + payload_bytes) + encoded_topic
 
 
 def echo_minimal_mqtt(port: int, ready: multiprocessing.Event, stop: multiprocessing.Event) -> None:
     """Republish every payload from FLOOR_PING_TOPIC on FLOOR_PONG_TOPIC, untouched."""
-    with _minimal_mqtt_connection(port, "bench-floor-echo", FLOOR_PING_TOPIC) as connection:
+    with bare_mqtt.connect("127.0.0.1", port, "bench-floor-echo", FLOOR_PING_TOPIC) as connection:
         ready.set()
-        while not stop.is_set():
-            if not select.select([connection], [], [], 0.2)[0]:
-                continue
-            body = _read_mqtt_packet(connection)
-            topic_bytes = struct.unpack_from("!H", body)[0]
-            payload = memoryview(body)[2 + topic_bytes:]
-            connection.sendall(_publish_header(FLOOR_PONG_TOPIC, len(payload)))
-            connection.sendall(payload)
+        bare_mqtt.echo(connection, FLOOR_PONG_TOPIC, stop.is_set)
 
 
 @contextmanager
@@ -203,7 +139,7 @@ def tcp_pinger() -> Iterator[Prepare]:
             payload = encode(message)
             frame = LENGTH.pack(len(payload)) + payload
             answer = memoryview(bytearray(len(frame)))
-            return lambda: (connection.sendall(frame), recv_exactly(connection, answer))
+            return lambda: (connection.sendall(frame), bare_mqtt.recv_exactly(connection, answer))
 
         yield prepare
 
@@ -211,16 +147,17 @@ def tcp_pinger() -> Iterator[Prepare]:
 @contextmanager
 def minimal_mqtt_pinger(port: int) -> Iterator[Prepare]:
     """The broker's floor: the encoded bytes through the broker by the minimal client, no paho."""
-    with child(echo_minimal_mqtt, port), _minimal_mqtt_connection(port, "bench-floor-pinger", FLOOR_PONG_TOPIC) as connection:
+    with child(echo_minimal_mqtt, port), bare_mqtt.connect("127.0.0.1", port, "bench-floor-pinger",
+                                                          FLOOR_PONG_TOPIC) as connection:
 
         def prepare(message: Message) -> RoundTrip:
             payload = encode(message)
-            header = _publish_header(FLOOR_PING_TOPIC, len(payload))
+            header = bare_mqtt.publish_header(FLOOR_PING_TOPIC, len(payload))
 
             def round_trip() -> None:
                 connection.sendall(header)
                 connection.sendall(payload)
-                _read_mqtt_packet(connection)
+                bare_mqtt.read_packet(connection)
 
             return round_trip
 
@@ -243,17 +180,6 @@ def mqtt_pinger(url: str) -> Iterator[Prepare]:
             return round_trip
 
         yield prepare
-
-
-def one_way_samples(round_trip: RoundTrip, repeats: int) -> list[float]:
-    for _ in range(WARMUP):
-        round_trip()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        round_trip()
-        samples.append((time.perf_counter() - start) / 2)
-    return samples
 
 
 # -- report ---------------------------------------------------------------------------------------
@@ -303,7 +229,7 @@ def main() -> None:
                 for _ in range(ROUNDS):
                     for path, round_trip in round_trips.items():
                         progress.update(task, description=f"{human_bytes(size)} via {path}")
-                        samples[path][size] += one_way_samples(round_trip, per_round[size])
+                        samples[path][size] += one_way_samples(round_trip, per_round[size], WARMUP)
                         progress.advance(task)
     load_after = os.getloadavg()
 
@@ -337,3 +263,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+

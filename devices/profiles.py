@@ -29,6 +29,10 @@ _DEVICE_FIGURES: dict[str, type] = {
     "threads": int,
 }
 _LINK_FIGURES: tuple[str, ...] = ("bandwidth_bps", "latency_s")
+# Optional figures of a link (0 when absent, so files written before them load unchanged), measured
+# once per deployment by `edgecloud calibrate` (see `edgecloud.calibrate`).
+_MESSAGE_FIGURES: tuple[str, ...] = ("message_s", "broker_s", "host_s_per_byte")
+CLIENT_LINK_KEY = "client_link"  # a calibrated link file may also price the client's own hops
 
 
 def _positive_number(value: Any, key: str, owner: str, allow_zero: bool = False) -> float:
@@ -96,29 +100,51 @@ def link_key(a: str, b: str) -> LinkKey:
 
 @dataclass(frozen=True)
 class LinkProfile:
-    """A network link: sending b bytes costs 8*b/bandwidth_bps + latency_s seconds, in either direction.
+    """A network link: a message of b bytes costs, in either direction,
+
+        8*b/bandwidth_bps + latency_s                      on the wire, plus
+        message_s + broker_s + host_s_per_byte * b         at the hosts and brokers it passes.
+
+    The second line is what a real deployment pays per message beyond the wire (measured here: ~0.3-1 ms
+    a hop through Mosquitto where the wire model said 0): `message_s` is our client library at both ends
+    (encode, publish, acknowledgements, decode, the agent's hand-off), `broker_s` the broker path (device
+    -> broker -> device is two transfers; a bridge adds a broker and a transfer), `host_s_per_byte` the
+    copies on the way. All three default to 0 (the wire alone, as before) and are measured once per
+    deployment by `edgecloud calibrate --broker URL`.
 
     The figures are checked when the link is made, wherever it comes from (a catalogue file, a plan, a
     cost graph, a command-line option), so no consumer checks them again."""
 
     bandwidth_bps: float
     latency_s: float
+    message_s: float = 0.0
+    broker_s: float = 0.0
+    host_s_per_byte: float = 0.0
 
     def __post_init__(self) -> None:
         _check_link_figures(self.bandwidth_bps, self.latency_s, "link")
         object.__setattr__(self, "bandwidth_bps", float(self.bandwidth_bps))
         object.__setattr__(self, "latency_s", float(self.latency_s))
+        for key in _MESSAGE_FIGURES:
+            object.__setattr__(self, key, _positive_number(getattr(self, key), key, "link", allow_zero=True))
 
     def serialisation_s(self, size_bytes: Any) -> Any:
         """Seconds the link is busy putting `size_bytes` on the wire (a number, or a numpy array of sizes)."""
         return 8.0 * size_bytes / self.bandwidth_bps
 
+    def message_cost_s(self, size_bytes: Any) -> Any:
+        """Seconds a message costs beyond the wire: client libraries, broker path, copies."""
+        return self.message_s + self.broker_s + self.host_s_per_byte * size_bytes
+
     def transfer_time_s(self, size_bytes: Any) -> Any:
-        """Seconds from the first byte sent to the last received (a number, or a numpy array of sizes)."""
-        return self.serialisation_s(size_bytes) + self.latency_s
+        """Seconds from the send call to the message in the receiver's hands (a number, or a numpy
+        array of sizes): the wire, then what the hosts and brokers on the way add."""
+        return self.serialisation_s(size_bytes) + self.latency_s + self.message_cost_s(size_bytes)
 
     def to_dict(self) -> dict[str, float]:
-        return asdict(self)
+        """The figures; the per-message ones only when measured (old readers and files stay as they were)."""
+        figures = asdict(self)
+        return {key: value for key, value in figures.items() if key in _LINK_FIGURES or value}
 
     @classmethod
     def from_dict(cls, d: Any, origin: str = "link profile") -> LinkProfile:
@@ -128,7 +154,8 @@ class LinkProfile:
         if missing:
             raise DeviceError(f"{origin}: missing key(s) {', '.join(missing)}.")
         _check_link_figures(d["bandwidth_bps"], d["latency_s"], origin)
-        return cls(bandwidth_bps=d["bandwidth_bps"], latency_s=d["latency_s"])
+        extra = {key: _positive_number(d[key], key, origin, allow_zero=True) for key in _MESSAGE_FIGURES if key in d}
+        return cls(bandwidth_bps=d["bandwidth_bps"], latency_s=d["latency_s"], **extra)
 
 
 def _check_link_figures(bandwidth_bps: Any, latency_s: Any, origin: str) -> None:
@@ -203,10 +230,18 @@ def link_sources(name: str) -> dict[str, str]:
 
 def load_link(name_or_path: str) -> LinkProfile:
     """A named link preset or a link JSON file (`{"bandwidth_bps": ..., "latency_s": ...}`)."""
+    return load_link_with_client(name_or_path)[0]
+
+
+def load_link_with_client(name_or_path: str) -> tuple[LinkProfile, LinkProfile | None]:
+    """A link preset or file, and the client's link a calibrated file also holds (`client_link`), else None."""
     presets = link_presets()
     if name_or_path in presets:
-        return presets[name_or_path]
+        return presets[name_or_path], None
     path = Path(name_or_path)
     if path.suffix != ".json" and not path.exists():
         raise DeviceError(f"unknown link '{name_or_path}': use one of {', '.join(presets)} or a JSON file.")
-    return LinkProfile.from_dict(read_json_file(path, "link profile"), origin=str(path))
+    data = read_json_file(path, "link profile")
+    link = LinkProfile.from_dict(data, origin=str(path))
+    client = data.get(CLIENT_LINK_KEY)
+    return link, None if client is None else LinkProfile.from_dict(client, origin=f"{path} [{CLIENT_LINK_KEY}]")

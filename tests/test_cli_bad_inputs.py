@@ -56,7 +56,8 @@ def command_of(path: tuple[str, ...]) -> Any:
 FILE_SLOTS: dict[tuple[str, ...], list[tuple[list[str], str]]] = {
     ("plan",): [(["plan", "--cost-graph", BAD], ".json"), (["plan", BAD], ".onnx"),
                 (["plan", "chain", "--edge", BAD], ".json"), (["plan", "chain", "--profile", BAD], ".json"),
-                (["plan", "chain", "--device", f"server={BAD}"], ".json")],
+                (["plan", "chain", "--device", f"server={BAD}"], ".json"),
+                (["plan", "chain", "--link", f"edge-cloud={BAD}"], ".json")],
     ("sweep",): [(["sweep", BAD], ".onnx"), (["sweep", "chain", "--cloud", BAD], ".json"),
                  (["sweep", "chain", "--profile", BAD], ".json")],
     ("profile",): [(["profile", BAD, "-o", OUT], ".onnx")],
@@ -70,7 +71,8 @@ FILE_SLOTS: dict[tuple[str, ...], list[tuple[list[str], str]]] = {
                                 (["predictor", "estimate", "chain", "-d", BAD], ".json"),
                                 (["predictor", "estimate", BAD], ".onnx")],
 }
-NO_FILE_INPUT = {("models",), ("export",), ("broker",), ("train",), ("train-server",), ("train-worker",), ("fleet", "init")}
+NO_FILE_INPUT = {("models",), ("export",), ("broker",), ("train",), ("train-server",), ("train-worker",), ("fleet", "init"),
+                 ("calibrate",)}
 
 # The ways a file can be bad; None: the file does not exist.
 BAD_CONTENT: dict[str, bytes | None] = {

@@ -163,3 +163,48 @@ def test_the_planner_prices_each_layer_by_its_kernel_class(bundled_models) -> No
         assert costs.nodes[layer].time_s["edge"] == pytest.approx(expected, rel=1e-12)
         differs += expected != pytest.approx(predict_node_time_s(*features), rel=1e-6)
     assert differs  # the class changes some prices: the test can tell the two apart
+
+
+def test_a_link_without_message_costs_loads_as_before_and_one_with_them_round_trips() -> None:
+    from devices.profiles import LinkProfile
+
+    old = LinkProfile.from_dict({"bandwidth_bps": 2e7, "latency_s": 0.01})
+    assert (old.message_s, old.broker_s, old.host_s_per_byte) == (0.0, 0.0, 0.0)
+    assert old.to_dict() == {"bandwidth_bps": 2e7, "latency_s": 0.01}  # files written by old versions read it
+    calibrated = LinkProfile(2e7, 0.01, message_s=3e-4, broker_s=1e-4, host_s_per_byte=1e-9)
+    assert LinkProfile.from_dict(calibrated.to_dict()) == calibrated
+    assert calibrated.transfer_time_s(1000) == pytest.approx(8 * 1000 / 2e7 + 0.01 + 3e-4 + 1e-4 + 1e-6)
+    with pytest.raises(Exception, match="message_s"):
+        LinkProfile.from_dict({"bandwidth_bps": 2e7, "latency_s": 0.01, "message_s": -1})
+
+
+def test_message_costs_and_the_clients_hops_are_in_the_objective_and_the_optimum_stays_exact(tmp_path) -> None:
+    """Per-message costs tip a split that the wire alone favours; the client's hops are a constant that
+    every solver and baseline sees through the one objective, and the ILP still equals brute force."""
+    from partitioner.plan.make_plan import plan_cost_graph
+    from partitioner.solve.baselines import brute_force
+    from partitioner.solve.ilp_textbook import solve_textbook_latency
+    from partitioner.solve.optimal import solve
+
+    data = fan_out_graph()
+    data["links"] = [{"from": "cloud", "to": "edge", "bandwidth_bps": 8e9, "latency_s": 0.0}]
+    wire_only = to_arrays(CostGraph.from_dict(data))
+    assert solve(wire_only, "latency").placement[1:].tolist() == [1, 1, 1]  # b, c, d on the faster cloud
+    data["links"][0]["message_s"] = 0.05
+    data["client_link"] = {"bandwidth_bps": 1e9, "latency_s": 0.0, "message_s": 0.002}
+    graph = CostGraph.from_dict(data)
+    graph.save(tmp_path / "g.json")
+    assert CostGraph.load(tmp_path / "g.json").to_dict() == graph.to_dict()
+    arrays = to_arrays(graph)
+    assert arrays.fixed_s == pytest.approx(2 * 0.002)
+    all_edge = np.zeros(arrays.n_nodes, dtype=np.int64)
+    assert latency_s(arrays, all_edge) == pytest.approx(4 * 0.01 + 0.004)
+    solution = solve(arrays, "latency")
+    placement, best_s = brute_force(arrays, "latency")
+    assert solution.objective_s == pytest.approx(best_s) == pytest.approx(latency_s(arrays, placement))
+    assert solve_textbook_latency(arrays).objective_s == pytest.approx(best_s)
+    assert solution.placement.tolist() == all_edge.tolist()  # 50 ms a message outweighs the 36 ms the cloud saves
+    plan = plan_cost_graph(graph, "latency")
+    assert plan.predicted_s == pytest.approx(best_s)
+    assert sum(plan.breakdown["compute_s"].values()) + sum(plan.breakdown["transfer_s"].values()) == \
+        pytest.approx(plan.predicted_s)

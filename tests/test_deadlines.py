@@ -13,7 +13,7 @@ from edgecloud.serving.deadlines import (
     fallback_margin_s,
     finite_float,
 )
-from edgecloud.serving.trace import encode_trace, parse_trace, stage_event, transfer_event
+from edgecloud.serving.trace import MAX_EVENTS, TraceLog, encode_trace, parse_trace, stage_event, transfer_event
 
 
 @pytest.mark.parametrize("value", [True, "1.0", None, [1.0], math.inf, -math.inf, math.nan, 10**400])
@@ -71,3 +71,22 @@ def test_parse_trace_skips_every_forged_entry_and_keeps_the_good_ones() -> None:
               "not an object", None]
     assert parse_trace([*forged, *encode_trace(good)]) == good
     assert parse_trace({"kind": "stage"}) == []
+
+
+def test_trace_log_keeps_each_event_once_skips_forged_entries_and_is_bounded() -> None:
+    """What an agent holds per request: a DAG's paths bring the shared prefix twice, peers may forge."""
+    prefix = [transfer_event("client", "edge", 0.0, 0.1, 40), stage_event(0, "edge", 0.1, 0.2)]
+    log = TraceLog()
+    for event in prefix:
+        log.add(event)
+    own = stage_event(1, "cloud", 0.3, 0.4)
+    log.merge_raw([*encode_trace(prefix), {"kind": "stage", "start_s": [1], "end_s": 1.0, "device": "x"},
+                   {"kind": "stage", "start_s": 0.0, "end_s": 1.0, "device": "cloud", "stage": True},
+                   *encode_trace([own]), "not an object"])
+    log.merge_raw({"kind": "stage"})
+    assert log.events == [*prefix, own]
+    assert log.snapshot() == encode_trace([*prefix, own])
+    assert parse_trace(log.snapshot()) == log.events
+    for index in range(2 * MAX_EVENTS):
+        log.add(stage_event(index, "edge", float(index), float(index) + 1.0))
+    assert len(log.events) == len(log.snapshot()) == MAX_EVENTS

@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from edgecloud.cli import broker as broker_command
+from edgecloud.cli import calibrate as calibrate_command
 from edgecloud.cli import models
 from edgecloud.cli import plan as plan_command
 from edgecloud.cli import predictor as predictor_command
@@ -41,6 +42,7 @@ app.command("split")(reports_user_errors(serve_command.split))
 app.command("agent")(reports_user_errors(serve_command.agent))
 app.command("infer")(reports_user_errors(serve_command.infer))
 app.command("demo")(reports_user_errors(demo_command.demo))
+app.command("calibrate")(reports_user_errors(calibrate_command.calibrate))
 app.add_typer(predictor_command.app, name="predictor")
 app.add_typer(fleet_command.app, name="fleet")
 

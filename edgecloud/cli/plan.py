@@ -33,7 +33,9 @@ MemoryOption = Annotated[Optional[list[str]], typer.Option("--memory-limit", hel
 PinOption = Annotated[Optional[list[str]], typer.Option("--pin", help="NODE=DEVICE: keep a node on a device (repeatable).")]
 ProfileOption = Annotated[Optional[Path], typer.Option(help="Profile JSON from `edgecloud profile`: measured node times.")]
 DeviceOption = Annotated[Optional[list[str]], typer.Option("--device", help="NAME=PROFILE: one more device tier (repeatable).")]
-LinkOption = Annotated[Optional[list[str]], typer.Option("--link", help="A-B=BW,LAT, e.g. edge-server=100Mbit,2ms (repeatable).")]
+LinkOption = Annotated[Optional[list[str]], typer.Option("--link", help=(
+    "A-B=BW,LAT, e.g. edge-server=100Mbit,2ms, or A-B=FILE, a link JSON file such as `edgecloud calibrate` "
+    "writes (its per-message costs and client link included) (repeatable)."))]
 SolverOption = Annotated[str, typer.Option(help="highs | cbc.")]
 TimeLimitOption = Annotated[Optional[float], typer.Option(
     help="Solver time limit in seconds (default: the objective's; throughput and makespan 60).",
@@ -129,6 +131,8 @@ def sweep(
     import numpy as np
     from rich.progress import Progress
 
+    from dataclasses import replace
+
     from devices.json_files import dumps_strict, write_json_file
     from devices.profiles import LinkProfile, link_key
     from partitioner.costs.objective import objective_named
@@ -151,7 +155,7 @@ def sweep(
     with Progress(transient=True, disable=as_json) as progress:
         task = progress.add_task(f"planning {len(graph.nodes)} layers", total=points)
         for bandwidth_bps in np.geomspace(low_bps, high_bps, points):
-            link_at = LinkProfile(float(bandwidth_bps), scenario.links[swept].latency_s)
+            link_at = replace(scenario.links[swept], bandwidth_bps=float(bandwidth_bps))
             at = scenario.overridden(links={swept: link_at}).cost_graph(graph.nodes, graph.tensors, graph.model,
                                                                        graph.model_sha256)
             planned = plan_cost_graph(at, chosen, solver, chosen.time_limit_s(time_limit))
@@ -271,18 +275,24 @@ def _model_cost_graph(model: Path, scenario: Scenario, profile: Path | None, fus
 
 def _with_options(scenario: Scenario, link: list[str] | None, pin: list[str] | None,
                   memory_limit: list[str] | None) -> Scenario:
-    """`scenario` with --link A-B=BW,LAT, --pin NODE=DEVICE and --memory-limit DEVICE=SIZE on top, validated."""
+    """`scenario` with --link A-B=BW,LAT (or A-B=FILE), --pin NODE=DEVICE and --memory-limit DEVICE=SIZE on
+    top, validated. A calibrated link file's client link prices the client's hops."""
+    from devices.profiles import load_link_with_client
     from partitioner.errors import PartitionerError
     from partitioner.units import parse_size_bytes
 
-    links = {}
+    links, client_link = {}, None
     for pair, figures in _pairs(link, "--link", "A-B=BW,LAT").items():
         bandwidth, sep, latency = figures.partition(",")
-        if not sep:
-            raise PartitionerError(f"--link {pair}={figures} must look like A-B=BW,LAT.")
-        links[scenario.device_pair(pair)] = _parsed_link(bandwidth, latency)
+        if sep:
+            links[scenario.device_pair(pair)] = _parsed_link(bandwidth, latency)
+        elif figures.endswith(".json") or Path(figures).is_file():
+            links[scenario.device_pair(pair)], client = load_link_with_client(figures)
+            client_link = client or client_link
+        else:
+            raise PartitionerError(f"--link {pair}={figures} must look like A-B=BW,LAT or A-B=FILE.json.")
     memory = {name: parse_size_bytes(size) for name, size in _pairs(memory_limit, "--memory-limit", "DEVICE=SIZE").items()}
-    return scenario.overridden(links, _pairs(pin, "--pin", "NODE=DEVICE"), memory).validate()
+    return scenario.overridden(links, _pairs(pin, "--pin", "NODE=DEVICE"), memory, client_link).validate()
 
 
 def _pairs(values: list[str] | None, option: str, shape: str) -> dict[str, str]:

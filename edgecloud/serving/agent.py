@@ -21,7 +21,18 @@ takes from that sender. A request whose deadline passed before it arrived is ans
 Rejections are logged one line each, rate-limited (`edgecloud.serving.log_limit`).
 
 Why one executor thread per agent: paho delivers messages on its network thread, which must never block
-(or keepalives and acknowledgements stall), so the callback only queues; stages run on the executor.
+(or keepalives and acknowledgements stall), so the callback queues; stages run on the executor. A
+message that can run no stage here (a sink's answer, a forward by a device whose stages do not take
+those tensors, an acknowledgement), no larger than INLINE_MAX_BYTES, is handled on paho's thread
+itself when the executor is idle: routing and one publish, no onnxruntime. That saves the thread
+hand-off (a wake-up and a GIL switch) on those hops; one lock keeps the request table single-writer.
+What a hop costs beyond the transport is measured by bench/agent_hop.py; on two shared cores every
+microsecond of Python in any process is on the critical path, so the per-message work is kept small:
+topics are built once per destination (and per client inbox), the inbox is a `queue.SimpleQueue`, a
+stage's outgoing trace is encoded once for all its destinations, and the header's absolute `deadline`
+is no longer sent (receivers use `meta.budget_s`; one from an older sender is still honoured, see
+`edgecloud.serving.deadlines`). A broker's refusal of a message (MQTT 5 PUBACK) is counted in
+`stats["refused"]` and logged through the rate limit.
 Requests still overlap across devices (pipelining): while the cloud runs request 1, the edge runs
 request 2. The pending-request table is bounded and every entry expires at its deadline.
 
@@ -46,6 +57,7 @@ import threading
 import time
 from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
@@ -58,7 +70,7 @@ from edgecloud.errors import EdgecloudError, TransportError, WireFormatError
 from edgecloud.serving.link_emulation import LinkEmulator
 from edgecloud.serving.log_limit import RateLimitedLog
 from edgecloud.serving.stage_runner import StageRunner
-from edgecloud.serving.trace import CLIENT, TraceEvent, encode_trace, merge, parse_trace, stage_event, transfer_event
+from edgecloud.serving.trace import CLIENT, TraceLog, stage_event, transfer_event
 from edgecloud.transport.mqtt import MqttTransport, TransportOptions
 from edgecloud.transport.topics import DEFAULT_DEPLOYMENT, inbox_filter, parse_device_topic, reply_topic, sender_topic
 from edgecloud.transport.wire import DEFAULT_LIMITS, Message, WireLimits
@@ -68,6 +80,9 @@ from partitioner.split.manifest import SplitManifest, StageOutput, TensorSpec, c
 logger = logging.getLogger(__name__)
 
 _STOP = object()
+_WAKE = object()  # a timer was set off the executor: it recomputes how long to sleep
+MAX_REPLY_TOPICS = 1024  # checked reply_to topics remembered with the topic we answer them on
+INLINE_MAX_BYTES = 256 * 2**10  # larger messages go to the executor: encoding them would hold paho's thread
 
 
 @dataclass(frozen=True)
@@ -98,7 +113,7 @@ class _Request:
     handed_on_s: float | None = None  # source: when the inputs went on to the other devices
     tensors: dict[str, np.ndarray] = field(default_factory=dict)
     done_stages: set[int] = field(default_factory=set)
-    trace: list[TraceEvent] = field(default_factory=list)
+    trace: TraceLog = field(default_factory=TraceLog)
     answered: bool = False
 
 
@@ -123,9 +138,18 @@ class DeviceAgent:
         self.is_sink = device == manifest.sink
         self.stages = manifest.stages_of(device)
         self.topic = inbox_filter(options.deployment, device)
+        self._device_topics = {name: sender_topic(options.deployment, name, device)
+                               for name in manifest.devices if name != device}
+        self._reply_topics: dict[str, str] = {}  # a checked reply_to -> where this device answers it
         self._transport = MqttTransport(broker_url, client_id=f"{options.deployment}-{device}",
                                         options=transport_options, limits=limits)
         self._expected_from = self._tensors_by_sender()
+        stage_inputs = {item.tensor for stage in self.stages for item in stage.inputs}
+        self._forward_only_from = frozenset(sender for sender, tensors in self._expected_from.items()
+                                            if not tensors & stage_inputs)  # their tensors feed no stage here
+        self._inputs_feed_no_stage = not {spec.name for spec in manifest.graph_inputs} & stage_inputs
+        self._state_lock = threading.Lock()  # the request table has one writer at a time (see the docstring)
+        self._executor_wakes_s = 0.0  # when the idle executor looks at its timers next
         self._stages_of = {name: {stage.index for stage in manifest.stages_of(name)} for name in manifest.devices}
         self._runner: StageRunner | None = None
         self.fallback_margin_s = 0.0
@@ -135,7 +159,7 @@ class DeviceAgent:
         self._clocks = SenderClocks()
         self._opened: Counter[str] = Counter()
         self._log = RateLimitedLog(logger)
-        self._inbox: queue.Queue[object] = queue.Queue(options.inbox_size)
+        self._inbox: queue.SimpleQueue[object] = queue.SimpleQueue()  # bounded by _on_message
         self._pending: OrderedDict[str, _Request] = OrderedDict()
         self._finished: OrderedDict[str, None] = OrderedDict()
         self._timers: list[tuple[float, str]] = []
@@ -219,13 +243,36 @@ class DeviceAgent:
     # -- network thread -------------------------------------------------------------------------
 
     def _on_message(self, message: Message, topic: str) -> None:
-        """paho's thread: timestamp and queue, nothing else (it must never block)."""
-        try:
-            self._inbox.put_nowait((message, topic, time.time()))
-        except queue.Full:
+        """paho's thread: handle a message that runs no stage at once if the executor is idle, else
+        timestamp and queue it (this thread must never block)."""
+        if (self._inbox.qsize() == 0 and self._runs_no_stage(message)
+                and self._state_lock.acquire(blocking=False)):
+            try:
+                self.stats["handled_inline"] += 1
+                self._handle_safely(message, topic, time.time())
+            finally:
+                self._state_lock.release()
+        elif self._inbox.qsize() < self.options.inbox_size:
+            self._inbox.put((message, topic, time.time()))
+        else:
             self.stats["dropped"] += 1
             self._log.warning("agent %s dropped request %s: its inbox of %d messages is full", self.device,
                               message.request_id, self.options.inbox_size)
+
+    def _runs_no_stage(self, message: Message) -> bool:
+        """Whether handling `message` certainly runs no onnxruntime stage here (nor the fallback)."""
+        if sum(int(array.nbytes) for array in message.tensors.values()) > INLINE_MAX_BYTES:
+            return False
+        if message.kind == "activation":
+            return message.sender in self._forward_only_from
+        if message.kind == "request":
+            if not self._inputs_feed_no_stage:
+                return False
+            if not self.options.fallback:
+                return True
+            budget_s = finite_float(message.meta.get("budget_s"))  # a short one is served locally at once
+            return time.time() >= self._local_until_s and (budget_s is None or budget_s > 2 * self.fallback_margin_s)
+        return message.kind == "result"
 
     # -- executor thread ------------------------------------------------------------------------
 
@@ -233,30 +280,37 @@ class DeviceAgent:
         next_sweep_s = time.time() + 0.5
         while True:
             now = time.time()
-            wait_s = min(next_sweep_s, self._timers[0][0] if self._timers else next_sweep_s) - now
+            with self._state_lock:
+                self._executor_wakes_s = min(next_sweep_s, self._timers[0][0] if self._timers else next_sweep_s)
             try:
-                item = self._inbox.get(timeout=max(wait_s, 0.0))
+                item = self._inbox.get(timeout=max(self._executor_wakes_s - now, 0.0))
             except queue.Empty:
                 item = None
             if item is _STOP:
                 return
-            if item is not None:
-                message, topic, received_s = item  # type: ignore[misc]
-                try:
-                    self._handle(message, topic, received_s)
-                except Exception as error:  # one bad request must not end the agent, nor flood its log
-                    logger.debug("agent %s failed on request %s", self.device, message.request_id, exc_info=True)
-                    self._log.warning("agent %s failed on request %s: %s: %s", self.device, message.request_id,
-                                      type(error).__name__, error)
-                    self._fail(message.request_id, "internal error in the agent; see its log")
-            now = time.time()
-            while self._timers and self._timers[0][0] <= now:
-                _, request_id = heapq.heappop(self._timers)
-                self._fall_back(request_id)
-            if now >= next_sweep_s:
-                self._expire(now)
-                self._log.flush()
-                next_sweep_s = now + 0.5
+            if item is _WAKE:
+                item = None
+            with self._state_lock:
+                if item is not None:
+                    self._handle_safely(*item)  # type: ignore[misc]
+                now = time.time()
+                while self._timers and self._timers[0][0] <= now:
+                    _, request_id = heapq.heappop(self._timers)
+                    self._fall_back(request_id)
+                if now >= next_sweep_s:
+                    self._expire(now)
+                    self._log.flush()
+                    next_sweep_s = now + 0.5
+
+    def _handle_safely(self, message: Message, topic: str, received_s: float) -> None:
+        """`_handle`, with the lock held; one bad request must not end the agent, nor flood its log."""
+        try:
+            self._handle(message, topic, received_s)
+        except Exception as error:
+            logger.debug("agent %s failed on request %s", self.device, message.request_id, exc_info=True)
+            self._log.warning("agent %s failed on request %s: %s: %s", self.device, message.request_id,
+                              type(error).__name__, error)
+            self._fail(message.request_id, "internal error in the agent; see its log")
 
     def _handle(self, message: Message, topic: str, received_s: float) -> None:
         problem = self._routing_problem(message, topic)
@@ -278,13 +332,16 @@ class DeviceAgent:
         topic_sender = topic.rpartition("/")[2]
         if message.sender != topic_sender:
             return f"its header names sender {message.sender!r} but it came on {topic}, the topic of {topic_sender!r}"
-        if message.reply_to is not None:
+        if message.reply_to is not None and message.reply_to not in self._reply_topics:
             try:
                 deployment, _ = parse_device_topic(message.reply_to)
             except TransportError as error:
                 return f"its reply_to is not usable: {error}"
             if deployment != self.options.deployment:
                 return f"its reply_to {message.reply_to!r} is outside deployment {self.options.deployment!r}"
+            if len(self._reply_topics) >= MAX_REPLY_TOPICS:
+                self._reply_topics.clear()
+            self._reply_topics[message.reply_to] = reply_topic(message.reply_to, self.device)
         return None
 
     def _reject(self, message: Message, reason: str) -> None:
@@ -333,7 +390,10 @@ class DeviceAgent:
             request.tensors.update(message.tensors)
             return self._fall_back(message.request_id)
         if fall_back:
-            heapq.heappush(self._timers, (request.deadline - self.fallback_margin_s, message.request_id))
+            due_s = request.deadline - self.fallback_margin_s
+            heapq.heappush(self._timers, (due_s, message.request_id))
+            if due_s < self._executor_wakes_s and threading.current_thread() is not self._executor:
+                self._inbox.put(_WAKE)  # handled inline: the sleeping executor must learn of this timer
         request.handed_on_s = time.time()
         self._hand_on(request, self.manifest.source_outputs, dict(message.tensors), from_stage=None)
         self._advance(request)
@@ -398,14 +458,14 @@ class DeviceAgent:
         return request
 
     def _note_arrival(self, request: _Request, message: Message, received_s: float) -> None:
-        merge(request.trace, parse_trace(message.meta.get("trace")))
+        request.trace.merge_raw(message.meta.get("trace"))
         sent_s = finite_float(message.meta.get("sent_s"))
         from_stage = message.meta.get("from_stage")  # checked by _activation_problem
         if sent_s is not None:
             n_bytes = sum(int(array.nbytes) for array in message.tensors.values())
             sender = CLIENT if message.kind == "request" else message.sender
-            merge(request.trace, [transfer_event(sender, self.device, sent_s, received_s, n_bytes,
-                                                 from_stage if message.kind == "activation" else None)])
+            request.trace.add(transfer_event(sender, self.device, sent_s, received_s, n_bytes,
+                                             from_stage if message.kind == "activation" else None))
 
     def _advance(self, request: _Request) -> None:
         """Run every stage of this device whose inputs are all present, until none is; answer if sink."""
@@ -426,7 +486,7 @@ class DeviceAgent:
                     return
                 request.done_stages.add(stage.index)
                 self.stats["stages_run"] += 1
-                request.trace.append(stage_event(stage.index, self.device, started_s, time.time()))
+                request.trace.add(stage_event(stage.index, self.device, started_s, time.time()))
                 self._hand_on(request, stage.outputs, outputs, from_stage=stage.index)
                 progressed = True
         if self.is_sink and not request.answered and all(item.tensor in request.tensors
@@ -444,12 +504,15 @@ class DeviceAgent:
         for item in outputs:
             for device in sorted(item.devices(self.manifest.sink) - {self.device}):
                 outgoing[device][item.tensor] = values[item.tensor]
+        if not outgoing:
+            return
+        trace = request.trace.snapshot()  # once for every destination
         for device, tensors in outgoing.items():
             now = time.time()
             self._send(device, Message(kind="activation", request_id=request.request_id, sender=self.device,
-                                       tensors=tensors, reply_to=request.reply_to, deadline=request.deadline,
-                                       meta={"trace": encode_trace(request.trace), "sent_s": now,
-                                             "budget_s": request.deadline - now, "from_stage": from_stage}))
+                                       tensors=tensors, reply_to=request.reply_to,
+                                       meta={"trace": trace, "sent_s": now, "budget_s": request.deadline - now,
+                                             "from_stage": from_stage}))
 
     def _send(self, device: str, message: Message) -> None:
         if self._emulator is not None:
@@ -458,12 +521,25 @@ class DeviceAgent:
             self._publish_to_device(device, message)
 
     def _publish_to_device(self, device: str, message: Message) -> None:
+        self._publish(self._device_topics[device], message)
+
+    def _publish(self, topic: str, message: Message) -> None:
+        """Publish; a failure is logged (rate-limited), never raised: the request is not lost, the
+        source's fallback (or the client's deadline) covers it."""
         try:
-            self._transport.publish_message(sender_topic(self.options.deployment, device, self.device), message)
+            acked = self._transport.publish_message(topic, message)
         except (TransportError, WireFormatError) as error:
-            # The request is not lost: the source's fallback (or the client's deadline) covers it.
             self._log.warning("agent %s could not send request %s to %s: %s", self.device, message.request_id,
-                              device, error)
+                              topic, error)
+            return
+        acked.add_done_callback(lambda done: self._on_acked(done, message.request_id))
+
+    def _on_acked(self, acked: Future[None], request_id: str) -> None:
+        """paho's thread: an MQTT 5 broker refused a message (e.g. its ACL); counted and rate-limited."""
+        error = acked.exception()
+        if error is not None:
+            self.stats["refused"] += 1
+            self._log.warning("agent %s: the broker refused a message of request %s: %s", self.device, request_id, error)
 
     def _answer(self, request: _Request, fell_back: bool) -> None:
         request.answered = True
@@ -473,7 +549,7 @@ class DeviceAgent:
             return
         self.stats["fell_back" if fell_back else "answered"] += 1
         outputs = {spec.name: request.tensors[spec.name] for spec in self.manifest.graph_outputs}
-        meta = {"trace": encode_trace(request.trace), "sent_s": time.time(), "fell_back": fell_back}
+        meta = {"trace": request.trace.snapshot(), "sent_s": time.time(), "fell_back": fell_back}
         self._publish_reply(request.reply_to, Message(kind="result", request_id=request.request_id,
                                                       sender=self.device, tensors=outputs, meta=meta))
         if not self.is_source:
@@ -486,10 +562,10 @@ class DeviceAgent:
                                                   meta={"error": reason}))
 
     def _publish_reply(self, reply_to: str, message: Message) -> None:
-        try:
-            self._transport.publish_message(reply_topic(reply_to, self.device), message)
-        except (TransportError, WireFormatError) as error:
-            self._log.warning("agent %s could not answer request %s: %s", self.device, message.request_id, error)
+        topic = self._reply_topics.get(reply_to)
+        if topic is None:  # checked by _routing_problem when it arrived, forgotten since (the cache was full)
+            topic = reply_topic(reply_to, self.device)
+        self._publish(topic, message)
 
     def _fail(self, request_id: str, reason: str) -> None:
         request = self._pending.get(request_id)
@@ -512,7 +588,8 @@ class DeviceAgent:
             self._reply_error(request_id, request.reply_to, str(error))
             self._finish(request_id)
             return
-        request.trace.extend(stage_event(index, self.device, started_s, ended_s) for index, started_s, ended_s in ran)
+        for index, started_s, ended_s in ran:
+            request.trace.add(stage_event(index, self.device, started_s, ended_s))
         logger.info("agent %s fell back on request %s: ran stage(s) %s itself", self.device, request_id,
                     [index for index, _, _ in ran])
         self._answer(request, fell_back=True)

@@ -19,20 +19,20 @@ acknowledged the request at all.
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 
 from edgecloud.errors import EdgecloudError, TransportError
 from edgecloud.serving.deadlines import finite_float
+from edgecloud.serving.expiry import ExpiryTimer
 from edgecloud.serving.trace import CLIENT, TraceEvent, parse_trace, transfer_event
 from edgecloud.transport.mqtt import MqttTransport, Requester, TransportOptions
 from edgecloud.transport.topics import DEFAULT_DEPLOYMENT, device_topic, sender_topic
@@ -48,12 +48,24 @@ AGENT_DEADLINE_WAIT_S = 60.0
 MAX_REASON_CHARS = 500
 
 
-@dataclass
 class RequestTimings:
-    """Where one request's time went, as measured by the agents and the client."""
+    """Where one request's time went, as measured by the agents and the client.
 
-    total_s: float
-    events: list[TraceEvent] = field(default_factory=list)
+    The agents' trace is parsed (and checked entry by entry) when `events` is first read, not for
+    every answer: that was ~10 % of the client's CPU per request (bench/agent_hop.py), and most callers
+    never look."""
+
+    def __init__(self, total_s: float, raw_trace: Any = None, last_hop: TraceEvent | None = None) -> None:
+        self.total_s = total_s
+        self._raw_trace = raw_trace
+        self._last_hop = last_hop
+        self._events: list[TraceEvent] | None = None
+
+    @property
+    def events(self) -> list[TraceEvent]:
+        if self._events is None:
+            self._events = parse_trace(self._raw_trace) + ([] if self._last_hop is None else [self._last_hop])
+        return self._events
 
     @property
     def stages(self) -> list[TraceEvent]:
@@ -92,6 +104,7 @@ class InferenceClient:
         self._max_in_flight = max_in_flight
         self._requester: Requester | None = None
         self._source_topic = sender_topic(deployment, self.manifest.source, self.client_name)
+        self._timeouts = ExpiryTimer(f"{self.client_name}-timeouts")  # one thread for every request's timeout
 
     def connect(self) -> Self:
         self._transport.connect()
@@ -101,6 +114,8 @@ class InferenceClient:
 
     def close(self) -> None:
         self._transport.close()
+        self._timeouts.close()
+        self._timeouts = ExpiryTimer(f"{self.client_name}-timeouts")  # a client may connect again
         self._requester = None
 
     def __enter__(self) -> Self:
@@ -134,17 +149,16 @@ class InferenceClient:
             raise TransportError("the inference client is not connected; use it as a context manager or call connect()")
         request_id = uuid.uuid4().hex
         sent_s = time.time()
-        # The budget is relative, so that the agents' clocks need not agree with ours (edgecloud.serving.deadlines).
+        # The budget is relative, so that the agents' clocks need not agree with ours (edgecloud.serving.deadlines);
+        # the header's absolute `deadline` is left empty (agents still honour it from older clients).
         meta = {"sent_s": sent_s} if deadline_s is None else {"sent_s": sent_s, "budget_s": deadline_s}
         message = Message(kind="request", request_id=request_id, sender=self.client_name,
-                          tensors=self.named_inputs(inputs), meta=meta,
-                          deadline=None if deadline_s is None else sent_s + deadline_s)
+                          tensors=self.named_inputs(inputs), meta=meta)
         wait_s = AGENT_DEADLINE_WAIT_S if deadline_s is None else deadline_s
         reply_future = self._requester.submit(self._source_topic, message, timeout_s=wait_s)
         result: Future[InferenceResult] = Future()
-        timer = threading.Timer(wait_s + REPLY_GRACE_S, self._expire, (reply_future, result, request_id, wait_s))
-        timer.daemon = True
-        timer.start()
+        timer = self._timeouts.schedule(wait_s + REPLY_GRACE_S,
+                                        lambda: self._expire(reply_future, result, request_id, wait_s))
 
         def on_reply(done: Future[Message]) -> None:
             timer.cancel()
@@ -181,12 +195,12 @@ class InferenceClient:
         expected = {spec.name for spec in self.manifest.graph_outputs}
         if set(reply.tensors) != expected:
             raise EdgecloudError(f"the answer carries {sorted(reply.tensors)}, the model's outputs are {sorted(expected)}")
-        events = parse_trace(reply.meta.get("trace"))
         reply_sent_s = finite_float(reply.meta.get("sent_s"))
+        last_hop = None
         if reply_sent_s is not None:
             n_bytes = sum(int(array.nbytes) for array in reply.tensors.values())
-            events.append(transfer_event(reply.sender, CLIENT, reply_sent_s, received_s, n_bytes))
+            last_hop = transfer_event(reply.sender, CLIENT, reply_sent_s, received_s, n_bytes)
         return InferenceResult(outputs={name: np.array(array) for name, array in reply.tensors.items()},
                                fell_back=reply.meta.get("fell_back") is True,
-                               timings=RequestTimings(total_s=received_s - sent_s, events=events),
+                               timings=RequestTimings(received_s - sent_s, reply.meta.get("trace"), last_hop),
                                answered_by=reply.sender)

@@ -9,14 +9,13 @@ link. Network namespaces with `tc` shaping (docs/architecture.md §7) are the fa
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
 
 from devices.profiles import LinkKey, LinkProfile
+from edgecloud.serving.expiry import ExpiryTimer
 
 logger = logging.getLogger(__name__)
 
@@ -27,18 +26,14 @@ def links_of(device: str, plan_links: Mapping[LinkKey, LinkProfile]) -> dict[str
 
 
 class LinkEmulator:
-    """Releases each submitted send when its emulated transfer ends, from one worker thread."""
+    """Releases each submitted send when its emulated transfer ends, from one timer thread."""
 
     def __init__(self, links: Mapping[str, LinkProfile], send: Callable[[str, object], None]) -> None:
         self.links = dict(links)
         self._send = send
         self._busy_until_s: dict[str, float] = {}
-        self._queue: list[tuple[float, int, str, object]] = []
-        self._order = itertools.count()
-        self._condition = threading.Condition()
-        self._closed = False
-        self._worker = threading.Thread(target=self._run, name="link-emulator", daemon=True)
-        self._worker.start()
+        self._lock = threading.Lock()
+        self._timer = ExpiryTimer("link-emulator")  # due times in submit order per link: sends stay in order
 
     def submit(self, device: str, item: object, n_bytes: int) -> None:
         """Send `item` to `device` once the link has carried it (at once when no link is emulated)."""
@@ -46,32 +41,22 @@ class LinkEmulator:
         if link is None:
             self._send(device, item)
             return
-        with self._condition:
+        with self._lock:
             now = time.monotonic()
             # The link serialises messages: this one starts when the previous one has left.
             leaves_s = max(now, self._busy_until_s.get(device, now)) + link.serialisation_s(n_bytes)
             self._busy_until_s[device] = leaves_s
-            heapq.heappush(self._queue, (leaves_s + link.latency_s, next(self._order), device, item))
-            self._condition.notify()
+            self._timer.schedule(leaves_s + link.latency_s - now, lambda: self._release(device, item))
 
     def close(self) -> None:
         """Stop the worker; sends still held back are dropped (the agent is shutting down)."""
-        with self._condition:
-            self._closed = True
-            self._condition.notify()
-        self._worker.join()
+        in_transit = self._timer.pending()
+        if in_transit:
+            logger.info("link emulator dropped %d message(s) still in transit", in_transit)
+        self._timer.close()
 
-    def _run(self) -> None:
-        while True:
-            with self._condition:
-                while not self._closed and (not self._queue or self._queue[0][0] > time.monotonic()):
-                    self._condition.wait(None if not self._queue else self._queue[0][0] - time.monotonic())
-                if self._closed:
-                    if self._queue:
-                        logger.info("link emulator dropped %d message(s) still in transit", len(self._queue))
-                    return
-                _, _, device, item = heapq.heappop(self._queue)
-            try:
-                self._send(device, item)
-            except Exception:  # a failed send must not stop the link
-                logger.exception("emulated link to %s failed to send", device)
+    def _release(self, device: str, item: object) -> None:
+        try:
+            self._send(device, item)
+        except Exception:  # a failed send must not stop the link
+            logger.exception("emulated link to %s failed to send", device)

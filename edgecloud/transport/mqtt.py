@@ -306,7 +306,9 @@ class MqttTransport:
         if not reason.is_failure:
             acked.set_result(None)
             return
-        logger.warning("broker refused the message %s published to %s: %s", self.client_id, topic, reason.getName())
+        # Not a warning here: a peer can make the broker refuse at will, so the caller, which gets the
+        # error from the future, decides how loudly to say so (the agents: rate-limited).
+        logger.debug("broker refused the message %s published to %s: %s", self.client_id, topic, reason.getName())
         acked.set_exception(TransportError(
             f"broker refused the message to {topic}: {reason.getName()} (with the fleet's ACL a login may write "
             f"only edgecloud/<deployment>/<device>/in/<its own name>)."))

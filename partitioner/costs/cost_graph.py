@@ -9,7 +9,13 @@ evaluation works on it, so they all read the transfer semantics from one place.
 
 Transfer semantics: a tensor produced on device k is sent directly from k to every OTHER device that
 needs it (a consumer runs there, or the tensor is a graph output and that device is the sink), once per
-destination device, costing `LinkProfile.transfer_time_s(bytes)` = `8 * bytes / bandwidth_bps + latency_s`.
+destination device, costing `LinkProfile.transfer_time_s(bytes)` = `8 * bytes / bandwidth_bps + latency_s` plus what the hosts and
+brokers add per message (`message_s + broker_s + host_s_per_byte * bytes`, 0 unless calibrated). A tensor is
+charged as one message: the agents send one message per (stage, destination) holding all its tensors, so
+for a stage that sends k tensors to one device the fixed part is counted k times (exact for chains).
+The client's two hops (inputs to the source, outputs back from the sink) cost the same for every
+placement; with a `client_link` they are priced (`CostArrays.fixed_s`) so that the prediction is the
+latency a client sees, without them (None, files from before) the prediction starts at the source.
 Where the devices, links, pins and memory limits come from is `partitioner.costs.scenario`'s business.
 """
 
@@ -65,6 +71,7 @@ class CostGraph:
     nodes: dict[str, CostNode]
     tensors: dict[str, CostTensor]
     model: str | None = None  # ONNX path when built from a model
+    client_link: LinkProfile | None = None  # the client's hops to the source and from the sink (None: unpriced)
     model_sha256: str | None = None  # of that file when its costs were taken: plans record it, splits check it
 
     def __post_init__(self) -> None:
@@ -138,6 +145,7 @@ class CostGraph:
                         for name, t in self.tensors.items()},
             **({"model": model} if model is not None else {}),
             **({"model_sha256": self.model_sha256} if self.model_sha256 is not None else {}),
+            **({"client_link": self.client_link.to_dict()} if self.client_link is not None else {}),
         }
 
     def save(self, path: str | Path) -> None:
@@ -165,7 +173,9 @@ class CostGraph:
             graph = cls(devices={str(k): dict(v or {}) for k, v in data["devices"].items()}, links=links,
                         source=_optional_name(data["source"], "source"),
                         sink=_optional_name(data.get("sink", data["source"]), "sink"), nodes=nodes, tensors=tensors,
-                        model=data.get("model"), model_sha256=_optional_name(data.get("model_sha256"), "model_sha256"))
+                        model=data.get("model"), model_sha256=_optional_name(data.get("model_sha256"), "model_sha256"),
+                        client_link=None if data.get("client_link") is None
+                        else LinkProfile.from_dict(data["client_link"], "the cost graph's client_link"))
         except DeviceError as error:  # a link's sentence names it already
             raise PartitionerError(str(error)) from None
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as error:
@@ -268,6 +278,7 @@ class CostArrays:
     source: int
     sink: int
     transfer_s: np.ndarray = field(repr=False)  # (T, d, d)
+    fixed_s: float = 0.0  # what every placement pays alike: the client's hops (see the module docstring)
 
     @property
     def n_nodes(self) -> int:
@@ -348,8 +359,18 @@ def to_arrays(graph: CostGraph) -> CostArrays:
         pin=pin, producer=producer, tensor_bytes=tensor_bytes, is_output=is_output,
         use_tensor=np.array(use_tensor, dtype=np.int64), use_node=np.array(use_node, dtype=np.int64),
         source=device_index[graph.source],
-        sink=device_index[graph.sink], transfer_s=transfer_s,
+        sink=device_index[graph.sink], transfer_s=transfer_s, fixed_s=sum(client_hops_s(graph)),
     )
+
+
+def client_hops_s(graph: CostGraph) -> tuple[float, float]:
+    """Seconds of the client's request (every graph input in one message) and of the answer (every graph
+    output); (0, 0) without a client link."""
+    if graph.client_link is None:
+        return 0.0, 0.0
+    inputs = sum(t.bytes for t in graph.tensors.values() if t.producer is None)
+    outputs = sum(t.bytes for t in graph.tensors.values() if t.output)
+    return float(graph.client_link.transfer_time_s(inputs)), float(graph.client_link.transfer_time_s(outputs))
 
 
 def _binding_limit(limit_bytes: float, total_bytes: float) -> float:

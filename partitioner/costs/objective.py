@@ -1,11 +1,13 @@
 """What a given placement costs: the one definition every solver, baseline and test recomputes against.
 
 A placement is an int array (node index in `CostArrays` order -> device index). The objectives:
-- latency: all compute times on their devices plus every transfer (layers run one after another);
+- latency: all compute times on their devices plus every transfer (layers run one after another), plus
+  the client's hops (`CostArrays.fixed_s`, the same for every placement);
 - throughput: the busiest resource's seconds per request in a pipelined stream, where the resources are
   each device (its compute) and each directed link (the transfers it carries, full duplex);
 - makespan: one request, independent branches in parallel on different devices, one node at a time per
-  device, a consumer starting once its inputs have arrived (`schedule_makespan_s`).
+  device, a consumer starting once its inputs have arrived (`schedule_makespan_s`), plus the client's hops.
+The client's hops are no pipeline resource of ours (the client's own link), so throughput leaves them out.
 Each is one `Objective` record in `OBJECTIVES`, the registry every solver, baseline and command reads:
 what a name means is decided here once, and a name not in it is refused before any work starts.
 """
@@ -71,7 +73,8 @@ def link_busy_s(arrays: CostArrays, placement: np.ndarray) -> np.ndarray:
 
 
 def latency_s(arrays: CostArrays, placement: np.ndarray) -> float:
-    return float(compute_s_per_device(arrays, placement).sum() + transfers(arrays, placement).seconds.sum())
+    return float(compute_s_per_device(arrays, placement).sum() + transfers(arrays, placement).seconds.sum()
+                 + arrays.fixed_s)
 
 
 def throughput_s(arrays: CostArrays, placement: np.ndarray) -> float:
@@ -126,7 +129,7 @@ def schedule_makespan_s(arrays: CostArrays, placement: np.ndarray, order: list[i
         else:
             arrival = arrays.transfer_s[tensor, arrays.source, arrays.sink]
         makespan = max(makespan, float(arrival))
-    return makespan, start_s
+    return makespan + arrays.fixed_s, start_s
 
 
 def list_schedule_makespan_s(arrays: CostArrays, placement: np.ndarray) -> float:

@@ -23,7 +23,7 @@ from partitioner.errors import PartitionerError
 class Scenario:
     """Devices (name -> profile dict), links (keyed by `link_key`, in whatever order given), source and
     sink device, pins (node -> device; an ONNX node id names the layer holding it) and memory limits
-    (device -> bytes, replacing the profile's `memory_bytes`)."""
+    (device -> bytes, replacing the profile's `memory_bytes`), and the client's link (see `CostGraph.client_link`)."""
 
     devices: Mapping[str, Mapping[str, Any]]
     links: Mapping[tuple[str, str], LinkProfile]
@@ -31,6 +31,7 @@ class Scenario:
     sink: str
     pins: Mapping[str, str] = field(default_factory=dict)
     memory_limits_bytes: Mapping[str, int] = field(default_factory=dict)
+    client_link: LinkProfile | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "links", keyed_links(self.links))
@@ -45,14 +46,17 @@ class Scenario:
     @classmethod
     def of_graph(cls, graph: CostGraph) -> Scenario:
         """The scenario a cost graph was built on (its nodes keep their own pins)."""
-        return cls(graph.devices, graph.links, graph.source, graph.sink)
+        return cls(graph.devices, graph.links, graph.source, graph.sink, client_link=graph.client_link)
 
     def overridden(self, links: Mapping[tuple[str, str], LinkProfile] | None = None,
                    pins: Mapping[str, str] | None = None,
-                   memory_limits_bytes: Mapping[str, int] | None = None) -> Scenario:
-        """The same scenario with these links, pins and memory limits given on top (each wins over the old)."""
+                   memory_limits_bytes: Mapping[str, int] | None = None,
+                   client_link: LinkProfile | None = None) -> Scenario:
+        """The same scenario with these links, pins, memory limits and client link given on top (each
+        wins over the old)."""
         return replace(self, links={**self.links, **keyed_links(links or {})}, pins={**self.pins, **(pins or {})},
-                       memory_limits_bytes={**self.memory_limits_bytes, **(memory_limits_bytes or {})})
+                       memory_limits_bytes={**self.memory_limits_bytes, **(memory_limits_bytes or {})},
+                       client_link=self.client_link if client_link is None else client_link)
 
     def device_pair(self, text: str) -> LinkKey:
         """The two devices `A-B` names; device names may contain '-', so the split is the one naming two."""
@@ -92,4 +96,5 @@ class Scenario:
                 raise PartitionerError(f"a pin names the unknown node {node!r}.")
             pinned[layer] = replace(pinned[layer], pin=device)
         return CostGraph(devices=self.device_specs(), links=dict(self.links), source=self.source, sink=self.sink,
-                         nodes=pinned, tensors=dict(tensors), model=model, model_sha256=model_sha256).validate()
+                         nodes=pinned, tensors=dict(tensors), model=model, model_sha256=model_sha256,
+                         client_link=self.client_link).validate()

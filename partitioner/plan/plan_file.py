@@ -17,7 +17,7 @@ import numpy as np
 from devices.errors import DeviceError
 from devices.json_files import read_json_file, write_json_file
 from devices.profiles import LinkKey, LinkProfile, links_from_list, links_to_list
-from partitioner.costs.cost_graph import CostArrays, CostGraph
+from partitioner.costs.cost_graph import CostArrays, CostGraph, client_hops_s
 from partitioner.costs.objective import compute_s_per_device, transfers
 from partitioner.errors import PartitionerError
 from partitioner.graph.model_identity import file_sha256
@@ -129,6 +129,10 @@ def build_plan(graph: CostGraph, arrays: CostArrays, solution: Solution, baselin
         transfer_s[key] = transfer_s.get(key, 0.0) + float(seconds)
         crossing.append({"tensor": arrays.tensor_names[t], "from": names[k], "to": names[l],
                          "bytes": int(arrays.tensor_bytes[t]), "seconds": float(seconds)})
+    request_s, answer_s = client_hops_s(graph)
+    if request_s or answer_s:  # priced only with a client link; the same for every placement
+        transfer_s[f"client->{graph.source}"] = request_s
+        transfer_s[f"{graph.sink}->client"] = answer_s
     compute = compute_s_per_device(arrays, placement)
     schedule = None
     if solution.start_s is not None:

@@ -230,7 +230,7 @@ def brute_force(arrays: CostArrays, objective: str | Objective) -> tuple[np.ndar
         for l in range(d):
             links[rows, home, l] += np.where(needed[:, l], arrays.transfer_s[t, home, l], 0.0)
     if objective.formulation == "sum":
-        value = compute.sum(axis=1) + links.sum(axis=(1, 2))
+        value = compute.sum(axis=1) + links.sum(axis=(1, 2)) + arrays.fixed_s  # as objective.latency_s
     else:  # the busiest resource
         value = np.maximum(compute.max(axis=1), links.reshape(count, -1).max(axis=1))
     memory = np.zeros((count, d))
