@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 
 @contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
+def sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM ends the demo like Ctrl-C does: through every `finally`, so no child outlives it."""
 
     def interrupt(*_: Any) -> None:
@@ -75,7 +75,7 @@ def demo(
     console = Console()
     console.print(f"[bold]edgecloud demo[/]: {model} on edge={edge} + cloud={cloud}, link "
                   f"{settings.bandwidth_bps / 1e6:g} Mbit/s and {settings.latency_s * 1e3:g} ms")
-    with _sigterm_as_interrupt():
+    with sigterm_as_interrupt():
         try:
             if workdir is not None:
                 workdir.mkdir(parents=True, exist_ok=True)
