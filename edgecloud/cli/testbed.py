@@ -16,7 +16,9 @@ from edgecloud.cli.options import COUNT_MAX, SEED_BOUNDS, THREADS_MAX
 from edgecloud.cli.user_errors import writable_output
 
 if TYPE_CHECKING:
-    from edgecloud.cli.testbed_steps import Cell
+    from rich.console import Console
+
+    from edgecloud.cli.testbed_steps import Cell, TestbedSettings
 
 # The cloud namespace runs at this host's speed, and a quota can slow a host but not speed it up: the
 # cloud's profile is therefore this host, measured (`host`), unless another is asked for.
@@ -69,7 +71,7 @@ def testbed(
             raise typer.Exit(code=130) from None
 
 
-def _run(settings: "TestbedSettings", workdir: Path, json_path: Path | None, plot: Path | None) -> None:  # noqa: F821
+def _run(settings: "TestbedSettings", workdir: Path, json_path: Path | None, plot: Path | None) -> None:
     import time
 
     from rich.console import Console
@@ -107,7 +109,7 @@ def _run(settings: "TestbedSettings", workdir: Path, json_path: Path | None, plo
         console.print(f"plot: {plot}")
 
 
-def _print_cells(console: "Console", cells: list["Cell"], document: dict) -> None:  # noqa: F821
+def _print_cells(console: "Console", cells: list["Cell"], document: dict) -> None:
     from rich.table import Table
 
     from edgecloud.cli.testbed_steps import comparisons

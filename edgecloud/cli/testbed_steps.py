@@ -96,45 +96,59 @@ class Emulation:
                                      "measured_up_bps": measured_rate_bps(self.link, n_bytes, upward=True),
                                      "measured_down_bps": measured_rate_bps(self.link, n_bytes, upward=False)})
 
-    def hold_edge(self, model: str, model_path: Path, predicted_s: float, threads: int, seed: int) -> None:
-        """Calibrate the edge's CPU quota so that the whole model takes `predicted_s` there."""
+    def hold_edge(self, model: str, planned: PlannedModel, threads: int, seed: int) -> None:
+        """Calibrate the edge's CPU quota so that the whole model takes there what the plan's cost graph
+        says it takes on the edge device (the sum of its layers' times)."""
         if self.quota is None:
             return
-        calibration = calibrated_device(self.quota, model_path, predicted_s, threads, seed=seed)
+        predicted_s = sum(node.time_s["edge"] for node in planned.costs.nodes.values())
+        calibration = calibrated_device(self.quota, planned.model_path, predicted_s, threads, seed=seed)
         self.record["devices"].append({"model": model, "device": "edge", **calibration.to_dict()})
+
+
+def emulated_hosts(stack: ExitStack, edge_threads: int, broker_side: Side) -> Emulation:
+    """The emulated edge and cloud hosts, removed when `stack` closes; TestbedError where not permitted."""
+    link = stack.enter_context(EmulatedLink())
+    quota = stack.enter_context(CpuQuota("edge"))
+    hosts = stack.enter_context(EmulatedHosts(link, quota, {"edge": edge_threads}, broker_side))
+    record = {"kind": "namespaces", "link": "veth pair shaped by tbf both ways", "latency_s": 0.0,
+              "latency_note": "no netem in this kernel: no propagation delay, planned at latency 0",
+              "broker": f"Mosquitto on the {broker_side} host", "edge_threads": edge_threads,
+              "device": "edge agent in a cgroup v1 CPU quota calibrated to the whole-model time "
+                        "(mean of back-to-back runs); cloud agent at this host's speed",
+              "links": [], "devices": []}
+    return Emulation(hosts, link, quota, record)
 
 
 @contextmanager
 def emulation(settings: TestbedSettings, warn: Callable[[str], None]) -> Iterator[Emulation]:
-    """The emulated hosts where permitted (else one warning and the software emulation); removed on exit."""
+    """The emulated hosts where permitted, else one warning and the agents' software link emulation
+    through Mosquitto on this host; everything removed on exit."""
     with ExitStack() as stack:
-        link = quota = None
-        if settings.emulate:
-            try:
-                link = stack.enter_context(EmulatedLink())
-                quota = stack.enter_context(CpuQuota("edge"))
-            except TestbedError as error:
-                warn(f"emulated hosts not permitted here ({error}); using the agents' software link emulation, "
-                     "both agents at this host's speed")
-                stack.close()
-                link = quota = None
-        if link is not None:
-            hosts: Hosts = stack.enter_context(EmulatedHosts(link, quota, {"edge": settings.edge_threads},
-                                                             settings.broker_side))
-            record = {"kind": "namespaces", "link": "veth pair shaped by tbf both ways", "latency_s": 0.0,
-                      "latency_note": "no netem in this kernel: no propagation delay, planned at latency 0",
-                      "broker": f"Mosquitto on the {settings.broker_side} host", "edge_threads": settings.edge_threads,
-                      "device": "edge agent in a cgroup v1 CPU quota calibrated to the whole-model time "
-                                "(mean of back-to-back runs); cloud agent at this host's speed",
-                      "links": [], "devices": []}
-        else:
+        found = try_emulated_hosts(stack, settings.edge_threads, settings.broker_side, warn) if settings.emulate else None
+        if found is None:
             from edgecloud.transport.broker import MosquittoBroker
 
             broker = stack.enter_context(MosquittoBroker())
-            hosts = LocalHosts(broker.url)
-            record = {"kind": "software", "link": "the agents delay each message by the plan's link model",
-                      "latency_s": 0.0, "broker": "Mosquitto on this host", "links": [], "devices": []}
-        yield Emulation(hosts, link, quota, record)
+            found = Emulation(LocalHosts(broker.url), None, None,
+                              {"kind": "software", "link": "the agents delay each message by the plan's link model",
+                               "latency_s": 0.0, "broker": "Mosquitto on this host", "links": [], "devices": []})
+        yield found
+
+
+def try_emulated_hosts(stack: ExitStack, edge_threads: int, broker_side: Side,
+                       warn: Callable[[str], None]) -> Emulation | None:
+    """`emulated_hosts`, or None after one warning saying why they are not permitted here."""
+    own = ExitStack()
+    try:
+        found = emulated_hosts(own, edge_threads, broker_side)
+    except TestbedError as error:
+        own.close()
+        warn(f"emulated hosts not permitted here ({error}); falling back to the agents' software link "
+             "emulation, both agents at this host's speed")
+        return None
+    stack.enter_context(own)
+    return found
 
 
 def baseline_placements(planned: PlannedModel) -> dict[str, np.ndarray]:
@@ -185,8 +199,7 @@ def run_model(settings: TestbedSettings, model: str, emulation: Emulation, workd
         planned = plan_profiled(demo, model_path, profile, folder)
         if index == 0:
             on_phase(f"{model}: calibrating the edge's CPU quota")
-            edge_s = sum(node.time_s["edge"] for node in planned.costs.nodes.values())
-            emulation.hold_edge(model, model_path, edge_s, settings.edge_threads, settings.seed)
+            emulation.hold_edge(model, planned, settings.edge_threads, settings.seed)
         on_phase(f"{model}: shaping the link to {bandwidth_bps / 1e6:g} Mbit/s")
         emulation.shape(bandwidth_bps)
         measured: dict[tuple[str, ...], tuple[str, list[float]]] = {}

@@ -12,8 +12,10 @@ work is slowed evenly rather than run at full speed and then stalled for most of
 the quota is enforced at the scheduler tick (4 ms at HZ=250 here): a burst shorter than the quota per
 period, such as a 1 ms stage after an idle wait, can run at full speed (measured: mobilenetv2's median
 isolated run unchanged at 29 %, its mean over back-to-back runs slowed). So the calibration matches the
-sustained (mean back-to-back) whole-model time, and short stages may still run faster than predicted. Processes join through `exec_prefix` (a shell writes its own pid into the group, then execs the
-program, so even its start-up runs slowed). Group names carry the creating process id; the group is
+sustained (mean back-to-back) whole-model time, and short stages may still run faster than predicted.
+
+Processes join once started (`add`): an interpreter and onnxruntime starting at 7 % of a core take
+tens of seconds, and a device boots before it serves. Group names carry the creating process id; the group is
 removed on `close`, at interpreter exit, and by `sweep_stale` after a SIGKILL.
 """
 
@@ -84,9 +86,12 @@ class CpuQuota:
             raise TestbedError(f"cannot set the quota of {self.path}: {error.strerror}.") from None
         self.cpus = quota_us / period_us
 
-    def exec_prefix(self) -> list[str]:
-        """Command prefix that runs a program in this group from its first instruction."""
-        return ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(self.path / "cgroup.procs")]
+    def add(self, pid: int) -> None:
+        """Move process `pid`, all its threads and the children it starts later, into this group."""
+        try:
+            (self.path / "cgroup.procs").write_text(str(pid))
+        except OSError as error:
+            raise TestbedError(f"cannot move process {pid} into {self.path}: {error.strerror}.") from None
 
     def pids(self) -> list[int]:
         try:

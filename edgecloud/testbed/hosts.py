@@ -3,9 +3,10 @@ cloud hosts (`EmulatedHosts`). `edgecloud.cli.demo_steps.serve_requests` serves 
 
 On the emulated hosts, Mosquitto and the cloud agent run in the cloud namespace, the edge agent (held
 to its CPU group) and the client in the edge namespace, so every message between edge and cloud
-crosses the shaped link; a message from the client to the edge agent goes through the broker, i.e.
-across the link and back, as it would with the broker in the cloud (`broker_side="edge"` puts the
-broker at the edge instead, where the cloud agent's messages cross the link and the client's do not).
+crosses the shaped link. The edge agent joins its CPU group once it serves (it boots at full speed).
+A message from the client to the edge agent goes through the broker, i.e. across the link and back, as
+it would with the broker in the cloud (`broker_side="edge"` puts the broker at the edge instead, where
+the cloud agent's messages cross the link and the client's do not).
 """
 
 from __future__ import annotations
@@ -112,11 +113,12 @@ class EmulatedHosts:
         if unknown:
             raise TestbedError(f"the emulated link joins an edge and a cloud host; the plan also has {', '.join(unknown)}.")
         prefixes = {side: self.link.exec_prefix(side) for side in SIDES}
-        if self.edge_quota is not None:  # the group first: `ip netns exec` mounts a /sys without cgroups
-            prefixes["edge"] = [*self.edge_quota.exec_prefix(), *prefixes["edge"]]
         device_args = {device: ["--threads", str(count)] for device, count in self.threads.items()}
-        return stack.enter_context(PlacedAgentProcesses(plan_path, devices, broker_url, deployment, prefixes,
-                                                        device_args, extra_args))
+        agents = stack.enter_context(PlacedAgentProcesses(plan_path, devices, broker_url, deployment, prefixes,
+                                                          device_args, extra_args))
+        if self.edge_quota is not None and "edge" in agents.processes:  # `ip netns exec` execs: the pid is the agent's
+            self.edge_quota.add(agents.processes["edge"].pid)
+        return agents
 
     @contextmanager
     def client_side(self) -> Iterator[None]:

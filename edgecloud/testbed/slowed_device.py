@@ -1,7 +1,7 @@
 """The edge device emulated: a CPU group calibrated so that the whole model takes the profile's time.
 
-`calibrated_device` starts `edgecloud.testbed.model_timer` inside the group (with the agent's thread
-count), and `cpu_quota.calibrate` adjusts the group's share until the timer's median whole-model run is
+`calibrated_device` starts `edgecloud.testbed.model_timer` and moves it into the group (with the
+agent's thread count), and `cpu_quota.calibrate` adjusts the group's share until the timer's median whole-model run is
 within the tolerance of the prediction; the agent then runs in the same group at that share.
 """
 
@@ -23,15 +23,18 @@ class ModelTimer:
     """A `model_timer` child in a CPU group; `measure_s(budget_s)` is the mean whole-model run back to back."""
 
     def __init__(self, quota: CpuQuota, model_path: Path, threads: int, seed: int = 0) -> None:
-        self.command = [*quota.exec_prefix(), sys.executable, "-m", "edgecloud.testbed.model_timer", str(model_path),
+        self.quota = quota
+        self.command = [sys.executable, "-m", "edgecloud.testbed.model_timer", str(model_path),
                         "--threads", str(threads), "--seed", str(seed)]
         self._process: subprocess.Popen[str] | None = None
 
     def start(self) -> Self:
+        """Start the timer at full speed, and move it into the group once the model is loaded."""
         self._process = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                          stderr=subprocess.PIPE, text=True, bufsize=1)
         if self._read_line() != "ready":
             raise TestbedError(f"the model timer did not start: {self._stderr()}")
+        self.quota.add(self._process.pid)
         return self
 
     def measure_s(self, budget_s: float) -> float:
