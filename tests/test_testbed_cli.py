@@ -95,17 +95,35 @@ def test_the_plan_is_compared_with_the_best_measured_baseline_of_its_cell() -> N
     assert prediction_errors(cells) == pytest.approx([0.04, 0.5, 2.0, 1.0, 0.25])
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="dropping to an unprivileged user needs root")
-def test_where_namespaces_are_not_permitted_one_warning_and_the_software_emulation(tmp_path: Path, bundled_models) -> None:
-    bundled_models["mlp"]  # exported here: the unprivileged run only reads it
-    tmp_path.chmod(0o777)
+@pytest.mark.skipif(os.geteuid() != 0, reason="taking capabilities away needs root")
+def test_where_namespaces_are_not_permitted_one_warning_and_the_software_emulation(tmp_path: Path) -> None:
+    """Without CAP_SYS_ADMIN and CAP_NET_ADMIN (a container, say) no namespace can be made."""
     out = tmp_path / "out.json"
-    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-    done = subprocess.run([*nobody, *TESTBED, "mlp", "--bandwidth", "20Mbit", "--requests", "2", "--json", str(out),
-                           "--workdir", str(tmp_path / "work")],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=600,
-                          env={**os.environ, "HOME": str(tmp_path), "COLUMNS": "200"})
+    without = ["setpriv", "--bounding-set", "-sys_admin,-net_admin", "--inh-caps", "-sys_admin,-net_admin"]
+    done = subprocess.run([*without, *TESTBED, "mlp", "--bandwidth", "20Mbit", "--requests", "2", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "200"})
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("emulated hosts not permitted here") == 1, done.stdout
+    assert "Operation not permitted" in done.stdout
     document = json.loads(out.read_text())
     assert document["emulation"]["kind"] == "software" and document["cells"]
+
+
+def test_every_baseline_of_the_plan_becomes_a_plan_file_with_its_placement(tmp_path: Path) -> None:
+    from edgecloud.cli.demo_steps import DemoSettings, model_file, plan_profiled, profile_here
+    from edgecloud.cli.testbed_steps import strategy_plans
+    from partitioner.plan.plan_file import load_plan
+
+    settings = DemoSettings(model="chain", edge="rpi4", cloud="host", bandwidth_bps=20e6, latency_s=0.0, requests=1,
+                            broker_url=None, deadline_s=10.0, emulate_links=False, seed=0)
+    path = model_file("chain")
+    planned = plan_profiled(settings, path, profile_here(path, 0), tmp_path)
+    plans = strategy_plans(planned)
+    assert set(plans) == {"plan", *(name for name, value in planned.plan.baselines.items() if value is not None)}
+    assert set(plans["all-edge"].placement.values()) == {"edge"} and set(plans["all-cloud"].placement.values()) == {"cloud"}
+    for name, plan in plans.items():
+        expected = planned.plan.predicted_s if name == "plan" else planned.plan.baselines[name]
+        assert plan.predicted_s == pytest.approx(expected)
+        assert plan.predicted_s >= planned.plan.predicted_s - 1e-12  # none beats the ILP's optimum
+        plan.save(tmp_path / f"{name}.json")
+        assert load_plan(tmp_path / f"{name}.json").placement == plan.placement

@@ -6,7 +6,7 @@ import signal
 import statistics
 import tempfile
 from contextlib import contextmanager
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -34,6 +34,23 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def interruptible_workdir(workdir: Path | None, prefix: str, on_interrupt: Callable[[], None]) -> Iterator[Path]:
+    """The folder a command works in (`workdir`, or a temporary one removed afterwards). Ctrl-C and
+    SIGTERM end it through every `finally`, then `on_interrupt` says so and the exit code is 130."""
+    with sigterm_as_interrupt():
+        try:
+            if workdir is not None:
+                workdir.mkdir(parents=True, exist_ok=True)
+                yield workdir
+            else:
+                with tempfile.TemporaryDirectory(prefix=prefix) as folder:
+                    yield Path(folder)
+        except KeyboardInterrupt:
+            on_interrupt()
+            raise typer.Exit(code=130) from None
 
 
 # The defaults show what planning is for: a Raspberry-Pi-class board and a cloud server joined by a good
@@ -77,17 +94,9 @@ def demo(
     console = Console()
     console.print(f"[bold]edgecloud demo[/]: {model} on edge={edge} + cloud={cloud}, link "
                   f"{settings.bandwidth_bps / 1e6:g} Mbit/s and {settings.latency_s * 1e3:g} ms")
-    with sigterm_as_interrupt():
-        try:
-            if workdir is not None:
-                workdir.mkdir(parents=True, exist_ok=True)
-                _run(settings, workdir, console, emulate_hosts)
-            else:
-                with tempfile.TemporaryDirectory(prefix="edgecloud-demo-") as folder:
-                    _run(settings, Path(folder), console, emulate_hosts)
-        except KeyboardInterrupt:
-            console.print("interrupted: the broker and every agent were stopped, every emulated host removed")
-            raise typer.Exit(code=130) from None
+    with interruptible_workdir(workdir, "edgecloud-demo-", lambda: console.print(
+            "interrupted: the broker and every agent were stopped, every emulated host removed")) as folder:
+        _run(settings, folder, console, emulate_hosts)
 
 
 def _run(settings: "DemoSettings", workdir: Path, console: "Console", emulate_hosts: bool) -> None:

@@ -5,13 +5,12 @@ The steps live in edgecloud/cli/testbed_steps.py; this module holds the command,
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from edgecloud.cli.demo import DEFAULT_EDGE, sigterm_as_interrupt
+from edgecloud.cli.demo import DEFAULT_EDGE, interruptible_workdir
 from edgecloud.cli.options import COUNT_MAX, SEED_BOUNDS, THREADS_MAX
 from edgecloud.cli.user_errors import writable_output
 
@@ -58,17 +57,9 @@ def testbed(
                                requests=requests, warmup=warmup, edge=edge, cloud=cloud, edge_threads=edge_threads,
                                broker_side=broker_side, deadline_s=parse_duration_s(deadline), seed=seed,
                                emulate=emulate)  # type: ignore[arg-type]
-    with sigterm_as_interrupt():
-        try:
-            if workdir is not None:
-                workdir.mkdir(parents=True, exist_ok=True)
-                _run(settings, workdir, json_path, plot)
-            else:
-                with tempfile.TemporaryDirectory(prefix="edgecloud-testbed-") as folder:
-                    _run(settings, Path(folder), json_path, plot)
-        except KeyboardInterrupt:
-            typer.echo("interrupted: every process, namespace and CPU group the testbed made was removed", err=True)
-            raise typer.Exit(code=130) from None
+    with interruptible_workdir(workdir, "edgecloud-testbed-", lambda: typer.echo(
+            "interrupted: every process, namespace and CPU group the testbed made was removed", err=True)) as folder:
+        _run(settings, folder, json_path, plot)
 
 
 def _run(settings: "TestbedSettings", workdir: Path, json_path: Path | None, plot: Path | None) -> None:
@@ -141,13 +132,19 @@ def plot_cells(cells: list["Cell"], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     models = list(dict.fromkeys(cell.model for cell in cells))
     strategies = list(dict.fromkeys(cell.strategy for cell in cells))
     columns = min(3, len(models)) or 1
     rows = -(-len(models) // columns) or 1
-    figure, axes_grid = plt.subplots(rows, columns, figsize=(5 * columns, 3.8 * rows), squeeze=False)
+    legend_rows = -(-(len(strategies) + 2) // 4)
+    legend_in = 0.25 * legend_rows + 0.15
+    height_in = 3.8 * rows + legend_in
+    figure, axes_grid = plt.subplots(rows, columns, figsize=(5 * columns, height_in), squeeze=False)
     colours = dict(zip(strategies, plt.get_cmap("tab10").colors))
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
     for axes, model in zip(axes_grid.flat, models):
         for strategy in strategies:
             own = sorted((c for c in cells if c.model == model and c.strategy == strategy), key=lambda c: c.bandwidth_bps)
@@ -156,19 +153,24 @@ def plot_cells(cells: list["Cell"], path: Path) -> None:
             mbps = [c.bandwidth_bps / 1e6 for c in own]
             width = 2.5 if strategy == "plan" else 1.2
             axes.plot(mbps, [c.measured_median_s * 1e3 for c in own], color=colours[strategy], marker="o",
-                      linewidth=width, label=f"{strategy} measured")
-            axes.plot(mbps, [c.predicted_s * 1e3 for c in own], color=colours[strategy], linestyle="--",
-                      linewidth=width, label=f"{strategy} predicted")
+                      markersize=4, linewidth=width)
+            axes.plot(mbps, [c.predicted_s * 1e3 for c in own], color=colours[strategy], linestyle="--", linewidth=width)
         axes.set_xscale("log")
         axes.set_yscale("log")
+        axes.set_xticks(sorted({c.bandwidth_bps / 1e6 for c in cells if c.model == model}))  # the bandwidths run
+        axes.xaxis.set_major_formatter(plain)
+        axes.xaxis.set_minor_formatter(NullFormatter())
         axes.set_title(model, fontsize=10)
         axes.set_xlabel("bandwidth (Mbit/s)")
         axes.set_ylabel("latency per request (ms)")
         axes.grid(True, which="both", alpha=0.3)
     for axes in list(axes_grid.flat)[len(models):]:
         axes.axis("off")
-    handles, labels = axes_grid.flat[0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=7)
-    figure.tight_layout(rect=(0, 0.08 + 0.02 * (len(labels) // 6), 1, 1))
+    handles = [Line2D([], [], color=colours[name], linewidth=2.5 if name == "plan" else 1.2, label=name)
+               for name in strategies]
+    handles += [Line2D([], [], color="black", marker="o", markersize=4, label="measured (median)"),
+                Line2D([], [], color="black", linestyle="--", label="predicted")]
+    figure.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=8)
+    figure.tight_layout(rect=(0, legend_in / height_in, 1, 1))
     figure.savefig(path, dpi=110)
     plt.close(figure)
