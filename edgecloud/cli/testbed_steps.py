@@ -60,8 +60,6 @@ class TestbedSettings:
     seed: int
     emulate: bool = True  # False: the software emulation even where namespaces are permitted
 
-    __test__ = False
-
 
 @dataclass
 class Cell:
@@ -109,6 +107,7 @@ class Emulation:
 def emulated_hosts(stack: ExitStack, edge_threads: int, broker_side: Side) -> Emulation:
     """The emulated edge and cloud hosts, removed when `stack` closes; TestbedError where not permitted."""
     link = stack.enter_context(EmulatedLink())
+    link.shape(1e6)  # where tc or tbf is refused, it is refused here, not at the first bandwidth
     quota = stack.enter_context(CpuQuota("edge"))
     hosts = stack.enter_context(EmulatedHosts(link, quota, {"edge": edge_threads}, broker_side))
     record = {"kind": "namespaces", "link": "veth pair shaped by tbf both ways", "latency_s": 0.0,
