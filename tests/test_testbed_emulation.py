@@ -40,10 +40,11 @@ def ours_alive() -> tuple[list[str], list[str], list[Path]]:
 @needs_namespaces
 @pytest.mark.parametrize("up_bps, down_bps", [(20e6, 20e6), (5e6, 50e6)])
 def test_a_transfer_across_the_link_runs_at_the_tbf_rate_each_way(up_bps: float, down_bps: float) -> None:
+    """The best of three transfers: tbf caps the rate, while other jobs on the 2 cores can only lower it."""
     with EmulatedLink() as link:
         link.shape(up_bps, down_bps)
         for upward, rate_bps in ((True, up_bps), (False, down_bps)):
-            measured = measured_rate_bps(link, int(rate_bps / 8 * 0.5), upward=upward)
+            measured = max(measured_rate_bps(link, int(rate_bps / 8 * 0.5), upward=upward) for _ in range(3))
             assert measured == pytest.approx(rate_bps, rel=0.15), (upward, measured)
 
 
