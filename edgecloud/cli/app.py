@@ -17,6 +17,7 @@ from edgecloud.cli import profile as profile_command
 from edgecloud.cli import demo as demo_command
 from edgecloud.cli import fleet as fleet_command
 from edgecloud.cli import serve as serve_command
+from edgecloud.cli import testbed as testbed_command
 from edgecloud.cli import train as train_command
 from edgecloud.cli import train_fleet
 from edgecloud.cli.user_errors import reports_user_errors
@@ -43,6 +44,7 @@ app.command("agent")(reports_user_errors(serve_command.agent))
 app.command("infer")(reports_user_errors(serve_command.infer))
 app.command("demo")(reports_user_errors(demo_command.demo))
 app.command("calibrate")(reports_user_errors(calibrate_command.calibrate))
+app.command("testbed")(reports_user_errors(testbed_command.testbed))
 app.add_typer(predictor_command.app, name="predictor")
 app.add_typer(fleet_command.app, name="fleet")
 

@@ -6,7 +6,7 @@ import signal
 import statistics
 import tempfile
 from contextlib import contextmanager
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -19,10 +19,11 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from edgecloud.cli.demo_steps import DemoSettings, PlannedModel, RequestOutcome, StepRow
+    from edgecloud.cli.testbed_steps import Emulation
 
 
 @contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
+def sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM ends the demo like Ctrl-C does: through every `finally`, so no child outlives it."""
 
     def interrupt(*_: Any) -> None:
@@ -33,6 +34,23 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def interruptible_workdir(workdir: Path | None, prefix: str, on_interrupt: Callable[[], None]) -> Iterator[Path]:
+    """The folder a command works in (`workdir`, or a temporary one removed afterwards). Ctrl-C and
+    SIGTERM end it through every `finally`, then `on_interrupt` says so and the exit code is 130."""
+    with sigterm_as_interrupt():
+        try:
+            if workdir is not None:
+                workdir.mkdir(parents=True, exist_ok=True)
+                yield workdir
+            else:
+                with tempfile.TemporaryDirectory(prefix=prefix) as folder:
+                    yield Path(folder)
+        except KeyboardInterrupt:
+            on_interrupt()
+            raise typer.Exit(code=130) from None
 
 
 # The defaults show what planning is for: a Raspberry-Pi-class board and a cloud server joined by a good
@@ -56,7 +74,8 @@ def demo(
     edge: Annotated[str, typer.Option("--edge", help="Edge device profile (catalogue name or JSON file).")] = DEFAULT_EDGE,
     cloud: Annotated[str, typer.Option("--cloud", help="Cloud device profile (catalogue name or JSON file).")] = DEFAULT_CLOUD,
     deadline: Annotated[str, typer.Option("--deadline", help="Deadline of each request.")] = "10s",
-    emulate_links: Annotated[bool, typer.Option("--emulate-links/--no-emulate-links", help="Delay messages in the agents as the planned link would.")] = True,
+    emulate_links: Annotated[bool, typer.Option("--emulate-links/--no-emulate-links", help="Delay messages in the agents as the planned link would (when the hosts are not emulated).")] = True,
+    emulate_hosts: Annotated[bool, typer.Option("--emulate-hosts/--no-emulate-hosts", help="Serve on emulated edge and cloud hosts (namespaces, tc, CPU quota) where permitted.")] = True,
     workdir: Annotated[Optional[Path], typer.Option("--workdir", help="Keep the plan and split here (default: a temporary folder).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the inputs and the profiler.", **SEED_BOUNDS)] = 0,
 ) -> None:
@@ -75,34 +94,47 @@ def demo(
     console = Console()
     console.print(f"[bold]edgecloud demo[/]: {model} on edge={edge} + cloud={cloud}, link "
                   f"{settings.bandwidth_bps / 1e6:g} Mbit/s and {settings.latency_s * 1e3:g} ms")
-    with _sigterm_as_interrupt():
-        try:
-            if workdir is not None:
-                workdir.mkdir(parents=True, exist_ok=True)
-                _run(settings, workdir, console)
-            else:
-                with tempfile.TemporaryDirectory(prefix="edgecloud-demo-") as folder:
-                    _run(settings, Path(folder), console)
-        except KeyboardInterrupt:
-            console.print("interrupted: the broker and every agent were stopped")
-            raise typer.Exit(code=130) from None
+    with interruptible_workdir(workdir, "edgecloud-demo-", lambda: console.print(
+            "interrupted: the broker and every agent were stopped, every emulated host removed")) as folder:
+        _run(settings, folder, console, emulate_hosts)
 
 
-def _run(settings: "DemoSettings", workdir: Path, console: "Console") -> None:
+def _run(settings: "DemoSettings", workdir: Path, console: "Console", emulate_hosts: bool) -> None:
+    from contextlib import ExitStack
+    from dataclasses import replace
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from edgecloud.cli.demo_steps import check_outcomes, measured_rows, plan_demo_model, serve_requests
+    from edgecloud.cli.testbed_steps import Emulation, try_emulated_hosts
     from partitioner.split.onnx_split import cached_split
 
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=True) as progress:
+    with ExitStack() as stack, Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                                        MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                                        transient=True) as progress:
         phase = progress.add_task("starting", total=None)
 
         def on_phase(text: str) -> None:
             progress.update(phase, description=text)
 
+        emulated: Emulation | None = None
+        if emulate_hosts and settings.broker_url is None:
+            on_phase("building the emulated edge and cloud hosts")
+            emulated = try_emulated_hosts(stack, 1, "cloud", lambda text: console.print(f"[yellow]warning:[/] {text}"))
+        elif emulate_hosts:
+            console.print("--broker given: serving on this host, not on emulated hosts")
+        if emulated is not None:
+            if settings.latency_s > 0:
+                console.print(f"the emulated link has no propagation delay (no netem in this kernel): planned at "
+                              f"latency 0 instead of {settings.latency_s * 1e3:g} ms")
+            settings = replace(settings, latency_s=0.0, emulate_links=False)
         planned = plan_demo_model(settings, workdir, on_phase)
         _print_plan(console, planned)
+        if emulated is not None:
+            on_phase("shaping the link and calibrating the edge's CPU quota")
+            emulated.shape(settings.bandwidth_bps)
+            emulated.hold_edge(settings.model, planned, 1, settings.seed)
+            _print_emulation(console, emulated)
         on_phase("splitting the model into per-device stages")
         manifest = cached_split(planned.plan_path)
         sent = progress.add_task("requests answered", total=settings.requests, visible=False)
@@ -110,7 +142,8 @@ def _run(settings: "DemoSettings", workdir: Path, console: "Console") -> None:
         def on_request(_: "RequestOutcome") -> None:
             progress.update(sent, advance=1, visible=True)
 
-        outcomes = serve_requests(settings, planned.plan_path, manifest, on_phase, on_request)
+        outcomes = serve_requests(settings, planned.plan_path, manifest, on_phase, on_request,
+                                  hosts=None if emulated is None else emulated.hosts)
     stages, transfers = measured_rows(manifest, planned.costs, outcomes)
     _print_requests(console, planned, outcomes)
     _print_steps(console, "per stage (compute)", stages)
@@ -121,9 +154,23 @@ def _run(settings: "DemoSettings", workdir: Path, console: "Console") -> None:
     unsplit_s = statistics.median(outcome.unsplit_s for outcome in outcomes)
     console.print(f"[green]all {len(outcomes)} answers match the unsplit model[/] (max |error| {worst:.1e}); "
                   f"{fell_back} fell back; the unsplit model takes {unsplit_s * 1e3:.2f} ms in one process here.")
-    console.print("Predicted = the plan's figures for the edge and cloud profiles; measured = both agents on this "
-                  "host" + (", link emulated at the planned bandwidth and latency." if settings.emulate_links else "."))
+    if emulated is not None:
+        console.print("Predicted = the plan's figures for the edge and cloud profiles; measured = the edge agent and "
+                      "the client on the emulated edge host (CPU quota), Mosquitto and the cloud agent on the cloud "
+                      "host at this host's speed, the link shaped by tc.")
+    else:
+        console.print("Predicted = the plan's figures for the edge and cloud profiles; measured = both agents on this "
+                      "host" + (", link emulated at the planned bandwidth and latency." if settings.emulate_links else "."))
     console.print(f"{len(manifest.stages)} stage(s) in {manifest.directory}; everything the demo started is stopped.")
+
+
+def _print_emulation(console: "Console", emulated: "Emulation") -> None:
+    for link in emulated.record["links"]:
+        console.print(f"emulated link: tbf at {link['bandwidth_bps'] / 1e6:g} Mbit/s each way; a TCP transfer measured "
+                      f"{link['measured_up_bps'] / 1e6:.3g} up, {link['measured_down_bps'] / 1e6:.3g} down")
+    for device in emulated.record["devices"]:
+        console.print(f"emulated edge: CPU quota {device['cpus']:.3g} CPU; whole model {device['measured_s'] * 1e3:.2f} ms "
+                      f"measured vs {device['target_s'] * 1e3:.2f} ms predicted (ratio {device['ratio']:.2f})")
 
 
 def _ms(seconds: float | None) -> str:

@@ -5,10 +5,12 @@ apart from the printing, so that each can be tested and reused. The agents run a
 (`edgecloud agent`), the broker is the embedded one (a child process) unless a URL is given, and every
 process started is stopped again, also when the demo is interrupted.
 
-Predicted vs measured: the plan predicts for the chosen edge and cloud profiles, while both agents run
-on this host, so compute times differ by the host's speed relative to those devices. The link is
-emulated in the agents at the plan's bandwidth and latency (`edgecloud.serving.link_emulation`), so transfers
-can be compared directly.
+Predicted vs measured: the plan predicts for the chosen edge and cloud profiles. On one host (no
+emulation permitted) both agents run at this host's speed, so compute times differ by the host's speed
+relative to those devices, and the link is emulated in the agents at the plan's bandwidth and latency
+(`edgecloud.serving.link_emulation`). On the emulated hosts (`edgecloud.testbed.hosts`) the link is a
+shaped veth pair and the edge agent is held to its profile's speed by a calibrated CPU quota; `edgecloud
+testbed` serves every strategy of a plan that way.
 """
 
 from __future__ import annotations
@@ -22,18 +24,22 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from devices.sessions import make_session
 from edgecloud.errors import EdgecloudError
-from edgecloud.serving.agent_processes import AgentProcesses
 from edgecloud.serving.client import InferenceClient, RequestTimings
 from edgecloud.serving.trace import CLIENT
-from edgecloud.transport.broker import EmbeddedBrokerProcess
+from edgecloud.testbed.hosts import Hosts, LocalHosts
 from partitioner.costs.cost_graph import CostGraph
 from partitioner.plan.plan_file import Plan
 from partitioner.split.manifest import SplitManifest, concrete_shape
+
+if TYPE_CHECKING:
+    from devices.profiler import ModelProfile
+    from partitioner.costs.scenario import Scenario
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +58,10 @@ class DemoSettings:
     deadline_s: float
     emulate_links: bool
     seed: int
+    warmup: int = 0  # requests sent and checked first, not counted
+    agent_args: tuple[str, ...] = ()  # more options for every agent
+
+
 
 
 @dataclass
@@ -89,33 +99,62 @@ class PlannedModel:
     plan_path: Path
 
 
-def plan_demo_model(settings: DemoSettings, workdir: Path,
-                    on_phase: Callable[[str], None] = lambda _: None) -> PlannedModel:
-    """Export the bundled model, profile it here, price it on the edge and cloud profiles (measured
-    times carried across devices by the predictor) and solve the plan beside its baselines."""
+def model_file(model: str) -> Path:
+    """A bundled model's name (exported once, cached) or an ONNX file's path."""
+    from partitioner.errors import PartitionerError
+    from partitioner.models.zoo import MODEL_NAMES, cached_model_path
+
+    if model in MODEL_NAMES and not Path(model).exists():
+        return cached_model_path(model)
+    if not Path(model).is_file():
+        raise PartitionerError(f"{model!r} is neither a bundled model ({', '.join(MODEL_NAMES)}) nor an ONNX file.")
+    return Path(model).resolve()
+
+
+def profile_here(model_path: Path, seed: int) -> "ModelProfile":
+    """Every node's time measured on this host with onnxruntime (one thread)."""
     from devices.host import host_profile
-    from devices.lookup import load_device
-    from devices.profiles import LinkProfile
     from edgecloud.calibration import profile_file
+
+    return profile_file(model_path, host_profile(), [1], warmup=2, repeats=10, seed=seed)
+
+
+def plan_profiled(settings: DemoSettings, model_path: Path, profile: "ModelProfile", workdir: Path) -> PlannedModel:
+    """Price the profiled model on the edge and cloud profiles (measured times carried across devices by
+    the predictor) at the settings' link, and solve the plan beside its baselines (saved in `workdir`)."""
     from partitioner.costs.from_model import cost_graph_from_model
-    from partitioner.costs.scenario import Scenario
     from partitioner.graph.layer_graph import load_layer_graph
-    from partitioner.models.zoo import cached_model_path
     from partitioner.plan.make_plan import plan_cost_graph
 
-    scenario = Scenario.of_profiles(  # a typo fails first
-        {"edge": load_device(settings.edge), "cloud": load_device(settings.cloud)},
-        {("edge", "cloud"): LinkProfile(settings.bandwidth_bps, settings.latency_s)}, source="edge").validate()
-    on_phase(f"exporting {settings.model} to ONNX (cached after the first time)")
-    model_path = cached_model_path(settings.model)
-    on_phase("measuring this host and profiling every node with onnxruntime")
-    profile = profile_file(model_path, host_profile(), [1], warmup=2, repeats=10, seed=settings.seed)
-    on_phase(f"planning for edge={settings.edge}, cloud={settings.cloud}")
-    costs = cost_graph_from_model(load_layer_graph(model_path), scenario, model_path, profile)
+    costs = cost_graph_from_model(load_layer_graph(model_path), demo_scenario(settings), model_path, profile)
     plan = plan_cost_graph(costs, "latency")
+    workdir.mkdir(parents=True, exist_ok=True)
     plan_path = workdir / "plan.json"
     plan.save(plan_path)
     return PlannedModel(model_path, costs, plan, plan_path)
+
+
+def demo_scenario(settings: DemoSettings) -> "Scenario":
+    """The edge and cloud profiles joined by the settings' link, the edge the source (checked)."""
+    from devices.lookup import load_device
+    from devices.profiles import LinkProfile
+    from partitioner.costs.scenario import Scenario
+
+    return Scenario.of_profiles(
+        {"edge": load_device(settings.edge), "cloud": load_device(settings.cloud)},
+        {("edge", "cloud"): LinkProfile(settings.bandwidth_bps, settings.latency_s)}, source="edge").validate()
+
+
+def plan_demo_model(settings: DemoSettings, workdir: Path,
+                    on_phase: Callable[[str], None] = lambda _: None) -> PlannedModel:
+    """Export the model, profile it here, price it on the edge and cloud profiles and solve the plan."""
+    demo_scenario(settings)  # a typo fails first
+    on_phase(f"exporting {settings.model} to ONNX (cached after the first time)")
+    model_path = model_file(settings.model)
+    on_phase("measuring this host and profiling every node with onnxruntime")
+    profile = profile_here(model_path, settings.seed)
+    on_phase(f"planning for edge={settings.edge}, cloud={settings.cloud}")
+    return plan_profiled(settings, model_path, profile, workdir)
 
 
 def model_inputs(manifest: SplitManifest, seed: int) -> dict[str, np.ndarray]:
@@ -175,31 +214,36 @@ def transfer_rows(manifest: SplitManifest, costs: CostGraph) -> dict[tuple[int |
 
 def serve_requests(settings: DemoSettings, plan_path: Path, manifest: SplitManifest,
                    on_phase: Callable[[str], None] = lambda _: None,
-                   on_request: Callable[[RequestOutcome], None] = lambda _: None) -> list[RequestOutcome]:
-    """Start the broker and one agent process per device, send the requests one after another, check
-    each answer against the unsplit model; stop everything on the way out, whatever happens."""
+                   on_request: Callable[[RequestOutcome], None] = lambda _: None,
+                   hosts: Hosts | None = None) -> list[RequestOutcome]:
+    """Start one agent process per device on `hosts` (default: this host, with the settings' broker or
+    an embedded one), send the warm-up requests and then the counted ones one after another, check each
+    answer against the unsplit model; stop everything on the way out, whatever happens."""
+    hosts = hosts if hosts is not None else LocalHosts(settings.broker_url)
     reference = make_session(str(manifest.model_path()))
     output_names = [spec.name for spec in manifest.graph_outputs]
     deployment = f"demo-{uuid.uuid4().hex[:8]}"
     outcomes: list[RequestOutcome] = []
     with ExitStack() as stack:
-        broker_url = settings.broker_url
-        if broker_url is None:
-            on_phase("starting the embedded MQTT broker")
-            broker_url = stack.enter_context(EmbeddedBrokerProcess()).url
+        on_phase("starting the MQTT broker")
+        broker_url = hosts.broker_url(stack)
         on_phase(f"starting {len(manifest.devices)} agent processes ({', '.join(manifest.devices)})")
-        extra = ["--emulate-links"] if settings.emulate_links else []
-        stack.enter_context(AgentProcesses(plan_path, manifest.devices, broker_url, deployment, extra_args=extra))
-        client = stack.enter_context(InferenceClient(manifest, broker_url, deployment=deployment))
+        extra = [*(["--emulate-links"] if settings.emulate_links else []), *settings.agent_args]
+        hosts.start_agents(stack, plan_path, manifest.devices, broker_url, deployment, extra)
+        with hosts.client_side():
+            client = stack.enter_context(InferenceClient(manifest, broker_url, deployment=deployment))
         on_phase(f"sending {settings.requests} requests")
-        for index in range(settings.requests):
-            inputs = model_inputs(manifest, settings.seed + index)
+        for index in range(-settings.warmup, settings.requests):
+            inputs = model_inputs(manifest, settings.seed + settings.warmup + index)
             result = client.infer(inputs, settings.deadline_s)
             started_s = time.perf_counter()
             expected = dict(zip(output_names, reference.run(output_names, inputs)))
             unsplit_s = time.perf_counter() - started_s
             error = max(float(np.max(np.abs(result.outputs[name] - expected[name]))) for name in output_names)
             outcome = RequestOutcome(index, result.timings, result.fell_back, error, unsplit_s)
+            if index < 0:  # a warm-up answer must be right too, but is not counted
+                check_outcomes([outcome])
+                continue
             outcomes.append(outcome)
             on_request(outcome)
     return outcomes

@@ -1,0 +1,53 @@
+"""`python -m edgecloud.testbed.model_timer MODEL --threads N`: time the whole model on request.
+
+Why a long-lived child: calibrating a CPU quota measures the model several times at different shares,
+and a process started in a slowed group would pay a slowed interpreter and onnxruntime start each time.
+This one loads the model once, then for every line "SECONDS" on stdin runs it with random inputs
+(seeded) back to back for at least that long and at least MIN_RUNS times, and prints the mean run in
+seconds. The mean of back-to-back runs, not the median: a CPU quota caps time per period (at least 1 ms
+of quota, enforced at the 4 ms scheduler tick here), so a run shorter than that may finish at full
+speed and the next one stall; over many runs the quota holds exactly (edgecloud.testbed.cpu_quota).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+MIN_RUNS = 10
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m edgecloud.testbed.model_timer")
+    parser.add_argument("model")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    import numpy as np
+
+    from devices.sessions import make_session
+
+    session = make_session(args.model, args.threads)
+    rng = np.random.default_rng(args.seed)
+    feeds = {}
+    for spec in session.get_inputs():
+        shape = [dim if isinstance(dim, int) and dim > 0 else 1 for dim in spec.shape]
+        dtype = np.float32 if spec.type == "tensor(float)" else np.int64
+        feeds[spec.name] = rng.standard_normal(shape).astype(dtype)
+    session.run(None, feeds)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        budget_s = float(line)
+        runs = 0
+        started_s = time.perf_counter()
+        deadline_s = started_s + budget_s
+        while runs < MIN_RUNS or time.perf_counter() < deadline_s:
+            session.run(None, feeds)
+            runs += 1
+        print((time.perf_counter() - started_s) / runs, flush=True)
+
+
+if __name__ == "__main__":
+    main()
