@@ -66,6 +66,8 @@ FILE_SLOTS: dict[tuple[str, ...], list[tuple[list[str], str]]] = {
     ("infer",): [(["infer", "--plan", BAD, "--input", NPY, "-o", OUT, "--broker", NO_BROKER], ".json"),
                  (["infer", "--plan", PLAN, "--input", BAD, "-o", OUT, "--broker", NO_BROKER], ".npy")],
     ("demo",): [(["demo", "--edge", BAD], ".json"), (["demo", "--cloud", BAD], ".json")],
+    ("testbed",): [(["testbed", BAD, "--bandwidth", "5Mbit"], ".onnx"),
+                   (["testbed", "mlp", "--bandwidth", "5Mbit", "--edge", BAD], ".json")],
     ("predictor", "fit"): [(["predictor", "fit", BAD, "-o", OUT], ".json")],
     ("predictor", "estimate"): [(["predictor", "estimate", "chain", "--predictor", BAD], ".json"),
                                 (["predictor", "estimate", "chain", "-d", BAD], ".json"),
