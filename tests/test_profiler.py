@@ -14,13 +14,14 @@ from onnx import TensorProto, helper
 from typer.testing import CliRunner
 
 from devices.errors import DeviceError
+from devices.latency import BLOCKS, RUNS, LatencyProtocol, measure_latencies
 from devices.profiler import (
     PROFILE_FORMAT,
     ModelProfile,
     ThreadTiming,
     load_profile_file,
-    measure_latencies_s,
     measure_model,
+    node_time_s,
     profile_model,
     profile_threads,
     random_inputs,
@@ -294,12 +295,36 @@ def test_fused_layers_carry_no_kernel_class_and_keep_their_fused_type(bundled_mo
     assert {"Conv/depthwise", "Conv/pointwise"} <= {node.kernel for node in single.values()}
 
 
-def test_measure_latencies_times_every_model_with_the_profilers_policy() -> None:
+def test_measure_latencies_times_every_model_in_interleaved_rounds_with_two_halves() -> None:
     models = {"tiny": tiny_model(), "kernels": conv_and_attention_model()}
-    latencies = measure_latencies_s(models, threads=1, blocks=2, min_block_s=0.005)
-    assert set(latencies) == {"tiny", "kernels"}
-    assert all(np.isfinite(seconds) and seconds > 0 for seconds in latencies.values())
+    protocol = LatencyProtocol(rounds=4, min_block_s=0.002, warmup_s=0.0)
+    measured = measure_latencies(models, threads=1, protocol=protocol)
+    assert set(measured) == {"tiny", "kernels"}
+    for m in measured.values():
+        assert m.runs >= protocol.rounds
+        assert all(np.isfinite(v) and v > 0 for v in (m.latency_s, m.even_s, m.odd_s))
+        assert m.split_half_spread == abs(m.even_s - m.odd_s) / min(m.even_s, m.odd_s)
+    with pytest.raises(DeviceError, match="at least 2 rounds"):
+        LatencyProtocol(rounds=1)
+    with pytest.raises(DeviceError, match="positive block time"):
+        LatencyProtocol(min_block_s=0.0)
+    with pytest.raises(DeviceError, match="one of runs, blocks"):
+        LatencyProtocol(statistic="mean")
     with pytest.raises(DeviceError, match="at least 1"):
-        measure_latencies_s(models, threads=1, blocks=0)
-    with pytest.raises(DeviceError, match="positive"):
-        measure_latencies_s(models, threads=1, min_block_s=0.0)
+        measure_latencies(models, threads=0)
+
+
+def test_run_quantile_ignores_preemptions_and_block_statistic_keeps_a_quota_s_sustained_rate() -> None:
+    # Runs of 1 ms, a fifth of them preempted to 9 ms: the 10th percentile is the undisturbed run.
+    preempted = [[1e-3, 1e-3, 1e-3, 1e-3, 9e-3] for _ in range(4)]
+    assert LatencyProtocol(statistic=RUNS).estimate_s(preempted) == pytest.approx(1e-3)
+    # Under a CPU quota every block's mean is the sustained rate; a single run can be fast or throttled.
+    throttled = [[1e-3, 3e-3], [1e-3, 3e-3, 1e-3, 3e-3], [1e-3, 5e-3]]
+    assert LatencyProtocol(statistic=BLOCKS).estimate_s(throttled) == pytest.approx(2e-3)
+
+
+def test_node_time_resolves_sub_microsecond_kernels_and_drops_preempted_runs() -> None:
+    # The trace's whole microseconds: a 0.4 µs kernel reads 0 or 1 µs; a median says 0.
+    quantised = [0.0, 1e-6, 0.0, 1e-6, 0.0] * 4
+    assert node_time_s(quantised) == pytest.approx(0.4e-6, abs=0.1e-6)
+    assert node_time_s([5e-6] * 9 + [500e-6]) == pytest.approx(5e-6)
