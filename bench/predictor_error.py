@@ -50,14 +50,20 @@ from devices.predictor import (
     held_out_device,
     leave_one_model_out,
 )
+from devices.predictor.evaluation import Runs, fit_without
 from devices.latency import BLOCKS, LatencyProtocol, measure_latencies
 from devices.profiler import ModelProfile, load_profile_file
 from devices.profiles import DeviceProfile
-from edgecloud.calibration import canonical_model, predictor_model_paths, profile_file, profile_samples
+from devices.stages import prefix_stages
+from edgecloud.calibration import canonical_model, predictor_model_paths, profile_file, profile_samples, samples_from_times
+from partitioner.graph.layer_graph import load_layer_graph
 
 RESULTS = Path(__file__).parent / "results"
 PROFILES = RESULTS / "profiles"
 LATENCIES = RESULTS / "predictor_latencies.json"
+STAGES = RESULTS / "predictor_stages.json"
+STAGES_PER_MODEL = 6
+STAGE_BLOCK_S = 0.01
 CGROUP_ROOT = Path("/sys/fs/cgroup/cpu")
 AGAIN = "-again"
 # 10 ms CFS periods and 0.1 s blocks: a block spans ten periods. Measured here under load ~2 (fastest of
@@ -154,6 +160,35 @@ def model_profiles(paths: Mapping[str, Path], thread_counts: list[int], warmup: 
     return profiles
 
 
+def stage_latencies(paths: Mapping[str, Path], thread_counts: list[int], rounds: int, seed: int,
+                    reuse: bool) -> dict[str, dict[str, list[list[Any]]]]:
+    """Per thread count and model: its prefix stages (`devices.stages`) as [node ids, seconds of a run],
+    measured in one interleaved pass over every model's stages (what the run fit learns from)."""
+    if reuse and STAGES.is_file():
+        return json.loads(STAGES.read_text())
+    stages = {name: prefix_stages(canonical_model(path), STAGES_PER_MODEL) for name, path in paths.items()}
+    keyed = {(name, i): stage for name, group in stages.items() for i, stage in enumerate(group)}
+    protocol = LatencyProtocol(rounds=max(rounds // 2, 2), min_block_s=STAGE_BLOCK_S, warmup_s=STAGE_BLOCK_S)
+    measured: dict[str, dict[str, list[list[Any]]]] = {}
+    for threads in thread_counts:
+        runs = measure_latencies({f"{name}#{i}": stage.model for (name, i), stage in keyed.items()}, threads,
+                                 protocol, seed)
+        measured[str(threads)] = {name: [[stage.nodes, runs[f"{name}#{i}"].latency_s] for i, stage in enumerate(group)]
+                                  for name, group in stages.items()}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    STAGES.write_text(json.dumps(measured) + "\n")
+    return measured
+
+
+def stage_runs(profile: ModelProfile, threads: int, stages: list[list[Any]]) -> list[tuple[list[NodeSample], float]]:
+    """Each measured stage as (the samples of the layers inside it, its seconds)."""
+    graph = load_layer_graph(profile.model)
+    samples = samples_from_times(graph, profile.timings[threads].node_times_s)
+    members = [set(attrs["members"]) for _, attrs in graph.dag.nodes(data=True)]
+    return [([s for s, inside in zip(samples, members, strict=True) if inside <= set(nodes)], seconds)
+            for nodes, seconds in stages]
+
+
 def device_latencies(devices: list[EmulatedDevice], paths: Mapping[str, Path], rounds: int, seed: int,
                      reuse: bool) -> dict[str, dict[str, Any]]:
     if reuse and LATENCIES.is_file():
@@ -216,37 +251,42 @@ def why(error: float, noise: float, miss: str) -> str:
 
 
 def lomo_report(console: Console, threads: int, samples: dict[str, list[NodeSample]], host: DeviceProfile,
-                latencies_s: dict[str, float], noise: dict[str, float], load_average: Any) -> dict[str, Any]:
-    from devices.predictor.evaluation import fit_without
-
-    results = leave_one_model_out(samples, host, latencies_s)
+                latencies_s: dict[str, float], noise: dict[str, float], load_average: Any,
+                stages: Mapping[str, Runs]) -> dict[str, Any]:
+    results = leave_one_model_out(samples, host, latencies_s, stages)
+    calibrated = {r.model: abs(r.predicted_total_s - latencies_s[r.model]) / latencies_s[r.model]
+                  for r in leave_one_model_out(samples, host, latencies_s)}
     plain = {name: [replace(s, kernel="") for s in group] for name, group in samples.items()}
     before = {r.model: abs(r.predicted_total_s - latencies_s[r.model]) / latencies_s[r.model]
               for r in leave_one_model_out(plain, host)}
     table = Table(title=f"leave-one-model-out, {threads} thread(s): whole-model latency of the held-out model "
                         f"(load average {load_average[0]:.2f})")
-    for column in ("held out", "nodes", "measured ms", "noise", "predicted ms", "error", "before", "why outside ±10 %"):
+    for column in ("held out", "nodes", "measured ms", "noise", "predicted ms", "error", "stage calibration only",
+                   "before", "why outside ±10 %"):
         table.add_column(column, justify="right")
     rows: dict[str, Any] = {}
     for r in results:
         miss = "" if r.model_relative_error <= BAND else worst_kernel(
-            samples[r.model], fit_without(samples, host, r.model, latencies_s), host, r.measured_total_s)
+            samples[r.model], fit_without(samples, host, r.model, latencies_s, stages), host, r.measured_total_s)
         reason = why(r.model_relative_error, noise[r.model], miss)
         rows[r.model] = {"nodes": len(r.node_relative_errors), "measured_s": r.measured_total_s,
                          "noise": noise[r.model], "predicted_s": r.predicted_total_s, "error": r.model_relative_error,
-                         "before_error": before[r.model], "why": reason}
+                         "stage_calibration_error": calibrated[r.model], "before_error": before[r.model], "why": reason}
         table.add_row(r.model, str(len(r.node_relative_errors)), f"{r.measured_total_s * 1e3:.3f}", _pct(noise[r.model]),
-                      f"{r.predicted_total_s * 1e3:.3f}", _pct(r.model_relative_error), _pct(before[r.model]), reason)
+                      f"{r.predicted_total_s * 1e3:.3f}", _pct(r.model_relative_error), _pct(calibrated[r.model]),
+                      _pct(before[r.model]), reason)
     console.print(table)
     summary = Table(title=f"leave-one-model-out, {threads} thread(s): summary over {len(results)} models")
     for column in ("predictor", *SUMMARY_COLUMNS):
         summary.add_column(column, justify="right")
     errors = [r.model_relative_error for r in results]
-    summary.add_row("kernel classes + stage calibration", *summary_cells(errors))
+    summary.add_row("kernel classes, fitted on stage runs", *summary_cells(errors))
+    summary.add_row("kernel classes + stage calibration (previous)", *summary_cells(list(calibrated.values())))
     summary.add_row("before: op types, sum of nodes", *summary_cells(list(before.values())))
     summary.add_row("noise floor (same measurement, two halves)", *summary_cells(list(noise.values())))
     console.print(summary)
     return {"models": rows, "summary": error_summary(errors), "before": error_summary(list(before.values())),
+            "stage_calibration_only": error_summary(list(calibrated.values())),
             "noise_floor": error_summary(list(noise.values()))}
 
 
@@ -255,7 +295,7 @@ SETTINGS = {"few_shot_s": "model and device held out", "profiled_s": "device hel
 
 
 def device_report(console: Console, reference_threads: int, samples: dict[str, list[NodeSample]],
-                  reference: DeviceProfile, measured: dict[str, dict[str, Any]]) -> dict[str, Any]:
+                  reference: DeviceProfile, measured: dict[str, dict[str, Any]], stages: Mapping[str, Runs]) -> dict[str, Any]:
     reference_name = f"{reference_threads}thr"
     reference_noise = split_half_noise(measured[reference_name])
     report: dict[str, Any] = {}
@@ -269,7 +309,7 @@ def device_report(console: Console, reference_threads: int, samples: dict[str, l
             continue
         device = replace(DeviceProfile.from_dict(data["figures"]), name=f"emulated-{name}")
         results = held_out_device(samples, reference, measured[reference_name]["latency_s"], device,
-                                  data["latency_s"])
+                                  data["latency_s"], stages_by_model=stages)
         errors = {setting: {m: abs(getattr(r, setting) - r.measured_s) / r.measured_s for m, r in results.items()}
                   for setting in SETTINGS}
         # A pair is checked against two measurements (the device's and, profiled, the reference's).
@@ -358,6 +398,9 @@ def main() -> None:
     measured = device_latencies(devices, paths, rounds, args.seed, args.reuse)
     hosts = {t: DeviceProfile.from_dict(measured[f"{t}thr"]["figures"]) for t in thread_counts}
     samples = {t: {name: profile_samples(profile, t) for name, profile in profiles.items()} for t in thread_counts}
+    stage_times = stage_latencies(paths, thread_counts, rounds, args.seed, args.reuse)
+    stages = {t: {name: stage_runs(profile, t, stage_times[str(t)][name]) for name, profile in profiles.items()}
+              for t in thread_counts}
     report: dict[str, Any] = {"settings": vars(args) | {"rounds": rounds}, "load_average_at_start": start_load,
                               "idle_at_start": idle,
                               "devices": {name: {k: v for k, v in d.items() if k not in ("latency_s", "halves_s")}
@@ -383,9 +426,10 @@ def main() -> None:
             drift = drift_noise(reference["latency_s"], measured[again]["latency_s"])
             noise = {m: max(noise[m], drift[m]) for m in noise}
         lomo[str(t)] = lomo_report(console, t, samples[t], hosts[t], reference["latency_s"], noise,
-                                   reference["load_average"])
+                                   reference["load_average"], stages[t])
     report["lomo"] = lomo
-    report["held_out_devices"] = device_report(console, all_cpus, samples[all_cpus], hosts[all_cpus], measured)
+    report["held_out_devices"] = device_report(console, all_cpus, samples[all_cpus], hosts[all_cpus], measured,
+                                               stages[all_cpus])
     report["load_average_at_end"] = os.getloadavg()
     loaded = "" if idle else (f"; a loaded-machine run (idle reference: the same command with --wait-idle 1800, "
                               f"load below {IDLE_LOAD})")

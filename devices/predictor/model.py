@@ -48,6 +48,8 @@ DEFAULT_SHRINKAGE = 0.1
 DEFAULT_OVERHEAD_S = 5e-6  # fixed cost per kernel of a predictor that was never fitted
 _TIME_FLOOR_S = 1e-6  # onnxruntime's trace has microsecond resolution: no sample weighs more than this
 MAX_DEVICE_MEASUREMENTS = 10  # the few-shot budget of a device calibration
+DEFAULT_RUN_FIT_STRENGTH = 0.01  # pull of the run fit towards the profiled coefficients
+DEVICE_PULL = 1e-4  # pull of a device calibration towards one common scale
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,13 @@ def _fit_group(group: list[NodeSample], reference: DeviceProfile, prior: OpCoeff
                              shrinkage)
     a, b, p, c = solution * scale
     return OpCoefficients(float(a), float(b), float(p), float(c), len(group))
+
+
+def _scaled(coefficients: OpCoefficients, stage: StageCalibration) -> OpCoefficients:
+    """Coefficients with a stage calibration's scales folded in (work factors and fixed cost)."""
+    work = stage.work_scale
+    return replace(coefficients, compute=coefficients.compute * work, activations=coefficients.activations * work,
+                   params=coefficients.params * work, overhead_s=coefficients.overhead_s * stage.fixed_scale)
 
 
 def _coefficients_from_dict(data: dict[str, Any]) -> OpCoefficients:
@@ -280,16 +289,76 @@ class LatencyPredictor:
                                     penalty=np.array([1e-4, 1e-4, 0.0]))
         return replace(self, stage=StageCalibration(float(s_w), float(s_f), float(h * _TIME_FLOOR_S), len(rows)))
 
-    def with_device_calibration(self, device: DeviceProfile,
-                                stages: Sequence[tuple[Sequence[NodeSample], float]]) -> LatencyPredictor:
+    def _fitted_key(self, op_type: str, kernel: str = "") -> str | None:
+        """The name in `op_types` whose coefficients price this node as they are (kernel class, else op
+        type); None for what borrows (a fused type, the pooled fit)."""
+        return next((name for name in (kernel, op_type) if name and name in self.op_types), None)
+
+    def with_run_fit(self, stages: Sequence[tuple[Sequence[NodeSample], float]],
+                     strength: float = DEFAULT_RUN_FIT_STRENGTH) -> LatencyPredictor:
+        """A copy whose coefficients are fitted on whole runs (nodes, seconds of one run of them on the
+        reference: prefix stages, `devices.stages`) rather than on the profiled kernel times alone.
+
+        Every run is t = sum over its nodes of their coefficients times their roofline features, plus a
+        per-run cost; the unknowns are the coefficients of each kernel class and op type the runs use,
+        pulled (with `strength`, in the units of `_fit_group`) towards their profiled values scaled by the
+        stage calibration: the trace tells a class's shape, the runs its true cost. Coefficients no run
+        uses stay at those scaled values, and the stage calibration becomes the fitted per-run cost alone."""
+        prior = self.with_stage_calibration(stages)
+        keys = sorted({key for nodes, _ in stages for n in nodes
+                       if (key := prior._fitted_key(n.op_type, n.kernel)) is not None})
+        column = {key: 4 * i for i, key in enumerate(keys)}
+        scale = np.array([1.0, 1.0, 1.0, _TIME_FLOOR_S])
+        stage_scales = np.array([prior.stage.work_scale] * 3 + [prior.stage.fixed_scale])
+        rows, targets = [], []
+        for nodes, seconds in stages:
+            row, offset_s = np.zeros(4 * len(keys) + 1), 0.0
+            for n in nodes:
+                key = prior._fitted_key(n.op_type, n.kernel)
+                if key is None:  # priced by borrowing: its prediction is a fixed part of the run
+                    offset_s += prior.predict(n.op_type, n.flops, n.bytes_moved, n.param_bytes, self.reference, n.kernel)
+                    continue
+                features = roofline_features(n.flops, n.bytes_moved, n.param_bytes, self.reference, self.reference)
+                row[column[key]:column[key] + 4] += features * scale
+            row[-1] = _TIME_FLOOR_S
+            rows.append(row)
+            targets.append(max(seconds - offset_s, _TIME_FLOOR_S))
+        start = np.concatenate([self.op_types[key].as_vector() * stage_scales / scale for key in keys]
+                               + [np.array([prior.stage.per_run_s / _TIME_FLOOR_S])])
+        penalty = np.full(start.size, strength)
+        penalty[-1] = 0.0
+        solution = relative_nnls(np.array(rows), np.array(targets), start, penalty)
+        refitted = dict(self.op_types)
+        for key in keys:
+            a, b, c, d = solution[column[key]:column[key] + 4] * scale
+            refitted[key] = replace(self.op_types[key], compute=float(a), activations=float(b), params=float(c),
+                                    overhead_s=float(d))
+        unused = {key: _scaled(c, prior.stage) for key, c in self.op_types.items() if key not in column}
+        return replace(self, op_types=dict(sorted((refitted | unused).items())),
+                       pooled=None if self.pooled is None else _scaled(self.pooled, prior.stage),
+                       stage=StageCalibration(1.0, 1.0, float(solution[-1] * _TIME_FLOOR_S), len(stages)), devices={})
+
+    def with_device_calibration(self, device: DeviceProfile, stages: Sequence[tuple[Sequence[NodeSample], float]],
+                                anchors_s: Sequence[float] | None = None) -> LatencyPredictor:
         """A copy calibrated for `device` from at most MAX_DEVICE_MEASUREMENTS measured runs there
         (nodes, seconds): fits the scales of the predicted work and fixed costs. One measurement fixes
-        one common scale; two or more fit both (a slower core stretches both, more threads only the work)."""
+        one common scale; two or more fit both (a slower core stretches both, more threads only the work).
+
+        `anchors_s`: the same runs' measured seconds on the reference. Then the fit is of the
+        device/reference *ratio* (each run's parts scaled by its measured / predicted reference time),
+        which is what a model measured on the reference needs (HELP's few-shot setting): the predicted
+        reference time's own error cancels."""
         if not 1 <= len(stages) <= MAX_DEVICE_MEASUREMENTS:
             raise DeviceError(f"a device calibration takes 1 to {MAX_DEVICE_MEASUREMENTS} measured runs, "
                               f"got {len(stages)}.")
+        if anchors_s is not None and (len(anchors_s) != len(stages) or not all(a > 0 for a in anchors_s)):
+            raise DeviceError("a ratio calibration needs one positive reference time per measured run.")
         base = replace(self, devices={name: c for name, c in self.devices.items() if name != device.name})
         parts = [base.stage_parts(nodes, device) for nodes, _ in stages]
+        if anchors_s is not None:
+            ratios = [anchor / max(base.predict_stage_s(nodes, self.reference), _TIME_FLOOR_S)
+                      for anchor, (nodes, _) in zip(anchors_s, stages, strict=True)]
+            parts = [StageParts(p.work_s * r, p.fixed_s * r) for p, r in zip(parts, ratios, strict=True)]
         targets = np.array([seconds for _, seconds in stages])
         if not np.all(targets > 0):
             raise DeviceError("a device calibration needs measured runs with positive times.")
@@ -300,7 +369,8 @@ class LatencyPredictor:
             rows = np.array([[p.work_s, p.fixed_s] for p in parts])
             # A weak pull towards one common scale keeps an ill-posed pair (all runs alike) sane.
             common = float(np.median(targets / np.maximum(rows.sum(axis=1), _TIME_FLOOR_S)))
-            work_scale, fixed_scale = (float(x) for x in relative_nnls(rows, targets, np.array([common, common]), 1e-4))
+            work_scale, fixed_scale = (float(x) for x in relative_nnls(rows, targets, np.array([common, common]),
+                                                                       DEVICE_PULL))
         calibration = DeviceCalibration(work_scale, fixed_scale, len(stages))
         return replace(base, devices={**base.devices, device.name: calibration})
 
