@@ -27,6 +27,7 @@ from devices.profiler import (
     random_inputs,
 )
 from devices.profiles import DeviceProfile
+from devices.stages import prefix_stages
 from edgecloud.calibration import canonical_model, layer_nodes, profile_samples, samples_from_times
 from edgecloud.cli.app import app
 from partitioner.graph.layer_graph import load_layer_graph
@@ -328,3 +329,30 @@ def test_node_time_resolves_sub_microsecond_kernels_and_drops_preempted_runs() -
     quantised = [0.0, 1e-6, 0.0, 1e-6, 0.0] * 4
     assert node_time_s(quantised) == pytest.approx(0.4e-6, abs=0.1e-6)
     assert node_time_s([5e-6] * 9 + [500e-6]) == pytest.approx(5e-6)
+
+
+def test_prefix_stages_run_their_first_nodes_and_output_every_crossing_tensor() -> None:
+    import onnxruntime as ort
+
+    model = conv_and_attention_model()
+    stages = prefix_stages(model, 3)
+    names = [node.name for node in model.graph.node]
+    assert [len(s.nodes) for s in stages] == sorted({len(s.nodes) for s in stages})
+    assert stages[-1].nodes == names  # the last prefix is the whole model
+    feeds = random_inputs(model)
+    whole = onnx.ModelProto()
+    whole.CopyFrom(model)
+    for stage in stages:
+        assert stage.nodes == names[:len(stage.nodes)]
+        crossing = [o.name for o in stage.model.graph.output]
+        later = {i for node in model.graph.node[len(stage.nodes):] for i in node.input} | {o.name for o in model.graph.output}
+        assert crossing and set(crossing) <= later
+        # Every crossing tensor holds what the whole model computes there.
+        del whole.graph.output[:]
+        whole.graph.output.extend(stage.model.graph.output)
+        expected = ort.InferenceSession(whole.SerializeToString()).run(None, feeds)
+        got = ort.InferenceSession(stage.model.SerializeToString()).run(None, feeds)
+        for a, b in zip(got, expected, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6)
+    with pytest.raises(DeviceError, match="at least one prefix"):
+        prefix_stages(model, 0)
