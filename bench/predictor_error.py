@@ -54,8 +54,16 @@ from devices.predictor.evaluation import Runs, fit_without
 from devices.latency import BLOCKS, LatencyProtocol, measure_latencies
 from devices.profiler import ModelProfile, load_profile_file
 from devices.profiles import DeviceProfile
+from devices.microbench import kernel_models
 from devices.stages import prefix_stages
-from edgecloud.calibration import canonical_model, predictor_model_paths, profile_file, profile_samples, samples_from_times
+from edgecloud.calibration import (
+    canonical_model,
+    layer_nodes,
+    predictor_model_paths,
+    profile_file,
+    profile_samples,
+    samples_from_times,
+)
 from partitioner.graph.layer_graph import load_layer_graph
 
 RESULTS = Path(__file__).parent / "results"
@@ -64,6 +72,8 @@ LATENCIES = RESULTS / "predictor_latencies.json"
 STAGES = RESULTS / "predictor_stages.json"
 STAGES_PER_MODEL = 6
 STAGE_BLOCK_S = 0.01
+KERNELS = RESULTS / "predictor_kernels.json"
+KERNEL_MODELS = 84  # twelve of each of the seven kernel kinds
 CGROUP_ROOT = Path("/sys/fs/cgroup/cpu")
 AGAIN = "-again"
 # 10 ms CFS periods and 0.1 s blocks: a block spans ten periods. Measured here under load ~2 (fastest of
@@ -180,6 +190,25 @@ def stage_latencies(paths: Mapping[str, Path], thread_counts: list[int], rounds:
     return measured
 
 
+def kernel_latencies(thread_counts: list[int], rounds: int, seed: int, reuse: bool) -> dict[str, dict[str, float]]:
+    """Per thread count: the whole-run seconds of each single-kernel model (`devices.microbench`)."""
+    if reuse and KERNELS.is_file():
+        return json.loads(KERNELS.read_text())
+    models = kernel_models(KERNEL_MODELS, seed)
+    protocol = LatencyProtocol(rounds=max(rounds // 2, 2), min_block_s=STAGE_BLOCK_S, warmup_s=STAGE_BLOCK_S)
+    measured = {str(t): {name: m.latency_s for name, m in measure_latencies(models, t, protocol, seed).items()}
+                for t in thread_counts}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    KERNELS.write_text(json.dumps(measured) + "\n")
+    return measured
+
+
+def kernel_runs(times_s: Mapping[str, float], seed: int) -> list[tuple[list[NodeSample], float]]:
+    """The single-kernel models as runs: their layers' features, their measured seconds."""
+    models = kernel_models(KERNEL_MODELS, seed)
+    return [(list(layer_nodes(load_layer_graph(models[name])).values()), seconds) for name, seconds in times_s.items()]
+
+
 def stage_runs(profile: ModelProfile, threads: int, stages: list[list[Any]]) -> list[tuple[list[NodeSample], float]]:
     """Each measured stage as (the samples of the layers inside it, its seconds)."""
     graph = load_layer_graph(profile.model)
@@ -235,7 +264,7 @@ def worst_kernel(samples: list[NodeSample], predictor: LatencyPredictor, device:
     scale = measured_s / max(sum(s.time_s for s in samples), 1e-12)
     by_kernel: dict[str, float] = {}
     for s in samples:
-        parts = predictor.stage_parts([s], device)
+        parts = predictor.node_parts(s.op_type, s.flops, s.bytes_moved, s.param_bytes, device, s.kernel, s.groups)
         by_kernel[s.kernel_class] = by_kernel.get(s.kernel_class, 0.0) + parts.work_s + parts.fixed_s - scale * s.time_s
     kernel = max(by_kernel, key=lambda k: abs(by_kernel[k]))
     return f"{kernel} {by_kernel[kernel] * 1e3:+.3f} ms"
@@ -252,8 +281,8 @@ def why(error: float, noise: float, miss: str) -> str:
 
 def lomo_report(console: Console, threads: int, samples: dict[str, list[NodeSample]], host: DeviceProfile,
                 latencies_s: dict[str, float], noise: dict[str, float], load_average: Any,
-                stages: Mapping[str, Runs]) -> dict[str, Any]:
-    results = leave_one_model_out(samples, host, latencies_s, stages)
+                stages: Mapping[str, Runs], kernels: Runs) -> dict[str, Any]:
+    results = leave_one_model_out(samples, host, latencies_s, stages, kernels)
     calibrated = {r.model: abs(r.predicted_total_s - latencies_s[r.model]) / latencies_s[r.model]
                   for r in leave_one_model_out(samples, host, latencies_s)}
     plain = {name: [replace(s, kernel="") for s in group] for name, group in samples.items()}
@@ -267,7 +296,7 @@ def lomo_report(console: Console, threads: int, samples: dict[str, list[NodeSamp
     rows: dict[str, Any] = {}
     for r in results:
         miss = "" if r.model_relative_error <= BAND else worst_kernel(
-            samples[r.model], fit_without(samples, host, r.model, latencies_s, stages), host, r.measured_total_s)
+            samples[r.model], fit_without(samples, host, r.model, latencies_s, stages, kernels), host, r.measured_total_s)
         reason = why(r.model_relative_error, noise[r.model], miss)
         rows[r.model] = {"nodes": len(r.node_relative_errors), "measured_s": r.measured_total_s,
                          "noise": noise[r.model], "predicted_s": r.predicted_total_s, "error": r.model_relative_error,
@@ -280,7 +309,7 @@ def lomo_report(console: Console, threads: int, samples: dict[str, list[NodeSamp
     for column in ("predictor", *SUMMARY_COLUMNS):
         summary.add_column(column, justify="right")
     errors = [r.model_relative_error for r in results]
-    summary.add_row("kernel classes, fitted on stage runs", *summary_cells(errors))
+    summary.add_row("kernel classes, fitted on stage and kernel runs", *summary_cells(errors))
     summary.add_row("kernel classes + stage calibration (previous)", *summary_cells(list(calibrated.values())))
     summary.add_row("before: op types, sum of nodes", *summary_cells(list(before.values())))
     summary.add_row("noise floor (same measurement, two halves)", *summary_cells(list(noise.values())))
@@ -295,7 +324,8 @@ SETTINGS = {"few_shot_s": "model and device held out", "profiled_s": "device hel
 
 
 def device_report(console: Console, reference_threads: int, samples: dict[str, list[NodeSample]],
-                  reference: DeviceProfile, measured: dict[str, dict[str, Any]], stages: Mapping[str, Runs]) -> dict[str, Any]:
+                  reference: DeviceProfile, measured: dict[str, dict[str, Any]], stages: Mapping[str, Runs],
+                  kernels: Runs) -> dict[str, Any]:
     reference_name = f"{reference_threads}thr"
     reference_noise = split_half_noise(measured[reference_name])
     report: dict[str, Any] = {}
@@ -309,7 +339,7 @@ def device_report(console: Console, reference_threads: int, samples: dict[str, l
             continue
         device = replace(DeviceProfile.from_dict(data["figures"]), name=f"emulated-{name}")
         results = held_out_device(samples, reference, measured[reference_name]["latency_s"], device,
-                                  data["latency_s"], stages_by_model=stages)
+                                  data["latency_s"], stages_by_model=stages, kernel_runs=kernels)
         errors = {setting: {m: abs(getattr(r, setting) - r.measured_s) / r.measured_s for m, r in results.items()}
                   for setting in SETTINGS}
         # A pair is checked against two measurements (the device's and, profiled, the reference's).
@@ -401,6 +431,8 @@ def main() -> None:
     stage_times = stage_latencies(paths, thread_counts, rounds, args.seed, args.reuse)
     stages = {t: {name: stage_runs(profile, t, stage_times[str(t)][name]) for name, profile in profiles.items()}
               for t in thread_counts}
+    kernel_times = kernel_latencies(thread_counts, rounds, args.seed, args.reuse)
+    kernels = {t: kernel_runs(kernel_times[str(t)], args.seed) for t in thread_counts}
     report: dict[str, Any] = {"settings": vars(args) | {"rounds": rounds}, "load_average_at_start": start_load,
                               "idle_at_start": idle,
                               "devices": {name: {k: v for k, v in d.items() if k not in ("latency_s", "halves_s")}
@@ -411,9 +443,9 @@ def main() -> None:
         overview.add_column(column, justify="right")
     for name in profiles:
         group = samples[all_cpus][name]
-        kernels = sorted({s.kernel_class for s in group if "/" in s.kernel_class})
+        classes = sorted({s.kernel_class for s in group if "/" in s.kernel_class})
         overview.add_row(name, str(len(group)), f"{sum(s.flops for s in group) / 1e6:.1f}",
-                         *(f"{d['latency_s'][name] * 1e3:.3f}" for d in measured.values()), ", ".join(kernels))
+                         *(f"{d['latency_s'][name] * 1e3:.3f}" for d in measured.values()), ", ".join(classes))
     console.print(overview)
 
     report["noise_floor"] = noise_report(console, measured, all_cpus)
@@ -426,10 +458,10 @@ def main() -> None:
             drift = drift_noise(reference["latency_s"], measured[again]["latency_s"])
             noise = {m: max(noise[m], drift[m]) for m in noise}
         lomo[str(t)] = lomo_report(console, t, samples[t], hosts[t], reference["latency_s"], noise,
-                                   reference["load_average"], stages[t])
+                                   reference["load_average"], stages[t], kernels[t])
     report["lomo"] = lomo
     report["held_out_devices"] = device_report(console, all_cpus, samples[all_cpus], hosts[all_cpus], measured,
-                                               stages[all_cpus])
+                                               stages[all_cpus], kernels[all_cpus])
     report["load_average_at_end"] = os.getloadavg()
     loaded = "" if idle else (f"; a loaded-machine run (idle reference: the same command with --wait-idle 1800, "
                               f"load below {IDLE_LOAD})")

@@ -27,6 +27,7 @@ from devices.profiler import (
     random_inputs,
 )
 from devices.profiles import DeviceProfile
+from devices.microbench import kernel_models
 from devices.stages import prefix_stages
 from edgecloud.calibration import canonical_model, layer_nodes, profile_samples, samples_from_times
 from edgecloud.cli.app import app
@@ -286,6 +287,7 @@ def test_layer_nodes_carry_the_kernel_class_of_each_onnx_node() -> None:
         "depthwise": "Conv/depthwise", "pointwise": "Conv/pointwise", "dense": "Conv/dense", "flatten": "Reshape",
         "projection": "MatMul/weights", "transpose": "Transpose", "attention": "MatMul/activations"}
     assert all(node.op_type == node.kernel.split("/")[0] for node in nodes.values())
+    assert {name: node.groups for name, node in nodes.items() if node.groups != 1} == {"depthwise": 8}
 
 
 def test_fused_layers_carry_no_kernel_class_and_keep_their_fused_type(bundled_models: Mapping[str, Path]) -> None:
@@ -356,3 +358,22 @@ def test_prefix_stages_run_their_first_nodes_and_output_every_crossing_tensor() 
             np.testing.assert_allclose(a, b, rtol=1e-6)
     with pytest.raises(DeviceError, match="at least one prefix"):
         prefix_stages(model, 0)
+
+
+def test_kernel_models_sample_every_kernel_class_as_a_runnable_single_node_model() -> None:
+    models = kernel_models(14, seed=1)
+    assert kernel_models(14, seed=1).keys() == models.keys() and len(models) == 14
+    classes = set()
+    for model in models.values():
+        nodes = list(layer_nodes(load_layer_graph(model)).values())
+        assert len(nodes) == 1
+        classes.add(nodes[0].kernel)
+        if nodes[0].kernel == "Conv/depthwise":
+            assert nodes[0].groups > 1
+    assert {"Conv/depthwise", "Conv/grouped", "Conv/pointwise", "Conv/dense", "MatMul/weights",
+            "MatMul/activations"} <= classes
+    measured = measure_latencies(dict(list(models.items())[:3]), 1, LatencyProtocol(rounds=2, min_block_s=0.001,
+                                                                                    warmup_s=0.0))
+    assert all(m.latency_s > 0 for m in measured.values())
+    with pytest.raises(DeviceError, match="at least one model"):
+        kernel_models(0)

@@ -47,6 +47,8 @@ FUSED_SEPARATOR = "+"
 DEFAULT_SHRINKAGE = 0.1
 DEFAULT_OVERHEAD_S = 5e-6  # fixed cost per kernel of a predictor that was never fitted
 _TIME_FLOOR_S = 1e-6  # onnxruntime's trace has microsecond resolution: no sample weighs more than this
+# Units of the unknowns in a fit (fixed costs in microseconds), so that all columns are of order one.
+FEATURE_UNITS = np.array([1.0, 1.0, 1.0, _TIME_FLOOR_S, _TIME_FLOOR_S])
 MAX_DEVICE_MEASUREMENTS = 10  # the few-shot budget of a device calibration
 DEFAULT_RUN_FIT_STRENGTH = 0.01  # pull of the run fit towards the profiled coefficients
 DEVICE_PULL = 1e-4  # pull of a device calibration towards one common scale
@@ -63,6 +65,7 @@ class NodeSample:
     param_bytes: int
     time_s: float
     kernel: str = ""  # kernel class ("Conv/depthwise"); empty: the op type
+    groups: int = 1  # inner kernel calls: a grouped or depthwise Conv's groups (one loop per channel)
 
     @property
     def kernel_class(self) -> str:
@@ -78,9 +81,10 @@ class OpCoefficients:
     params: float
     overhead_s: float
     samples: int
+    per_group_s: float = 0.0  # fixed cost of each group after the first (reference seconds)
 
     def as_vector(self) -> np.ndarray:
-        return np.array([self.compute, self.activations, self.params, self.overhead_s])
+        return np.array([self.compute, self.activations, self.params, self.overhead_s, self.per_group_s])
 
 
 @dataclass(frozen=True)
@@ -117,12 +121,15 @@ def _overhead_scale(reference: DeviceProfile, device: DeviceProfile) -> float:
 
 
 def roofline_features(flops: int, bytes_moved: int, param_bytes: int, device: DeviceProfile,
-                      reference: DeviceProfile) -> np.ndarray:
-    """[compute time, activation time, parameter time, fixed-cost scale] of a node on `device`."""
+                      reference: DeviceProfile, groups: int = 1) -> np.ndarray:
+    """[compute time, activation time, parameter time, fixed-cost scale, that scale per extra group] of a
+    node on `device`. The last is why a depthwise Conv is dear: onnxruntime loops over its channels, a
+    fixed cost each (here ~0.1-0.4 µs a channel: 49 µs for 0.006 MFLOP over ~330 channels)."""
     bandwidth = device.memory_bandwidth_bytes_per_s
     activation_bytes = max(bytes_moved - param_bytes, 0)
+    scale = _overhead_scale(reference, device)
     return np.array([flops / device.peak_flops, activation_bytes / bandwidth, param_bytes / bandwidth,
-                     _overhead_scale(reference, device)])
+                     scale, max(groups - 1, 0) * scale])
 
 
 def roofline_time_s(flops: int, bytes_moved: int, device: DeviceProfile) -> float:
@@ -154,28 +161,30 @@ def _fit_group(group: list[NodeSample], reference: DeviceProfile, prior: OpCoeff
     Why shrink: a class seen only in one regime (Concat of a few int64 shape values) tells nothing
     about another (Concat of image tensors); without the prior its factors explode when extrapolated.
     """
-    features = np.array([roofline_features(s.flops, s.bytes_moved, s.param_bytes, reference, reference)
+    features = np.array([roofline_features(s.flops, s.bytes_moved, s.param_bytes, reference, reference, s.groups)
                          for s in group])
     times = np.array([s.time_s for s in group])
-    # Unknowns in units of `scale` (fixed cost in microseconds) so that all columns are of order one.
-    scale = np.array([1.0, 1.0, 1.0, _TIME_FLOOR_S])
-    solution = relative_nnls(features * scale, times, None if prior is None else prior.as_vector() / scale,
-                             shrinkage)
-    a, b, p, c = solution * scale
-    return OpCoefficients(float(a), float(b), float(p), float(c), len(group))
+    solution = relative_nnls(features * FEATURE_UNITS, times,
+                             None if prior is None else prior.as_vector() / FEATURE_UNITS, shrinkage)
+    return _from_vector(solution * FEATURE_UNITS, len(group))
+
+
+def _from_vector(vector: np.ndarray, samples: int) -> OpCoefficients:
+    """Coefficients from the order of `OpCoefficients.as_vector`."""
+    a, b, p, c, g = (float(x) for x in vector)
+    return OpCoefficients(a, b, p, c, samples, g)
 
 
 def _scaled(coefficients: OpCoefficients, stage: StageCalibration) -> OpCoefficients:
     """Coefficients with a stage calibration's scales folded in (work factors and fixed cost)."""
-    work = stage.work_scale
-    return replace(coefficients, compute=coefficients.compute * work, activations=coefficients.activations * work,
-                   params=coefficients.params * work, overhead_s=coefficients.overhead_s * stage.fixed_scale)
+    scales = np.array([stage.work_scale] * 3 + [stage.fixed_scale] * 2)
+    return _from_vector(coefficients.as_vector() * scales, coefficients.samples)
 
 
 def _coefficients_from_dict(data: dict[str, Any]) -> OpCoefficients:
     return OpCoefficients(compute=float(data["compute"]), activations=float(data["activations"]),
                           params=float(data["params"]), overhead_s=float(data["overhead_s"]),
-                          samples=int(data["samples"]))
+                          samples=int(data["samples"]), per_group_s=float(data.get("per_group_s", 0.0)))
 
 
 def _groups(samples: Iterable[NodeSample], key: Any) -> dict[str, list[NodeSample]]:
@@ -234,15 +243,15 @@ class LatencyPredictor:
         return replace(head, overhead_s=head.overhead_s + overhead_s)
 
     def node_parts(self, op_type: str, flops: int, bytes_moved: int, param_bytes: int, device: DeviceProfile,
-                   kernel: str = "") -> StageParts:
+                   kernel: str = "", groups: int = 1) -> StageParts:
         """A node's (work, fixed) seconds on `device`, stage calibration in, device calibration not."""
-        features = roofline_features(flops, bytes_moved, param_bytes, device, self.reference)
+        features = roofline_features(flops, bytes_moved, param_bytes, device, self.reference, groups)
         coefficients = self._coefficients_of(op_type, kernel)
         if coefficients is None:
             return StageParts(roofline_time_s(flops, bytes_moved, device), DEFAULT_OVERHEAD_S * features[3])
         vector = coefficients.as_vector()
         work_s = float(features[:3] @ vector[:3])
-        fixed_s = float(features[3] * vector[3])
+        fixed_s = float(features[3:] @ vector[3:])
         return StageParts(self.stage.work_scale * work_s, self.stage.fixed_scale * fixed_s)
 
     def _device_scales(self, device: DeviceProfile) -> tuple[float, float]:
@@ -250,9 +259,9 @@ class LatencyPredictor:
         return (1.0, 1.0) if calibration is None else (calibration.work_scale, calibration.fixed_scale)
 
     def predict(self, op_type: str, flops: int, bytes_moved: int, param_bytes: int,
-                device: DeviceProfile, kernel: str = "") -> float:
+                device: DeviceProfile, kernel: str = "", groups: int = 1) -> float:
         """Seconds the node takes on `device` within a run of many nodes."""
-        parts = self.node_parts(op_type, flops, bytes_moved, param_bytes, device, kernel)
+        parts = self.node_parts(op_type, flops, bytes_moved, param_bytes, device, kernel, groups)
         work_scale, fixed_scale = self._device_scales(device)
         return work_scale * parts.work_s + fixed_scale * parts.fixed_s
 
@@ -260,7 +269,8 @@ class LatencyPredictor:
         """(work, fixed) seconds of one run of `nodes` (their times ignored), device calibration not in."""
         work_s = fixed_s = 0.0
         for node in nodes:
-            parts = self.node_parts(node.op_type, node.flops, node.bytes_moved, node.param_bytes, device, node.kernel)
+            parts = self.node_parts(node.op_type, node.flops, node.bytes_moved, node.param_bytes, device, node.kernel,
+                                    node.groups)
             work_s += parts.work_s
             fixed_s += parts.fixed_s
         return StageParts(work_s, fixed_s + self.stage.per_run_s * _overhead_scale(self.reference, device))
@@ -307,32 +317,32 @@ class LatencyPredictor:
         prior = self.with_stage_calibration(stages)
         keys = sorted({key for nodes, _ in stages for n in nodes
                        if (key := prior._fitted_key(n.op_type, n.kernel)) is not None})
-        column = {key: 4 * i for i, key in enumerate(keys)}
-        scale = np.array([1.0, 1.0, 1.0, _TIME_FLOOR_S])
-        stage_scales = np.array([prior.stage.work_scale] * 3 + [prior.stage.fixed_scale])
+        width = FEATURE_UNITS.size
+        column = {key: width * i for i, key in enumerate(keys)}
         rows, targets = [], []
         for nodes, seconds in stages:
-            row, offset_s = np.zeros(4 * len(keys) + 1), 0.0
+            row, offset_s = np.zeros(width * len(keys) + 1), 0.0
             for n in nodes:
                 key = prior._fitted_key(n.op_type, n.kernel)
                 if key is None:  # priced by borrowing: its prediction is a fixed part of the run
-                    offset_s += prior.predict(n.op_type, n.flops, n.bytes_moved, n.param_bytes, self.reference, n.kernel)
+                    offset_s += prior.predict(n.op_type, n.flops, n.bytes_moved, n.param_bytes, self.reference, n.kernel,
+                                              n.groups)
                     continue
-                features = roofline_features(n.flops, n.bytes_moved, n.param_bytes, self.reference, self.reference)
-                row[column[key]:column[key] + 4] += features * scale
+                features = roofline_features(n.flops, n.bytes_moved, n.param_bytes, self.reference, self.reference,
+                                             n.groups)
+                row[column[key]:column[key] + width] += features * FEATURE_UNITS
             row[-1] = _TIME_FLOOR_S
             rows.append(row)
             targets.append(max(seconds - offset_s, _TIME_FLOOR_S))
-        start = np.concatenate([self.op_types[key].as_vector() * stage_scales / scale for key in keys]
+        start = np.concatenate([_scaled(self.op_types[key], prior.stage).as_vector() / FEATURE_UNITS for key in keys]
                                + [np.array([prior.stage.per_run_s / _TIME_FLOOR_S])])
         penalty = np.full(start.size, strength)
         penalty[-1] = 0.0
         solution = relative_nnls(np.array(rows), np.array(targets), start, penalty)
         refitted = dict(self.op_types)
         for key in keys:
-            a, b, c, d = solution[column[key]:column[key] + 4] * scale
-            refitted[key] = replace(self.op_types[key], compute=float(a), activations=float(b), params=float(c),
-                                    overhead_s=float(d))
+            vector = solution[column[key]:column[key] + width] * FEATURE_UNITS
+            refitted[key] = _from_vector(vector, self.op_types[key].samples)
         unused = {key: _scaled(c, prior.stage) for key, c in self.op_types.items() if key not in column}
         return replace(self, op_types=dict(sorted((refitted | unused).items())),
                        pooled=None if self.pooled is None else _scaled(self.pooled, prior.stage),
