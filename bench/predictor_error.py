@@ -73,7 +73,7 @@ STAGES = RESULTS / "predictor_stages.json"
 STAGES_PER_MODEL = 6
 STAGE_BLOCK_S = 0.01
 KERNELS = RESULTS / "predictor_kernels.json"
-KERNEL_MODELS = 84  # twelve of each of the seven kernel kinds
+KERNEL_MODELS = 150  # fifteen rounds of the ten kernel kinds
 CGROUP_ROOT = Path("/sys/fs/cgroup/cpu")
 AGAIN = "-again"
 # 10 ms CFS periods and 0.1 s blocks: a block spans ten periods. Measured here under load ~2 (fastest of

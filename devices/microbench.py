@@ -47,14 +47,34 @@ def _matmul(rng: np.random.Generator, name: str, rows: int, inner: int, columns:
                              initializers)
 
 
-def _elementwise(name: str, op_type: str, shape: list[int]) -> Any:
+ELEMENTWISE = ("Add", "Mul", "Div", "Add/broadcast", "Mul/broadcast", "Relu", "Erf", "Sigmoid", "Softmax",
+               "ReduceMean", "LayerNormalization", "Transpose", "Transpose/4d")
+
+
+def _elementwise(rng: np.random.Generator, name: str, kind: str, shape: list[int]) -> Any:
+    """One element-wise, normalisation or layout op on a [1, rows, columns] tensor (4-d for Transpose/4d)."""
     from onnx import TensorProto, helper
 
-    binary = op_type in ("Add", "Mul")
-    node = helper.make_node(op_type, ["x", "x"] if binary else ["x"], ["y"], name=name,
-                            **({"perm": [0, 2, 1]} if op_type == "Transpose" else {}))
+    op_type, _, variant = kind.partition("/")
+    last = shape[-1]
+    vector = helper.make_tensor("v", TensorProto.FLOAT, [last], rng.standard_normal(last).astype(np.float32))
+    inputs, initializers, attributes = ["x"], [], {}
+    if op_type in ("Add", "Mul", "Div"):
+        inputs.append("v" if variant == "broadcast" else "x")
+        initializers = [vector] if variant == "broadcast" else []
+    elif op_type == "LayerNormalization":
+        inputs, initializers, attributes = ["x", "v"], [vector], {"axis": -1}
+    elif op_type in ("Softmax",):
+        attributes = {"axis": -1}
+    elif op_type == "ReduceMean":
+        attributes = {"axes": [-1]}
+    elif op_type == "Transpose":
+        if variant == "4d":
+            shape = [1, shape[1], 4, max(shape[2] // 4, 1)]
+        attributes = {"perm": [0, 2, 3, 1] if variant == "4d" else [0, 2, 1]}
+    node = helper.make_node(op_type, inputs, ["y"], name=name, **attributes)
     return helper.make_graph([node], name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-                             [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+                             [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializers)
 
 
 def kernel_models(count: int, seed: int = 0) -> dict[str, Any]:
@@ -68,7 +88,9 @@ def kernel_models(count: int, seed: int = 0) -> dict[str, Any]:
         raise DeviceError("a kernel sample needs at least one model.")
     rng = np.random.default_rng(seed)
     models: dict[str, Any] = {}
-    kinds = ("depthwise", "grouped", "pointwise", "dense", "matmul-weights", "matmul-activations", "elementwise")
+    # Depthwise convolutions and the cheap ops twice as often: their costs vary most with shape.
+    kinds = ("depthwise", "grouped", "pointwise", "dense", "matmul-weights", "matmul-activations", "elementwise",
+             "depthwise", "elementwise", "elementwise")
     for index in range(count):
         kind = kinds[index % len(kinds)]
         name = f"{kind}-{index}"
@@ -90,8 +112,8 @@ def kernel_models(count: int, seed: int = 0) -> dict[str, Any]:
             heads = 1 if kind == "matmul-weights" else int(rng.choice([1, 2, 4, 8]))
             graph = _matmul(rng, name, rows, inner, columns, heads, kind == "matmul-weights")
         else:
-            op_type = str(rng.choice(["Add", "Mul", "Relu", "Transpose", "Softmax"]))
-            graph = _elementwise(name, op_type, [1, int(2 ** rng.integers(1, 9)), int(2 ** rng.integers(2, 10))])
+            kind = ELEMENTWISE[index % len(ELEMENTWISE)]  # 13 op kinds against a cycle of 10: all come round
+            graph = _elementwise(rng, name, kind, [1, int(2 ** rng.integers(1, 9)), int(2 ** rng.integers(2, 10))])
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET)])
         models[name] = onnx.shape_inference.infer_shapes(model, strict_mode=True)  # the output's shape filled in
     return models

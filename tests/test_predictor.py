@@ -459,3 +459,21 @@ def test_a_ratio_calibration_cancels_the_reference_prediction_s_own_error() -> N
     assert profiled_error(ratio) < profiled_error(plain)
     with pytest.raises(DeviceError, match="one positive reference time per measured run"):
         predictor.with_device_calibration(slow, shots, reference_s[:2])
+
+
+def test_a_device_calibration_learns_the_device_s_own_cost_per_kernel_dispatched(tmp_path: Path) -> None:
+    # Two threads under a one-CPU quota: every kernel dispatched costs a wake-up the reference never paid,
+    # whatever the predictor's own fixed costs say; runs of many small nodes suffer most.
+    predictor = LatencyPredictor.fit(synthetic_samples(0), REFERENCE, shrinkage=0.0)
+    # Runs of Conv nodes (4 µs fixed each) and runs of Relu nodes (2 µs), so that a per-node cost is not
+    # the predictor's fixed cost under another name.
+    rng = np.random.default_rng(7)
+    stages = [[NodeSample(("Conv", "Relu")[i % 2], int(10 ** rng.uniform(2, 5)), int(10 ** rng.uniform(2, 4)), 0, 0.0)
+               for _ in range(int(rng.integers(1, 40)))] for i in range(MAX_DEVICE_MEASUREMENTS + 1)]
+    device_s = [1.2 * predictor.predict_stage_s(nodes, SLOW) + 3e-6 * len(nodes) for nodes in stages]
+    calibrated = predictor.with_device_calibration(SLOW, list(zip(stages[:-1], device_s[:-1], strict=True)))
+    assert calibrated.devices["slow"].per_node_s == pytest.approx(3e-6, rel=0.05)
+    assert calibrated.predict_stage_s(stages[-1], SLOW) == pytest.approx(device_s[-1], rel=0.02)
+    path = tmp_path / "predictor.json"
+    calibrated.save(path)
+    assert LatencyPredictor.load(path).devices == calibrated.devices

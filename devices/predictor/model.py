@@ -105,6 +105,7 @@ class DeviceCalibration:
     work_scale: float
     fixed_scale: float
     measurements: int
+    per_node_s: float = 0.0  # the device's own cost per kernel dispatched (reference seconds, overhead-scaled)
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ class StageParts:
 
     work_s: float
     fixed_s: float
+    nodes: int = 0  # kernels dispatched (what a device's per-node cost multiplies)
 
 
 def _overhead_scale(reference: DeviceProfile, device: DeviceProfile) -> float:
@@ -254,32 +256,35 @@ class LatencyPredictor:
         fixed_s = float(features[3:] @ vector[3:])
         return StageParts(self.stage.work_scale * work_s, self.stage.fixed_scale * fixed_s)
 
-    def _device_scales(self, device: DeviceProfile) -> tuple[float, float]:
+    def _on_device_s(self, parts: StageParts, device: DeviceProfile) -> float:
+        """Parts to seconds on `device`: its calibration's scales and per-node cost, if it has one."""
         calibration = self.devices.get(device.name)
-        return (1.0, 1.0) if calibration is None else (calibration.work_scale, calibration.fixed_scale)
+        if calibration is None:
+            return parts.work_s + parts.fixed_s
+        return (calibration.work_scale * parts.work_s + calibration.fixed_scale * parts.fixed_s
+                + calibration.per_node_s * parts.nodes * _overhead_scale(self.reference, device))
 
     def predict(self, op_type: str, flops: int, bytes_moved: int, param_bytes: int,
                 device: DeviceProfile, kernel: str = "", groups: int = 1) -> float:
         """Seconds the node takes on `device` within a run of many nodes."""
         parts = self.node_parts(op_type, flops, bytes_moved, param_bytes, device, kernel, groups)
-        work_scale, fixed_scale = self._device_scales(device)
-        return work_scale * parts.work_s + fixed_scale * parts.fixed_s
+        return self._on_device_s(replace(parts, nodes=1), device)
 
     def stage_parts(self, nodes: Iterable[NodeSample], device: DeviceProfile) -> StageParts:
         """(work, fixed) seconds of one run of `nodes` (their times ignored), device calibration not in."""
         work_s = fixed_s = 0.0
+        count = 0
         for node in nodes:
             parts = self.node_parts(node.op_type, node.flops, node.bytes_moved, node.param_bytes, device, node.kernel,
                                     node.groups)
             work_s += parts.work_s
             fixed_s += parts.fixed_s
-        return StageParts(work_s, fixed_s + self.stage.per_run_s * _overhead_scale(self.reference, device))
+            count += 1
+        return StageParts(work_s, fixed_s + self.stage.per_run_s * _overhead_scale(self.reference, device), count)
 
     def predict_stage_s(self, nodes: Iterable[NodeSample], device: DeviceProfile) -> float:
         """Seconds of one session run of `nodes` on `device` (a stage, or the whole model)."""
-        parts = self.stage_parts(nodes, device)
-        work_scale, fixed_scale = self._device_scales(device)
-        return work_scale * parts.work_s + fixed_scale * parts.fixed_s
+        return self._on_device_s(self.stage_parts(nodes, device), device)
 
     # --- calibration -----------------------------------------------------------------------------
 
@@ -368,20 +373,23 @@ class LatencyPredictor:
         if anchors_s is not None:
             ratios = [anchor / max(base.predict_stage_s(nodes, self.reference), _TIME_FLOOR_S)
                       for anchor, (nodes, _) in zip(anchors_s, stages, strict=True)]
-            parts = [StageParts(p.work_s * r, p.fixed_s * r) for p, r in zip(parts, ratios, strict=True)]
+            parts = [StageParts(p.work_s * r, p.fixed_s * r, p.nodes) for p, r in zip(parts, ratios, strict=True)]
         targets = np.array([seconds for _, seconds in stages])
         if not np.all(targets > 0):
             raise DeviceError("a device calibration needs measured runs with positive times.")
+        per_node_s = 0.0
         if len(stages) == 1:
             scale = float(targets[0] / max(parts[0].work_s + parts[0].fixed_s, _TIME_FLOOR_S))
             work_scale = fixed_scale = scale
         else:
-            rows = np.array([[p.work_s, p.fixed_s] for p in parts])
-            # A weak pull towards one common scale keeps an ill-posed pair (all runs alike) sane.
-            common = float(np.median(targets / np.maximum(rows.sum(axis=1), _TIME_FLOOR_S)))
-            work_scale, fixed_scale = (float(x) for x in relative_nnls(rows, targets, np.array([common, common]),
-                                                                       DEVICE_PULL))
-        calibration = DeviceCalibration(work_scale, fixed_scale, len(stages))
+            node_scale = _overhead_scale(self.reference, device) * _TIME_FLOOR_S  # the unknown in microseconds
+            rows = np.array([[p.work_s, p.fixed_s, p.nodes * node_scale] for p in parts])
+            # A weak pull towards one common scale (and no per-node cost) keeps ill-posed runs sane.
+            common = float(np.median(targets / np.maximum(rows[:, :2].sum(axis=1), _TIME_FLOOR_S)))
+            work_scale, fixed_scale, per_node_us = (float(x) for x in relative_nnls(
+                rows, targets, np.array([common, common, 0.0]), DEVICE_PULL))
+            per_node_s = per_node_us * _TIME_FLOOR_S
+        calibration = DeviceCalibration(work_scale, fixed_scale, len(stages), per_node_s)
         return replace(base, devices={**base.devices, device.name: calibration})
 
     # --- file format -----------------------------------------------------------------------------
@@ -412,13 +420,13 @@ class LatencyPredictor:
             stage = StageCalibration(float(stage_data["work_scale"]), float(stage_data["fixed_scale"]),
                                      float(stage_data["per_run_s"]), int(stage_data["stages"]))
             devices = {str(name): DeviceCalibration(float(c["work_scale"]), float(c["fixed_scale"]),
-                                                    int(c["measurements"]))
+                                                    int(c["measurements"]), float(c.get("per_node_s", 0.0)))
                        for name, c in data.get("devices", {}).items()}
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise DeviceError(f"{origin}: malformed coefficients ({type(error).__name__}: {error}).") from None
         every = [*op_types.values(), *([pooled] if pooled else [])]
         numbers = [*(v for c in every for v in c.as_vector()), stage.work_scale, stage.fixed_scale, stage.per_run_s,
-                   *(v for c in devices.values() for v in (c.work_scale, c.fixed_scale))]
+                   *(v for c in devices.values() for v in (c.work_scale, c.fixed_scale, c.per_node_s))]
         if not _finite_non_negative(numbers):
             raise DeviceError(f"{origin}: coefficients must be finite and non-negative.")
         reference = DeviceProfile.from_dict(data.get("reference"), origin=f"{origin} reference")
