@@ -208,6 +208,8 @@ def test_cli_estimate_ranks_devices_and_rejects_unknown_ones(tmp_path: Path,
 
 @pytest.mark.parametrize(("op_type", "attributes", "shapes", "constants", "expected"), [
     ("Conv", {"group": 32}, [(1, 32, 8, 8), (32, 1, 3, 3)], [False, True], "Conv/depthwise"),
+    ("Conv", {"group": 32, "strides": [2, 2]}, [(1, 32, 8, 8), (32, 1, 3, 3)], [False, True], "Conv/depthwise-strided"),
+    ("Conv", {"group": 32, "strides": [1, 1]}, [(1, 32, 8, 8), (32, 1, 7, 7)], [False, True], "Conv/depthwise"),
     ("Conv", {"group": 4}, [(1, 32, 8, 8), (32, 8, 3, 3)], [False, True], "Conv/grouped"),
     ("Conv", {}, [(1, 32, 8, 8), (64, 32, 1, 1)], [False, True], "Conv/pointwise"),
     ("Conv", {"group": 1}, [(1, 32, 8, 8), (64, 32, 3, 3)], [False, True], "Conv/dense"),

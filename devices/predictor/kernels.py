@@ -1,8 +1,8 @@
 """Kernel classes: what onnxruntime really runs for a node, where the op type alone lies.
 
 A depthwise 3x3 convolution and a dense 3x3 one are both `Conv`, but onnxruntime runs the first as a
-memory-bound per-channel loop and the second as an im2col + GEMM (MLAS): per FLOP they differ by an
-order of magnitude, so one set of coefficients for both mispredicts whichever the training set has
+per-channel loop of tiny GEMMs (strided ones slower still) and the second as one im2col + GEMM (MLAS):
+per FLOP they differ by an order of magnitude, so one set of coefficients for both mispredicts whichever the training set has
 fewer of. Likewise a MatMul against a weight (packed once by MLAS) and attention's MatMul of two
 activations (Q·Kᵀ, scores·V: batched, small, unpacked). The class is `op/variant`; op types without
 variants keep their name, so a predictor fitted before a variant existed still finds the op type.
@@ -25,7 +25,12 @@ def _conv_class(attributes: Mapping[str, object], weight_shape: tuple[int, ...] 
     if group > 1:
         # Weight [out, in/group, kh, kw]: one input channel per group is depthwise.
         depthwise = weight_shape is not None and len(weight_shape) > 1 and weight_shape[1] == 1
-        return "Conv/depthwise" if depthwise else "Conv/grouped"
+        if not depthwise:
+            return "Conv/grouped"
+        # A strided depthwise Conv runs at a third of a unit-stride one's FLOP rate here (4-5 vs 10-14
+        # GFLOP/s on the same planes, 1 thread): its per-channel GEMM is over strided im2col columns.
+        strides = attributes.get("strides") or ()
+        return "Conv/depthwise-strided" if any(int(s) > 1 for s in strides) else "Conv/depthwise"  # type: ignore[union-attr]
     if weight_shape is not None and len(weight_shape) > 2 and all(k == 1 for k in weight_shape[2:]):
         return "Conv/pointwise"
     return "Conv/dense"  # ConvTranspose takes the same variants (suffix only)
