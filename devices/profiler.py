@@ -29,8 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from devices.errors import DeviceError
 from devices.json_files import read_json_file, write_json_file
 from devices.latency import LatencyProtocol, measure_latencies

@@ -4,19 +4,21 @@ that is not at hand can be planned for from its DeviceProfile (and, better, a fe
 For a node of kernel class k (`devices.predictor.kernels`) on device D the model is
 
     work  = a_k * flops / peak_flops(D) + b_k * activation_bytes / bandwidth(D) + p_k * param_bytes / bandwidth(D)
-    fixed = c_k * overhead_scale(D)
-    t     = u_D * s_w * work + v_D * s_f * fixed                      (a node within a run)
-    run   = sum(t) + v_D * h * overhead_scale(D)                         (a stage or the whole model)
+    fixed = (c_k + g_k * (groups - 1)) * overhead_scale(D)
+    t     = u_D * s_w * work + v_D * s_f * fixed + w_D * overhead_scale(D)    (a node within a run)
+    run   = sum(t) + v_D * h * overhead_scale(D)                               (a stage or the whole model)
 
 with non-negative coefficients: a, b, p dimensionless inefficiency factors, c_k seconds of fixed per-kernel
-cost on the reference device; overhead_scale(D) = (peak_flops / threads of the reference) / (peak_flops /
-threads of D), since fixed cost is serial work. s_w, s_f and h are the *stage calibration*: one session
-run of many nodes (as the agents run a stage) is not the sum of the nodes' profiled kernel times. The
-trace's own cost inflates every small kernel (transformer blocks: sum of nodes 0.57 ms, whole run 0.19 ms
-here) while the run adds set-up (h); fitted on whole-model times against the nodes' predicted work and
-fixed parts. u_D and v_D are the *device calibration*: the scale
-of the work and of the fixed costs on a new device, fitted on at most a few whole-stage measurements
-there (HELP's few-shot setting); 1 for a device never measured, whose figures alone then carry it.
+cost on the reference device, g_k seconds per extra group (onnxruntime loops over a grouped Conv's
+groups); overhead_scale(D) = (peak_flops / threads of the reference) / (peak_flops / threads of D), since
+fixed cost is serial work. s_w, s_f and h are the *stage calibration*: one session run of many nodes (as
+the agents run a stage) is not the sum of the nodes' profiled kernel times, which the trace inflates
+(about 2 µs a node here). `with_run_fit` goes further and refits every coefficient on whole runs (prefix
+stages of models, `devices.stages`; single-kernel models, `devices.microbench`), the trace's values as the
+prior; s_w = s_f = 1 then and h is the fitted per-run cost. u_D, v_D and w_D are the *device calibration*:
+the scales of the work and of the fixed costs on a new device and its own cost per kernel dispatched,
+fitted on at most a few whole-stage measurements there (HELP's few-shot setting); u = v = 1, w = 0 for a
+device never measured, whose figures alone then carry it.
 
 Fitting: one pooled model over every node, then each op type's model shrunk towards the pooled one, then
 each kernel class's shrunk towards its op type's (hierarchical: a class seen a few times borrows from its
@@ -312,7 +314,8 @@ class LatencyPredictor:
     def with_run_fit(self, stages: Sequence[tuple[Sequence[NodeSample], float]],
                      strength: float = DEFAULT_RUN_FIT_STRENGTH) -> LatencyPredictor:
         """A copy whose coefficients are fitted on whole runs (nodes, seconds of one run of them on the
-        reference: prefix stages, `devices.stages`) rather than on the profiled kernel times alone.
+        reference: prefix stages, `devices.stages`; single-kernel models, `devices.microbench`) rather than
+        on the profiled kernel times alone.
 
         Every run is t = sum over its nodes of their coefficients times their roofline features, plus a
         per-run cost; the unknowns are the coefficients of each kernel class and op type the runs use,
@@ -398,9 +401,9 @@ class LatencyPredictor:
         return {
             "format": PREDICTOR_FORMAT,
             "model": "node = u*work_scale*(compute*flops/peak_flops + activations*activation_bytes/bw"
-                     " + params*param_bytes/bw) + v*fixed_scale*overhead_s*(reference flops per thread / device"
-                     " flops per thread); stage = sum(node) + v*per_run_s*(same scale); u, v per calibrated"
-                     " device (devices), else 1",
+                     " + params*param_bytes/bw) + v*fixed_scale*(overhead_s + per_group_s*(groups-1))*(reference"
+                     " flops per thread / device flops per thread) + w*(same scale); stage = sum(node) +"
+                     " v*per_run_s*(same scale); u, v, w (per_node_s) per calibrated device (devices), else 1, 1, 0",
             "reference": self.reference.to_dict(),
             "fitted_on": self.fitted_on,
             "pooled": asdict(self.pooled) if self.pooled else None,
