@@ -2,13 +2,14 @@
 
 Models: every bundled model plus the real architectures of `partitioner.models.real_models` (hf-*).
 Devices: this host at the reference thread count (per-node profiles), and emulated devices it never
-profiled per node: other thread counts and a cgroup v1 CPU quota (a slower core), each measured in its
-own process.
+profiled per node: other thread counts and a cgroup v1 CPU quota (a slower core), measured together in
+one process of their own.
 
 1. Profiles every model per node (onnxruntime's trace) at 1 and all threads.
 2. Whole-model latency of every model on every device (`devices.latency`: the agents' session policy,
    warm-up, seeded interleaved rounds of short blocks, a low quantile of single runs; under a CPU quota
-   the fastest block of ten CFS periods), each device in a subprocess inside its cgroup. The noise floor
+   the fastest block of ten CFS periods), every device in one subprocess, interleaved round by round
+   (moving between the devices' cgroups), so that other processes' load falls on all alike. The noise floor
    of the same run: each device's even rounds against its odd rounds, and the reference measured again
    last (drift). A model whose noise exceeds ±10 % cannot be checked within ±10 %: the tables say so.
 3. Leave-one-model-out per thread count: fit without the model (its nodes and its whole-model time never
@@ -33,7 +34,7 @@ import logging
 import multiprocessing
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,7 @@ from devices.predictor import (
     leave_one_model_out,
 )
 from devices.predictor.evaluation import Runs, fit_without
-from devices.latency import BLOCKS, LatencyProtocol, measure_latencies
+from devices.latency import BLOCKS, Condition, LatencyProtocol, measure_interleaved, measure_latencies
 from devices.profiler import ModelProfile, load_profile_file
 from devices.profiles import DeviceProfile
 from devices.microbench import kernel_models
@@ -111,45 +112,79 @@ def emulated_devices(all_cpus: int, quick: bool = False) -> list[EmulatedDevice]
     return devices + slower + [EmulatedDevice(f"{all_cpus}thr{AGAIN}", all_cpus)]
 
 
-def _measure_in_cgroup(cgroup: str | None, threads: int, paths: dict[str, str], protocol: LatencyProtocol,
-                       seed: int, results: Any) -> None:
-    """Subprocess body: join the cgroup first (threads started later inherit it), then measure."""
-    if cgroup is not None:
-        (Path(cgroup) / "tasks").write_text(str(os.getpid()))
-    host = measure_host(threads, seed)
+def _join(cgroup: str) -> Callable[[], None]:
+    """Move this whole process (every thread) into `cgroup` (the root: no quota)."""
+    return lambda: (Path(cgroup) / "cgroup.procs").write_text(str(os.getpid()))
+
+
+def _measure_devices(devices: list[tuple[EmulatedDevice, str | None]], again: EmulatedDevice | None,
+                     paths: dict[str, str], rounds: int, seed: int, results: Any) -> None:
+    """Subprocess body: each device's figures inside its cgroup, then every device's latencies
+    interleaved round by round (moving between the cgroups), then the reference again (drift)."""
     models = {name: canonical_model(path) for name, path in paths.items()}
-    measured = measure_latencies(models, threads, protocol, seed)
-    results.put({"figures": host.to_dict(), "protocol": asdict(protocol),
-                 "latency_s": {name: m.latency_s for name, m in measured.items()},
-                 "halves_s": {name: [m.even_s, m.odd_s] for name, m in measured.items()},
-                 "runs": {name: m.runs for name, m in measured.items()}})
+    figures = {}
+    for device, cgroup in devices:
+        if cgroup is not None:
+            _join(cgroup)()
+        figures[device.name] = measure_host(device.threads, seed).to_dict()
+    conditions = [Condition(d.name, d.threads, d.protocol(rounds, seed), None if cgroup is None else _join(cgroup))
+                  for d, cgroup in devices]
+    passes = measure_interleaved(models, conditions, rounds, seed)
+    load_average = os.getloadavg()
+    if again is not None:
+        if any(cgroup is not None for _, cgroup in devices):
+            _join(str(CGROUP_ROOT))()
+        passes[again.name] = measure_latencies(models, again.threads, again.protocol(rounds, seed), seed)
+        figures[again.name] = figures[f"{again.threads}thr"]
+    every = [d for d, _ in devices] + ([again] if again is not None else [])
+    results.put({d.name: {"figures": figures[d.name], "protocol": asdict(d.protocol(rounds, seed)),
+                          "latency_s": {name: m.latency_s for name, m in passes[d.name].items()},
+                          "halves_s": {name: [m.even_s, m.odd_s] for name, m in passes[d.name].items()},
+                          "runs": {name: m.runs for name, m in passes[d.name].items()},
+                          "threads": d.threads, "cpu_share": d.cpu_share,
+                          "load_average": os.getloadavg() if d is again else load_average}
+                 for d in every})
 
 
-def measure_device(device: EmulatedDevice, paths: Mapping[str, Path], rounds: int, seed: int) -> dict[str, Any]:
-    """The device's figures and every model's whole-model latency, measured in a process of its own
-    (inside a fresh cgroup with the quota when the device has one; the cgroup is removed afterwards)."""
-    cgroup = None if device.cpu_share is None else CGROUP_ROOT / f"edgecloud-predictor-{os.getpid()}-{device.name}"
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=_measure_in_cgroup, args=(
-        None if cgroup is None else str(cgroup), device.threads, {k: str(v) for k, v in paths.items()},
-        device.protocol(rounds, seed), seed, queue))
+def measure_devices(devices: list[EmulatedDevice], paths: Mapping[str, Path], rounds: int,
+                    seed: int) -> dict[str, dict[str, Any]]:
+    """Every device's figures and every model's whole-model latency, measured interleaved in one process
+    of its own (a fresh cgroup with the quota per quota device, removed afterwards); the devices named
+    `...-again` are measured once more after the others."""
+    again = next((d for d in devices if d.name.endswith(AGAIN)), None)
+    created: list[Path] = []
+    pairs: list[tuple[EmulatedDevice, str | None]] = []
+    root = str(CGROUP_ROOT) if cgroup_writable() else None  # no quota devices without it
     try:
-        if cgroup is not None and device.cpu_share is not None:
-            cgroup.mkdir()
-            (cgroup / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
-            (cgroup / "cpu.cfs_quota_us").write_text(str(int(device.cpu_share * CFS_PERIOD_US)))
+        for device in devices:
+            if device is again:
+                continue
+            cgroup = root
+            if device.cpu_share is not None:
+                quota = CGROUP_ROOT / f"edgecloud-predictor-{os.getpid()}-{device.name}"
+                quota.mkdir()
+                created.append(quota)
+                (quota / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
+                (quota / "cpu.cfs_quota_us").write_text(str(int(device.cpu_share * CFS_PERIOD_US)))
+                cgroup = str(quota)
+            pairs.append((device, cgroup))
+        context = multiprocessing.get_context("spawn")
+        queue = context.Queue()
+        process = context.Process(target=_measure_devices, args=(
+            pairs, again, {k: str(v) for k, v in paths.items()}, rounds, seed, queue))
         process.start()
-        result = queue.get(timeout=1800)
-        process.join(timeout=60)
+        try:
+            result = queue.get(timeout=3600)
+            process.join(timeout=60)
+        finally:
+            if process.is_alive():
+                process.kill()
+                process.join()
     finally:
-        if process.is_alive():
-            process.kill()
-            process.join()
-        if cgroup is not None and cgroup.exists():
-            cgroup.rmdir()
-    return result | {"threads": device.threads, "cpu_share": device.cpu_share,
-                     "load_average": os.getloadavg()}
+        for cgroup in created:
+            if cgroup.exists():
+                cgroup.rmdir()
+    return result
 
 
 def cgroup_writable() -> bool:
@@ -222,12 +257,11 @@ def device_latencies(devices: list[EmulatedDevice], paths: Mapping[str, Path], r
                      reuse: bool) -> dict[str, dict[str, Any]]:
     if reuse and LATENCIES.is_file():
         return json.loads(LATENCIES.read_text())
-    measured = {}
-    for device in devices:
-        if device.cpu_share is not None and not cgroup_writable():
-            logger.warning("cgroup v1 cpu controller not writable: skipping %s", device.name)
-            continue
-        measured[device.name] = measure_device(device, paths, rounds, seed)
+    if not cgroup_writable():
+        skipped = [d.name for d in devices if d.cpu_share is not None]
+        logger.warning("cgroup v1 cpu controller not writable: skipping %s", ", ".join(skipped))
+        devices = [d for d in devices if d.cpu_share is None]
+    measured = measure_devices(devices, paths, rounds, seed)
     RESULTS.mkdir(parents=True, exist_ok=True)
     LATENCIES.write_text(json.dumps(measured, indent=2) + "\n")
     return measured
@@ -409,7 +443,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="profiled runs dropped before the per-node trace")
     parser.add_argument("--repeats", type=int, default=20, help="profiled runs per model and thread count")
     parser.add_argument("--rounds", type=int, default=16, help="interleaved rounds of the whole-model latency")
-    parser.add_argument("--quick", action="store_true", help="8 rounds and one CPU-quota device (about half the time)")
+    parser.add_argument("--quick", action="store_true", help="one CPU-quota device instead of three (about 2 minutes here)")
     parser.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
                         help=f"first wait up to this long for a load average below {IDLE_LOAD} (the idle reference run)")
     parser.add_argument("--seed", type=int, default=0)
@@ -418,7 +452,7 @@ def main() -> None:
     console = Console(width=220)
     all_cpus = os.cpu_count() or 1
     thread_counts = sorted({1, all_cpus})
-    rounds = 8 if args.quick else args.rounds
+    rounds = args.rounds
     idle = wait_until_idle(args.wait_idle) if args.wait_idle > 0 else os.getloadavg()[0] < IDLE_LOAD
     start_load = os.getloadavg()
 

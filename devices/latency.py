@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,23 +90,52 @@ def _block(session: Any, feeds: dict[str, np.ndarray], min_block_s: float) -> li
             return times_s
 
 
+@dataclass(frozen=True)
+class Condition:
+    """One way of running the models, measured in turn with the others: a thread count, a protocol, and
+    what to do before its turn (`enter`: join a cgroup standing in for a slower device)."""
+
+    name: str
+    threads: int
+    protocol: LatencyProtocol
+    enter: Callable[[], None] | None = None
+
+
+def measure_interleaved(models: dict[str, Any], conditions: Sequence[Condition], rounds: int,
+                        seed: int = 0) -> dict[str, dict[str, LatencyMeasurement]]:
+    """Whole-model latency of each model (path or ModelProto) under each condition, the conditions
+    taking turns round by round (each with every model in a seeded shuffled order), so that load from
+    other processes falls on all conditions alike: what one condition's figure is compared with (the
+    reference of a device calibration) was measured in the same minutes."""
+    if any(c.threads < 1 for c in conditions) or rounds < 2:
+        raise DeviceError("threads must be at least 1 and rounds at least 2.")
+    loaded = {name: load_model(model) for name, model in models.items()}
+    feeds = {name: random_inputs(model, seed) for name, model in loaded.items()}
+    sessions = {c.name: {name: make_session(model.SerializeToString(), c.threads, optimize=False)
+                         for name, model in loaded.items()} for c in conditions}
+    blocks: dict[str, dict[str, list[list[float]]]] = {c.name: {name: [] for name in loaded} for c in conditions}
+    order = list(loaded)
+    shuffle = random.Random(seed)
+    for round_index in range(rounds):
+        for condition in conditions:
+            if condition.enter is not None:
+                condition.enter()
+            for name in order if round_index == 0 else []:  # warm-up once, in the condition's own cgroup
+                _block(sessions[condition.name][name], feeds[name], condition.protocol.warmup_s)
+            shuffle.shuffle(order)
+            for name in order:
+                blocks[condition.name][name].append(
+                    _block(sessions[condition.name][name], feeds[name], condition.protocol.min_block_s))
+    return {c.name: {name: _measurement(c.protocol, runs) for name, runs in blocks[c.name].items()}
+            for c in conditions}
+
+
+def _measurement(protocol: LatencyProtocol, blocks: list[list[float]]) -> LatencyMeasurement:
+    return LatencyMeasurement(protocol.estimate_s(blocks), protocol.estimate_s(blocks[0::2]),
+                              protocol.estimate_s(blocks[1::2]), sum(len(block) for block in blocks))
+
+
 def measure_latencies(models: dict[str, Any], threads: int = 1, protocol: LatencyProtocol = LatencyProtocol(),
                       seed: int = 0) -> dict[str, LatencyMeasurement]:
     """Whole-model latency of each model (path or ModelProto) under `protocol`, `threads` intra-op threads."""
-    if threads < 1:
-        raise DeviceError("threads must be at least 1.")
-    loaded = {name: load_model(model) for name, model in models.items()}
-    sessions = {name: make_session(model.SerializeToString(), threads, optimize=False) for name, model in loaded.items()}
-    feeds = {name: random_inputs(model, seed) for name, model in loaded.items()}
-    for name, session in sessions.items():
-        _block(session, feeds[name], protocol.warmup_s)
-    blocks: dict[str, list[list[float]]] = {name: [] for name in sessions}
-    order = list(sessions)
-    shuffle = random.Random(seed)
-    for _ in range(protocol.rounds):
-        shuffle.shuffle(order)
-        for name in order:
-            blocks[name].append(_block(sessions[name], feeds[name], protocol.min_block_s))
-    return {name: LatencyMeasurement(protocol.estimate_s(runs), protocol.estimate_s(runs[0::2]),
-                                     protocol.estimate_s(runs[1::2]), sum(len(block) for block in runs))
-            for name, runs in blocks.items()}
+    return measure_interleaved(models, [Condition("only", threads, protocol)], protocol.rounds, seed)["only"]
