@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 from typer.testing import CliRunner
 
 from devices.errors import DeviceError
-from devices.latency import BLOCKS, RUNS, LatencyProtocol, measure_latencies
+from devices.latency import BLOCKS, RUNS, Condition, LatencyProtocol, measure_interleaved, measure_latencies
 from devices.profiler import (
     PROFILE_FORMAT,
     ModelProfile,
@@ -315,6 +315,18 @@ def test_measure_latencies_times_every_model_in_interleaved_rounds_with_two_halv
         LatencyProtocol(statistic="mean")
     with pytest.raises(DeviceError, match="at least 1"):
         measure_latencies(models, threads=0)
+
+
+def test_interleaved_conditions_take_turns_round_by_round_each_with_its_own_threads() -> None:
+    entered: list[str] = []
+    conditions = [Condition(name, threads, LatencyProtocol(rounds=3, min_block_s=0.001, warmup_s=0.0),
+                            lambda name=name: entered.append(name))  # type: ignore[misc]
+                  for name, threads in (("one", 1), ("two", 2))]
+    measured = measure_interleaved({"tiny": tiny_model()}, conditions, rounds=3)
+    assert entered == ["one", "two"] * 3  # a burst of load cannot fall on one condition's rounds only
+    assert set(measured) == {"one", "two"} and all(m["tiny"].latency_s > 0 for m in measured.values())
+    with pytest.raises(DeviceError, match="rounds at least 2"):
+        measure_interleaved({"tiny": tiny_model()}, conditions, rounds=1)
 
 
 def test_run_quantile_ignores_preemptions_and_block_statistic_keeps_a_quota_s_sustained_rate() -> None:
