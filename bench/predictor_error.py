@@ -20,8 +20,8 @@ one process of their own.
    how `edgecloud plan --profile` prices other devices); "figures only" uses no run on the device.
 Every table reports the share within ±10 % and ±5 %, median and p90 error, and the load average.
 
-    PYTHONPATH=. /work/main/.venv/bin/python bench/predictor_error.py --quick    # ~3 min here; bench/results/predictor_error.json
-    PYTHONPATH=. /work/main/.venv/bin/python bench/predictor_error.py            # every emulated device
+    PYTHONPATH=. /work/main/.venv/bin/python bench/predictor_error.py --quick    # ~2 min here; bench/results/predictor_error.json
+    PYTHONPATH=. /work/main/.venv/bin/python bench/predictor_error.py            # every emulated device, ~3-4 min
     PYTHONPATH=. /work/main/.venv/bin/python bench/predictor_error.py --wait-idle 1800   # the idle-machine reference
     PYTHONPATH=. /work/main/.venv/bin/python bench/predictor_error.py --reuse    # re-use profiles and latencies
 """
