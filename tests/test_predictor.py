@@ -270,6 +270,23 @@ def test_an_unseen_kernel_class_falls_back_to_its_op_type() -> None:
         predictor.predict("Conv", 10**6, 10**5, 10**3, REFERENCE))
 
 
+def test_an_unseen_refinement_falls_back_to_the_class_it_refines() -> None:
+    # A predictor fitted before "Conv/depthwise-strided" existed prices one as a depthwise Conv, not as a Conv.
+    predictor = LatencyPredictor.fit(depthwise_and_dense(0), REFERENCE, shrinkage=0.0)
+    strided = predictor.predict("Conv", 10**6, 10**5, 10**3, REFERENCE, "Conv/depthwise-strided", 64)
+    assert strided == pytest.approx(predictor.predict("Conv", 10**6, 10**5, 10**3, REFERENCE, "Conv/depthwise", 64))
+    assert strided != pytest.approx(predictor.predict("Conv", 10**6, 10**5, 10**3, REFERENCE, "Conv/dense", 64))
+    # Fitted on strided samples too, the refinement gets its own coefficients.
+    samples = depthwise_and_dense(1)
+    refined = [replace(s, kernel="Conv/depthwise-strided", time_s=3 * s.time_s) for s in samples
+               if s.kernel == "Conv/depthwise"]
+    both = LatencyPredictor.fit(samples + refined, REFERENCE, shrinkage=0.0)
+    assert "Conv/depthwise-strided" in both.op_types
+    s = refined[0]
+    assert both.predict(s.op_type, s.flops, s.bytes_moved, s.param_bytes, REFERENCE, s.kernel, s.groups) == pytest.approx(
+        s.time_s, rel=0.05)
+
+
 # --- stage and device calibration -------------------------------------------------------------------
 
 

@@ -13,11 +13,23 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 KERNEL_SEPARATOR = "/"
+VARIANT_SEPARATOR = "-"  # a refinement of a variant: "depthwise-strided" refines "depthwise"
 
 
 def op_type_of(kernel: str) -> str:
     """The ONNX op type a kernel class refines ("Conv/depthwise" -> "Conv")."""
     return kernel.split(KERNEL_SEPARATOR, 1)[0]
+
+
+def lineage(kernel: str) -> list[str]:
+    """The class and the ones it refines, most specific first: "Conv/depthwise-strided",
+    "Conv/depthwise", "Conv". A predictor fitted before a refinement existed finds its parent."""
+    names = [kernel]
+    while VARIANT_SEPARATOR in names[-1].rpartition(KERNEL_SEPARATOR)[2]:
+        names.append(names[-1].rsplit(VARIANT_SEPARATOR, 1)[0])
+    if KERNEL_SEPARATOR in kernel:
+        names.append(op_type_of(kernel))
+    return names
 
 
 def _conv_class(attributes: Mapping[str, object], weight_shape: tuple[int, ...] | None) -> str:

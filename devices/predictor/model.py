@@ -41,7 +41,7 @@ import numpy as np
 
 from devices.errors import DeviceError
 from devices.json_files import read_json_file, write_json_file
-from devices.predictor.kernels import op_type_of
+from devices.predictor.kernels import lineage
 from devices.profiles import DeviceProfile
 
 PREDICTOR_FORMAT = "edgecloud.predictor/2"
@@ -226,9 +226,11 @@ class LatencyPredictor:
         pooled = _fit_group(timed, reference, prior=None, shrinkage=0.0)
         coefficients = {op_type: _fit_group(group, reference, pooled, shrinkage)
                         for op_type, group in _groups(timed, lambda s: s.op_type).items()}
+        # Parents before their refinements (sorted: "Conv/depthwise" < "Conv/depthwise-strided").
         for kernel, group in _groups(timed, lambda s: s.kernel_class).items():
             if kernel not in coefficients:
-                coefficients[kernel] = _fit_group(group, reference, coefficients[op_type_of(kernel)], shrinkage)
+                parent = next(name for name in lineage(kernel)[1:] if name in coefficients)
+                coefficients[kernel] = _fit_group(group, reference, coefficients[parent], shrinkage)
         return cls(reference, dict(sorted(coefficients.items())), pooled, dict(fitted_on or {}))
 
     # --- prediction ------------------------------------------------------------------------------
@@ -236,8 +238,8 @@ class LatencyPredictor:
     def _coefficients_of(self, op_type: str, kernel: str = "") -> OpCoefficients | None:
         """The kernel class's fit, else the op type's; for a fused type its first member's factors with
         every member's fixed cost; else the pooled fit; None when nothing was fitted at all."""
-        for name in (kernel, op_type):
-            if name and name in self.op_types:
+        for name in [*(lineage(kernel) if kernel else []), op_type]:
+            if name in self.op_types:
                 return self.op_types[name]
         members = op_type.split(FUSED_SEPARATOR)
         head = self.op_types.get(kernel or members[0], self.op_types.get(members[0], self.pooled))
@@ -309,7 +311,7 @@ class LatencyPredictor:
     def _fitted_key(self, op_type: str, kernel: str = "") -> str | None:
         """The name in `op_types` whose coefficients price this node as they are (kernel class, else op
         type); None for what borrows (a fused type, the pooled fit)."""
-        return next((name for name in (kernel, op_type) if name and name in self.op_types), None)
+        return next((name for name in [*(lineage(kernel) if kernel else []), op_type] if name in self.op_types), None)
 
     def with_run_fit(self, stages: Sequence[tuple[Sequence[NodeSample], float]],
                      strength: float = DEFAULT_RUN_FIT_STRENGTH) -> LatencyPredictor:
