@@ -2,12 +2,16 @@
 
 Models: every bundled model plus the real architectures of `partitioner.models.real_models` (hf-*).
 Devices: this host at the reference thread count (per-node profiles), and emulated devices it never
-profiled per node: other thread counts and a cgroup v1 CPU quota (a slower core), each measured in its
-own process.
+profiled per node: other thread counts and a cgroup v1 CPU quota (a slower core), measured together in
+one process of their own.
 
 1. Profiles every model per node (onnxruntime's trace) at 1 and all threads.
-2. Whole-model latency of every model on every device (`devices.profiler.measure_latencies_s`: the
-   profiler's session policy, interleaved blocks, median), each device in a subprocess inside its cgroup.
+2. Whole-model latency of every model on every device (`devices.latency`: the agents' session policy,
+   warm-up, seeded interleaved rounds of short blocks, a low quantile of single runs; under a CPU quota
+   the fastest block of ten CFS periods), every device in one subprocess, interleaved round by round
+   (moving between the devices' cgroups), so that other processes' load falls on all alike. The noise floor
+   of the same run: each device's even rounds against its odd rounds, and the reference measured again
+   last (drift). A model whose noise exceeds ±10 % cannot be checked within ±10 %: the tables say so.
 3. Leave-one-model-out per thread count: fit without the model (its nodes and its whole-model time never
    enter the fit), predict its whole run; "before" is the op-type-only predictor's sum of nodes.
 4. Held-out devices: reference = all threads; for each (model, device): fit without the model, calibrate
@@ -16,7 +20,9 @@ own process.
    how `edgecloud plan --profile` prices other devices); "figures only" uses no run on the device.
 Every table reports the share within ±10 % and ±5 %, median and p90 error, and the load average.
 
-    PYTHONPATH=. /work/main/.venv/bin/python bench/predictor_error.py            # + bench/results/predictor_error.json
+    PYTHONPATH=. /work/main/.venv/bin/python bench/predictor_error.py --quick    # ~2 min here; bench/results/predictor_error.json
+    PYTHONPATH=. /work/main/.venv/bin/python bench/predictor_error.py            # every emulated device, ~3-4 min
+    PYTHONPATH=. /work/main/.venv/bin/python bench/predictor_error.py --wait-idle 1800   # the idle-machine reference
     PYTHONPATH=. /work/main/.venv/bin/python bench/predictor_error.py --reuse    # re-use profiles and latencies
 """
 
@@ -27,8 +33,9 @@ import json
 import logging
 import multiprocessing
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,16 +51,38 @@ from devices.predictor import (
     held_out_device,
     leave_one_model_out,
 )
-from devices.profiler import DEFAULT_BLOCKS, DEFAULT_MIN_BLOCK_S, ModelProfile, load_profile_file, measure_latencies_s
+from devices.predictor.evaluation import Runs, fit_without
+from devices.latency import BLOCKS, Condition, LatencyProtocol, measure_interleaved, measure_latencies
+from devices.profiler import ModelProfile, load_profile_file
 from devices.profiles import DeviceProfile
-from edgecloud.calibration import canonical_model, predictor_model_paths, profile_file, profile_samples
+from devices.microbench import kernel_models
+from devices.stages import prefix_stages
+from edgecloud.calibration import (
+    canonical_model,
+    layer_nodes,
+    predictor_model_paths,
+    profile_file,
+    profile_samples,
+    samples_from_times,
+)
+from partitioner.graph.layer_graph import load_layer_graph
 
 RESULTS = Path(__file__).parent / "results"
 PROFILES = RESULTS / "profiles"
 LATENCIES = RESULTS / "predictor_latencies.json"
+STAGES = RESULTS / "predictor_stages.json"
+STAGES_PER_MODEL = 6
+STAGE_BLOCK_S = 0.01
+KERNELS = RESULTS / "predictor_kernels.json"
+KERNEL_MODELS = 150  # fifteen rounds of the ten kernel kinds
 CGROUP_ROOT = Path("/sys/fs/cgroup/cpu")
 AGAIN = "-again"
-CFS_PERIOD_US = 4_000  # short periods (the kernel allows a quota down to 1 ms): a 0.1 s block spans 25
+# 10 ms CFS periods and 0.1 s blocks: a block spans ten periods. Measured here under load ~2 (fastest of
+# 10 blocks of 50 ms, 50 % of one CPU): 2 ms periods gave 2.6x for a nominal 2x and halves 13 % apart;
+# 10 ms gave 1.84x and 6 %; quota lost while another process holds the core is part of the device.
+CFS_PERIOD_US = 10_000
+QUOTA_BLOCK_S = 0.1
+IDLE_LOAD = 0.5  # 1-minute load average below which the machine counts as idle
 logger = logging.getLogger(__name__)
 
 
@@ -65,52 +94,97 @@ class EmulatedDevice:
     threads: int
     cpu_share: float | None = None  # cgroup quota as a fraction of one CPU; None: no quota
 
+    def protocol(self, rounds: int, seed: int) -> LatencyProtocol:
+        """No quota: short blocks, a low quantile of single runs. A quota: blocks of many CFS periods,
+        the fastest block (a single run's time depends on where in the period it falls)."""
+        if self.cpu_share is None:
+            return LatencyProtocol(rounds=rounds)
+        return LatencyProtocol(rounds=rounds, min_block_s=QUOTA_BLOCK_S, statistic=BLOCKS)
 
-def emulated_devices(all_cpus: int) -> list[EmulatedDevice]:
-    """The reference thread counts, three slower devices, and the reference measured again last (its
-    disagreement with the first pass is the noise floor no predictor can beat on this loaded host)."""
+
+def emulated_devices(all_cpus: int, quick: bool = False) -> list[EmulatedDevice]:
+    """The reference thread counts, slower devices (CPU quotas), and the reference measured again last:
+    its disagreement with the first pass, minutes apart, is the drift part of the noise floor."""
     devices = [EmulatedDevice(f"{t}thr", t) for t in sorted({1, all_cpus})]
-    return devices + [EmulatedDevice("1thr-50pct", 1, 0.5), EmulatedDevice("1thr-25pct", 1, 0.25),
-                      EmulatedDevice(f"{all_cpus}thr-50pct", all_cpus, 0.5 * all_cpus),
-                      EmulatedDevice(f"{all_cpus}thr{AGAIN}", all_cpus)]
+    slower = [EmulatedDevice("1thr-50pct", 1, 0.5)] if quick else [
+        EmulatedDevice("1thr-50pct", 1, 0.5), EmulatedDevice("1thr-25pct", 1, 0.25),
+        EmulatedDevice(f"{all_cpus}thr-50pct", all_cpus, 0.5 * all_cpus)]
+    return devices + slower + [EmulatedDevice(f"{all_cpus}thr{AGAIN}", all_cpus)]
 
 
-def _measure_in_cgroup(cgroup: str | None, threads: int, paths: dict[str, str], blocks: int, min_block_s: float,
-                       seed: int, results: Any) -> None:
-    """Subprocess body: join the cgroup first (threads started later inherit it), then measure."""
-    if cgroup is not None:
-        (Path(cgroup) / "tasks").write_text(str(os.getpid()))
-    host = measure_host(threads, seed)
+def _join(cgroup: str) -> Callable[[], None]:
+    """Move this whole process (every thread) into `cgroup` (the root: no quota)."""
+    return lambda: (Path(cgroup) / "cgroup.procs").write_text(str(os.getpid()))
+
+
+def _measure_devices(devices: list[tuple[EmulatedDevice, str | None]], again: EmulatedDevice | None,
+                     paths: dict[str, str], rounds: int, seed: int, results: Any) -> None:
+    """Subprocess body: each device's figures inside its cgroup, then every device's latencies
+    interleaved round by round (moving between the cgroups), then the reference again (drift)."""
     models = {name: canonical_model(path) for name, path in paths.items()}
-    results.put({"figures": host.to_dict(), "latency_s": measure_latencies_s(models, threads, blocks, min_block_s, seed)})
+    figures = {}
+    for device, cgroup in devices:
+        if cgroup is not None:
+            _join(cgroup)()
+        figures[device.name] = measure_host(device.threads, seed).to_dict()
+    conditions = [Condition(d.name, d.threads, d.protocol(rounds, seed), None if cgroup is None else _join(cgroup))
+                  for d, cgroup in devices]
+    passes = measure_interleaved(models, conditions, rounds, seed)
+    load_average = os.getloadavg()
+    if again is not None:
+        if any(cgroup is not None for _, cgroup in devices):
+            _join(str(CGROUP_ROOT))()
+        passes[again.name] = measure_latencies(models, again.threads, again.protocol(rounds, seed), seed)
+        figures[again.name] = figures[f"{again.threads}thr"]
+    every = [d for d, _ in devices] + ([again] if again is not None else [])
+    results.put({d.name: {"figures": figures[d.name], "protocol": asdict(d.protocol(rounds, seed)),
+                          "latency_s": {name: m.latency_s for name, m in passes[d.name].items()},
+                          "halves_s": {name: [m.even_s, m.odd_s] for name, m in passes[d.name].items()},
+                          "runs": {name: m.runs for name, m in passes[d.name].items()},
+                          "threads": d.threads, "cpu_share": d.cpu_share,
+                          "load_average": os.getloadavg() if d is again else load_average}
+                 for d in every})
 
 
-def measure_device(device: EmulatedDevice, paths: Mapping[str, Path], blocks: int, min_block_s: float,
-                   seed: int) -> dict[str, Any]:
-    """The device's figures and every model's whole-model latency, measured in a process of its own
-    (inside a fresh cgroup with the quota when the device has one; the cgroup is removed afterwards)."""
-    cgroup = None if device.cpu_share is None else CGROUP_ROOT / f"edgecloud-predictor-{os.getpid()}-{device.name}"
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=_measure_in_cgroup, args=(
-        None if cgroup is None else str(cgroup), device.threads, {k: str(v) for k, v in paths.items()},
-        blocks, min_block_s, seed, queue))
+def measure_devices(devices: list[EmulatedDevice], paths: Mapping[str, Path], rounds: int,
+                    seed: int) -> dict[str, dict[str, Any]]:
+    """Every device's figures and every model's whole-model latency, measured interleaved in one process
+    of its own (a fresh cgroup with the quota per quota device, removed afterwards); the devices named
+    `...-again` are measured once more after the others."""
+    again = next((d for d in devices if d.name.endswith(AGAIN)), None)
+    created: list[Path] = []
+    pairs: list[tuple[EmulatedDevice, str | None]] = []
+    root = str(CGROUP_ROOT) if cgroup_writable() else None  # no quota devices without it
     try:
-        if cgroup is not None and device.cpu_share is not None:
-            cgroup.mkdir()
-            (cgroup / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
-            (cgroup / "cpu.cfs_quota_us").write_text(str(int(device.cpu_share * CFS_PERIOD_US)))
+        for device in devices:
+            if device is again:
+                continue
+            cgroup = root
+            if device.cpu_share is not None:
+                quota = CGROUP_ROOT / f"edgecloud-predictor-{os.getpid()}-{device.name}"
+                quota.mkdir()
+                created.append(quota)
+                (quota / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
+                (quota / "cpu.cfs_quota_us").write_text(str(int(device.cpu_share * CFS_PERIOD_US)))
+                cgroup = str(quota)
+            pairs.append((device, cgroup))
+        context = multiprocessing.get_context("spawn")
+        queue = context.Queue()
+        process = context.Process(target=_measure_devices, args=(
+            pairs, again, {k: str(v) for k, v in paths.items()}, rounds, seed, queue))
         process.start()
-        result = queue.get(timeout=1800)
-        process.join(timeout=60)
+        try:
+            result = queue.get(timeout=3600)
+            process.join(timeout=60)
+        finally:
+            if process.is_alive():
+                process.kill()
+                process.join()
     finally:
-        if process.is_alive():
-            process.kill()
-            process.join()
-        if cgroup is not None and cgroup.exists():
-            cgroup.rmdir()
-    return result | {"threads": device.threads, "cpu_share": device.cpu_share,
-                     "load_average": os.getloadavg()}
+        for cgroup in created:
+            if cgroup.exists():
+                cgroup.rmdir()
+    return result
 
 
 def cgroup_writable() -> bool:
@@ -131,16 +205,63 @@ def model_profiles(paths: Mapping[str, Path], thread_counts: list[int], warmup: 
     return profiles
 
 
-def device_latencies(devices: list[EmulatedDevice], paths: Mapping[str, Path], blocks: int, min_block_s: float,
-                     seed: int, reuse: bool) -> dict[str, dict[str, Any]]:
+def stage_latencies(paths: Mapping[str, Path], thread_counts: list[int], rounds: int, seed: int,
+                    reuse: bool) -> dict[str, dict[str, list[list[Any]]]]:
+    """Per thread count and model: its prefix stages (`devices.stages`) as [node ids, seconds of a run],
+    measured in one interleaved pass over every model's stages (what the run fit learns from)."""
+    if reuse and STAGES.is_file():
+        return json.loads(STAGES.read_text())
+    stages = {name: prefix_stages(canonical_model(path), STAGES_PER_MODEL) for name, path in paths.items()}
+    keyed = {(name, i): stage for name, group in stages.items() for i, stage in enumerate(group)}
+    protocol = LatencyProtocol(rounds=max(rounds // 2, 2), min_block_s=STAGE_BLOCK_S, warmup_s=STAGE_BLOCK_S)
+    measured: dict[str, dict[str, list[list[Any]]]] = {}
+    for threads in thread_counts:
+        runs = measure_latencies({f"{name}#{i}": stage.model for (name, i), stage in keyed.items()}, threads,
+                                 protocol, seed)
+        measured[str(threads)] = {name: [[stage.nodes, runs[f"{name}#{i}"].latency_s] for i, stage in enumerate(group)]
+                                  for name, group in stages.items()}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    STAGES.write_text(json.dumps(measured) + "\n")
+    return measured
+
+
+def kernel_latencies(thread_counts: list[int], rounds: int, seed: int, reuse: bool) -> dict[str, dict[str, float]]:
+    """Per thread count: the whole-run seconds of each single-kernel model (`devices.microbench`)."""
+    if reuse and KERNELS.is_file():
+        return json.loads(KERNELS.read_text())
+    models = kernel_models(KERNEL_MODELS, seed)
+    protocol = LatencyProtocol(rounds=max(rounds // 2, 2), min_block_s=STAGE_BLOCK_S, warmup_s=STAGE_BLOCK_S)
+    measured = {str(t): {name: m.latency_s for name, m in measure_latencies(models, t, protocol, seed).items()}
+                for t in thread_counts}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    KERNELS.write_text(json.dumps(measured) + "\n")
+    return measured
+
+
+def kernel_runs(times_s: Mapping[str, float], seed: int) -> list[tuple[list[NodeSample], float]]:
+    """The single-kernel models as runs: their layers' features, their measured seconds."""
+    models = kernel_models(KERNEL_MODELS, seed)
+    return [(list(layer_nodes(load_layer_graph(models[name])).values()), seconds) for name, seconds in times_s.items()]
+
+
+def stage_runs(profile: ModelProfile, threads: int, stages: list[list[Any]]) -> list[tuple[list[NodeSample], float]]:
+    """Each measured stage as (the samples of the layers inside it, its seconds)."""
+    graph = load_layer_graph(profile.model)
+    samples = samples_from_times(graph, profile.timings[threads].node_times_s)
+    members = [set(attrs["members"]) for _, attrs in graph.dag.nodes(data=True)]
+    return [([s for s, inside in zip(samples, members, strict=True) if inside <= set(nodes)], seconds)
+            for nodes, seconds in stages]
+
+
+def device_latencies(devices: list[EmulatedDevice], paths: Mapping[str, Path], rounds: int, seed: int,
+                     reuse: bool) -> dict[str, dict[str, Any]]:
     if reuse and LATENCIES.is_file():
         return json.loads(LATENCIES.read_text())
-    measured = {}
-    for device in devices:
-        if device.cpu_share is not None and not cgroup_writable():
-            logger.warning("cgroup v1 cpu controller not writable: skipping %s", device.name)
-            continue
-        measured[device.name] = measure_device(device, paths, blocks, min_block_s, seed)
+    if not cgroup_writable():
+        skipped = [d.name for d in devices if d.cpu_share is not None]
+        logger.warning("cgroup v1 cpu controller not writable: skipping %s", ", ".join(skipped))
+        devices = [d for d in devices if d.cpu_share is None]
+    measured = measure_devices(devices, paths, rounds, seed)
     RESULTS.mkdir(parents=True, exist_ok=True)
     LATENCIES.write_text(json.dumps(measured, indent=2) + "\n")
     return measured
@@ -156,53 +277,80 @@ def summary_cells(errors: list[float]) -> list[str]:
 
 
 SUMMARY_COLUMNS = ("within ±10 %", "within ±5 %", "median", "p90")
+BAND = 0.10
 
 
-def worst_kernel(result_samples: list[NodeSample], predictor: LatencyPredictor, device: DeviceProfile) -> str:
-    """The kernel class whose nodes' summed error (predicted − measured) is largest in size: where the
-    held-out model's miss comes from."""
+def split_half_noise(data: Mapping[str, Any]) -> dict[str, float]:
+    """Per model: how far the two interleaved halves of one device's measurement disagree."""
+    return {model: abs(a - b) / min(a, b) for model, (a, b) in data["halves_s"].items()}
+
+
+def drift_noise(first: Mapping[str, float], second: Mapping[str, float]) -> dict[str, float]:
+    """Per model: how far two passes of the same device, minutes apart, disagree."""
+    return {model: abs(second[model] - first[model]) / min(first[model], second[model]) for model in first}
+
+
+def worst_kernel(samples: list[NodeSample], predictor: LatencyPredictor, device: DeviceProfile,
+                 measured_s: float) -> str:
+    """The kernel class whose predicted share of the run misses most (ms): its nodes' profiled times are
+    scaled to the measured run first (the trace inflates every kernel), so the classes' misses add up to
+    the model's."""
+    scale = measured_s / max(sum(s.time_s for s in samples), 1e-12)
     by_kernel: dict[str, float] = {}
-    for s in result_samples:
-        error = predictor.predict(s.op_type, s.flops, s.bytes_moved, s.param_bytes, device, s.kernel) - s.time_s
-        by_kernel[s.kernel_class] = by_kernel.get(s.kernel_class, 0.0) + error
+    for s in samples:
+        parts = predictor.node_parts(s.op_type, s.flops, s.bytes_moved, s.param_bytes, device, s.kernel, s.groups)
+        by_kernel[s.kernel_class] = by_kernel.get(s.kernel_class, 0.0) + parts.work_s + parts.fixed_s - scale * s.time_s
     kernel = max(by_kernel, key=lambda k: abs(by_kernel[k]))
     return f"{kernel} {by_kernel[kernel] * 1e3:+.3f} ms"
 
 
-def lomo_report(console: Console, threads: int, samples: dict[str, list[NodeSample]], host: DeviceProfile,
-                latencies_s: dict[str, float], load_average: Any) -> dict[str, Any]:
-    from devices.predictor.evaluation import fit_without
+def why(error: float, noise: float, miss: str) -> str:
+    """Why a prediction is outside ±10 %: the measurement's own spread, or where the predictor misses."""
+    if error <= BAND:
+        return ""
+    if noise > BAND:
+        return f"measurement spread {noise:.0%} > ±10 %"
+    return f"predictor: {miss}"
 
-    results = leave_one_model_out(samples, host, latencies_s)
+
+def lomo_report(console: Console, threads: int, samples: dict[str, list[NodeSample]], host: DeviceProfile,
+                latencies_s: dict[str, float], noise: dict[str, float], load_average: Any,
+                stages: Mapping[str, Runs], kernels: Runs) -> dict[str, Any]:
+    results = leave_one_model_out(samples, host, latencies_s, stages, kernels)
+    calibrated = {r.model: abs(r.predicted_total_s - latencies_s[r.model]) / latencies_s[r.model]
+                  for r in leave_one_model_out(samples, host, latencies_s)}
     plain = {name: [replace(s, kernel="") for s in group] for name, group in samples.items()}
     before = {r.model: abs(r.predicted_total_s - latencies_s[r.model]) / latencies_s[r.model]
               for r in leave_one_model_out(plain, host)}
     table = Table(title=f"leave-one-model-out, {threads} thread(s): whole-model latency of the held-out model "
                         f"(load average {load_average[0]:.2f})")
-    for column in ("held out", "nodes", "node median", "measured ms", "predicted ms", "error", "before",
-                   "largest miss (kernel class, summed)"):
+    for column in ("held out", "nodes", "measured ms", "noise", "predicted ms", "error", "stage calibration only",
+                   "before", "why outside ±10 %"):
         table.add_column(column, justify="right")
     rows: dict[str, Any] = {}
     for r in results:
-        miss = "" if r.model_relative_error <= 0.10 else worst_kernel(
-            samples[r.model], fit_without(samples, host, r.model, latencies_s), host)
-        rows[r.model] = {"nodes": len(r.node_relative_errors), "node_error": error_summary(r.node_relative_errors),
-                         "measured_s": r.measured_total_s, "predicted_s": r.predicted_total_s,
-                         "error": r.model_relative_error, "before_error": before[r.model], "largest_miss": miss}
-        table.add_row(r.model, str(len(r.node_relative_errors)), _pct(error_summary(r.node_relative_errors)["median"]),
-                      f"{r.measured_total_s * 1e3:.3f}", f"{r.predicted_total_s * 1e3:.3f}",
-                      _pct(r.model_relative_error), _pct(before[r.model]), miss)
+        miss = "" if r.model_relative_error <= BAND else worst_kernel(
+            samples[r.model], fit_without(samples, host, r.model, latencies_s, stages, kernels), host, r.measured_total_s)
+        reason = why(r.model_relative_error, noise[r.model], miss)
+        rows[r.model] = {"nodes": len(r.node_relative_errors), "measured_s": r.measured_total_s,
+                         "noise": noise[r.model], "predicted_s": r.predicted_total_s, "error": r.model_relative_error,
+                         "stage_calibration_error": calibrated[r.model], "before_error": before[r.model], "why": reason}
+        table.add_row(r.model, str(len(r.node_relative_errors)), f"{r.measured_total_s * 1e3:.3f}", _pct(noise[r.model]),
+                      f"{r.predicted_total_s * 1e3:.3f}", _pct(r.model_relative_error), _pct(calibrated[r.model]),
+                      _pct(before[r.model]), reason)
     console.print(table)
     summary = Table(title=f"leave-one-model-out, {threads} thread(s): summary over {len(results)} models")
     for column in ("predictor", *SUMMARY_COLUMNS):
         summary.add_column(column, justify="right")
     errors = [r.model_relative_error for r in results]
-    summary.add_row("kernel classes + stage calibration", *summary_cells(errors))
+    summary.add_row("kernel classes, fitted on stage and kernel runs", *summary_cells(errors))
+    summary.add_row("kernel classes + stage calibration (previous)", *summary_cells(list(calibrated.values())))
     summary.add_row("before: op types, sum of nodes", *summary_cells(list(before.values())))
-    summary.add_row("per node (pooled)", *summary_cells([e for r in results for e in r.node_relative_errors]))
+    summary.add_row("noise floor (same measurement, two halves)", *summary_cells(list(noise.values())))
     console.print(summary)
     return {"models": rows, "summary": error_summary(errors), "before": error_summary(list(before.values())),
-            "nodes": error_summary([e for r in results for e in r.node_relative_errors])}
+            "stage_calibration_only": error_summary(list(calibrated.values())),
+            "noise_floor": error_summary(list(noise.values()))}
 
 
 SETTINGS = {"few_shot_s": "model and device held out", "profiled_s": "device held out, model profiled on the reference",
@@ -210,10 +358,12 @@ SETTINGS = {"few_shot_s": "model and device held out", "profiled_s": "device hel
 
 
 def device_report(console: Console, reference_threads: int, samples: dict[str, list[NodeSample]],
-                  reference: DeviceProfile, measured: dict[str, dict[str, Any]]) -> dict[str, Any]:
+                  reference: DeviceProfile, measured: dict[str, dict[str, Any]], stages: Mapping[str, Runs],
+                  kernels: Runs) -> dict[str, Any]:
     reference_name = f"{reference_threads}thr"
+    reference_noise = split_half_noise(measured[reference_name])
     report: dict[str, Any] = {}
-    pooled: dict[str, list[float]] = {setting: [] for setting in SETTINGS}
+    pooled: dict[str, list[float]] = {setting: [] for setting in [*SETTINGS, "noise"]}
     per_device = Table(title=f"held-out devices: reference {reference_name}; few-shot = at most {MAX_DEVICE_MEASUREMENTS} "
                              "calibration runs of other models on the device")
     for column in ("device", "setting", "load avg", "pairs", *SUMMARY_COLUMNS):
@@ -223,56 +373,103 @@ def device_report(console: Console, reference_threads: int, samples: dict[str, l
             continue
         device = replace(DeviceProfile.from_dict(data["figures"]), name=f"emulated-{name}")
         results = held_out_device(samples, reference, measured[reference_name]["latency_s"], device,
-                                  data["latency_s"])
+                                  data["latency_s"], stages_by_model=stages, kernel_runs=kernels)
         errors = {setting: {m: abs(getattr(r, setting) - r.measured_s) / r.measured_s for m, r in results.items()}
                   for setting in SETTINGS}
+        # A pair is checked against two measurements (the device's and, profiled, the reference's).
+        noise = {m: max(spread, reference_noise[m]) for m, spread in split_half_noise(data).items()}
         quota = "no quota" if data["cpu_share"] is None else f"{data['cpu_share']:.0%} of one CPU"
         table = Table(title=f"held-out device {name} ({data['threads']} thread(s), {quota}; "
                             f"load average {data['load_average'][0]:.2f}): ms and error")
-        for column in ("model", "measured", "both held out", "error", "model profiled", "error", "figures only", "error"):
+        for column in ("model", "measured", "noise", "both held out", "error", "model profiled", "error",
+                       "figures only", "error", "why (model profiled) outside ±10 %"):
             table.add_column(column, justify="right")
         for model, r in results.items():
-            table.add_row(model, f"{r.measured_s * 1e3:.3f}",
+            reason = why(errors["profiled_s"][model], noise[model], "device calibration")
+            table.add_row(model, f"{r.measured_s * 1e3:.3f}", _pct(noise[model]),
                           *(cell for setting in SETTINGS for cell in (f"{getattr(r, setting) * 1e3:.3f}",
-                                                                      _pct(errors[setting][model]))))
+                                                                      _pct(errors[setting][model]))), reason)
         console.print(table)
-        report[name] = {"pairs": {m: vars(r) | {f"{k}_error": errors[k][m] for k in SETTINGS} for m, r in results.items()}}
-        for setting, label in SETTINGS.items():
-            values = list(errors[setting].values())
+        report[name] = {"pairs": {m: vars(r) | {f"{k}_error": errors[k][m] for k in SETTINGS} | {"noise": noise[m]}
+                                  for m, r in results.items()}}
+        for setting, label in [*SETTINGS.items(), ("noise", "noise floor (device and reference halves)")]:
+            values = list(errors[setting].values()) if setting in SETTINGS else list(noise.values())
             pooled[setting] += values
             per_device.add_row(name, label, f"{data['load_average'][0]:.2f}", str(len(values)), *summary_cells(values))
             report[name][setting] = error_summary(values)
     if pooled["few_shot_s"]:
         report["all"] = {}
-        for setting, label in SETTINGS.items():
+        for setting, label in [*SETTINGS.items(), ("noise", "noise floor (device and reference halves)")]:
             per_device.add_row("all", label, "", str(len(pooled[setting])), *summary_cells(pooled[setting]))
             report["all"][setting] = error_summary(pooled[setting])
     console.print(per_device)
     return report
 
 
+def noise_report(console: Console, measured: dict[str, dict[str, Any]], all_cpus: int) -> dict[str, Any]:
+    """The noise floor of this run: per device, the two interleaved halves of its measurement; and the
+    reference measured again minutes later (drift of the machine's load)."""
+    table = Table(title="noise floor of this run: |a - b| / min(a, b) over the models (no prediction can be "
+                        "checked better)")
+    for column in ("device", "compared", "load avg", *SUMMARY_COLUMNS):
+        table.add_column(column, justify="right")
+    report: dict[str, Any] = {}
+    for name, data in measured.items():
+        noise = split_half_noise(data)
+        report[name] = error_summary(list(noise.values()))
+        table.add_row(name, "even vs odd rounds", f"{data['load_average'][0]:.2f}", *summary_cells(list(noise.values())))
+    again = f"{all_cpus}thr{AGAIN}"
+    if again in measured:
+        drift = drift_noise(measured[f"{all_cpus}thr"]["latency_s"], measured[again]["latency_s"])
+        report["drift"] = error_summary(list(drift.values()))
+        table.add_row(f"{all_cpus}thr", f"first vs {again} pass", "", *summary_cells(list(drift.values())))
+    console.print(table)
+    return report
+
+
+def wait_until_idle(limit_s: float, idle_load: float = IDLE_LOAD) -> bool:
+    """Wait up to `limit_s` for the 1-minute load average to fall below `idle_load` (an idle-machine
+    reference run); whether it did."""
+    deadline = time.monotonic() + limit_s
+    while os.getloadavg()[0] >= idle_load:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(5)
+    return True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--blocks", type=int, default=DEFAULT_BLOCKS, help="interleaved timing blocks per model and device")
-    parser.add_argument("--min-block-s", type=float, default=DEFAULT_MIN_BLOCK_S, help="shortest timing block")
+    parser.add_argument("--warmup", type=int, default=3, help="profiled runs dropped before the per-node trace")
+    parser.add_argument("--repeats", type=int, default=20, help="profiled runs per model and thread count")
+    parser.add_argument("--rounds", type=int, default=16, help="interleaved rounds of the whole-model latency")
+    parser.add_argument("--quick", action="store_true", help="one CPU-quota device instead of three (about 2 minutes here)")
+    parser.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
+                        help=f"first wait up to this long for a load average below {IDLE_LOAD} (the idle reference run)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reuse", action="store_true", help="re-use the profiles and latencies of a previous run")
     args = parser.parse_args()
-    console = Console(width=200)
+    console = Console(width=220)
     all_cpus = os.cpu_count() or 1
     thread_counts = sorted({1, all_cpus})
+    rounds = args.rounds
+    idle = wait_until_idle(args.wait_idle) if args.wait_idle > 0 else os.getloadavg()[0] < IDLE_LOAD
     start_load = os.getloadavg()
 
     paths = predictor_model_paths(args.seed)
     profiles = model_profiles(paths, thread_counts, args.warmup, args.repeats, args.seed, args.reuse)
-    devices = emulated_devices(all_cpus)
-    measured = device_latencies(devices, paths, args.blocks, args.min_block_s, args.seed, args.reuse)
+    devices = emulated_devices(all_cpus, args.quick)
+    measured = device_latencies(devices, paths, rounds, args.seed, args.reuse)
     hosts = {t: DeviceProfile.from_dict(measured[f"{t}thr"]["figures"]) for t in thread_counts}
     samples = {t: {name: profile_samples(profile, t) for name, profile in profiles.items()} for t in thread_counts}
-    report: dict[str, Any] = {"settings": vars(args), "load_average_at_start": start_load,
-                              "devices": {name: {k: v for k, v in d.items() if k != "latency_s"}
+    stage_times = stage_latencies(paths, thread_counts, rounds, args.seed, args.reuse)
+    stages = {t: {name: stage_runs(profile, t, stage_times[str(t)][name]) for name, profile in profiles.items()}
+              for t in thread_counts}
+    kernel_times = kernel_latencies(thread_counts, rounds, args.seed, args.reuse)
+    kernels = {t: kernel_runs(kernel_times[str(t)], args.seed) for t in thread_counts}
+    report: dict[str, Any] = {"settings": vars(args) | {"rounds": rounds}, "load_average_at_start": start_load,
+                              "idle_at_start": idle,
+                              "devices": {name: {k: v for k, v in d.items() if k not in ("latency_s", "halves_s")}
                                           for name, d in measured.items()}}
 
     overview = Table(title="measured whole-model latency per device (ms); kernel classes of the nodes")
@@ -280,28 +477,30 @@ def main() -> None:
         overview.add_column(column, justify="right")
     for name in profiles:
         group = samples[all_cpus][name]
-        kernels = sorted({s.kernel_class for s in group if "/" in s.kernel_class})
+        classes = sorted({s.kernel_class for s in group if "/" in s.kernel_class})
         overview.add_row(name, str(len(group)), f"{sum(s.flops for s in group) / 1e6:.1f}",
-                         *(f"{d['latency_s'][name] * 1e3:.3f}" for d in measured.values()), ", ".join(kernels))
+                         *(f"{d['latency_s'][name] * 1e3:.3f}" for d in measured.values()), ", ".join(classes))
     console.print(overview)
 
+    report["noise_floor"] = noise_report(console, measured, all_cpus)
     again = f"{all_cpus}thr{AGAIN}"
-    if again in measured:
-        first, second = measured[f"{all_cpus}thr"]["latency_s"], measured[again]["latency_s"]
-        noise = [abs(second[m] - first[m]) / first[m] for m in first]
-        floor = Table(title=f"noise floor: the {all_cpus}-thread reference measured twice, minutes apart "
-                            "(|second - first| / first over the models)")
-        for column in SUMMARY_COLUMNS:
-            floor.add_column(column, justify="right")
-        floor.add_row(*summary_cells(noise))
-        console.print(floor)
-        report["noise_floor"] = error_summary(noise)
-    report["lomo"] = {str(t): lomo_report(console, t, samples[t], hosts[t], measured[f"{t}thr"]["latency_s"],
-                                          measured[f"{t}thr"]["load_average"]) for t in thread_counts}
-    report["held_out_devices"] = device_report(console, all_cpus, samples[all_cpus], hosts[all_cpus], measured)
+    lomo = {}
+    for t in thread_counts:
+        reference = measured[f"{t}thr"]
+        noise = split_half_noise(reference)
+        if t == all_cpus and again in measured:
+            drift = drift_noise(reference["latency_s"], measured[again]["latency_s"])
+            noise = {m: max(noise[m], drift[m]) for m in noise}
+        lomo[str(t)] = lomo_report(console, t, samples[t], hosts[t], reference["latency_s"], noise,
+                                   reference["load_average"], stages[t], kernels[t])
+    report["lomo"] = lomo
+    report["held_out_devices"] = device_report(console, all_cpus, samples[all_cpus], hosts[all_cpus], measured,
+                                               stages[all_cpus], kernels[all_cpus])
     report["load_average_at_end"] = os.getloadavg()
+    loaded = "" if idle else (f"; a loaded-machine run (idle reference: the same command with --wait-idle 1800, "
+                              f"load below {IDLE_LOAD})")
     console.print(f"load average: start {start_load[0]:.2f}, end {report['load_average_at_end'][0]:.2f} "
-                  f"(2 cores shared with other agents)")
+                  f"(2 cores shared with other agents{loaded})")
     RESULTS.mkdir(parents=True, exist_ok=True)
     output = RESULTS / "predictor_error.json"
     output.write_text(json.dumps(report, indent=2) + "\n")

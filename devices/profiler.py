@@ -7,9 +7,10 @@ every kernel event ("<node name>_kernel_time") maps back to exactly one ONNX nod
 does not time (onnxruntime turns Constant nodes into initializers at load time) are recorded as 0.0 s
 and listed under "untimed" in the profile file.
 
-Whole-model latency is the median wall-clock time of plain (unprofiled) runs, alternated with the
-profiled ones so that both see the same load. Under load it exceeds the sum of the per-node medians,
-which filter out preemptions that hit a different node in each run.
+Whole-model latency is measured with profiling off, under the protocol of `devices.latency` (many
+short interleaved blocks, a low quantile of single runs). The sum of a model's profiled kernels is not
+its run: the trace inflates every small kernel (sum 0.71 ms, run 0.10 ms for the bundled transformer
+here), which is why the predictor calibrates whole runs against their nodes' sum.
 
 Node ids: the profiler keys nodes by their ONNX names, so it needs names that are unique and
 non-empty. `devices` imports no other package of the project, so callers that may hold arbitrary
@@ -22,18 +23,16 @@ import bisect
 import json
 import logging
 import os
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from devices.errors import DeviceError
 from devices.json_files import read_json_file, write_json_file
+from devices.latency import LatencyProtocol, measure_latencies
+from devices.model_inputs import load_model, random_inputs
 from devices.profiles import DeviceProfile
 from devices.sessions import make_session
 
@@ -43,6 +42,7 @@ PROFILE_FORMAT = "edgecloud.profile/1"
 DEFAULT_WARMUP = 3
 DEFAULT_REPEATS = 20
 _KERNEL_SUFFIX = "_kernel_time"
+NODE_TRIM = 0.2  # share of runs dropped at each end of a node's kernel times
 
 
 @dataclass
@@ -52,7 +52,7 @@ class ThreadTiming:
     threads: int
     node_times_s: dict[str, float]  # every top-level node; 0.0 for untimed ones
     untimed: list[str]  # nodes onnxruntime did not run as a kernel
-    latency_s: float  # median wall-clock time of a whole run, profiling off
+    latency_s: float  # whole-run seconds, profiling off (`devices.latency` protocol)
 
 
 @dataclass
@@ -77,25 +77,11 @@ class ModelProfile:
             "untimed": {str(t): self.timings[t].untimed for t in ordered},
             "untimed_note": "nodes onnxruntime ran without a kernel (e.g. Constant folded into an initializer): 0.0 s",
             "settings": {"warmup": self.warmup, "repeats": self.repeats, "seed": self.seed,
-                         "statistic": "median", "graph_optimization": "ORT_DISABLE_ALL"},
+                         "statistic": "node: 20 % trimmed mean; model: devices.latency protocol", "graph_optimization": "ORT_DISABLE_ALL"},
         }
 
     def save(self, path: str | Path) -> None:
         write_json_file(path, self.to_dict(), "profile")
-
-
-def _load_model(model: Any) -> Any:
-    import onnx
-
-    if isinstance(model, onnx.ModelProto):
-        return model
-    path = Path(model)
-    if not path.is_file():
-        raise DeviceError(f"ONNX model {path} does not exist.")
-    try:
-        return onnx.load(str(path))
-    except Exception as error:  # onnx raises DecodeError / ValueError / OSError variants
-        raise DeviceError(f"cannot read ONNX model {path}: {type(error).__name__}.") from None
 
 
 def _node_ids(model: Any) -> list[str]:
@@ -106,34 +92,6 @@ def _node_ids(model: Any) -> list[str]:
             "(partitioner.graph.onnx_names.name_nodes_uniquely)."
         )
     return names
-
-
-def random_inputs(model: Any, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded random feeds for the graph inputs: dynamic dimensions become 1, integer inputs take
-    values in {0, 1} so that they are valid indices for Gather-style ops."""
-    from onnx import helper
-
-    rng = np.random.default_rng(seed)
-    initializers = {init.name for init in model.graph.initializer}
-    feeds: dict[str, np.ndarray] = {}
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        tensor_type = value.type.tensor_type
-        if not value.type.HasField("tensor_type"):
-            raise DeviceError(f"graph input '{value.name}' is not a tensor; the profiler feeds tensors only.")
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
-        shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1
-                      for d in tensor_type.shape.dim)
-        if dtype.kind == "f":
-            feeds[value.name] = rng.standard_normal(shape).astype(dtype)
-        elif dtype.kind == "b":
-            feeds[value.name] = rng.integers(0, 2, shape).astype(bool)
-        elif dtype.kind in "iu":
-            feeds[value.name] = rng.integers(0, 2, shape).astype(dtype)
-        else:
-            raise DeviceError(f"graph input '{value.name}' has type {dtype}, which the profiler cannot generate.")
-    return feeds
 
 
 def _kernel_times_per_run(trace: list[dict[str, Any]], skip_runs: int) -> list[dict[str, float]]:
@@ -153,27 +111,32 @@ def _kernel_times_per_run(trace: list[dict[str, Any]], skip_runs: int) -> list[d
     return per_run[skip_runs:]
 
 
+def node_time_s(samples_s: list[float]) -> float:
+    """A node's figure from its per-run kernel times: the mean of the middle 60 %. onnxruntime's trace
+    has whole-microsecond durations, so a median of a sub-microsecond kernel is 0 or 1 µs while a mean
+    resolves it; trimming both tails drops preempted runs without biasing the rounding."""
+    values = sorted(samples_s)
+    cut = int(len(values) * NODE_TRIM)
+    kept = values[cut:len(values) - cut] or values
+    return sum(kept) / len(kept)
+
+
 def measure_model(model: Any, threads: int = 1, warmup: int = DEFAULT_WARMUP,
-                  repeats: int = DEFAULT_REPEATS, seed: int = 0) -> ThreadTiming:
-    """Profile `model` (path or ModelProto with unique node names) with `threads` intra-op threads."""
+                  repeats: int = DEFAULT_REPEATS, seed: int = 0,
+                  protocol: LatencyProtocol = LatencyProtocol()) -> ThreadTiming:
+    """Profile `model` (path or ModelProto with unique node names) with `threads` intra-op threads; its
+    whole-model latency with profiling off under `protocol` (`devices.latency`)."""
     if threads < 1 or warmup < 0 or repeats < 1:
         raise DeviceError("threads and repeats must be at least 1 and warmup at least 0.")
-    model = _load_model(model)
+    model = load_model(model)
     node_ids = _node_ids(model)
     model_bytes = model.SerializeToString()
     feeds = random_inputs(model, seed)
 
-    # Profiled and plain runs alternate so that both see the same machine load (other processes).
-    plain = make_session(model_bytes, threads, optimize=False)
-    wall_s: list[float] = []
     with tempfile.TemporaryDirectory(prefix="edgecloud-profile-") as folder:
         profiled = make_session(model_bytes, threads, optimize=False, profile_prefix=os.path.join(folder, "ort"))
-        for run in range(warmup + repeats):
+        for _ in range(warmup + repeats):
             profiled.run(None, feeds)
-            start = time.perf_counter()
-            plain.run(None, feeds)
-            if run >= warmup:
-                wall_s.append(time.perf_counter() - start)
         trace = json.loads(Path(profiled.end_profiling()).read_text())
     runs = _kernel_times_per_run(trace, skip_runs=warmup)
 
@@ -182,51 +145,15 @@ def measure_model(model: Any, threads: int = 1, warmup: int = DEFAULT_WARMUP,
     for node in node_ids:
         samples = [run[node] for run in runs if node in run]
         if samples:
-            node_times_s[node] = statistics.median(samples)
+            node_times_s[node] = node_time_s(samples)
         else:
             node_times_s[node] = 0.0
             untimed.append(node)
     if untimed:
         logger.info("%d node(s) without a kernel in onnxruntime's trace: %s", len(untimed), ", ".join(untimed[:5]))
 
-    return ThreadTiming(threads, node_times_s, untimed, statistics.median(wall_s))
-
-
-DEFAULT_BLOCKS = 9
-DEFAULT_MIN_BLOCK_S = 0.1
-
-
-def measure_latencies_s(models: dict[str, Any], threads: int = 1, blocks: int = DEFAULT_BLOCKS,
-                        min_block_s: float = DEFAULT_MIN_BLOCK_S, seed: int = 0) -> dict[str, float]:
-    """Whole-model seconds per run of each model (path or ModelProto), with the profiler's session policy.
-
-    Each block runs one model back to back for at least `min_block_s` and counts time per run; models
-    take turns block by block (interleaved, so that a burst of load from other processes hits all of
-    them alike) and each model's figure is its fastest block, the least disturbed by other processes
-    (as `timeit` and the host's peak figures do): on a loaded machine the median block still holds
-    preemptions (resnet18 measured 8.1 ms median-of-blocks vs 4.8 ms per-run median, same minute).
-    Blocks rather than single runs: under a CPU quota (a cgroup standing in for a slower device) a
-    run's time depends on where in the quota period it falls; a block spanning many periods sees the
-    sustained rate (phase error at most one period per block)."""
-    if threads < 1 or blocks < 1 or not min_block_s > 0:
-        raise DeviceError("threads and blocks must be at least 1 and the block time positive.")
-    loaded = {name: _load_model(model) for name, model in models.items()}
-    sessions = {name: make_session(model.SerializeToString(), threads, optimize=False) for name, model in loaded.items()}
-    feeds = {name: random_inputs(model, seed) for name, model in loaded.items()}
-    for name, session in sessions.items():
-        session.run(None, feeds[name])  # warm-up: first-run allocations are not the device's speed
-    per_run_s: dict[str, list[float]] = {name: [] for name in sessions}
-    for _ in range(blocks):
-        for name, session in sessions.items():
-            runs, start = 0, time.perf_counter()
-            while True:
-                session.run(None, feeds[name])
-                runs += 1
-                elapsed_s = time.perf_counter() - start
-                if elapsed_s >= min_block_s:
-                    break
-            per_run_s[name].append(elapsed_s / runs)
-    return {name: min(times) for name, times in per_run_s.items()}
+    latency = measure_latencies({"model": model}, threads, protocol, seed)["model"]
+    return ThreadTiming(threads, node_times_s, untimed, latency.latency_s)
 
 
 def profile_model(path: Any, threads: int = 1, warmup: int = DEFAULT_WARMUP,
@@ -239,7 +166,7 @@ def profile_threads(model: Any, model_label: str, host: DeviceProfile, thread_co
                     warmup: int = DEFAULT_WARMUP, repeats: int = DEFAULT_REPEATS, seed: int = 0,
                     on_done: Callable[[ThreadTiming], None] | None = None) -> ModelProfile:
     """Profile `model` once per thread count; `on_done` is told after each (for progress bars)."""
-    model = _load_model(model)
+    model = load_model(model)
     timings: dict[int, ThreadTiming] = {}
     for threads in thread_counts:
         timings[threads] = measure_model(model, threads, warmup, repeats, seed)

@@ -43,11 +43,11 @@ def profile_file(path: str | Path, host: DeviceProfile, thread_counts: list[int]
 
 def layer_nodes(graph: "LayerGraph") -> dict[str, NodeSample]:
     """Each layer of `graph` as a predictor input (features and kernel class; time 0)."""
-    from partitioner.graph.kernel_classes import layer_kernel_classes
+    from partitioner.graph.kernel_classes import layer_kernel_classes, layer_kernel_groups
 
-    kernels = layer_kernel_classes(graph)
+    kernels, groups = layer_kernel_classes(graph), layer_kernel_groups(graph)
     return {node: NodeSample(op_type=attrs["op_type"], flops=int(attrs["flops"]), bytes_moved=int(attrs["bytes_moved"]),
-                             param_bytes=int(attrs["param_bytes"]), time_s=0.0, kernel=kernels[node])
+                             param_bytes=int(attrs["param_bytes"]), time_s=0.0, kernel=kernels[node], groups=groups[node])
             for node, attrs in graph.dag.nodes(data=True)}
 
 
@@ -89,7 +89,7 @@ def fit_predictor(profiles: Mapping[str, ModelProfile], threads: int, reference:
 def predicted_node_times_s(graph: "LayerGraph", predictor: LatencyPredictor,
                            device: DeviceProfile) -> dict[str, float]:
     """Each layer's predicted seconds on `device`, from its DAG features."""
-    return {node: predictor.predict(s.op_type, s.flops, s.bytes_moved, s.param_bytes, device, s.kernel)
+    return {node: predictor.predict(s.op_type, s.flops, s.bytes_moved, s.param_bytes, device, s.kernel, s.groups)
             for node, s in layer_nodes(graph).items()}
 
 

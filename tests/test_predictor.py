@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+from dataclasses import replace
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from devices.predictor import (
     leave_one_model_out,
     op_type_of,
     predict_node_time_s,
+    roofline_features,
     roofline_time_s,
     shipped_predictor,
 )
@@ -92,7 +94,7 @@ def test_unknown_op_type_uses_the_pooled_model_and_never_crashes() -> None:
     predictor = LatencyPredictor.fit(synthetic_samples(0), REFERENCE)
     assert predictor.pooled is not None
     seconds = predictor.predict("MyCustomOp", 10**6, 10**5, 0, REFERENCE)
-    features = np.array([1e6 / 1e11, 1e5 / 1e10, 0.0, 1.0])
+    features = np.array([1e6 / 1e11, 1e5 / 1e10, 0.0, 1.0, 0.0])
     assert seconds == pytest.approx(float(features @ predictor.pooled.as_vector()))
     assert seconds > 0
 
@@ -206,6 +208,8 @@ def test_cli_estimate_ranks_devices_and_rejects_unknown_ones(tmp_path: Path,
 
 @pytest.mark.parametrize(("op_type", "attributes", "shapes", "constants", "expected"), [
     ("Conv", {"group": 32}, [(1, 32, 8, 8), (32, 1, 3, 3)], [False, True], "Conv/depthwise"),
+    ("Conv", {"group": 32, "strides": [2, 2]}, [(1, 32, 8, 8), (32, 1, 3, 3)], [False, True], "Conv/depthwise-strided"),
+    ("Conv", {"group": 32, "strides": [1, 1]}, [(1, 32, 8, 8), (32, 1, 7, 7)], [False, True], "Conv/depthwise"),
     ("Conv", {"group": 4}, [(1, 32, 8, 8), (32, 8, 3, 3)], [False, True], "Conv/grouped"),
     ("Conv", {}, [(1, 32, 8, 8), (64, 32, 1, 1)], [False, True], "Conv/pointwise"),
     ("Conv", {"group": 1}, [(1, 32, 8, 8), (64, 32, 3, 3)], [False, True], "Conv/dense"),
@@ -223,15 +227,13 @@ def test_kernel_class_tells_apart_what_shares_an_op_type(op_type, attributes, sh
     assert op_type_of(kernel) == op_type
 
 
-DEPTHWISE = OpCoefficients(compute=12.0, activations=2.5, params=0.5, overhead_s=3e-6, samples=0)
+# A depthwise Conv: dearer per FLOP, and a fixed cost per channel (onnxruntime loops over the groups).
+DEPTHWISE = OpCoefficients(compute=12.0, activations=2.5, params=0.5, overhead_s=3e-6, samples=0, per_group_s=0.1e-6)
 
 
 def _timed(sample: NodeSample, truth: OpCoefficients, device: DeviceProfile = REFERENCE) -> NodeSample:
-    features = np.array([sample.flops / device.peak_flops,
-                         (sample.bytes_moved - sample.param_bytes) / device.memory_bandwidth_bytes_per_s,
-                         sample.param_bytes / device.memory_bandwidth_bytes_per_s, 1.0])
-    return NodeSample(sample.op_type, sample.flops, sample.bytes_moved, sample.param_bytes,
-                      float(features @ truth.as_vector()), sample.kernel)
+    features = roofline_features(sample.flops, sample.bytes_moved, sample.param_bytes, device, REFERENCE, sample.groups)
+    return replace(sample, time_s=float(features @ truth.as_vector()))
 
 
 def depthwise_and_dense(seed: int) -> list[NodeSample]:
@@ -241,7 +243,8 @@ def depthwise_and_dense(seed: int) -> list[NodeSample]:
     for kernel, truth in (("Conv/dense", TRUE["Conv"]), ("Conv/depthwise", DEPTHWISE)):
         for _ in range(30):
             flops, params = int(10 ** rng.uniform(5, 8)), int(10 ** rng.uniform(2, 5))
-            node = NodeSample("Conv", flops, int(10 ** rng.uniform(4, 6)) + params, params, 0.0, kernel)
+            groups = int(2 ** rng.integers(3, 10)) if kernel == "Conv/depthwise" else 1
+            node = NodeSample("Conv", flops, int(10 ** rng.uniform(4, 6)) + params, params, 0.0, kernel, groups)
             samples.append(_timed(node, truth))
     return samples
 
@@ -255,7 +258,7 @@ def test_kernel_classes_recover_each_variant_where_the_op_type_alone_cannot() ->
                                          for s in samples], REFERENCE, shrinkage=0.0)
 
     def worst(p: LatencyPredictor) -> float:
-        return max(abs(p.predict(s.op_type, s.flops, s.bytes_moved, s.param_bytes, REFERENCE, s.kernel) - s.time_s)
+        return max(abs(p.predict(s.op_type, s.flops, s.bytes_moved, s.param_bytes, REFERENCE, s.kernel, s.groups) - s.time_s)
                    / s.time_s for s in samples)
 
     assert worst(predictor) < 1e-3 < 0.2 < worst(op_type_only)
@@ -265,6 +268,23 @@ def test_an_unseen_kernel_class_falls_back_to_its_op_type() -> None:
     predictor = LatencyPredictor.fit(synthetic_samples(0), REFERENCE)
     assert predictor.predict("Conv", 10**6, 10**5, 10**3, REFERENCE, kernel="Conv/grouped") == pytest.approx(
         predictor.predict("Conv", 10**6, 10**5, 10**3, REFERENCE))
+
+
+def test_an_unseen_refinement_falls_back_to_the_class_it_refines() -> None:
+    # A predictor fitted before "Conv/depthwise-strided" existed prices one as a depthwise Conv, not as a Conv.
+    predictor = LatencyPredictor.fit(depthwise_and_dense(0), REFERENCE, shrinkage=0.0)
+    strided = predictor.predict("Conv", 10**6, 10**5, 10**3, REFERENCE, "Conv/depthwise-strided", 64)
+    assert strided == pytest.approx(predictor.predict("Conv", 10**6, 10**5, 10**3, REFERENCE, "Conv/depthwise", 64))
+    assert strided != pytest.approx(predictor.predict("Conv", 10**6, 10**5, 10**3, REFERENCE, "Conv/dense", 64))
+    # Fitted on strided samples too, the refinement gets its own coefficients.
+    samples = depthwise_and_dense(1)
+    refined = [replace(s, kernel="Conv/depthwise-strided", time_s=3 * s.time_s) for s in samples
+               if s.kernel == "Conv/depthwise"]
+    both = LatencyPredictor.fit(samples + refined, REFERENCE, shrinkage=0.0)
+    assert "Conv/depthwise-strided" in both.op_types
+    s = refined[0]
+    assert both.predict(s.op_type, s.flops, s.bytes_moved, s.param_bytes, REFERENCE, s.kernel, s.groups) == pytest.approx(
+        s.time_s, rel=0.05)
 
 
 # --- stage and device calibration -------------------------------------------------------------------
@@ -394,3 +414,85 @@ def test_json_round_trip_keeps_the_calibrations(tmp_path: Path) -> None:
     path.write_text(json.dumps(data))
     with pytest.raises(DeviceError, match="non-negative"):
         LatencyPredictor.load(path)
+
+
+# --- fitted on whole runs, and the ratio calibration of a device ----------------------------------------
+
+TRACE_INFLATION_S = 2e-6  # what onnxruntime's trace adds to every kernel (about 2 µs per node here)
+
+
+def inflated_runs(seed: int, count: int) -> tuple[list[list[NodeSample]], list[float]]:
+    """Stages whose nodes carry trace times (true time + a fixed inflation per node) and whose runs
+    take the true time: the sum of nodes, plus a per-run cost of 10 µs."""
+    samples = synthetic_samples(seed, 5 * count)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(samples))
+    cuts = np.sort(rng.choice(np.arange(1, len(samples)), count - 1, replace=False))
+    stages, runs_s = [], []
+    for chunk in np.split(order, cuts):  # runs of 1 to dozens of nodes: per-node and per-run costs apart
+        nodes = [samples[i] for i in chunk]
+        runs_s.append(sum(s.time_s for s in nodes) + 10e-6)
+        stages.append([NodeSample(s.op_type, s.flops, s.bytes_moved, s.param_bytes, s.time_s + TRACE_INFLATION_S)
+                       for s in nodes])
+    return stages, runs_s
+
+
+def test_the_run_fit_learns_what_a_run_costs_where_the_trace_inflates_every_node() -> None:
+    stages, runs_s = inflated_runs(0, 24)
+    trace_fit = LatencyPredictor.fit([s for nodes in stages for s in nodes], REFERENCE)
+    by_stage = trace_fit.with_stage_calibration(list(zip(stages, runs_s, strict=True)))
+    by_runs = trace_fit.with_run_fit(list(zip(stages, runs_s, strict=True)))
+    unseen, unseen_s = inflated_runs(1, 8)
+    errors = {name: [abs(p.predict_stage_s(nodes, REFERENCE) - s) / s for nodes, s in zip(unseen, unseen_s, strict=True)]
+              for name, p in (("stage", by_stage), ("runs", by_runs))}
+    assert max(errors["runs"]) < 0.03
+    assert max(errors["runs"]) < max(errors["stage"])
+    # The per-run cost is the run fit's stage calibration; it and the refitted coefficients round-trip.
+    assert by_runs.stage.work_scale == by_runs.stage.fixed_scale == 1.0
+    assert by_runs.stage.per_run_s == pytest.approx(10e-6, rel=0.3)
+    assert LatencyPredictor.from_dict(json.loads(json.dumps(by_runs.to_dict()))).op_types == by_runs.op_types
+
+
+def test_a_ratio_calibration_cancels_the_reference_prediction_s_own_error() -> None:
+    # Every run takes 3x its work and 1x its fixed cost on SLOW, relative to what REFERENCE really ran;
+    # the predictor misprices the reference by a different factor per run (what a held-out model suffers).
+    predictor = LatencyPredictor.fit(synthetic_samples(0), REFERENCE, shrinkage=0.0)
+    stages = small_stages(5, MAX_DEVICE_MEASUREMENTS + 1)
+    rng = np.random.default_rng(5)
+    reference_s, device_s = [], []
+    for nodes in stages:
+        parts, miss = predictor.stage_parts(nodes, REFERENCE), rng.uniform(0.6, 1.6)
+        reference_s.append(miss * (parts.work_s + parts.fixed_s))
+        device_s.append(miss * (3.0 * parts.work_s + 1.0 * parts.fixed_s))
+    slow = DeviceProfile("slow", REFERENCE.peak_flops, REFERENCE.memory_bandwidth_bytes_per_s, 2**30, REFERENCE.threads)
+    shots = list(zip(stages[:-1], device_s[:-1], strict=True))
+    ratio = predictor.with_device_calibration(slow, shots, reference_s[:-1])
+    plain = predictor.with_device_calibration(slow, shots)
+    target, target_ref_s, target_s = stages[-1], reference_s[-1], device_s[-1]
+
+    def profiled_error(calibrated: LatencyPredictor) -> float:
+        predicted = target_ref_s * calibrated.predict_stage_s(target, slow) / predictor.predict_stage_s(target, REFERENCE)
+        return abs(predicted - target_s) / target_s
+
+    assert profiled_error(ratio) < 0.02
+    assert profiled_error(ratio) < profiled_error(plain)
+    with pytest.raises(DeviceError, match="one positive reference time per measured run"):
+        predictor.with_device_calibration(slow, shots, reference_s[:2])
+
+
+def test_a_device_calibration_learns_the_device_s_own_cost_per_kernel_dispatched(tmp_path: Path) -> None:
+    # Two threads under a one-CPU quota: every kernel dispatched costs a wake-up the reference never paid,
+    # whatever the predictor's own fixed costs say; runs of many small nodes suffer most.
+    predictor = LatencyPredictor.fit(synthetic_samples(0), REFERENCE, shrinkage=0.0)
+    # Runs of Conv nodes (4 µs fixed each) and runs of Relu nodes (2 µs), so that a per-node cost is not
+    # the predictor's fixed cost under another name.
+    rng = np.random.default_rng(7)
+    stages = [[NodeSample(("Conv", "Relu")[i % 2], int(10 ** rng.uniform(2, 5)), int(10 ** rng.uniform(2, 4)), 0, 0.0)
+               for _ in range(int(rng.integers(1, 40)))] for i in range(MAX_DEVICE_MEASUREMENTS + 1)]
+    device_s = [1.2 * predictor.predict_stage_s(nodes, SLOW) + 3e-6 * len(nodes) for nodes in stages]
+    calibrated = predictor.with_device_calibration(SLOW, list(zip(stages[:-1], device_s[:-1], strict=True)))
+    assert calibrated.devices["slow"].per_node_s == pytest.approx(3e-6, rel=0.05)
+    assert calibrated.predict_stage_s(stages[-1], SLOW) == pytest.approx(device_s[-1], rel=0.02)
+    path = tmp_path / "predictor.json"
+    calibrated.save(path)
+    assert LatencyPredictor.load(path).devices == calibrated.devices

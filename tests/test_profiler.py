@@ -14,18 +14,21 @@ from onnx import TensorProto, helper
 from typer.testing import CliRunner
 
 from devices.errors import DeviceError
+from devices.latency import BLOCKS, RUNS, Condition, LatencyProtocol, measure_interleaved, measure_latencies
 from devices.profiler import (
     PROFILE_FORMAT,
     ModelProfile,
     ThreadTiming,
     load_profile_file,
-    measure_latencies_s,
     measure_model,
+    node_time_s,
     profile_model,
     profile_threads,
     random_inputs,
 )
 from devices.profiles import DeviceProfile
+from devices.microbench import kernel_models
+from devices.stages import prefix_stages
 from edgecloud.calibration import canonical_model, layer_nodes, profile_samples, samples_from_times
 from edgecloud.cli.app import app
 from partitioner.graph.layer_graph import load_layer_graph
@@ -284,6 +287,7 @@ def test_layer_nodes_carry_the_kernel_class_of_each_onnx_node() -> None:
         "depthwise": "Conv/depthwise", "pointwise": "Conv/pointwise", "dense": "Conv/dense", "flatten": "Reshape",
         "projection": "MatMul/weights", "transpose": "Transpose", "attention": "MatMul/activations"}
     assert all(node.op_type == node.kernel.split("/")[0] for node in nodes.values())
+    assert {name: node.groups for name, node in nodes.items() if node.groups != 1} == {"depthwise": 8}
 
 
 def test_fused_layers_carry_no_kernel_class_and_keep_their_fused_type(bundled_models: Mapping[str, Path]) -> None:
@@ -294,12 +298,94 @@ def test_fused_layers_carry_no_kernel_class_and_keep_their_fused_type(bundled_mo
     assert {"Conv/depthwise", "Conv/pointwise"} <= {node.kernel for node in single.values()}
 
 
-def test_measure_latencies_times_every_model_with_the_profilers_policy() -> None:
+def test_measure_latencies_times_every_model_in_interleaved_rounds_with_two_halves() -> None:
     models = {"tiny": tiny_model(), "kernels": conv_and_attention_model()}
-    latencies = measure_latencies_s(models, threads=1, blocks=2, min_block_s=0.005)
-    assert set(latencies) == {"tiny", "kernels"}
-    assert all(np.isfinite(seconds) and seconds > 0 for seconds in latencies.values())
+    protocol = LatencyProtocol(rounds=4, min_block_s=0.002, warmup_s=0.0)
+    measured = measure_latencies(models, threads=1, protocol=protocol)
+    assert set(measured) == {"tiny", "kernels"}
+    for m in measured.values():
+        assert m.runs >= protocol.rounds
+        assert all(np.isfinite(v) and v > 0 for v in (m.latency_s, m.even_s, m.odd_s))
+        assert m.split_half_spread == abs(m.even_s - m.odd_s) / min(m.even_s, m.odd_s)
+    with pytest.raises(DeviceError, match="at least 2 rounds"):
+        LatencyProtocol(rounds=1)
+    with pytest.raises(DeviceError, match="positive block time"):
+        LatencyProtocol(min_block_s=0.0)
+    with pytest.raises(DeviceError, match="one of runs, blocks"):
+        LatencyProtocol(statistic="mean")
     with pytest.raises(DeviceError, match="at least 1"):
-        measure_latencies_s(models, threads=1, blocks=0)
-    with pytest.raises(DeviceError, match="positive"):
-        measure_latencies_s(models, threads=1, min_block_s=0.0)
+        measure_latencies(models, threads=0)
+
+
+def test_interleaved_conditions_take_turns_round_by_round_each_with_its_own_threads() -> None:
+    entered: list[str] = []
+    conditions = [Condition(name, threads, LatencyProtocol(rounds=3, min_block_s=0.001, warmup_s=0.0),
+                            lambda name=name: entered.append(name))  # type: ignore[misc]
+                  for name, threads in (("one", 1), ("two", 2))]
+    measured = measure_interleaved({"tiny": tiny_model()}, conditions, rounds=3)
+    assert entered == ["one", "two"] * 3  # a burst of load cannot fall on one condition's rounds only
+    assert set(measured) == {"one", "two"} and all(m["tiny"].latency_s > 0 for m in measured.values())
+    with pytest.raises(DeviceError, match="rounds at least 2"):
+        measure_interleaved({"tiny": tiny_model()}, conditions, rounds=1)
+
+
+def test_run_quantile_ignores_preemptions_and_block_statistic_keeps_a_quota_s_sustained_rate() -> None:
+    # Runs of 1 ms, a fifth of them preempted to 9 ms: the 10th percentile is the undisturbed run.
+    preempted = [[1e-3, 1e-3, 1e-3, 1e-3, 9e-3] for _ in range(4)]
+    assert LatencyProtocol(statistic=RUNS).estimate_s(preempted) == pytest.approx(1e-3)
+    # Under a CPU quota every block's mean is the sustained rate; a single run can be fast or throttled.
+    throttled = [[1e-3, 3e-3], [1e-3, 3e-3, 1e-3, 3e-3], [1e-3, 5e-3]]
+    assert LatencyProtocol(statistic=BLOCKS).estimate_s(throttled) == pytest.approx(2e-3)
+
+
+def test_node_time_resolves_sub_microsecond_kernels_and_drops_preempted_runs() -> None:
+    # The trace's whole microseconds: a 0.4 µs kernel reads 0 or 1 µs; a median says 0.
+    quantised = [0.0, 1e-6, 0.0, 1e-6, 0.0] * 4
+    assert node_time_s(quantised) == pytest.approx(0.4e-6, abs=0.1e-6)
+    assert node_time_s([5e-6] * 9 + [500e-6]) == pytest.approx(5e-6)
+
+
+def test_prefix_stages_run_their_first_nodes_and_output_every_crossing_tensor() -> None:
+    import onnxruntime as ort
+
+    model = conv_and_attention_model()
+    stages = prefix_stages(model, 3)
+    names = [node.name for node in model.graph.node]
+    assert [len(s.nodes) for s in stages] == sorted({len(s.nodes) for s in stages})
+    assert stages[-1].nodes == names  # the last prefix is the whole model
+    feeds = random_inputs(model)
+    whole = onnx.ModelProto()
+    whole.CopyFrom(model)
+    for stage in stages:
+        assert stage.nodes == names[:len(stage.nodes)]
+        crossing = [o.name for o in stage.model.graph.output]
+        later = {i for node in model.graph.node[len(stage.nodes):] for i in node.input} | {o.name for o in model.graph.output}
+        assert crossing and set(crossing) <= later
+        # Every crossing tensor holds what the whole model computes there.
+        del whole.graph.output[:]
+        whole.graph.output.extend(stage.model.graph.output)
+        expected = ort.InferenceSession(whole.SerializeToString()).run(None, feeds)
+        got = ort.InferenceSession(stage.model.SerializeToString()).run(None, feeds)
+        for a, b in zip(got, expected, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6)
+    with pytest.raises(DeviceError, match="at least one prefix"):
+        prefix_stages(model, 0)
+
+
+def test_kernel_models_sample_every_kernel_class_as_a_runnable_single_node_model() -> None:
+    models = kernel_models(14, seed=1)
+    assert kernel_models(14, seed=1).keys() == models.keys() and len(models) == 14
+    classes = set()
+    for model in models.values():
+        nodes = list(layer_nodes(load_layer_graph(model)).values())
+        assert len(nodes) == 1
+        classes.add(nodes[0].kernel)
+        if nodes[0].kernel == "Conv/depthwise":
+            assert nodes[0].groups > 1
+    assert {"Conv/depthwise", "Conv/grouped", "Conv/pointwise", "Conv/dense", "MatMul/weights",
+            "MatMul/activations"} <= classes
+    measured = measure_latencies(dict(list(models.items())[:3]), 1, LatencyProtocol(rounds=2, min_block_s=0.001,
+                                                                                    warmup_s=0.0))
+    assert all(m.latency_s > 0 for m in measured.values())
+    with pytest.raises(DeviceError, match="at least one model"):
+        kernel_models(0)

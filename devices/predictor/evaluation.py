@@ -44,31 +44,43 @@ def error_summary(errors: Sequence[float]) -> dict[str, float]:
                       "count": int(values.size)}
 
 
+Runs = Sequence[tuple[Sequence[NodeSample], float]]  # measured runs: (nodes, seconds of one run)
+
+
 def fit_without(samples_by_model: Mapping[str, list[NodeSample]], reference: DeviceProfile, held_out: str,
-                latencies_s: Mapping[str, float] | None = None) -> LatencyPredictor:
-    """Fit on every model but `held_out`; with whole-model latencies, calibrate the stage on theirs too."""
+                latencies_s: Mapping[str, float] | None = None,
+                stages_by_model: Mapping[str, Runs] | None = None, kernel_runs: Runs = ()) -> LatencyPredictor:
+    """Fit on every model but `held_out`; with whole-model latencies, calibrate the stage on theirs too;
+    with measured stage runs (`devices.stages`), fit the coefficients on the other models' runs and on
+    `kernel_runs` (single-kernel models, `devices.microbench`: no model's own data)."""
     train = [name for name in samples_by_model if name != held_out]
     predictor = LatencyPredictor.fit([s for name in train for s in samples_by_model[name]], reference)
+    if stages_by_model is not None:
+        return predictor.with_run_fit([run for name in train for run in stages_by_model[name]] + list(kernel_runs))
     if latencies_s is not None:
         predictor = predictor.with_stage_calibration([(samples_by_model[name], latencies_s[name]) for name in train])
     return predictor
 
 
 def leave_one_model_out(samples_by_model: Mapping[str, list[NodeSample]], reference: DeviceProfile,
-                        latencies_s: Mapping[str, float] | None = None) -> list[HeldOutResult]:
+                        latencies_s: Mapping[str, float] | None = None,
+                        stages_by_model: Mapping[str, Runs] | None = None,
+                        kernel_runs: Runs = ()) -> list[HeldOutResult]:
     """Fit on every model but one, predict the one held out on `reference`, for each model in turn.
 
     With `latencies_s` (measured whole-model seconds) the target is the whole run and the stage
-    calibration is fitted on the other models' runs; without, the target is the sum of node times."""
+    calibration is fitted on the other models' runs (with `stages_by_model`, the coefficients on their
+    stages' runs); without, the target is the sum of node times."""
     if len(samples_by_model) < 2:
         raise DeviceError("leave-one-model-out needs samples of at least two models.")
     results = []
     for held_out, test in samples_by_model.items():
-        predictor = fit_without(samples_by_model, reference, held_out, latencies_s)
+        predictor = fit_without(samples_by_model, reference, held_out, latencies_s, stages_by_model, kernel_runs)
         # Node errors against the profiled kernel times: the node-level model, before the stage calibration
         # (which maps profiled kernels to a whole run, trace overhead out).
         nodes_only = replace(predictor, stage=StageCalibration())
-        predicted = [nodes_only.predict(s.op_type, s.flops, s.bytes_moved, s.param_bytes, reference, s.kernel)
+        predicted = [nodes_only.predict(s.op_type, s.flops, s.bytes_moved, s.param_bytes, reference, s.kernel,
+                                       s.groups)
                      for s in test]
         if latencies_s is None:
             measured_s, total_s = sum(s.time_s for s in test), nodes_only.predict_stage_s(test, reference)
@@ -96,8 +108,9 @@ class DevicePrediction:
 
 def held_out_device(samples_by_model: Mapping[str, list[NodeSample]], reference: DeviceProfile,
                     reference_latencies_s: Mapping[str, float], device: DeviceProfile,
-                    device_latencies_s: Mapping[str, float],
-                    budget: int = MAX_DEVICE_MEASUREMENTS) -> dict[str, DevicePrediction]:
+                    device_latencies_s: Mapping[str, float], budget: int = MAX_DEVICE_MEASUREMENTS,
+                    stages_by_model: Mapping[str, Runs] | None = None,
+                    kernel_runs: Runs = ()) -> dict[str, DevicePrediction]:
     """For each model m: fit without m on the reference, calibrate on `device` with at most `budget`
     measured runs of other models there, predict m on `device`.
 
@@ -107,12 +120,19 @@ def held_out_device(samples_by_model: Mapping[str, list[NodeSample]], reference:
     results = {}
     names = list(samples_by_model)
     for held_out in names:
-        predictor = fit_without(samples_by_model, reference, held_out, reference_latencies_s)
-        shots = [(samples_by_model[name], device_latencies_s[name]) for name in calibration_models(names, held_out, budget)]
+        predictor = fit_without(samples_by_model, reference, held_out, reference_latencies_s, stages_by_model,
+                                kernel_runs)
+        chosen = calibration_models(names, held_out, budget)
+        shots = [(samples_by_model[name], device_latencies_s[name]) for name in chosen]
         calibrated = predictor.with_device_calibration(device, shots)
+        # The profiled setting calibrates the device/reference ratio on the same runs' reference times,
+        # with the reference's figures: the runs on the device say more than its own (noisy) figures.
+        as_reference = replace(reference, name=device.name)
+        ratio_calibrated = predictor.with_device_calibration(as_reference, shots,
+                                                             [reference_latencies_s[n] for n in chosen])
         test = samples_by_model[held_out]
         few_shot_s = calibrated.predict_stage_s(test, device)
-        ratio = few_shot_s / predictor.predict_stage_s(test, reference)
+        ratio = ratio_calibrated.predict_stage_s(test, as_reference) / predictor.predict_stage_s(test, reference)
         results[held_out] = DevicePrediction(device_latencies_s[held_out], few_shot_s,
                                              reference_latencies_s[held_out] * ratio,
                                              predictor.predict_stage_s(test, device))

@@ -1,8 +1,8 @@
 """Kernel classes: what onnxruntime really runs for a node, where the op type alone lies.
 
 A depthwise 3x3 convolution and a dense 3x3 one are both `Conv`, but onnxruntime runs the first as a
-memory-bound per-channel loop and the second as an im2col + GEMM (MLAS): per FLOP they differ by an
-order of magnitude, so one set of coefficients for both mispredicts whichever the training set has
+per-channel loop of tiny GEMMs (strided ones slower still) and the second as one im2col + GEMM (MLAS):
+per FLOP they differ by an order of magnitude, so one set of coefficients for both mispredicts whichever the training set has
 fewer of. Likewise a MatMul against a weight (packed once by MLAS) and attention's MatMul of two
 activations (Q·Kᵀ, scores·V: batched, small, unpacked). The class is `op/variant`; op types without
 variants keep their name, so a predictor fitted before a variant existed still finds the op type.
@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 KERNEL_SEPARATOR = "/"
+VARIANT_SEPARATOR = "-"  # a refinement of a variant: "depthwise-strided" refines "depthwise"
 
 
 def op_type_of(kernel: str) -> str:
@@ -20,12 +21,28 @@ def op_type_of(kernel: str) -> str:
     return kernel.split(KERNEL_SEPARATOR, 1)[0]
 
 
+def lineage(kernel: str) -> list[str]:
+    """The class and the ones it refines, most specific first: "Conv/depthwise-strided",
+    "Conv/depthwise", "Conv". A predictor fitted before a refinement existed finds its parent."""
+    names = [kernel]
+    while VARIANT_SEPARATOR in names[-1].rpartition(KERNEL_SEPARATOR)[2]:
+        names.append(names[-1].rsplit(VARIANT_SEPARATOR, 1)[0])
+    if KERNEL_SEPARATOR in kernel:
+        names.append(op_type_of(kernel))
+    return names
+
+
 def _conv_class(attributes: Mapping[str, object], weight_shape: tuple[int, ...] | None) -> str:
     group = int(attributes.get("group", 1) or 1)  # type: ignore[call-overload]
     if group > 1:
         # Weight [out, in/group, kh, kw]: one input channel per group is depthwise.
         depthwise = weight_shape is not None and len(weight_shape) > 1 and weight_shape[1] == 1
-        return "Conv/depthwise" if depthwise else "Conv/grouped"
+        if not depthwise:
+            return "Conv/grouped"
+        # A strided depthwise Conv runs at a third of a unit-stride one's FLOP rate here (4-5 vs 10-14
+        # GFLOP/s on the same planes, 1 thread): its per-channel GEMM is over strided im2col columns.
+        strides = attributes.get("strides") or ()
+        return "Conv/depthwise-strided" if any(int(s) > 1 for s in strides) else "Conv/depthwise"  # type: ignore[union-attr]
     if weight_shape is not None and len(weight_shape) > 2 and all(k == 1 for k in weight_shape[2:]):
         return "Conv/pointwise"
     return "Conv/dense"  # ConvTranspose takes the same variants (suffix only)

@@ -4,19 +4,21 @@ that is not at hand can be planned for from its DeviceProfile (and, better, a fe
 For a node of kernel class k (`devices.predictor.kernels`) on device D the model is
 
     work  = a_k * flops / peak_flops(D) + b_k * activation_bytes / bandwidth(D) + p_k * param_bytes / bandwidth(D)
-    fixed = c_k * overhead_scale(D)
-    t     = u_D * s_w * work + v_D * s_f * fixed                      (a node within a run)
-    run   = sum(t) + v_D * h * overhead_scale(D)                         (a stage or the whole model)
+    fixed = (c_k + g_k * (groups - 1)) * overhead_scale(D)
+    t     = u_D * s_w * work + v_D * s_f * fixed + w_D * overhead_scale(D)    (a node within a run)
+    run   = sum(t) + v_D * h * overhead_scale(D)                               (a stage or the whole model)
 
 with non-negative coefficients: a, b, p dimensionless inefficiency factors, c_k seconds of fixed per-kernel
-cost on the reference device; overhead_scale(D) = (peak_flops / threads of the reference) / (peak_flops /
-threads of D), since fixed cost is serial work. s_w, s_f and h are the *stage calibration*: one session
-run of many nodes (as the agents run a stage) is not the sum of the nodes' profiled kernel times. The
-trace's own cost inflates every small kernel (transformer blocks: sum of nodes 0.57 ms, whole run 0.19 ms
-here) while the run adds set-up (h); fitted on whole-model times against the nodes' predicted work and
-fixed parts. u_D and v_D are the *device calibration*: the scale
-of the work and of the fixed costs on a new device, fitted on at most a few whole-stage measurements
-there (HELP's few-shot setting); 1 for a device never measured, whose figures alone then carry it.
+cost on the reference device, g_k seconds per extra group (onnxruntime loops over a grouped Conv's
+groups); overhead_scale(D) = (peak_flops / threads of the reference) / (peak_flops / threads of D), since
+fixed cost is serial work. s_w, s_f and h are the *stage calibration*: one session run of many nodes (as
+the agents run a stage) is not the sum of the nodes' profiled kernel times, which the trace inflates
+(about 2 µs a node here). `with_run_fit` goes further and refits every coefficient on whole runs (prefix
+stages of models, `devices.stages`; single-kernel models, `devices.microbench`), the trace's values as the
+prior; s_w = s_f = 1 then and h is the fitted per-run cost. u_D, v_D and w_D are the *device calibration*:
+the scales of the work and of the fixed costs on a new device and its own cost per kernel dispatched,
+fitted on at most a few whole-stage measurements there (HELP's few-shot setting); u = v = 1, w = 0 for a
+device never measured, whose figures alone then carry it.
 
 Fitting: one pooled model over every node, then each op type's model shrunk towards the pooled one, then
 each kernel class's shrunk towards its op type's (hierarchical: a class seen a few times borrows from its
@@ -39,7 +41,7 @@ import numpy as np
 
 from devices.errors import DeviceError
 from devices.json_files import read_json_file, write_json_file
-from devices.predictor.kernels import op_type_of
+from devices.predictor.kernels import lineage
 from devices.profiles import DeviceProfile
 
 PREDICTOR_FORMAT = "edgecloud.predictor/2"
@@ -47,7 +49,11 @@ FUSED_SEPARATOR = "+"
 DEFAULT_SHRINKAGE = 0.1
 DEFAULT_OVERHEAD_S = 5e-6  # fixed cost per kernel of a predictor that was never fitted
 _TIME_FLOOR_S = 1e-6  # onnxruntime's trace has microsecond resolution: no sample weighs more than this
+# Units of the unknowns in a fit (fixed costs in microseconds), so that all columns are of order one.
+FEATURE_UNITS = np.array([1.0, 1.0, 1.0, _TIME_FLOOR_S, _TIME_FLOOR_S])
 MAX_DEVICE_MEASUREMENTS = 10  # the few-shot budget of a device calibration
+DEFAULT_RUN_FIT_STRENGTH = 0.01  # pull of the run fit towards the profiled coefficients
+DEVICE_PULL = 1e-4  # pull of a device calibration towards one common scale
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,7 @@ class NodeSample:
     param_bytes: int
     time_s: float
     kernel: str = ""  # kernel class ("Conv/depthwise"); empty: the op type
+    groups: int = 1  # inner kernel calls: a grouped or depthwise Conv's groups (one loop per channel)
 
     @property
     def kernel_class(self) -> str:
@@ -76,9 +83,10 @@ class OpCoefficients:
     params: float
     overhead_s: float
     samples: int
+    per_group_s: float = 0.0  # fixed cost of each group after the first (reference seconds)
 
     def as_vector(self) -> np.ndarray:
-        return np.array([self.compute, self.activations, self.params, self.overhead_s])
+        return np.array([self.compute, self.activations, self.params, self.overhead_s, self.per_group_s])
 
 
 @dataclass(frozen=True)
@@ -99,6 +107,7 @@ class DeviceCalibration:
     work_scale: float
     fixed_scale: float
     measurements: int
+    per_node_s: float = 0.0  # the device's own cost per kernel dispatched (reference seconds, overhead-scaled)
 
 
 @dataclass(frozen=True)
@@ -108,6 +117,7 @@ class StageParts:
 
     work_s: float
     fixed_s: float
+    nodes: int = 0  # kernels dispatched (what a device's per-node cost multiplies)
 
 
 def _overhead_scale(reference: DeviceProfile, device: DeviceProfile) -> float:
@@ -115,12 +125,15 @@ def _overhead_scale(reference: DeviceProfile, device: DeviceProfile) -> float:
 
 
 def roofline_features(flops: int, bytes_moved: int, param_bytes: int, device: DeviceProfile,
-                      reference: DeviceProfile) -> np.ndarray:
-    """[compute time, activation time, parameter time, fixed-cost scale] of a node on `device`."""
+                      reference: DeviceProfile, groups: int = 1) -> np.ndarray:
+    """[compute time, activation time, parameter time, fixed-cost scale, that scale per extra group] of a
+    node on `device`. The last is why a depthwise Conv is dear: onnxruntime loops over its channels, a
+    fixed cost each (here ~0.1-0.4 µs a channel: 49 µs for 0.006 MFLOP over ~330 channels)."""
     bandwidth = device.memory_bandwidth_bytes_per_s
     activation_bytes = max(bytes_moved - param_bytes, 0)
+    scale = _overhead_scale(reference, device)
     return np.array([flops / device.peak_flops, activation_bytes / bandwidth, param_bytes / bandwidth,
-                     _overhead_scale(reference, device)])
+                     scale, max(groups - 1, 0) * scale])
 
 
 def roofline_time_s(flops: int, bytes_moved: int, device: DeviceProfile) -> float:
@@ -152,21 +165,30 @@ def _fit_group(group: list[NodeSample], reference: DeviceProfile, prior: OpCoeff
     Why shrink: a class seen only in one regime (Concat of a few int64 shape values) tells nothing
     about another (Concat of image tensors); without the prior its factors explode when extrapolated.
     """
-    features = np.array([roofline_features(s.flops, s.bytes_moved, s.param_bytes, reference, reference)
+    features = np.array([roofline_features(s.flops, s.bytes_moved, s.param_bytes, reference, reference, s.groups)
                          for s in group])
     times = np.array([s.time_s for s in group])
-    # Unknowns in units of `scale` (fixed cost in microseconds) so that all columns are of order one.
-    scale = np.array([1.0, 1.0, 1.0, _TIME_FLOOR_S])
-    solution = relative_nnls(features * scale, times, None if prior is None else prior.as_vector() / scale,
-                             shrinkage)
-    a, b, p, c = solution * scale
-    return OpCoefficients(float(a), float(b), float(p), float(c), len(group))
+    solution = relative_nnls(features * FEATURE_UNITS, times,
+                             None if prior is None else prior.as_vector() / FEATURE_UNITS, shrinkage)
+    return _from_vector(solution * FEATURE_UNITS, len(group))
+
+
+def _from_vector(vector: np.ndarray, samples: int) -> OpCoefficients:
+    """Coefficients from the order of `OpCoefficients.as_vector`."""
+    a, b, p, c, g = (float(x) for x in vector)
+    return OpCoefficients(a, b, p, c, samples, g)
+
+
+def _scaled(coefficients: OpCoefficients, stage: StageCalibration) -> OpCoefficients:
+    """Coefficients with a stage calibration's scales folded in (work factors and fixed cost)."""
+    scales = np.array([stage.work_scale] * 3 + [stage.fixed_scale] * 2)
+    return _from_vector(coefficients.as_vector() * scales, coefficients.samples)
 
 
 def _coefficients_from_dict(data: dict[str, Any]) -> OpCoefficients:
     return OpCoefficients(compute=float(data["compute"]), activations=float(data["activations"]),
                           params=float(data["params"]), overhead_s=float(data["overhead_s"]),
-                          samples=int(data["samples"]))
+                          samples=int(data["samples"]), per_group_s=float(data.get("per_group_s", 0.0)))
 
 
 def _groups(samples: Iterable[NodeSample], key: Any) -> dict[str, list[NodeSample]]:
@@ -204,9 +226,11 @@ class LatencyPredictor:
         pooled = _fit_group(timed, reference, prior=None, shrinkage=0.0)
         coefficients = {op_type: _fit_group(group, reference, pooled, shrinkage)
                         for op_type, group in _groups(timed, lambda s: s.op_type).items()}
+        # Parents before their refinements (sorted: "Conv/depthwise" < "Conv/depthwise-strided").
         for kernel, group in _groups(timed, lambda s: s.kernel_class).items():
             if kernel not in coefficients:
-                coefficients[kernel] = _fit_group(group, reference, coefficients[op_type_of(kernel)], shrinkage)
+                parent = next(name for name in lineage(kernel)[1:] if name in coefficients)
+                coefficients[kernel] = _fit_group(group, reference, coefficients[parent], shrinkage)
         return cls(reference, dict(sorted(coefficients.items())), pooled, dict(fitted_on or {}))
 
     # --- prediction ------------------------------------------------------------------------------
@@ -214,8 +238,8 @@ class LatencyPredictor:
     def _coefficients_of(self, op_type: str, kernel: str = "") -> OpCoefficients | None:
         """The kernel class's fit, else the op type's; for a fused type its first member's factors with
         every member's fixed cost; else the pooled fit; None when nothing was fitted at all."""
-        for name in (kernel, op_type):
-            if name and name in self.op_types:
+        for name in [*(lineage(kernel) if kernel else []), op_type]:
+            if name in self.op_types:
                 return self.op_types[name]
         members = op_type.split(FUSED_SEPARATOR)
         head = self.op_types.get(kernel or members[0], self.op_types.get(members[0], self.pooled))
@@ -225,42 +249,46 @@ class LatencyPredictor:
         return replace(head, overhead_s=head.overhead_s + overhead_s)
 
     def node_parts(self, op_type: str, flops: int, bytes_moved: int, param_bytes: int, device: DeviceProfile,
-                   kernel: str = "") -> StageParts:
+                   kernel: str = "", groups: int = 1) -> StageParts:
         """A node's (work, fixed) seconds on `device`, stage calibration in, device calibration not."""
-        features = roofline_features(flops, bytes_moved, param_bytes, device, self.reference)
+        features = roofline_features(flops, bytes_moved, param_bytes, device, self.reference, groups)
         coefficients = self._coefficients_of(op_type, kernel)
         if coefficients is None:
             return StageParts(roofline_time_s(flops, bytes_moved, device), DEFAULT_OVERHEAD_S * features[3])
         vector = coefficients.as_vector()
         work_s = float(features[:3] @ vector[:3])
-        fixed_s = float(features[3] * vector[3])
+        fixed_s = float(features[3:] @ vector[3:])
         return StageParts(self.stage.work_scale * work_s, self.stage.fixed_scale * fixed_s)
 
-    def _device_scales(self, device: DeviceProfile) -> tuple[float, float]:
+    def _on_device_s(self, parts: StageParts, device: DeviceProfile) -> float:
+        """Parts to seconds on `device`: its calibration's scales and per-node cost, if it has one."""
         calibration = self.devices.get(device.name)
-        return (1.0, 1.0) if calibration is None else (calibration.work_scale, calibration.fixed_scale)
+        if calibration is None:
+            return parts.work_s + parts.fixed_s
+        return (calibration.work_scale * parts.work_s + calibration.fixed_scale * parts.fixed_s
+                + calibration.per_node_s * parts.nodes * _overhead_scale(self.reference, device))
 
     def predict(self, op_type: str, flops: int, bytes_moved: int, param_bytes: int,
-                device: DeviceProfile, kernel: str = "") -> float:
+                device: DeviceProfile, kernel: str = "", groups: int = 1) -> float:
         """Seconds the node takes on `device` within a run of many nodes."""
-        parts = self.node_parts(op_type, flops, bytes_moved, param_bytes, device, kernel)
-        work_scale, fixed_scale = self._device_scales(device)
-        return work_scale * parts.work_s + fixed_scale * parts.fixed_s
+        parts = self.node_parts(op_type, flops, bytes_moved, param_bytes, device, kernel, groups)
+        return self._on_device_s(replace(parts, nodes=1), device)
 
     def stage_parts(self, nodes: Iterable[NodeSample], device: DeviceProfile) -> StageParts:
         """(work, fixed) seconds of one run of `nodes` (their times ignored), device calibration not in."""
         work_s = fixed_s = 0.0
+        count = 0
         for node in nodes:
-            parts = self.node_parts(node.op_type, node.flops, node.bytes_moved, node.param_bytes, device, node.kernel)
+            parts = self.node_parts(node.op_type, node.flops, node.bytes_moved, node.param_bytes, device, node.kernel,
+                                    node.groups)
             work_s += parts.work_s
             fixed_s += parts.fixed_s
-        return StageParts(work_s, fixed_s + self.stage.per_run_s * _overhead_scale(self.reference, device))
+            count += 1
+        return StageParts(work_s, fixed_s + self.stage.per_run_s * _overhead_scale(self.reference, device), count)
 
     def predict_stage_s(self, nodes: Iterable[NodeSample], device: DeviceProfile) -> float:
         """Seconds of one session run of `nodes` on `device` (a stage, or the whole model)."""
-        parts = self.stage_parts(nodes, device)
-        work_scale, fixed_scale = self._device_scales(device)
-        return work_scale * parts.work_s + fixed_scale * parts.fixed_s
+        return self._on_device_s(self.stage_parts(nodes, device), device)
 
     # --- calibration -----------------------------------------------------------------------------
 
@@ -280,28 +308,93 @@ class LatencyPredictor:
                                     penalty=np.array([1e-4, 1e-4, 0.0]))
         return replace(self, stage=StageCalibration(float(s_w), float(s_f), float(h * _TIME_FLOOR_S), len(rows)))
 
-    def with_device_calibration(self, device: DeviceProfile,
-                                stages: Sequence[tuple[Sequence[NodeSample], float]]) -> LatencyPredictor:
+    def _fitted_key(self, op_type: str, kernel: str = "") -> str | None:
+        """The name in `op_types` whose coefficients price this node as they are (kernel class, else op
+        type); None for what borrows (a fused type, the pooled fit)."""
+        return next((name for name in [*(lineage(kernel) if kernel else []), op_type] if name in self.op_types), None)
+
+    def with_run_fit(self, stages: Sequence[tuple[Sequence[NodeSample], float]],
+                     strength: float = DEFAULT_RUN_FIT_STRENGTH) -> LatencyPredictor:
+        """A copy whose coefficients are fitted on whole runs (nodes, seconds of one run of them on the
+        reference: prefix stages, `devices.stages`; single-kernel models, `devices.microbench`) rather than
+        on the profiled kernel times alone.
+
+        Every run is t = sum over its nodes of their coefficients times their roofline features, plus a
+        per-run cost; the unknowns are the coefficients of each kernel class and op type the runs use,
+        pulled (with `strength`, in the units of `_fit_group`) towards their profiled values scaled by the
+        stage calibration: the trace tells a class's shape, the runs its true cost. Coefficients no run
+        uses stay at those scaled values, and the stage calibration becomes the fitted per-run cost alone."""
+        prior = self.with_stage_calibration(stages)
+        keys = sorted({key for nodes, _ in stages for n in nodes
+                       if (key := prior._fitted_key(n.op_type, n.kernel)) is not None})
+        width = FEATURE_UNITS.size
+        column = {key: width * i for i, key in enumerate(keys)}
+        rows, targets = [], []
+        for nodes, seconds in stages:
+            row, offset_s = np.zeros(width * len(keys) + 1), 0.0
+            for n in nodes:
+                key = prior._fitted_key(n.op_type, n.kernel)
+                if key is None:  # priced by borrowing: its prediction is a fixed part of the run
+                    offset_s += prior.predict(n.op_type, n.flops, n.bytes_moved, n.param_bytes, self.reference, n.kernel,
+                                              n.groups)
+                    continue
+                features = roofline_features(n.flops, n.bytes_moved, n.param_bytes, self.reference, self.reference,
+                                             n.groups)
+                row[column[key]:column[key] + width] += features * FEATURE_UNITS
+            row[-1] = _TIME_FLOOR_S
+            rows.append(row)
+            targets.append(max(seconds - offset_s, _TIME_FLOOR_S))
+        start = np.concatenate([_scaled(self.op_types[key], prior.stage).as_vector() / FEATURE_UNITS for key in keys]
+                               + [np.array([prior.stage.per_run_s / _TIME_FLOOR_S])])
+        penalty = np.full(start.size, strength)
+        penalty[-1] = 0.0
+        solution = relative_nnls(np.array(rows), np.array(targets), start, penalty)
+        refitted = dict(self.op_types)
+        for key in keys:
+            vector = solution[column[key]:column[key] + width] * FEATURE_UNITS
+            refitted[key] = _from_vector(vector, self.op_types[key].samples)
+        unused = {key: _scaled(c, prior.stage) for key, c in self.op_types.items() if key not in column}
+        return replace(self, op_types=dict(sorted((refitted | unused).items())),
+                       pooled=None if self.pooled is None else _scaled(self.pooled, prior.stage),
+                       stage=StageCalibration(1.0, 1.0, float(solution[-1] * _TIME_FLOOR_S), len(stages)), devices={})
+
+    def with_device_calibration(self, device: DeviceProfile, stages: Sequence[tuple[Sequence[NodeSample], float]],
+                                anchors_s: Sequence[float] | None = None) -> LatencyPredictor:
         """A copy calibrated for `device` from at most MAX_DEVICE_MEASUREMENTS measured runs there
         (nodes, seconds): fits the scales of the predicted work and fixed costs. One measurement fixes
-        one common scale; two or more fit both (a slower core stretches both, more threads only the work)."""
+        one common scale; two or more fit both (a slower core stretches both, more threads only the work).
+
+        `anchors_s`: the same runs' measured seconds on the reference. Then the fit is of the
+        device/reference *ratio* (each run's parts scaled by its measured / predicted reference time),
+        which is what a model measured on the reference needs (HELP's few-shot setting): the predicted
+        reference time's own error cancels."""
         if not 1 <= len(stages) <= MAX_DEVICE_MEASUREMENTS:
             raise DeviceError(f"a device calibration takes 1 to {MAX_DEVICE_MEASUREMENTS} measured runs, "
                               f"got {len(stages)}.")
+        if anchors_s is not None and (len(anchors_s) != len(stages) or not all(a > 0 for a in anchors_s)):
+            raise DeviceError("a ratio calibration needs one positive reference time per measured run.")
         base = replace(self, devices={name: c for name, c in self.devices.items() if name != device.name})
         parts = [base.stage_parts(nodes, device) for nodes, _ in stages]
+        if anchors_s is not None:
+            ratios = [anchor / max(base.predict_stage_s(nodes, self.reference), _TIME_FLOOR_S)
+                      for anchor, (nodes, _) in zip(anchors_s, stages, strict=True)]
+            parts = [StageParts(p.work_s * r, p.fixed_s * r, p.nodes) for p, r in zip(parts, ratios, strict=True)]
         targets = np.array([seconds for _, seconds in stages])
         if not np.all(targets > 0):
             raise DeviceError("a device calibration needs measured runs with positive times.")
+        per_node_s = 0.0
         if len(stages) == 1:
             scale = float(targets[0] / max(parts[0].work_s + parts[0].fixed_s, _TIME_FLOOR_S))
             work_scale = fixed_scale = scale
         else:
-            rows = np.array([[p.work_s, p.fixed_s] for p in parts])
-            # A weak pull towards one common scale keeps an ill-posed pair (all runs alike) sane.
-            common = float(np.median(targets / np.maximum(rows.sum(axis=1), _TIME_FLOOR_S)))
-            work_scale, fixed_scale = (float(x) for x in relative_nnls(rows, targets, np.array([common, common]), 1e-4))
-        calibration = DeviceCalibration(work_scale, fixed_scale, len(stages))
+            node_scale = _overhead_scale(self.reference, device) * _TIME_FLOOR_S  # the unknown in microseconds
+            rows = np.array([[p.work_s, p.fixed_s, p.nodes * node_scale] for p in parts])
+            # A weak pull towards one common scale (and no per-node cost) keeps ill-posed runs sane.
+            common = float(np.median(targets / np.maximum(rows[:, :2].sum(axis=1), _TIME_FLOOR_S)))
+            work_scale, fixed_scale, per_node_us = (float(x) for x in relative_nnls(
+                rows, targets, np.array([common, common, 0.0]), DEVICE_PULL))
+            per_node_s = per_node_us * _TIME_FLOOR_S
+        calibration = DeviceCalibration(work_scale, fixed_scale, len(stages), per_node_s)
         return replace(base, devices={**base.devices, device.name: calibration})
 
     # --- file format -----------------------------------------------------------------------------
@@ -310,9 +403,9 @@ class LatencyPredictor:
         return {
             "format": PREDICTOR_FORMAT,
             "model": "node = u*work_scale*(compute*flops/peak_flops + activations*activation_bytes/bw"
-                     " + params*param_bytes/bw) + v*fixed_scale*overhead_s*(reference flops per thread / device"
-                     " flops per thread); stage = sum(node) + v*per_run_s*(same scale); u, v per calibrated"
-                     " device (devices), else 1",
+                     " + params*param_bytes/bw) + v*fixed_scale*(overhead_s + per_group_s*(groups-1))*(reference"
+                     " flops per thread / device flops per thread) + w*(same scale); stage = sum(node) +"
+                     " v*per_run_s*(same scale); u, v, w (per_node_s) per calibrated device (devices), else 1, 1, 0",
             "reference": self.reference.to_dict(),
             "fitted_on": self.fitted_on,
             "pooled": asdict(self.pooled) if self.pooled else None,
@@ -332,13 +425,13 @@ class LatencyPredictor:
             stage = StageCalibration(float(stage_data["work_scale"]), float(stage_data["fixed_scale"]),
                                      float(stage_data["per_run_s"]), int(stage_data["stages"]))
             devices = {str(name): DeviceCalibration(float(c["work_scale"]), float(c["fixed_scale"]),
-                                                    int(c["measurements"]))
+                                                    int(c["measurements"]), float(c.get("per_node_s", 0.0)))
                        for name, c in data.get("devices", {}).items()}
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise DeviceError(f"{origin}: malformed coefficients ({type(error).__name__}: {error}).") from None
         every = [*op_types.values(), *([pooled] if pooled else [])]
         numbers = [*(v for c in every for v in c.as_vector()), stage.work_scale, stage.fixed_scale, stage.per_run_s,
-                   *(v for c in devices.values() for v in (c.work_scale, c.fixed_scale))]
+                   *(v for c in devices.values() for v in (c.work_scale, c.fixed_scale, c.per_node_s))]
         if not _finite_non_negative(numbers):
             raise DeviceError(f"{origin}: coefficients must be finite and non-negative.")
         reference = DeviceProfile.from_dict(data.get("reference"), origin=f"{origin} reference")

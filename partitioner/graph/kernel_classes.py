@@ -32,6 +32,15 @@ def node_kernel_classes(graph: LayerGraph) -> dict[str, str]:
     return classes
 
 
+def layer_kernel_groups(graph: LayerGraph) -> dict[str, int]:
+    """Each layer's inner kernel calls: a single grouped or depthwise Conv's `group` attribute (onnxruntime
+    loops over the groups, a fixed cost each), else 1 (a fused layer is costed by its fused type)."""
+    groups = {node.name: int(next((a.i for a in node.attribute if a.name == "group"), 1) or 1)
+              if node.op_type in ("Conv", "ConvTranspose") else 1 for node in graph.model.graph.node}
+    return {layer: groups.get(attrs["members"][0], 1) if len(attrs["members"]) == 1 else 1
+            for layer, attrs in graph.dag.nodes(data=True)}
+
+
 def layer_kernel_classes(graph: LayerGraph) -> dict[str, str]:
     """Each layer's kernel class: its node's for a single node; none for a fused layer, which the
     predictor costs by its fused type."""

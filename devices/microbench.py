@@ -1,0 +1,119 @@
+"""Single-kernel models over a sampled configuration space (nn-Meter's kernel sampling, in small).
+
+Why: a kernel class that few models hold cannot be fitted from them. Depthwise convolutions are in
+three of the models here, and their cost is not one rate per FLOP: measured here with 1 thread, a
+depthwise Conv runs at 3.5-5 GFLOP/s on 8x8 planes and 12-13 on 32x32 (a small GEMM per channel) plus
+~0.1 µs per channel, for 3x3, 5x5 and 7x7 alike. Runs of single kernels of many shapes pin such
+classes down without any model's own data, so a held-out model stays held out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from devices.errors import DeviceError
+
+_OPSET = 17
+
+
+def _conv(rng: np.random.Generator, name: str, channels: int, size: int, kernel: int, group: int,
+          stride: int) -> Any:
+    from onnx import TensorProto, helper
+
+    weight_shape = [channels, channels // group, kernel, kernel]
+    weight = helper.make_tensor("w", TensorProto.FLOAT, weight_shape,
+                                rng.standard_normal(int(np.prod(weight_shape))).astype(np.float32))
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name=name, group=group, strides=[stride, stride],
+                            pads=[kernel // 2] * 4)
+    return helper.make_graph([node], name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, size, size])],
+                             [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight])
+
+
+def _matmul(rng: np.random.Generator, name: str, rows: int, inner: int, columns: int, heads: int,
+            weights: bool) -> Any:
+    from onnx import TensorProto, helper
+
+    inputs = [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, heads, rows, inner])]
+    initializers = []
+    if weights:
+        initializers.append(helper.make_tensor("b", TensorProto.FLOAT, [inner, columns],
+                                               rng.standard_normal(inner * columns).astype(np.float32)))
+    else:
+        inputs.append(helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, heads, inner, columns]))
+    node = helper.make_node("MatMul", ["a", "b"], ["y"], name=name)
+    return helper.make_graph([node], name, inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                             initializers)
+
+
+ELEMENTWISE = ("Add", "Mul", "Div", "Add/broadcast", "Mul/broadcast", "Relu", "Erf", "Sigmoid", "Softmax",
+               "ReduceMean", "LayerNormalization", "Transpose", "Transpose/4d")
+
+
+def _elementwise(rng: np.random.Generator, name: str, kind: str, shape: list[int]) -> Any:
+    """One element-wise, normalisation or layout op on a [1, rows, columns] tensor (4-d for Transpose/4d)."""
+    from onnx import TensorProto, helper
+
+    op_type, _, variant = kind.partition("/")
+    last = shape[-1]
+    vector = helper.make_tensor("v", TensorProto.FLOAT, [last], rng.standard_normal(last).astype(np.float32))
+    inputs, initializers, attributes = ["x"], [], {}
+    if op_type in ("Add", "Mul", "Div"):
+        inputs.append("v" if variant == "broadcast" else "x")
+        initializers = [vector] if variant == "broadcast" else []
+    elif op_type == "LayerNormalization":
+        inputs, initializers, attributes = ["x", "v"], [vector], {"axis": -1}
+    elif op_type in ("Softmax",):
+        attributes = {"axis": -1}
+    elif op_type == "ReduceMean":
+        attributes = {"axes": [-1]}
+    elif op_type == "Transpose":
+        if variant == "4d":
+            shape = [1, shape[1], 4, max(shape[2] // 4, 1)]
+        attributes = {"perm": [0, 2, 3, 1] if variant == "4d" else [0, 2, 1]}
+    node = helper.make_node(op_type, inputs, ["y"], name=name, **attributes)
+    return helper.make_graph([node], name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                             [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializers)
+
+
+def kernel_models(count: int, seed: int = 0) -> dict[str, Any]:
+    """`count` single-node models (seeded): depthwise, grouped, pointwise and dense Convs, MatMuls on
+    a weight and of two activations, and a few element-wise and layout ops, over sizes that span the
+    models' (planes of 1-56 pixels a side, 8-512 channels)."""
+    import onnx
+    from onnx import helper
+
+    if count < 1:
+        raise DeviceError("a kernel sample needs at least one model.")
+    rng = np.random.default_rng(seed)
+    models: dict[str, Any] = {}
+    # Depthwise convolutions and the cheap ops twice as often: their costs vary most with shape.
+    kinds = ("depthwise", "grouped", "pointwise", "dense", "matmul-weights", "matmul-activations", "elementwise",
+             "depthwise", "elementwise", "elementwise")
+    for index in range(count):
+        kind = kinds[index % len(kinds)]
+        name = f"{kind}-{index}"
+        channels = int(2 ** rng.integers(3, 10))  # 8 .. 512
+        size = int(rng.choice([1, 2, 4, 7, 8, 14, 16, 28, 32, 56]))
+        stride = int(rng.choice([1, 2])) if size > 2 else 1
+        if kind == "depthwise":
+            graph = _conv(rng, name, channels, size, int(rng.choice([3, 5, 7])), channels, stride)
+        elif kind == "grouped":
+            width = int(rng.choice([4, 8, 16]))
+            channels = max(channels, 2 * width)
+            graph = _conv(rng, name, channels, size, 3, channels // width, stride)
+        elif kind == "pointwise":
+            graph = _conv(rng, name, min(channels, 256), size, 1, 1, 1)
+        elif kind == "dense":
+            graph = _conv(rng, name, min(channels, 64), min(size, 28), 3, 1, stride)
+        elif kind.startswith("matmul"):
+            rows, inner, columns = (int(2 ** rng.integers(2, 9)) for _ in range(3))
+            heads = 1 if kind == "matmul-weights" else int(rng.choice([1, 2, 4, 8]))
+            graph = _matmul(rng, name, rows, inner, columns, heads, kind == "matmul-weights")
+        else:
+            kind = ELEMENTWISE[index % len(ELEMENTWISE)]  # 13 op kinds against a cycle of 10: all come round
+            graph = _elementwise(rng, name, kind, [1, int(2 ** rng.integers(1, 9)), int(2 ** rng.integers(2, 10))])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET)])
+        models[name] = onnx.shape_inference.infer_shapes(model, strict_mode=True)  # the output's shape filled in
+    return models
