@@ -316,6 +316,11 @@ class CyclicCode(Code):
             self._projection_cache = rng.random((dimension, N_PROJECTIONS)) - 0.5  # 10x cheaper than normals
         return self._projection_cache
 
+    def sampled_columns(self, dimension: int) -> np.ndarray:
+        """The column ids the first locate reads at this d: public, as is the seed they come from (an
+        adversary may know them; what it hides there is caught by the pass over all columns)."""
+        return self._sample(dimension)[0].copy()
+
     def _sample(self, dimension: int) -> tuple[np.ndarray, np.ndarray]:
         """(sampled column ids, their (m, c) projections), from the code's seed; kept for the last d.
 
