@@ -153,11 +153,13 @@ def test_one_partition_far_larger_than_the_others_still_decodes_exactly(n_worker
         assert relative_error(result.total, updates.sum(axis=0)) <= 1e-10
 
 
-@pytest.mark.parametrize("kind", ["random", "coordinate", "beyond s"])
+@pytest.mark.parametrize("kind", ["random", "coordinate", "spread over blocks", "beyond s"])
 def test_deviations_hidden_from_the_sampled_columns_are_found_on_the_full_messages(kind):
     """The first locate sees only a seeded sample of the columns; an adversary who knows the seed deviates
-    elsewhere. The one pass over the kept rows catches it, and the full decode then locates it (or raises
-    beyond s: never a wrong sum)."""
+    elsewhere. The one pass over the kept rows catches it; the second locate (with the blocks where the
+    check failed) or the full decode then locates it, or raises beyond s: never a wrong sum. Spread: one
+    adversary deviates hugely in one block, the others slightly in many, so that the worst blocks show
+    only the first and the full decode must find the rest."""
     code = CyclicCode(15, 7, seed=5)
     dimension = 20_000
     updates, messages = honest_round(code, d=dimension, seed=1)
@@ -169,6 +171,9 @@ def test_deviations_hidden_from_the_sampled_columns_are_found_on_the_full_messag
     forged = messages.copy()
     if kind == "coordinate":
         forged[adversaries, rng.choice(hidden, len(adversaries))] += 1.0
+    elif kind == "spread over blocks":
+        forged[2, hidden[: 16 * 512]] += 1e3  # more blocks than the second locate adds
+        forged[np.ix_([3, 11], hidden[20 * 512 :: 7])] += 1e-3
     else:
         forged[np.ix_(adversaries, hidden)] += rng.standard_normal((len(adversaries), hidden.size))
     if kind == "beyond s":

@@ -26,26 +26,40 @@ with a^T W = 1^T replaces it (max |W| = 4.5 at n = 44, r = 21).
 
 Decoding
 --------
-1. Rows holding inf or NaN are unreadable, and rows the caller names in `erased` (workers that did not
-   answer) are missing: both are removed from every proposal and zeroed (the missing ones are never read).
-   An unreadable row is a wrong message at a known place and costs two parity checks like an adversary;
-   a missing one costs one, so s' adversaries are corrected beside e missing rows when 2 s' + e <= p and
-   float64 can still read the sum from the rows left (`_adversaries_beside`); beyond that: DecodeError.
-2. Project the (n, d) messages on N_PROJECTIONS fixed random vectors, drawn once per d from the code's
-   seed (so a decode is a function of its inputs), and locate the deviating rows on the (n, c)
-   projections (`cyclic_locate`): proposals ranked by how well the rows kept fit the code.
-3. Verify on the full messages: the residual of the kept rows (`cyclic_fit`, computed from the kept rows
-   only, relative to the median kept row) and the sum, a_H^T R_H, come from ONE product of a
-   (p - t + 1, n) matrix with the messages. A deviation the projections missed (an adversary who knows
-   the seed can send deviations orthogonal to them) fails this check; the residual's own rows then become
-   extra projection directions (they cannot be orthogonal to the deviation that caused them) and the
-   locate is repeated. So correctness never rests on the projections being secret.
-4. The products run on one BLAS thread (`blas.one_blas_thread`): under CPU contention a multi-threaded
-   OpenBLAS spends its time waiting (issue 8: 1.2-2.0 s against 0.22-0.33 s at d = 1e6). Measured by
-   bench/cyclic_exactness.py --timing at n = 45, d = 1e6 beside 2 busy processes (two runs, loaded
-   machine): 0.22-0.52 s at r = 21 with 10 adversaries (before: 0.48-1.41 s), 0.18-0.40 s without
-   adversaries (before 0.28-0.46 s; the full-message check is one product of p + 1 rows: idle, it costs
-   about a pass more than trusting the projections would).
+1. Rows the caller names in `erased` (workers that did not answer) are missing and never read; rows
+   holding inf or NaN are unreadable. Both are removed from every proposal. An unreadable row is a wrong
+   message at a known place and costs two parity checks like an adversary; a missing one costs one, so
+   s' adversaries are corrected beside e missing rows when 2 s' + e <= p and float64 can still read the
+   sum from the rows left (`_adversaries_beside`); beyond that: DecodeError.
+2. The usual round, in one pass over the messages. Locate on a sample: SAMPLE_CHUNKS runs of contiguous
+   columns at places drawn from the code's seed (4096 columns; all of them when d is smaller), projected
+   on N_PROJECTIONS random vectors from the same seed (so a decode is a function of its inputs); the
+   locator (`cyclic_locate`) ranks removals by how well the kept rows fit the code on those (n, c)
+   projections. Then verify on ALL columns: one pass over the kept rows (`kept_pass`, a numba kernel)
+   forms their sum a_H^T R_H, the residual of the p - t checks that vanish on codewords (`cyclic_fit`:
+   computed from the kept rows only, relative to the median kept row) and the kept rows' norms. Removed
+   rows are never read. If the residual is within tolerance, that is the answer: the sample only chose
+   which rows to try, the test that accepts them is the same as in step 3, so every guarantee below holds.
+   If not, the pass has also said in which column blocks the residual lies: the WORST_BLOCKS worst join
+   the sample and the locate and pass are repeated once (a deviation hidden from the sample shows there).
+3. Otherwise (deviations still not located, e.g. spread by colluders over more blocks than that; an
+   unreadable row; a locate that fails on the sample): project all columns on
+   N_PROJECTIONS fixed random vectors (one pass, with the rows' norms, which find the unreadable rows),
+   locate on them and verify as in step 2. A deviation those projections missed (they are not secret
+   either) fails the check; the residual's rows then become extra projection directions (they cannot be
+   orthogonal to the deviation that caused them) and the locate is repeated, VERIFY_ATTEMPTS times in
+   all. So correctness never rests on the sample or the projections being secret; an adversary who knows
+   the seed can only make the decode slower: one more pass (step 2's second locate), or about three
+   more when it defeats that too.
+4. Threads: the pass is one numba thread and the small products (locator, projections) run on one BLAS
+   thread (`blas.one_blas_thread`): under CPU contention a multi-threaded OpenBLAS spends its time
+   waiting (issue 8: 1.2-2.0 s against 0.22-0.33 s at d = 1e6), and a second numba thread for the pass
+   gained nothing at load 5 on this 2-core machine. Measured by bench/aggregation_cost.py at n = 45,
+   d = 1e6 (best of 3, four runs at load 5-8, 2 cores shared with other jobs): r = 21 with 10
+   adversaries 0.033-0.100 s (before: 0.10-0.24 s), r = 11 with 5 0.033-0.079 s (before 0.09-0.23 s),
+   r = 21 without adversaries (p + 1 = 21 combinations in the pass) 0.09-0.20 s, adversaries hidden
+   from the sample (step 3) 0.15-0.30 s. The pass alone, CPU time of its thread: 33 ms at r = 21 with
+   10 adversaries, 29 ms at r = 11 with 5, 62 ms at r = 21 without, against 13 ms for a plain mean.
 
 What is guaranteed
 ------------------
@@ -84,7 +98,7 @@ from robust_training.codes.base import Code, DecodeResult
 from robust_training.blas import one_blas_thread
 from robust_training.codes.cyclic_fit import Fit, KeptRowTest, frobenius, row_norms
 from robust_training.codes.cyclic_locate import CyclicGeometry, Locator
-from robust_training.codes.kept_pass import kept_rows_pass
+from robust_training.codes.kept_pass import KeptPass, kept_rows_pass
 from robust_training.errors import DecodeError, TrainingError
 
 logger = logging.getLogger(__name__)
@@ -106,6 +120,11 @@ VERIFY_ATTEMPTS = 3
 #: gather and its projection cost ~1 ms at n = 45, against ~30 ms for a pass over d = 1e6).
 SAMPLE_CHUNKS = 64
 SAMPLE_CHUNK_COLUMNS = 64
+#: Locates on a sample before the full decode: the seeded one, then (each time the check fails) the same
+#: with the WORST_BLOCKS column blocks where the failed check's residual was largest added: a deviation
+#: hidden from the sample shows there, so a seed-aware adversary costs one pass more, not three.
+SAMPLE_ATTEMPTS = 2
+WORST_BLOCKS = 8
 _FIRST_PASS_BLOCK_COLUMNS = 1 << 12  # 45 rows x 4096 float64 = 1.5 MB: within one core's 2 MB L2 here
 
 
@@ -176,18 +195,27 @@ class CyclicCode(Code):
 
     def _decode_from_sample(self, received: np.ndarray, erased_ids: np.ndarray) -> DecodeResult | None:
         """Step 2 of the module doc: locate on the sampled columns, verify on all of them in one pass;
-        None when that does not settle the round (then the full decode does)."""
+        again on the blocks where that check failed most; None when neither settles the round (then the
+        full decode does)."""
         columns, projections = self._sample(received.shape[1])
-        sample = received[:, columns]  # a copy: the erased rows are zeroed in it only
-        sample[erased_ids] = 0.0
-        if not np.isfinite(sample).all():
-            return None  # unreadable rows: the full decode finds every one of them
-        try:
-            located = self._locate(sample @ projections, erased_ids, erased_ids.size)
-        except DecodeError:
-            return None  # the sample may weigh a deviation more than the full rows do: let them decide
-        verified, total, _ = self._verify(received, np.array(located.removed, dtype=int))
-        return self._result(total, located.removed, erased_ids) if verified.passes else None
+        for attempt in range(SAMPLE_ATTEMPTS):
+            sample = received[:, columns]  # a copy: the erased rows are zeroed in it only
+            sample[erased_ids] = 0.0
+            if not np.isfinite(sample).all():
+                return None  # unreadable rows: the full decode finds every one of them
+            try:
+                located = self._locate(sample @ projections, erased_ids, erased_ids.size)
+            except DecodeError:
+                return None  # the sample may weigh a deviation more than the full rows do: let them decide
+            verified, kept_pass, _ = self._verify(received, np.array(located.removed, dtype=int))
+            if verified.passes:
+                return self._result(kept_pass.total, located.removed, erased_ids)
+            if not np.isfinite(kept_pass.residual):
+                return None
+            columns = np.union1d(columns, kept_pass.worst_columns(WORST_BLOCKS))
+            rng = np.random.default_rng(np.random.SeedSequence([self.seed, received.shape[1], 2, attempt]))
+            projections = rng.random((columns.size, N_PROJECTIONS)) - 0.5
+        return None
 
     def _decode_from_projections(self, received: np.ndarray, erased_ids: np.ndarray) -> DecodeResult:
         """Step 3 of the module doc: locate on projections of all columns, verify, and repeat with the
@@ -205,9 +233,9 @@ class CyclicCode(Code):
             projected[unreadable] = 0.0
         for _ in range(VERIFY_ATTEMPTS):
             located = self._locate(projected, forced, erased_ids.size)
-            verified, total, checks = self._verify(received, np.array(located.removed, dtype=int))
+            verified, kept_pass, checks = self._verify(received, np.array(located.removed, dtype=int))
             if verified.passes:
-                return self._result(total, located.removed, erased_ids)
+                return self._result(kept_pass.total, located.removed, erased_ids)
             logger.debug("cyclic decode: the projections missed a deviation; adding %d directions", len(checks))
             with np.errstate(over="ignore", invalid="ignore"):
                 projected = np.hstack([projected, received @ _directions(checks @ received)])
@@ -378,15 +406,15 @@ class CyclicCode(Code):
             )
         return located
 
-    def _verify(self, received: np.ndarray, removed: np.ndarray) -> tuple[Fit, np.ndarray, np.ndarray]:
-        """(fit of the kept rows on the full messages, their sum a_H^T R_H, the check rows): one pass over
-        the kept rows (`kept_pass`), the removed ones never read."""
+    def _verify(self, received: np.ndarray, removed: np.ndarray) -> tuple[Fit, KeptPass, np.ndarray]:
+        """(fit of the kept rows on the full messages, the pass (their sum a_H^T R_H, where the residual
+        lies), the check rows): one pass over the kept rows (`kept_pass`), the removed ones never read."""
         test = KeptRowTest(self._real_parity, self.rtol)
         kept = np.setdiff1d(np.arange(self.n_workers), removed)
         combination = np.vstack([test.checks(removed, kept), self._recovery_weights(kept)[None, :]])
         kept_pass = kept_rows_pass(received, kept, combination)
         fit = test.judge(tuple(int(w) for w in removed), kept_pass.residual, kept_pass.norms)
-        return fit, kept_pass.total, self._spread(combination[:-1], kept)
+        return fit, kept_pass, self._spread(combination[:-1], kept)
 
     def _spread(self, kept_checks: np.ndarray, kept: np.ndarray) -> np.ndarray:
         """(q, n) check rows over all workers, zero on the removed ones (`_directions` multiplies them by

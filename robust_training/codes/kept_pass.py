@@ -10,7 +10,7 @@ loaded by other jobs; CPU time of one thread, best of 7): q = 11, |H| = 35 took 
 OpenBLAS plus 15 ms of norms, 32 ms with this kernel; a plain mean of the 45 rows takes 13 ms.
 
 The kernel (numba, one thread, compiled once and cached on disk) walks column blocks of
-_BLOCK_COLUMNS, small enough that the block's kept rows stay in L2 while every combination row reads
+BLOCK_COLUMNS, small enough that the block's kept rows stay in L2 while every combination row reads
 them; within a block it accumulates ROW_TILE message rows into COMBINATION_TILE output rows at a time,
 so each load of a message value feeds 4 multiply-adds and each accumulator load/store 8. Removed rows
 are never read (a forged 1e300 row cannot reach the residual, not even through rounding), and the
@@ -31,7 +31,7 @@ from robust_training.codes.cyclic_fit import frobenius, row_norms
 ROW_TILE = 8
 COMBINATION_TILE = 4
 #: Columns per block: 45 rows x 512 float64 = 184 kB, within one core's L2 (1 MB here) with the accumulators.
-_BLOCK_COLUMNS = 512
+BLOCK_COLUMNS = 512
 #: Sums of squares outside [this, inf) are recomputed with rescaled combinations (no precision is lost
 #: above it; below it squares of 1e-145 underflow).
 _SMALLEST_SAFE_SQUARE = 1e-290
@@ -40,11 +40,20 @@ _SMALLEST_SAFE_SQUARE = 1e-290
 @dataclass(frozen=True)
 class KeptPass:
     """What one pass over the kept rows gives: the last combination row (the sum), the Frobenius norm of
-    the other rows (the residual) and the kept rows' 2-norms (in `kept` order)."""
+    the other rows (the residual), the kept rows' 2-norms (in `kept` order), and the residual's sum of
+    squares per block of BLOCK_COLUMNS columns (where a failed check found its deviations)."""
 
     total: np.ndarray
     residual: float
     norms: np.ndarray
+    block_squares: np.ndarray
+
+    def worst_columns(self, n_blocks: int) -> np.ndarray:
+        """The columns of the `n_blocks` blocks with the largest residual (ties: the first), sorted."""
+        order = np.argsort(-np.nan_to_num(self.block_squares, nan=np.inf), kind="stable")[:n_blocks]
+        starts = np.sort(order) * BLOCK_COLUMNS
+        columns = (starts[:, None] + np.arange(BLOCK_COLUMNS)).reshape(-1)
+        return columns[columns < self.total.size]
 
 
 def kept_rows_pass(messages: np.ndarray, kept: np.ndarray, combination: np.ndarray) -> KeptPass:
@@ -53,14 +62,17 @@ def kept_rows_pass(messages: np.ndarray, kept: np.ndarray, combination: np.ndarr
     rows = np.ascontiguousarray(messages, dtype=np.float64)
     kept = np.asarray(kept, dtype=np.int64)
     total = np.zeros(rows.shape[1])
+    block_squares = np.zeros(-(-rows.shape[1] // BLOCK_COLUMNS))
     if kept.size == 0:
-        return KeptPass(total, 0.0, np.zeros(0))
+        return KeptPass(total, 0.0, np.zeros(0), block_squares)
     tiled, padded_rows = _tiled(combination, kept)
-    squares, norm_squares = _pass(rows, padded_rows, kept.size, tiled, total)
+    norm_squares = _pass(rows, padded_rows, kept.size, tiled, total, block_squares)
+    squares = float(np.sum(block_squares))
     norms = row_norms(rows, norm_squares, kept)
     if np.isfinite(squares) and (squares == 0.0 or squares >= _SMALLEST_SAFE_SQUARE):
-        return KeptPass(total, float(np.sqrt(squares)), norms)
-    return KeptPass(total, _rescaled_residual(rows, padded_rows, kept.size, tiled, norms), norms)
+        return KeptPass(total, float(np.sqrt(squares)), norms, block_squares)
+    residual = _rescaled_residual(rows, padded_rows, kept.size, tiled, norms)
+    return KeptPass(total, residual, norms, block_squares)
 
 
 def _rescaled_residual(rows: np.ndarray, padded_rows: np.ndarray, n_kept: int, tiled: np.ndarray,
@@ -73,7 +85,9 @@ def _rescaled_residual(rows: np.ndarray, padded_rows: np.ndarray, n_kept: int, t
     scale = float(2.0 ** -np.frexp(largest)[1])
     checks = tiled.copy()
     checks[1:] *= scale
-    squares, _ = _pass(rows, padded_rows, n_kept, checks, np.zeros(rows.shape[1]))
+    block_squares = np.zeros(-(-rows.shape[1] // BLOCK_COLUMNS))
+    _pass(rows, padded_rows, n_kept, checks, np.zeros(rows.shape[1]), block_squares)
+    squares = float(np.sum(block_squares))
     if np.isfinite(squares) and squares > 0.0:
         return float(np.sqrt(squares)) / scale
     return frobenius(np.array([squares])) / scale
@@ -93,17 +107,20 @@ def _tiled(combination: np.ndarray, kept: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 @numba.njit(fastmath={"contract"}, error_model="numpy", boundscheck=False, cache=True, nogil=True)
-def _pass(rows, padded_rows, n_kept, tiled, total):  # pragma: no cover - compiled (numba); tested through callers
-    """Row 0 of tiled @ rows[padded_rows] into `total`; (sum of squares of rows 1.., per-row squares)."""
+def _pass(rows, padded_rows, n_kept, tiled, total, block_squares):  # pragma: no cover - numba; tested via callers
+    """Row 0 of tiled @ rows[padded_rows] into `total`, the sums of squares of rows 1.. per column block
+    into `block_squares`; returns the kept rows' sums of squares."""
     n_padded = padded_rows.size
     height = tiled.shape[0]
     dimension = rows.shape[1]
-    block = _BLOCK_COLUMNS
+    block = BLOCK_COLUMNS
     accumulators = np.zeros((height, block))
     row_lanes = np.zeros((n_kept, block))
     residual_lanes = np.zeros(block)
     for start in range(0, dimension, block):
         width = min(block, dimension - start)
+        for j in range(width):
+            residual_lanes[j] = 0.0
         for group in range(0, height, 4):
             a0 = accumulators[group]
             a1 = accumulators[group + 1]
@@ -181,7 +198,8 @@ def _pass(rows, padded_rows, n_kept, tiled, total):  # pragma: no cover - compil
             values = accumulators[combination]
             for j in range(width):
                 residual_lanes[j] += values[j] * values[j]
+        block_squares[start // block] = residual_lanes[:width].sum()
         values = accumulators[0]
         for j in range(width):
             total[start + j] = values[j]
-    return residual_lanes.sum(), row_lanes.sum(axis=1)
+    return row_lanes.sum(axis=1)
