@@ -55,11 +55,11 @@ Decoding
    thread (`blas.one_blas_thread`): under CPU contention a multi-threaded OpenBLAS spends its time
    waiting (issue 8: 1.2-2.0 s against 0.22-0.33 s at d = 1e6), and a second numba thread for the pass
    gained nothing at load 5 on this 2-core machine. Measured by bench/aggregation_cost.py at n = 45,
-   d = 1e6 (best of 3, four runs at load 5-8, 2 cores shared with other jobs): r = 21 with 10
-   adversaries 0.033-0.100 s (before: 0.10-0.24 s), r = 11 with 5 0.033-0.079 s (before 0.09-0.23 s),
-   r = 21 without adversaries (p + 1 = 21 combinations in the pass) 0.09-0.20 s, adversaries hidden
-   from the sample (step 3) 0.15-0.30 s. The pass alone, CPU time of its thread: 33 ms at r = 21 with
-   10 adversaries, 29 ms at r = 11 with 5, 62 ms at r = 21 without, against 13 ms for a plain mean.
+   d = 1e6 (best of 3, nine runs at load 5-16, 2 cores shared with other jobs): r = 21 with 10
+   adversaries 0.033-0.100 s (before: 0.10-0.34 s), r = 11 with 5 0.033-0.084 s (before 0.09-0.47 s),
+   r = 21 without adversaries (p + 1 = 21 combinations in the pass) 0.06-0.20 s, adversaries hidden
+   from the sample (two passes) 0.10-0.29 s. CPU time: 0.032-0.038 s at r = 21 with 10 adversaries and
+   r = 11 with 5, 0.06 s at r = 21 without, against 0.035 s for a plain mean.
 
 What is guaranteed
 ------------------
