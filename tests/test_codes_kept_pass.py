@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -74,3 +77,10 @@ def test_the_pass_is_a_function_of_its_inputs():
     kept = np.sort(rng.choice(45, 35, replace=False))
     first, second = kept_rows_pass(messages, kept, combination), kept_rows_pass(messages, kept, combination)
     assert first.total.tobytes() == second.total.tobytes() and first.residual == second.residual
+
+
+def test_importing_the_codes_does_not_import_numba():
+    """numba takes ~0.4 s to import and the CLI imports the codes at start-up: it loads at the first pass."""
+    probe = "import sys, robust_training.codes; print('numba' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -9,7 +9,8 @@ inner dimensions (|H| <= 45 here), and the norms are a second pass. Measured on 
 loaded by other jobs; CPU time of one thread, best of 7): q = 11, |H| = 35 took 57 ms with blocked
 OpenBLAS plus 15 ms of norms, 32 ms with this kernel; a plain mean of the 45 rows takes 13 ms.
 
-The kernel (numba, one thread, compiled once and cached on disk) walks column blocks of
+The kernel (numba, one thread, compiled at the first pass of a process, from an on-disk cache after the
+first time) walks column blocks of
 BLOCK_COLUMNS, small enough that the block's kept rows stay in L2 while every combination row reads
 them; within a block it accumulates ROW_TILE message rows into COMBINATION_TILE output rows at a time,
 so each load of a message value feeds 4 multiply-adds and each accumulator load/store 8. Removed rows
@@ -20,8 +21,8 @@ arithmetic order is fixed, so the result is a function of the inputs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
-import numba
 import numpy as np
 
 from robust_training.codes.cyclic_fit import frobenius, row_norms
@@ -66,7 +67,7 @@ def kept_rows_pass(messages: np.ndarray, kept: np.ndarray, combination: np.ndarr
     if kept.size == 0:
         return KeptPass(total, 0.0, np.zeros(0), block_squares)
     tiled, padded_rows = _tiled(combination, kept)
-    norm_squares = _pass(rows, padded_rows, kept.size, tiled, total, block_squares)
+    norm_squares = _compiled_pass()(rows, padded_rows, kept.size, tiled, total, block_squares)
     squares = float(np.sum(block_squares))
     norms = row_norms(rows, norm_squares, kept)
     if np.isfinite(squares) and (squares == 0.0 or squares >= _SMALLEST_SAFE_SQUARE):
@@ -86,7 +87,7 @@ def _rescaled_residual(rows: np.ndarray, padded_rows: np.ndarray, n_kept: int, t
     checks = tiled.copy()
     checks[1:] *= scale
     block_squares = np.zeros(-(-rows.shape[1] // BLOCK_COLUMNS))
-    _pass(rows, padded_rows, n_kept, checks, np.zeros(rows.shape[1]), block_squares)
+    _compiled_pass()(rows, padded_rows, n_kept, checks, np.zeros(rows.shape[1]), block_squares)
     squares = float(np.sum(block_squares))
     if np.isfinite(squares) and squares > 0.0:
         return float(np.sqrt(squares)) / scale
@@ -106,7 +107,15 @@ def _tiled(combination: np.ndarray, kept: np.ndarray) -> tuple[np.ndarray, np.nd
     return tiled, padded_rows
 
 
-@numba.njit(fastmath={"contract"}, error_model="numpy", boundscheck=False, cache=True, nogil=True)
+@cache
+def _compiled_pass():
+    """`_pass` compiled by numba (from its on-disk cache after the first time). Imported here, not at
+    module level: importing numba takes ~0.4 s, and the CLI imports the codes at start-up."""
+    import numba
+
+    return numba.njit(fastmath={"contract"}, error_model="numpy", boundscheck=False, cache=True, nogil=True)(_pass)
+
+
 def _pass(rows, padded_rows, n_kept, tiled, total, block_squares):  # pragma: no cover - numba; tested via callers
     """Row 0 of tiled @ rows[padded_rows] into `total`, the sums of squares of rows 1.. per column block
     into `block_squares`; returns the kept rows' sums of squares."""
