@@ -151,3 +151,38 @@ def test_one_partition_far_larger_than_the_others_still_decodes_exactly(n_worker
         result = code.decode(forged)
         assert result.flagged == adversaries
         assert relative_error(result.total, updates.sum(axis=0)) <= 1e-10
+
+
+@pytest.mark.parametrize("kind", ["random", "coordinate", "spread over blocks", "beyond s"])
+def test_deviations_hidden_from_the_sampled_columns_are_found_on_the_full_messages(kind):
+    """The first locate sees only a seeded sample of the columns; an adversary who knows the seed deviates
+    elsewhere. The one pass over the kept rows catches it; the second locate (with the blocks where the
+    check failed) or the full decode then locates it, or raises beyond s: never a wrong sum. Spread: one
+    adversary deviates hugely in one block, the others slightly in many, so that the worst blocks show
+    only the first and the full decode must find the rest."""
+    code = CyclicCode(15, 7, seed=5)
+    dimension = 20_000
+    updates, messages = honest_round(code, d=dimension, seed=1)
+    columns = code.sampled_columns(dimension)
+    assert 0 < columns.size < dimension
+    hidden = np.setdiff1d(np.arange(dimension), columns)
+    rng = np.random.default_rng(7)
+    adversaries = [2, 3, 11, 12] if kind == "beyond s" else [2, 3, 11]
+    forged = messages.copy()
+    if kind == "coordinate":
+        forged[adversaries, rng.choice(hidden, len(adversaries))] += 1.0
+    elif kind == "spread over blocks":
+        forged[2, hidden[: 16 * 512]] += 1e3  # more blocks than the second locate adds
+        forged[np.ix_([3, 11], hidden[20 * 512 :: 7])] += 1e-3
+    else:
+        forged[np.ix_(adversaries, hidden)] += rng.standard_normal((len(adversaries), hidden.size))
+    if kind == "beyond s":
+        try:
+            result = code.decode(forged)
+        except DecodeError:
+            return
+        assert_explained(code, forged, result.flagged, result.total, messages)
+        return
+    result = code.decode(forged)
+    assert result.flagged == adversaries
+    assert relative_error(result.total, updates.sum(axis=0)) <= 1e-10

@@ -26,26 +26,40 @@ with a^T W = 1^T replaces it (max |W| = 4.5 at n = 44, r = 21).
 
 Decoding
 --------
-1. Rows holding inf or NaN are unreadable, and rows the caller names in `erased` (workers that did not
-   answer) are missing: both are removed from every proposal and zeroed (the missing ones are never read).
-   An unreadable row is a wrong message at a known place and costs two parity checks like an adversary;
-   a missing one costs one, so s' adversaries are corrected beside e missing rows when 2 s' + e <= p and
-   float64 can still read the sum from the rows left (`_adversaries_beside`); beyond that: DecodeError.
-2. Project the (n, d) messages on N_PROJECTIONS fixed random vectors, drawn once per d from the code's
-   seed (so a decode is a function of its inputs), and locate the deviating rows on the (n, c)
-   projections (`cyclic_locate`): proposals ranked by how well the rows kept fit the code.
-3. Verify on the full messages: the residual of the kept rows (`cyclic_fit`, computed from the kept rows
-   only, relative to the median kept row) and the sum, a_H^T R_H, come from ONE product of a
-   (p - t + 1, n) matrix with the messages. A deviation the projections missed (an adversary who knows
-   the seed can send deviations orthogonal to them) fails this check; the residual's own rows then become
-   extra projection directions (they cannot be orthogonal to the deviation that caused them) and the
-   locate is repeated. So correctness never rests on the projections being secret.
-4. The products run on one BLAS thread (`blas.one_blas_thread`): under CPU contention a multi-threaded
-   OpenBLAS spends its time waiting (issue 8: 1.2-2.0 s against 0.22-0.33 s at d = 1e6). Measured by
-   bench/cyclic_exactness.py --timing at n = 45, d = 1e6 beside 2 busy processes (two runs, loaded
-   machine): 0.22-0.52 s at r = 21 with 10 adversaries (before: 0.48-1.41 s), 0.18-0.40 s without
-   adversaries (before 0.28-0.46 s; the full-message check is one product of p + 1 rows: idle, it costs
-   about a pass more than trusting the projections would).
+1. Rows the caller names in `erased` (workers that did not answer) are missing and never read; rows
+   holding inf or NaN are unreadable. Both are removed from every proposal. An unreadable row is a wrong
+   message at a known place and costs two parity checks like an adversary; a missing one costs one, so
+   s' adversaries are corrected beside e missing rows when 2 s' + e <= p and float64 can still read the
+   sum from the rows left (`_adversaries_beside`); beyond that: DecodeError.
+2. The usual round, in one pass over the messages. Locate on a sample: SAMPLE_CHUNKS runs of contiguous
+   columns at places drawn from the code's seed (4096 columns; all of them when d is smaller), projected
+   on N_PROJECTIONS random vectors from the same seed (so a decode is a function of its inputs); the
+   locator (`cyclic_locate`) ranks removals by how well the kept rows fit the code on those (n, c)
+   projections. Then verify on ALL columns: one pass over the kept rows (`kept_pass`, a numba kernel)
+   forms their sum a_H^T R_H, the residual of the p - t checks that vanish on codewords (`cyclic_fit`:
+   computed from the kept rows only, relative to the median kept row) and the kept rows' norms. Removed
+   rows are never read. If the residual is within tolerance, that is the answer: the sample only chose
+   which rows to try, the test that accepts them is the same as in step 3, so every guarantee below holds.
+   If not, the pass has also said in which column blocks the residual lies: the WORST_BLOCKS worst join
+   the sample and the locate and pass are repeated once (a deviation hidden from the sample shows there).
+3. Otherwise (deviations still not located, e.g. spread by colluders over more blocks than that; an
+   unreadable row; a locate that fails on the sample): project all columns on
+   N_PROJECTIONS fixed random vectors (one pass, with the rows' norms, which find the unreadable rows),
+   locate on them and verify as in step 2. A deviation those projections missed (they are not secret
+   either) fails the check; the residual's rows then become extra projection directions (they cannot be
+   orthogonal to the deviation that caused them) and the locate is repeated, VERIFY_ATTEMPTS times in
+   all. So correctness never rests on the sample or the projections being secret; an adversary who knows
+   the seed can only make the decode slower: one more pass (step 2's second locate), or about three
+   more when it defeats that too.
+4. Threads: the pass is one numba thread and the small products (locator, projections) run on one BLAS
+   thread (`blas.one_blas_thread`): under CPU contention a multi-threaded OpenBLAS spends its time
+   waiting (issue 8: 1.2-2.0 s against 0.22-0.33 s at d = 1e6), and a second numba thread for the pass
+   gained nothing at load 5 on this 2-core machine. Measured by bench/aggregation_cost.py at n = 45,
+   d = 1e6 (best of 3, nine runs at load 5-16, 2 cores shared with other jobs): r = 21 with 10
+   adversaries 0.033-0.100 s (before: 0.10-0.34 s), r = 11 with 5 0.033-0.084 s (before 0.09-0.47 s),
+   r = 21 without adversaries (p + 1 = 21 combinations in the pass) 0.06-0.20 s, adversaries hidden
+   from the sample (two passes) 0.10-0.29 s. CPU time: 0.032-0.038 s at r = 21 with 10 adversaries and
+   r = 11 with 5, 0.06 s at r = 21 without, against 0.035 s for a plain mean.
 
 What is guaranteed
 ------------------
@@ -84,6 +98,7 @@ from robust_training.codes.base import Code, DecodeResult
 from robust_training.blas import one_blas_thread
 from robust_training.codes.cyclic_fit import Fit, KeptRowTest, frobenius, row_norms
 from robust_training.codes.cyclic_locate import CyclicGeometry, Locator
+from robust_training.codes.kept_pass import KeptPass, kept_rows_pass
 from robust_training.errors import DecodeError, TrainingError
 
 logger = logging.getLogger(__name__)
@@ -101,8 +116,15 @@ MIN_NUMERICAL_DISTANCE_MARGIN = 5e-11
 MIN_RECOVERY_MARGIN = 1e-5
 #: Locate-and-verify rounds: each failed verification adds the residual's directions to the projections.
 VERIFY_ATTEMPTS = 3
-#: Columns per block of the verifying product (21 x 65536 doubles: 11 MB).
-_VERIFY_BLOCK_COLUMNS = 1 << 16
+#: The sample the first locate runs on: runs of contiguous columns at seeded places (4096 columns: the
+#: gather and its projection cost ~1 ms at n = 45, against ~30 ms for a pass over d = 1e6).
+SAMPLE_CHUNKS = 64
+SAMPLE_CHUNK_COLUMNS = 64
+#: Locates on a sample before the full decode: the seeded one, then (each time the check fails) the same
+#: with the WORST_BLOCKS column blocks where the failed check's residual was largest added: a deviation
+#: hidden from the sample shows there, so a seed-aware adversary costs one pass more, not three.
+SAMPLE_ATTEMPTS = 2
+WORST_BLOCKS = 8
 _FIRST_PASS_BLOCK_COLUMNS = 1 << 12  # 45 rows x 4096 float64 = 1.5 MB: within one core's 2 MB L2 here
 
 
@@ -125,6 +147,7 @@ class CyclicCode(Code):
         self.rtol = rtol
         self.seed = seed
         self._projection_cache: np.ndarray | None = None
+        self._sample_cache: tuple[int, np.ndarray, np.ndarray] | None = None
         n_parity = redundancy - 1
         positions = np.arange(n_workers)
         frequencies = np.pi + 2 * np.pi * (np.arange(n_parity) - (n_parity - 1) / 2) / n_workers
@@ -165,41 +188,79 @@ class CyclicCode(Code):
     def decode(self, messages: np.ndarray, erased: Iterable[int] = ()) -> DecodeResult:
         received = self._check_messages(messages)
         erased_ids = self._check_erased(erased)
+        self._check_capacity(np.zeros(0, dtype=int), erased_ids)
         with one_blas_thread():
-            if erased_ids.size:  # their content is never read: zero rows are finite and project to zero
-                received = received.copy()
-                received[erased_ids] = 0.0
-            norms, projected = self._norms_and_projections(received)
-            readable = np.isfinite(norms)
-            unreadable = np.flatnonzero(~readable)
-            forced = np.union1d(erased_ids, unreadable)
-            if not self.correctable(unreadable, erased_ids):
-                raise DecodeError(
-                    f"the cyclic code cannot decode: {unreadable.size} messages hold inf or NaN and "
-                    f"{erased_ids.size} are missing, more than it corrects (beside {erased_ids.size} missing, at "
-                    f"most {max(self._max_adversaries_with(erased_ids.size), 0)} wrong ones)."
-                )
-            if unreadable.size:  # 0 * inf would poison the products below; a row's projection is its own
-                received = np.where(readable[:, None], received, 0.0)
-                norms = np.where(readable, norms, 0.0)
-                projected[unreadable] = 0.0
-            for _ in range(VERIFY_ATTEMPTS):
-                located = self._locate(projected, forced, erased_ids.size)
-                verified, total, checks = self._verify(received, norms, np.array(located.removed, dtype=int))
-                if verified.passes:
-                    flagged = [w for w in located.removed if w not in erased_ids]
-                    if flagged:
-                        logger.debug("cyclic decode flagged workers %s", flagged)
-                    return DecodeResult(total=total, flagged=flagged)
-                logger.debug("cyclic decode: the projections missed a deviation; adding %d directions", len(checks))
-                with np.errstate(over="ignore", invalid="ignore"):
-                    projected = np.hstack([projected, received @ _directions(checks @ received)])
+            quick = self._decode_from_sample(received, erased_ids)
+            return quick if quick is not None else self._decode_from_projections(received, erased_ids)
+
+    def _decode_from_sample(self, received: np.ndarray, erased_ids: np.ndarray) -> DecodeResult | None:
+        """Step 2 of the module doc: locate on the sampled columns, verify on all of them in one pass;
+        again on the blocks where that check failed most; None when neither settles the round (then the
+        full decode does)."""
+        columns, projections = self._sample(received.shape[1])
+        for attempt in range(SAMPLE_ATTEMPTS):
+            sample = received[:, columns]  # a copy: the erased rows are zeroed in it only
+            sample[erased_ids] = 0.0
+            if not np.isfinite(sample).all():
+                return None  # unreadable rows: the full decode finds every one of them
+            try:
+                located = self._locate(sample @ projections, erased_ids, erased_ids.size)
+            except DecodeError:
+                return None  # the sample may weigh a deviation more than the full rows do: let them decide
+            verified, kept_pass, _ = self._verify(received, np.array(located.removed, dtype=int))
+            if verified.passes:
+                return self._result(kept_pass.total, located.removed, erased_ids)
+            if not np.isfinite(kept_pass.residual):
+                return None
+            columns = np.union1d(columns, kept_pass.worst_columns(WORST_BLOCKS))
+            rng = np.random.default_rng(np.random.SeedSequence([self.seed, received.shape[1], 2, attempt]))
+            projections = rng.random((columns.size, N_PROJECTIONS)) - 0.5
+        return None
+
+    def _decode_from_projections(self, received: np.ndarray, erased_ids: np.ndarray) -> DecodeResult:
+        """Step 3 of the module doc: locate on projections of all columns, verify, and repeat with the
+        residual's directions; DecodeError when no located set verifies."""
+        if erased_ids.size:  # their content is never read: zero rows are finite and project to zero
+            received = received.copy()
+            received[erased_ids] = 0.0
+        norms, projected = self._norms_and_projections(received)
+        readable = np.isfinite(norms)
+        unreadable = np.flatnonzero(~readable)
+        forced = np.union1d(erased_ids, unreadable)
+        self._check_capacity(unreadable, erased_ids)
+        if unreadable.size:  # 0 * inf would poison the products below; a row's projection is its own
+            received = np.where(readable[:, None], received, 0.0)
+            projected[unreadable] = 0.0
+        for _ in range(VERIFY_ATTEMPTS):
+            located = self._locate(projected, forced, erased_ids.size)
+            verified, kept_pass, checks = self._verify(received, np.array(located.removed, dtype=int))
+            if verified.passes:
+                return self._result(kept_pass.total, located.removed, erased_ids)
+            logger.debug("cyclic decode: the projections missed a deviation; adding %d directions", len(checks))
+            with np.errstate(over="ignore", invalid="ignore"):
+                projected = np.hstack([projected, received @ _directions(checks @ received)])
         correctable = self._max_adversaries_with(erased_ids.size)
         raise DecodeError(
             f"the cyclic code cannot decode: the messages kept after removing {correctable} or fewer "
             f"workers are never consistent with the code, so more than {correctable} of the "
             f"{self.n_workers - erased_ids.size} workers that answered sent inconsistent messages."
         )
+
+    def _check_capacity(self, unreadable: np.ndarray, erased_ids: np.ndarray) -> None:
+        """DecodeError when the unreadable rows (known wrong) and the missing ones are already too many."""
+        if not self.correctable(unreadable, erased_ids):
+            raise DecodeError(
+                f"the cyclic code cannot decode: {unreadable.size} messages hold inf or NaN and "
+                f"{erased_ids.size} are missing, more than it corrects (beside {erased_ids.size} missing, at "
+                f"most {max(self._max_adversaries_with(erased_ids.size), 0)} wrong ones)."
+            )
+
+    @staticmethod
+    def _result(total: np.ndarray, removed: tuple[int, ...], erased_ids: np.ndarray) -> DecodeResult:
+        flagged = [w for w in removed if w not in erased_ids]
+        if flagged:
+            logger.debug("cyclic decode flagged workers %s", flagged)
+        return DecodeResult(total=total, flagged=flagged)
 
     def _max_adversaries_with(self, n_erased: int) -> int:
         """s': adversaries corrected beside e erasures (-1: the erasures alone are too many)."""
@@ -283,6 +344,30 @@ class CyclicCode(Code):
             self._projection_cache = rng.random((dimension, N_PROJECTIONS)) - 0.5  # 10x cheaper than normals
         return self._projection_cache
 
+    def sampled_columns(self, dimension: int) -> np.ndarray:
+        """The column ids the first locate reads at this d: public, as is the seed they come from (an
+        adversary may know them; what it hides there is caught by the pass over all columns)."""
+        return self._sample(dimension)[0].copy()
+
+    def _sample(self, dimension: int) -> tuple[np.ndarray, np.ndarray]:
+        """(sampled column ids, their (m, c) projections), from the code's seed; kept for the last d.
+
+        All columns (and `_projections`) when d <= SAMPLE_CHUNKS * SAMPLE_CHUNK_COLUMNS; else SAMPLE_CHUNKS
+        runs of SAMPLE_CHUNK_COLUMNS contiguous columns at random places, so that gathering them reads
+        whole cache lines.
+        """
+        if self._sample_cache is not None and self._sample_cache[0] == dimension:
+            return self._sample_cache[1:]
+        if dimension <= SAMPLE_CHUNKS * SAMPLE_CHUNK_COLUMNS:
+            columns, projections = np.arange(dimension), self._projections(dimension)
+        else:
+            rng = np.random.default_rng(np.random.SeedSequence([self.seed, dimension, 1]))
+            starts = np.sort(rng.choice(dimension // SAMPLE_CHUNK_COLUMNS, SAMPLE_CHUNKS, replace=False))
+            columns = (SAMPLE_CHUNK_COLUMNS * starts[:, None] + np.arange(SAMPLE_CHUNK_COLUMNS)).reshape(-1)
+            projections = rng.random((columns.size, N_PROJECTIONS)) - 0.5
+        self._sample_cache = (dimension, columns, projections)
+        return columns, projections
+
     def _norms_and_projections(self, received: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The rows' norms and their random projections in one pass over the messages.
 
@@ -321,28 +406,22 @@ class CyclicCode(Code):
             )
         return located
 
-    def _verify(self, received: np.ndarray, norms: np.ndarray, removed: np.ndarray) -> tuple[Fit, np.ndarray,
-                                                                                             np.ndarray]:
-        """(fit of the kept rows on the full messages, their sum a_H^T R_H, the check rows), one product.
-
-        By blocks of columns, so that the (p - t + 1, d) product never exists whole (168 MB at d = 1e6);
-        the residual's rows are recomputed from the check rows only when the check fails.
-        """
+    def _verify(self, received: np.ndarray, removed: np.ndarray) -> tuple[Fit, KeptPass, np.ndarray]:
+        """(fit of the kept rows on the full messages, the pass (their sum a_H^T R_H, where the residual
+        lies), the check rows): one pass over the kept rows (`kept_pass`), the removed ones never read."""
         test = KeptRowTest(self._real_parity, self.rtol)
         kept = np.setdiff1d(np.arange(self.n_workers), removed)
-        combination = np.zeros((self._real_parity.shape[0] - removed.size + 1, self.n_workers))
-        combination[:-1, kept] = test.checks(removed, kept)
-        combination[-1, kept] = self._recovery_weights(kept)
-        dimension = received.shape[1]
-        total = np.empty(dimension)
-        block_residuals = []
-        with np.errstate(over="ignore", invalid="ignore"):  # removed rows are multiplied by 0 (finite)
-            for start in range(0, dimension, _VERIFY_BLOCK_COLUMNS):
-                product = combination @ received[:, start : start + _VERIFY_BLOCK_COLUMNS]
-                total[start : start + _VERIFY_BLOCK_COLUMNS] = product[-1]
-                block_residuals.append(frobenius(product[:-1]))
-        fit = test.judge(tuple(int(w) for w in removed), frobenius(np.array(block_residuals)), norms[kept])
-        return fit, total, combination[:-1]
+        combination = np.vstack([test.checks(removed, kept), self._recovery_weights(kept)[None, :]])
+        kept_pass = kept_rows_pass(received, kept, combination)
+        fit = test.judge(tuple(int(w) for w in removed), kept_pass.residual, kept_pass.norms)
+        return fit, kept_pass, self._spread(combination[:-1], kept)
+
+    def _spread(self, kept_checks: np.ndarray, kept: np.ndarray) -> np.ndarray:
+        """(q, n) check rows over all workers, zero on the removed ones (`_directions` multiplies them by
+        the zeroed messages)."""
+        checks = np.zeros((kept_checks.shape[0], self.n_workers))
+        checks[:, kept] = kept_checks
+        return checks
 
     def _recovery_weights(self, honest: np.ndarray) -> np.ndarray:
         """a_H with a_H^T W[honest] = 1^T: the sum from the honest rows alone (minimum-norm solution)."""

@@ -34,6 +34,7 @@ ROUNDING_ULPS = 16.0
 #: Largest spread (RMS over median of the kept rows' norms) the rounding allowance follows; see above.
 MAX_SPREAD = 1e6
 _EPS = float(np.finfo(np.float64).eps)
+_SMALLEST_EXACT_NORM = 1e-145  # its square, 1e-290, is still a normal float64
 
 
 @dataclass(frozen=True)
@@ -125,15 +126,18 @@ def frobenius(values: np.ndarray) -> float:
     return largest * float(np.linalg.norm(values / largest))
 
 
-def row_norms(rows: np.ndarray, squares: np.ndarray | None = None) -> np.ndarray:
+def row_norms(rows: np.ndarray, squares: np.ndarray | None = None, ids: np.ndarray | None = None) -> np.ndarray:
     """Per-row 2-norms without overflow for finite rows; inf or NaN for rows holding inf or NaN.
 
-    `squares`: the rows' sums of squares if a pass over the rows already made them (the decode's first
-    pass does); only rows whose sum overflowed are then read again.
+    `squares`: the rows' sums of squares if a pass over the rows already made them (the decodes' passes
+    do), for the rows `ids` of `rows` (default: all); only rows whose sum overflowed or fell among the
+    subnormals (norms below 1e-145 lose digits there) are then read again.
     """
     with np.errstate(over="ignore", invalid="ignore"):
         norms = np.sqrt(np.einsum("ij,ij->i", rows, rows) if squares is None else squares)
-    for row in np.flatnonzero(~np.isfinite(norms)):
-        if np.isfinite(rows[row]).all():
-            norms[row] = frobenius(rows[row])
+    ids = np.arange(norms.size) if ids is None else ids
+    inexact = ~np.isfinite(norms) | ((norms > 0.0) & (norms < _SMALLEST_EXACT_NORM))
+    for index in np.flatnonzero(inexact):
+        if np.isfinite(rows[ids[index]]).all():
+            norms[index] = frobenius(rows[ids[index]])
     return norms

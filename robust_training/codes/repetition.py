@@ -55,7 +55,7 @@ _PROBE_COLUMNS = 64
 #: so a bound never decides a pair the exact comparison would decide otherwise.
 _BOUND_SLACK = 1e-12
 #: Threads scanning column ranges in parallel, and the fewest columns worth a thread of their own.
-_SCAN_THREADS = min(4, os.cpu_count() or 1)
+SCAN_THREADS = min(4, os.cpu_count() or 1)
 _PARALLEL_MIN_COLUMNS = 1 << 18
 
 
@@ -308,7 +308,7 @@ def _scan_against_references(groups: np.ndarray, references: np.ndarray) -> tupl
     """
     dimension = groups.shape[2]
     reference_total = np.empty(dimension)
-    n_threads = min(_SCAN_THREADS, dimension // _PARALLEL_MIN_COLUMNS) or 1
+    n_threads = min(SCAN_THREADS, dimension // _PARALLEL_MIN_COLUMNS) or 1
     bounds = [dimension * part // n_threads // _BLOCK_COLUMNS * _BLOCK_COLUMNS for part in range(n_threads)]
     ranges = list(zip(bounds, [*bounds[1:], dimension]))
     if n_threads == 1:
