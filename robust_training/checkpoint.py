@@ -145,6 +145,32 @@ def _fsync_directory(directory: Path) -> None:
         os.close(descriptor)
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"it holds {name}, which is not JSON")
+
+
+def _read_manifest(path: Path) -> Any:
+    """The parsed manifest, strict JSON of bounded size, or one TrainingError saying what is wrong."""
+    try:
+        with path.open("rb") as file:
+            raw = file.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as error:
+        raise TrainingError(f"cannot read the checkpoint {path}: {(error.strerror or str(error)).lower()}.") from None
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise TrainingError(f"the checkpoint {path} is larger than {MAX_MANIFEST_BYTES // 2**20} MiB.")
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+    except UnicodeDecodeError:
+        raise TrainingError(f"the checkpoint {path} is not UTF-8 text.") from None
+    except json.JSONDecodeError as error:
+        raise TrainingError(f"the checkpoint {path} is not valid JSON ({error.msg} at line {error.lineno}).") from None
+    except RecursionError:
+        raise TrainingError(f"the checkpoint {path} nests arrays or objects too deeply.") from None
+    except ValueError as error:  # NaN or Infinity, an integer of more than 4,300 digits
+        reason = str(error) if "not JSON" in str(error) else "it holds an integer too long to read"
+        raise TrainingError(f"the checkpoint {path} is not readable JSON ({reason}).") from None
+
+
 class Checkpointer:
     """Writes a run's snapshot every `every_rounds` rounds into `directory`; loads the last one to resume.
 
@@ -173,7 +199,11 @@ class Checkpointer:
         _rename(arrays, self.directory / arrays_name)
         manifest = {"format": FORMAT, "version": VERSION, "round": snapshot.round, "identity": dict(identity),
                     "arrays": arrays_name, "arrays_sha256": digest, "state": snapshot.state}
-        text = json.dumps(manifest, indent=1).encode()
+        try:
+            text = json.dumps(manifest, indent=1, allow_nan=False).encode()
+        except ValueError:
+            raise TrainingError(f"cannot checkpoint round {snapshot.round}: its state holds a non-finite "
+                                "number, which JSON cannot represent.") from None
         _rename(_write_durably(self.directory, MANIFEST, lambda file: file.write(text)), self.directory / MANIFEST)
         _fsync_directory(self.directory)
         for stale in self.directory.glob("round-*.npz"):  # the previous checkpoint's arrays
@@ -188,12 +218,7 @@ class Checkpointer:
         path = self.directory / MANIFEST
         if not path.is_file():
             raise TrainingError(f"there is no checkpoint to resume in {self.directory} (no {MANIFEST}).")
-        if path.stat().st_size > MAX_MANIFEST_BYTES:
-            raise TrainingError(f"the checkpoint {path} is larger than {MAX_MANIFEST_BYTES} bytes.")
-        try:
-            manifest = json.loads(path.read_bytes())
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise TrainingError(f"the checkpoint {path} is not valid JSON ({error}).") from None
+        manifest = _read_manifest(path)
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise TrainingError(f"{path} is not a training checkpoint (format tag {FORMAT!r} missing).")
         if manifest.get("version") != VERSION:

@@ -42,6 +42,7 @@ import numpy as np
 
 from robust_training.adaptive_tau import AdaptiveTau, TauEstimates
 from robust_training.aggregators import Aggregator, make_aggregator
+from robust_training.aggregators.base import finite_rows
 from robust_training.attacks import Attack, DataAttack, choose_adversaries, make_attack
 from robust_training.checkpoint import Checkpointer, Snapshot, find_generators, generator_states, restore_generators
 from robust_training.codes import Code, make_code
@@ -331,7 +332,7 @@ class Simulator:
         """One round: compute, encode, attack, decode or aggregate, step; returns the new global model."""
         config = self.config
         updates, partition_s = self._compute_partitions(params, round_index, tau, probe)
-        if not np.all(np.isfinite(updates.deltas)):
+        if not finite_rows(updates.deltas).all():
             raise HonestUpdatesDiverged()  # no defence can make a step of that: the run has diverged
         # adaptive tau reads the unscaled deltas after the round; otherwise scale in place (no 360 MB copy)
         scaled = updates.deltas.copy() if probe else updates.deltas

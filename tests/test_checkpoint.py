@@ -153,3 +153,18 @@ def test_a_write_cut_short_leaves_the_previous_checkpoint_whole(digits, tmp_path
     assert not list(tmp_path.glob(".*.tmp"))
     snapshot = Checkpointer(tmp_path, 1, resume=True).load(_simulator(digits, rounds=1).identity())
     assert snapshot is not None and snapshot.round == 1
+
+
+@pytest.mark.parametrize(("content", "phrase"), [
+    (b"", "not valid JSON"),
+    (b"\xff\xfe garbage", "not UTF-8"),
+    (b"[" * 100_000 + b"]" * 100_000, "too deeply"),
+    (b'{"format": "edgecloud-training-checkpoint", "n": 1' + b"0" * 5000 + b"}", "integer too long"),
+    (b'{"format": "edgecloud-training-checkpoint", "round": NaN}', "NaN"),
+    (b"[1, 2]", "not a training checkpoint"),
+    (b'{"format": "edgecloud-training-checkpoint", "version": 99}', "format version 99"),
+])
+def test_a_bad_manifest_is_one_training_error(digits, tmp_path: Path, content: bytes, phrase: str) -> None:
+    (tmp_path / MANIFEST).write_bytes(content)
+    with pytest.raises(TrainingError, match=phrase):
+        _simulator(digits).run(checkpoints=Checkpointer(tmp_path, 1, resume=True))

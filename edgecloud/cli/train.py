@@ -52,6 +52,15 @@ def train(
     runner: Annotated[str, typer.Option(
         help="sim (one process, modelled transfer) | torch (P workers + a PS over gloo; under torchrun it "
              "joins torchrun's group, which must have P + 1 processes).")] = "sim",
+    checkpoint_dir: Annotated[Optional[Path], typer.Option(
+        help="Write the run's state (model, round, records, RNG and adaptive-tau state) here every "
+             "--checkpoint-every rounds (npz + JSON, atomic).")] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option(
+        help="Rounds between checkpoints (default 10; needs --checkpoint-dir or --resume).", min=1,
+        max=COUNT_MAX)] = None,
+    resume: Annotated[Optional[Path], typer.Option(
+        help="Continue the run checkpointed in this directory (same options, data and model) and keep "
+             "checkpointing there; ends with the model of an uninterrupted run.")] = None,
 ) -> None:
     """Train with P simulated workers, s adversaries, and a Draco code or a robust aggregator at the PS."""
     import numpy as np
@@ -75,6 +84,7 @@ def train(
         bandwidth_bps=parse_bandwidth_bps(bandwidth), seed=seed)
     config.validate()
     config.build()  # before the data loads: an impossible defence is a mistake, not a result
+    checkpoints = checkpointer(checkpoint_dir, checkpoint_every, resume)
     train_data, test_data = load_dataset(dataset, seed=seed)
     objective = make_objective(model, train_data)
     startup_s = None
@@ -85,16 +95,18 @@ def train(
         task = progress.add_task(f"training {model} on {dataset}", total=rounds, accuracy="-")
 
         def on_round(r) -> None:
-            progress.update(task, advance=1, accuracy="-" if r.test_accuracy is None else f"{r.test_accuracy:.3f}")
+            progress.update(task, completed=r.round, accuracy="-" if r.test_accuracy is None else f"{r.test_accuracy:.3f}")
 
+        simulator = Simulator(objective, train_data, test_data, config)
         if runner == "sim":
-            result = Simulator(objective, train_data, test_data, config).run(on_round=on_round)
+            result = simulator.run(on_round=on_round, checkpoints=checkpoints)
         else:
             from robust_training.runners.torch_distributed import (TrainJob, launched_by_torchrun,
                                                                     run_from_environment, run_spawned)
 
             job = TrainJob(dataset, model, config)
-            distributed = run_from_environment(job, on_round) if launched_by_torchrun() else run_spawned(job, on_round)
+            start = run_from_environment if launched_by_torchrun() else run_spawned
+            distributed = start(job, on_round, checkpoints, simulator)  # the data loaded above, not again
             if distributed is None:
                 return  # a worker rank under torchrun: rank 0 reports
             result, startup_s = distributed.result, distributed.startup_s
@@ -131,6 +143,22 @@ def train(
         typer.echo(dumps_strict(summary, "training result", error=TrainingError))
         return
     _print_summary(summary, save, plot, description)
+
+
+def checkpointer(directory: Path | None, every_rounds: int | None, resume: Path | None):
+    """The `Checkpointer` the checkpoint options ask for (None without them); --resume DIR reads DIR
+    and keeps writing there."""
+    from robust_training.checkpoint import Checkpointer
+
+    if directory is not None and resume is not None and directory.resolve() != resume.resolve():
+        raise TrainingError(f"--resume {resume} keeps checkpointing into {resume}; drop --checkpoint-dir "
+                            f"{directory} or give the same directory.")
+    target = resume or directory
+    if target is None:
+        if every_rounds is not None:
+            raise TrainingError("--checkpoint-every needs --checkpoint-dir DIR (or --resume DIR).")
+        return None
+    return Checkpointer(target, every_rounds or 10, resume=resume is not None)
 
 
 def _flag_counts(records: list) -> dict[str, int]:
