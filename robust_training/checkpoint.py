@@ -2,8 +2,8 @@
 
 A checkpoint directory holds `checkpoint.json` and the one `round-NNNNNN-<sha>.npz` it names. The JSON
 is the commit point: the arrays are written first (temporary file, fsync, `os.replace` to a name of
-their own content), then the JSON the same way, so a process killed at any instant leaves either the previous checkpoint or the new
-one, never a mix. The JSON carries a format tag and version, the round, the run's identity (what
+their own content), then the JSON the same way, so a process killed at any instant leaves either the
+previous checkpoint or the new one, never a mix. The JSON carries a format tag and version, the round, the run's identity (what
 must match to resume: the config, the data, the initial model) and the SHA-256 of the arrays file;
 loading checks all of them and reads the arrays with `allow_pickle=False`.
 
@@ -77,8 +77,8 @@ def generator_states(generators: Mapping[str, np.random.Generator]) -> dict[str,
 def restore_generators(generators: Mapping[str, np.random.Generator], states: Mapping[str, Any]) -> None:
     """Put the states of `generator_states` back, refusing a checkpoint whose generators differ."""
     if not isinstance(states, Mapping) or set(states) != set(generators):
-        raise TrainingError(f"the checkpoint's random generators {sorted(states) if isinstance(states, Mapping) else states} "
-                            f"are not this run's {sorted(generators)}.")
+        found = sorted(states) if isinstance(states, Mapping) else states
+        raise TrainingError(f"the checkpoint's random generators {found} are not this run's {sorted(generators)}.")
     for name, generator in generators.items():
         state = states[name]
         kind = generator.bit_generator.state["bit_generator"]

@@ -282,7 +282,8 @@ class Simulator:
             data.update(np.ascontiguousarray(array))
         model = hashlib.sha256(np.ascontiguousarray(self.params0)).hexdigest()
         objective = self.objective
-        settings = {name: value for name, value in vars(objective).items() if isinstance(value, (bool, int, float, str))}
+        settings = {name: value for name, value in vars(objective).items()
+                    if isinstance(value, (bool, int, float, str))}
         return {"config": asdict(self.config), "data_sha256": data.hexdigest(), "initial_model_sha256": model,
                 "objective": {"type": f"{type(objective).__module__}.{type(objective).__qualname__}", **settings,
                               "architecture": str(getattr(objective, "module", ""))}}

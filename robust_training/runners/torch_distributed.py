@@ -2,9 +2,9 @@
 
 Each round rank 0 broadcasts a control vector (go, round, tau, adversary mask) and the model, then
 receives two float64 tensors from every worker: its message, and a report of its partitions' start
-losses and its measured compute time. Workers compute with `simulator.worker_message` from only the partitions they hold, and
-rank 0 finishes the round with `Simulator.server_step`, so a run here trains the model the simulator
-trains (up to the rounding of per-worker vs all-at-once encoding). Only float64 tensors cross the wire
+losses and its measured compute time. Workers compute with `simulator.worker_message` from only the
+partitions they hold, and rank 0 finishes the round with `Simulator.server_step`, so a run here trains
+the model the simulator trains (up to the rounding of per-worker vs all-at-once encoding). Only float64 tensors cross the wire
 (`broadcast`, `send`/`recv`), never pickled objects.
 
 Where the simulator models transfer time, this measures it: a round's wall time at rank 0 from the
@@ -13,7 +13,12 @@ torch, joining the group) is reported apart from the rounds.
 
 Two ways in: `run_spawned` starts the P workers with torch.multiprocessing on this machine and is rank
 0 itself (it watches the workers while they start: one that dies before joining fails the run within
-seconds, not at gloo's timeout); `run_from_environment` joins a group torchrun started (RANK, WORLD_SIZE, MASTER_ADDR, ...).
+seconds, not at gloo's timeout); `run_from_environment` joins a group torchrun started (RANK,
+WORLD_SIZE, MASTER_ADDR, ...).
+
+Checkpoints (robust_training.checkpoint) are rank 0's business alone: the workers hold no state across
+rounds (the model, the round, tau and the adversary draw arrive with every round), so a resumed PS
+starts fresh workers.
 """
 
 from __future__ import annotations
