@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -18,6 +18,9 @@ from robust_training.aggregators import aggregator_help
 from robust_training.attacks import ATTACK_NAMES
 from robust_training.codes import CODE_NAMES
 from robust_training.errors import TrainingError
+
+if TYPE_CHECKING:
+    from robust_training.checkpoint import Checkpointer
 
 RUNNERS = ("sim", "torch")
 
@@ -95,18 +98,19 @@ def train(
         task = progress.add_task(f"training {model} on {dataset}", total=rounds, accuracy="-")
 
         def on_round(r) -> None:
-            progress.update(task, completed=r.round, accuracy="-" if r.test_accuracy is None else f"{r.test_accuracy:.3f}")
+            progress.update(task, advance=1, accuracy="-" if r.test_accuracy is None else f"{r.test_accuracy:.3f}")
 
-        simulator = Simulator(objective, train_data, test_data, config)
         if runner == "sim":
-            result = simulator.run(on_round=on_round, checkpoints=checkpoints)
+            result = Simulator(objective, train_data, test_data, config).run(on_round=on_round,
+                                                                             checkpoints=checkpoints)
         else:
             from robust_training.runners.torch_distributed import (TrainJob, launched_by_torchrun,
                                                                     run_from_environment, run_spawned)
 
             job = TrainJob(dataset, model, config)
             start = run_from_environment if launched_by_torchrun() else run_spawned
-            distributed = start(job, on_round, checkpoints, simulator)  # the data loaded above, not again
+            simulator = Simulator(objective, train_data, test_data, config)  # rank 0's: the data loaded above
+            distributed = start(job, on_round, checkpoints, simulator)
             if distributed is None:
                 return  # a worker rank under torchrun: rank 0 reports
             result, startup_s = distributed.result, distributed.startup_s
@@ -145,7 +149,7 @@ def train(
     _print_summary(summary, save, plot, description)
 
 
-def checkpointer(directory: Path | None, every_rounds: int | None, resume: Path | None):
+def checkpointer(directory: Path | None, every_rounds: int | None, resume: Path | None) -> Checkpointer | None:
     """The `Checkpointer` the checkpoint options ask for (None without them); --resume DIR reads DIR
     and keeps writing there."""
     from robust_training.checkpoint import Checkpointer
