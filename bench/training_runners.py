@@ -19,7 +19,8 @@ Per runner and configuration:
 - modelled s/round: the simulator's round time for the same configuration (slowest worker's measured
   compute + measured decode + modelled transfer), and measured / modelled.
 Start-up (spawning, importing torch, loading the data in every worker, joining the group) is reported
-apart. The simulator's own wall time is printed too: it computes every worker's partitions one after
+apart; the torch runner starts its P workers once per (model, P) and plays the three taus' runs on them
+(`run_spawned_series`), so the start-up column shows it on the first tau only. The simulator's own wall time is printed too: it computes every worker's partitions one after
 another in one process, which is exactly what its model does not charge.
 
 The machine is 2 cores shared with other jobs: the load average before and after is recorded, and only
@@ -64,44 +65,54 @@ class Measurement:
     measured_over_modelled: float | None = None
 
 
-def _sim(job, on_round):
+def _sim(jobs, on_round):
     from robust_training.runners.torch_distributed import build_simulator
 
-    return build_simulator(job).run(on_round=on_round), 0.0
+    return [(build_simulator(job).run(on_round=on_round), 0.0) for job in jobs]
 
 
-def _torch(job, on_round):
-    from robust_training.runners.torch_distributed import run_spawned
+def _torch(jobs, on_round):
+    from robust_training.runners.torch_distributed import run_spawned_series
 
-    distributed = run_spawned(job, on_round)
-    return distributed.result, distributed.startup_s
+    return [(d.result, d.startup_s) for d in run_spawned_series(jobs, on_round)]
 
 
-#: name -> (job, on_round) -> (SimulationResult, start-up seconds). The MQTT runner (edgecloud.training)
-#: joins with one entry of the same shape.
+#: name -> (jobs, on_round) -> [(SimulationResult, start-up seconds)] per job. The jobs of one call
+#: differ only in tau, so a runner with processes may start them once (the torch runner does; the
+#: first result carries the start-up). The MQTT runner (edgecloud.training) joins with one entry.
 RUNNERS: dict[str, Callable] = {
     "sim": _sim,
     "torch": _torch,
 }
 
 
-def measure(runner: str, model: str, n_workers: int, tau: int, args: argparse.Namespace) -> Measurement:
+def measure(runner: str, model: str, n_workers: int, taus: tuple[int, ...],
+            args: argparse.Namespace) -> list[Measurement]:
+    """One runner on the configurations that differ only in tau, in one call."""
     from robust_training.runners.torch_distributed import TrainJob
     from robust_training.simulator import SimulationConfig
 
-    config = SimulationConfig(n_workers=n_workers, rounds=args.rounds, lr=0.05, tau=tau, batch_size=16,
-                              code="cyclic", redundancy=3, n_adversaries=1, attack="reverse",
-                              bandwidth_bps=args.bandwidth_bps, seed=0, eval_every=args.rounds)
-    stamps: list[float] = []
-    result, startup_s = RUNNERS[runner](TrainJob("mnist", model, config),
-                                        lambda record: stamps.append(time.perf_counter()))
-    records = result.records[1:]  # round 1 is the warm-up
-    wall_s = float(np.mean(np.diff(stamps)))
-    return Measurement(
-        runner, model, n_workers, tau, int(result.params.size), len(records), wall_s, 1.0 / wall_s,
-        float(np.mean([r.compute_s for r in records])), float(np.mean([r.transfer_s for r in records])),
-        float(np.mean([r.aggregate_s for r in records])), int(max(r.transfer_bytes for r in records)),
-        startup_s, modelled_s_per_round=float(np.mean([r.round_s for r in records])))
+    jobs = [TrainJob("mnist", model, SimulationConfig(
+        n_workers=n_workers, rounds=args.rounds, lr=0.05, tau=tau, batch_size=16, code="cyclic", redundancy=3,
+        n_adversaries=1, attack="reverse", bandwidth_bps=args.bandwidth_bps, seed=0, eval_every=args.rounds))
+        for tau in taus]
+    stamps: list[list[float]] = []  # per job, when each round ended
+
+    def on_round(record) -> None:
+        if record.round == 1:
+            stamps.append([])
+        stamps[-1].append(time.perf_counter())
+
+    measurements = []
+    for job, job_stamps, (result, startup_s) in zip(jobs, stamps, RUNNERS[runner](jobs, on_round), strict=True):
+        records = result.records[1:]  # round 1 is the warm-up
+        wall_s = float(np.mean(np.diff(job_stamps)))
+        measurements.append(Measurement(
+            runner, model, n_workers, job.config.tau, int(result.params.size), len(records), wall_s, 1.0 / wall_s,
+            float(np.mean([r.compute_s for r in records])), float(np.mean([r.transfer_s for r in records])),
+            float(np.mean([r.aggregate_s for r in records])), int(max(r.transfer_bytes for r in records)),
+            startup_s, modelled_s_per_round=float(np.mean([r.round_s for r in records]))))
+    return measurements
 
 
 def compare_with_the_model(measurements: list[Measurement]) -> None:
@@ -188,11 +199,10 @@ def main() -> None:
     measurements: list[Measurement] = []
     for model in models:
         for n_workers in worker_counts:
-            for tau in taus:
-                for runner in runners:
-                    m = measure(runner, model, n_workers, tau, args)
+            for runner in runners:
+                for m in measure(runner, model, n_workers, taus, args):
                     measurements.append(m)
-                    print(f"{runner:6s} {model:8s} P={n_workers:2d} tau={tau:2d}: {m.wall_s_per_round:.3f} s/round, "
+                    print(f"{runner:6s} {model:8s} P={n_workers:2d} tau={m.tau:2d}: {m.wall_s_per_round:.3f} s/round, "
                           f"start-up {m.startup_s:.1f} s", flush=True)
     compare_with_the_model(measurements)
     load = (load_before, os.getloadavg()[0])

@@ -6,6 +6,7 @@ numpy logistic/svm models on digits, 3-5 workers, 3 rounds. Equality is on the s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -198,3 +199,23 @@ def test_rank_0_loads_the_data_once(monkeypatch) -> None:
     code, _, stderr = run_cli([*BASE, "--nodes", "3", "--runner", "torch"])
     assert code == 0, stderr[-3000:]
     assert loads == ["digits"]
+
+
+def test_a_series_of_runs_on_one_set_of_workers_trains_each_runs_own_model() -> None:
+    """Runs that differ only in tau and rounds share the worker processes (the benchmark pays start-up
+    once); each ends with the model the simulator trains for its own config."""
+    from robust_training.runners.torch_distributed import build_simulator, run_spawned_series
+
+    base = SimulationConfig(n_workers=3, rounds=3, lr=0.1, batch_size=16, seed=1, code="repetition", redundancy=3,
+                            n_adversaries=1, attack="gaussian")
+    jobs = [TrainJob("digits", "logistic", dataclasses.replace(base, tau=tau, rounds=rounds))
+            for tau, rounds in ((1, 3), (3, 2))]
+    results = run_spawned_series(jobs)
+    assert results[0].startup_s > 0 and results[1].startup_s == 0.0
+    for job, distributed in zip(jobs, results):
+        alone = build_simulator(job).run()
+        assert len(distributed.result.records) == job.config.rounds
+        gap = np.linalg.norm(distributed.result.params - alone.params) / np.linalg.norm(alone.params)
+        assert gap < 1e-6, gap
+    with pytest.raises(TrainingError, match="may differ only in tau"):
+        run_spawned_series([jobs[0], TrainJob("digits", "logistic", dataclasses.replace(base, lr=0.2))])

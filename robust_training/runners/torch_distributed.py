@@ -26,8 +26,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 import numpy as np
@@ -139,23 +139,23 @@ class _ServerRounds:
             losses[held] = reports[worker, :len(held)]
         return float(self.simulator.size_weights @ losses)
 
-    def stop(self) -> None:
-        dist.broadcast(torch.zeros(_CONTROL_HEAD + self.n_workers, dtype=torch.float64), src=0)
 
-
-def _serve(simulator: Simulator, on_round: Callable[[RoundRecord], None] | None,
-           checkpoints: Checkpointer | None, started: float) -> DistributedResult:
-    """Rank 0: wait until every worker holds its data (the end of start-up), then play the rounds."""
-    rounds = _ServerRounds(simulator)
+def _serve(simulators: Sequence[Simulator], on_round: Callable[[RoundRecord], None] | None,
+           checkpoints: Checkpointer | None, started: float) -> list[DistributedResult]:
+    """Rank 0: wait until every worker holds its data (the end of start-up), then play each simulator's
+    rounds in turn (the workers answer whatever round and tau they are sent) and stop the workers."""
     try:
         dist.barrier()
         startup_s = time.perf_counter() - started
-        result = simulator.run(on_round=on_round, play_round=rounds, checkpoints=checkpoints)
-        rounds.stop()
+        results = []
+        for simulator in simulators:
+            result = simulator.run(on_round=on_round, play_round=_ServerRounds(simulator), checkpoints=checkpoints)
+            results.append(DistributedResult(result, startup_s if not results else 0.0))
+        dist.broadcast(torch.zeros(_CONTROL_HEAD + simulators[0].config.n_workers, dtype=torch.float64), src=0)
     except RuntimeError as error:  # gloo's errors: a worker died or stopped answering
         raise TrainingError(f"the process group failed, typically because a worker process died "
                             f"({_first_line(error)}).") from error
-    return DistributedResult(result, startup_s)
+    return results
 
 
 def _first_line(error: BaseException) -> str:
@@ -222,8 +222,37 @@ def run_spawned(job: TrainJob, on_round: Callable[[RoundRecord], None] | None = 
     `simulator` is rank 0's share when the caller has already loaded the data for it (the CLI has):
     it must be `build_simulator(job)`'s equal. Spawned workers load their own.
     """
-    _check_job(job)
-    job.config.build()  # an impossible code or attack fails here, before P processes start
+    return _spawn_and_serve([job], on_round, checkpoints, lambda: [simulator or build_simulator(job)])[0]
+
+
+def run_spawned_series(jobs: Sequence[TrainJob],
+                       on_round: Callable[[RoundRecord], None] | None = None) -> list[DistributedResult]:
+    """Several runs, one after another, on one set of P worker processes: they may differ only in tau,
+    the number of rounds, the evaluation period and the target accuracy (what rank 0 alone reads or
+    sends every round), so the start-up is paid once (benchmarks). The first result carries it."""
+    first = jobs[0]
+    for job in jobs[1:]:
+        rank_0_only = dict(tau=first.config.tau, rounds=first.config.rounds, eval_every=first.config.eval_every,
+                           target_accuracy=first.config.target_accuracy)
+        if (job.dataset, job.model, replace(job.config, **rank_0_only)) != (first.dataset, first.model, first.config):
+            raise TrainingError("runs in one series may differ only in tau, rounds, eval_every and target_accuracy.")
+
+    def simulators() -> list[Simulator]:  # one data load and one objective for every run
+        train, test = load_dataset(first.dataset, seed=first.config.seed)
+        objective = make_objective(first.model, train)
+        return [Simulator(objective, train, test, job.config) for job in jobs]
+
+    return _spawn_and_serve(jobs, on_round, None, simulators)
+
+
+def _spawn_and_serve(jobs: Sequence[TrainJob], on_round: Callable[[RoundRecord], None] | None,
+                     checkpoints: Checkpointer | None,
+                     simulators: Callable[[], Sequence[Simulator]]) -> list[DistributedResult]:
+    """Spawn the workers for `jobs[0]`, build rank 0's simulators while they start, serve, clean up."""
+    for job in jobs:
+        _check_job(job)
+        job.config.build()  # an impossible code or attack fails here, before P processes start
+    job = jobs[0]
     started = time.perf_counter()
     world_size = job.config.n_workers + 1
     store = dist.TCPStore("127.0.0.1", 0, world_size, is_master=True, timeout=COLLECTIVE_TIMEOUT,
@@ -231,12 +260,12 @@ def run_spawned(job: TrainJob, on_round: Callable[[RoundRecord], None] | None = 
     context = mp.start_processes(_spawned_worker, args=(job, "127.0.0.1", store.port), nprocs=job.config.n_workers,
                                  join=False, start_method="spawn")
     try:
-        simulator = simulator or build_simulator(job)  # while the workers start
+        built = simulators()  # while the workers start
         _await_workers(store, context, job.config.n_workers)
         dist.init_process_group("gloo", store=store, rank=0, world_size=world_size, timeout=JOIN_TIMEOUT)
         try:
             _set_pg_timeout(COLLECTIVE_TIMEOUT)  # the rounds may take long; forming the group may not
-            result = _serve(simulator, on_round, checkpoints, started)
+            results = _serve(built, on_round, checkpoints, started)
         finally:
             dist.destroy_process_group()
         context.join()
@@ -245,7 +274,7 @@ def run_spawned(job: TrainJob, on_round: Callable[[RoundRecord], None] | None = 
             if process.is_alive():
                 process.terminate()
         raise
-    return result
+    return results
 
 
 def launched_by_torchrun() -> bool:
@@ -273,6 +302,6 @@ def run_from_environment(job: TrainJob, on_round: Callable[[RoundRecord], None] 
         if rank:
             _work(simulator, rank - 1)
             return None
-        return _serve(simulator, on_round, checkpoints, started)
+        return _serve([simulator], on_round, checkpoints, started)[0]
     finally:
         dist.destroy_process_group()
