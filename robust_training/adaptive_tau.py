@@ -18,7 +18,8 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -26,6 +27,8 @@ from robust_training.dgd import PartitionUpdates, size_weights
 from robust_training.errors import TrainingError
 
 logger = logging.getLogger(__name__)
+
+_PREVIOUS = ("models", "grads", "losses")  # what `observe` keeps of the last round
 
 
 @dataclass(frozen=True)
@@ -93,3 +96,19 @@ class AdaptiveTau:
             logger.info("adaptive tau: beta %.4g rho %.4g delta %.4g -> tau %d", beta, rho, delta, self.tau)
         self._previous = (global_params + updates.deltas, updates.end_grads, updates.end_losses)
         return self.tau
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """What a checkpoint keeps so that a resumed run chooses the taus an uninterrupted one would:
+        the previous round's local models, gradients and losses as arrays, the rest as JSON."""
+        arrays = {} if self._previous is None else dict(zip(_PREVIOUS, self._previous))
+        return arrays, {"tau": self.tau, "smoothed": dict(self._smoothed), "log": [asdict(e) for e in self.log]}
+
+    def restore(self, arrays: dict[str, np.ndarray], state: dict[str, Any]) -> None:
+        """Undo `state()`: `arrays` holds all of `_PREVIOUS` or none (before the first round)."""
+        try:
+            self.tau = int(state["tau"])
+            self._smoothed = {str(name): float(value) for name, value in state["smoothed"].items()}
+            self.log = [TauEstimates(**entry) for entry in state["log"]]
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise TrainingError(f"the checkpoint's adaptive-tau state is malformed ({error}).") from None
+        self._previous = tuple(arrays[name] for name in _PREVIOUS) if arrays else None  # type: ignore[assignment]

@@ -31,16 +31,20 @@ the pass is timed as a whole and each partition is charged its share by batch si
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
 from robust_training.adaptive_tau import AdaptiveTau, TauEstimates
 from robust_training.aggregators import Aggregator, make_aggregator
+from robust_training.aggregators.base import finite_rows
 from robust_training.attacks import Attack, DataAttack, choose_adversaries, make_attack
+from robust_training.checkpoint import Checkpointer, Snapshot, find_generators, generator_states, restore_generators
 from robust_training.codes import Code, make_code
 from robust_training.data import Dataset, split_dataset
 from robust_training.dgd import PartitionUpdates, batch_rng, check_step_settings, local_updates, size_weights
@@ -131,6 +135,17 @@ class RoundRecord:
         return self.compute_s + self.aggregate_s + self.transfer_s
 
 
+@dataclass
+class _Loop:
+    """What `Simulator.run` carries from one round to the next (and a checkpoint keeps)."""
+
+    params: np.ndarray
+    tau: int
+    records: list[RoundRecord] = field(default_factory=list)
+    budget_s: float | None = None      # adaptive tau's time budget, fixed after round 1
+    adversaries: list[int] = field(default_factory=list)
+
+
 class HonestUpdatesDiverged(Exception):
     """The honest workers' own updates became non-finite (the learning rate is too large)."""
 
@@ -205,59 +220,120 @@ class Simulator:
         self.params0 = objective.initial_params(train.features, init_rng)
 
     def run(self, on_round: Callable[[RoundRecord], None] | None = None,
-            play_round: RoundPlayer | None = None) -> SimulationResult:
+            play_round: RoundPlayer | None = None, checkpoints: Checkpointer | None = None) -> SimulationResult:
         """Train for `config.rounds` rounds (fewer if the target accuracy is reached or the model diverges).
 
         `play_round` replaces the in-process round (`_play_round`'s signature) so that a runner with real
-        worker processes (robust_training.runners) shares this loop: adversary draws, stopping, records.
+        worker processes (robust_training.runners) shares this loop: adversary draws, stopping, records,
+        checkpoints. With `checkpoints` the loop's whole state is written every K rounds and, when
+        resuming, read back first: the rounds after it are the ones an uninterrupted run plays.
         """
         config = self.config
         play_round = play_round or self._play_round
-        params = self.params0.copy()
-        records: list[RoundRecord] = []
         controller = AdaptiveTau(config.tau, max(config.tau_max, config.tau)) if config.adaptive_tau else None
-        budget_s: float | None = None
-        tau = config.tau
-        adversaries = self._draw_adversaries()
+        identity = self.identity() if checkpoints is not None else {}
+        snapshot = checkpoints.load(identity) if checkpoints is not None else None
+        loop = self._restore(snapshot, controller) if snapshot is not None else _Loop(self.params0.copy(), config.tau)
         diverged = False
-        for round_index in range(config.rounds):
-            if config.redraw_adversaries and round_index:
-                adversaries = self._draw_adversaries()
-            elapsed_s = records[-1].elapsed_s if records else 0.0
+        while not self._finished(loop.records):
+            round_index = len(loop.records)
+            if round_index == 0 or config.redraw_adversaries:
+                loop.adversaries = self._draw_adversaries()
+            elapsed_s = loop.records[-1].elapsed_s if loop.records else 0.0
             try:
-                new_params, updates, record = play_round(params, round_index, tau, adversaries, elapsed_s,
-                                                         controller is not None)
+                new_params, updates, record = play_round(loop.params, round_index, loop.tau, loop.adversaries,
+                                                         elapsed_s, controller is not None)
             except HonestUpdatesDiverged:
                 logger.warning("the honest updates diverged to non-finite values in round %d; stopping",
                                round_index + 1)
                 diverged = True
                 break
-            records.append(record)
+            loop.records.append(record)
             if on_round is not None:
                 on_round(record)
             if controller is not None:
-                if budget_s is None:  # Wang et al. plan against a budget: this run's rounds at round 1's pace
-                    budget_s = config.rounds * record.round_s
-                tau = controller.observe(params, updates, self.partition_sizes, config.lr, budget_s,
-                                         record.compute_s / record.tau, record.aggregate_s + record.transfer_s)
-            params = new_params
-            if not np.all(np.isfinite(params)):
+                if loop.budget_s is None:  # Wang et al. plan against a budget: this run's rounds at round 1's pace
+                    loop.budget_s = config.rounds * record.round_s
+                loop.tau = controller.observe(loop.params, updates, self.partition_sizes, config.lr, loop.budget_s,
+                                              record.compute_s / record.tau, record.aggregate_s + record.transfer_s)
+            loop.params = new_params
+            if not np.all(np.isfinite(loop.params)):
                 logger.warning("the model diverged to non-finite values in round %d; stopping", record.round)
                 diverged = True
                 break
-            if (config.target_accuracy is not None and record.test_accuracy is not None
-                    and record.test_accuracy >= config.target_accuracy):
-                break
-        train_loss = self.objective.loss(params, self.train.features, self.train.labels)
-        return SimulationResult(params, records, self.partition_sizes, train_loss,
+            if checkpoints is not None and checkpoints.due(record.round):
+                checkpoints.save(self._snapshot(loop, controller), identity)
+        train_loss = self.objective.loss(loop.params, self.train.features, self.train.labels)
+        return SimulationResult(loop.params, loop.records, self.partition_sizes, train_loss,
                                 controller.log if controller is not None else [], diverged)
+
+    def _finished(self, records: list[RoundRecord]) -> bool:
+        """All rounds played, or the last one reached the target accuracy (also right after a resume)."""
+        target = self.config.target_accuracy
+        return len(records) >= self.config.rounds or bool(
+            records and target is not None and records[-1].test_accuracy is not None
+            and records[-1].test_accuracy >= target)
+
+    def identity(self) -> dict[str, Any]:
+        """What a checkpoint must share with this run to be resumed by it: the config, the data, the
+        objective (its type, scalar settings and torch architecture) and the initial model."""
+        data = hashlib.sha256()
+        for array in (self.train.features, self.train.labels, self.test.features, self.test.labels):
+            data.update(np.ascontiguousarray(array))
+        model = hashlib.sha256(np.ascontiguousarray(self.params0)).hexdigest()
+        objective = self.objective
+        settings = {name: value for name, value in vars(objective).items()
+                    if isinstance(value, (bool, int, float, str))}
+        return {"config": asdict(self.config), "data_sha256": data.hexdigest(), "initial_model_sha256": model,
+                "objective": {"type": f"{type(objective).__module__}.{type(objective).__qualname__}", **settings,
+                              "architecture": str(getattr(objective, "module", ""))}}
+
+    def _generators(self) -> dict[str, np.random.Generator]:
+        """Every generator the loop draws from: the adversaries' and the attack's, and any a code or an
+        aggregator keeps (bucketing's shuffle). Mini-batches are seeded per round and hold no state."""
+        return {"adversaries": self.adversary_rng, **find_generators(self.code, "code"),
+                **find_generators(self.aggregator, "aggregator"), **find_generators(self.attack, "attack")}
+
+    def _snapshot(self, loop: _Loop, controller: AdaptiveTau | None) -> Snapshot:
+        arrays = {"params": loop.params}
+        tau_state = None
+        if controller is not None:
+            tau_arrays, tau_state = controller.state()
+            arrays.update({f"tau_{name}": value for name, value in tau_arrays.items()})
+        return Snapshot(len(loop.records), arrays, {
+            "records": [asdict(record) for record in loop.records], "tau": loop.tau, "budget_s": loop.budget_s,
+            "adversaries": loop.adversaries, "generators": generator_states(self._generators()),
+            "adaptive_tau": tau_state})
+
+    def _restore(self, snapshot: Snapshot, controller: AdaptiveTau | None) -> _Loop:
+        """The loop state `_snapshot` wrote, checked against this run's shapes before use."""
+        state, n_workers = snapshot.state, self.config.n_workers
+        try:
+            records = [RoundRecord(**record) for record in state["records"]]
+            loop = _Loop(snapshot.array("params", self.params0.shape).copy(), int(state["tau"]), records,
+                         None if state["budget_s"] is None else float(state["budget_s"]),
+                         [int(worker) for worker in state["adversaries"]])
+            generators, tau_state = state["generators"], state["adaptive_tau"]
+        except (KeyError, TypeError, ValueError) as error:
+            raise TrainingError(f"the checkpoint's loop state is malformed ({error}).") from None
+        if len(records) != snapshot.round or not all(0 <= worker < n_workers for worker in loop.adversaries):
+            raise TrainingError(f"the checkpoint's loop state is inconsistent: {len(records)} records for round "
+                                f"{snapshot.round}, adversaries {loop.adversaries} of {n_workers} workers.")
+        restore_generators(self._generators(), generators)
+        if controller is not None:
+            n_partitions, d = len(self.partitions), self.params0.size
+            shapes = {"models": (n_partitions, d), "grads": (n_partitions, d), "losses": (n_partitions,)}
+            held = {name: snapshot.array(f"tau_{name}", shape) for name, shape in shapes.items()
+                    if f"tau_{name}" in snapshot.arrays}
+            controller.restore(held, tau_state)
+        return loop
 
     def _play_round(self, params: np.ndarray, round_index: int, tau: int, adversaries: list[int],
                     elapsed_s: float, probe: bool) -> tuple[np.ndarray, PartitionUpdates, RoundRecord]:
         """One round: compute, encode, attack, decode or aggregate, step; returns the new global model."""
         config = self.config
         updates, partition_s = self._compute_partitions(params, round_index, tau, probe)
-        if not np.all(np.isfinite(updates.deltas)):
+        if not finite_rows(updates.deltas).all():
             raise HonestUpdatesDiverged()  # no defence can make a step of that: the run has diverged
         # adaptive tau reads the unscaled deltas after the round; otherwise scale in place (no 360 MB copy)
         scaled = updates.deltas.copy() if probe else updates.deltas

@@ -6,6 +6,7 @@ numpy logistic/svm models on digits, 3-5 workers, 3 rounds. Equality is on the s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -13,9 +14,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from test_cli_bad_inputs import assert_one_error_line, run_cli
@@ -121,3 +126,96 @@ def test_a_worker_that_dies_mid_run_ends_the_run_with_a_training_error() -> None
     for child in multiprocessing.active_children():
         child.join(timeout=10)
     assert multiprocessing.active_children() == []
+
+
+def _spawned_workers() -> list[psutil.Process]:
+    return [child for child in psutil.Process().children()
+            if any("spawn_main" in part for part in child.cmdline())]
+
+
+def test_a_worker_that_dies_before_joining_fails_the_run_within_seconds() -> None:
+    """A worker killed while it starts (still importing torch) never joins the group: rank 0 used to
+    wait for gloo's 10-minute timeout; it watches its workers and fails in one sentence."""
+    config = SimulationConfig(n_workers=3, rounds=5, lr=0.1, batch_size=16, seed=0)
+    killed: list[int] = []
+
+    def kill_the_first_worker() -> None:
+        deadline = time.monotonic() + 120
+        while not killed and time.monotonic() < deadline:
+            for worker in _spawned_workers()[:1]:
+                worker.kill()
+                killed.append(worker.pid)
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_the_first_worker)
+    killer.start()
+    started = time.monotonic()
+    with pytest.raises(TrainingError, match="exited before joining the process group"):
+        run_spawned(TrainJob("digits", "logistic", config))
+    waited_s = time.monotonic() - started
+    killer.join()
+    assert killed and waited_s < 60, waited_s  # gloo's timeout is 600 s
+    _, alive = psutil.wait_procs(_spawned_workers(), timeout=30)
+    assert not alive
+
+
+def test_rank_0_allocates_no_message_sized_array_per_round() -> None:
+    """Per round rank 0 used to copy the P messages three times (stack, contiguous copy, the honest rows
+    for the finiteness check) plus an (n, d) boolean mask; numpy allocations are traced here, and a
+    round's peak must stay below half of one (P, d) float64 array."""
+    config = SimulationConfig(n_workers=4, rounds=3, lr=0.05, batch_size=16, seed=0)
+    peaks: list[int] = []  # per round: the peak above what was in use when the round started
+    in_use = [0]
+
+    def measure(record: RoundRecord) -> None:
+        current, peak = tracemalloc.get_traced_memory()
+        peaks.append(peak - in_use[0])
+        in_use[0] = current
+        tracemalloc.reset_peak()
+
+    tracemalloc.start()
+    try:
+        result = run_spawned(TrainJob("digits", "fc", config), on_round=measure).result
+    finally:
+        tracemalloc.stop()
+    messages_bytes = config.n_workers * result.params.size * 8
+    assert len(peaks) == 3 and max(peaks[1:]) < messages_bytes / 2, (peaks, messages_bytes)
+
+
+def test_rank_0_loads_the_data_once(monkeypatch) -> None:
+    """The CLI loads the data for rank 0 and hands it over instead of the runner loading it again."""
+    import robust_training.data
+    import robust_training.runners.torch_distributed as runner
+
+    loads: list[str] = []
+    real = robust_training.data.load_dataset
+
+    def counting(name: str, *args, **kwargs):
+        loads.append(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(robust_training.data, "load_dataset", counting)
+    monkeypatch.setattr(runner, "load_dataset", counting)
+    code, _, stderr = run_cli([*BASE, "--nodes", "3", "--runner", "torch"])
+    assert code == 0, stderr[-3000:]
+    assert loads == ["digits"]
+
+
+def test_a_series_of_runs_on_one_set_of_workers_trains_each_runs_own_model() -> None:
+    """Runs that differ only in tau and rounds share the worker processes (the benchmark pays start-up
+    once); each ends with the model the simulator trains for its own config."""
+    from robust_training.runners.torch_distributed import build_simulator, run_spawned_series
+
+    base = SimulationConfig(n_workers=3, rounds=3, lr=0.1, batch_size=16, seed=1, code="repetition", redundancy=3,
+                            n_adversaries=1, attack="gaussian")
+    jobs = [TrainJob("digits", "logistic", dataclasses.replace(base, tau=tau, rounds=rounds))
+            for tau, rounds in ((1, 3), (3, 2))]
+    results = run_spawned_series(jobs)
+    assert results[0].startup_s > 0 and results[1].startup_s == 0.0
+    for job, distributed in zip(jobs, results):
+        alone = build_simulator(job).run()
+        assert len(distributed.result.records) == job.config.rounds
+        gap = np.linalg.norm(distributed.result.params - alone.params) / np.linalg.norm(alone.params)
+        assert gap < 1e-6, gap
+    with pytest.raises(TrainingError, match="may differ only in tau"):
+        run_spawned_series([jobs[0], TrainJob("digits", "logistic", dataclasses.replace(base, lr=0.2))])

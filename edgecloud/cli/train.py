@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -23,6 +23,9 @@ from robust_training.aggregators import aggregator_help
 from robust_training.attacks import ATTACK_NAMES
 from robust_training.codes import CODE_NAMES
 from robust_training.errors import TrainingError
+
+if TYPE_CHECKING:
+    from robust_training.checkpoint import Checkpointer
 
 RUNNERS = ("sim", "torch", "mqtt")
 REMOTE_WORKERS = "mqtt-server"  # what `edgecloud train-server` runs: the MQTT PS, workers started elsewhere
@@ -68,6 +71,15 @@ def train(
     round_deadline: Annotated[Optional[str], typer.Option(
         "--round-deadline", help="MQTT: a worker that has not answered by then (e.g. 2s) is an erasure; default "
                                  f"{DEADLINE_FACTOR:g} x round 1's time, at least {DEADLINE_FLOOR_S:g} s.")] = None,
+    checkpoint_dir: Annotated[Optional[Path], typer.Option(
+        help="Write the run's state (model, round, records, RNG and adaptive-tau state) here every "
+             "--checkpoint-every rounds (npz + JSON, atomic).")] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option(
+        help="Rounds between checkpoints (default 10; needs --checkpoint-dir or --resume).", min=1,
+        max=COUNT_MAX)] = None,
+    resume: Annotated[Optional[Path], typer.Option(
+        help="Continue the run checkpointed in this directory (same options, data and model) and keep "
+             "checkpointing there; ends with the model of an uninterrupted run.")] = None,
 ) -> None:
     """Train with P simulated workers, s adversaries, and a Draco code or a robust aggregator at the PS."""
     import numpy as np
@@ -91,6 +103,7 @@ def train(
         bandwidth_bps=parse_bandwidth_bps(bandwidth), seed=seed)
     config.validate()
     config.build()  # before the data loads: an impossible defence is a mistake, not a result
+    checkpoints = checkpointer(checkpoint_dir, checkpoint_every, resume)
     train_data, test_data = load_dataset(dataset, seed=seed)
     objective = make_objective(model, train_data)
     startup_s = None
@@ -104,17 +117,20 @@ def train(
             progress.update(task, advance=1, accuracy="-" if r.test_accuracy is None else f"{r.test_accuracy:.3f}")
 
         if runner == "sim":
-            result = Simulator(objective, train_data, test_data, config).run(on_round=on_round)
+            result = Simulator(objective, train_data, test_data, config).run(on_round=on_round,
+                                                                             checkpoints=checkpoints)
         elif runner in ("mqtt", REMOTE_WORKERS):
             fleet_run = _train_over_mqtt(dataset, model, config, runner == REMOTE_WORKERS, broker, deployment,
-                                         round_deadline, on_round)
+                                         round_deadline, on_round, checkpoints)
             result, startup_s = fleet_run.result, fleet_run.startup_s
         else:
             from robust_training.runners.torch_distributed import (TrainJob, launched_by_torchrun,
                                                                     run_from_environment, run_spawned)
 
             job = TrainJob(dataset, model, config)
-            distributed = run_from_environment(job, on_round) if launched_by_torchrun() else run_spawned(job, on_round)
+            start = run_from_environment if launched_by_torchrun() else run_spawned
+            simulator = Simulator(objective, train_data, test_data, config)  # rank 0's: the data loaded above
+            distributed = start(job, on_round, checkpoints, simulator)
             if distributed is None:
                 return  # a worker rank under torchrun: rank 0 reports
             result, startup_s = distributed.result, distributed.startup_s
@@ -154,7 +170,7 @@ def train(
 
 
 def _train_over_mqtt(dataset: str, model: str, config, remote_workers: bool, broker: str | None, deployment: str,
-                     round_deadline: str | None, on_round):
+                     round_deadline: str | None, on_round, checkpoints: Checkpointer | None):
     """The MQTT runner: a local fleet (`--runner mqtt`), or the PS alone for workers elsewhere (`train-server`)."""
     from edgecloud.errors import EdgecloudError
     from edgecloud.training.local_fleet import run_local_fleet
@@ -162,13 +178,30 @@ def _train_over_mqtt(dataset: str, model: str, config, remote_workers: bool, bro
     from edgecloud.training.server import ServerOptions, serve
     from partitioner.units import parse_duration_s
 
-    options = ServerOptions(deployment, None if round_deadline is None else parse_duration_s(round_deadline))
+    options = ServerOptions(deployment, None if round_deadline is None else parse_duration_s(round_deadline),
+                            checkpoints=checkpoints)
     job = TrainingJob(dataset, model, config)
     if not remote_workers:
         return run_local_fleet(job, broker, options, on_round)
     if broker is None:
         raise EdgecloudError("train-server needs --broker URL: the broker its workers connect to.")
     return serve(broker, job, options, on_round)
+
+
+def checkpointer(directory: Path | None, every_rounds: int | None, resume: Path | None) -> Checkpointer | None:
+    """The `Checkpointer` the checkpoint options ask for (None without them); --resume DIR reads DIR
+    and keeps writing there."""
+    from robust_training.checkpoint import Checkpointer
+
+    if directory is not None and resume is not None and directory.resolve() != resume.resolve():
+        raise TrainingError(f"--resume {resume} keeps checkpointing into {resume}; drop --checkpoint-dir "
+                            f"{directory} or give the same directory.")
+    target = resume or directory
+    if target is None:
+        if every_rounds is not None:
+            raise TrainingError("--checkpoint-every needs --checkpoint-dir DIR (or --resume DIR).")
+        return None
+    return Checkpointer(target, every_rounds or 10, resume=resume is not None)
 
 
 def _flag_counts(records: list) -> dict[str, int]:

@@ -42,6 +42,7 @@ from edgecloud.training.worker import rebuild_simulator
 from edgecloud.transport.mqtt import MqttTransport
 from edgecloud.transport.topics import DEFAULT_DEPLOYMENT, inbox_filter, sender_topic
 from edgecloud.transport.wire import Message, decode, encode
+from robust_training.checkpoint import Checkpointer
 from robust_training.errors import DecodeError, TrainingError
 from robust_training.simulator import (HonestUpdatesDiverged, PartitionUpdates, RoundRecord, SimulationResult,
                                        Simulator, held_partitions)
@@ -65,6 +66,7 @@ class ServerOptions:
     deployment: str = DEFAULT_DEPLOYMENT
     round_deadline_s: float | None = None  # None: derived from round 1 (see the module docstring)
     join_timeout_s: float = JOIN_TIMEOUT_S
+    checkpoints: Checkpointer | None = None  # the PS's state every K rounds, and resume (robust_training.checkpoint)
 
 
 @dataclass
@@ -148,7 +150,8 @@ class ParameterServer:
 
     def train(self, on_round: Callable[[RoundRecord], None] | None = None) -> SimulationResult:
         """Play the run's rounds (workers must have joined), then tell the workers to stop."""
-        result = self.simulator.run(on_round=on_round, play_round=self._play_round)
+        result = self.simulator.run(on_round=on_round, play_round=self._play_round,
+                                    checkpoints=self.options.checkpoints)
         for worker in range(self.n_workers):
             self._publish(worker, stop_message(self.job.job_id))
         return result
