@@ -30,9 +30,8 @@ from typing import Any
 import numpy as np
 
 from edgecloud.errors import EdgecloudError
-from edgecloud.transport.chunks import ChunkLimits
 from edgecloud.transport.topics import parse_sender_topic
-from edgecloud.transport.wire import Message
+from edgecloud.transport.wire import DEFAULT_LIMITS, Message
 from robust_training.errors import TrainingError
 from robust_training.simulator import SimulationConfig
 
@@ -89,14 +88,13 @@ def sender_of(message: Message, topic: str) -> str:
     return from_topic
 
 
-def check_model_fits(n_params: int, max_message_bytes: int = ChunkLimits().max_message_bytes) -> None:
-    """The model travels as one (chunked, above 8 MiB) message each way: refuse, before any process
-    starts, one larger than a receiver's chunk limits accept."""
+def check_model_fits(n_params: int, max_message_bytes: int = DEFAULT_LIMITS.max_message_bytes) -> None:
+    """The model travels as one message each way: refuse, before any process starts, one the wire limit cannot carry."""
     needed = 8 * n_params + HEADER_ROOM_BYTES
     if needed > max_message_bytes:
         raise EdgecloudError(f"the model has {n_params} parameters ({8 * n_params / 2**20:.1f} MiB as float64), more "
-                             f"than one message of at most {max_message_bytes / 2**20:.0f} MiB carries "
-                             "(use --runner torch or a smaller model).")
+                             f"than one wire message of {max_message_bytes / 2**20:.0f} MiB carries; the MQTT runner "
+                             "does not chunk models (use --runner torch or a smaller model).")
 
 
 def _meta(message: Message, key: str, kind: type) -> Any:
