@@ -77,12 +77,25 @@ def _torch(jobs, on_round):
     return [(d.result, d.startup_s) for d in run_spawned_series(jobs, on_round)]
 
 
+def _mqtt(jobs, on_round):
+    """The MQTT runner's local fleet through one Mosquitto; its P worker processes start for each job."""
+    from edgecloud.training.local_fleet import run_local_fleet
+    from edgecloud.training.protocol import TrainingJob
+    from edgecloud.transport.broker import MosquittoBroker
+
+    with MosquittoBroker() as broker:
+        runs = [run_local_fleet(TrainingJob(job.dataset, job.model, job.config), broker.url, on_round=on_round)
+                for job in jobs]
+    return [(run.result, run.startup_s) for run in runs]
+
+
 #: name -> (jobs, on_round) -> [(SimulationResult, start-up seconds)] per job. The jobs of one call
 #: differ only in tau, so a runner with processes may start them once (the torch runner does; the
-#: first result carries the start-up). The MQTT runner (edgecloud.training) joins with one entry.
+#: first result carries the start-up).
 RUNNERS: dict[str, Callable] = {
     "sim": _sim,
     "torch": _torch,
+    "mqtt": _mqtt,
 }
 
 
