@@ -65,7 +65,8 @@ def split(
 
 
 def agent(
-    plan: Annotated[Path, typer.Option("--plan", help="Plan JSON; it is split on first use (cached beside it).")],
+    plan: Annotated[Path, typer.Option("--plan", help="Plan JSON, or a plan set (`plan --adaptive`: every interval "
+                                       "loaded, the source switches with the link); split on first use, cached beside it.")],
     device: Annotated[str, typer.Option("--device", help="Which of the plan's devices this agent serves.")],
     broker: Annotated[str, typer.Option("--broker", help="Broker URL: mqtt://[user:pass@]host[:port] or mqtts://...")] = DEFAULT_BROKER,
     broker_password_file: BrokerPasswordFile = None,
@@ -85,27 +86,29 @@ def agent(
     from edgecloud.cli.long_running import configure_logging, stop_on_signals
     from edgecloud.serving.agent import AgentOptions, DeviceAgent
     from edgecloud.serving.link_emulation import links_of
+    from edgecloud.serving.plan_choice import load_served_plans
     from partitioner.plan.plan_file import load_plan
-    from partitioner.split.onnx_split import cached_split
+    from partitioner.plan.plan_set import load_plan_set
     from partitioner.units import parse_duration_s
 
     configure_logging(log_level)
     logging.getLogger("transitions").setLevel(logging.WARNING)
     margin_s = parse_duration_s(fallback_margin) if fallback_margin is not None else None
-    loaded_plan = load_plan(plan)
+    served = load_served_plans(plan)
+    loaded_plan = load_plan_set(plan)[-1].plan if served.adaptive else load_plan(plan)
     links = links_of(device, loaded_plan.links) if emulate_links else {}
     options = AgentOptions(deployment=deployment, threads=threads, max_pending=max_pending, fallback=fallback,
                            fallback_margin_s=margin_s, local_after_fallback_s=parse_duration_s(local_after_fallback),
                            emulated_links=links, predicted_s=loaded_plan.predicted_s)
     stop = stop_on_signals()
-    with DeviceAgent(cached_split(plan), device, broker, options):
+    with DeviceAgent(served, device, broker, options):
         if ready_file is not None:
             ready_file.touch()
         stop.wait()
 
 
 def infer(
-    plan: Annotated[Path, typer.Option("--plan", help="Plan JSON the agents serve.")],
+    plan: Annotated[Path, typer.Option("--plan", help="Plan JSON (or plan set) the agents serve.")],
     input_path: Annotated[Path, typer.Option("--input", help=".npy (one input) or .npz (inputs by name).")],
     output: Annotated[Path, typer.Option("--output", "-o", help=".npy (one output) or .npz (outputs by name).")],
     broker: Annotated[str, typer.Option("--broker", help="Broker URL.")] = DEFAULT_BROKER,
@@ -148,4 +151,6 @@ def infer(
     else:
         raise EdgecloudError(f"the model has {len(result.outputs)} outputs; name an .npz file to hold them all")
     note = " (the source device fell back to running the model itself)" if result.fell_back else ""
+    if result.plan is not None:
+        note += f" under plan {result.plan + 1} ({result.plan_id})"
     Console().print(f"answered by {result.answered_by} in {result.timings.total_s * 1e3:.1f} ms{note}; wrote {output}")

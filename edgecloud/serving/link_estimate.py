@@ -1,0 +1,82 @@
+"""The link's bandwidth and latency, estimated from the messages that cross it (adaptive serving).
+
+Every message an agent sends carries `meta.sent_s` (the sender's clock) and its tensor bytes; the
+receiver notes when it arrived (its own clock) in the request's trace. So each crossing is a sample
+
+    delay = received - sent = latency + offset(direction) + 8 bytes / bandwidth (+ queueing, jitter)
+
+where `offset` is the receiver's clock minus the sender's: +o one way, -o the other. The estimator:
+
+- keeps, per direction, the last WINDOW samples no older than MAX_AGE_S (a sliding window, so that a
+  step change of the link fills it with new samples within WINDOW crossings);
+- **slope** by Theil–Sen: the median, over all pairs of samples of one direction whose sizes differ by
+  at least MIN_SPREAD_BYTES, of (delay_j - delay_i) / (bytes_j - bytes_i). Pairs within a direction share
+  the clock offset, so it cancels; the median ignores up to ~29 % outliers (a message that sat behind
+  another, a descheduled process). Pairs of both directions are pooled: one link, one rate.
+  bandwidth = 8 / slope;
+- **intercept** per direction: the median of (delay - slope x bytes) = latency + offset(direction);
+  with samples both ways the offsets cancel in the mean of the two intercepts (clocks may disagree,
+  as `edgecloud.serving.deadlines` allows), with one direction only the clocks are taken as agreeing.
+
+Why not least squares: one message that waited behind a 100 ms transfer pulls a least-squares slope
+anywhere; the median does not move. Why pairs of different sizes: a plan's own traffic often has one
+size per direction, which says nothing about the rate on its own; the source agent then probes (see
+`edgecloud.serving.agent`), and the probes' sizes differ from the traffic's.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+from dataclasses import dataclass
+
+WINDOW = 12  # samples per direction
+MAX_AGE_S = 20.0  # older samples say little about the link now
+MIN_SPREAD_BYTES = 512  # a pair of samples closer in size than this says nothing about the rate
+MIN_PAIRS = 3  # fewer informative pairs: no estimate
+
+
+@dataclass(frozen=True)
+class LinkEstimate:
+    bandwidth_bps: float
+    latency_s: float
+    pairs: int  # informative pairs the slope is the median of
+
+
+@dataclass(frozen=True)
+class _Sample:
+    at_s: float  # when it arrived (the estimator's clock): for the window's age limit
+    n_bytes: int
+    delay_s: float
+
+
+class LinkEstimator:
+    """One link's samples in both directions ("up" and "down"), and the estimate they give."""
+
+    def __init__(self, window: int = WINDOW, max_age_s: float = MAX_AGE_S) -> None:
+        self.max_age_s = max_age_s
+        self._samples: dict[str, deque[_Sample]] = {"up": deque(maxlen=window), "down": deque(maxlen=window)}
+
+    def add(self, direction: str, n_bytes: int, sent_s: float, received_s: float) -> None:
+        """One crossing: `sent_s` on the sender's clock, `received_s` on the receiver's."""
+        self._samples[direction].append(_Sample(received_s, int(n_bytes), received_s - sent_s))
+
+    def sizes(self, direction: str) -> list[int]:
+        return [sample.n_bytes for sample in self._samples[direction]]
+
+    def estimate(self, now_s: float) -> LinkEstimate | None:
+        """The estimate from the window's fresh samples, or None while they hold too few informative pairs."""
+        fresh = {direction: [s for s in samples if s.at_s >= now_s - self.max_age_s]
+                 for direction, samples in self._samples.items()}
+        slopes = [(b.delay_s - a.delay_s) / (b.n_bytes - a.n_bytes)
+                  for samples in fresh.values() for i, a in enumerate(samples) for b in samples[i + 1:]
+                  if abs(b.n_bytes - a.n_bytes) >= MIN_SPREAD_BYTES]
+        if len(slopes) < MIN_PAIRS:
+            return None
+        slope = statistics.median(slopes)
+        if slope <= 0:  # bigger messages were not slower: the rate is beyond what the jitter resolves
+            return None
+        intercepts = [statistics.median(s.delay_s - slope * s.n_bytes for s in samples)
+                      for samples in fresh.values() if samples]
+        latency_s = max(0.0, sum(intercepts) / len(intercepts))
+        return LinkEstimate(8.0 / slope, latency_s, len(slopes))
