@@ -76,6 +76,7 @@ def agent(
     fallback: Annotated[bool, typer.Option("--fallback/--no-fallback", help="Source device: run the rest itself when the answer is late.")] = True,
     fallback_margin: Annotated[Optional[str], typer.Option("--fallback-margin", help="Fall back this long before the deadline (e.g. 100ms); default: measured.")] = None,
     local_after_fallback: Annotated[str, typer.Option("--local-after-fallback", help="After a fallback, serve locally at once this long before probing the other devices again.")] = "5s",
+    pin_plan: Annotated[Optional[int], typer.Option("--pin-plan", min=1, max=COUNT_MAX, help="Plan set, source device: serve every request under interval K (1 = lowest bandwidth) instead of following the link.")] = None,
     emulate_links: Annotated[bool, typer.Option("--emulate-links", help="Hold each message back as long as the plan's link would take (testing on one host).")] = False,
     ready_file: Annotated[Optional[Path], typer.Option("--ready-file", help="Touch this file once serving (for supervisors).")] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="Python logging level.")] = "INFO",
@@ -84,6 +85,7 @@ def agent(
     import logging
 
     from edgecloud.cli.long_running import configure_logging, stop_on_signals
+    from edgecloud.errors import EdgecloudError
     from edgecloud.serving.agent import AgentOptions, DeviceAgent
     from edgecloud.serving.link_emulation import links_of
     from edgecloud.serving.plan_choice import load_served_plans
@@ -99,7 +101,10 @@ def agent(
     links = links_of(device, loaded_plan.links) if emulate_links else {}
     options = AgentOptions(deployment=deployment, threads=threads, max_pending=max_pending, fallback=fallback,
                            fallback_margin_s=margin_s, local_after_fallback_s=parse_duration_s(local_after_fallback),
-                           emulated_links=links, predicted_s=loaded_plan.predicted_s)
+                           emulated_links=links, predicted_s=max(served.predicted_s),
+                           switching=pin_plan is None, start_plan=None if pin_plan is None else pin_plan - 1)
+    if pin_plan is not None and pin_plan > len(served.manifests):
+        raise EdgecloudError(f"--pin-plan {pin_plan}: the plan set has {len(served.manifests)} interval(s).")
     stop = stop_on_signals()
     with DeviceAgent(served, device, broker, options):
         if ready_file is not None:

@@ -87,7 +87,7 @@ MAX_REPLY_TOPICS = 1024  # checked reply_to topics remembered with the topic we 
 INLINE_MAX_BYTES = 256 * 2**10  # larger messages go to the executor: encoding them would hold paho's thread
 PROBE_S = 0.004  # a large probe takes about this long at the estimated rate: long enough to time, short
 PROBE_SMALL_BYTES = 64
-PROBE_MIN_LARGE_BYTES = 4096
+PROBE_MIN_LARGE_BYTES = 16 * 2**10  # 1.3 ms at 100 Mbit/s, 26 ms at 5 Mbit/s
 PROBE_MAX_BYTES = 256 * 2**10
 
 
@@ -107,6 +107,8 @@ class AgentOptions:
     inbox_size: int = 4096  # messages queued between the network thread and the executor
     emulated_links: Mapping[str, LinkProfile] = field(default_factory=dict)  # destination device -> link
     probe_interval_s: float = 0.5  # adaptive source: the least time between two probes of an idle link
+    # ... and while the plan in use sends nothing across, so that probes are the only samples:
+    local_probe_interval_s: float = 0.1
     switching: bool = True  # adaptive source: follow the link estimate (False: stay on `start_plan`)
     start_plan: int | None = None  # adaptive source: the plan served until the link is measured (None: the last)
 
@@ -152,6 +154,8 @@ class _PlanView:
                                            if not tensors & stage_inputs)  # their tensors feed no stage here
         self.inputs_feed_no_stage = not {spec.name for spec in manifest.graph_inputs} & stage_inputs
         self.stages_of = {name: {stage.index for stage in manifest.stages_of(name)} for name in manifest.devices}
+        # nothing of a request under this plan crosses a link: the source's probes are its only samples
+        self.local_only = manifest.sink == device and all(stage.device == device for stage in manifest.stages)
         self.runner: StageRunner | None = None
 
 
@@ -443,10 +447,14 @@ class DeviceAgent:
 
     def _maybe_probe(self, now_s: float) -> None:
         """Source, adaptive: when no request of ours is on the link and none was probed for
-        `probe_interval_s`, send each other device a probe; probes alternate a tiny one and one of about
-        PROBE_S at the estimated rate, so that the estimator has two sizes whatever the plan sends."""
-        if (not self.plans.adaptive or not self.is_source or self._pending
-                or now_s - self._last_probe_s < self.options.probe_interval_s):
+        `probe_interval_s` (`local_probe_interval_s` while the plan in use sends nothing across, as when it
+        keeps everything on the source), send each other device a probe; probes alternate a tiny one and
+        one of about PROBE_S at the estimated rate (at least PROBE_MIN_LARGE_BYTES, so that its transfer
+        stands out of the jitter), so that the estimator has two sizes whatever the plan sends."""
+        if not self.plans.adaptive or not self.is_source or not self.options.switching or self._pending:
+            return
+        local = self._views[self.selector.current].local_only
+        if now_s - self._last_probe_s < (self.options.local_probe_interval_s if local else self.options.probe_interval_s):
             return
         self._last_probe_s = now_s
         self._probe_large = not self._probe_large

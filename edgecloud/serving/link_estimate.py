@@ -31,7 +31,7 @@ from collections import deque
 from dataclasses import dataclass
 
 WINDOW = 12  # samples per direction
-MAX_AGE_S = 20.0  # older samples say little about the link now
+MAX_AGE_S = 10.0  # older samples say little about the link now
 MIN_SPREAD_BYTES = 512  # a pair of samples closer in size than this says nothing about the rate
 MIN_PAIRS = 3  # fewer informative pairs: no estimate
 
