@@ -83,7 +83,7 @@ def run_requests(client: InferenceClient, count: int, seed: int) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="mobilenetv2")
+    parser.add_argument("--model", default="resnet18")
     parser.add_argument("--rates-mbit", default="100,5,50")
     parser.add_argument("--requests", type=int, default=30, help="adaptive requests per rate")
     parser.add_argument("--static-requests", type=int, default=15, help="requests per static plan and rate")

@@ -59,6 +59,17 @@ def test_a_step_change_is_followed_within_one_window() -> None:
     assert after is not None and after.bandwidth_bps == pytest.approx(5e6, rel=0.1)
 
 
+def test_a_step_is_detected_and_followed_within_three_requests() -> None:
+    rng = np.random.default_rng(4)
+    for before_bps, after_bps in ((100e6, 5e6), (5e6, 50e6)):
+        estimator = LinkEstimator()
+        now_s = crossings(estimator, rng, 20, 0.0, before_bps, 0.001, offset_s=0.05)
+        now_s = crossings(estimator, rng, 3, now_s, after_bps, 0.001, offset_s=0.05)
+        estimate = estimator.estimate(now_s)
+        assert estimator.steps >= 1
+        assert estimate is not None and estimate.bandwidth_bps == pytest.approx(after_bps, rel=0.1)
+
+
 def test_stale_samples_age_out() -> None:
     estimator = LinkEstimator(max_age_s=5.0)
     now_s = crossings(estimator, np.random.default_rng(3), 10, 0.0, 50e6, 0.001, offset_s=0.0)

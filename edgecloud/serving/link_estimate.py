@@ -18,6 +18,12 @@ where `offset` is the receiver's clock minus the sender's: +o one way, -o the ot
   with samples both ways the offsets cancel in the mean of the two intercepts (clocks may disagree,
   as `edgecloud.serving.deadlines` allows), with one direction only the clocks are taken as agreeing.
 
+- **step detection**: a window forgets slowly (a step is followed once half of it is new), so when
+  STEP_RUN samples in a row of one direction, each of at least MIN_SPREAD_BYTES, are off the current
+  fit by more than STEP_REL of their predicted transfer time, on the same side, that direction's older
+  samples of that size class are dropped. Small samples stay: they hardly depend on the rate, and they
+  carry the intercept.
+
 Why not least squares: one message that waited behind a 100 ms transfer pulls a least-squares slope
 anywhere; the median does not move. Why pairs of different sizes: a plan's own traffic often has one
 size per direction, which says nothing about the rate on its own; the source agent then probes (see
@@ -34,6 +40,8 @@ WINDOW = 12  # samples per direction
 MAX_AGE_S = 10.0  # older samples say little about the link now
 MIN_SPREAD_BYTES = 512  # a pair of samples closer in size than this says nothing about the rate
 MIN_PAIRS = 3  # fewer informative pairs: no estimate
+STEP_RUN = 2  # large samples in a row off the fit, on one side, that mean the link changed
+STEP_REL = 0.5  # off by more than this fraction of the predicted transfer time
 
 
 @dataclass(frozen=True)
@@ -55,28 +63,61 @@ class LinkEstimator:
 
     def __init__(self, window: int = WINDOW, max_age_s: float = MAX_AGE_S) -> None:
         self.max_age_s = max_age_s
+        self.window = window
         self._samples: dict[str, deque[_Sample]] = {"up": deque(maxlen=window), "down": deque(maxlen=window)}
+        self._off_run: dict[str, list[int]] = {"up": [], "down": []}  # signs of the last large samples off the fit
+        self.steps = 0  # step changes detected
+        self._pairs = 0
 
     def add(self, direction: str, n_bytes: int, sent_s: float, received_s: float) -> None:
         """One crossing: `sent_s` on the sender's clock, `received_s` on the receiver's."""
-        self._samples[direction].append(_Sample(received_s, int(n_bytes), received_s - sent_s))
+        sample = _Sample(received_s, int(n_bytes), received_s - sent_s)
+        if sample.n_bytes >= MIN_SPREAD_BYTES:
+            self._watch_for_step(direction, sample)
+        self._samples[direction].append(sample)
 
-    def sizes(self, direction: str) -> list[int]:
-        return [sample.n_bytes for sample in self._samples[direction]]
+    def _watch_for_step(self, direction: str, sample: _Sample) -> None:
+        fit = self._fit(sample.at_s)
+        run = self._off_run[direction]
+        if fit is None or direction not in fit[1]:
+            run.clear()
+            return
+        slope, intercepts = fit
+        transfer_s = slope * sample.n_bytes
+        off_s = sample.delay_s - intercepts[direction] - transfer_s
+        sign = 0 if abs(off_s) <= STEP_REL * transfer_s else (1 if off_s > 0 else -1)
+        if sign == 0 or (run and run[-1] != sign):
+            run.clear()
+        if sign:
+            run.append(sign)
+        if len(run) >= STEP_RUN:
+            kept = [s for s in self._samples[direction] if s.n_bytes < MIN_SPREAD_BYTES]
+            recent_large = [s for s in self._samples[direction] if s.n_bytes >= MIN_SPREAD_BYTES][-(STEP_RUN - 1):]
+            self._samples[direction] = deque(sorted(kept + recent_large, key=lambda s: s.at_s), maxlen=self.window)
+            run.clear()
+            self.steps += 1
 
     def estimate(self, now_s: float) -> LinkEstimate | None:
         """The estimate from the window's fresh samples, or None while they hold too few informative pairs."""
+        fit = self._fit(now_s)
+        if fit is None:
+            return None
+        slope, intercepts = fit
+        latency_s = max(0.0, sum(intercepts.values()) / len(intercepts))
+        return LinkEstimate(8.0 / slope, latency_s, self._pairs)
+
+    def _fit(self, now_s: float) -> tuple[float, dict[str, float]] | None:
+        """Theil–Sen slope (seconds per byte) over the fresh samples and each direction's intercept."""
         fresh = {direction: [s for s in samples if s.at_s >= now_s - self.max_age_s]
                  for direction, samples in self._samples.items()}
         slopes = [(b.delay_s - a.delay_s) / (b.n_bytes - a.n_bytes)
                   for samples in fresh.values() for i, a in enumerate(samples) for b in samples[i + 1:]
                   if abs(b.n_bytes - a.n_bytes) >= MIN_SPREAD_BYTES]
+        self._pairs = len(slopes)
         if len(slopes) < MIN_PAIRS:
             return None
         slope = statistics.median(slopes)
         if slope <= 0:  # bigger messages were not slower: the rate is beyond what the jitter resolves
             return None
-        intercepts = [statistics.median(s.delay_s - slope * s.n_bytes for s in samples)
-                      for samples in fresh.values() if samples]
-        latency_s = max(0.0, sum(intercepts) / len(intercepts))
-        return LinkEstimate(8.0 / slope, latency_s, len(slopes))
+        return slope, {direction: statistics.median(s.delay_s - slope * s.n_bytes for s in samples)
+                       for direction, samples in fresh.items() if samples}
