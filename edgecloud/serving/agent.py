@@ -108,7 +108,7 @@ class AgentOptions:
     emulated_links: Mapping[str, LinkProfile] = field(default_factory=dict)  # destination device -> link
     probe_interval_s: float = 0.5  # adaptive source: the least time between two probes of an idle link
     # ... and while the plan in use sends nothing across, so that probes are the only samples:
-    local_probe_interval_s: float = 0.05
+    local_probe_interval_s: float = 0.1
     switching: bool = True  # adaptive source: follow the link estimate (False: stay on `start_plan`)
     start_plan: int | None = None  # adaptive source: the plan served until the link is measured (None: the last)
 
@@ -447,19 +447,22 @@ class DeviceAgent:
     def _maybe_probe(self, now_s: float) -> None:
         """Source, adaptive: when no request of ours is on the link and none was probed for
         `probe_interval_s` (`local_probe_interval_s` while the plan in use sends nothing across, as when it
-        keeps everything on the source), send each other device two probes: a tiny one and one of about
-        PROBE_S at the estimated rate (at least PROBE_MIN_LARGE_BYTES, so that its transfer stands out of
-        the jitter), so that the estimator has two sizes whatever the plan sends."""
+        keeps everything on the source), send each other device a tiny probe and, unless the requests sent
+        large messages up since the last probe, one of about PROBE_S at the estimated rate (at least
+        PROBE_MIN_LARGE_BYTES, so that its transfer stands out of the jitter): the estimator then has two
+        sizes whatever the plan sends, at the least cost to the requests."""
         if not self.plans.adaptive or not self.is_source or not self.options.switching or self._pending:
             return
         local = self._views[self.selector.current].local_only
         if now_s - self._last_probe_s < (self.options.local_probe_interval_s if local else self.options.probe_interval_s):
             return
+        sizes = [PROBE_SMALL_BYTES]
+        if not self.link.has_large_since("up", self._last_probe_s):
+            estimate = self.link.estimate(now_s)
+            rate_bps = estimate.bandwidth_bps if estimate else self.plans.bounds_bps[self.selector.current][0]
+            sizes.append(int(min(max(rate_bps * PROBE_S / 8, PROBE_MIN_LARGE_BYTES), PROBE_MAX_BYTES)))
         self._last_probe_s = now_s
-        estimate = self.link.estimate(now_s)
-        rate_bps = estimate.bandwidth_bps if estimate else self.plans.bounds_bps[self.selector.current][0]
-        large_bytes = int(min(max(rate_bps * PROBE_S / 8, PROBE_MIN_LARGE_BYTES), PROBE_MAX_BYTES))
-        for n_bytes in (PROBE_SMALL_BYTES, large_bytes):
+        for n_bytes in sizes:
             self.stats["probes"] += 1
             for device in self._device_topics:
                 self._send(device, Message(kind="activation", request_id=f"probe-{self.stats['probes']}",

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 WINDOW = 12  # samples per direction
 MAX_AGE_S = 10.0  # older samples say little about the link now
 MIN_SPREAD_BYTES = 512  # a pair of samples closer in size than this says nothing about the rate
-MIN_PAIRS = 3  # fewer informative pairs: no estimate
+MIN_PAIRS = 6  # fewer informative pairs: no estimate (a few first samples can say anything)
 STEP_RUN = 2  # large samples in a row off the fit, on one side, that mean the link changed
 STEP_REL = 0.5  # off by more than this fraction of the predicted transfer time
 
@@ -68,6 +68,7 @@ class LinkEstimator:
         self._off_run: dict[str, list[int]] = {"up": [], "down": []}  # signs of the last large samples off the fit
         self.steps = 0  # step changes detected
         self._pairs = 0
+        self._cached: tuple[float, tuple[float, dict[str, float]] | None] | None = None  # (when, fit) since the last add
 
     def add(self, direction: str, n_bytes: int, sent_s: float, received_s: float) -> None:
         """One crossing: `sent_s` on the sender's clock, `received_s` on the receiver's."""
@@ -75,6 +76,11 @@ class LinkEstimator:
         if sample.n_bytes >= MIN_SPREAD_BYTES:
             self._watch_for_step(direction, sample)
         self._samples[direction].append(sample)
+        self._cached = None
+
+    def has_large_since(self, direction: str, since_s: float) -> bool:
+        """Whether a sample of at least MIN_SPREAD_BYTES went `direction` since `since_s` (the traffic's own)."""
+        return any(s.n_bytes >= MIN_SPREAD_BYTES and s.at_s >= since_s for s in self._samples[direction])
 
     def _watch_for_step(self, direction: str, sample: _Sample) -> None:
         fit = self._fit(sample.at_s)
@@ -107,7 +113,16 @@ class LinkEstimator:
         return LinkEstimate(8.0 / slope, latency_s, self._pairs)
 
     def _fit(self, now_s: float) -> tuple[float, dict[str, float]] | None:
-        """Theil–Sen slope (seconds per byte) over the fresh samples and each direction's intercept."""
+        """Theil–Sen slope (seconds per byte) over the fresh samples and each direction's intercept;
+        computed once per new sample (and per second for the age limit): the source asks per request,
+        and on a slow edge every millisecond of Python is on the request's path."""
+        if self._cached is not None and now_s - self._cached[0] < 1.0:
+            return self._cached[1]
+        fit = self._compute_fit(now_s)
+        self._cached = (now_s, fit)
+        return fit
+
+    def _compute_fit(self, now_s: float) -> tuple[float, dict[str, float]] | None:
         fresh = {direction: [s for s in samples if s.at_s >= now_s - self.max_age_s]
                  for direction, samples in self._samples.items()}
         slopes = [(b.delay_s - a.delay_s) / (b.n_bytes - a.n_bytes)
