@@ -46,6 +46,12 @@ A request whose budget leaves no time for the planned path is served here at onc
 `local_after_fallback_s` (a dead cloud would otherwise cost every request its whole deadline); the first
 request after that window goes the planned way again and so probes whether the other devices are back.
 A late or short request is no evidence about the link and never opens that window.
+
+Plan sets (`edgecloud plan --adaptive`, see `edgecloud.serving.plan_choice`): the agent holds every
+interval's stages (one `_PlanView` each); the source picks the plan of each new request from its link
+estimate (`edgecloud.serving.link_estimate`, fed by the timings its messages carry and by probes sent
+when it holds no request) and tags the request with it; every message of the request carries the tag
+and every agent runs that plan's stages for it, so a switch never mixes two plans in one request.
 """
 
 from __future__ import annotations
@@ -85,7 +91,8 @@ _STOP = object()
 _WAKE = object()  # a timer was set off the executor: it recomputes how long to sleep
 MAX_REPLY_TOPICS = 1024  # checked reply_to topics remembered with the topic we answer them on
 INLINE_MAX_BYTES = 256 * 2**10  # larger messages go to the executor: encoding them would hold paho's thread
-PROBE_S = 0.004  # a large probe takes about this long at the estimated rate: long enough to time, short
+# A large probe takes about PROBE_S at the estimated rate: long enough to time, short enough to cost little.
+PROBE_S = 0.004
 PROBE_SMALL_BYTES = 64
 PROBE_MIN_LARGE_BYTES = 16 * 2**10  # 1.3 ms at 100 Mbit/s, 26 ms at 5 Mbit/s
 PROBE_MAX_BYTES = 256 * 2**10
