@@ -108,3 +108,22 @@ def test_agent_and_infer_commands_take_a_plan_set(plan_set: Path, broker, tmp_pa
         assert outcome.exit_code == 0, outcome.output
         assert "under plan" in outcome.output and any(plan_id in outcome.output for plan_id in served.ids)
         np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_source_falls_back_under_the_plan_the_request_was_tagged_with(plan_set: Path, broker) -> None:
+    served = load_served_plans(plan_set)
+    deployment = f"a{uuid.uuid4().hex[:8]}"
+    x = np.random.default_rng(2).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    (expected,) = reference_outputs(plan_set, [x])
+    last = len(served.manifests) - 1  # the highest interval: its stages run in the cloud, which is not there
+    options = AgentOptions(deployment=deployment, switching=False, start_plan=last)
+    with DeviceAgent(served, "edge", broker.url, options), \
+            InferenceClient(plan_set, broker.url, deployment=deployment) as client:
+        result = client.infer(x, deadline_s=1.5)
+    assert result.fell_back and result.plan == last and result.plan_id == served.ids[last]
+    np.testing.assert_allclose(result.outputs["output"], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_pin_plan_beyond_the_set_is_refused_in_one_line(plan_set: Path) -> None:
+    outcome = CliRunner().invoke(app, ["agent", "--plan", str(plan_set), "--device", "edge", "--pin-plan", "99"])
+    assert outcome.exit_code == 2 and outcome.output.startswith("error: ") and "--pin-plan 99" in outcome.output
