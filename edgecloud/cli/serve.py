@@ -65,7 +65,8 @@ def split(
 
 
 def agent(
-    plan: Annotated[Path, typer.Option("--plan", help="Plan JSON; it is split on first use (cached beside it).")],
+    plan: Annotated[Path, typer.Option("--plan", help="Plan JSON, or a plan set (`plan --adaptive`: every interval "
+                                       "loaded, the source switches with the link); split on first use, cached beside it.")],
     device: Annotated[str, typer.Option("--device", help="Which of the plan's devices this agent serves.")],
     broker: Annotated[str, typer.Option("--broker", help="Broker URL: mqtt://[user:pass@]host[:port] or mqtts://...")] = DEFAULT_BROKER,
     broker_password_file: BrokerPasswordFile = None,
@@ -75,6 +76,7 @@ def agent(
     fallback: Annotated[bool, typer.Option("--fallback/--no-fallback", help="Source device: run the rest itself when the answer is late.")] = True,
     fallback_margin: Annotated[Optional[str], typer.Option("--fallback-margin", help="Fall back this long before the deadline (e.g. 100ms); default: measured.")] = None,
     local_after_fallback: Annotated[str, typer.Option("--local-after-fallback", help="After a fallback, serve locally at once this long before probing the other devices again.")] = "5s",
+    pin_plan: Annotated[Optional[int], typer.Option("--pin-plan", min=1, max=COUNT_MAX, help="Plan set, source device: serve every request under interval K (1 = lowest bandwidth) instead of following the link.")] = None,
     emulate_links: Annotated[bool, typer.Option("--emulate-links", help="Hold each message back as long as the plan's link would take (testing on one host).")] = False,
     ready_file: Annotated[Optional[Path], typer.Option("--ready-file", help="Touch this file once serving (for supervisors).")] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="Python logging level.")] = "INFO",
@@ -83,29 +85,35 @@ def agent(
     import logging
 
     from edgecloud.cli.long_running import configure_logging, stop_on_signals
+    from edgecloud.errors import EdgecloudError
     from edgecloud.serving.agent import AgentOptions, DeviceAgent
     from edgecloud.serving.link_emulation import links_of
+    from edgecloud.serving.plan_choice import load_served_plans
     from partitioner.plan.plan_file import load_plan
-    from partitioner.split.onnx_split import cached_split
+    from partitioner.plan.plan_set import load_plan_set
     from partitioner.units import parse_duration_s
 
     configure_logging(log_level)
     logging.getLogger("transitions").setLevel(logging.WARNING)
     margin_s = parse_duration_s(fallback_margin) if fallback_margin is not None else None
-    loaded_plan = load_plan(plan)
+    served = load_served_plans(plan)
+    loaded_plan = load_plan_set(plan)[-1].plan if served.adaptive else load_plan(plan)
     links = links_of(device, loaded_plan.links) if emulate_links else {}
     options = AgentOptions(deployment=deployment, threads=threads, max_pending=max_pending, fallback=fallback,
                            fallback_margin_s=margin_s, local_after_fallback_s=parse_duration_s(local_after_fallback),
-                           emulated_links=links, predicted_s=loaded_plan.predicted_s)
+                           emulated_links=links, predicted_s=max(served.predicted_s),
+                           switching=pin_plan is None, start_plan=None if pin_plan is None else pin_plan - 1)
+    if pin_plan is not None and pin_plan > len(served.manifests):
+        raise EdgecloudError(f"--pin-plan {pin_plan}: the plan set has {len(served.manifests)} interval(s).")
     stop = stop_on_signals()
-    with DeviceAgent(cached_split(plan), device, broker, options):
+    with DeviceAgent(served, device, broker, options):
         if ready_file is not None:
             ready_file.touch()
         stop.wait()
 
 
 def infer(
-    plan: Annotated[Path, typer.Option("--plan", help="Plan JSON the agents serve.")],
+    plan: Annotated[Path, typer.Option("--plan", help="Plan JSON (or plan set) the agents serve.")],
     input_path: Annotated[Path, typer.Option("--input", help=".npy (one input) or .npz (inputs by name).")],
     output: Annotated[Path, typer.Option("--output", "-o", help=".npy (one output) or .npz (outputs by name).")],
     broker: Annotated[str, typer.Option("--broker", help="Broker URL.")] = DEFAULT_BROKER,
@@ -148,4 +156,6 @@ def infer(
     else:
         raise EdgecloudError(f"the model has {len(result.outputs)} outputs; name an .npz file to hold them all")
     note = " (the source device fell back to running the model itself)" if result.fell_back else ""
+    if result.plan is not None:
+        note += f" under plan {result.plan + 1} ({result.plan_id})"
     Console().print(f"answered by {result.answered_by} in {result.timings.total_s * 1e3:.1f} ms{note}; wrote {output}")

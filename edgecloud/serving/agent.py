@@ -46,6 +46,12 @@ A request whose budget leaves no time for the planned path is served here at onc
 `local_after_fallback_s` (a dead cloud would otherwise cost every request its whole deadline); the first
 request after that window goes the planned way again and so probes whether the other devices are back.
 A late or short request is no evidence about the link and never opens that window.
+
+Plan sets (`edgecloud plan --adaptive`, see `edgecloud.serving.plan_choice`): the agent holds every
+interval's stages (one `_PlanView` each); the source picks the plan of each new request from its link
+estimate (`edgecloud.serving.link_estimate`, fed by the timings its messages carry and by probes sent
+when it holds no request) and tags the request with it; every message of the request carries the tag
+and every agent runs that plan's stages for it, so a switch never mixes two plans in one request.
 """
 
 from __future__ import annotations
@@ -68,9 +74,11 @@ from edgecloud.serving.deadlines import (SenderClocks, default_deadline_s, expec
                                  finite_float)
 from edgecloud.errors import EdgecloudError, TransportError, WireFormatError
 from edgecloud.serving.link_emulation import LinkEmulator
+from edgecloud.serving.link_estimate import LinkEstimator
 from edgecloud.serving.log_limit import RateLimitedLog
+from edgecloud.serving.plan_choice import PlanSelector, ServedPlans, single_plan
 from edgecloud.serving.stage_runner import StageRunner
-from edgecloud.serving.trace import CLIENT, TraceLog, stage_event, transfer_event
+from edgecloud.serving.trace import CLIENT, TraceEvent, TraceLog, stage_event, transfer_event
 from edgecloud.transport.mqtt import MqttTransport, TransportOptions
 from edgecloud.transport.topics import DEFAULT_DEPLOYMENT, inbox_filter, parse_device_topic, reply_topic, sender_topic
 from edgecloud.transport.wire import DEFAULT_LIMITS, Message, WireLimits
@@ -83,6 +91,11 @@ _STOP = object()
 _WAKE = object()  # a timer was set off the executor: it recomputes how long to sleep
 MAX_REPLY_TOPICS = 1024  # checked reply_to topics remembered with the topic we answer them on
 INLINE_MAX_BYTES = 256 * 2**10  # larger messages go to the executor: encoding them would hold paho's thread
+# A large probe takes about PROBE_S at the estimated rate: long enough to time, short enough to cost little.
+PROBE_S = 0.004
+PROBE_SMALL_BYTES = 64
+PROBE_MIN_LARGE_BYTES = 16 * 2**10  # 1.3 ms at 100 Mbit/s, 26 ms at 5 Mbit/s
+PROBE_MAX_BYTES = 256 * 2**10
 
 
 @dataclass(frozen=True)
@@ -100,6 +113,11 @@ class AgentOptions:
     request_ttl_s: float = 60.0  # the longest any request is held, whatever its deadline says
     inbox_size: int = 4096  # messages queued between the network thread and the executor
     emulated_links: Mapping[str, LinkProfile] = field(default_factory=dict)  # destination device -> link
+    probe_interval_s: float = 0.5  # adaptive source: the least time between two probes of an idle link
+    # ... and while the plan in use sends nothing across, so that probes are the only samples:
+    local_probe_interval_s: float = 0.1
+    switching: bool = True  # adaptive source: follow the link estimate (False: stay on `start_plan`)
+    start_plan: int | None = None  # adaptive source: the plan served until the link is measured (None: the last)
 
 
 @dataclass
@@ -115,6 +133,7 @@ class _Request:
     done_stages: set[int] = field(default_factory=set)
     trace: TraceLog = field(default_factory=TraceLog)
     answered: bool = False
+    plan: int = 0  # which of the served plans it runs under (see edgecloud.serving.plan_choice)
 
 
 def zeros_for(specs: list[TensorSpec]) -> dict[str, np.ndarray]:
@@ -122,13 +141,41 @@ def zeros_for(specs: list[TensorSpec]) -> dict[str, np.ndarray]:
     return {spec.name: np.zeros(concrete_shape(spec.shape), spec.dtype) for spec in specs}
 
 
-class DeviceAgent:
-    """Serves one device of a split model until stopped. Use as a context manager or start()/stop()."""
+class _PlanView:
+    """What one plan asks of this device: its stages, which tensors each sender may send, and their sessions."""
 
-    def __init__(self, manifest: SplitManifest, device: str, broker_url: str,
+    def __init__(self, manifest: SplitManifest, device: str) -> None:
+        self.manifest = manifest
+        self.stages = manifest.stages_of(device)
+        inputs = [item for stage in self.stages for item in stage.inputs]
+        if device == manifest.sink:
+            inputs += manifest.sink_inputs
+        expected: dict[str, set[str]] = defaultdict(set)  # an activation carrying anything else is refused
+        for item in inputs:
+            sender = manifest.source if item.origin is None else item.origin.device
+            if sender != device:
+                expected[sender].add(item.tensor)
+        self.expected_from = dict(expected)
+        stage_inputs = {item.tensor for stage in self.stages for item in stage.inputs}
+        self.forward_only_from = frozenset(sender for sender, tensors in self.expected_from.items()
+                                           if not tensors & stage_inputs)  # their tensors feed no stage here
+        self.inputs_feed_no_stage = not {spec.name for spec in manifest.graph_inputs} & stage_inputs
+        self.stages_of = {name: {stage.index for stage in manifest.stages_of(name)} for name in manifest.devices}
+        # nothing of a request under this plan crosses a link: the source's probes are its only samples
+        self.local_only = manifest.sink == device and all(stage.device == device for stage in manifest.stages)
+        self.runner: StageRunner | None = None
+
+
+class DeviceAgent:
+    """Serves one device of a split model (or of every plan of a plan set) until stopped. Use as a
+    context manager or start()/stop()."""
+
+    def __init__(self, manifest: SplitManifest | ServedPlans, device: str, broker_url: str,
                  options: AgentOptions = AgentOptions(),
                  transport_options: TransportOptions = TransportOptions(),
                  limits: WireLimits = DEFAULT_LIMITS) -> None:
+        self.plans = manifest if isinstance(manifest, ServedPlans) else single_plan(manifest, options.predicted_s)
+        manifest = self.plans.manifests[0]  # devices, source, sink, graph inputs and outputs: shared by all plans
         if device not in manifest.devices:
             raise EdgecloudError(f"device {device!r} is not in the plan; its devices are {', '.join(manifest.devices)}")
         self.manifest = manifest
@@ -136,22 +183,20 @@ class DeviceAgent:
         self.options = options
         self.is_source = device == manifest.source
         self.is_sink = device == manifest.sink
-        self.stages = manifest.stages_of(device)
+        self._views = [_PlanView(plan, device) for plan in self.plans.manifests]
+        self.stages = self._views[0].stages
         self.topic = inbox_filter(options.deployment, device)
         self._device_topics = {name: sender_topic(options.deployment, name, device)
                                for name in manifest.devices if name != device}
         self._reply_topics: dict[str, str] = {}  # a checked reply_to -> where this device answers it
         self._transport = MqttTransport(broker_url, client_id=f"{options.deployment}-{device}",
                                         options=transport_options, limits=limits)
-        self._expected_from = self._tensors_by_sender()
-        stage_inputs = {item.tensor for stage in self.stages for item in stage.inputs}
-        self._forward_only_from = frozenset(sender for sender, tensors in self._expected_from.items()
-                                            if not tensors & stage_inputs)  # their tensors feed no stage here
-        self._inputs_feed_no_stage = not {spec.name for spec in manifest.graph_inputs} & stage_inputs
         self._state_lock = threading.Lock()  # the request table has one writer at a time (see the docstring)
         self._executor_wakes_s = 0.0  # when the idle executor looks at its timers next
-        self._stages_of = {name: {stage.index for stage in manifest.stages_of(name)} for name in manifest.devices}
-        self._runner: StageRunner | None = None
+        self.link = LinkEstimator()  # source: the link to the other devices, from its own traffic and probes
+        start = options.start_plan if options.start_plan is not None else len(self.plans.manifests) - 1
+        self.selector = PlanSelector(self.plans.bounds_bps, start)
+        self._last_probe_s = 0.0
         self.fallback_margin_s = 0.0
         self.default_deadline_s = options.request_ttl_s  # the source derives its own in _warm_up
         self._path_s = 0.0  # source: how long the other devices may take before a missing answer counts
@@ -173,8 +218,9 @@ class DeviceAgent:
     def start(self) -> Self:
         """Load the sessions, warm them up, connect, subscribe: once this returns, the agent serves."""
         fallback = self.is_source and self.options.fallback
-        loaded = self.manifest.stages if fallback else self.stages
-        self._runner = StageRunner(self.manifest, loaded, self.options.threads)
+        for view in self._views:
+            view.runner = StageRunner(view.manifest, view.manifest.stages if fallback else view.stages,
+                                      self.options.threads)
         self._warm_up(fallback)
         if self.options.emulated_links:
             self._emulator = LinkEmulator(self.options.emulated_links, self._publish_to_device)  # type: ignore[arg-type]
@@ -186,7 +232,8 @@ class DeviceAgent:
         except BaseException:
             self.stop()
             raise
-        logger.info("agent %s serving %d stage(s) on %s%s", self.device, len(self.stages), self.topic,
+        logger.info("agent %s serving %d plan(s), %d stage(s) on %s%s", self.device, len(self._views),
+                    sum(len(view.stages) for view in self._views), self.topic,
                     f" (fallback margin {self.fallback_margin_s * 1e3:.0f} ms, default deadline "
                     f"{self.default_deadline_s * 1e3:.0f} ms)" if fallback else "")
         return self
@@ -211,34 +258,33 @@ class DeviceAgent:
                  traceback: TracebackType | None) -> None:
         self.stop()
 
+    def use_plan(self, index: int) -> None:
+        """Source of a plan set: serve new requests under plan `index` from now on (an operator's pin, or
+        a test's switch); the link estimate moves it again unless `options.switching` is off. Requests
+        already under way finish under the plan they started with."""
+        if not 0 <= index < len(self._views):
+            raise EdgecloudError(f"there is no plan {index + 1}; this agent serves {len(self._views)}")
+        with self._state_lock:
+            self.selector.current = index
+
     def _warm_up(self, fallback: bool) -> None:
         """First onnxruntime runs are slow (allocation, kernel choice): pay that before serving. The
         source also times the whole model here, which sizes its fallback margin."""
-        assert self._runner is not None
+        runners = [view.runner for view in self._views if view.runner is not None]
         if fallback:
             tensors = zeros_for(self.manifest.graph_inputs)
-            self._runner.run_remaining(dict(tensors))
+            for runner in runners:
+                runner.run_remaining(dict(tensors))
             started_s = time.perf_counter()
-            self._runner.run_remaining(tensors)
+            runners[0].run_remaining(tensors)
             whole_s = time.perf_counter() - started_s
             margin = self.options.fallback_margin_s
             self.fallback_margin_s = fallback_margin_s(whole_s) if margin is None else margin
             self.default_deadline_s = default_deadline_s(self.options.predicted_s, whole_s, self.fallback_margin_s)
             self._path_s = expected_path_s(self.options.predicted_s, whole_s)
             return
-        self._runner.warm_up()
-
-    def _tensors_by_sender(self) -> dict[str, set[str]]:
-        """Which tensors each device sends here: an activation carrying anything else is refused."""
-        expected: dict[str, set[str]] = defaultdict(set)
-        inputs = [item for stage in self.stages for item in stage.inputs]
-        if self.is_sink:
-            inputs += self.manifest.sink_inputs
-        for item in inputs:
-            sender = self.manifest.source if item.origin is None else item.origin.device
-            if sender != self.device:
-                expected[sender].add(item.tensor)
-        return dict(expected)
+        for runner in runners:
+            runner.warm_up()
 
     # -- network thread -------------------------------------------------------------------------
 
@@ -261,12 +307,13 @@ class DeviceAgent:
 
     def _runs_no_stage(self, message: Message) -> bool:
         """Whether handling `message` certainly runs no onnxruntime stage here (nor the fallback)."""
-        if sum(int(array.nbytes) for array in message.tensors.values()) > INLINE_MAX_BYTES:
-            return False
+        if sum(int(array.nbytes) for array in message.tensors.values()) > INLINE_MAX_BYTES or self.plans.adaptive:
+            return False  # adaptive: plans are chosen, and probes answered, on the executor
+        view = self._views[0]
         if message.kind == "activation":
-            return message.sender in self._forward_only_from
+            return message.sender in view.forward_only_from
         if message.kind == "request":
-            if not self._inputs_feed_no_stage:
+            if not view.inputs_feed_no_stage:
                 return False
             if not self.options.fallback:
                 return True
@@ -299,6 +346,7 @@ class DeviceAgent:
                     self._fall_back(request_id)
                 if now >= next_sweep_s:
                     self._expire(now)
+                    self._maybe_probe(now)
                     self._log.flush()
                     next_sweep_s = now + 0.5
 
@@ -318,10 +366,14 @@ class DeviceAgent:
             self._reject(message, problem)
         elif message.kind == "request":
             self._on_request(message, received_s)
+        elif message.kind == "activation" and message.meta.get("probe") is True:
+            self._on_probe(message, received_s)
+        elif message.kind == "activation" and message.meta.get("probe_echo") is True:
+            self._on_probe_echo(message, received_s)
         elif message.kind == "activation":
             self._on_activation(message, received_s)
         elif message.kind == "result" and message.meta.get("ack") is True:
-            self._on_ack(message)
+            self._on_ack(message, received_s)
         else:
             self._reject(message, f"a {message.kind!r} message is not for an agent's inbox")
 
@@ -349,7 +401,7 @@ class DeviceAgent:
         self._log.warning("agent %s rejected message %s from %s: %s", self.device, message.request_id,
                           message.sender, reason)
 
-    def _on_ack(self, message: Message) -> None:
+    def _on_ack(self, message: Message, received_s: float) -> None:
         """The sink answered the client: forget the request. Only the sink may say so, and only for a
         request held here; anyone else could otherwise cancel a request and its fallback."""
         if not self.is_source or self.is_sink:
@@ -362,7 +414,90 @@ class DeviceAgent:
                 self._reject(message, "it acknowledges a request this device does not hold")
             return None
         self._misses = 0
+        self._note_arrival(self._pending[message.request_id], message, received_s)  # the link's samples
         self._finish(message.request_id)
+        return None
+
+    # -- the link estimate and the plan (adaptive serving, see edgecloud.serving.plan_choice) ------
+
+    def _message_plan(self, message: Message) -> int | None:
+        """The plan a message runs under: the one it names, or a single plan's when it names none."""
+        tag = message.meta.get("plan")
+        if tag is None and not self.plans.adaptive:
+            return 0
+        return self.plans.index_of(tag)
+
+    def _choose_plan(self, now_s: float) -> int:
+        """The source's plan for a new request: the interval holding the link's estimate (hysteresis
+        in PlanSelector); the starting plan until the link is measured."""
+        if not self.plans.adaptive or not self.options.switching:
+            return self.selector.current
+        estimate = self.link.estimate(now_s)
+        if estimate is not None:
+            before = self.selector.current
+            if self.selector.update(estimate.bandwidth_bps) != before:
+                self.stats["switches"] += 1
+                logger.info("agent %s: link estimate %.1f Mbit/s, %.2f ms: plan %d -> %d", self.device,
+                            estimate.bandwidth_bps / 1e6, estimate.latency_s * 1e3, before + 1, self.selector.current + 1)
+        return self.selector.current
+
+    def _learn_link(self, events: list[TraceEvent], message: Message, received_s: float) -> None:
+        """Source, adaptive: samples of the link from a message's own hop and the hops of ours that its
+        trace reports (each once: the trace log keeps only new events)."""
+        for event in events:
+            if event.kind == "transfer" and event.sender == self.device and event.device in self._device_topics:
+                self.link.add("up", event.bytes, event.start_s, event.end_s)
+        sent_s = finite_float(message.meta.get("sent_s"))
+        if sent_s is not None and message.sender in self._device_topics:
+            self.link.add("down", sum(int(array.nbytes) for array in message.tensors.values()), sent_s, received_s)
+
+    def _maybe_probe(self, now_s: float) -> None:
+        """Source, adaptive: when no request of ours is on the link and none was probed for
+        `probe_interval_s` (`local_probe_interval_s` while the plan in use sends nothing across, as when it
+        keeps everything on the source), send each other device a tiny probe and, unless the requests sent
+        large messages up since the last probe, one of about PROBE_S at the estimated rate (at least
+        PROBE_MIN_LARGE_BYTES, so that its transfer stands out of the jitter): the estimator then has two
+        sizes whatever the plan sends, at the least cost to the requests."""
+        if not self.plans.adaptive or not self.is_source or not self.options.switching or self._pending:
+            return
+        local = self._views[self.selector.current].local_only
+        if now_s - self._last_probe_s < (self.options.local_probe_interval_s if local else self.options.probe_interval_s):
+            return
+        sizes = [PROBE_SMALL_BYTES]
+        if not self.link.has_large_since("up", self._last_probe_s):
+            estimate = self.link.estimate(now_s)
+            rate_bps = estimate.bandwidth_bps if estimate else self.plans.bounds_bps[self.selector.current][0]
+            sizes.append(int(min(max(rate_bps * PROBE_S / 8, PROBE_MIN_LARGE_BYTES), PROBE_MAX_BYTES)))
+        self._last_probe_s = now_s
+        for n_bytes in sizes:
+            self.stats["probes"] += 1
+            for device in self._device_topics:
+                self._send(device, Message(kind="activation", request_id=f"probe-{self.stats['probes']}",
+                                           sender=self.device, tensors={"probe": np.zeros(n_bytes, np.uint8)},
+                                           meta={"probe": True, "sent_s": time.time()}))
+
+    def _on_probe(self, message: Message, received_s: float) -> None:
+        """Another device: echo the source's probe with when it arrived (a tiny message: no amplification)."""
+        sent_s = finite_float(message.meta.get("sent_s"))
+        if message.sender != self.manifest.source or self.is_source or sent_s is None:
+            return self._reject(message, "only the source device probes the link, with its send time")
+        n_bytes = sum(int(array.nbytes) for array in message.tensors.values())
+        self._send(message.sender, Message(kind="activation", request_id=message.request_id, sender=self.device,
+                                           meta={"probe_echo": True, "sent_s": time.time(), "probe_sent_s": sent_s,
+                                                 "probe_received_s": received_s, "probe_bytes": n_bytes}))
+        return None
+
+    def _on_probe_echo(self, message: Message, received_s: float) -> None:
+        """Source: an echo gives two samples, the probe's way up and the echo's way down."""
+        meta = message.meta
+        probe_sent_s, probe_received_s = finite_float(meta.get("probe_sent_s")), finite_float(meta.get("probe_received_s"))
+        n_bytes = meta.get("probe_bytes")
+        if (not self.is_source or message.sender not in self._device_topics or probe_sent_s is None
+                or probe_received_s is None or isinstance(n_bytes, bool) or not isinstance(n_bytes, int)
+                or not 0 <= n_bytes <= PROBE_MAX_BYTES):
+            return self._reject(message, "it is not an echo of a probe of this device")
+        self.link.add("up", n_bytes, probe_sent_s, probe_received_s)
+        self._learn_link([], message, received_s)
         return None
 
     def _on_request(self, message: Message, received_s: float) -> None:
@@ -378,7 +513,7 @@ class DeviceAgent:
             reason = f"the device holds {self.options.max_pending} requests already"
             self._reject(message, reason)
             return self._reply_error(message.request_id, message.reply_to, reason)
-        request = self._new_request(message, received_s, self.default_deadline_s)
+        request = self._new_request(message, received_s, self.default_deadline_s, self._choose_plan(received_s))
         if request is None:
             return self._reply_error(message.request_id, message.reply_to, "its deadline passed before it arrived")
         self.stats["requests"] += 1
@@ -395,12 +530,16 @@ class DeviceAgent:
             if due_s < self._executor_wakes_s and threading.current_thread() is not self._executor:
                 self._inbox.put(_WAKE)  # handled inline: the sleeping executor must learn of this timer
         request.handed_on_s = time.time()
-        self._hand_on(request, self.manifest.source_outputs, dict(message.tensors), from_stage=None)
+        self._hand_on(request, self._views[request.plan].manifest.source_outputs, dict(message.tensors),
+                      from_stage=None)
         self._advance(request)
         return None
 
     def _on_activation(self, message: Message, received_s: float) -> None:
-        problem = self._activation_problem(message)
+        plan = self._message_plan(message)
+        if plan is None:
+            return self._reject(message, f"it names plan {message.meta.get('plan')!r}, not one this device holds")
+        problem = self._activation_problem(message, self._views[plan])
         if problem is not None:
             return self._reject(message, problem)
         request = self._pending.get(message.request_id)
@@ -414,9 +553,11 @@ class DeviceAgent:
             if self._opened[message.sender] >= self.options.max_pending:
                 return self._reject(message, f"{message.sender!r} has {self.options.max_pending} requests open "
                                              "here already")
-            request = self._new_request(message, received_s, self.options.request_ttl_s)
+            request = self._new_request(message, received_s, self.options.request_ttl_s, plan)
             if request is None:
                 return None
+        elif request.plan != plan:
+            return self._reject(message, f"it runs under plan {plan + 1}, the request under plan {request.plan + 1}")
         else:
             present = set(message.tensors) & set(request.tensors)
             if present:
@@ -427,22 +568,22 @@ class DeviceAgent:
         self._advance(request)
         return None
 
-    def _activation_problem(self, message: Message) -> str | None:
+    def _activation_problem(self, message: Message, view: _PlanView) -> str | None:
         """Why an activation is not one this device takes from its sender (by the manifest), or None."""
         if message.sender not in self.manifest.devices or message.sender == self.device:
             return f"sender {message.sender!r} is not another device of this deployment"
         if not message.tensors:
             return "it carries no tensor"
-        unexpected = set(message.tensors) - self._expected_from.get(message.sender, set())
+        unexpected = set(message.tensors) - view.expected_from.get(message.sender, set())
         if unexpected:
             return f"this device needs no tensor named {sorted(unexpected)[0]!r} from {message.sender!r}"
         from_stage = message.meta.get("from_stage")
         if from_stage is not None and (isinstance(from_stage, bool) or not isinstance(from_stage, int)
-                                       or from_stage not in self._stages_of[message.sender]):
+                                       or from_stage not in view.stages_of[message.sender]):
             return f"from_stage {from_stage!r} is not a stage of {message.sender!r}"
         return None
 
-    def _new_request(self, message: Message, received_s: float, default_s: float) -> _Request | None:
+    def _new_request(self, message: Message, received_s: float, default_s: float, plan: int) -> _Request | None:
         """A pending entry with a deadline on our clock, at most `request_ttl_s` away; None (and the
         message rejected) when that deadline passed before the message arrived."""
         arrival = self._clocks.arrival(message.sender, message.meta, message.deadline, received_s, default_s)
@@ -452,13 +593,16 @@ class DeviceAgent:
                                   f"arrived (it was {arrival.staleness_s * 1e3:.0f} ms late on the way)")
             return None
         deadline_s = min(arrival.deadline_s, received_s + self.options.request_ttl_s)
-        request = _Request(message.request_id, message.reply_to, deadline_s, message.sender)
+        request = _Request(message.request_id, message.reply_to, deadline_s, message.sender, plan=plan)
         self._pending[message.request_id] = request
         self._opened[message.sender] += 1
         return request
 
     def _note_arrival(self, request: _Request, message: Message, received_s: float) -> None:
+        known = len(request.trace.events)
         request.trace.merge_raw(message.meta.get("trace"))
+        if self.is_source and self.plans.adaptive:
+            self._learn_link(request.trace.events[known:], message, received_s)
         sent_s = finite_float(message.meta.get("sent_s"))
         from_stage = message.meta.get("from_stage")  # checked by _activation_problem
         if sent_s is not None:
@@ -469,16 +613,17 @@ class DeviceAgent:
 
     def _advance(self, request: _Request) -> None:
         """Run every stage of this device whose inputs are all present, until none is; answer if sink."""
-        assert self._runner is not None
+        view = self._views[request.plan]
+        assert view.runner is not None
         progressed = True
         while progressed:
             progressed = False
-            for stage in self.stages:
-                if stage.index in request.done_stages or not self._runner.is_ready(stage, request.tensors):
+            for stage in view.stages:
+                if stage.index in request.done_stages or not view.runner.is_ready(stage, request.tensors):
                     continue
                 started_s = time.time()
                 try:
-                    outputs = self._runner.run(stage, request.tensors)
+                    outputs = view.runner.run(stage, request.tensors)
                 except EdgecloudError as error:
                     self._log.warning("agent %s: request %s: %s", self.device, request.request_id, error)
                     self._reply_error(request.request_id, request.reply_to, str(error))
@@ -490,10 +635,10 @@ class DeviceAgent:
                 self._hand_on(request, stage.outputs, outputs, from_stage=stage.index)
                 progressed = True
         if self.is_sink and not request.answered and all(item.tensor in request.tensors
-                                                         for item in self.manifest.sink_inputs):
+                                                         for item in view.manifest.sink_inputs):
             self._answer(request, fell_back=False)
         if request.answered or (not self.is_source and not self.is_sink
-                                and len(request.done_stages) == len(self.stages)):
+                                and len(request.done_stages) == len(view.stages)):
             self._finish(request.request_id)
 
     def _hand_on(self, request: _Request, outputs: list[StageOutput], values: Mapping[str, np.ndarray],
@@ -512,7 +657,7 @@ class DeviceAgent:
             self._send(device, Message(kind="activation", request_id=request.request_id, sender=self.device,
                                        tensors=tensors, reply_to=request.reply_to,
                                        meta={"trace": trace, "sent_s": now, "budget_s": request.deadline - now,
-                                             "from_stage": from_stage}))
+                                             "from_stage": from_stage, "plan": self.plans.tag(request.plan)}))
 
     def _send(self, device: str, message: Message) -> None:
         if self._emulator is not None:
@@ -549,12 +694,16 @@ class DeviceAgent:
             return
         self.stats["fell_back" if fell_back else "answered"] += 1
         outputs = {spec.name: request.tensors[spec.name] for spec in self.manifest.graph_outputs}
-        meta = {"trace": request.trace.snapshot(), "sent_s": time.time(), "fell_back": fell_back}
+        trace, plan = request.trace.snapshot(), self.plans.tag(request.plan)
+        meta = {"trace": trace, "sent_s": time.time(), "fell_back": fell_back, "plan": plan}
         self._publish_reply(request.reply_to, Message(kind="result", request_id=request.request_id,
                                                       sender=self.device, tensors=outputs, meta=meta))
         if not self.is_source:
             self._send(self.manifest.source, Message(kind="result", request_id=request.request_id,
-                                                     sender=self.device, meta={"ack": True}))
+                                                     sender=self.device,
+                                                     meta={"ack": True, "sent_s": time.time(), "plan": plan,
+                                                           # adaptive: the source learns the link from it
+                                                           "trace": trace if self.plans.adaptive else None}))
 
     def _reply_error(self, request_id: str, reply_to: str | None, reason: str) -> None:
         if reply_to is not None:
@@ -579,11 +728,12 @@ class DeviceAgent:
         request = self._pending.get(request_id)
         if request is None or request.answered:
             return
-        assert self._runner is not None
+        runner = self._views[request.plan].runner
+        assert runner is not None
         if request.handed_on_s is not None:
             self._count_miss(request)
         try:
-            ran = self._runner.run_remaining(request.tensors)
+            ran = runner.run_remaining(request.tensors)
         except EdgecloudError as error:
             self._reply_error(request_id, request.reply_to, str(error))
             self._finish(request_id)
@@ -620,6 +770,7 @@ class DeviceAgent:
         self._finished[request_id] = None
         while len(self._finished) > 4 * self.options.max_pending:
             self._finished.popitem(last=False)
+        self._maybe_probe(time.time())
 
     def _expire(self, now: float) -> None:
         expired = [request.request_id for request in self._pending.values() if request.deadline <= now]

@@ -82,6 +82,8 @@ class InferenceResult:
     fell_back: bool
     timings: RequestTimings
     answered_by: str
+    plan: int | None = None  # the index of the plan (plan-set interval) the agents ran it under, if named
+    plan_id: str | None = None  # that plan's content hash (edgecloud.serving.plan_choice.plan_id)
 
 
 class InferenceClient:
@@ -90,13 +92,14 @@ class InferenceClient:
     def __init__(self, plan: str | Path | SplitManifest, broker_url: str, deployment: str = DEFAULT_DEPLOYMENT,
                  max_in_flight: int = 128, transport_options: TransportOptions = TransportOptions(),
                  client_name: str | None = None) -> None:
-        # A plan file is split on first use and the split cached beside it (the agents find it there).
+        # A plan (or plan-set) file is split on first use and the split cached beside it (the agents find
+        # it there). The plans of a set share their inputs and outputs: the first one's are checked.
         if isinstance(plan, SplitManifest):
             self.manifest = plan
         else:  # splitting needs onnx: a client given a manifest (or importing this module) never loads it
-            from partitioner.split.onnx_split import cached_split
+            from edgecloud.serving.plan_choice import load_served_plans
 
-            self.manifest = cached_split(plan)
+            self.manifest = load_served_plans(plan).manifests[0]
         self.deployment = deployment
         self._transport = MqttTransport(broker_url, client_id="", options=transport_options)
         self.client_name = client_name or self._transport.address.username or f"client-{uuid.uuid4().hex[:12]}"
@@ -203,4 +206,12 @@ class InferenceClient:
         return InferenceResult(outputs={name: np.array(array) for name, array in reply.tensors.items()},
                                fell_back=reply.meta.get("fell_back") is True,
                                timings=RequestTimings(received_s - sent_s, reply.meta.get("trace"), last_hop),
-                               answered_by=reply.sender)
+                               answered_by=reply.sender, **_plan_named(reply.meta.get("plan")))
+
+
+def _plan_named(tag: Any) -> dict[str, Any]:
+    """The plan an answer names (`meta.plan` = [index, id]), if it names one in that form."""
+    if (isinstance(tag, list) and len(tag) == 2 and isinstance(tag[0], int) and not isinstance(tag[0], bool)
+            and isinstance(tag[1], str) and len(tag[1]) <= 64):
+        return {"plan": tag[0], "plan_id": tag[1]}
+    return {}

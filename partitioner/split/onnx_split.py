@@ -22,7 +22,7 @@ import os
 import shutil
 import tempfile
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -290,22 +290,42 @@ def cached_split(plan_path: str | Path) -> SplitManifest:
     plan_path = Path(plan_path)
     plan = load_plan(plan_path)
     model_digest = _model_digest(plan)
-    content_hash = _content_hash(plan_path, model_digest)
-    target = plan_path.parent / f"{plan_path.stem}.split-{content_hash[:16]}"
+    target = plan_path.parent / f"{plan_path.stem}.split-{_content_hash(plan_path, model_digest)[:16]}"
+    _build_once(target, target, plan_path,
+                lambda scratch: _split_read_plan(plan_path, plan, model_digest, scratch, check=True, force=False))
+    return load_manifest(target)
+
+
+def cached_split_set(plans_path: str | Path) -> list[SplitManifest]:
+    """Every interval of a plan set split once (`split_plan_set`) and kept beside the file in a folder
+    named by its content hash, as `cached_split` does for one plan: agents and the client of an adaptive
+    deployment all hold every placement they may switch to, split once however many start at once."""
+    from partitioner.plan.plan_set import load_plan_set
+
+    plans_path = Path(plans_path)
+    intervals = load_plan_set(plans_path)
+    target = plans_path.parent / (f"{plans_path.stem}.split-"
+                                  f"{_content_hash(plans_path, _model_digest(intervals[0].plan))[:16]}")
+    _build_once(target, target / "interval-1", plans_path, lambda scratch: split_plan_set(plans_path, scratch))
+    return [load_manifest(target / f"interval-{index + 1}") for index in range(len(intervals))]
+
+
+def _build_once(folder: Path, target: Path, plan_path: Path, build: Callable[[Path], object]) -> None:
+    """Run `build` into a private temporary folder and rename that to `folder`, unless `folder` is
+    complete already (`target`, inside it, holds a manifest); a racing process that renamed first wins."""
     if (target / MANIFEST_FILE).is_file():
-        return load_manifest(target)
+        return
     scratch = Path(tempfile.mkdtemp(prefix=f".{plan_path.stem}.split-", dir=plan_path.parent))
     try:
-        _split_read_plan(plan_path, plan, model_digest, scratch, check=True, force=False)
+        build(scratch)
         try:
-            os.rename(scratch, target)
+            os.rename(scratch, folder)
         except OSError:
             if not (target / MANIFEST_FILE).is_file():
                 raise
             logger.debug("another process finished the split of %s first", plan_path)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return load_manifest(target)
 
 
 def _value_infos(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:

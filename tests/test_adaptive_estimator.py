@@ -1,0 +1,88 @@
+"""The link estimator (edgecloud.serving.link_estimate) on synthetic traces, and the plan selector's
+hysteresis (edgecloud.serving.plan_choice): known bandwidth and latency recovered within a stated
+tolerance despite a clock offset, jitter and outliers; a step change followed within one window."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgecloud.serving.link_estimate import WINDOW, LinkEstimator
+from edgecloud.serving.plan_choice import PlanSelector
+
+
+def crossings(estimator: LinkEstimator, rng: np.random.Generator, count: int, start_s: float, bandwidth_bps: float,
+              latency_s: float, offset_s: float, jitter_s: float = 2e-4, outlier_every: int = 0) -> float:
+    """Traffic as an adaptive plan makes it: one activation up (one size) and a small answer down per
+    request, a probe pair (tiny and large) every other request; the receiver's clock `offset_s` ahead."""
+    now_s = start_s
+    for index in range(count):
+        sizes = [("up", 150_000), ("down", 4_000)] + ([("up", 64), ("up", 20_000)] if index % 2 else [])
+        for direction, n_bytes in sizes:
+            delay_s = latency_s + 8 * n_bytes / bandwidth_bps + abs(rng.normal(0, jitter_s))
+            if outlier_every and index % outlier_every == 0:
+                delay_s += 0.05  # it sat behind another transfer
+            offset = offset_s if direction == "up" else -offset_s
+            estimator.add(direction, n_bytes, now_s, now_s + delay_s + offset)
+            now_s += delay_s + 0.01
+    return now_s
+
+
+@pytest.mark.parametrize("bandwidth_bps,latency_s", [(100e6, 0.0005), (5e6, 0.01), (50e6, 0.002)])
+def test_estimate_recovers_bandwidth_and_latency_despite_clock_offset_and_outliers(bandwidth_bps, latency_s) -> None:
+    estimator = LinkEstimator()
+    now_s = crossings(estimator, np.random.default_rng(1), 20, 1000.0, bandwidth_bps, latency_s, offset_s=0.3,
+                      outlier_every=5)
+    estimate = estimator.estimate(now_s)
+    assert estimate is not None
+    assert estimate.bandwidth_bps == pytest.approx(bandwidth_bps, rel=0.10)  # stated tolerance: 10 %
+    assert estimate.latency_s == pytest.approx(latency_s, abs=1e-3)  # and 1 ms (the jitter is 0.2 ms)
+
+
+def test_one_size_per_direction_gives_no_estimate_rather_than_a_guess() -> None:
+    estimator = LinkEstimator()
+    for index in range(WINDOW):
+        estimator.add("up", 100_000, index, index + 0.01)
+        estimator.add("down", 10, index, index + 0.001)
+    assert estimator.estimate(WINDOW) is None
+
+
+def test_a_step_change_is_followed_within_one_window() -> None:
+    rng = np.random.default_rng(2)
+    estimator = LinkEstimator()
+    now_s = crossings(estimator, rng, 20, 0.0, 100e6, 0.0005, offset_s=-0.02)
+    first = estimator.estimate(now_s)
+    assert first is not None and first.bandwidth_bps == pytest.approx(100e6, rel=0.1)
+    # the window holds WINDOW samples a direction; 8 requests bring 16 "up" samples of the new rate
+    now_s = crossings(estimator, rng, 8, now_s, 5e6, 0.0005, offset_s=-0.02)
+    after = estimator.estimate(now_s)
+    assert after is not None and after.bandwidth_bps == pytest.approx(5e6, rel=0.1)
+
+
+def test_a_step_is_detected_and_followed_within_three_requests() -> None:
+    rng = np.random.default_rng(4)
+    for before_bps, after_bps in ((100e6, 5e6), (5e6, 50e6)):
+        estimator = LinkEstimator()
+        now_s = crossings(estimator, rng, 20, 0.0, before_bps, 0.001, offset_s=0.05)
+        now_s = crossings(estimator, rng, 3, now_s, after_bps, 0.001, offset_s=0.05)
+        estimate = estimator.estimate(now_s)
+        assert estimator.steps >= 1
+        assert estimate is not None and estimate.bandwidth_bps == pytest.approx(after_bps, rel=0.1)
+
+
+def test_stale_samples_age_out() -> None:
+    estimator = LinkEstimator(max_age_s=5.0)
+    now_s = crossings(estimator, np.random.default_rng(3), 10, 0.0, 50e6, 0.001, offset_s=0.0)
+    assert estimator.estimate(now_s) is not None and estimator.estimate(now_s + 60.0) is None
+
+
+def test_selector_switches_past_the_hysteresis_band_only() -> None:
+    bounds = [(1e6, 20e6), (20e6, 80e6), (80e6, 1e9)]
+    selector = PlanSelector(bounds, start=2, hysteresis=0.15)
+    assert selector.update(75e6) == 2  # inside 80/1.15 = 69.6 Mbit/s: stays
+    assert selector.update(60e6) == 1 and selector.switches == 1
+    assert selector.update(22e6) == 1 and selector.update(18e6) == 1  # 20/1.15 = 17.4 Mbit/s
+    assert selector.update(5e6) == 0
+    assert selector.update(22e6) == 0  # within 20 x 1.15 = 23 Mbit/s: no flapping back
+    assert selector.update(500e6) == 2 and selector.switches == 3
+    assert selector.update(2e9) == 2 and selector.update(1e3) == 0  # beyond the set's range: its ends

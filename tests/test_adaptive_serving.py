@@ -1,0 +1,129 @@
+"""Adaptive serving over real agents and real brokers (embedded and Mosquitto): a plan set is split once,
+every agent loads every interval's stages, each request runs under the plan it was tagged with while the
+source switches plans mid-stream, nothing is lost or answered twice, and every answer equals the whole
+model's under every plan."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from devices.sessions import make_session
+from edgecloud.cli.app import app
+from edgecloud.serving.agent import AgentOptions, DeviceAgent
+from edgecloud.serving.agent_processes import AgentProcesses
+from edgecloud.serving.client import InferenceClient
+from edgecloud.serving.plan_choice import load_served_plans
+from edgecloud.transport.mqtt import MqttTransport
+from edgecloud.transport.topics import sender_topic
+from edgecloud.transport.wire import Message
+from partitioner.split.onnx_split import cached_split_set
+
+
+@pytest.fixture(scope="module")
+def plan_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("adaptive") / "plans.json"
+    made = CliRunner().invoke(app, ["plan", "resnet18", "--adaptive", "--bandwidth", "100kbit..10Gbit",
+                                    "--latency", "1ms", "-o", str(path)])
+    assert made.exit_code == 0, made.output
+    return path
+
+
+def reference_outputs(plan_set: Path, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    manifest = load_served_plans(plan_set).manifests[0]
+    session = make_session(str(manifest.model_path()))
+    return [session.run(None, {"input": x})[0] for x in inputs]
+
+
+def test_the_split_set_is_made_once_and_reused(plan_set: Path) -> None:
+    first = cached_split_set(plan_set)
+    again = cached_split_set(plan_set)
+    assert len(first) >= 2 and [m.directory for m in first] == [m.directory for m in again]
+    served = load_served_plans(plan_set)
+    assert len(set(served.ids)) == len(served.ids)  # every interval's stages differ, and so do their ids
+
+
+def test_switching_plans_mid_stream_loses_nothing_and_answers_once(plan_set: Path, broker) -> None:
+    served = load_served_plans(plan_set)
+    deployment = f"a{uuid.uuid4().hex[:8]}"
+    options = AgentOptions(deployment=deployment, switching=False, start_plan=0)
+    rng = np.random.default_rng(0)
+    inputs = [rng.standard_normal((1, 3, 64, 64)).astype(np.float32) for _ in range(48)]
+    expected = reference_outputs(plan_set, inputs)
+    with DeviceAgent(served, "edge", broker.url, options) as edge, DeviceAgent(served, "cloud", broker.url, options) as cloud, \
+            InferenceClient(plan_set, broker.url, deployment=deployment) as client:
+        futures, pinned = [], {}
+        for index, x in enumerate(inputs):
+            if index % 6 == 0:  # a switch once the batch's first answer is back, the rest of it still in flight
+                if futures:
+                    futures[index - 6].result(timeout=90.0)
+                pinned[index] = index // 6 % len(served.manifests)
+                edge.use_plan(pinned[index])
+            futures.append(client.submit(x, deadline_s=60.0))
+        results = [future.result(timeout=90.0) for future in futures]
+    for result, want in zip(results, expected):
+        assert not result.fell_back
+        assert result.plan is not None and result.plan_id == served.ids[result.plan]
+        np.testing.assert_allclose(result.outputs["output"], want, rtol=1e-5, atol=1e-5)
+    assert {result.plan for result in results} == set(range(len(served.manifests)))
+    assert all(results[index].plan == plan for index, plan in pinned.items())  # sent after the switch
+    answered = edge.stats["answered"] + cloud.stats["answered"]
+    assert answered == len(inputs) and edge.stats["fell_back"] == 0 and edge.stats["rejected"] == 0
+    assert cloud.stats["rejected"] == 0
+
+
+def test_an_activation_under_a_plan_the_agent_does_not_hold_is_refused(plan_set: Path, broker) -> None:
+    served = load_served_plans(plan_set)
+    deployment = f"a{uuid.uuid4().hex[:8]}"
+    with DeviceAgent(served, "cloud", broker.url, AgentOptions(deployment=deployment)) as cloud:
+        plan, stage = next((index, stage) for index, manifest in enumerate(served.manifests)
+                           for stage in manifest.stages if stage.device == "cloud")
+        tensor = stage.inputs[0].tensor  # one the cloud takes from the edge under that plan
+        with MqttTransport(broker.url, client_id=f"{deployment}-edge") as edge:
+            for tag in ([plan, "0" * 16], None, [len(served.manifests), served.ids[plan]]):
+                edge.publish_message(sender_topic(deployment, "cloud", "edge"), Message(
+                    kind="activation", request_id=uuid.uuid4().hex, sender="edge",
+                    tensors={tensor: np.zeros(1, np.float32)}, meta={"plan": tag})).result(timeout=10)
+            deadline = time.monotonic() + 10
+            while cloud.stats["rejected"] < 3 and time.monotonic() < deadline:
+                time.sleep(0.05)
+    assert cloud.stats["rejected"] == 3 and cloud.stats["stages_run"] == 0
+
+
+def test_agent_and_infer_commands_take_a_plan_set(plan_set: Path, broker, tmp_path: Path) -> None:
+    x = np.random.default_rng(1).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    (expected,) = reference_outputs(plan_set, [x])
+    deployment = f"p{uuid.uuid4().hex[:8]}"
+    served = load_served_plans(plan_set)
+    with AgentProcesses(plan_set, ["edge", "cloud"], broker.url, deployment):
+        np.save(tmp_path / "x.npy", x)
+        outcome = CliRunner().invoke(app, ["infer", "--plan", str(plan_set), "--input", str(tmp_path / "x.npy"),
+                                           "--broker", broker.url, "--deployment", deployment,
+                                           "-o", str(tmp_path / "y.npy")])
+        assert outcome.exit_code == 0, outcome.output
+        assert "under plan" in outcome.output and any(plan_id in outcome.output for plan_id in served.ids)
+        np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_source_falls_back_under_the_plan_the_request_was_tagged_with(plan_set: Path, broker) -> None:
+    served = load_served_plans(plan_set)
+    deployment = f"a{uuid.uuid4().hex[:8]}"
+    x = np.random.default_rng(2).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    (expected,) = reference_outputs(plan_set, [x])
+    last = len(served.manifests) - 1  # the highest interval: its stages run in the cloud, which is not there
+    options = AgentOptions(deployment=deployment, switching=False, start_plan=last)
+    with DeviceAgent(served, "edge", broker.url, options), \
+            InferenceClient(plan_set, broker.url, deployment=deployment) as client:
+        result = client.infer(x, deadline_s=1.5)
+    assert result.fell_back and result.plan == last and result.plan_id == served.ids[last]
+    np.testing.assert_allclose(result.outputs["output"], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_pin_plan_beyond_the_set_is_refused_in_one_line(plan_set: Path) -> None:
+    outcome = CliRunner().invoke(app, ["agent", "--plan", str(plan_set), "--device", "edge", "--pin-plan", "99"])
+    assert outcome.exit_code == 2 and outcome.output.startswith("error: ") and "--pin-plan 99" in outcome.output
