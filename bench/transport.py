@@ -46,11 +46,11 @@ from edgecloud.transport import bare_mqtt
 from edgecloud.transport.hop_costs import one_way_samples
 from edgecloud.transport.broker import EmbeddedBrokerProcess, MosquittoBroker, TlsFiles, free_tcp_port
 from edgecloud.transport.mqtt import MqttTransport, device_topic
-from edgecloud.transport.wire import Message, encode
+from edgecloud.transport.wire import DEFAULT_LIMITS, Message, WireLimits, encode
 from large_messages import self_signed
 
-SIZES_BYTES = (10_000, 100_000, 1_000_000, 10_000_000)
-REPEATS = {10_000: 300, 100_000: 150, 1_000_000: 40, 10_000_000: 12}
+SIZES_BYTES = (10_000, 100_000, 1_000_000, 10_000_000, 100_000_000)
+REPEATS = {10_000: 300, 100_000: 150, 1_000_000: 40, 10_000_000: 12, 100_000_000: 8}
 ROUNDS = 4
 WARMUP = 2
 REPLY_TIMEOUT_S = 60.0
@@ -73,6 +73,12 @@ PATHS = (RAW, OURS_MOSQUITTO, OURS_TLS, OURS_EMBEDDED, FLOOR_MOSQUITTO, FLOOR_EM
 
 RoundTrip = Callable[[], None]
 Prepare = Callable[[Message], RoundTrip]  # what a path does before timing starts, e.g. framing
+
+
+def unchunked_limits(size_bytes: int) -> WireLimits:
+    """Wire limits that let the raw and floor paths send one message of `size_bytes` in one frame
+    (ours chunks what is above `TransportOptions.chunk_bytes` whatever the limit)."""
+    return WireLimits(max_message_bytes=max(DEFAULT_LIMITS.max_message_bytes, 2 * size_bytes))
 
 
 def activation(size_bytes: int) -> Message:
@@ -145,7 +151,7 @@ def tcp_pinger() -> Iterator[Prepare]:
         connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         def prepare(message: Message) -> RoundTrip:
-            payload = encode(message)
+            payload = encode(message, unchunked_limits(message.tensors["x"].nbytes))
             frame = LENGTH.pack(len(payload)) + payload
             answer = memoryview(bytearray(len(frame)))
             return lambda: (connection.sendall(frame), bare_mqtt.recv_exactly(connection, answer))
@@ -160,7 +166,7 @@ def minimal_mqtt_pinger(port: int) -> Iterator[Prepare]:
                                                           FLOOR_PONG_TOPIC) as connection:
 
         def prepare(message: Message) -> RoundTrip:
-            payload = encode(message)
+            payload = encode(message, unchunked_limits(message.tensors["x"].nbytes))
             header = bare_mqtt.publish_header(FLOOR_PING_TOPIC, len(payload))
 
             def round_trip() -> None:
@@ -214,7 +220,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--repeats-scale", type=float, default=1.0, help="multiply the default repeat counts")
     parser.add_argument("--sizes", type=lambda text: [int(size) for size in text.split(",")], default=list(SIZES_BYTES),
-                        help="comma-separated activation sizes in bytes (default: 10 KB, 100 KB, 1 MB, 10 MB)")
+                        help="comma-separated activation sizes in bytes (default: 10 KB, 100 KB, 1 MB, 10 MB, 100 MB)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "transport.json")
     parser.add_argument("--no-embedded", action="store_true", help="skip the embedded broker's paths (slow)")
     args = parser.parse_args()
@@ -232,7 +238,8 @@ def main() -> None:
     samples: dict[str, dict[int, list[float]]] = {path: {size: [] for size in sizes} for path in paths}
     with ExitStack() as stack:
         cert, key = self_signed(Path(stack.enter_context(tempfile.TemporaryDirectory())))
-        mosquitto = stack.enter_context(MosquittoBroker())
+        # the broker takes the floor's largest message in one packet; ours sends chunks anyway
+        mosquitto = stack.enter_context(MosquittoBroker(max_message_bytes=unchunked_limits(max(sizes)).max_message_bytes))
         mosquitto_tls = stack.enter_context(MosquittoBroker(tls=TlsFiles(certfile=cert, keyfile=key)))
         pingers = {RAW: stack.enter_context(tcp_pinger()),
                    OURS_MOSQUITTO: stack.enter_context(mqtt_pinger(mosquitto.url)),

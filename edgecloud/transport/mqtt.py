@@ -39,7 +39,8 @@ Behaviour that matters, and why:
   requests in `Requester` — backpressure instead of unbounded memory.
 - Reconnects with exponential back-off and re-subscribes; a generous keepalive so that a large
   transfer does not starve the ping (paho issue 914).
-- A message encoding to more than `TransportOptions.chunk_bytes` (8 MiB) goes as chunks
+- A message encoding to more than `TransportOptions.chunk_bytes` (the wire limit, 16 MiB, less a chunk
+  header: what fits one packet goes whole, sparing every hop the chunks' copies and CRCs) goes as chunks
   (`edgecloud.transport.chunks`: bounded, checksummed, reassembled within `chunk_limits`), so that
   no packet exceeds the broker's limit and keepalives and acknowledgements interleave with it.
 - The paho client is `edgecloud.transport.mqtt_fastpath.FastPathClient`: large payloads are neither copied
@@ -86,7 +87,7 @@ PayloadHandler = Callable[[bytes, str], None]
 BufferHandler = Callable[[bytes | memoryview, str], None]  # what the client delivers (read-only)
 MessageHandler = Callable[[Message, str], None]
 SEND_BUFFER_BYTES = 4 * 2**20  # the kernel caps it at net.core.wmem_max (4 MiB by default)
-CHUNK_ACK_TIMEOUT_S = 60.0  # one chunk (8 MiB by default) acknowledged, even over a slow link
+CHUNK_ACK_TIMEOUT_S = 60.0  # one chunk (16 MiB by default) acknowledged, even over a slow link
 UNSUPPORTED_PROTOCOL_VERSION = 0x84  # MQTT 5 reason code; paho maps a 3.1.1 refusal onto it too
 # MQTT 5 only: how long the broker keeps a session after its connection drops. Not zero, because a
 # session that outlives no connection is never reported as present, and "present on our first
@@ -110,9 +111,9 @@ class TransportOptions:
     # `chunk_window` of them unacknowledged at once, so a sender holds a bounded share of a big message.
     # A sender waits up to `chunk_credit_timeout_s` for the receiver's credit (see `chunks`) before it
     # sends a chunk beyond the window: a slow receiver slows the sender instead of overflowing the broker,
-    # provided the broker can queue one window (`chunk_window * chunk_bytes`, 32 MiB by default) per
+    # provided the broker can queue one window (`chunk_window * chunk_bytes`, 64 MiB by default) per
     # subscriber (MosquittoBroker: 256 MiB).
-    chunk_bytes: int = 8 * 2**20
+    chunk_bytes: int = DEFAULT_LIMITS.max_message_bytes - CHUNK_HEADER_BYTES
     chunk_window: int = 4
     chunk_limits: ChunkLimits = ChunkLimits()
     chunk_credit_timeout_s: float = 60.0
