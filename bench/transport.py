@@ -232,7 +232,7 @@ def main() -> None:
     from rich.progress import Progress
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=160)  # the table has a column per path; 80 (rich's default off a terminal) truncates it
     load_before = os.getloadavg()
     paths = [path for path in PATHS if not (args.no_embedded and path in (OURS_EMBEDDED, FLOOR_EMBEDDED))]
     samples: dict[str, dict[int, list[float]]] = {path: {size: [] for size in sizes} for path in paths}
