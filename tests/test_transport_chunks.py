@@ -92,17 +92,18 @@ def test_the_embedded_broker_carries_a_chunked_message_too(broker_factory) -> No
     assert len(arrived) == 1 and np.array_equal(arrived[0].tensors["x"], message.tensors["x"])
 
 
-def test_a_slow_subscriber_gets_a_message_larger_than_the_brokers_queue() -> None:
+def test_a_slow_subscriber_gets_a_message_larger_than_the_brokers_queue(caplog) -> None:
     """MQTT has no end-to-end flow control: Mosquitto drops what overflows a slow subscriber's queue.
-    The receiver's chunk credits make the sender wait instead, so nothing is dropped."""
+    The receiver's chunk credits make the sender wait instead, so nothing is dropped; the sender waits
+    on its own thread, so its keepalive (1 s here, the wait ~2.5 s) keeps the connection up."""
     first, second = _big_message(2 * 10**6), _big_message(6 * 10**6)
     received: queue.Queue[Message] = queue.Queue()
 
     def slow_handler(message: Message, _topic: str) -> None:
         received.put(message)
-        time.sleep(1.5)  # on paho's network thread: nothing more is read meanwhile
+        time.sleep(2.5)  # on paho's network thread: nothing more is read meanwhile
 
-    small_chunks = TransportOptions(chunk_bytes=256 * 2**10, chunk_credit_timeout_s=30.0)
+    small_chunks = TransportOptions(chunk_bytes=256 * 2**10, chunk_credit_timeout_s=30.0, keepalive_s=1)
     # the broker holds 2 MiB for the receiver beyond 2 messages in flight to it: more than the sender's
     # window (4 x 256 KiB) and far less than the 6 MB message
     with MosquittoBroker(max_queued_bytes=2 * 2**20, extra_config="max_inflight_messages 2\n") as broker, \
@@ -114,6 +115,7 @@ def test_a_slow_subscriber_gets_a_message_larger_than_the_brokers_queue() -> Non
         arrived = [received.get(timeout=30), received.get(timeout=30)]
     assert [m.tensors["x"].size for m in arrived] == [first.tensors["x"].size, second.tensors["x"].size]
     assert np.array_equal(arrived[1].tensors["x"], second.tensors["x"])
+    assert "lost the broker connection" not in caplog.text
 
 
 def test_a_sender_whose_receiver_grants_no_credit_fails_with_a_reason() -> None:
