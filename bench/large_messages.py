@@ -19,7 +19,6 @@ import multiprocessing
 import os
 import platform
 import queue
-import resource
 import socket
 import subprocess
 import tempfile
@@ -40,7 +39,12 @@ ARRIVAL_TIMEOUT_S = 60.0  # after the sender's last chunk was acknowledged
 
 
 def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """This process's peak resident memory. Not `getrusage`'s ru_maxrss: it survives fork and exec, so a
+    spawned child would report its parent's peak (here 1 GB from the raw TCP baseline)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("/proc/self/status has no VmHWM line")
 
 
 def _payload(n_bytes: int) -> np.ndarray:
@@ -118,7 +122,7 @@ def _transfer(url: str, n_bytes: int) -> dict:
             "sender_peak_rss_bytes": sender_rss}
 
 
-def _self_signed(folder: Path) -> tuple[Path, Path]:
+def self_signed(folder: Path) -> tuple[Path, Path]:
     cert, key = folder / "server.crt", folder / "server.key"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
                     "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
@@ -134,7 +138,7 @@ def main() -> None:
     sizes = [SIZES[name] for name in args.sizes.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
-        cert, key = _self_signed(Path(scratch))
+        cert, key = self_signed(Path(scratch))
         for tls in (False, True):
             with MosquittoBroker(tls=TlsFiles(certfile=cert, keyfile=key) if tls else None) as broker:
                 url = broker.url + (f"?ca={cert}" if tls else "")

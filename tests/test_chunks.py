@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from edgecloud.errors import WireFormatError
 from edgecloud.transport.chunks import (CHUNK_HEADER_BYTES, ChunkLimits, Reassembler, chunk_frames, chunk_size_of,
-                                        is_chunk)
+                                        credit_frame, is_chunk, is_credit, parse_credit)
 
 
 @settings(max_examples=200, deadline=None)
@@ -134,3 +134,22 @@ def test_the_same_transfer_id_on_two_topics_is_two_transfers() -> None:
     reassembler.add("forger", forged[1])
     reassembler.add("honest", honest[1])
     assert bytes(reassembler.add("honest", honest[2])) == b"a" * 100
+
+
+def test_credit_frames_round_trip_and_malformed_ones_are_refused() -> None:
+    transfer_id = bytes(range(16))
+    frame = credit_frame(transfer_id, 7)
+    assert is_credit(frame) and not is_chunk(frame)
+    assert parse_credit(frame) == (transfer_id, 7)
+    for bad in (frame[:-1], b"ECW1" + frame[4:], frame[:4] + b"\x02" + frame[5:]):
+        with pytest.raises(WireFormatError):
+            parse_credit(bad)
+
+
+def test_progress_reports_the_chunks_held_for_every_chunk_but_the_last() -> None:
+    progress: list[tuple[str, int]] = []
+    reassembler = Reassembler(on_progress=lambda key, _transfer, held: progress.append((key, held)))
+    frames = list(chunk_frames(bytes(1000), 300))
+    for frame in [frames[0], frames[0], *frames[1:]]:  # a duplicate reports the same count again
+        reassembler.add("k", frame)
+    assert progress == [("k", 1), ("k", 1), ("k", 2), ("k", 3)]

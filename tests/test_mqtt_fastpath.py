@@ -47,6 +47,9 @@ PAHO_PRIVATE_SIGNATURES = {
     "_packet_read": ["self"],
     "_packet_handle": ["self"],
     "_handle_on_message": ["self", "message"],
+    "_handle_publish": ["self"],
+    "_send_puback": ["self", "mid"],
+    "publish": ["self", "topic", "payload", "qos", "retain", "properties"],
     "_sock_send": ["self", "buf"],
     "_sock_recv": ["self", "bufsize"],
     "_pack_str16": ["self", "packet", "data"],
@@ -163,6 +166,47 @@ def test_publisher_thread_sends_directly_and_keeps_the_queue_order(wire_pair) ->
         received += drain(peer_end)
     expected = published_bytes(paho.Client, paho.MQTTv311, payload, qos=1)
     assert bytes(received) == expected + b"\x40\x02\x00\x07"
+
+
+def test_the_network_thread_sends_its_own_packets_without_waking_itself(wire_pair) -> None:
+    client_end, peer_end = wire_pair
+    client = new_client(FastPathClient, paho.MQTTv311)
+    client._sock = client_end
+    client._thread = threading.current_thread()  # we are the network thread
+    wake_end, wake_peer = socket.socketpair()
+    with wake_end, wake_peer:
+        client._sockpairW = wake_end
+        client._packet_queue(paho.PUBACK, b"\x40\x02\x00\x07", 7, 1)
+        assert drain(peer_end) == b"\x40\x02\x00\x07" and not client.want_write()
+        wake_peer.setblocking(False)
+        assert drain(wake_peer) == b""  # paho would have written the socket pair
+
+
+def test_a_publisher_sends_only_after_releasing_paho_s_out_message_lock(wire_pair) -> None:
+    """The network thread takes that lock for every PUBACK: it must not wait for our `send`."""
+    client_end, peer_end = wire_pair
+    client = new_client(FastPathClient, paho.MQTTv311)
+    client._sock = client_end
+    client._thread = threading.Thread(target=lambda: None)
+    lock_free_during_send: list[bool] = []
+    real_send = client._sock_send
+
+    def observing_send(buf: bytes) -> int:
+        def probe() -> None:
+            got = client._out_message_mutex.acquire(timeout=0.5)
+            lock_free_during_send.append(got)
+            if got:
+                client._out_message_mutex.release()
+        prober = threading.Thread(target=probe)
+        prober.start()
+        prober.join()
+        return real_send(buf)
+
+    client._sock_send = observing_send
+    client.publish(TOPIC, b"small", qos=1)
+    client.publish(TOPIC, bytes(GATHER_MIN_PAYLOAD_BYTES), qos=1)
+    assert lock_free_during_send and all(lock_free_during_send)
+    assert drain(peer_end).startswith(published_bytes(paho.Client, paho.MQTTv311, b"small", qos=1))
 
 
 # -- receiving --------------------------------------------------------------------------------------

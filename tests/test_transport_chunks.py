@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 
 import numpy as np
 import pytest
 
+from edgecloud.errors import TransportError
 from edgecloud.transport.broker import MosquittoBroker, TlsFiles
 from edgecloud.transport.chunks import ChunkLimits
 from edgecloud.transport.mqtt import MqttTransport, TransportOptions
@@ -88,3 +90,39 @@ def test_the_embedded_broker_carries_a_chunked_message_too(broker_factory) -> No
     running = broker_factory("embedded")
     arrived = _send_and_receive(running.url, message, wait_s=120.0)
     assert len(arrived) == 1 and np.array_equal(arrived[0].tensors["x"], message.tensors["x"])
+
+
+def test_a_slow_subscriber_gets_a_message_larger_than_the_brokers_queue(caplog) -> None:
+    """MQTT has no end-to-end flow control: Mosquitto drops what overflows a slow subscriber's queue.
+    The receiver's chunk credits make the sender wait instead, so nothing is dropped; the sender waits
+    on its own thread, so its keepalive (1 s here, the wait ~2.5 s) keeps the connection up."""
+    first, second = _big_message(2 * 10**6), _big_message(6 * 10**6)
+    received: queue.Queue[Message] = queue.Queue()
+
+    def slow_handler(message: Message, _topic: str) -> None:
+        received.put(message)
+        time.sleep(2.5)  # on paho's network thread: nothing more is read meanwhile
+
+    small_chunks = TransportOptions(chunk_bytes=256 * 2**10, chunk_credit_timeout_s=30.0, keepalive_s=1)
+    # the broker holds 2 MiB for the receiver beyond 2 messages in flight to it: more than the sender's
+    # window (4 x 256 KiB) and far less than the 6 MB message
+    with MosquittoBroker(max_queued_bytes=2 * 2**20, extra_config="max_inflight_messages 2\n") as broker, \
+            MqttTransport(broker.url, "receiver") as receiver, \
+            MqttTransport(broker.url, "sender", small_chunks) as sender:
+        receiver.subscribe_messages("edgecloud/chunks/receiver/in/+", slow_handler)
+        for message in (first, second):
+            sender.publish_message(TOPIC, message).result(timeout=60)
+        arrived = [received.get(timeout=30), received.get(timeout=30)]
+    assert [m.tensors["x"].size for m in arrived] == [first.tensors["x"].size, second.tensors["x"].size]
+    assert np.array_equal(arrived[1].tensors["x"], second.tensors["x"])
+    assert "lost the broker connection" not in caplog.text
+
+
+def test_a_sender_whose_receiver_grants_no_credit_fails_with_a_reason() -> None:
+    """A subscriber of raw payloads (`subscribe`) takes chunks but never reassembles nor credits them."""
+    options = TransportOptions(chunk_bytes=2**20, chunk_credit_timeout_s=1.0)
+    with MosquittoBroker() as broker, MqttTransport(broker.url, "receiver") as receiver, \
+            MqttTransport(broker.url, "sender", options) as sender:
+        receiver.subscribe("edgecloud/chunks/receiver/in/+", lambda _payload, _topic: None)
+        with pytest.raises(TransportError, match="took no chunk for 1 s"):
+            sender.publish_message(TOPIC, _big_message(8 * 10**6))

@@ -406,14 +406,16 @@ class MosquittoBroker(_BrokerProcess):
     (anonymous access is then off); `acl` is ACL text (see `device_acl`); `tls` turns the listener
     into MQTT over TLS (mqtts://). `edgecloud.transport.fleet` writes all of these for a deployment.
     `extra_config` is appended to the generated config, e.g. a `bridge_config` to another broker.
+    `max_queued_bytes` bounds what the broker holds for one slow subscriber; beyond it, it drops.
     """
 
     def __init__(self, host: str = LOOPBACK, port: int = 0, *, max_message_bytes: int = DEFAULT_LIMITS.max_message_bytes,
                  passwords: Mapping[str, str] | None = None, password_file: Path | None = None,
                  acl: str | None = None, tls: TlsFiles | None = None, executable: str = "mosquitto",
-                 extra_config: str = "") -> None:
+                 extra_config: str = "", max_queued_bytes: int = MAX_QUEUED_BYTES_PER_CLIENT) -> None:
         super().__init__(host, port)
         self.max_message_bytes = max_message_bytes
+        self.max_queued_bytes = max_queued_bytes
         self.passwords = dict(passwords or {})
         self.password_file = password_file
         self.acl = acl
@@ -436,7 +438,7 @@ class MosquittoBroker(_BrokerProcess):
             f"max_packet_size {self.max_message_bytes + MQTT_PACKET_OVERHEAD_BYTES}",
             # Per slow client: enough for a burst of pipelined requests, bounded in bytes as well.
             "max_queued_messages 1000",
-            f"max_queued_bytes {MAX_QUEUED_BYTES_PER_CLIENT}",
+            f"max_queued_bytes {self.max_queued_bytes}",
             "persistence false",
             "log_dest stderr",
             "log_type error",

@@ -23,6 +23,21 @@ index times that size and nothing in a chunk can place bytes outside the buffer.
 buffer per transfer, allocated once at the announced total after checking it against its limits, and
 bounded in sum over all open transfers; a transfer not completed within `expiry_s` of its first chunk
 (the receiver's own monotonic clock, never the sender's) is dropped and its memory freed.
+
+Flow control (MQTT has none end to end: a broker drops what overflows a slow subscriber's queue, e.g.
+Mosquitto's `max_queued_bytes`). The receiver answers each chunk it has put in place with a credit
+frame, published to the sender's own inbox from the receiver (`edgecloud/<dep>/<sender>/in/<receiver>`,
+which the fleet's ACL lets the receiver write and only the sender read):
+
+    offset 0   4 bytes  magic b"ECG1"
+    offset 4   1 byte   version (1)
+    offset 5   3 bytes  reserved, zero
+    offset 8   16 bytes transfer id
+    offset 24  uint32   chunks of that transfer the receiver holds so far
+
+The count is cumulative, so a credit delivered twice or late changes nothing. The sender sends chunk
+`i` only once the receiver holds more than `i - window` chunks: at most `window` chunks of a transfer are
+ever between the two (in the sender's queue, the broker or the sockets), whatever the receiver's speed.
 """
 
 from __future__ import annotations
@@ -44,10 +59,36 @@ CHUNK_VERSION = 1
 _HEADER = struct.Struct("<4sB3s16sIIQII")
 CHUNK_HEADER_BYTES = _HEADER.size
 TRANSFER_ID_BYTES = 16
+CREDIT_MAGIC = b"ECG1"
+_CREDIT = struct.Struct("<4sB3s16sI")
+ProgressHandler = Callable[[str, bytes, int], None]  # (key, transfer id, chunks held)
 
 
 def is_chunk(payload: bytes | bytearray | memoryview) -> bool:
     return bytes(payload[:4]) == CHUNK_MAGIC
+
+
+def new_transfer_id() -> bytes:
+    return os.urandom(TRANSFER_ID_BYTES)
+
+
+def is_credit(payload: bytes | bytearray | memoryview) -> bool:
+    return bytes(payload[:4]) == CREDIT_MAGIC
+
+
+def credit_frame(transfer_id: bytes, chunks_held: int) -> bytes:
+    """The receiver's word that it holds `chunks_held` chunks of transfer `transfer_id`."""
+    return _CREDIT.pack(CREDIT_MAGIC, CHUNK_VERSION, b"\0\0\0", transfer_id, chunks_held)
+
+
+def parse_credit(payload: bytes | bytearray | memoryview) -> tuple[bytes, int]:
+    """(transfer id, chunks held) of a credit frame; WireFormatError for anything else."""
+    if len(payload) != _CREDIT.size:
+        raise WireFormatError(f"a credit frame has {_CREDIT.size} bytes, not {len(payload)}")
+    magic, version, reserved, transfer_id, chunks_held = _CREDIT.unpack(payload)
+    if magic != CREDIT_MAGIC or version != CHUNK_VERSION or reserved != b"\0\0\0":
+        raise WireFormatError("not a version-1 credit frame (bad magic, version or reserved bytes)")
+    return transfer_id, chunks_held
 
 
 def chunk_size_of(total_bytes: int, count: int) -> int:
@@ -64,7 +105,7 @@ def chunk_frames(payload: bytes | bytearray | memoryview, chunk_bytes: int,
     total = len(view)
     count = max(1, -(-total // chunk_bytes))
     size = chunk_size_of(total, count)
-    transfer_id = os.urandom(TRANSFER_ID_BYTES) if transfer_id is None else transfer_id
+    transfer_id = new_transfer_id() if transfer_id is None else transfer_id
     whole_crc = zlib.crc32(view)
     for index in range(count):
         part = view[index * size:(index + 1) * size]
@@ -103,9 +144,11 @@ class Reassembler:
     broker's ACL ties to one identity), within `ChunkLimits`. Not thread-safe: one per subscription
     callback, which paho calls from its one network thread."""
 
-    def __init__(self, limits: ChunkLimits = ChunkLimits(), clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, limits: ChunkLimits = ChunkLimits(), clock: Callable[[], float] = time.monotonic,
+                 on_progress: ProgressHandler | None = None) -> None:
         self.limits = limits
         self.clock = clock
+        self.on_progress = on_progress  # told after each chunk put in place, but the last (flow control)
         self._open: dict[tuple[str, bytes], _Transfer] = {}
         # transfers completed within `expiry_s`: a chunk delivered again (QoS 1) must not start a new one
         self._completed: dict[tuple[str, bytes], float] = {}
@@ -136,13 +179,14 @@ class Reassembler:
         except WireFormatError:
             self._drop((key, transfer_id))
             raise
-        if transfer.received[index]:
-            return None  # a duplicate (QoS 1 may deliver twice): already in place
-        start = index * transfer.chunk_bytes
-        transfer.buffer[start:start + len(body)] = body
-        transfer.received[index] = 1
-        transfer.missing -= 1
+        if not transfer.received[index]:  # else a duplicate (QoS 1 may deliver twice): already in place
+            start = index * transfer.chunk_bytes
+            transfer.buffer[start:start + len(body)] = body
+            transfer.received[index] = 1
+            transfer.missing -= 1
         if transfer.missing:
+            if self.on_progress is not None:
+                self.on_progress(key, transfer_id, transfer.count - transfer.missing)
             return None
         self._drop((key, transfer_id))
         self._completed[(key, transfer_id)] = self.clock()

@@ -39,7 +39,8 @@ Behaviour that matters, and why:
   requests in `Requester` — backpressure instead of unbounded memory.
 - Reconnects with exponential back-off and re-subscribes; a generous keepalive so that a large
   transfer does not starve the ping (paho issue 914).
-- A message encoding to more than `TransportOptions.chunk_bytes` (8 MiB) goes as chunks
+- A message encoding to more than `TransportOptions.chunk_bytes` (the wire limit, 16 MiB, less a chunk
+  header: what fits one packet goes whole, sparing every hop the chunks' copies and CRCs) goes as chunks
   (`edgecloud.transport.chunks`: bounded, checksummed, reassembled within `chunk_limits`), so that
   no packet exceeds the broker's limit and keepalives and acknowledgements interleave with it.
 - The paho client is `edgecloud.transport.mqtt_fastpath.FastPathClient`: large payloads are neither copied
@@ -70,10 +71,11 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edgecloud.errors import IdentityInUseError, TransportError, WireFormatError
 from edgecloud.transport.broker import MQTT_PACKET_OVERHEAD_BYTES
-from edgecloud.transport.chunks import CHUNK_HEADER_BYTES, ChunkLimits, Reassembler, chunk_frames, is_chunk
+from edgecloud.transport.chunks import (CHUNK_HEADER_BYTES, ChunkLimits, Reassembler, chunk_frames, credit_frame,
+                                        is_chunk, is_credit, new_transfer_id, parse_credit)
 from edgecloud.transport.mqtt_fastpath import FastPathClient
 from edgecloud.transport.mqtt_url import BrokerAddress, parse_broker_url, resolve_credentials
-from edgecloud.transport.topics import device_topic, parse_device_topic, sender_topic
+from edgecloud.transport.topics import device_topic, inbox_filter, parse_device_topic, parse_sender_topic, sender_topic
 from edgecloud.transport.wire import DEFAULT_LIMITS, Message, WireLimits, decode, encode
 
 __all__ = ["MqttTransport", "Requester", "TransportOptions", "device_topic", "sender_topic"]
@@ -85,7 +87,7 @@ PayloadHandler = Callable[[bytes, str], None]
 BufferHandler = Callable[[bytes | memoryview, str], None]  # what the client delivers (read-only)
 MessageHandler = Callable[[Message, str], None]
 SEND_BUFFER_BYTES = 4 * 2**20  # the kernel caps it at net.core.wmem_max (4 MiB by default)
-CHUNK_ACK_TIMEOUT_S = 60.0  # one chunk (8 MiB by default) acknowledged, even over a slow link
+CHUNK_ACK_TIMEOUT_S = 60.0  # one chunk (16 MiB by default) acknowledged, even over a slow link
 UNSUPPORTED_PROTOCOL_VERSION = 0x84  # MQTT 5 reason code; paho maps a 3.1.1 refusal onto it too
 # MQTT 5 only: how long the broker keeps a session after its connection drops. Not zero, because a
 # session that outlives no connection is never reported as present, and "present on our first
@@ -107,9 +109,14 @@ class TransportOptions:
     close_flush_timeout_s: float = 2.0
     # A message encoding to more than this goes as chunks (edgecloud.transport.chunks), at most
     # `chunk_window` of them unacknowledged at once, so a sender holds a bounded share of a big message.
-    chunk_bytes: int = 8 * 2**20
+    # A sender waits up to `chunk_credit_timeout_s` for the receiver's credit (see `chunks`) before it
+    # sends a chunk beyond the window: a slow receiver slows the sender instead of overflowing the broker,
+    # provided the broker can queue one window (`chunk_window * chunk_bytes`, 64 MiB by default) per
+    # subscriber (MosquittoBroker: 256 MiB).
+    chunk_bytes: int = DEFAULT_LIMITS.max_message_bytes - CHUNK_HEADER_BYTES
     chunk_window: int = 4
     chunk_limits: ChunkLimits = ChunkLimits()
+    chunk_credit_timeout_s: float = 60.0
 
 
 class MqttTransport:
@@ -136,6 +143,8 @@ class MqttTransport:
         self._ack_lock = threading.Lock()  # never held while calling paho: its PUBACK handler holds paho's lock
         self._ack_waiters: dict[int, tuple[str, Future[None]]] = {}
         self._early_acks: dict[int, ReasonCode] = {}
+        self._credit_changed = threading.Condition()
+        self._credits: dict[bytes, tuple[str, int]] = {}  # transfer id -> (credit topic, chunks held by the receiver)
 
     # -- connection -------------------------------------------------------------------------
 
@@ -395,20 +404,91 @@ class MqttTransport:
         return dataclasses.replace(self.limits, max_message_bytes=self.options.chunk_limits.max_message_bytes)
 
     def _publish_chunks(self, topic: str, payload: bytes) -> Future[None]:
-        """Publish `payload` chunk by chunk, waiting for the oldest chunk's acknowledgement whenever
-        `chunk_window` are unacknowledged (not on paho's own thread, which reads those acknowledgements).
+        """Publish `payload` chunk by chunk, at most `chunk_window` of them beyond what the receiver
+        holds (its credits, see `chunks`) and beyond what the broker acknowledged; the waits are never on
+        paho's own thread, which reads credits and acknowledgements (there, chunks are only queued).
+        Memory: the sender holds at most `chunk_window` chunk copies besides `payload`.
         The future is the last chunk's: it fails if any chunk was refused."""
         chunk_bytes = min(self.options.chunk_bytes, self.limits.max_message_bytes - CHUNK_HEADER_BYTES)
         window: list[Future[None]] = []
         waits = threading.current_thread() is not self._network_thread
-        for frame in chunk_frames(payload, chunk_bytes):
-            if waits and len(window) >= self.options.chunk_window:
-                self._wait_acked(window.pop(0), topic)
-            window.append(self.publish(topic, frame))
+        transfer_id = new_transfer_id()
+        credit_topic = self._credit_topic(topic) if waits else None
+        if credit_topic is not None:
+            self._listen_for_credits(credit_topic)
+            with self._credit_changed:
+                self._credits[transfer_id] = (credit_topic, 0)
+        try:
+            for index, frame in enumerate(chunk_frames(payload, chunk_bytes, transfer_id)):
+                if credit_topic is not None:
+                    self._wait_credit(transfer_id, index, topic)
+                if waits and len(window) >= self.options.chunk_window:
+                    self._wait_acked(window.pop(0), topic)
+                window.append(self.publish(topic, frame))
+        finally:
+            with self._credit_changed:
+                self._credits.pop(transfer_id, None)
         if waits:
             for acked in window[:-1]:
                 self._wait_acked(acked, topic)
         return window[-1]
+
+    @staticmethod
+    def _credit_topic(topic: str) -> str | None:
+        """Where the receiver of a message on `topic` grants credits: our inbox, from it. None for a
+        topic outside our scheme (no receiver to name): its chunks go at the broker's pace alone."""
+        try:
+            deployment, receiver, sender = parse_sender_topic(topic)
+        except TransportError:
+            logger.debug("no flow control for chunks on %s: not an edgecloud/<dep>/<to>/in/<from> topic", topic)
+            return None
+        return sender_topic(deployment, sender, receiver)
+
+    def _listen_for_credits(self, credit_topic: str) -> None:
+        """Subscribe to our inbox unless a subscription already covers `credit_topic` (every one of
+        ours takes credit frames, see `_subscribe_buffers`); what else arrives there has no handler."""
+        with self._lock:
+            covered = any(paho.topic_matches_sub(topic, credit_topic) for topic in self._handlers)
+        if not covered:
+            deployment, sender = parse_device_topic(credit_topic.rpartition("/")[0])
+            self._subscribe_buffers(inbox_filter(deployment, sender), self._drop_unhandled)
+
+    def _drop_unhandled(self, payload: bytes | memoryview, topic: str) -> None:
+        logger.debug("%s dropped a message on %s: subscribed for chunk credits only", self.client_id, topic)
+
+    def _on_credit(self, topic: str, payload: bytes | memoryview) -> None:
+        try:
+            transfer_id, chunks_held = parse_credit(payload)
+        except WireFormatError as error:
+            logger.warning("%s rejected a credit frame on %s: %s", self.client_id, topic, error)
+            return
+        with self._credit_changed:
+            expected = self._credits.get(transfer_id)
+            if expected is None or expected[0] != topic:  # finished, or not from that transfer's receiver
+                return
+            if chunks_held > expected[1]:
+                self._credits[transfer_id] = (topic, chunks_held)
+                self._credit_changed.notify_all()
+
+    def _wait_credit(self, transfer_id: bytes, index: int, topic: str) -> None:
+        window = self.options.chunk_window
+        with self._credit_changed:
+            if not self._credit_changed.wait_for(lambda: self._credits[transfer_id][1] > index - window,
+                                                 self.options.chunk_credit_timeout_s):
+                raise TransportError(
+                    f"the receiver on {topic} took no chunk for {self.options.chunk_credit_timeout_s:g} s "
+                    f"(it holds {self._credits[transfer_id][1]} of the chunks sent; is it subscribed with "
+                    "subscribe_messages, and connected?).")
+
+    def _grant_credit(self, topic: str, transfer_id: bytes, chunks_held: int) -> None:
+        """Tell the sender of a chunk on `topic` how many chunks of its transfer we hold (on paho's thread)."""
+        credit_topic = self._credit_topic(topic)
+        if credit_topic is None:
+            return
+        try:
+            self.publish(credit_topic, credit_frame(transfer_id, chunks_held))
+        except TransportError as error:  # the sender then times out, with its own reason
+            logger.warning("%s could not grant chunk credit on %s: %s", self.client_id, credit_topic, error)
 
     def _wait_acked(self, acked: Future[None], topic: str) -> None:
         try:
@@ -433,6 +513,9 @@ class MqttTransport:
 
         def dispatch(_client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
             try:
+                if is_credit(message.payload):  # the chunk protocol's, never the application's
+                    self._on_credit(message.topic, message.payload)
+                    return
                 handler(message.payload, message.topic)
             except Exception:  # a handler bug must not kill the network thread
                 logger.exception("handler for %s failed on a message from topic %s", topic, message.topic)
@@ -459,7 +542,8 @@ class MqttTransport:
     def subscribe_messages(self, topic: str, handler: MessageHandler) -> None:
         """Like `subscribe`, but decodes and validates each payload first (see module docstring)."""
 
-        reassembler = Reassembler(self.options.chunk_limits)  # called from paho's one thread only
+        # called from paho's one thread only; holds one buffer per open transfer, within chunk_limits
+        reassembler = Reassembler(self.options.chunk_limits, on_progress=self._grant_credit)
 
         def decode_then_handle(payload: bytes | memoryview, message_topic: str) -> None:
             try:
