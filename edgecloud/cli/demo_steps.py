@@ -212,6 +212,35 @@ def transfer_rows(manifest: SplitManifest, costs: CostGraph) -> dict[tuple[int |
     return {(None, CLIENT, manifest.source): request, **rows, (None, manifest.sink, CLIENT): answer}
 
 
+def open_deployment(stack: ExitStack, settings: DemoSettings, plan_path: Path, manifest: SplitManifest,
+                    hosts: Hosts, on_phase: Callable[[str], None] = lambda _: None) -> Callable[[int], RequestOutcome]:
+    """Start one agent process per device on `hosts` and a client, all stopped when `stack` closes; the
+    answer is `serve(index)`: one request (inputs seeded by `index`), its answer checked against the
+    unsplit model. Several deployments may be open at once, so that strategies take turns request by
+    request and compare under the same load (`edgecloud testbed`)."""
+    reference = make_session(str(manifest.model_path()))
+    output_names = [spec.name for spec in manifest.graph_outputs]
+    deployment = f"demo-{uuid.uuid4().hex[:8]}"
+    on_phase("starting the MQTT broker")
+    broker_url = hosts.broker_url(stack)
+    on_phase(f"starting {len(manifest.devices)} agent processes ({', '.join(manifest.devices)})")
+    extra = [*(["--emulate-links"] if settings.emulate_links else []), *settings.agent_args]
+    hosts.start_agents(stack, plan_path, manifest.devices, broker_url, deployment, extra)
+    with hosts.client_side():
+        client = stack.enter_context(InferenceClient(manifest, broker_url, deployment=deployment))
+
+    def serve(index: int) -> RequestOutcome:
+        inputs = model_inputs(manifest, settings.seed + settings.warmup + index)
+        result = client.infer(inputs, settings.deadline_s)
+        started_s = time.perf_counter()
+        expected = dict(zip(output_names, reference.run(output_names, inputs)))
+        unsplit_s = time.perf_counter() - started_s
+        error = max(float(np.max(np.abs(result.outputs[name] - expected[name]))) for name in output_names)
+        return RequestOutcome(index, result.timings, result.fell_back, error, unsplit_s)
+
+    return serve
+
+
 def serve_requests(settings: DemoSettings, plan_path: Path, manifest: SplitManifest,
                    on_phase: Callable[[str], None] = lambda _: None,
                    on_request: Callable[[RequestOutcome], None] = lambda _: None,
@@ -220,27 +249,12 @@ def serve_requests(settings: DemoSettings, plan_path: Path, manifest: SplitManif
     an embedded one), send the warm-up requests and then the counted ones one after another, check each
     answer against the unsplit model; stop everything on the way out, whatever happens."""
     hosts = hosts if hosts is not None else LocalHosts(settings.broker_url)
-    reference = make_session(str(manifest.model_path()))
-    output_names = [spec.name for spec in manifest.graph_outputs]
-    deployment = f"demo-{uuid.uuid4().hex[:8]}"
     outcomes: list[RequestOutcome] = []
     with ExitStack() as stack:
-        on_phase("starting the MQTT broker")
-        broker_url = hosts.broker_url(stack)
-        on_phase(f"starting {len(manifest.devices)} agent processes ({', '.join(manifest.devices)})")
-        extra = [*(["--emulate-links"] if settings.emulate_links else []), *settings.agent_args]
-        hosts.start_agents(stack, plan_path, manifest.devices, broker_url, deployment, extra)
-        with hosts.client_side():
-            client = stack.enter_context(InferenceClient(manifest, broker_url, deployment=deployment))
+        serve = open_deployment(stack, settings, plan_path, manifest, hosts, on_phase)
         on_phase(f"sending {settings.requests} requests")
         for index in range(-settings.warmup, settings.requests):
-            inputs = model_inputs(manifest, settings.seed + settings.warmup + index)
-            result = client.infer(inputs, settings.deadline_s)
-            started_s = time.perf_counter()
-            expected = dict(zip(output_names, reference.run(output_names, inputs)))
-            unsplit_s = time.perf_counter() - started_s
-            error = max(float(np.max(np.abs(result.outputs[name] - expected[name]))) for name in output_names)
-            outcome = RequestOutcome(index, result.timings, result.fell_back, error, unsplit_s)
+            outcome = serve(index)
             if index < 0:  # a warm-up answer must be right too, but is not counted
                 check_outcomes([outcome])
                 continue
