@@ -44,7 +44,9 @@ def test_the_smoke_testbed_measures_every_strategy_on_the_emulated_hosts(tmp_pat
         for measured in (link["measured_up_bps"], link["measured_down_bps"]):
             assert 0.3 * link["bandwidth_bps"] < measured < 1.15 * link["bandwidth_bps"]
     (device,) = emulation["devices"]
-    assert device["model"] == "mlp" and device["cpus"] <= 1 and len(device["attempts"]) >= 2
+    # mlp runs in well under the kernel's 1 ms least quota: no share slows it, so the edge stays at a full
+    # share and is planned as measured
+    assert device["model"] == "mlp" and device["cpus"] == 1 and device["attempts"][0]["measured_s"] < 1e-3
     assert device["planned_edge_time_scale"] == pytest.approx(device["ratio"])
     # per-message costs measured once on the emulated path, the client and echo on the edge, the broker in the cloud
     assert emulation["messages"]["message_s"] > 0 and emulation["messages"]["crossings_during_calibration"] == 2

@@ -33,7 +33,7 @@ from edgecloud.errors import EdgecloudError
 from edgecloud.serving.client import InferenceClient, RequestTimings
 from edgecloud.serving.trace import CLIENT
 from edgecloud.testbed.hosts import Hosts, LocalHosts
-from partitioner.costs.cost_graph import CostGraph
+from partitioner.costs.cost_graph import CostGraph, client_hops_s
 from partitioner.plan.plan_file import Plan
 from partitioner.split.manifest import SplitManifest, concrete_shape
 
@@ -198,17 +198,17 @@ def transfer_rows(manifest: SplitManifest, costs: CostGraph) -> dict[tuple[int |
             for device in sorted(item.devices(manifest.sink) - {stage.device}):
                 add(stage.index, stage.device, device, item.tensor)
     for (_, sender, receiver), row in rows.items():
-        link = costs.link(sender, receiver)
-        row.predicted_s = link.transfer_time_s(row.bytes)
-    # The client sits on the source and sink device: the plan prices these hops at zero, but over MQTT
-    # they are real messages through the broker, so they are shown first and last.
+        row.predicted_s = costs.transfer_s(sender, receiver, row.bytes)  # through the broker's host, if given
+    # The client sits on the source and sink device: its hops are priced with a client link and where
+    # the broker is (0 without either), shown first and last.
     def tensor_bytes(names: list[str]) -> int:
         return sum(costs.tensors[name].bytes for name in names if name in costs.tensors)
 
+    request_s, answer_s = client_hops_s(costs)
     request = StepRow("request", f"{CLIENT} -> {manifest.source}",
-                      tensor_bytes([spec.name for spec in manifest.graph_inputs]), 0.0)
+                      tensor_bytes([spec.name for spec in manifest.graph_inputs]), request_s)
     answer = StepRow("answer", f"{manifest.sink} -> {CLIENT}",
-                     tensor_bytes([spec.name for spec in manifest.graph_outputs]), 0.0)
+                     tensor_bytes([spec.name for spec in manifest.graph_outputs]), answer_s)
     return {(None, CLIENT, manifest.source): request, **rows, (None, manifest.sink, CLIENT): answer}
 
 

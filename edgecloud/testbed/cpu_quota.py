@@ -171,16 +171,23 @@ def calibrate(quota: CpuQuota, target_s: float, measure_s: Callable[[], float], 
 
     Time under a quota is roughly inversely proportional to the share, so each step scales the share
     by measured / target; it starts from the unlimited time. It stops when the share is at a bound or
-    when halving it or more twice in a row barely slowed the run (a burst under the least quota runs at full speed
-    whatever the share). When no attempt came within twice the tolerance, the group is left at
-    `max_cpus`: a share that cannot slow the run would only add stalls of a long period to the agent's
-    other work, and the ratio at full speed says how far the device is from its profile."""
+    when halving it or more twice in a row barely slowed the run. A run at full speed shorter than the
+    kernel's least quota (1 ms) is not slowed by any share and ends the search at once. When no attempt
+    came within twice the tolerance, the group is left at `max_cpus`: a share that cannot slow the run
+    would only add stalls of a long period to the agent's other work, and the ratio at full speed says
+    how far the device is from its profile."""
     if not math.isfinite(target_s) or target_s <= 0:
         raise TestbedError(f"the predicted whole-model time must be positive, not {target_s}.")
     quota.set_cpus(max_cpus)
     attempts: list[tuple[float, float]] = []
     cpus, measured = max_cpus, measure_s()
     attempts.append((cpus, measured))
+    if measured * max_cpus < MIN_QUOTA_US / 1e6 and measured < target_s:
+        # The whole run fits in the least quota the kernel takes: whatever the share, a run after an
+        # idle gap finds its quota there and runs at full speed (what looks slower is noise).
+        logger.warning("the emulated device cannot be held to %.3g s: one run takes %.3g s, under the kernel's "
+                       "least quota of %g ms", target_s, measured, MIN_QUOTA_US / 1e3)
+        return Calibration(target_s=target_s, cpus=max_cpus, measured_s=measured, attempts=attempts)
     unmoved = 0  # steps in a row that halved the share or more and barely slowed the run
     while abs(measured / target_s - 1) > tolerance and len(attempts) < max_attempts:
         wanted = min(max_cpus, max(min_cpus, cpus * measured / target_s))
