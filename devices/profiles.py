@@ -31,7 +31,7 @@ _DEVICE_FIGURES: dict[str, type] = {
 _LINK_FIGURES: tuple[str, ...] = ("bandwidth_bps", "latency_s")
 # Optional figures of a link (0 when absent, so files written before them load unchanged), measured
 # once per deployment by `edgecloud calibrate` (see `edgecloud.calibrate`).
-_MESSAGE_FIGURES: tuple[str, ...] = ("message_s", "broker_s", "host_s_per_byte", "burst_bytes")
+_MESSAGE_FIGURES: tuple[str, ...] = ("message_s", "broker_s", "host_s_per_byte")
 CLIENT_LINK_KEY = "client_link"  # a calibrated link file may also price the client's own hops
 
 
@@ -102,18 +102,15 @@ def link_key(a: str, b: str) -> LinkKey:
 class LinkProfile:
     """A network link: a message of b bytes costs, in either direction,
 
-        8*max(b - burst_bytes, 0)/bandwidth_bps + latency_s   on the wire, plus
-        message_s + broker_s + host_s_per_byte * b            at the hosts and brokers it passes.
+        8*b/bandwidth_bps + latency_s                      on the wire, plus
+        message_s + broker_s + host_s_per_byte * b         at the hosts and brokers it passes.
 
     The second line is what a real deployment pays per message beyond the wire (measured here: ~0.3-1 ms
     a hop through Mosquitto where the wire model said 0): `message_s` is our client library at both ends
     (encode, publish, acknowledgements, decode, the agent's hand-off), `broker_s` the broker path (device
     -> broker -> device is two transfers; a bridge adds a broker and a transfer), `host_s_per_byte` the
     copies on the way. All three default to 0 (the wire alone, as before) and are measured once per
-    deployment by `edgecloud calibrate --broker URL`. `burst_bytes` is a shaper's token bucket: that
-    much of a message passes at line rate after an idle moment (tbf's bucket on the testbed's link, two
-    frames: a 3 KB message crosses it almost free, measured), 0 for a link without one; the bandwidth is
-    then the sustained rate behind the bucket.
+    deployment by `edgecloud calibrate --broker URL`.
 
     The figures are checked when the link is made, wherever it comes from (a catalogue file, a plan, a
     cost graph, a command-line option), so no consumer checks them again."""
@@ -123,7 +120,6 @@ class LinkProfile:
     message_s: float = 0.0
     broker_s: float = 0.0
     host_s_per_byte: float = 0.0
-    burst_bytes: float = 0.0
 
     def __post_init__(self) -> None:
         _check_link_figures(self.bandwidth_bps, self.latency_s, "link")
@@ -133,12 +129,8 @@ class LinkProfile:
             object.__setattr__(self, key, _positive_number(getattr(self, key), key, "link", allow_zero=True))
 
     def serialisation_s(self, size_bytes: Any) -> Any:
-        """Seconds the link is busy putting `size_bytes` on the wire (a number, or a numpy array of sizes),
-        beyond what its bucket lets through at once."""
-        if not self.burst_bytes:
-            return 8.0 * size_bytes / self.bandwidth_bps
-        excess = size_bytes - self.burst_bytes
-        return 8.0 * (excess * (excess > 0)) / self.bandwidth_bps
+        """Seconds the link is busy putting `size_bytes` on the wire (a number, or a numpy array of sizes)."""
+        return 8.0 * size_bytes / self.bandwidth_bps
 
     def message_cost_s(self, size_bytes: Any) -> Any:
         """Seconds a message costs beyond the wire: client libraries, broker path, copies."""

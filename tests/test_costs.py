@@ -259,13 +259,3 @@ def test_with_a_third_device_a_message_between_two_others_pays_both_legs_through
     a, b = arrays.device_names.index("a"), arrays.device_names.index("b")
     t0 = arrays.tensor_names.index("t0")
     assert arrays.transfer_s[t0, a, b] == pytest.approx((8000 / 4e6 + 0.002) + (8000 / 2e6 + 0.003) + 0.001)
-
-
-def test_a_links_token_bucket_lets_its_depth_through_at_once_for_numbers_and_arrays() -> None:
-    from devices.profiles import LinkProfile
-
-    shaped = LinkProfile(8e6, 0.0, burst_bytes=3000)
-    assert shaped.serialisation_s(1000) == 0.0 and shaped.serialisation_s(4000) == pytest.approx(8 * 1000 / 8e6)
-    assert np.allclose(shaped.serialisation_s(np.array([0.0, 3000.0, 13000.0])), [0.0, 0.0, 0.01])
-    assert LinkProfile.from_dict(shaped.to_dict()) == shaped
-    assert "burst_bytes" not in LinkProfile(8e6, 0.0).to_dict()  # old readers see the link as before

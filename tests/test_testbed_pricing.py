@@ -31,7 +31,6 @@ def test_the_plan_is_priced_with_the_measured_rate_message_costs_broker_host_and
     priced = emulation.priced(two_layer_graph(), 5e6, "m")
     link = priced.link("edge", "cloud")
     assert (link.bandwidth_bps, link.latency_s, link.message_s, link.broker_s) == (4.8e6, 0.0, 3e-4, 1e-4)
-    assert link.burst_bytes == 0.0  # no tbf without the emulated link
     assert priced.broker == "cloud" and priced.client_link is not None
     assert priced.nodes["a"].time_s == {"edge": 0.002, "cloud": 0.001}  # the edge as calibrated
     arrays = to_arrays(priced)
@@ -44,16 +43,6 @@ def test_the_plan_is_priced_with_the_measured_rate_message_costs_broker_host_and
     assert latency_s(arrays, np.array(all_edge)) == pytest.approx(expected)
     unpriced = emulation.priced(two_layer_graph(), 20e6, "other")  # no rate measured, no calibration: as set
     assert unpriced.link("edge", "cloud").bandwidth_bps == 20e6 and unpriced.nodes["a"].time_s["edge"] == 0.004
-
-
-def test_the_emulated_links_bucket_is_the_one_tbf_gets_in_payload_bytes() -> None:
-    from edgecloud.cli.testbed_steps import bucket_payload_bytes
-    from edgecloud.testbed.netns import tbf_arguments
-
-    for rate_bps in (1e6, 20e6, 100e6, 1e9):
-        arguments = tbf_arguments(rate_bps)
-        burst = int(arguments[arguments.index("burst") + 1])
-        assert bucket_payload_bytes(rate_bps) == pytest.approx(burst * 1448 / 1514)
 
 
 def outcome(index: int, total_s: float) -> RequestOutcome:

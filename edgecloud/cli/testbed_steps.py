@@ -32,7 +32,7 @@ from devices.profiles import LinkProfile
 from edgecloud.testbed.cpu_quota import CpuQuota
 from edgecloud.testbed.host_commands import TestbedError
 from edgecloud.testbed.hosts import EmulatedHosts, Hosts, LocalHosts
-from edgecloud.testbed.netns import EmulatedLink, Side, measured_rate_bps, tbf_burst_bytes
+from edgecloud.testbed.netns import EmulatedLink, Side, measured_rate_bps
 from edgecloud.testbed.slowed_device import calibrated_device
 from partitioner.split.onnx_split import cached_split
 
@@ -52,7 +52,6 @@ MIN_RATE_PROBE_BYTES = 64 * 1024
 CALIBRATION_RATE_BPS = 10e9  # the link while the message costs are measured: its wire time is small and known
 MESSAGE_REPEATS = 100  # round trips at the small size (a quarter of that at the large one)
 MIN_REQUESTS = 5  # per strategy and cell, whatever the time budget
-PAYLOAD_PER_FRAME = 1448 / 1514  # TCP payload of a full Ethernet frame with timestamps
 
 
 @dataclass(frozen=True)
@@ -140,8 +139,7 @@ class Emulation:
         n_bytes = max(MIN_RATE_PROBE_BYTES, int(bandwidth_bps / 8 * RATE_PROBE_S))
         up_bps = measured_rate_bps(self.link, n_bytes, upward=True)
         down_bps = measured_rate_bps(self.link, n_bytes, upward=False)
-        # The probe's first bucket passed at once: the rate behind it is the rest over the same time.
-        self.rates_bps[bandwidth_bps] = (up_bps + down_bps) / 2 * max(0.5, 1 - bucket_payload_bytes(bandwidth_bps) / n_bytes)
+        self.rates_bps[bandwidth_bps] = (up_bps + down_bps) / 2
         self.record["links"].append({"bandwidth_bps": bandwidth_bps, "probe_bytes": n_bytes,
                                      "measured_up_bps": up_bps, "measured_down_bps": down_bps})
 
@@ -157,10 +155,8 @@ class Emulation:
                                        "planned_edge_time_scale": calibration.ratio})
 
     def link_at(self, bandwidth_bps: float) -> LinkProfile:
-        """The edge-cloud link as measured: the rate behind tbf's bucket that a transfer reached, the
-        bucket (payload bytes), latency 0, the message costs."""
-        burst = bucket_payload_bytes(bandwidth_bps) if self.link is not None else 0.0
-        return LinkProfile(self.rates_bps.get(bandwidth_bps, bandwidth_bps), 0.0, **self.message_figures, burst_bytes=burst)
+        """The edge-cloud link as measured: the rate a transfer reached, latency 0, the message costs."""
+        return LinkProfile(self.rates_bps.get(bandwidth_bps, bandwidth_bps), 0.0, **self.message_figures)
 
     def priced(self, costs: "CostGraph", bandwidth_bps: float, model: str) -> "CostGraph":
         """`costs` with the link, the client's hops and the broker's host as measured here, and the edge's
@@ -173,12 +169,6 @@ class Emulation:
         client = LinkProfile(CLIENT_BANDWIDTH_BPS, 0.0, **self.message_figures) if self.message_figures else None
         return replace(costs, nodes=nodes, links={("edge", "cloud"): self.link_at(bandwidth_bps)}, client_link=client,
                        broker=self.broker_device).validate()
-
-
-def bucket_payload_bytes(bandwidth_bps: float) -> float:
-    """The payload bytes tbf's bucket at `bandwidth_bps` lets through at once (TCP/IP headers take the rest
-    of each frame: 1448 of 1514 bytes)."""
-    return tbf_burst_bytes(bandwidth_bps) * PAYLOAD_PER_FRAME
 
 
 def emulated_hosts(stack: ExitStack, edge_threads: int, broker_side: Side) -> Emulation:
