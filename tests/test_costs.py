@@ -208,3 +208,54 @@ def test_message_costs_and_the_clients_hops_are_in_the_objective_and_the_optimum
     assert plan.predicted_s == pytest.approx(best_s)
     assert sum(plan.breakdown["compute_s"].values()) + sum(plan.breakdown["transfer_s"].values()) == \
         pytest.approx(plan.predicted_s)
+
+
+def test_where_the_broker_sits_is_priced_two_legs_a_message_and_the_clients_hops_there_and_back() -> None:
+    """device -> broker -> device is two transfers: with the broker in the cloud, a message edge -> cloud
+    crosses the link once (as without a broker), while the client on the edge reaching the edge's agent
+    crosses it twice each way; with the broker on the edge, the client's hops stay off the link."""
+    from partitioner.solve.baselines import brute_force
+    from partitioner.solve.optimal import solve
+
+    data = fan_out_graph()
+    data["links"] = [{"from": "edge", "to": "cloud", "bandwidth_bps": 8e6, "latency_s": 0.001, "message_s": 0.002}]
+    data["client_link"] = {"bandwidth_bps": 8e9, "latency_s": 0.0, "message_s": 0.0005}
+    data["tensors"]["in"]["bytes"], data["tensors"]["ob"]["bytes"] = 4000, 40
+    direct = to_arrays(CostGraph.from_dict(data))
+    in_cloud = to_arrays(CostGraph.from_dict({**data, "broker": "cloud"}))
+    at_edge = to_arrays(CostGraph.from_dict({**data, "broker": "edge"}))
+    input_bytes = sum(t["bytes"] for t in data["tensors"].values() if t.get("producer") is None)
+    output_bytes = sum(t["bytes"] for t in data["tensors"].values() if t.get("output"))
+    wire = lambda n: 8 * n / 8e6 + 0.001  # noqa: E731
+    own = lambda n: n / 1e9 + 0.0005  # noqa: E731
+    assert direct.fixed_s == pytest.approx(own(input_bytes) + own(output_bytes))
+    assert at_edge.fixed_s == pytest.approx(direct.fixed_s)
+    assert in_cloud.fixed_s == pytest.approx(direct.fixed_s + 2 * wire(input_bytes) + 2 * wire(output_bytes))
+    # one edge-cloud message: one crossing wherever the broker is (two devices), plus the message cost
+    assert np.allclose(in_cloud.transfer_s, direct.transfer_s) and np.allclose(at_edge.transfer_s, direct.transfer_s)
+    all_edge = np.zeros(direct.n_nodes, dtype=np.int64)
+    assert latency_s(in_cloud, all_edge) - latency_s(direct, all_edge) == pytest.approx(
+        2 * wire(input_bytes) + 2 * wire(output_bytes))
+    for arrays in (direct, in_cloud, at_edge):
+        placement, best_s = brute_force(arrays, "latency")
+        assert solve(arrays, "latency").objective_s == pytest.approx(best_s)
+    with pytest.raises(PartitionerError, match="broker"):
+        CostGraph.from_dict({**data, "broker": "moon"})
+    graph = CostGraph.from_dict({**data, "broker": "cloud"})
+    assert CostGraph.from_dict(graph.to_dict()).broker == "cloud"
+
+
+def test_with_a_third_device_a_message_between_two_others_pays_both_legs_through_the_brokers_host() -> None:
+    from devices.profiles import LinkProfile
+    from partitioner.costs.cost_graph import CostNode, CostTensor
+    from partitioner.costs.scenario import Scenario
+
+    links = {("a", "b"): LinkProfile(8e6, 0.0, message_s=0.001), ("a", "hub"): LinkProfile(4e6, 0.002),
+             ("b", "hub"): LinkProfile(2e6, 0.003)}
+    nodes = {"v0": CostNode({"a": 0.0, "b": 0.0, "hub": 0.0}, pin="a"), "v1": CostNode({"a": 0.0, "b": 0.0, "hub": 0.0}, pin="b")}
+    tensors = {"x": CostTensor(1000, None, ["v0"]), "t0": CostTensor(1000, "v0", ["v1"]), "t1": CostTensor(10, "v1", [], output=True)}
+    graph = Scenario({k: {} for k in ("a", "b", "hub")}, links, "a", "b", broker="hub").cost_graph(nodes, tensors)
+    arrays = to_arrays(graph)
+    a, b = arrays.device_names.index("a"), arrays.device_names.index("b")
+    t0 = arrays.tensor_names.index("t0")
+    assert arrays.transfer_s[t0, a, b] == pytest.approx((8000 / 4e6 + 0.002) + (8000 / 2e6 + 0.003) + 0.001)

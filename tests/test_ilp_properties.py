@@ -63,6 +63,18 @@ def test_latency_optimum_equals_brute_force(graph) -> None:
 
 
 @FAST
+@given(cost_graphs(), st.data())
+def test_latency_optimum_equals_brute_force_wherever_the_broker_sits(graph, data) -> None:
+    """Pricing the broker's host (two legs per message, the client's hops there and back) keeps every
+    exact method exact, with per-message costs on the links as `edgecloud calibrate` writes them."""
+    links = {key: replace(link, message_s=data.draw(st.floats(0.0, 0.005)), broker_s=data.draw(st.floats(0.0, 0.002)))
+             for key, link in graph.links.items()}
+    graph = replace(graph, links=links, broker=data.draw(st.sampled_from(list(graph.devices))),
+                    client_link=LinkProfile(1e9, 0.0, message_s=0.001))
+    _check_against_brute_force(graph, "latency")
+
+
+@FAST
 @given(cost_graphs())
 def test_throughput_optimum_equals_brute_force(graph) -> None:
     _check_against_brute_force(graph, "throughput")

@@ -129,11 +129,18 @@ def _run(settings: "DemoSettings", workdir: Path, console: "Console", emulate_ho
                               f"latency 0 instead of {settings.latency_s * 1e3:g} ms")
             settings = replace(settings, latency_s=0.0, emulate_links=False)
         planned = plan_demo_model(settings, workdir, on_phase)
+        if emulated is not None:  # planned again with what the emulation measures (edgecloud.cli.testbed_steps)
+            from partitioner.plan.make_plan import plan_cost_graph
+
+            on_phase("measuring the per-message costs, shaping the link and calibrating the edge's CPU quota")
+            emulated.calibrate_messages()
+            emulated.shape(settings.bandwidth_bps)
+            emulated.hold_edge(settings.model, planned.costs, 1, settings.seed)
+            priced = emulated.priced(planned.costs, settings.bandwidth_bps, settings.model)
+            planned = replace(planned, costs=priced, plan=plan_cost_graph(priced, "latency"))
+            planned.plan.save(planned.plan_path)
         _print_plan(console, planned)
         if emulated is not None:
-            on_phase("shaping the link and calibrating the edge's CPU quota")
-            emulated.shape(settings.bandwidth_bps)
-            emulated.hold_edge(settings.model, planned, 1, settings.seed)
             _print_emulation(console, emulated)
         on_phase("splitting the model into per-device stages")
         manifest = cached_split(planned.plan_path)

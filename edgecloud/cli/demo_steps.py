@@ -33,7 +33,7 @@ from edgecloud.errors import EdgecloudError
 from edgecloud.serving.client import InferenceClient, RequestTimings
 from edgecloud.serving.trace import CLIENT
 from edgecloud.testbed.hosts import Hosts, LocalHosts
-from partitioner.costs.cost_graph import CostGraph
+from partitioner.costs.cost_graph import CostGraph, client_hops_s
 from partitioner.plan.plan_file import Plan
 from partitioner.split.manifest import SplitManifest, concrete_shape
 
@@ -198,18 +198,47 @@ def transfer_rows(manifest: SplitManifest, costs: CostGraph) -> dict[tuple[int |
             for device in sorted(item.devices(manifest.sink) - {stage.device}):
                 add(stage.index, stage.device, device, item.tensor)
     for (_, sender, receiver), row in rows.items():
-        link = costs.link(sender, receiver)
-        row.predicted_s = link.transfer_time_s(row.bytes)
-    # The client sits on the source and sink device: the plan prices these hops at zero, but over MQTT
-    # they are real messages through the broker, so they are shown first and last.
+        row.predicted_s = costs.transfer_s(sender, receiver, row.bytes)  # through the broker's host, if given
+    # The client sits on the source and sink device: its hops are priced with a client link and where
+    # the broker is (0 without either), shown first and last.
     def tensor_bytes(names: list[str]) -> int:
         return sum(costs.tensors[name].bytes for name in names if name in costs.tensors)
 
+    request_s, answer_s = client_hops_s(costs)
     request = StepRow("request", f"{CLIENT} -> {manifest.source}",
-                      tensor_bytes([spec.name for spec in manifest.graph_inputs]), 0.0)
+                      tensor_bytes([spec.name for spec in manifest.graph_inputs]), request_s)
     answer = StepRow("answer", f"{manifest.sink} -> {CLIENT}",
-                     tensor_bytes([spec.name for spec in manifest.graph_outputs]), 0.0)
+                     tensor_bytes([spec.name for spec in manifest.graph_outputs]), answer_s)
     return {(None, CLIENT, manifest.source): request, **rows, (None, manifest.sink, CLIENT): answer}
+
+
+def open_deployment(stack: ExitStack, settings: DemoSettings, plan_path: Path, manifest: SplitManifest,
+                    hosts: Hosts, on_phase: Callable[[str], None] = lambda _: None) -> Callable[[int], RequestOutcome]:
+    """Start one agent process per device on `hosts` and a client, all stopped when `stack` closes; the
+    answer is `serve(index)`: one request (inputs seeded by `index`), its answer checked against the
+    unsplit model. Several deployments may be open at once, so that strategies take turns request by
+    request and compare under the same load (`edgecloud testbed`)."""
+    reference = make_session(str(manifest.model_path()))
+    output_names = [spec.name for spec in manifest.graph_outputs]
+    deployment = f"demo-{uuid.uuid4().hex[:8]}"
+    on_phase("starting the MQTT broker")
+    broker_url = hosts.broker_url(stack)
+    on_phase(f"starting {len(manifest.devices)} agent processes ({', '.join(manifest.devices)})")
+    extra = [*(["--emulate-links"] if settings.emulate_links else []), *settings.agent_args]
+    hosts.start_agents(stack, plan_path, manifest.devices, broker_url, deployment, extra)
+    with hosts.client_side():
+        client = stack.enter_context(InferenceClient(manifest, broker_url, deployment=deployment))
+
+    def serve(index: int) -> RequestOutcome:
+        inputs = model_inputs(manifest, settings.seed + settings.warmup + index)
+        result = client.infer(inputs, settings.deadline_s)
+        started_s = time.perf_counter()
+        expected = dict(zip(output_names, reference.run(output_names, inputs)))
+        unsplit_s = time.perf_counter() - started_s
+        error = max(float(np.max(np.abs(result.outputs[name] - expected[name]))) for name in output_names)
+        return RequestOutcome(index, result.timings, result.fell_back, error, unsplit_s)
+
+    return serve
 
 
 def serve_requests(settings: DemoSettings, plan_path: Path, manifest: SplitManifest,
@@ -220,27 +249,12 @@ def serve_requests(settings: DemoSettings, plan_path: Path, manifest: SplitManif
     an embedded one), send the warm-up requests and then the counted ones one after another, check each
     answer against the unsplit model; stop everything on the way out, whatever happens."""
     hosts = hosts if hosts is not None else LocalHosts(settings.broker_url)
-    reference = make_session(str(manifest.model_path()))
-    output_names = [spec.name for spec in manifest.graph_outputs]
-    deployment = f"demo-{uuid.uuid4().hex[:8]}"
     outcomes: list[RequestOutcome] = []
     with ExitStack() as stack:
-        on_phase("starting the MQTT broker")
-        broker_url = hosts.broker_url(stack)
-        on_phase(f"starting {len(manifest.devices)} agent processes ({', '.join(manifest.devices)})")
-        extra = [*(["--emulate-links"] if settings.emulate_links else []), *settings.agent_args]
-        hosts.start_agents(stack, plan_path, manifest.devices, broker_url, deployment, extra)
-        with hosts.client_side():
-            client = stack.enter_context(InferenceClient(manifest, broker_url, deployment=deployment))
+        serve = open_deployment(stack, settings, plan_path, manifest, hosts, on_phase)
         on_phase(f"sending {settings.requests} requests")
         for index in range(-settings.warmup, settings.requests):
-            inputs = model_inputs(manifest, settings.seed + settings.warmup + index)
-            result = client.infer(inputs, settings.deadline_s)
-            started_s = time.perf_counter()
-            expected = dict(zip(output_names, reference.run(output_names, inputs)))
-            unsplit_s = time.perf_counter() - started_s
-            error = max(float(np.max(np.abs(result.outputs[name] - expected[name]))) for name in output_names)
-            outcome = RequestOutcome(index, result.timings, result.fell_back, error, unsplit_s)
+            outcome = serve(index)
             if index < 0:  # a warm-up answer must be right too, but is not counted
                 check_outcomes([outcome])
                 continue

@@ -28,8 +28,9 @@ BROKER_SIDES = ("cloud", "edge")
 def testbed(
     models: Annotated[list[str], typer.Argument(help="Bundled model names or ONNX files.")],
     bandwidth: Annotated[list[str], typer.Option("--bandwidth", help="Edge-cloud bandwidth, e.g. 20Mbit (repeatable).")],
-    requests: Annotated[int, typer.Option("--requests", min=1, max=COUNT_MAX, help="Requests measured per strategy.")] = 20,
-    warmup: Annotated[int, typer.Option("--warmup", min=0, max=COUNT_MAX, help="Requests sent first and not counted.")] = 2,
+    requests: Annotated[int, typer.Option("--requests", min=1, max=COUNT_MAX, help="Most requests measured per strategy and cell.")] = 20,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, max=COUNT_MAX, help="Requests per deployment and bandwidth sent first and not counted.")] = 1,
+    budget: Annotated[str, typer.Option("--budget", help="Per strategy and cell: after 5 requests, stop once their time adds up to this.")] = "4s",
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the edgecloud.testbed/1 JSON here.")] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="PNG: latency vs bandwidth, measured solid, predicted dashed.")] = None,
     edge: Annotated[str, typer.Option("--edge", help="Edge device profile the edge agent is held to.")] = DEFAULT_EDGE,
@@ -56,7 +57,7 @@ def testbed(
     settings = TestbedSettings(models=tuple(models), bandwidths_bps=tuple(parse_bandwidth_bps(b) for b in bandwidth),
                                requests=requests, warmup=warmup, edge=edge, cloud=cloud, edge_threads=edge_threads,
                                broker_side=broker_side, deadline_s=parse_duration_s(deadline), seed=seed,
-                               emulate=emulate)  # type: ignore[arg-type]
+                               emulate=emulate, budget_s=parse_duration_s(budget))  # type: ignore[arg-type]
     with interruptible_workdir(workdir, "edgecloud-testbed-", lambda: typer.echo(
             "interrupted: every process, namespace and CPU group the testbed made was removed", err=True)) as folder:
         _run(settings, folder, json_path, plot)
@@ -81,6 +82,10 @@ def _run(settings: "TestbedSettings", workdir: Path, json_path: Path | None, plo
         with emulation(settings, lambda text: console.print(f"[yellow]warning:[/] {text}")) as emulated:
             console.print(f"[bold]edgecloud testbed[/]: {emulated.hosts.description}; edge={settings.edge}, "
                           f"cloud={settings.cloud}, latency 0 (no netem here)")
+            figures = emulated.message_figures
+            console.print(f"per message, measured on the emulated path: message_s {figures['message_s'] * 1e3:.3f} ms, "
+                          f"broker_s {figures['broker_s'] * 1e3:.3f} ms, {figures['host_s_per_byte'] * 1e9:.2f} µs/KB; "
+                          f"broker on the {emulated.broker_device or 'same'} host")
             for model in settings.models:
                 done = len(cells)
                 cells += run_model(settings, model, emulated, workdir,
@@ -106,19 +111,24 @@ def _print_cells(console: "Console", cells: list["Cell"], document: dict) -> Non
     from edgecloud.cli.testbed_steps import comparisons
 
     table = Table(title="latency per request: predicted vs measured (ms)")
-    for column in ("model", "Mbit/s", "strategy", "predicted", "measured median", "p95", "error"):
+    for column in ("model", "Mbit/s", "strategy", "predicted", "measured median", "p95", "error", "n", "load"):
         table.add_column(column, justify="left" if column in ("model", "strategy") else "right")
     for cell in cells:
         error = cell.measured_median_s / cell.predicted_s - 1 if cell.predicted_s > 0 else float("nan")
         name = cell.strategy + (f" (= {cell.same_as})" if cell.same_as else "")
         table.add_row(cell.model, f"{cell.bandwidth_bps / 1e6:g}", name, f"{cell.predicted_s * 1e3:.2f}",
-                      f"{cell.measured_median_s * 1e3:.2f}", f"{cell.measured_p95_s * 1e3:.2f}", f"{error:+.0%}")
+                      f"{cell.measured_median_s * 1e3:.2f}", f"{cell.measured_p95_s * 1e3:.2f}", f"{error:+.0%}",
+                      str(cell.requests), f"{cell.load_average_1min:.1f}" if cell.load_average_1min is not None else "")
     console.print(table)
     for comparison in comparisons(cells):
         verdict = "[green]ok[/]" if comparison.within else "[red]miss[/]"
         console.print(f"{comparison.model} at {comparison.bandwidth_bps / 1e6:g} Mbit/s: plan "
                       f"{comparison.plan_s * 1e3:.2f} ms vs best baseline {comparison.best_baseline} "
                       f"{comparison.best_baseline_s * 1e3:.2f} ms ({comparison.ratio:.2f}x) {verdict}")
+    for device in document["emulation"].get("devices", []):
+        console.print(f"{device['model']}: edge quota {device['cpus']:.3g} CPU, one run {device['measured_s'] * 1e3:.2f} ms "
+                      f"vs {device['target_s'] * 1e3:.2f} ms for the profile (ratio {device['ratio']:.2f}: the plan "
+                      f"prices the edge at that)")
     summary = document["summary"]
     if summary["prediction_error_median"] is not None:
         console.print(f"prediction error |measured median / predicted - 1|: median "

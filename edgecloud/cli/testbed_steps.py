@@ -15,17 +15,20 @@ Where namespaces or cgroups are not permitted, one warning, and the demo's softw
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import statistics
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgecloud.cli.demo_steps import DemoSettings, PlannedModel, model_file, plan_profiled, profile_here, serve_requests
+from edgecloud.cli.demo_steps import (DemoSettings, PlannedModel, RequestOutcome, check_outcomes, demo_scenario, model_file,
+                                      open_deployment, profile_here)
+from devices.profiles import LinkProfile
 from edgecloud.testbed.cpu_quota import CpuQuota
 from edgecloud.testbed.host_commands import TestbedError
 from edgecloud.testbed.hosts import EmulatedHosts, Hosts, LocalHosts
@@ -34,6 +37,8 @@ from edgecloud.testbed.slowed_device import calibrated_device
 from partitioner.split.onnx_split import cached_split
 
 if TYPE_CHECKING:
+    from devices.profiler import ModelProfile
+    from partitioner.costs.cost_graph import CostGraph
     from partitioner.plan.plan_file import Plan
 
 logger = logging.getLogger(__name__)
@@ -44,6 +49,9 @@ PLAN_STRATEGY = "plan"
 AGENT_ARGS = ("--no-fallback",)
 RATE_PROBE_S = 0.5  # each bandwidth's shaping is checked by a TCP transfer this long
 MIN_RATE_PROBE_BYTES = 64 * 1024
+CALIBRATION_RATE_BPS = 10e9  # the link while the message costs are measured: its wire time is small and known
+MESSAGE_REPEATS = 100  # round trips at the small size (a quarter of that at the large one)
+MIN_REQUESTS = 5  # per strategy and cell, whatever the time budget
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,7 @@ class TestbedSettings:
     deadline_s: float
     seed: int
     emulate: bool = True  # False: the software emulation even where namespaces are permitted
+    budget_s: float = 4.0  # per strategy and cell: after MIN_REQUESTS, no more requests once this is spent
 
 
 @dataclass
@@ -73,16 +82,54 @@ class Cell:
     measured_p95_s: float
     requests: int
     same_as: str | None = None  # the strategy whose deployment (same placement) was measured
+    load_average_1min: float | None = None  # this machine's, when the cell's requests were done
 
 
 @dataclass
 class Emulation:
-    """Where the cells run, and what the JSON's "emulation" records about it."""
+    """Where the cells run, what the plans are priced with there, and what the JSON's "emulation"
+    records about it.
+
+    What the testbed measures is what it plans with: the per-message costs measured once per run on the
+    emulated path (`calibrate_messages`), the link's rate as a TCP transfer measured it at each
+    bandwidth (`shape`), the broker's host (`broker_device`), and the edge as its calibration found it
+    (`hold_edge`: the edge's times scaled by the measured / predicted ratio its calibration reached, which
+    is far from 1 where no quota can slow a run that short). `priced` puts them into a model's cost graph."""
 
     hosts: Hosts
     link: EmulatedLink | None
     quota: CpuQuota | None
     record: dict[str, Any] = field(default_factory=dict)
+    broker_device: str | None = None  # the plan's device whose host runs the broker (None: one host for all)
+    message_figures: dict[str, float] = field(default_factory=dict)  # LinkProfile's message_s, broker_s, host_s_per_byte
+    rates_bps: dict[float, float] = field(default_factory=dict)  # set bandwidth -> measured rate
+    edge_scale: dict[str, float] = field(default_factory=dict)  # model -> measured / predicted edge time
+
+    def calibrate_messages(self, repeats: int = MESSAGE_REPEATS) -> None:
+        """Measure what a message costs beyond the wire, with our client and an echo where the client
+        runs (the edge host) and the broker where it runs, the link fast; the wire time the path spent
+        crossing the link (twice when the broker is on the other host) is taken out of the per-byte cost."""
+        import os
+
+        from edgecloud.transport.hop_costs import measure_hop_costs
+
+        url = self.hosts.broker_url(ExitStack())  # both placements run their broker already
+        crossings = 0
+        where: Any = contextlib.nullcontext()
+        if self.link is not None:
+            self.link.shape(CALIBRATION_RATE_BPS)
+            where = self.link.entered("edge")
+            crossings = 0 if self.broker_device == "edge" else 2
+        load_before = os.getloadavg()[0]
+        with where:
+            costs = measure_hop_costs(url, repeats=repeats)
+        figures = costs.link_figures()
+        figures["host_s_per_byte"] = max(0.0, figures["host_s_per_byte"] - crossings * 8 / CALIBRATION_RATE_BPS)
+        self.message_figures = figures
+        self.record["messages"] = {
+            **figures, "crossings_during_calibration": crossings, "calibration_rate_bps": CALIBRATION_RATE_BPS if crossings else None,
+            "ours": costs.ours_local.to_dict(), "floor": None if costs.floor_local is None else costs.floor_local.to_dict(),
+            "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]}}
 
     def shape(self, bandwidth_bps: float) -> None:
         """Set the link to `bandwidth_bps` both ways and record a measured transfer rate each way."""
@@ -90,18 +137,38 @@ class Emulation:
             return
         self.link.shape(bandwidth_bps)
         n_bytes = max(MIN_RATE_PROBE_BYTES, int(bandwidth_bps / 8 * RATE_PROBE_S))
+        up_bps = measured_rate_bps(self.link, n_bytes, upward=True)
+        down_bps = measured_rate_bps(self.link, n_bytes, upward=False)
+        self.rates_bps[bandwidth_bps] = (up_bps + down_bps) / 2
         self.record["links"].append({"bandwidth_bps": bandwidth_bps, "probe_bytes": n_bytes,
-                                     "measured_up_bps": measured_rate_bps(self.link, n_bytes, upward=True),
-                                     "measured_down_bps": measured_rate_bps(self.link, n_bytes, upward=False)})
+                                     "measured_up_bps": up_bps, "measured_down_bps": down_bps})
 
-    def hold_edge(self, model: str, planned: PlannedModel, threads: int, seed: int) -> None:
-        """Calibrate the edge's CPU quota so that the whole model takes there what the plan's cost graph
-        says it takes on the edge device (the sum of its layers' times)."""
+    def hold_edge(self, model: str, costs: "CostGraph", threads: int, seed: int) -> None:
+        """Calibrate the edge's CPU quota so that the whole model takes there what the cost graph says
+        it takes on the edge device (the sum of its layers' times), and keep the ratio it reached."""
         if self.quota is None:
             return
-        predicted_s = sum(node.time_s["edge"] for node in planned.costs.nodes.values())
-        calibration = calibrated_device(self.quota, planned.model_path, predicted_s, threads, seed=seed)
-        self.record["devices"].append({"model": model, "device": "edge", **calibration.to_dict()})
+        predicted_s = sum(node.time_s["edge"] for node in costs.nodes.values())
+        calibration = calibrated_device(self.quota, Path(costs.model or ""), predicted_s, threads, seed=seed)
+        self.edge_scale[model] = calibration.ratio
+        self.record["devices"].append({"model": model, "device": "edge", **calibration.to_dict(),
+                                       "planned_edge_time_scale": calibration.ratio})
+
+    def link_at(self, bandwidth_bps: float) -> LinkProfile:
+        """The edge-cloud link as measured: the rate a transfer reached, latency 0, the message costs."""
+        return LinkProfile(self.rates_bps.get(bandwidth_bps, bandwidth_bps), 0.0, **self.message_figures)
+
+    def priced(self, costs: "CostGraph", bandwidth_bps: float, model: str) -> "CostGraph":
+        """`costs` with the link, the client's hops and the broker's host as measured here, and the edge's
+        times as the calibrated edge runs them."""
+        from edgecloud.transport.hop_costs import CLIENT_BANDWIDTH_BPS
+
+        scale = self.edge_scale.get(model, 1.0)
+        nodes = {name: replace(node, time_s={**node.time_s, "edge": node.time_s["edge"] * scale})
+                 for name, node in costs.nodes.items()}
+        client = LinkProfile(CLIENT_BANDWIDTH_BPS, 0.0, **self.message_figures) if self.message_figures else None
+        return replace(costs, nodes=nodes, links={("edge", "cloud"): self.link_at(bandwidth_bps)}, client_link=client,
+                       broker=self.broker_device).validate()
 
 
 def emulated_hosts(stack: ExitStack, edge_threads: int, broker_side: Side) -> Emulation:
@@ -113,10 +180,13 @@ def emulated_hosts(stack: ExitStack, edge_threads: int, broker_side: Side) -> Em
     record = {"kind": "namespaces", "link": "veth pair shaped by tbf both ways", "latency_s": 0.0,
               "latency_note": "no netem in this kernel: no propagation delay, planned at latency 0",
               "broker": f"Mosquitto on the {broker_side} host", "edge_threads": edge_threads,
-              "device": "edge agent in a cgroup v1 CPU quota calibrated to the whole-model time "
-                        "(mean of back-to-back runs); cloud agent at this host's speed",
+              "device": "edge agent in a cgroup v1 CPU quota (the shortest period the kernel takes) calibrated to "
+                        "the whole-model time of one run after an idle gap; planned with the edge's times scaled "
+                        "by the ratio it reached; cloud agent at this host's speed",
+              "planned_with": "measured link rate, per-message costs measured on the emulated path, the broker's "
+                              "host (two legs per message), the client's hops",
               "links": [], "devices": []}
-    return Emulation(hosts, link, quota, record)
+    return Emulation(hosts, link, quota, record, broker_device=broker_side)
 
 
 @contextmanager
@@ -132,6 +202,7 @@ def emulation(settings: TestbedSettings, warn: Callable[[str], None]) -> Iterato
             found = Emulation(LocalHosts(broker.url), None, None,
                               {"kind": "software", "link": "the agents delay each message by the plan's link model",
                                "latency_s": 0.0, "broker": "Mosquitto on this host", "links": [], "devices": []})
+        found.calibrate_messages()  # once per run, for every model and bandwidth
         yield found
 
 
@@ -182,41 +253,94 @@ def percentile_s(samples_s: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(samples_s), q))
 
 
+def base_costs(settings: TestbedSettings, model_path: Path, profile: "ModelProfile") -> "CostGraph":
+    """The model priced on the edge and cloud profiles (its nodes); `Emulation.priced` sets the rest."""
+    from partitioner.costs.from_model import cost_graph_from_model
+    from partitioner.graph.layer_graph import load_layer_graph
+
+    scenario = demo_scenario(DemoSettings(model=str(model_path), edge=settings.edge, cloud=settings.cloud,
+                                          bandwidth_bps=settings.bandwidths_bps[0], latency_s=0.0, requests=1,
+                                          broker_url=None, deadline_s=settings.deadline_s, emulate_links=False,
+                                          seed=settings.seed))
+    return cost_graph_from_model(load_layer_graph(model_path), scenario, model_path, profile)
+
+
+def interleaved_totals(serves: dict[str, Callable[[int], RequestOutcome]], requests: int, warmup: int,
+                       budget_s: float) -> dict[str, list[float]]:
+    """Whole-request seconds per deployment, the deployments taking turns request by request, so that
+    the load of a shared machine falls on every strategy alike and their ratios compare. After
+    MIN_REQUESTS, a deployment that has spent `budget_s` stops: its requests are long (a slow link), and
+    those barely vary (p95 within ~1 % of the median at 1-5 Mbit/s, bench/results/testbed-*)."""
+    for serve in serves.values():
+        for index in range(-warmup, 0):
+            check_outcomes([serve(index)])
+    totals: dict[str, list[float]] = {key: [] for key in serves}
+    for index in range(requests):
+        for key, serve in serves.items():
+            if len(totals[key]) >= MIN_REQUESTS and sum(totals[key]) >= budget_s:
+                continue
+            outcome = serve(index)
+            check_outcomes([outcome])
+            totals[key].append(outcome.timings.total_s)
+    return totals
+
+
 def run_model(settings: TestbedSettings, model: str, emulation: Emulation, workdir: Path,
               on_phase: Callable[[str], None], on_cell: Callable[[Cell], None]) -> list[Cell]:
-    """Every bandwidth and strategy of one model; the edge calibrated once for the model."""
+    """Every bandwidth and strategy of one model: the edge calibrated once for the model, each
+    placement split and deployed once for all bandwidths (on the emulated link the agents do not depend
+    on the bandwidth; with the software emulation they delay by it, so there it is one per bandwidth)."""
+    import os
+
+    from partitioner.plan.make_plan import plan_cost_graph
+
     model_path = model_file(model)
     on_phase(f"{model}: profiling every node on this host")
     profile = profile_here(model_path, settings.seed)
+    costs = base_costs(settings, model_path, profile)
+    on_phase(f"{model}: calibrating the edge's CPU quota")
+    emulation.hold_edge(model, costs, settings.edge_threads, settings.seed)
     cells: list[Cell] = []
-    for index, bandwidth_bps in enumerate(settings.bandwidths_bps):
-        demo = DemoSettings(model=model, edge=settings.edge, cloud=settings.cloud, bandwidth_bps=bandwidth_bps,
-                            latency_s=0.0, requests=settings.requests, broker_url=None,
-                            deadline_s=settings.deadline_s, emulate_links=emulation.link is None, seed=settings.seed,
-                            warmup=settings.warmup, agent_args=AGENT_ARGS)
-        folder = workdir / Path(model).stem / f"{bandwidth_bps:.0f}bps"
-        planned = plan_profiled(demo, model_path, profile, folder)
-        if index == 0:
-            on_phase(f"{model}: calibrating the edge's CPU quota")
-            emulation.hold_edge(model, planned, settings.edge_threads, settings.seed)
-        on_phase(f"{model}: shaping the link to {bandwidth_bps / 1e6:g} Mbit/s")
-        emulation.shape(bandwidth_bps)
-        measured: dict[tuple[str, ...], tuple[str, list[float]]] = {}
-        for strategy, plan in strategy_plans(planned).items():
-            key = tuple(sorted(plan.placement.items()))
-            if key not in measured:
-                on_phase(f"{model} at {bandwidth_bps / 1e6:g} Mbit/s: serving {strategy}")
-                plan_path = folder / strategy / "plan.json"
-                plan_path.parent.mkdir(parents=True, exist_ok=True)
-                plan.save(plan_path)
-                outcomes = serve_requests(demo, plan_path, cached_split(plan_path), hosts=emulation.hosts)
-                measured[key] = (strategy, [outcome.timings.total_s for outcome in outcomes])
-            first, totals_s = measured[key]
-            cell = Cell(model=model, bandwidth_bps=bandwidth_bps, strategy=strategy, predicted_s=plan.predicted_s,
-                        measured_median_s=statistics.median(totals_s), measured_p95_s=percentile_s(totals_s, 95),
-                        requests=len(totals_s), same_as=None if first == strategy else first)
-            cells.append(cell)
-            on_cell(cell)
+    deployments: dict[tuple[Any, ...], tuple[str, Callable[[int], RequestOutcome]]] = {}
+    with ExitStack() as stack:
+        for bandwidth_bps in settings.bandwidths_bps:
+            demo = DemoSettings(model=model, edge=settings.edge, cloud=settings.cloud, bandwidth_bps=bandwidth_bps,
+                                latency_s=0.0, requests=settings.requests, broker_url=None,
+                                deadline_s=settings.deadline_s, emulate_links=emulation.link is None,
+                                seed=settings.seed, warmup=settings.warmup, agent_args=AGENT_ARGS)
+            on_phase(f"{model}: shaping the link to {bandwidth_bps / 1e6:g} Mbit/s")
+            emulation.shape(bandwidth_bps)
+            folder = workdir / Path(model).stem / f"{bandwidth_bps:.0f}bps"
+            folder.mkdir(parents=True, exist_ok=True)
+            priced = emulation.priced(costs, bandwidth_bps, model)
+            plan = plan_cost_graph(priced, "latency")
+            plan.save(folder / "plan.json")
+            plans = strategy_plans(PlannedModel(model_path, priced, plan, folder / "plan.json"))
+            keys: dict[str, tuple[Any, ...]] = {}
+            for strategy, strategy_plan in plans.items():
+                key = (*sorted(strategy_plan.placement.items()), None if emulation.link is not None else bandwidth_bps)
+                keys[strategy] = key
+                if key not in deployments:
+                    on_phase(f"{model}: deploying {strategy}")
+                    plan_path = folder / strategy / "plan.json"
+                    plan_path.parent.mkdir(parents=True, exist_ok=True)
+                    strategy_plan.save(plan_path)
+                    deployments[key] = (strategy, open_deployment(stack, demo, plan_path, cached_split(plan_path),
+                                                                  emulation.hosts))
+            first = {key: next(s for s, k in keys.items() if k == key) for key in dict.fromkeys(keys.values())}
+            on_phase(f"{model} at {bandwidth_bps / 1e6:g} Mbit/s: {len(first)} deployments taking turns")
+            totals = interleaved_totals({first[key]: deployments[key][1] for key in first}, settings.requests,
+                                        settings.warmup, settings.budget_s)
+            load = os.getloadavg()[0]
+            for strategy, strategy_plan in plans.items():
+                measured_by = first[keys[strategy]]
+                totals_s = totals[measured_by]
+                cell = Cell(model=model, bandwidth_bps=bandwidth_bps, strategy=strategy,
+                            predicted_s=strategy_plan.predicted_s, measured_median_s=statistics.median(totals_s),
+                            measured_p95_s=percentile_s(totals_s, 95), requests=len(totals_s),
+                            same_as=None if measured_by == strategy else measured_by, load_average_1min=load)
+                cells.append(cell)
+                on_cell(cell)
     return cells
 
 
@@ -274,7 +398,7 @@ def testbed_document(cells: Sequence[Cell], emulation_record: dict[str, Any], se
                                                       for c in comparisons(cells)]}
     return {"format": TESTBED_FORMAT, "emulation": emulation_record,
             "settings": {"models": list(settings.models), "bandwidths_bps": list(settings.bandwidths_bps),
-                         "requests": settings.requests, "warmup": settings.warmup, "edge": settings.edge,
+                         "requests": settings.requests, "warmup": settings.warmup, "budget_s": settings.budget_s, "edge": settings.edge,
                          "cloud": settings.cloud, "objective": "latency", "latency_s": 0.0, "seed": settings.seed},
             "cells": [{key: value for key, value in asdict(cell).items() if key != "same_as" or value is not None}
                       for cell in cells],

@@ -2,16 +2,18 @@
 
 Why a long-lived child: calibrating a CPU quota measures the model several times at different shares,
 and a process started in a slowed group would pay a slowed interpreter and onnxruntime start each time.
-This one loads the model once, then for every line "SECONDS" on stdin runs it with random inputs
-(seeded) back to back for at least that long and at least MIN_RUNS times, and prints the mean run in
-seconds. The mean of back-to-back runs, not the median: a CPU quota caps time per period (at least 1 ms
-of quota, enforced at the 4 ms scheduler tick here), so a run shorter than that may finish at full
-speed and the next one stall; over many runs the quota holds exactly (edgecloud.testbed.cpu_quota).
+This one loads the model once, then for every line "SECONDS GAP_S" on stdin runs it with random inputs
+(seeded) for at least that long and at least MIN_RUNS times, each run alone after GAP_S idle, and prints
+the median run in seconds: a request-sized burst as the agent runs it (a request arrives, one run, the
+agent waits for the next). A CPU quota caps time per period (at least 1 ms of quota, enforced at the
+scheduler tick), so such a burst is slowed differently from back-to-back runs, whose mean the quota holds
+exactly; the agent sees bursts, so the calibration matches those (edgecloud.testbed.cpu_quota).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 
@@ -39,14 +41,15 @@ def main(argv: list[str] | None = None) -> None:
     session.run(None, feeds)
     print("ready", flush=True)
     for line in sys.stdin:
-        budget_s = float(line)
-        runs = 0
-        started_s = time.perf_counter()
-        deadline_s = started_s + budget_s
-        while runs < MIN_RUNS or time.perf_counter() < deadline_s:
+        budget_s, gap_s = (float(word) for word in line.split())
+        runs_s: list[float] = []
+        deadline_s = time.perf_counter() + budget_s
+        while len(runs_s) < MIN_RUNS or time.perf_counter() < deadline_s:
+            time.sleep(gap_s)
+            started_s = time.perf_counter()
             session.run(None, feeds)
-            runs += 1
-        print((time.perf_counter() - started_s) / runs, flush=True)
+            runs_s.append(time.perf_counter() - started_s)
+        print(statistics.median(runs_s), flush=True)
 
 
 if __name__ == "__main__":

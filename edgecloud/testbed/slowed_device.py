@@ -1,8 +1,11 @@
 """The edge device emulated: a CPU group calibrated so that the whole model takes the profile's time.
 
 `calibrated_device` starts `edgecloud.testbed.model_timer` and moves it into the group (with the
-agent's thread count), and `cpu_quota.calibrate` adjusts the group's share until the timer's median whole-model run is
-within the tolerance of the prediction; the agent then runs in the same group at that share.
+agent's thread count), and `cpu_quota.calibrate` adjusts the group's share until the timer's median
+whole-model run, one run at a time after an idle gap as requests arrive, is within the tolerance of the
+prediction; the agent then runs in the same group at that share. Where no share gets there (a run
+shorter than the kernel's least quota runs at full speed whatever the share), the calibration's ratio
+says how far off the device is, and the testbed plans with the device as measured.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ TIMER_START_TIMEOUT_S = 120.0
 
 
 class ModelTimer:
-    """A `model_timer` child in a CPU group; `measure_s(budget_s)` is the mean whole-model run back to back."""
+    """A `model_timer` child in a CPU group; `measure_s(budget_s, gap_s)` is the median isolated run."""
 
     def __init__(self, quota: CpuQuota, model_path: Path, threads: int, seed: int = 0) -> None:
         self.quota = quota
@@ -37,9 +40,10 @@ class ModelTimer:
         self.quota.add(self._process.pid)
         return self
 
-    def measure_s(self, budget_s: float) -> float:
+    def measure_s(self, budget_s: float, gap_s: float) -> float:
+        """Median of isolated runs, each after `gap_s` idle, for at least `budget_s`."""
         assert self._process is not None and self._process.stdin is not None
-        self._process.stdin.write(f"{budget_s}\n")
+        self._process.stdin.write(f"{budget_s} {gap_s}\n")
         self._process.stdin.flush()
         line = self._read_line()
         try:
@@ -91,6 +95,8 @@ def calibrated_device(quota: CpuQuota, model_path: Path, predicted_s: float, thr
     """Set `quota` so that `model_path` takes `predicted_s` per run with `threads` threads; the result
     keeps every attempt and the final measured/predicted ratio."""
     with ModelTimer(quota, model_path, threads, seed) as timer:
-        # A slowed run takes longer: give each measurement at least 10 predicted runs.
-        return calibrate(quota, predicted_s, lambda: timer.measure_s(max(budget_s, 10 * predicted_s)),
+        # A slowed run takes longer: give each measurement at least 10 predicted runs. Each run follows
+        # an idle gap of two periods, so the quota has refilled as it has when a request arrives.
+        return calibrate(quota, predicted_s,
+                         lambda: timer.measure_s(max(budget_s, 10 * predicted_s), 2 * quota.period_s()),
                          max_cpus=float(threads), tolerance=tolerance)

@@ -16,6 +16,14 @@ for a stage that sends k tensors to one device the fixed part is counted k times
 The client's two hops (inputs to the source, outputs back from the sink) cost the same for every
 placement; with a `client_link` they are priced (`CostArrays.fixed_s`) so that the prediction is the
 latency a client sees, without them (None, files from before) the prediction starts at the source.
+
+Where the broker sits (`broker`, a device whose host runs it; None: messages go straight from device to
+device, as before): every message goes device -> broker -> device, two transfers, each over the link
+between those hosts or over none when they are one host. A message from edge to cloud with the broker
+in the cloud crosses the link once, as without a broker; but the client on the edge reaching the edge
+agent through a broker in the cloud crosses it twice (measured: all-edge at 1 Mbit/s took 2 x 49 KB on
+the wire). The fixed per-message part stays the sending link's (`message_s + broker_s + host_s_per_byte *
+bytes`), the wire part is the legs' (`wire_s`), the client's hops pay their legs too.
 Where the devices, links, pins and memory limits come from is `partitioner.costs.scenario`'s business.
 """
 
@@ -72,6 +80,7 @@ class CostGraph:
     tensors: dict[str, CostTensor]
     model: str | None = None  # ONNX path when built from a model
     client_link: LinkProfile | None = None  # the client's hops to the source and from the sink (None: unpriced)
+    broker: str | None = None  # the device whose host runs the broker (None: device to device, no broker leg)
     model_sha256: str | None = None  # of that file when its costs were taken: plans record it, splits check it
 
     def __post_init__(self) -> None:
@@ -79,6 +88,22 @@ class CostGraph:
 
     def link(self, a: str, b: str) -> LinkProfile:
         return self.links[link_key(a, b)]
+
+    def wire_s(self, a: str, b: str, size_bytes: Any) -> Any:
+        """Seconds `size_bytes` spend on the wire from a's host to b's (0 on one host)."""
+        if a == b:
+            return 0.0 * size_bytes
+        link = self.link(a, b)
+        return link.serialisation_s(size_bytes) + link.latency_s
+
+    def transfer_s(self, a: str, b: str, size_bytes: Any) -> Any:
+        """Seconds of a message a -> b (a != b): through the broker's host when there is a broker, then
+        what the hosts and brokers add per message (the a-b link's figures)."""
+        link = self.link(a, b)
+        if self.broker is None:
+            return link.transfer_time_s(size_bytes)
+        return self.wire_s(a, self.broker, size_bytes) + self.wire_s(self.broker, b, size_bytes) \
+            + link.message_cost_s(size_bytes)
 
     def memory_limit_bytes(self, device: str) -> float:
         limit = self.devices[device].get("memory_bytes")
@@ -91,6 +116,8 @@ class CostGraph:
         for role, device in (("source", self.source), ("sink", self.sink)):
             if device not in self.devices:
                 raise PartitionerError(f"the {role} device {device!r} is not one of the devices {sorted(self.devices)}.")
+        if self.broker is not None and self.broker not in self.devices:
+            raise PartitionerError(f"the broker's device {self.broker!r} is not one of the devices {sorted(self.devices)}.")
         names = sorted(self.devices)
         for device, spec in self.devices.items():
             limit = spec.get("memory_bytes")
@@ -146,6 +173,7 @@ class CostGraph:
             **({"model": model} if model is not None else {}),
             **({"model_sha256": self.model_sha256} if self.model_sha256 is not None else {}),
             **({"client_link": self.client_link.to_dict()} if self.client_link is not None else {}),
+            **({"broker": self.broker} if self.broker is not None else {}),
         }
 
     def save(self, path: str | Path) -> None:
@@ -175,7 +203,8 @@ class CostGraph:
                         sink=_optional_name(data.get("sink", data["source"]), "sink"), nodes=nodes, tensors=tensors,
                         model=data.get("model"), model_sha256=_optional_name(data.get("model_sha256"), "model_sha256"),
                         client_link=None if data.get("client_link") is None
-                        else LinkProfile.from_dict(data["client_link"], "the cost graph's client_link"))
+                        else LinkProfile.from_dict(data["client_link"], "the cost graph's client_link"),
+                        broker=_optional_name(data.get("broker"), "broker"))
         except DeviceError as error:  # a link's sentence names it already
             raise PartitionerError(str(error)) from None
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as error:
@@ -347,10 +376,10 @@ def to_arrays(graph: CostGraph) -> CostArrays:
             use_tensor.append(index)
             use_node.append(node_index[consumer])
     transfer_s = np.zeros((len(tensors), d, d))  # the diagonal stays 0: no transfer within a device
-    for (a, b), link in graph.links.items():
-        seconds = link.transfer_time_s(tensor_bytes)
-        transfer_s[:, device_index[a], device_index[b]] = seconds
-        transfer_s[:, device_index[b], device_index[a]] = seconds
+    for a in device_names:
+        for b in device_names:
+            if a != b:
+                transfer_s[:, device_index[a], device_index[b]] = graph.transfer_s(a, b, tensor_bytes)
     return CostArrays(
         device_names=device_names, node_names=node_names, tensor_names=tensor_names, time_s=time_s,
         memory_bytes=memory_bytes,
@@ -364,13 +393,18 @@ def to_arrays(graph: CostGraph) -> CostArrays:
 
 
 def client_hops_s(graph: CostGraph) -> tuple[float, float]:
-    """Seconds of the client's request (every graph input in one message) and of the answer (every graph
-    output); (0, 0) without a client link."""
-    if graph.client_link is None:
-        return 0.0, 0.0
+    """Seconds of the client's request (every graph input in one message, the client on the source) and
+    of the answer (every graph output, the client on the sink): the client link's figures, plus the
+    wire there and back when the broker is on another host; (0, 0) with neither."""
     inputs = sum(t.bytes for t in graph.tensors.values() if t.producer is None)
     outputs = sum(t.bytes for t in graph.tensors.values() if t.output)
-    return float(graph.client_link.transfer_time_s(inputs)), float(graph.client_link.transfer_time_s(outputs))
+
+    def hop_s(device: str, n_bytes: int) -> float:
+        own = 0.0 if graph.client_link is None else graph.client_link.transfer_time_s(n_bytes)
+        legs = 0.0 if graph.broker is None else graph.wire_s(device, graph.broker, n_bytes) + graph.wire_s(graph.broker, device, n_bytes)
+        return float(own + legs)
+
+    return hop_s(graph.source, inputs), hop_s(graph.sink, outputs)
 
 
 def _binding_limit(limit_bytes: float, total_bytes: float) -> float:

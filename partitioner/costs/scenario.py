@@ -23,7 +23,8 @@ from partitioner.errors import PartitionerError
 class Scenario:
     """Devices (name -> profile dict), links (keyed by `link_key`, in whatever order given), source and
     sink device, pins (node -> device; an ONNX node id names the layer holding it) and memory limits
-    (device -> bytes, replacing the profile's `memory_bytes`), and the client's link (see `CostGraph.client_link`)."""
+    (device -> bytes, replacing the profile's `memory_bytes`), the client's link (see `CostGraph.client_link`)
+    and the device whose host runs the broker (`CostGraph.broker`)."""
 
     devices: Mapping[str, Mapping[str, Any]]
     links: Mapping[tuple[str, str], LinkProfile]
@@ -32,6 +33,7 @@ class Scenario:
     pins: Mapping[str, str] = field(default_factory=dict)
     memory_limits_bytes: Mapping[str, int] = field(default_factory=dict)
     client_link: LinkProfile | None = None
+    broker: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "links", keyed_links(self.links))
@@ -46,7 +48,7 @@ class Scenario:
     @classmethod
     def of_graph(cls, graph: CostGraph) -> Scenario:
         """The scenario a cost graph was built on (its nodes keep their own pins)."""
-        return cls(graph.devices, graph.links, graph.source, graph.sink, client_link=graph.client_link)
+        return cls(graph.devices, graph.links, graph.source, graph.sink, client_link=graph.client_link, broker=graph.broker)
 
     def overridden(self, links: Mapping[tuple[str, str], LinkProfile] | None = None,
                    pins: Mapping[str, str] | None = None,
@@ -97,4 +99,4 @@ class Scenario:
             pinned[layer] = replace(pinned[layer], pin=device)
         return CostGraph(devices=self.device_specs(), links=dict(self.links), source=self.source, sink=self.sink,
                          nodes=pinned, tensors=dict(tensors), model=model, model_sha256=model_sha256,
-                         client_link=self.client_link).validate()
+                         client_link=self.client_link, broker=self.broker).validate()

@@ -1,0 +1,65 @@
+"""What the testbed plans with: the link, the broker's host, the client's hops and the edge as measured
+(`Emulation.priced`), and strategies measured in turns under one time budget (`interleaved_totals`)."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgecloud.cli.demo_steps import RequestOutcome
+from edgecloud.cli.testbed_steps import MIN_REQUESTS, Emulation, interleaved_totals
+from edgecloud.serving.client import RequestTimings
+from edgecloud.testbed.hosts import LocalHosts
+from partitioner.costs.cost_graph import CostGraph, to_arrays
+from partitioner.costs.objective import latency_s
+
+
+def two_layer_graph() -> CostGraph:
+    return CostGraph.from_dict({
+        "format": "edgecloud.costgraph/1", "devices": {"edge": {}, "cloud": {}},
+        "links": [{"from": "edge", "to": "cloud", "bandwidth_bps": 1e6, "latency_s": 0.0}],
+        "source": "edge", "sink": "edge",
+        "nodes": {"a": {"time_s": {"edge": 0.004, "cloud": 0.001}}, "b": {"time_s": {"edge": 0.006, "cloud": 0.001}}},
+        "tensors": {"x": {"bytes": 10_000, "producer": None, "consumers": ["a"]},
+                    "h": {"bytes": 2_000, "producer": "a", "consumers": ["b"]},
+                    "y": {"bytes": 40, "producer": "b", "consumers": [], "output": True}}})
+
+
+def test_the_plan_is_priced_with_the_measured_rate_message_costs_broker_host_and_edge() -> None:
+    emulation = Emulation(LocalHosts("mqtt://127.0.0.1:1"), None, None, broker_device="cloud",
+                          message_figures={"message_s": 3e-4, "broker_s": 1e-4, "host_s_per_byte": 1e-9},
+                          rates_bps={5e6: 4.8e6}, edge_scale={"m": 0.5})
+    priced = emulation.priced(two_layer_graph(), 5e6, "m")
+    link = priced.link("edge", "cloud")
+    assert (link.bandwidth_bps, link.latency_s, link.message_s, link.broker_s) == (4.8e6, 0.0, 3e-4, 1e-4)
+    assert priced.broker == "cloud" and priced.client_link is not None
+    assert priced.nodes["a"].time_s == {"edge": 0.002, "cloud": 0.001}  # the edge as calibrated
+    arrays = to_arrays(priced)
+    all_edge = [0, 0] if arrays.device_names[0] == "edge" else [1, 1]
+    import numpy as np
+
+    wire = lambda n: 8 * n / 4.8e6  # noqa: E731
+    own = lambda n: 3e-4 + 1e-4 + 1e-9 * n + 8 * n / 1e10  # noqa: E731  the client's hop off the link
+    expected = 0.002 + 0.003 + own(10_000) + own(40) + 2 * wire(10_000) + 2 * wire(40)
+    assert latency_s(arrays, np.array(all_edge)) == pytest.approx(expected)
+    unpriced = emulation.priced(two_layer_graph(), 20e6, "other")  # no rate measured, no calibration: as set
+    assert unpriced.link("edge", "cloud").bandwidth_bps == 20e6 and unpriced.nodes["a"].time_s["edge"] == 0.004
+
+
+def outcome(index: int, total_s: float) -> RequestOutcome:
+    return RequestOutcome(index, RequestTimings(total_s), False, 0.0, 0.0)
+
+
+def test_strategies_take_turns_request_by_request_and_a_slow_one_stops_at_its_budget() -> None:
+    calls: list[tuple[str, int]] = []
+
+    def serving(name: str, seconds: float):
+        def serve(index: int) -> RequestOutcome:
+            calls.append((name, index))
+            return outcome(index, seconds)
+        return serve
+
+    totals = interleaved_totals({"fast": serving("fast", 0.01), "slow": serving("slow", 1.0)}, requests=10, warmup=1,
+                                budget_s=2.5)
+    assert calls[:2] == [("fast", -1), ("slow", -1)]  # the warm-up, not counted
+    assert calls[2:6] == [("fast", 0), ("slow", 0), ("fast", 1), ("slow", 1)]  # turns, not blocks
+    assert len(totals["fast"]) == 10 and len(totals["slow"]) == MIN_REQUESTS  # 5 x 1 s is past 2.5 s, not before
