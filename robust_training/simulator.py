@@ -220,20 +220,23 @@ class Simulator:
         self.params0 = objective.initial_params(train.features, init_rng)
 
     def run(self, on_round: Callable[[RoundRecord], None] | None = None,
-            play_round: RoundPlayer | None = None, checkpoints: Checkpointer | None = None) -> SimulationResult:
+            play_round: RoundPlayer | None = None, checkpoints: Checkpointer | None = None,
+            record_type: type[RoundRecord] = RoundRecord) -> SimulationResult:
         """Train for `config.rounds` rounds (fewer if the target accuracy is reached or the model diverges).
 
         `play_round` replaces the in-process round (`_play_round`'s signature) so that a runner with real
         worker processes (robust_training.runners) shares this loop: adversary draws, stopping, records,
         checkpoints. With `checkpoints` the loop's whole state is written every K rounds and, when
         resuming, read back first: the rounds after it are the ones an uninterrupted run plays.
+        `record_type` is what `play_round` records (a runner's RoundRecord subclass), read back as such.
         """
         config = self.config
         play_round = play_round or self._play_round
         controller = AdaptiveTau(config.tau, max(config.tau_max, config.tau)) if config.adaptive_tau else None
         identity = self.identity() if checkpoints is not None else {}
         snapshot = checkpoints.load(identity) if checkpoints is not None else None
-        loop = self._restore(snapshot, controller) if snapshot is not None else _Loop(self.params0.copy(), config.tau)
+        loop = (self._restore(snapshot, controller, record_type) if snapshot is not None
+                else _Loop(self.params0.copy(), config.tau))
         diverged = False
         while not self._finished(loop.records):
             round_index = len(loop.records)
@@ -305,11 +308,12 @@ class Simulator:
             "adversaries": loop.adversaries, "generators": generator_states(self._generators()),
             "adaptive_tau": tau_state})
 
-    def _restore(self, snapshot: Snapshot, controller: AdaptiveTau | None) -> _Loop:
+    def _restore(self, snapshot: Snapshot, controller: AdaptiveTau | None,
+                 record_type: type[RoundRecord] = RoundRecord) -> _Loop:
         """The loop state `_snapshot` wrote, checked against this run's shapes before use."""
         state, n_workers = snapshot.state, self.config.n_workers
         try:
-            records = [RoundRecord(**record) for record in state["records"]]
+            records = [record_type(**record) for record in state["records"]]
             loop = _Loop(snapshot.array("params", self.params0.shape).copy(), int(state["tau"]), records,
                          None if state["budget_s"] is None else float(state["budget_s"]),
                          [int(worker) for worker in state["adversaries"]])

@@ -98,15 +98,23 @@ class ParameterServer:
         self._ready_changed = threading.Condition()
         self._bytes_lock = threading.Lock()
         self._bytes = 0
+        self._closed = False
         self._round_deadline_s = options.round_deadline_s
 
     # -- connection and joining -------------------------------------------------------------------
 
     def connect(self) -> None:
+        """Connect, listen, and offer the job to every worker at once: a worker still holding the job of a
+        server that died (say a run resumed from its checkpoint) says no hello, and takes the new job
+        only when it is sent one. Workers not connected yet get it when they say hello."""
         self.transport.connect()
         self.transport.subscribe(inbox_filter(self.options.deployment, SERVER), self._on_payload)
+        offer = job_message(self.job)
+        for worker in range(self.n_workers):
+            self._publish(worker, offer)
 
     def close(self) -> None:
+        self._closed = True  # hellos still arriving are not answered by a transport that is gone
         self.transport.close()
 
     def _publish(self, worker: int, message: Message) -> None:
@@ -128,7 +136,7 @@ class ParameterServer:
             logger.warning("the PS dropped a message: %s", error)
             return
         kind = message_type(message)
-        if kind == "hello":
+        if kind == "hello" and not self._closed:
             self._publish(worker, job_message(self.job))
         elif kind == "ready" and job_id_of(message) == self.job.job_id:
             logger.info("worker %d holds its partitions", worker)
@@ -151,7 +159,7 @@ class ParameterServer:
     def train(self, on_round: Callable[[RoundRecord], None] | None = None) -> SimulationResult:
         """Play the run's rounds (workers must have joined), then tell the workers to stop."""
         result = self.simulator.run(on_round=on_round, play_round=self._play_round,
-                                    checkpoints=self.options.checkpoints)
+                                    checkpoints=self.options.checkpoints, record_type=FleetRoundRecord)
         for worker in range(self.n_workers):
             self._publish(worker, stop_message(self.job.job_id))
         return result
