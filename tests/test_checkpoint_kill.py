@@ -52,25 +52,31 @@ def _checkpoint_round(directory: Path) -> int:
         return 0
 
 
-@pytest.mark.parametrize("runner", RUNS)
-def test_a_killed_server_resumes_to_the_uninterrupted_model(tmp_path: Path, runner: str) -> None:
-    rounds = int(RUNS[runner][RUNS[runner].index("--rounds") + 1])
-    uninterrupted = _finish(_command(runner, "--save", str(tmp_path / "whole.npz")))
-    checkpoints = tmp_path / "checkpoints"
-    server = subprocess.Popen(_command(runner, "--checkpoint-dir", str(checkpoints), "--checkpoint-every", "2"),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+def kill_after_checkpoint(command: list[str], checkpoints: Path, at_round: int) -> list[psutil.Process]:
+    """Run `command` until its checkpoint reaches `at_round`, SIGKILL it mid-run; its children then."""
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         deadline = time.monotonic() + 300
-        while _checkpoint_round(checkpoints) < 2 and server.poll() is None and time.monotonic() < deadline:
+        while _checkpoint_round(checkpoints) < at_round and server.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
         assert server.poll() is None, server.stderr.read().decode()[-3000:]  # still training: killed mid-run
-        workers = psutil.Process(server.pid).children(recursive=True)
+        children = psutil.Process(server.pid).children(recursive=True)
         server.send_signal(signal.SIGKILL)
         server.wait(timeout=30)
     finally:
         server.kill()
         server.stderr.close()
+    return children
+
+
+@pytest.mark.parametrize("runner", RUNS)
+def test_a_killed_server_resumes_to_the_uninterrupted_model(tmp_path: Path, runner: str) -> None:
+    rounds = int(RUNS[runner][RUNS[runner].index("--rounds") + 1])
+    uninterrupted = _finish(_command(runner, "--save", str(tmp_path / "whole.npz")))
+    checkpoints = tmp_path / "checkpoints"
+    workers = kill_after_checkpoint(_command(runner, "--checkpoint-dir", str(checkpoints), "--checkpoint-every", "2"),
+                                    checkpoints, 2)
     killed_at = _checkpoint_round(checkpoints)
     assert 2 <= killed_at < rounds
     _, alive = psutil.wait_procs(workers, timeout=60)  # orphaned gloo workers see the PS's sockets close

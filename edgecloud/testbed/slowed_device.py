@@ -18,6 +18,7 @@ from typing import Self
 
 from edgecloud.testbed.cpu_quota import Calibration, CpuQuota, calibrate
 from edgecloud.testbed.host_commands import TestbedError
+from edgecloud.transport.hop_costs import stop_by_closing_stdin
 
 TIMER_START_TIMEOUT_S = 120.0
 
@@ -67,13 +68,7 @@ class ModelTimer:
         process, self._process = self._process, None
         if process is None:
             return
-        if process.stdin is not None:
-            process.stdin.close()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_by_closing_stdin(process)
         for stream in (process.stdout, process.stderr):
             if stream is not None:
                 stream.close()

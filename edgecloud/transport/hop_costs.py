@@ -166,13 +166,18 @@ def _child(kind: str, url: str, deployment: str) -> Iterator[None]:
                                  f"within {READY_TIMEOUT_S:g} s.")
         yield
     finally:
-        if process.stdin is not None:
-            process.stdin.close()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_by_closing_stdin(process)
+
+
+def stop_by_closing_stdin(process: subprocess.Popen, timeout_s: float = 10.0) -> None:
+    """End a helper process whose cue to exit is the end of its stdin; kill it if it outlives `timeout_s`."""
+    if process.stdin is not None:
+        process.stdin.close()
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _serve_until_stdin_closes() -> None:
