@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -190,6 +191,10 @@ def _work(simulator: Simulator, worker: int) -> None:
 
 
 def _spawned_worker(index: int, job: TrainJob, host: str, port: int) -> None:
+    # The PS's stdout is the command's output (`train --json`); a worker shares that pipe, so whatever it
+    # or a library it loads prints goes to stderr instead, never into the middle of the result.
+    sys.stdout.flush()
+    os.dup2(2, 1)
     torch.set_num_threads(1)  # P + 1 processes share the machine's cores
     rank, world_size = index + 1, job.config.n_workers + 1
     store = dist.TCPStore(host, port, world_size, is_master=False, timeout=COLLECTIVE_TIMEOUT)
