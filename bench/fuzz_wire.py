@@ -309,7 +309,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="edgecloud-fuzz-") as workdir:
         results |= {f"loader/{name}": tally for name, tally in fuzz_loaders(args.seed, args.loader, Path(workdir)).items()}
     tracemalloc.stop()
-    print(f"| target | inputs | accepted | refused (our error) | escaped | over allocation limit | max extra alloc (KiB) | inputs/s |")
+    print("| target | inputs | accepted | refused (our error) | escaped | over allocation limit | max extra alloc (KiB) | inputs/s |")
     print("|---|---|---|---|---|---|---|---|")
     for name, tally in results.items():
         print(f"| {name} | {tally.inputs} | {tally.accepted} | {tally.refused} | {tally.escaped} | {tally.over_allocation} "

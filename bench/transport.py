@@ -35,7 +35,6 @@ import queue
 import socket
 import statistics
 import struct
-import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path

@@ -45,7 +45,7 @@ from edgecloud.transport.wire import Message, decode, encode
 from robust_training.checkpoint import Checkpointer
 from robust_training.errors import DecodeError, TrainingError
 from robust_training.simulator import (HonestUpdatesDiverged, PartitionUpdates, RoundRecord, SimulationResult,
-                                       Simulator, held_partitions)
+                                       held_partitions)
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,6 @@ optimum is not concave and this search would not be exact: they are refused.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -31,8 +30,6 @@ from partitioner.costs.objective import LATENCY, Objective, objective_named
 from partitioner.errors import PartitionerError
 from partitioner.plan.plan_file import PLAN_FORMAT, Plan, build_plan, plan_from_dict
 from partitioner.solve.optimal import Solution, solve
-
-log = logging.getLogger(__name__)
 
 PLANS_FORMAT = "edgecloud.plans/1"
 _SHARED = ("model", "model_sha256", "objective", "devices", "source", "sink")  # once, at the top
@@ -132,13 +129,15 @@ def adaptive_plans(graph: CostGraph, link: LinkKey, low_bps: float, high_bps: fl
         raise PartitionerError(f"the bandwidth range must go from low to high, got {low_bps:g}..{high_bps:g} bit/s.")
     link = link_key(*link)
     solves = 0
+    ends = (to_arrays(graph_at(graph, link, low_bps)), to_arrays(graph_at(graph, link, high_bps)))  # index once
 
     def solved(bandwidth_bps: float, warm: np.ndarray | None) -> tuple[Solution, _Line]:
         nonlocal solves
         solves += 1
-        solution = solve(to_arrays(graph_at(graph, link, bandwidth_bps)), LATENCY, solver, time_limit_s,
-                         warm_start=warm)
-        return solution, _line(graph, link, solution.placement, low_bps, high_bps)
+        arrays = ends[0] if bandwidth_bps == low_bps else ends[1] if bandwidth_bps == high_bps else to_arrays(
+            graph_at(graph, link, bandwidth_bps))
+        solution = solve(arrays, LATENCY, solver, time_limit_s, warm_start=warm)
+        return solution, _line(ends, solution.placement, low_bps, high_bps)
 
     low, low_line = solved(low_bps, None)
     high, high_line = solved(high_bps, low.placement)
@@ -169,11 +168,12 @@ def adaptive_plans(graph: CostGraph, link: LinkKey, low_bps: float, high_bps: fl
     return PlanSet(graph, link, _pieces(breakpoints), solves)
 
 
-def _line(graph: CostGraph, link: LinkKey, placement: np.ndarray, low_bps: float, high_bps: float) -> _Line:
-    """The placement's latency line, read from its latency at the range's two ends (whatever the link
-    model's fixed parts are, the time is affine in 1/bandwidth)."""
-    at_low = LATENCY.evaluate(to_arrays(graph_at(graph, link, low_bps)), placement)
-    at_high = LATENCY.evaluate(to_arrays(graph_at(graph, link, high_bps)), placement)
+def _line(ends: tuple[CostArrays, CostArrays], placement: np.ndarray, low_bps: float, high_bps: float) -> _Line:
+    """The placement's latency line, read from its latency at the range's two ends (`ends`: the graph
+    indexed at low_bps and at high_bps; whatever the link model's fixed parts are, the time is affine
+    in 1/bandwidth)."""
+    at_low = LATENCY.evaluate(ends[0], placement)
+    at_high = LATENCY.evaluate(ends[1], placement)
     slope = (at_low - at_high) / (1.0 / low_bps - 1.0 / high_bps)
     return _Line(at_high - slope / high_bps, slope)
 
