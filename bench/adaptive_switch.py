@@ -83,49 +83,45 @@ def run_requests(client: InferenceClient, count: int, seed: int) -> list[dict]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="resnet18")
-    parser.add_argument("--rates-mbit", default="100,5,50")
-    parser.add_argument("--requests", type=int, default=30, help="rounds per rate: one request per deployment each")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=RESULTS / "adaptive_switch.json")
-    args = parser.parse_args()
-    rates_bps = [float(rate) * 1e6 for rate in args.rates_mbit.split(",")]
-
-    workdir = Path(tempfile.mkdtemp(prefix="adaptive-switch-"))
-    settings = DemoSettings(model=args.model, edge=demo.DEFAULT_EDGE, cloud=demo.DEFAULT_CLOUD, bandwidth_bps=rates_bps[0],
+def plan_set_on_testbed(emulation, model: str, rate_bps: float, seed: int, workdir: Path):
+    """The plan set priced as the testbed prices its cells: the message costs measured on the emulated
+    path, the edge as its quota calibration reached it, the link at the rate a transfer measured."""
+    settings = DemoSettings(model=model, edge=demo.DEFAULT_EDGE, cloud=demo.DEFAULT_CLOUD, bandwidth_bps=rate_bps,
                             latency_s=0.0, requests=0, broker_url=None, deadline_s=30.0, emulate_links=False,
-                            seed=args.seed)
+                            seed=seed)
     planned = plan_demo_model(settings, workdir)
-    plan_set = adaptive_plans(planned.costs, ("edge", "cloud"), 1e6, 1e9)
-    plans_path = workdir / "plans.json"
-    plan_set.save(plans_path)
-    served = load_served_plans(plans_path)  # split once, before any agent starts
-    intervals = [{"plan": index + 1, "bandwidth_mbit": [p.low_bps / 1e6, p.high_bps / 1e6],
-                  "predicted_ms": [t * 1e3 for t in p.predicted_s], "id": served.ids[index]}
-                 for index, p in enumerate(plan_set.pieces)]
-    for interval in intervals:
-        print(f"plan {interval['plan']}: {interval['bandwidth_mbit'][0]:.2f}..{interval['bandwidth_mbit'][1]:.2f} Mbit/s, "
-              f"predicted {interval['predicted_ms'][0]:.1f}..{interval['predicted_ms'][1]:.1f} ms")
+    emulation.calibrate_messages()
+    emulation.hold_edge(model, planned.costs, 1, seed)
+    emulation.shape(rate_bps)
+    return adaptive_plans(emulation.priced(planned.costs, rate_bps, model), ("edge", "cloud"), 1e6, 1e9)
 
-    document: dict = {"model": args.model, "rates_mbit": [r / 1e6 for r in rates_bps], "intervals": intervals,
-                      "machine_note": "2 cores shared with other helpers' work; medians vary run to run"}
+
+def measure(model: str, rates_bps: list[float], requests: int, warmup: int, seed: int) -> dict:
+    """Serve the adaptive deployment and one static deployment per plan of the set, `requests` rounds
+    at each rate in turn; every request's latency and plan, the switches the source logged, and the
+    answers an observer counted per request id."""
+    workdir = Path(tempfile.mkdtemp(prefix="adaptive-switch-"))
+    document: dict = {"model": model, "rates_mbit": [r / 1e6 for r in rates_bps],
+                      "machine_note": "2 cores shared with other work; medians vary run to run"}
     with ExitStack() as stack:
         emulation = emulated_hosts(stack, 1, "edge")
-        emulation.hold_edge(args.model, planned, 1, args.seed)
         broker_url = emulation.hosts.broker_url(stack)
+        plan_set = plan_set_on_testbed(emulation, model, rates_bps[0], seed, workdir)
+        plans_path = workdir / "plans.json"
+        plan_set.save(plans_path)
+        served = load_served_plans(plans_path)  # split once, before any agent starts
+        document["intervals"] = [{"plan": index + 1, "bandwidth_mbit": [p.low_bps / 1e6, p.high_bps / 1e6],
+                                  "predicted_ms": [t * 1e3 for t in p.predicted_s], "id": served.ids[index]}
+                                 for index, p in enumerate(plan_set.pieces)]
         answers: Counter[str] = Counter()
         # Every deployment alive at once and served in rounds (one adaptive request, then one per static
         # plan), so that adaptive and static requests meet the same load on the shared cores.
         deployments = {"adaptive": serve(emulation.hosts, stack, plans_path, broker_url, [])}
         for index in range(len(served.manifests)):
             deployments[index + 1] = serve(emulation.hosts, stack, plans_path, broker_url, ["--pin-plan", str(index + 1)])
-        emulation.shape(rates_bps[0])
         for client, _, _ in deployments.values():
-            run_requests(client, args.warmup, args.seed)
-        sent = args.warmup * len(deployments)
+            run_requests(client, warmup, seed)
+        sent = warmup * len(deployments)
         segments = []
         for rate_bps in rates_bps:
             if segments:
@@ -133,18 +129,15 @@ def main() -> None:
             # the adaptive source probes once it holds no request: let its probe clear the link first
             probe_clear_s = 2 * max(0.004, 8 * 16 * 2**10 / rate_bps) + 0.005
             rows: dict[object, list[dict]] = {name: [] for name in deployments}
-            for round_index in range(args.requests):
-                seed = args.seed + 1000 + len(segments) * args.requests + round_index
+            for round_index in range(requests):
+                round_seed = seed + 1000 + len(segments) * requests + round_index
                 for name, (client, _, _) in deployments.items():
-                    rows[name] += run_requests(client, 1, seed)
+                    rows[name] += run_requests(client, 1, round_seed)
                     if name == "adaptive":
                         time.sleep(probe_clear_s)
-            sent += args.requests * len(deployments)
+            sent += requests * len(deployments)
             segments.append({"rate_mbit": rate_bps / 1e6, "requests": rows.pop("adaptive"),
                              "static": {str(plan): plan_rows for plan, plan_rows in rows.items()}})
-            print(f"{rate_bps / 1e6:g} Mbit/s: " + ", ".join(
-                f"static plan {plan} {statistics.median(r['latency_s'] for r in plan_rows) * 1e3:.1f} ms"
-                for plan, plan_rows in segments[-1]["static"].items()))
         time.sleep(0.5)
         for _, counter, _ in deployments.values():
             answers.update(counter.counts)
@@ -153,6 +146,7 @@ def main() -> None:
                                 if "link estimate" in line]
         document["link_measured"] = emulation.record["links"]
         document["edge_device"] = emulation.record["devices"]
+        document["messages"] = emulation.record.get("messages")
 
     table = []
     window = slice(SETTLE_FROM, SETTLE_TO)
@@ -162,7 +156,6 @@ def main() -> None:
                      for plan, plan_rows in segment["static"].items()}
         best_plan, best_ms = min(static_ms.items(), key=lambda item: item[1])
         settled_ms = statistics.median(row["latency_s"] for row in rows[window]) * 1e3
-        plans = [row["plan"] for row in rows]
         measured_bps = statistics.median(link["measured_up_bps"] for link in document["link_measured"]
                                          if link["bandwidth_bps"] == rate_bps)
         chosen = next(i for i, p in enumerate(plan_set.pieces) if p.high_bps >= min(measured_bps, 1e9)) + 1
@@ -170,25 +163,43 @@ def main() -> None:
                       "set_plan": chosen, "set_plan_static_ms": static_ms[chosen],
                       "best_static_plan": best_plan, "best_static_ms": best_ms, "static_ms_requests_11_20": static_ms,
                       "adaptive_ms_requests_11_20": settled_ms, "ratio": settled_ms / best_ms,
-                      "within_10pct": settled_ms <= (1 + TOLERANCE) * best_ms, "plans_used": plans})
-    duplicates = sum(1 for count in answers.values() if count > 1)
-    lost = sent - len(answers)
+                      "within_10pct": settled_ms <= (1 + TOLERANCE) * best_ms,
+                      "plans_used": [row["plan"] for row in rows]})
     document.update(table=table, segments=segments, requests_sent=sent, answers_seen=sum(answers.values()),
-                    lost=lost, answered_twice=duplicates)
+                    lost=sent - len(answers), answered_twice=sum(1 for count in answers.values() if count > 1))
+    return document
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--rates-mbit", default="100,5,50")
+    parser.add_argument("--requests", type=int, default=30, help="rounds per rate: one request per deployment each")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=RESULTS / "adaptive_switch.json")
+    args = parser.parse_args()
+    if args.requests < SETTLE_TO:
+        parser.error(f"--requests must be at least {SETTLE_TO}: the criterion reads requests 11..20 after each change")
+    document = measure(args.model, [float(rate) * 1e6 for rate in args.rates_mbit.split(",")], args.requests,
+                       args.warmup, args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(document, indent=1))
 
-    print()
+    for interval in document["intervals"]:
+        print(f"plan {interval['plan']}: {interval['bandwidth_mbit'][0]:.2f}..{interval['bandwidth_mbit'][1]:.2f} Mbit/s, "
+              f"predicted {interval['predicted_ms'][0]:.1f}..{interval['predicted_ms'][1]:.1f} ms")
     print(f"{'rate':>9} | {'set picks (static)':>18} | {'best static':>16} | {'adaptive (11..20)':>17} | {'ratio':>5} | ok "
           f"| plans used (first 20)")
-    for row in table:
+    for row in document["table"]:
         print(f"{row['rate_mbit']:>5g} Mbit | plan {row['set_plan']} {row['set_plan_static_ms']:>8.1f} ms | "
               f"plan {row['best_static_plan']} {row['best_static_ms']:>7.1f} ms | "
               f"{row['adaptive_ms_requests_11_20']:>14.1f} ms | {row['ratio']:>5.2f} | "
               f"{'y ' if row['within_10pct'] else 'n '} | {''.join(str(p) for p in row['plans_used'][:20])}")
     for line in document["switches"]:
         print(f"switch: {line}")
-    print(f"requests sent {sent}, answers seen {sum(answers.values())}, lost {lost}, answered twice {duplicates}")
+    print(f"requests sent {document['requests_sent']}, answers seen {document['answers_seen']}, "
+          f"lost {document['lost']}, answered twice {document['answered_twice']}")
     print(f"wrote {args.out}")
 
 
