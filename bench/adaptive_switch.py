@@ -10,7 +10,7 @@ the edge agent in a CPU quota calibrated to the edge profile's whole-model time,
 host). Static plan K = the same plan set with `agent --pin-plan K` (the same stages, the same code path);
 adaptive = the source follows its link estimate. All deployments run at once and are served in rounds
 (one request per deployment, the order rotating), one request at a time, no fallback: adaptive and
-static requests meet the same load on the shared cores (the order rotates each round).
+static requests meet the same load on the shared cores.
 
 Criterion (issue 14): within 20 requests after each rate change the median latency is within 10 % of
 the best static plan measured at the new rate: here the adaptive median over rounds 11..20 after the
@@ -114,7 +114,8 @@ def measure(model: str, rates_bps: list[float], requests: int, warmup: int, seed
                                   "predicted_ms": [t * 1e3 for t in p.predicted_s], "id": served.ids[index]}
                                  for index, p in enumerate(plan_set.pieces)]
         answers: Counter[str] = Counter()
-        # Every deployment alive at once and served in rounds (one request each), so that adaptive and static requests meet the same load on the shared cores.
+        # Every deployment alive at once and served in rounds (one request each), so that adaptive and
+        # static requests meet the same load on the shared cores.
         deployments = {"adaptive": serve(emulation.hosts, stack, plans_path, broker_url, [])}
         for index in range(len(served.manifests)):
             deployments[index + 1] = serve(emulation.hosts, stack, plans_path, broker_url, ["--pin-plan", str(index + 1)])
