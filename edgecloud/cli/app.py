@@ -69,7 +69,10 @@ def run(args: list[str] | None = None) -> int:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point; a child of a local run (a training worker, an agent) ends with it."""
+    from robust_training.runners.parent_death import end_with_parent_from_environment
+
+    end_with_parent_from_environment()
     raise SystemExit(run())
 
 
