@@ -15,6 +15,8 @@ from robust_training.errors import TrainingError
 
 DATASET_NAMES: tuple[str, ...] = ("digits", "mnist")
 SPLIT_SCHEMES: tuple[str, ...] = ("iid", "shards", "dirichlet")
+# (features, classes, image shape) of each bundled set, as `load_dataset` returns it (tests check this)
+_LAYOUTS: dict[str, tuple[int, int, tuple[int, int]]] = {"digits": (64, 10, (8, 8)), "mnist": (784, 10, (28, 28))}
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,15 @@ def _raw(name: str) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
         features, labels = mnist_data()
         return features.astype(np.float64), labels.astype(np.int64), (28, 28)
     raise TrainingError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}.")
+
+
+def dataset_layout(name: str) -> Dataset:
+    """A bundled set's shape without its samples (zero rows): what sizes a model, so that a worker that
+    holds only its own partition files (`train-worker --data-dir`) needs neither the set nor its package."""
+    if name not in _LAYOUTS:
+        raise TrainingError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}.")
+    n_features, n_classes, image_shape = _LAYOUTS[name]
+    return Dataset(np.empty((0, n_features)), np.empty(0, dtype=np.int64), n_classes, image_shape)
 
 
 def load_dataset(name: str, test_fraction: float = 0.2, seed: int = 0) -> tuple[Dataset, Dataset]:

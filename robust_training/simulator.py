@@ -199,6 +199,20 @@ def worker_message(objective: Objective, config: SimulationConfig, code: Code | 
     return (scaled[0] if code is None else code.encode(worker, scaled)), updates.start_losses
 
 
+def partition_scale(partition_sizes: Sequence[int]) -> np.ndarray:
+    """P |D_p| / |D| per partition: what each update is scaled by (step 2 of the module docstring); a
+    worker holding only its own partitions computes it from the sizes the server sends."""
+    return len(partition_sizes) * size_weights(partition_sizes)
+
+
+def split_partitions(train: Dataset, config: SimulationConfig, code: Code | None) -> list[Dataset]:
+    """The run's partitions of `train`: one per worker uncoded, the code's count otherwise; the one
+    definition of the split, shared by the simulator and `edgecloud train-data export`."""
+    n_partitions = config.n_workers if code is None else code.n_partitions
+    return split_dataset(train, n_partitions, config.split, seed=config.seed, unequal=config.unequal_sizes,
+                         alpha=config.dirichlet_alpha)
+
+
 class Simulator:
     """Runs `SimulationConfig` on one objective and one train/test split."""
 
@@ -209,12 +223,10 @@ class Simulator:
         self.train = train
         self.test = test
         self.config = config
-        n_partitions = config.n_workers if self.code is None else self.code.n_partitions
-        self.partitions = split_dataset(train, n_partitions, config.split, seed=config.seed,
-                                        unequal=config.unequal_sizes, alpha=config.dirichlet_alpha)
+        self.partitions = split_partitions(train, config, self.code)
         self.partition_sizes = [len(p) for p in self.partitions]
         self.size_weights = size_weights(self.partition_sizes)
-        self.message_scale = n_partitions * self.size_weights
+        self.message_scale = partition_scale(self.partition_sizes)
         self.adversary_rng = np.random.default_rng(np.random.SeedSequence([config.seed, 1]))
         init_rng = np.random.default_rng(np.random.SeedSequence([config.seed, 2]))
         self.params0 = objective.initial_params(train.features, init_rng)

@@ -69,11 +69,12 @@ FILE_SLOTS: dict[tuple[str, ...], list[tuple[list[str], str]]] = {
     ("testbed",): [(["testbed", BAD, "--bandwidth", "5Mbit"], ".onnx"),
                    (["testbed", "mlp", "--bandwidth", "5Mbit", "--edge", BAD], ".json")],
     ("predictor", "fit"): [(["predictor", "fit", BAD, "-o", OUT], ".json")],
+    ("train-worker",): [(["train-worker", "--broker", NO_BROKER, "--id", "0", "--data-dir", BAD], "")],
     ("predictor", "estimate"): [(["predictor", "estimate", "chain", "--predictor", BAD], ".json"),
                                 (["predictor", "estimate", "chain", "-d", BAD], ".json"),
                                 (["predictor", "estimate", BAD], ".onnx")],
 }
-NO_FILE_INPUT = {("models",), ("export",), ("broker",), ("train",), ("train-server",), ("train-worker",), ("fleet", "init"),
+NO_FILE_INPUT = {("models",), ("export",), ("broker",), ("train",), ("train-server",), ("train-data", "export"), ("fleet", "init"),
                  ("calibrate",)}
 
 # The ways a file can be bad; None: the file does not exist.

@@ -97,3 +97,52 @@ def test_ctrl_c_stops_the_broker_and_every_worker_it_started() -> None:
         process.kill()
     alive = [pid for pid in started if Path(f"/proc/{pid}").exists()]
     assert not alive, alive
+
+
+def assert_sigkill_leaves_no_child(args: list[str], n_children: int, settle_s: float = 10.0) -> None:
+    """Start `edgecloud ARGS`, wait for its `n_children` descendants and `settle_s` more (into the
+    rounds), SIGKILL it (no cleanup runs) and require every descendant gone within 15 s."""
+    import psutil
+
+    process = subprocess.Popen([sys.executable, "-m", "edgecloud.cli.app", *args], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    started: set[int] = set()
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and len(started) < n_children and process.poll() is None:
+            time.sleep(0.5)
+            started = _descendants(process.pid)
+        assert len(started) >= n_children, (started, process.poll())
+        time.sleep(settle_s)
+        started |= _descendants(process.pid)
+        process.kill()
+        process.wait(10)
+
+        def alive() -> list[int]:
+            running = []
+            for pid in started:
+                try:
+                    if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                        running.append(pid)
+                except psutil.NoSuchProcess:
+                    pass
+            return running
+
+        deadline = time.monotonic() + 15
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not alive(), [" ".join(psutil.Process(pid).cmdline()[:6]) for pid in alive()]
+    finally:
+        process.kill()
+        for pid in started:  # never leave one behind for the next test, even when the assertion failed
+            try:
+                psutil.Process(pid).kill()
+            except psutil.NoSuchProcess:
+                pass
+
+
+def test_a_sigkilled_fleet_leaves_no_broker_and_no_worker() -> None:
+    """SIGKILL runs none of our cleanup: the broker and the 3 workers end by themselves (PR_SET_PDEATHSIG
+    and a parent watcher, robust_training.runners.parent_death)."""
+    assert_sigkill_leaves_no_child([*ARGS[:-1], "--rounds", "100000", "--runner", "mqtt"], 4)
+

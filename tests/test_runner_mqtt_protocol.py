@@ -11,8 +11,8 @@ import pytest
 from edgecloud.errors import EdgecloudError
 from edgecloud.training.erasures import why_not_decodable
 from edgecloud.training.protocol import (ProtocolError, TrainingJob, check_model_fits, job_message, parse_job,
-                                         parse_round, parse_update, round_message, sender_of, update_message,
-                                         worker_index)
+                                         parse_partition_sizes, parse_round, parse_update, round_message, sender_of,
+                                         update_message, worker_index)
 from edgecloud.transport.wire import decode, encode
 from robust_training.aggregators import make_aggregator
 from robust_training.codes import make_code
@@ -73,8 +73,13 @@ def test_the_sender_is_the_topics_and_a_worker_is_named_canonically() -> None:
 
 def test_a_job_round_trips_and_an_unknown_config_is_refused() -> None:
     job = TrainingJob("digits", "svm", SimulationConfig(n_workers=6, rounds=3, lr=0.1, code="cyclic", redundancy=3))
-    assert parse_job(_over_the_wire(job_message(job))) == job
-    forged = job_message(job)
+    sizes = [240, 239, 240, 239, 240, 239]
+    assert parse_job(_over_the_wire(job_message(job, sizes))) == job
+    assert parse_partition_sizes(_over_the_wire(job_message(job, sizes)), 6) == sizes
+    for bad in ([240] * 5, [240, 239, 240, 239, 240, 0], [240, 239, 240, 239, 240, True], "6 x 240"):
+        with pytest.raises(ProtocolError, match="6 positive integers"):
+            parse_partition_sizes(_over_the_wire(job_message(job, bad)), 6)  # type: ignore[arg-type]
+    forged = job_message(job, sizes)
     meta = {**forged.meta, "config": {**forged.meta["config"], "shell": "rm -rf /"}}
     with pytest.raises(ProtocolError, match="exactly the fields"):
         parse_job(_over_the_wire(type(forged)(forged.kind, forged.request_id, forged.sender, meta=meta)))

@@ -24,6 +24,7 @@ import psutil
 import pytest
 
 from test_cli_bad_inputs import assert_one_error_line, run_cli
+from test_runner_mqtt_fleet import assert_sigkill_leaves_no_child
 
 from robust_training.errors import TrainingError
 from robust_training.runners.torch_distributed import TrainJob, run_spawned
@@ -126,6 +127,12 @@ def test_a_worker_that_dies_mid_run_ends_the_run_with_a_training_error() -> None
     for child in multiprocessing.active_children():
         child.join(timeout=10)
     assert multiprocessing.active_children() == []
+
+
+def test_a_sigkilled_rank_0_leaves_no_worker() -> None:
+    """Rank 0 SIGKILLed mid-run (no cleanup runs): its spawned workers, blocked in a collective, end by
+    themselves (robust_training.runners.parent_death) instead of waiting out gloo's timeout."""
+    assert_sigkill_leaves_no_child([*BASE, "--nodes", "3", "--rounds", "100000", "--runner", "torch"], 3)
 
 
 def _spawned_workers() -> list[psutil.Process]:

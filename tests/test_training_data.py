@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from robust_training.data import load_dataset, split_dataset
+from robust_training.data import dataset_layout, load_dataset, split_dataset
 from robust_training.errors import TrainingError
 
 
@@ -17,6 +17,9 @@ def test_bundled_data_loads_offline_standardised_and_stratified(name: str, n_row
     assert abs(train.features.mean()) < 1e-9 and train.features.std() == pytest.approx(1.0)
     assert set(np.bincount(test.labels)) <= {int(round(0.2 * c)) for c in np.bincount(np.r_[train.labels, test.labels])}
     again, _ = load_dataset(name, seed=0)
+    layout = dataset_layout(name)  # what a worker sizes its model from without the data
+    assert len(layout) == 0 and layout.n_features == n_features
+    assert (layout.n_classes, layout.image_shape) == (train.n_classes, train.image_shape)
     assert np.array_equal(again.features, train.features)
 
 

@@ -19,6 +19,7 @@ from edgecloud.cli import fleet as fleet_command
 from edgecloud.cli import serve as serve_command
 from edgecloud.cli import testbed as testbed_command
 from edgecloud.cli import train as train_command
+from edgecloud.cli import train_data
 from edgecloud.cli import train_fleet
 from edgecloud.cli.user_errors import reports_user_errors
 
@@ -47,6 +48,7 @@ app.command("calibrate")(reports_user_errors(calibrate_command.calibrate))
 app.command("testbed")(reports_user_errors(testbed_command.testbed))
 app.add_typer(predictor_command.app, name="predictor")
 app.add_typer(fleet_command.app, name="fleet")
+app.add_typer(train_data.app, name="train-data")
 
 
 def run(args: list[str] | None = None) -> int:
@@ -67,7 +69,10 @@ def run(args: list[str] | None = None) -> int:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point; a child of a local run (a training worker, an agent) ends with it."""
+    from robust_training.runners.parent_death import end_with_parent_from_environment
+
+    end_with_parent_from_environment()
     raise SystemExit(run())
 
 

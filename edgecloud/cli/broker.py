@@ -58,4 +58,7 @@ def _mosquitto(config: Optional[Path]) -> None:
 
 
 if __name__ == "__main__":  # `python -m edgecloud.cli.broker`, used by EmbeddedBrokerProcess
+    from robust_training.runners.parent_death import end_with_parent_from_environment
+
+    end_with_parent_from_environment()
     typer.run(broker)

@@ -3,7 +3,8 @@
 Why separate processes (the demo, one integration test): that is how a deployment runs — each agent
 has its own interpreter, onnxruntime and MQTT connection — and it proves that nothing in-process is
 shared by accident. Every start is paired with a stop that leaves no child behind: SIGTERM (the agent
-shuts down gracefully), then SIGKILL for one that does not exit in time.
+shuts down gracefully), then SIGKILL for one that does not exit in time; and if this process is killed
+before it can stop them, each agent ends by itself (`robust_training.runners.parent_death`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Self
 
 from edgecloud.errors import EdgecloudError
 from edgecloud.transport.mqtt_url import PASSWORD_ENV, PASSWORD_FILE_ENV, split_password
+from robust_training.runners.parent_death import child_environment
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +54,13 @@ class AgentProcesses:
                 "--log-level", self.log_level, *self.extra_args]
 
     def environment(self, device: str) -> dict[str, str]:
-        """The agent's environment: ours, plus the URL's password in PASSWORD_ENV if it had one."""
+        """The agent's environment: ours, plus the URL's password in PASSWORD_ENV if it had one, plus
+        our pid, so that the agent ends with this process even if it is SIGKILLed (`parent_death`)."""
         _, password = split_password(self.broker_urls[device])
         if password is None:
-            return dict(os.environ)
-        return {**{k: v for k, v in os.environ.items() if k != PASSWORD_FILE_ENV}, PASSWORD_ENV: password}
+            return child_environment(os.environ)
+        return child_environment({**{k: v for k, v in os.environ.items() if k != PASSWORD_FILE_ENV},
+                                  PASSWORD_ENV: password})
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> Self:
         """Start every agent and return once all serve; EdgecloudError (and nothing left running) if one

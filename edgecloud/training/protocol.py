@@ -8,8 +8,9 @@ header's sender is the topic's last level and that it is the identity they expec
 The exchange, every message one wire `Message` (JSON header + raw float64 tensors, never pickle):
 
     worker -> ps   hello   (meta type=hello)                 until a job arrives; again after a restart
-    ps -> worker   job     (meta: job id, dataset, model, the SimulationConfig as JSON)
-    worker -> ps   ready   once it holds its partitions (rebuilt from the seed and its id)
+    ps -> worker   job     (meta: job id, dataset, model, the SimulationConfig as JSON, partition sizes)
+    worker -> ps   ready   once it holds its partitions (rebuilt from the seed and its id, or read from
+                           its --data-dir and checked against the sizes)
     ps -> worker   round   (meta: job id, round, tau, adversarial flag; tensor `params`)
     worker -> ps   received (meta: job id, round)           on receipt, before computing
     worker -> ps   update  (meta: job id, round, compute_s; tensors `message`, `start_losses`)
@@ -117,10 +118,21 @@ def job_id_of(message: Message) -> str | None:
 
 # -- server -> worker ---------------------------------------------------------------------------------
 
-def job_message(job: TrainingJob) -> Message:
+def job_message(job: TrainingJob, partition_sizes: list[int]) -> Message:
+    """The job; `partition_sizes` (the server's split) let a worker that reads its partitions from files
+    scale its updates as the server's simulator does and refuse files of another split."""
     return Message(kind="request", request_id=job.job_id, sender=SERVER,
                    meta={"type": "job", "job_id": job.job_id, "dataset": job.dataset, "model": job.model,
-                         "config": asdict(job.config)})
+                         "config": asdict(job.config), "partition_sizes": partition_sizes})
+
+
+def parse_partition_sizes(message: Message, n_partitions: int) -> list[int]:
+    """The job's partition sizes: `n_partitions` positive integers."""
+    sizes = message.meta.get("partition_sizes")
+    if not isinstance(sizes, list) or len(sizes) != n_partitions or not all(
+            isinstance(size, int) and not isinstance(size, bool) and size > 0 for size in sizes):
+        raise ProtocolError(f"a job's partition_sizes must be {n_partitions} positive integers.")
+    return sizes
 
 
 def parse_job(message: Message) -> TrainingJob:

@@ -109,7 +109,7 @@ class ParameterServer:
         only when it is sent one. Workers not connected yet get it when they say hello."""
         self.transport.connect()
         self.transport.subscribe(inbox_filter(self.options.deployment, SERVER), self._on_payload)
-        offer = job_message(self.job)
+        offer = job_message(self.job, self.simulator.partition_sizes)
         for worker in range(self.n_workers):
             self._publish(worker, offer)
 
@@ -137,7 +137,7 @@ class ParameterServer:
             return
         kind = message_type(message)
         if kind == "hello" and not self._closed:
-            self._publish(worker, job_message(self.job))
+            self._publish(worker, job_message(self.job, self.simulator.partition_sizes))
         elif kind == "ready" and job_id_of(message) == self.job.job_id:
             logger.info("worker %d holds its partitions", worker)
             with self._ready_changed:

@@ -1,7 +1,11 @@
 """One training worker on an MQTT broker: `edgecloud train-worker --broker URL --id N`.
 
-It holds only its own partitions: on the server's job it rebuilds the run's split from the seed (as
-`robust_training.runners.torch_distributed` does) and keeps `held_partitions(code, N)`, the rest freed.
+It holds only its own partitions, `held_partitions(code, N)`: on the server's job it rebuilds the run's
+split from the seed (as `robust_training.runners.torch_distributed` does) and frees the rest, or, with
+a data folder (`--data-dir`), reads just those partitions from their files
+(`edgecloud.training.partition_files`) and sizes the model from the data set's layout, never loading
+the set. Either way it scales its updates by the server's partition sizes, sent with the job, so both
+give the same bits. A data folder that does not fit the job ends the worker (PartitionFileError).
 Each round it computes `simulator.worker_message` from the model it was sent and publishes the message,
 its partitions' start losses and its compute time on its own per-sender topic. A round it already
 answered (the server sends a round again when an answer is late, e.g. after a broker restart) is
@@ -21,22 +25,24 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from edgecloud.errors import EdgecloudError
+from edgecloud.training.partition_files import PartitionFileError, check_data_dir, load_partition
 from edgecloud.training.protocol import (SERVER, ProtocolError, TrainingJob, hello_message, job_id_of, message_type,
-                                         parse_job, parse_round, ready_message, received_message, sender_of,
-                                         update_message, worker_name)
+                                         parse_job, parse_partition_sizes, parse_round, ready_message,
+                                         received_message, sender_of, update_message, worker_name)
 from edgecloud.transport.mqtt import MqttTransport
 from edgecloud.transport.topics import DEFAULT_DEPLOYMENT, inbox_filter, sender_topic
 from edgecloud.transport.wire import Message
 from robust_training.attacks import DataAttack
 from robust_training.codes import Code
-from robust_training.data import Dataset, load_dataset
+from robust_training.data import Dataset, dataset_layout, load_dataset
 from robust_training.losses import Objective
 from robust_training.models import make_objective
-from robust_training.simulator import Simulator, held_partitions, worker_message
+from robust_training.simulator import Simulator, held_partitions, partition_scale, worker_message
 
 logger = logging.getLogger(__name__)
 
@@ -62,24 +68,40 @@ def rebuild_simulator(job: TrainingJob) -> Simulator:
     return Simulator(make_objective(job.model, train), train, test, job.config)
 
 
-def _share_of(job: TrainingJob, worker: int) -> _Share:
-    simulator = rebuild_simulator(job)
+def _share_of(message: Message, worker: int, data_dir: Path | None) -> _Share:
+    """This worker's share of the job in `message`: generated from the seed, or read from `data_dir`."""
+    job = parse_job(message)
     if worker >= job.config.n_workers:
         raise ProtocolError(f"worker id {worker} is outside 0..{job.config.n_workers - 1} of this job.")
-    own = {p: simulator.partitions[p] for p in held_partitions(simulator.code, worker)}
-    attack = simulator.attack
+    code, _, attack = job.config.build()
+    sizes = parse_partition_sizes(message, job.config.n_workers if code is None else code.n_partitions)
+    if data_dir is None:
+        simulator = rebuild_simulator(job)
+        if simulator.partition_sizes != sizes:
+            raise ProtocolError(f"the server's partition sizes {sizes} are not this seed's split "
+                                f"{simulator.partition_sizes}.")
+        objective = simulator.objective
+        own = {p: simulator.partitions[p] for p in held_partitions(code, worker)}
+    else:
+        layout = dataset_layout(job.dataset)
+        objective = make_objective(job.model, layout)
+        own = {p: load_partition(data_dir, p, layout, sizes[p]) for p in held_partitions(code, worker)}
     poisoned = {p: attack.poison(data) for p, data in own.items()} if isinstance(attack, DataAttack) else own
-    return _Share(job, simulator.objective, simulator.code, simulator.message_scale, own, poisoned,
-                  simulator.params0.size)
+    return _Share(job, objective, code, partition_scale(sizes), own, poisoned, objective.n_params)
 
 
 class TrainingWorker:
     """Worker `index` of the deployment, until `stop` is set or the server says stop."""
 
     def __init__(self, broker_url: str, index: int, deployment: str = DEFAULT_DEPLOYMENT,
-                 keep_serving: bool = False) -> None:
+                 keep_serving: bool = False, data_dir: Path | None = None) -> None:
+        """`data_dir`: read the partitions from there (checked now, before connecting) instead of
+        generating them."""
         if index < 0:
             raise EdgecloudError(f"a worker id must be >= 0, got {index}.")
+        if data_dir is not None:
+            check_data_dir(data_dir)
+        self.data_dir = data_dir
         self.index = index
         self.name = worker_name(index)
         self.deployment = deployment
@@ -116,6 +138,8 @@ class TrainingWorker:
                 try:
                     if self._handle(message):
                         return
+                except PartitionFileError:
+                    raise  # this worker's own data is unusable: say so and stop, retrying cannot help
                 except EdgecloudError as error:
                     logger.warning("%s ignored a %s message: %s", self.name, message_type(message), error)
 
@@ -124,8 +148,8 @@ class TrainingWorker:
         kind, job_id = message_type(message), job_id_of(message)
         known = self._share is not None and self._share.job.job_id == job_id
         if kind == "job" and not known:
-            job = parse_job(message)
-            self._share, self._answered = _share_of(job, self.index), None
+            self._share, self._answered = _share_of(message, self.index, self.data_dir), None
+            job = self._share.job
             logger.info("%s holds partitions %s of job %s", self.name, sorted(self._share.own), job.job_id)
             self.transport.publish_message(self._to_server, ready_message(self.index, job.job_id))
         elif kind == "round" and known:

@@ -46,6 +46,7 @@ from typing import Self
 from edgecloud.errors import TransportError
 from edgecloud.transport.topics import INBOX_LEVEL, TOPIC_ROOT, inbox_filter
 from edgecloud.transport.wire import DEFAULT_LIMITS
+from robust_training.runners.parent_death import child_environment
 
 logger = logging.getLogger(__name__)
 
@@ -306,6 +307,9 @@ class EmbeddedBrokerProcess(_BrokerProcess):
 
     def _command(self) -> list[str]:
         return [sys.executable, "-m", "edgecloud.cli.broker", "--host", self.host, "--port", str(self.port)]
+
+    def _popen_options(self) -> dict:
+        return {"env": child_environment(os.environ)}  # it ends with us, even if we are SIGKILLed
 
     def _wait_ready(self, process: subprocess.Popen[bytes]) -> None:
         """Wait for the command's ready line rather than probing the port, which amqtt logs as an error."""

@@ -13,7 +13,8 @@ torch, joining the group) is reported apart from the rounds.
 
 Two ways in: `run_spawned` starts the P workers with torch.multiprocessing on this machine and is rank
 0 itself (it watches the workers while they start: one that dies before joining fails the run within
-seconds, not at gloo's timeout); `run_from_environment` joins a group torchrun started (RANK,
+seconds, not at gloo's timeout; and each worker ends with rank 0 even if rank 0 is SIGKILLed,
+`robust_training.runners.parent_death`); `run_from_environment` joins a group torchrun started (RANK,
 WORLD_SIZE, MASTER_ADDR, ...).
 
 Checkpoints (robust_training.checkpoint) are rank 0's business alone: the workers hold no state across
@@ -44,6 +45,7 @@ from robust_training.checkpoint import Checkpointer
 from robust_training.data import load_dataset
 from robust_training.errors import TrainingError
 from robust_training.models import make_objective
+from robust_training.runners.parent_death import end_with_parent, started_from_main_thread
 from robust_training.simulator import (HonestUpdatesDiverged, PartitionUpdates, RoundRecord, SimulationConfig,
                                        SimulationResult, Simulator, held_partitions, worker_message)
 
@@ -190,7 +192,8 @@ def _work(simulator: Simulator, worker: int) -> None:
         dist.send(torch.from_numpy(report), dst=0)
 
 
-def _spawned_worker(index: int, job: TrainJob, host: str, port: int) -> None:
+def _spawned_worker(index: int, job: TrainJob, host: str, port: int, parent_pid: int, deathsig: bool) -> None:
+    end_with_parent(parent_pid, deathsig)  # a SIGKILLed rank 0 leaves no worker blocked in a collective
     # The PS's stdout is the command's output (`train --json`); a worker shares that pipe, so whatever it
     # or a library it loads prints goes to stderr instead, never into the middle of the result.
     sys.stdout.flush()
@@ -262,8 +265,9 @@ def _spawn_and_serve(jobs: Sequence[TrainJob], on_round: Callable[[RoundRecord],
     world_size = job.config.n_workers + 1
     store = dist.TCPStore("127.0.0.1", 0, world_size, is_master=True, timeout=COLLECTIVE_TIMEOUT,
                           wait_for_workers=False)
-    context = mp.start_processes(_spawned_worker, args=(job, "127.0.0.1", store.port), nprocs=job.config.n_workers,
-                                 join=False, start_method="spawn")
+    context = mp.start_processes(_spawned_worker, args=(job, "127.0.0.1", store.port, os.getpid(),
+                                                        started_from_main_thread()),
+                                 nprocs=job.config.n_workers, join=False, start_method="spawn")
     try:
         built = simulators()  # while the workers start
         _await_workers(store, context, job.config.n_workers)
