@@ -48,6 +48,8 @@ PAHO_PRIVATE_SIGNATURES = {
     "_packet_handle": ["self"],
     "_handle_on_message": ["self", "message"],
     "_handle_publish": ["self"],
+    "_handle_pubackcomp": ["self", "cmd"],
+    "_do_on_publish": ["self", "mid", "reason_code", "properties"],
     "_send_puback": ["self", "mid"],
     "publish": ["self", "topic", "payload", "qos", "retain", "properties"],
     "_sock_send": ["self", "buf"],
@@ -262,6 +264,27 @@ def test_received_payload_is_a_read_only_aligned_view_with_the_sent_bytes(
         peer_end.setblocking(False)
         assert drain(peer_end) == (b"\x40\x02\x00\x01" if qos else b"")  # paho acknowledged it
         assert client._in_packet == _idle_in_packet()
+
+
+@pytest.mark.parametrize(("protocol", "puback_body", "failure"), [
+    (paho.MQTTv311, b"", False), (paho.MQTTv5, b"", False), (paho.MQTTv5, b"\x00", False),
+    (paho.MQTTv5, b"\x00\x00", False), (paho.MQTTv5, b"\x87", True), (paho.MQTTv5, b"\x10\x00", False),
+])
+def test_puback_completes_the_publish_with_its_reason(wire_pair, protocol: int, puback_body: bytes,
+                                                      failure: bool) -> None:
+    """Success PUBACKs take the shortcut, refusals (0x87 Not authorized) and 0x10 (no subscribers) paho's path."""
+    client_end, peer_end = wire_pair
+    client = new_client(FastPathClient, protocol)
+    client._sock = client_end
+    acknowledged: list[tuple[int, bool, str]] = []
+    client.on_publish = lambda _c, _u, mid, reason, _p: acknowledged.append((mid, reason.is_failure, reason.getName()))
+    info = client.publish(TOPIC, b"payload", qos=1)
+    drain(peer_end)
+    feed(client, peer_end, bytes([0x40, 2 + len(puback_body)]) + info.mid.to_bytes(2, "big") + puback_body, 4096)
+    assert [(mid, is_failure) for mid, is_failure, _ in acknowledged] == [(info.mid, failure)]
+    assert info.is_published() and not client._out_messages
+    if puback_body[:1] == b"\x10":
+        assert acknowledged[0][2] == "No matching subscribers"
 
 
 def build_publish(sender: paho.Client, topic: str, payload: bytes, qos: int) -> bytes:

@@ -26,6 +26,8 @@ What this subclass changes, and nothing else:
 - `_handle_publish`: a split QoS 0/1 PUBLISH without MQTT 5 properties gets its topic and packet id
   read here (no `Properties` object, no slicing), then paho's handlers and PUBACK as paho does; one
   with properties goes through paho's `_handle_publish`, which parses the variable header alone.
+- `_handle_pubackcomp`: a successful PUBACK calls paho's `_do_on_publish` with a shared success
+  reason code and empty properties instead of decoding new ones (paho builds two of each per PUBACK).
 - `_handle_on_message`: attaches the payload to the message just before the callbacks run. QoS 2 and
   all other packets are read whole and go through paho's code unchanged.
 - `max_packet_bytes` (None: no limit): a PUBLISH whose packet is larger is read through a small
@@ -56,6 +58,9 @@ import numpy as np
 import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.exception import MalformedPacket
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 __all__ = ["FastPathClient", "GATHER_MIN_PAYLOAD_BYTES", "PAHO_VERSION_RANGE", "publish_header_bytes"]
 
@@ -72,6 +77,10 @@ PAYLOAD_ALIGNMENT_BYTES = 16
 DISCARD_CHUNK_BYTES = 256 * 2**10  # scratch buffer that an oversized payload is read into and dropped
 
 logger = logging.getLogger(__name__)
+# What paho builds for every successful PUBACK (two objects of each on MQTT 5), built once: the
+# on_publish callback only reads them.
+_PUBACK_SUCCESS = ReasonCode(PacketTypes.PUBACK)
+_NO_PUBACK_PROPERTIES = Properties(PacketTypes.PUBACK)
 
 
 def publish_header_bytes(head: bytes | bytearray | memoryview, qos: int, mqtt5: bool) -> int | None:
@@ -459,6 +468,19 @@ class FastPathClient(paho.Client):
         if qos == 0 or self._manual_ack:
             return MQTTErrorCode.MQTT_ERR_SUCCESS
         return self._send_puback(mid)
+
+    def _handle_pubackcomp(self, cmd: str) -> MQTTErrorCode:
+        """A PUBACK meaning success (MQTT 5: reason code 0 or none, no properties) is handled here without
+        decoding it into new `ReasonCode` and `Properties` objects; anything else by paho."""
+        packet = self._in_packet["packet"]
+        if cmd != "PUBACK" or not (len(packet) == 2 or (len(packet) in (3, 4) and self._protocol == paho.MQTTv5
+                                                          and not any(packet[2:]))):
+            return super()._handle_pubackcomp(cmd)  # type: ignore[arg-type]
+        mid = int.from_bytes(packet[:2], "big")
+        with self._out_message_mutex:
+            if mid in self._out_messages:
+                return self._do_on_publish(mid, _PUBACK_SUCCESS, _NO_PUBACK_PROPERTIES)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _handle_on_message(self, message: paho.MQTTMessage) -> None:
         if self._dropped_payload_bytes:

@@ -54,6 +54,11 @@ KINDS: tuple[str, ...] = ("request", "activation", "result", "error")
 DTYPES: tuple[str, ...] = ("float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool")
 _HEADER_KEYS = frozenset({"request_id", "sender", "reply_to", "deadline", "kind", "meta", "tensors"})
 _TENSOR_KEYS = frozenset({"name", "dtype", "shape", "length"})
+# Looked up once: numpy 2's `dtype.name` and `np.dtype(name)` cost microseconds per call, and a
+# message pays several per tensor on every hop (measured: half of a 10 KB message's encode).
+_LITTLE_ENDIAN: dict[str, np.dtype] = {name: np.dtype(name).newbyteorder("<") for name in DTYPES}
+_NAME_OF_LITTLE_ENDIAN: dict[np.dtype, str] = {dtype: name for name, dtype in _LITTLE_ENDIAN.items()}
+_JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # `json.dumps(**options)` builds one per call
 
 
 @dataclass(frozen=True)
@@ -156,7 +161,19 @@ def _tensor_length(name: str, dtype_name: str, shape: Any, limits: WireLimits) -
         if elements > limits.max_message_bytes:
             raise WireFormatError(f"tensor {name!r} has a shape whose non-zero sizes multiply to more than "
                                   f"the message limit of {limits.max_message_bytes}.")
-    return math.prod(shape) * np.dtype(dtype_name).itemsize
+    return math.prod(shape) * _LITTLE_ENDIAN[dtype_name].itemsize
+
+
+def _little_endian_c_order(name: str, value: Any) -> tuple[np.ndarray, str]:
+    """`value` as a C-contiguous little-endian array and its dtype's name (no copy when it is one already)."""
+    array = np.asarray(value)
+    dtype_name = _NAME_OF_LITTLE_ENDIAN.get(array.dtype)
+    if dtype_name is not None and array.flags.c_contiguous:
+        return array, dtype_name
+    dtype_name = array.dtype.name
+    if dtype_name not in DTYPES:
+        raise WireFormatError(f"tensor {name!r} has dtype {dtype_name!r}, not one of {', '.join(DTYPES)}.")
+    return array.astype(_LITTLE_ENDIAN[dtype_name], order="C", copy=False), dtype_name  # keeps 0-d arrays 0-d
 
 
 def encode(message: Message, limits: WireLimits = DEFAULT_LIMITS) -> bytes:
@@ -173,21 +190,18 @@ def encode(message: Message, limits: WireLimits = DEFAULT_LIMITS) -> bytes:
     descriptors: list[dict[str, Any]] = []
     for name, value in message.tensors.items():
         _check_text(name, "tensor name", limits.max_name_chars)
-        array = np.asarray(value)
-        if array.dtype.name not in DTYPES:
-            raise WireFormatError(f"tensor {name!r} has dtype {array.dtype.name!r}, not one of {', '.join(DTYPES)}.")
-        array = array.astype(array.dtype.newbyteorder("<"), order="C", copy=False)  # keeps 0-d arrays 0-d
+        array, dtype_name = _little_endian_c_order(name, value)
         shape = [int(size) for size in array.shape]
-        _tensor_length(name, array.dtype.name, shape, limits)
+        _tensor_length(name, dtype_name, shape, limits)
         arrays.append(array)
-        descriptors.append({"name": name, "dtype": array.dtype.name, "shape": shape, "length": array.nbytes})
+        descriptors.append({"name": name, "dtype": dtype_name, "shape": shape, "length": array.nbytes})
     header = {
         "request_id": message.request_id, "sender": message.sender, "reply_to": message.reply_to,
         "deadline": None if message.deadline is None else float(message.deadline), "kind": message.kind,
         "meta": dict(message.meta), "tensors": descriptors,
     }
     try:
-        header_bytes = json.dumps(header, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        header_bytes = _JSON_ENCODER.encode(header).encode("utf-8")
     except (TypeError, ValueError) as error:
         raise WireFormatError(f"header is not plain JSON: {error}.") from None
     header_bytes += b" " * (_aligned(PREFIX_BYTES + len(header_bytes)) - PREFIX_BYTES - len(header_bytes))
@@ -199,7 +213,7 @@ def encode(message: Message, limits: WireLimits = DEFAULT_LIMITS) -> bytes:
         padding = _aligned(offset) - offset
         if padding:
             parts.append(b"\0" * padding)
-        parts.append(memoryview(array.reshape(-1).view(np.uint8)))
+        parts.append(array)  # C-contiguous: `join` reads its buffer as bytes
         offset += padding + array.nbytes
     if offset > limits.max_message_bytes:
         raise WireFormatError(f"message has {offset} bytes, more than the limit of {limits.max_message_bytes}.")
@@ -207,25 +221,27 @@ def encode(message: Message, limits: WireLimits = DEFAULT_LIMITS) -> bytes:
 
 
 def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [key for key, _ in pairs]
-    if len(set(keys)) != len(keys):
+    result = dict(pairs)
+    if len(result) != len(pairs):
         raise WireFormatError("header JSON repeats a key.")
-    return dict(pairs)
+    return result
 
 
 def _reject_constant(name: str) -> None:
     raise WireFormatError(f"header JSON holds the non-standard constant {name}.")
 
 
+_JSON_DECODER = json.JSONDecoder(object_pairs_hook=_reject_duplicate_keys, parse_constant=_reject_constant)
+
+
 def _parse_header(raw: memoryview) -> dict[str, Any]:
     try:
-        header = json.loads(bytes(raw).decode("utf-8"), object_pairs_hook=_reject_duplicate_keys,
-                            parse_constant=_reject_constant)
+        header = _JSON_DECODER.decode(str(raw, "utf-8"))
     except WireFormatError:
         raise
     except (UnicodeDecodeError, ValueError, RecursionError) as error:  # ValueError: also ints over 4300 digits
         raise WireFormatError(f"header is not UTF-8 JSON: {error}.") from None
-    if not isinstance(header, dict) or set(header) != _HEADER_KEYS:
+    if not isinstance(header, dict) or header.keys() != _HEADER_KEYS:
         found = _brief(sorted(header)) if isinstance(header, dict) else type(header).__name__
         raise WireFormatError(f"header must be an object with exactly the keys {sorted(_HEADER_KEYS)}, got {found}.")
     return header
@@ -264,7 +280,7 @@ def decode(payload: bytes | bytearray | memoryview, limits: WireLimits = DEFAULT
     layout: list[tuple[str, str, tuple[int, ...], int]] = []
     offset = PREFIX_BYTES + header_bytes
     for descriptor in descriptors:
-        if not isinstance(descriptor, dict) or set(descriptor) != _TENSOR_KEYS:
+        if not isinstance(descriptor, dict) or descriptor.keys() != _TENSOR_KEYS:
             raise WireFormatError(f"each tensor entry must have exactly the keys {sorted(_TENSOR_KEYS)}.")
         name = descriptor["name"]
         _check_text(name, "tensor name", limits.max_name_chars)
@@ -285,8 +301,7 @@ def decode(payload: bytes | bytearray | memoryview, limits: WireLimits = DEFAULT
         raise WireFormatError(f"message has {total_bytes} bytes, its header accounts for {offset}.")
     tensors: dict[str, np.ndarray] = {}
     for name, dtype_name, shape, start in layout:
-        dtype = np.dtype(dtype_name).newbyteorder("<")
-        array = np.frombuffer(view, dtype=dtype, count=math.prod(shape), offset=start).reshape(shape)
+        array = np.frombuffer(view, dtype=_LITTLE_ENDIAN[dtype_name], count=math.prod(shape), offset=start).reshape(shape)
         if dtype_name == "bool" and np.any(array.view(np.uint8) > 1):
             raise WireFormatError(f"bool tensor {name!r} holds bytes other than 0 and 1.")
         tensors[name] = array
