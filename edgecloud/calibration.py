@@ -74,18 +74,6 @@ def profile_samples(profile: ModelProfile, threads: int) -> list[NodeSample]:
     return samples_from_times(graph, profile.timings[threads].node_times_s)
 
 
-def fit_predictor(profiles: Mapping[str, ModelProfile], threads: int, reference: DeviceProfile) -> LatencyPredictor:
-    """Fit on every profile's timing at `threads`, with `reference` the device that ran them; the stage
-    calibration on each profile's whole-model latency against its nodes."""
-    by_model = {name: profile_samples(profile, threads) for name, profile in profiles.items()}
-    samples = [s for group in by_model.values() for s in group]
-    predictor = LatencyPredictor.fit(samples, reference, fitted_on={
-        "models": sorted(profiles), "threads": threads, "nodes": len(samples),
-    })
-    return predictor.with_stage_calibration(
-        [(by_model[name], profile.timings[threads].latency_s) for name, profile in profiles.items()])
-
-
 def predicted_node_times_s(graph: "LayerGraph", predictor: LatencyPredictor,
                            device: DeviceProfile) -> dict[str, float]:
     """Each layer's predicted seconds on `device`, from its DAG features."""

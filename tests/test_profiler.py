@@ -14,7 +14,15 @@ from onnx import TensorProto, helper
 from typer.testing import CliRunner
 
 from devices.errors import DeviceError
-from devices.latency import BLOCKS, RUNS, Condition, LatencyProtocol, measure_interleaved, measure_latencies
+from devices.latency import (
+    BLOCKS,
+    RUNS,
+    Condition,
+    LatencyMeasurement,
+    LatencyProtocol,
+    measure_interleaved,
+    measure_latencies,
+)
 from devices.profiler import (
     PROFILE_FORMAT,
     ModelProfile,
@@ -26,10 +34,12 @@ from devices.profiler import (
     profile_threads,
     random_inputs,
 )
+from devices.predictor import LatencyPredictor
 from devices.profiles import DeviceProfile
 from devices.microbench import kernel_models
 from devices.stages import prefix_stages
 from edgecloud.calibration import canonical_model, layer_nodes, profile_samples, samples_from_times
+from edgecloud import run_fit
 from edgecloud.cli.app import app
 from partitioner.graph.layer_graph import load_layer_graph
 from partitioner.graph.onnx_names import unique_node_names
@@ -245,17 +255,43 @@ def test_cli_predictor_fit_on_a_corrupt_profile_exits_2(tmp_path: Path) -> None:
     assert "missing key" in _single_error_line(result.output)
 
 
-def test_cli_predictor_fit_on_profile_files(tmp_path: Path, bundled_profiles: dict[str, ModelProfile]) -> None:
+def test_cli_predictor_fit_writes_the_fit_the_bench_scores(tmp_path: Path, bundled_profiles: dict[str, ModelProfile],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """`edgecloud predictor fit` measures the profiled models' stages and the single-kernel models and
+    writes `edgecloud.run_fit.fit_predictor` of them (the fit bench/predictor_error.py scores), nothing
+    else. Timing is faked (a run costs by its node count) so that both sides see the same runs."""
+    def timed(models: Mapping[str, onnx.ModelProto], threads: int, protocol: LatencyProtocol,
+              seed: int) -> dict[str, LatencyMeasurement]:
+        assert protocol == run_fit.run_protocol()
+        return {name: LatencyMeasurement(seconds, seconds, seconds, protocol.rounds) for name, model in models.items()
+                for seconds in [1e-5 + 2e-6 * len(model.graph.node)]}
+
+    monkeypatch.setattr(run_fit, "measure_latencies", timed)
     paths = [tmp_path / f"{name}.json" for name in ("chain", "mlp")]
     for name, path in zip(("chain", "mlp"), paths):
         bundled_profiles[name].save(path)
     output = tmp_path / "predictor.json"
     result = runner.invoke(app, ["predictor", "fit", *map(str, paths), "-o", str(output), "--threads", "1"])
     assert result.exit_code == 0, result.output
-    fitted = json.loads(output.read_text())
-    assert {"Conv", "Gemm", "Relu"} <= set(fitted["op_types"])
-    assert fitted["fitted_on"]["threads"] == 1
+    fitted = LatencyPredictor.load(output)
+    loaded = {str(path): load_profile_file(path) for path in paths}
+    stage_times = run_fit.measure_stage_times({name: Path(p.model) for name, p in loaded.items()}, 1)
+    expected = run_fit.fit_predictor(loaded, 1, fitted.reference, stage_times, run_fit.measure_kernel_times(1))
+    assert fitted.to_dict() == expected.to_dict()
+    assert {"Conv", "Gemm", "Relu"} <= set(fitted.op_types)
+    assert fitted.fitted_on["threads"] == 1 and fitted.fitted_on["kernel_runs"] == run_fit.KERNEL_MODELS
+    assert fitted.fitted_on["stage_runs"] == sum(len(group) for group in stage_times.values()) > 2
+    assert fitted.stage.work_scale == fitted.stage.fixed_scale == 1.0  # the run fit's, not a stage calibration's
     assert len(profile_samples(load_profile_file(paths[0]), 1)) == len(bundled_profiles["chain"].timings[1].node_times_s)
+
+
+def test_cli_predictor_fit_refuses_profiles_without_the_thread_count(tmp_path: Path,
+                                                                     bundled_profiles: dict[str, ModelProfile]) -> None:
+    path = tmp_path / "chain.json"
+    bundled_profiles["chain"].save(path)
+    result = runner.invoke(app, ["predictor", "fit", str(path), "-o", str(tmp_path / "p.json"), "--threads", "3"])
+    assert result.exit_code == 2
+    assert "no timing with 3 thread(s)" in _single_error_line(result.output)
 
 
 def conv_and_attention_model() -> onnx.ModelProto:

@@ -11,6 +11,7 @@ from devices.predictor.evaluation import (
     DevicePrediction,
     HeldOutResult,
     error_summary,
+    fit_on_runs,
     held_out_device,
     leave_one_model_out,
     relative_errors,
@@ -36,7 +37,7 @@ __all__ = [
     "DEFAULT_OVERHEAD_S", "DEFAULT_SHRINKAGE", "MAX_DEVICE_MEASUREMENTS", "PREDICTOR_FORMAT", "DeviceCalibration",
     "DevicePrediction",
     "HeldOutResult", "LatencyPredictor", "NodeSample", "OpCoefficients", "StageCalibration", "StageParts",
-    "error_summary", "held_out_device", "kernel_class", "leave_one_model_out", "op_type_of", "predict_node_time_s",
+    "error_summary", "fit_on_runs", "held_out_device", "kernel_class", "leave_one_model_out", "op_type_of", "predict_node_time_s",
     "relative_errors", "roofline_features", "roofline_time_s", "shipped_predictor", "shipped_predictor_path",
 ]
 
