@@ -260,7 +260,8 @@ def worst_kernel(samples: list[NodeSample], predictor: LatencyPredictor, device:
     scale = measured_s / max(sum(s.time_s for s in samples), 1e-12)
     by_kernel: dict[str, float] = {}
     for s in samples:
-        parts = predictor.node_parts(s.op_type, s.flops, s.bytes_moved, s.param_bytes, device, s.kernel, s.groups)
+        parts = predictor.node_parts(s.op_type, s.flops, s.bytes_moved, s.param_bytes, device, s.kernel, s.groups,
+                                     s.im2col)
         by_kernel[s.kernel_class] = by_kernel.get(s.kernel_class, 0.0) + parts.work_s + parts.fixed_s - scale * s.time_s
     kernel = max(by_kernel, key=lambda k: abs(by_kernel[k]))
     return f"{kernel} {by_kernel[kernel] * 1e3:+.3f} ms"

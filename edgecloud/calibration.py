@@ -43,11 +43,12 @@ def profile_file(path: str | Path, host: DeviceProfile, thread_counts: list[int]
 
 def layer_nodes(graph: "LayerGraph") -> dict[str, NodeSample]:
     """Each layer of `graph` as a predictor input (features and kernel class; time 0)."""
-    from partitioner.graph.kernel_classes import layer_kernel_classes, layer_kernel_groups
+    from partitioner.graph.kernel_classes import layer_im2col, layer_kernel_classes, layer_kernel_groups
 
-    kernels, groups = layer_kernel_classes(graph), layer_kernel_groups(graph)
+    kernels, groups, im2col = layer_kernel_classes(graph), layer_kernel_groups(graph), layer_im2col(graph)
     return {node: NodeSample(op_type=attrs["op_type"], flops=int(attrs["flops"]), bytes_moved=int(attrs["bytes_moved"]),
-                             param_bytes=int(attrs["param_bytes"]), time_s=0.0, kernel=kernels[node], groups=groups[node])
+                             param_bytes=int(attrs["param_bytes"]), time_s=0.0, kernel=kernels[node], groups=groups[node],
+                             im2col_rows=im2col[node][0], im2col_elements=im2col[node][1])
             for node, attrs in graph.dag.nodes(data=True)}
 
 
@@ -77,7 +78,8 @@ def profile_samples(profile: ModelProfile, threads: int) -> list[NodeSample]:
 def predicted_node_times_s(graph: "LayerGraph", predictor: LatencyPredictor,
                            device: DeviceProfile) -> dict[str, float]:
     """Each layer's predicted seconds on `device`, from its DAG features."""
-    return {node: predictor.predict(s.op_type, s.flops, s.bytes_moved, s.param_bytes, device, s.kernel, s.groups)
+    return {node: predictor.predict(s.op_type, s.flops, s.bytes_moved, s.param_bytes, device, s.kernel, s.groups,
+                                    s.im2col)
             for node, s in layer_nodes(graph).items()}
 
 

@@ -324,6 +324,8 @@ def test_layer_nodes_carry_the_kernel_class_of_each_onnx_node() -> None:
         "projection": "MatMul/weights", "transpose": "Transpose", "attention": "MatMul/activations"}
     assert all(node.op_type == node.kernel.split("/")[0] for node in nodes.values())
     assert {name: node.groups for name, node in nodes.items() if node.groups != 1} == {"depthwise": 8}
+    # Only the depthwise Conv is priced by its im2col: 8 groups x 9 taps x 4 output rows of 4 pixels.
+    assert {name: node.im2col for name, node in nodes.items() if node.im2col != (0, 0)} == {"depthwise": (288, 1152)}
 
 
 def test_fused_layers_carry_no_kernel_class_and_keep_their_fused_type(bundled_models: Mapping[str, Path]) -> None:

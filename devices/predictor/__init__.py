@@ -53,7 +53,8 @@ def shipped_predictor() -> LatencyPredictor:
 
 
 def predict_node_time_s(op_type: str, flops: int, bytes_moved: int, param_bytes: int,
-                        device: DeviceProfile, kernel: str = "", groups: int = 1) -> float:
+                        device: DeviceProfile, kernel: str = "", groups: int = 1,
+                        im2col: tuple[int, int] = (0, 0)) -> float:
     """Seconds a node takes on `device`, from the shipped model (`kernel`: its class, when known;
-    `groups`: a grouped Conv's groups)."""
-    return shipped_predictor().predict(op_type, flops, bytes_moved, param_bytes, device, kernel, groups)
+    `groups`: a grouped Conv's groups; `im2col`: a Conv's column-buffer rows and elements)."""
+    return shipped_predictor().predict(op_type, flops, bytes_moved, param_bytes, device, kernel, groups, im2col)

@@ -94,7 +94,7 @@ def leave_one_model_out(samples_by_model: Mapping[str, list[NodeSample]], refere
         # (which maps profiled kernels to a whole run, trace overhead out).
         nodes_only = replace(predictor, stage=StageCalibration())
         predicted = [nodes_only.predict(s.op_type, s.flops, s.bytes_moved, s.param_bytes, reference, s.kernel,
-                                       s.groups)
+                                       s.groups, s.im2col)
                      for s in test]
         if latencies_s is None:
             measured_s, total_s = sum(s.time_s for s in test), nodes_only.predict_stage_s(test, reference)
