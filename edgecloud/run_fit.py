@@ -24,7 +24,7 @@ from edgecloud.calibration import canonical_model, layer_nodes, profile_samples,
 
 STAGES_PER_MODEL = 6
 STAGE_BLOCK_S = 0.01  # a stage is short: many rounds of short blocks, not a few long ones
-KERNEL_MODELS = 150  # fifteen rounds of the ten kernel kinds
+KERNEL_MODELS = 165  # fifteen rounds of the eleven kernel kinds
 RUN_ROUNDS = 8
 
 Run = tuple[list[NodeSample], float]

@@ -421,7 +421,7 @@ def test_kernel_models_sample_every_kernel_class_as_a_runnable_single_node_model
         if nodes[0].kernel == "Conv/depthwise":
             assert nodes[0].groups > 1
     assert {"Conv/depthwise", "Conv/grouped", "Conv/pointwise", "Conv/dense", "MatMul/weights",
-            "MatMul/activations"} <= classes
+            "MatMul/activations", "Gemm/weights"} <= classes
     measured = measure_latencies(dict(list(models.items())[:3]), 1, LatencyProtocol(rounds=2, min_block_s=0.001,
                                                                                     warmup_s=0.0))
     assert all(m.latency_s > 0 for m in measured.values())
