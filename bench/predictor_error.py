@@ -55,26 +55,14 @@ from devices.predictor.evaluation import Runs, fit_without
 from devices.latency import BLOCKS, Condition, LatencyProtocol, measure_interleaved, measure_latencies
 from devices.profiler import ModelProfile, load_profile_file
 from devices.profiles import DeviceProfile
-from devices.microbench import kernel_models
-from devices.stages import prefix_stages
-from edgecloud.calibration import (
-    canonical_model,
-    layer_nodes,
-    predictor_model_paths,
-    profile_file,
-    profile_samples,
-    samples_from_times,
-)
-from partitioner.graph.layer_graph import load_layer_graph
+from edgecloud.calibration import canonical_model, predictor_model_paths, profile_file, profile_samples
+from edgecloud.run_fit import StageTimes, kernel_runs, measure_kernel_times, measure_stage_times, stage_runs
 
 RESULTS = Path(__file__).parent / "results"
 PROFILES = RESULTS / "profiles"
 LATENCIES = RESULTS / "predictor_latencies.json"
 STAGES = RESULTS / "predictor_stages.json"
-STAGES_PER_MODEL = 6
-STAGE_BLOCK_S = 0.01
 KERNELS = RESULTS / "predictor_kernels.json"
-KERNEL_MODELS = 150  # fifteen rounds of the ten kernel kinds
 CGROUP_ROOT = Path("/sys/fs/cgroup/cpu")
 AGAIN = "-again"
 # 10 ms CFS periods and 0.1 s blocks: a block spans ten periods. Measured here under load ~2 (fastest of
@@ -206,51 +194,25 @@ def model_profiles(paths: Mapping[str, Path], thread_counts: list[int], warmup: 
 
 
 def stage_latencies(paths: Mapping[str, Path], thread_counts: list[int], rounds: int, seed: int,
-                    reuse: bool) -> dict[str, dict[str, list[list[Any]]]]:
-    """Per thread count and model: its prefix stages (`devices.stages`) as [node ids, seconds of a run],
-    measured in one interleaved pass over every model's stages (what the run fit learns from)."""
+                    reuse: bool) -> dict[str, StageTimes]:
+    """Per thread count and model: its prefix stages as [node ids, seconds of a run] (`edgecloud.run_fit`,
+    what the fit learns from), cached."""
     if reuse and STAGES.is_file():
         return json.loads(STAGES.read_text())
-    stages = {name: prefix_stages(canonical_model(path), STAGES_PER_MODEL) for name, path in paths.items()}
-    keyed = {(name, i): stage for name, group in stages.items() for i, stage in enumerate(group)}
-    protocol = LatencyProtocol(rounds=max(rounds // 2, 2), min_block_s=STAGE_BLOCK_S, warmup_s=STAGE_BLOCK_S)
-    measured: dict[str, dict[str, list[list[Any]]]] = {}
-    for threads in thread_counts:
-        runs = measure_latencies({f"{name}#{i}": stage.model for (name, i), stage in keyed.items()}, threads,
-                                 protocol, seed)
-        measured[str(threads)] = {name: [[stage.nodes, runs[f"{name}#{i}"].latency_s] for i, stage in enumerate(group)]
-                                  for name, group in stages.items()}
+    measured = {str(t): measure_stage_times(paths, t, max(rounds // 2, 2), seed) for t in thread_counts}
     RESULTS.mkdir(parents=True, exist_ok=True)
     STAGES.write_text(json.dumps(measured) + "\n")
     return measured
 
 
 def kernel_latencies(thread_counts: list[int], rounds: int, seed: int, reuse: bool) -> dict[str, dict[str, float]]:
-    """Per thread count: the whole-run seconds of each single-kernel model (`devices.microbench`)."""
+    """Per thread count: the whole-run seconds of each single-kernel model (`edgecloud.run_fit`), cached."""
     if reuse and KERNELS.is_file():
         return json.loads(KERNELS.read_text())
-    models = kernel_models(KERNEL_MODELS, seed)
-    protocol = LatencyProtocol(rounds=max(rounds // 2, 2), min_block_s=STAGE_BLOCK_S, warmup_s=STAGE_BLOCK_S)
-    measured = {str(t): {name: m.latency_s for name, m in measure_latencies(models, t, protocol, seed).items()}
-                for t in thread_counts}
+    measured = {str(t): measure_kernel_times(t, max(rounds // 2, 2), seed) for t in thread_counts}
     RESULTS.mkdir(parents=True, exist_ok=True)
     KERNELS.write_text(json.dumps(measured) + "\n")
     return measured
-
-
-def kernel_runs(times_s: Mapping[str, float], seed: int) -> list[tuple[list[NodeSample], float]]:
-    """The single-kernel models as runs: their layers' features, their measured seconds."""
-    models = kernel_models(KERNEL_MODELS, seed)
-    return [(list(layer_nodes(load_layer_graph(models[name])).values()), seconds) for name, seconds in times_s.items()]
-
-
-def stage_runs(profile: ModelProfile, threads: int, stages: list[list[Any]]) -> list[tuple[list[NodeSample], float]]:
-    """Each measured stage as (the samples of the layers inside it, its seconds)."""
-    graph = load_layer_graph(profile.model)
-    samples = samples_from_times(graph, profile.timings[threads].node_times_s)
-    members = [set(attrs["members"]) for _, attrs in graph.dag.nodes(data=True)]
-    return [([s for s, inside in zip(samples, members, strict=True) if inside <= set(nodes)], seconds)
-            for nodes, seconds in stages]
 
 
 def device_latencies(devices: list[EmulatedDevice], paths: Mapping[str, Path], rounds: int, seed: int,
@@ -298,7 +260,8 @@ def worst_kernel(samples: list[NodeSample], predictor: LatencyPredictor, device:
     scale = measured_s / max(sum(s.time_s for s in samples), 1e-12)
     by_kernel: dict[str, float] = {}
     for s in samples:
-        parts = predictor.node_parts(s.op_type, s.flops, s.bytes_moved, s.param_bytes, device, s.kernel, s.groups)
+        parts = predictor.node_parts(s.op_type, s.flops, s.bytes_moved, s.param_bytes, device, s.kernel, s.groups,
+                                     s.im2col)
         by_kernel[s.kernel_class] = by_kernel.get(s.kernel_class, 0.0) + parts.work_s + parts.fixed_s - scale * s.time_s
     kernel = max(by_kernel, key=lambda k: abs(by_kernel[k]))
     return f"{kernel} {by_kernel[kernel] * 1e3:+.3f} ms"

@@ -31,6 +31,18 @@ def _conv(rng: np.random.Generator, name: str, channels: int, size: int, kernel:
                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight])
 
 
+def _gemm(rng: np.random.Generator, name: str, rows: int, inner: int, columns: int) -> Any:
+    """A classifier head or a fully connected layer: Gemm of [rows, inner] by a weight, plus a bias."""
+    from onnx import TensorProto, helper
+
+    initializers = [helper.make_tensor("b", TensorProto.FLOAT, [inner, columns],
+                                       rng.standard_normal(inner * columns).astype(np.float32)),
+                    helper.make_tensor("c", TensorProto.FLOAT, [columns], rng.standard_normal(columns).astype(np.float32))]
+    node = helper.make_node("Gemm", ["a", "b", "c"], ["y"], name=name)
+    return helper.make_graph([node], name, [helper.make_tensor_value_info("a", TensorProto.FLOAT, [rows, inner])],
+                             [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializers)
+
+
 def _matmul(rng: np.random.Generator, name: str, rows: int, inner: int, columns: int, heads: int,
             weights: bool) -> Any:
     from onnx import TensorProto, helper
@@ -79,8 +91,10 @@ def _elementwise(rng: np.random.Generator, name: str, kind: str, shape: list[int
 
 def kernel_models(count: int, seed: int = 0) -> dict[str, Any]:
     """`count` single-node models (seeded): depthwise, grouped, pointwise and dense Convs, MatMuls on
-    a weight and of two activations, and a few element-wise and layout ops, over sizes that span the
-    models' (planes of 1-56 pixels a side, 8-512 channels)."""
+    a weight and of two activations, Gemms on a weight, and a few element-wise and layout ops, over sizes
+    that span the models' (planes of 1-56 pixels a side, 8-512 channels; dense Convs of many channels on
+    small planes, so that megabytes of weights are in the sample, as in ResNet-18's last stage; Gemms
+    of 16-2048 inputs and outputs, as classifier heads and MLPs have)."""
     import onnx
     from onnx import helper
 
@@ -90,7 +104,7 @@ def kernel_models(count: int, seed: int = 0) -> dict[str, Any]:
     models: dict[str, Any] = {}
     # Depthwise convolutions and the cheap ops twice as often: their costs vary most with shape.
     kinds = ("depthwise", "grouped", "pointwise", "dense", "matmul-weights", "matmul-activations", "elementwise",
-             "depthwise", "elementwise", "elementwise")
+             "depthwise", "elementwise", "elementwise", "gemm")
     for index in range(count):
         kind = kinds[index % len(kinds)]
         name = f"{kind}-{index}"
@@ -106,7 +120,11 @@ def kernel_models(count: int, seed: int = 0) -> dict[str, Any]:
         elif kind == "pointwise":
             graph = _conv(rng, name, min(channels, 256), size, 1, 1, 1)
         elif kind == "dense":
-            graph = _conv(rng, name, min(channels, 64), min(size, 28), 3, 1, stride)
+            cap = 512 if size <= 7 else 128 if size <= 14 else 64  # big weights on small planes only: FLOPs stay small
+            graph = _conv(rng, name, min(channels, cap), min(size, 28), 3, 1, stride)
+        elif kind == "gemm":
+            graph = _gemm(rng, name, int(2 ** rng.integers(0, 4)), int(2 ** rng.integers(4, 12)),
+                          int(2 ** rng.integers(4, 12)))
         elif kind.startswith("matmul"):
             rows, inner, columns = (int(2 ** rng.integers(2, 9)) for _ in range(3))
             heads = 1 if kind == "matmul-weights" else int(rng.choice([1, 2, 4, 8]))

@@ -43,11 +43,12 @@ def profile_file(path: str | Path, host: DeviceProfile, thread_counts: list[int]
 
 def layer_nodes(graph: "LayerGraph") -> dict[str, NodeSample]:
     """Each layer of `graph` as a predictor input (features and kernel class; time 0)."""
-    from partitioner.graph.kernel_classes import layer_kernel_classes, layer_kernel_groups
+    from partitioner.graph.kernel_classes import layer_im2col, layer_kernel_classes, layer_kernel_groups
 
-    kernels, groups = layer_kernel_classes(graph), layer_kernel_groups(graph)
+    kernels, groups, im2col = layer_kernel_classes(graph), layer_kernel_groups(graph), layer_im2col(graph)
     return {node: NodeSample(op_type=attrs["op_type"], flops=int(attrs["flops"]), bytes_moved=int(attrs["bytes_moved"]),
-                             param_bytes=int(attrs["param_bytes"]), time_s=0.0, kernel=kernels[node], groups=groups[node])
+                             param_bytes=int(attrs["param_bytes"]), time_s=0.0, kernel=kernels[node], groups=groups[node],
+                             im2col_rows=im2col[node][0], im2col_elements=im2col[node][1])
             for node, attrs in graph.dag.nodes(data=True)}
 
 
@@ -74,22 +75,11 @@ def profile_samples(profile: ModelProfile, threads: int) -> list[NodeSample]:
     return samples_from_times(graph, profile.timings[threads].node_times_s)
 
 
-def fit_predictor(profiles: Mapping[str, ModelProfile], threads: int, reference: DeviceProfile) -> LatencyPredictor:
-    """Fit on every profile's timing at `threads`, with `reference` the device that ran them; the stage
-    calibration on each profile's whole-model latency against its nodes."""
-    by_model = {name: profile_samples(profile, threads) for name, profile in profiles.items()}
-    samples = [s for group in by_model.values() for s in group]
-    predictor = LatencyPredictor.fit(samples, reference, fitted_on={
-        "models": sorted(profiles), "threads": threads, "nodes": len(samples),
-    })
-    return predictor.with_stage_calibration(
-        [(by_model[name], profile.timings[threads].latency_s) for name, profile in profiles.items()])
-
-
 def predicted_node_times_s(graph: "LayerGraph", predictor: LatencyPredictor,
                            device: DeviceProfile) -> dict[str, float]:
     """Each layer's predicted seconds on `device`, from its DAG features."""
-    return {node: predictor.predict(s.op_type, s.flops, s.bytes_moved, s.param_bytes, device, s.kernel, s.groups)
+    return {node: predictor.predict(s.op_type, s.flops, s.bytes_moved, s.param_bytes, device, s.kernel, s.groups,
+                                    s.im2col)
             for node, s in layer_nodes(graph).items()}
 
 

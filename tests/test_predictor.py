@@ -94,7 +94,7 @@ def test_unknown_op_type_uses_the_pooled_model_and_never_crashes() -> None:
     predictor = LatencyPredictor.fit(synthetic_samples(0), REFERENCE)
     assert predictor.pooled is not None
     seconds = predictor.predict("MyCustomOp", 10**6, 10**5, 0, REFERENCE)
-    features = np.array([1e6 / 1e11, 1e5 / 1e10, 0.0, 1.0, 0.0])
+    features = np.array([1e6 / 1e11, 1e5 / 1e10, 0.0, 1.0, 0.0, 0.0, 0.0])
     assert seconds == pytest.approx(float(features @ predictor.pooled.as_vector()))
     assert seconds > 0
 
@@ -227,12 +227,15 @@ def test_kernel_class_tells_apart_what_shares_an_op_type(op_type, attributes, sh
     assert op_type_of(kernel) == op_type
 
 
-# A depthwise Conv: dearer per FLOP, and a fixed cost per channel (onnxruntime loops over the groups).
-DEPTHWISE = OpCoefficients(compute=12.0, activations=2.5, params=0.5, overhead_s=3e-6, samples=0, per_group_s=0.1e-6)
+# A depthwise Conv: dearer per FLOP, a fixed cost per channel (onnxruntime loops over the groups), and
+# its im2col: a cost per column-buffer row and per element copied.
+DEPTHWISE = OpCoefficients(compute=12.0, activations=2.5, params=0.5, overhead_s=3e-6, samples=0, per_group_s=0.1e-6,
+                           per_row_s=5e-9, per_element_s=0.3e-9)
 
 
 def _timed(sample: NodeSample, truth: OpCoefficients, device: DeviceProfile = REFERENCE) -> NodeSample:
-    features = roofline_features(sample.flops, sample.bytes_moved, sample.param_bytes, device, REFERENCE, sample.groups)
+    features = roofline_features(sample.flops, sample.bytes_moved, sample.param_bytes, device, REFERENCE, sample.groups,
+                                 sample.im2col)
     return replace(sample, time_s=float(features @ truth.as_vector()))
 
 
@@ -243,8 +246,11 @@ def depthwise_and_dense(seed: int) -> list[NodeSample]:
     for kernel, truth in (("Conv/dense", TRUE["Conv"]), ("Conv/depthwise", DEPTHWISE)):
         for _ in range(30):
             flops, params = int(10 ** rng.uniform(5, 8)), int(10 ** rng.uniform(2, 5))
-            groups = int(2 ** rng.integers(3, 10)) if kernel == "Conv/depthwise" else 1
-            node = NodeSample("Conv", flops, int(10 ** rng.uniform(4, 6)) + params, params, 0.0, kernel, groups)
+            depthwise = kernel == "Conv/depthwise"
+            groups = int(2 ** rng.integers(3, 10)) if depthwise else 1
+            rows, elements = (int(10 ** rng.uniform(3, 5)), int(10 ** rng.uniform(4, 7))) if depthwise else (0, 0)
+            node = NodeSample("Conv", flops, int(10 ** rng.uniform(4, 6)) + params, params, 0.0, kernel, groups, rows,
+                              elements)
             samples.append(_timed(node, truth))
     return samples
 
@@ -258,7 +264,8 @@ def test_kernel_classes_recover_each_variant_where_the_op_type_alone_cannot() ->
                                          for s in samples], REFERENCE, shrinkage=0.0)
 
     def worst(p: LatencyPredictor) -> float:
-        return max(abs(p.predict(s.op_type, s.flops, s.bytes_moved, s.param_bytes, REFERENCE, s.kernel, s.groups) - s.time_s)
+        return max(abs(p.predict(s.op_type, s.flops, s.bytes_moved, s.param_bytes, REFERENCE, s.kernel, s.groups,
+                                 s.im2col) - s.time_s)
                    / s.time_s for s in samples)
 
     assert worst(predictor) < 1e-3 < 0.2 < worst(op_type_only)

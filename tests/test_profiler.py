@@ -14,7 +14,15 @@ from onnx import TensorProto, helper
 from typer.testing import CliRunner
 
 from devices.errors import DeviceError
-from devices.latency import BLOCKS, RUNS, Condition, LatencyProtocol, measure_interleaved, measure_latencies
+from devices.latency import (
+    BLOCKS,
+    RUNS,
+    Condition,
+    LatencyMeasurement,
+    LatencyProtocol,
+    measure_interleaved,
+    measure_latencies,
+)
 from devices.profiler import (
     PROFILE_FORMAT,
     ModelProfile,
@@ -26,10 +34,12 @@ from devices.profiler import (
     profile_threads,
     random_inputs,
 )
+from devices.predictor import LatencyPredictor
 from devices.profiles import DeviceProfile
 from devices.microbench import kernel_models
 from devices.stages import prefix_stages
 from edgecloud.calibration import canonical_model, layer_nodes, profile_samples, samples_from_times
+from edgecloud import run_fit
 from edgecloud.cli.app import app
 from partitioner.graph.layer_graph import load_layer_graph
 from partitioner.graph.onnx_names import unique_node_names
@@ -245,17 +255,43 @@ def test_cli_predictor_fit_on_a_corrupt_profile_exits_2(tmp_path: Path) -> None:
     assert "missing key" in _single_error_line(result.output)
 
 
-def test_cli_predictor_fit_on_profile_files(tmp_path: Path, bundled_profiles: dict[str, ModelProfile]) -> None:
+def test_cli_predictor_fit_writes_the_fit_the_bench_scores(tmp_path: Path, bundled_profiles: dict[str, ModelProfile],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """`edgecloud predictor fit` measures the profiled models' stages and the single-kernel models and
+    writes `edgecloud.run_fit.fit_predictor` of them (the fit bench/predictor_error.py scores), nothing
+    else. Timing is faked (a run costs by its node count) so that both sides see the same runs."""
+    def timed(models: Mapping[str, onnx.ModelProto], threads: int, protocol: LatencyProtocol,
+              seed: int) -> dict[str, LatencyMeasurement]:
+        assert protocol == run_fit.run_protocol()
+        return {name: LatencyMeasurement(seconds, seconds, seconds, protocol.rounds) for name, model in models.items()
+                for seconds in [1e-5 + 2e-6 * len(model.graph.node)]}
+
+    monkeypatch.setattr(run_fit, "measure_latencies", timed)
     paths = [tmp_path / f"{name}.json" for name in ("chain", "mlp")]
     for name, path in zip(("chain", "mlp"), paths):
         bundled_profiles[name].save(path)
     output = tmp_path / "predictor.json"
     result = runner.invoke(app, ["predictor", "fit", *map(str, paths), "-o", str(output), "--threads", "1"])
     assert result.exit_code == 0, result.output
-    fitted = json.loads(output.read_text())
-    assert {"Conv", "Gemm", "Relu"} <= set(fitted["op_types"])
-    assert fitted["fitted_on"]["threads"] == 1
+    fitted = LatencyPredictor.load(output)
+    loaded = {str(path): load_profile_file(path) for path in paths}
+    stage_times = run_fit.measure_stage_times({name: Path(p.model) for name, p in loaded.items()}, 1)
+    expected = run_fit.fit_predictor(loaded, 1, fitted.reference, stage_times, run_fit.measure_kernel_times(1))
+    assert fitted.to_dict() == expected.to_dict()
+    assert {"Conv", "Gemm", "Relu"} <= set(fitted.op_types)
+    assert fitted.fitted_on["threads"] == 1 and fitted.fitted_on["kernel_runs"] == run_fit.KERNEL_MODELS
+    assert fitted.fitted_on["stage_runs"] == sum(len(group) for group in stage_times.values()) > 2
+    assert fitted.stage.work_scale == fitted.stage.fixed_scale == 1.0  # the run fit's, not a stage calibration's
     assert len(profile_samples(load_profile_file(paths[0]), 1)) == len(bundled_profiles["chain"].timings[1].node_times_s)
+
+
+def test_cli_predictor_fit_refuses_profiles_without_the_thread_count(tmp_path: Path,
+                                                                     bundled_profiles: dict[str, ModelProfile]) -> None:
+    path = tmp_path / "chain.json"
+    bundled_profiles["chain"].save(path)
+    result = runner.invoke(app, ["predictor", "fit", str(path), "-o", str(tmp_path / "p.json"), "--threads", "3"])
+    assert result.exit_code == 2
+    assert "no timing with 3 thread(s)" in _single_error_line(result.output)
 
 
 def conv_and_attention_model() -> onnx.ModelProto:
@@ -288,6 +324,8 @@ def test_layer_nodes_carry_the_kernel_class_of_each_onnx_node() -> None:
         "projection": "MatMul/weights", "transpose": "Transpose", "attention": "MatMul/activations"}
     assert all(node.op_type == node.kernel.split("/")[0] for node in nodes.values())
     assert {name: node.groups for name, node in nodes.items() if node.groups != 1} == {"depthwise": 8}
+    # Only the depthwise Conv is priced by its im2col: 8 groups x 9 taps x 4 output rows of 4 pixels.
+    assert {name: node.im2col for name, node in nodes.items() if node.im2col != (0, 0)} == {"depthwise": (288, 1152)}
 
 
 def test_fused_layers_carry_no_kernel_class_and_keep_their_fused_type(bundled_models: Mapping[str, Path]) -> None:
@@ -383,7 +421,7 @@ def test_kernel_models_sample_every_kernel_class_as_a_runnable_single_node_model
         if nodes[0].kernel == "Conv/depthwise":
             assert nodes[0].groups > 1
     assert {"Conv/depthwise", "Conv/grouped", "Conv/pointwise", "Conv/dense", "MatMul/weights",
-            "MatMul/activations"} <= classes
+            "MatMul/activations", "Gemm/weights"} <= classes
     measured = measure_latencies(dict(list(models.items())[:3]), 1, LatencyProtocol(rounds=2, min_block_s=0.001,
                                                                                     warmup_s=0.0))
     assert all(m.latency_s > 0 for m in measured.values())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -47,16 +48,29 @@ def error_summary(errors: Sequence[float]) -> dict[str, float]:
 Runs = Sequence[tuple[Sequence[NodeSample], float]]  # measured runs: (nodes, seconds of one run)
 
 
+def fit_on_runs(samples_by_model: Mapping[str, Sequence[NodeSample]], reference: DeviceProfile,
+                stages_by_model: Mapping[str, Runs], kernel_runs: Runs = (),
+                fitted_on: Mapping[str, Any] | None = None) -> LatencyPredictor:
+    """The predictor as shipped (`edgecloud predictor fit`) and as evaluated (bench/predictor_error.py,
+    on every model but the held-out one): the trace fit over the models' profiled nodes, then refitted
+    on their measured stage runs (`devices.stages`) and on `kernel_runs` (single-kernel models,
+    `devices.microbench`). One function, so that the file shipped is the fit the bench scores."""
+    predictor = LatencyPredictor.fit([s for group in samples_by_model.values() for s in group], reference,
+                                     dict(fitted_on or {}))
+    return predictor.with_run_fit([run for name in samples_by_model for run in stages_by_model[name]]
+                                  + list(kernel_runs))
+
+
 def fit_without(samples_by_model: Mapping[str, list[NodeSample]], reference: DeviceProfile, held_out: str,
                 latencies_s: Mapping[str, float] | None = None,
                 stages_by_model: Mapping[str, Runs] | None = None, kernel_runs: Runs = ()) -> LatencyPredictor:
-    """Fit on every model but `held_out`; with whole-model latencies, calibrate the stage on theirs too;
-    with measured stage runs (`devices.stages`), fit the coefficients on the other models' runs and on
-    `kernel_runs` (single-kernel models, `devices.microbench`: no model's own data)."""
-    train = [name for name in samples_by_model if name != held_out]
-    predictor = LatencyPredictor.fit([s for name in train for s in samples_by_model[name]], reference)
+    """Fit on every model but `held_out`: with measured stage runs, `fit_on_runs` (the shipped fit);
+    else the trace fit, its stage calibrated on the other models' whole-model latencies when given
+    (the previous fit, kept as the bench's comparison)."""
+    train = {name: group for name, group in samples_by_model.items() if name != held_out}
     if stages_by_model is not None:
-        return predictor.with_run_fit([run for name in train for run in stages_by_model[name]] + list(kernel_runs))
+        return fit_on_runs(train, reference, stages_by_model, kernel_runs)
+    predictor = LatencyPredictor.fit([s for group in train.values() for s in group], reference)
     if latencies_s is not None:
         predictor = predictor.with_stage_calibration([(samples_by_model[name], latencies_s[name]) for name in train])
     return predictor
@@ -80,7 +94,7 @@ def leave_one_model_out(samples_by_model: Mapping[str, list[NodeSample]], refere
         # (which maps profiled kernels to a whole run, trace overhead out).
         nodes_only = replace(predictor, stage=StageCalibration())
         predicted = [nodes_only.predict(s.op_type, s.flops, s.bytes_moved, s.param_bytes, reference, s.kernel,
-                                       s.groups)
+                                       s.groups, s.im2col)
                      for s in test]
         if latencies_s is None:
             measured_s, total_s = sum(s.time_s for s in test), nodes_only.predict_stage_s(test, reference)

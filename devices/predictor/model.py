@@ -4,14 +4,15 @@ that is not at hand can be planned for from its DeviceProfile (and, better, a fe
 For a node of kernel class k (`devices.predictor.kernels`) on device D the model is
 
     work  = a_k * flops / peak_flops(D) + b_k * activation_bytes / bandwidth(D) + p_k * param_bytes / bandwidth(D)
-    fixed = (c_k + g_k * (groups - 1)) * overhead_scale(D)
+    fixed = (c_k + g_k * (groups - 1) + r_k * im2col_rows + e_k * im2col_elements) * overhead_scale(D)
     t     = u_D * s_w * work + v_D * s_f * fixed + w_D * overhead_scale(D)    (a node within a run)
     run   = sum(t) + v_D * h * overhead_scale(D)                               (a stage or the whole model)
 
 with non-negative coefficients: a, b, p dimensionless inefficiency factors, c_k seconds of fixed per-kernel
 cost on the reference device, g_k seconds per extra group (onnxruntime loops over a grouped Conv's
-groups); overhead_scale(D) = (peak_flops / threads of the reference) / (peak_flops / threads of D), since
-fixed cost is serial work. s_w, s_f and h are the *stage calibration*: one session run of many nodes (as
+groups; r_k, e_k seconds per row and per element of a grouped Conv's im2col, the serial copy that is
+most of a depthwise Conv's time, `partitioner.graph.kernel_classes.layer_im2col`); overhead_scale(D) =
+(peak_flops / threads of the reference) / (peak_flops / threads of D), since fixed cost is serial work. s_w, s_f and h are the *stage calibration*: one session run of many nodes (as
 the agents run a stage) is not the sum of the nodes' profiled kernel times, which the trace inflates
 (about 2 µs a node here). `with_run_fit` goes further and refits every coefficient on whole runs (prefix
 stages of models, `devices.stages`; single-kernel models, `devices.microbench`), the trace's values as the
@@ -50,7 +51,8 @@ DEFAULT_SHRINKAGE = 0.1
 DEFAULT_OVERHEAD_S = 5e-6  # fixed cost per kernel of a predictor that was never fitted
 _TIME_FLOOR_S = 1e-6  # onnxruntime's trace has microsecond resolution: no sample weighs more than this
 # Units of the unknowns in a fit (fixed costs in microseconds), so that all columns are of order one.
-FEATURE_UNITS = np.array([1.0, 1.0, 1.0, _TIME_FLOOR_S, _TIME_FLOOR_S])
+# Per im2col row and element: nanoseconds.
+FEATURE_UNITS = np.array([1.0, 1.0, 1.0, _TIME_FLOOR_S, _TIME_FLOOR_S, 1e-9, 1e-9])
 MAX_DEVICE_MEASUREMENTS = 10  # the few-shot budget of a device calibration
 DEFAULT_RUN_FIT_STRENGTH = 0.01  # pull of the run fit towards the profiled coefficients
 DEVICE_PULL = 1e-4  # pull of a device calibration towards one common scale
@@ -68,10 +70,16 @@ class NodeSample:
     time_s: float
     kernel: str = ""  # kernel class ("Conv/depthwise"); empty: the op type
     groups: int = 1  # inner kernel calls: a grouped or depthwise Conv's groups (one loop per channel)
+    im2col_rows: int = 0  # a Conv's column-buffer copies (`partitioner.graph.kernel_classes.layer_im2col`)
+    im2col_elements: int = 0  # and the elements they copy
 
     @property
     def kernel_class(self) -> str:
         return self.kernel or self.op_type
+
+    @property
+    def im2col(self) -> tuple[int, int]:
+        return self.im2col_rows, self.im2col_elements
 
 
 @dataclass(frozen=True)
@@ -84,9 +92,12 @@ class OpCoefficients:
     overhead_s: float
     samples: int
     per_group_s: float = 0.0  # fixed cost of each group after the first (reference seconds)
+    per_row_s: float = 0.0  # of each im2col row (reference seconds; serial work)
+    per_element_s: float = 0.0  # of each im2col element
 
     def as_vector(self) -> np.ndarray:
-        return np.array([self.compute, self.activations, self.params, self.overhead_s, self.per_group_s])
+        return np.array([self.compute, self.activations, self.params, self.overhead_s, self.per_group_s,
+                         self.per_row_s, self.per_element_s])
 
 
 @dataclass(frozen=True)
@@ -125,15 +136,17 @@ def _overhead_scale(reference: DeviceProfile, device: DeviceProfile) -> float:
 
 
 def roofline_features(flops: int, bytes_moved: int, param_bytes: int, device: DeviceProfile,
-                      reference: DeviceProfile, groups: int = 1) -> np.ndarray:
-    """[compute time, activation time, parameter time, fixed-cost scale, that scale per extra group] of a
-    node on `device`. The last is why a depthwise Conv is dear: onnxruntime loops over its channels, a
-    fixed cost each (here ~0.1-0.4 µs a channel: 49 µs for 0.006 MFLOP over ~330 channels)."""
+                      reference: DeviceProfile, groups: int = 1, im2col: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """[compute time, activation time, parameter time, fixed-cost scale, that scale per extra group, per
+    im2col row, per im2col element] of a node on `device`. The per-group term is why a depthwise Conv is
+    dear: onnxruntime loops over its channels, a fixed cost each; the im2col terms are that loop's body,
+    one thread's copy (a depthwise Conv's one-row GEMM costs less than building its columns), so they
+    scale like the fixed costs, with one thread's speed."""
     bandwidth = device.memory_bandwidth_bytes_per_s
     activation_bytes = max(bytes_moved - param_bytes, 0)
     scale = _overhead_scale(reference, device)
     return np.array([flops / device.peak_flops, activation_bytes / bandwidth, param_bytes / bandwidth,
-                     scale, max(groups - 1, 0) * scale])
+                     scale, max(groups - 1, 0) * scale, im2col[0] * scale, im2col[1] * scale])
 
 
 def roofline_time_s(flops: int, bytes_moved: int, device: DeviceProfile) -> float:
@@ -165,8 +178,8 @@ def _fit_group(group: list[NodeSample], reference: DeviceProfile, prior: OpCoeff
     Why shrink: a class seen only in one regime (Concat of a few int64 shape values) tells nothing
     about another (Concat of image tensors); without the prior its factors explode when extrapolated.
     """
-    features = np.array([roofline_features(s.flops, s.bytes_moved, s.param_bytes, reference, reference, s.groups)
-                         for s in group])
+    features = np.array([roofline_features(s.flops, s.bytes_moved, s.param_bytes, reference, reference, s.groups,
+                                           s.im2col) for s in group])
     times = np.array([s.time_s for s in group])
     solution = relative_nnls(features * FEATURE_UNITS, times,
                              None if prior is None else prior.as_vector() / FEATURE_UNITS, shrinkage)
@@ -175,20 +188,21 @@ def _fit_group(group: list[NodeSample], reference: DeviceProfile, prior: OpCoeff
 
 def _from_vector(vector: np.ndarray, samples: int) -> OpCoefficients:
     """Coefficients from the order of `OpCoefficients.as_vector`."""
-    a, b, p, c, g = (float(x) for x in vector)
-    return OpCoefficients(a, b, p, c, samples, g)
+    a, b, p, c, g, r, e = (float(x) for x in vector)
+    return OpCoefficients(a, b, p, c, samples, g, r, e)
 
 
 def _scaled(coefficients: OpCoefficients, stage: StageCalibration) -> OpCoefficients:
     """Coefficients with a stage calibration's scales folded in (work factors and fixed cost)."""
-    scales = np.array([stage.work_scale] * 3 + [stage.fixed_scale] * 2)
+    scales = np.array([stage.work_scale] * 3 + [stage.fixed_scale] * 4)
     return _from_vector(coefficients.as_vector() * scales, coefficients.samples)
 
 
 def _coefficients_from_dict(data: dict[str, Any]) -> OpCoefficients:
     return OpCoefficients(compute=float(data["compute"]), activations=float(data["activations"]),
                           params=float(data["params"]), overhead_s=float(data["overhead_s"]),
-                          samples=int(data["samples"]), per_group_s=float(data.get("per_group_s", 0.0)))
+                          samples=int(data["samples"]), per_group_s=float(data.get("per_group_s", 0.0)),
+                          per_row_s=float(data.get("per_row_s", 0.0)), per_element_s=float(data.get("per_element_s", 0.0)))
 
 
 def _groups(samples: Iterable[NodeSample], key: Any) -> dict[str, list[NodeSample]]:
@@ -249,9 +263,9 @@ class LatencyPredictor:
         return replace(head, overhead_s=head.overhead_s + overhead_s)
 
     def node_parts(self, op_type: str, flops: int, bytes_moved: int, param_bytes: int, device: DeviceProfile,
-                   kernel: str = "", groups: int = 1) -> StageParts:
+                   kernel: str = "", groups: int = 1, im2col: tuple[int, int] = (0, 0)) -> StageParts:
         """A node's (work, fixed) seconds on `device`, stage calibration in, device calibration not."""
-        features = roofline_features(flops, bytes_moved, param_bytes, device, self.reference, groups)
+        features = roofline_features(flops, bytes_moved, param_bytes, device, self.reference, groups, im2col)
         coefficients = self._coefficients_of(op_type, kernel)
         if coefficients is None:
             return StageParts(roofline_time_s(flops, bytes_moved, device), DEFAULT_OVERHEAD_S * features[3])
@@ -269,9 +283,10 @@ class LatencyPredictor:
                 + calibration.per_node_s * parts.nodes * _overhead_scale(self.reference, device))
 
     def predict(self, op_type: str, flops: int, bytes_moved: int, param_bytes: int,
-                device: DeviceProfile, kernel: str = "", groups: int = 1) -> float:
-        """Seconds the node takes on `device` within a run of many nodes."""
-        parts = self.node_parts(op_type, flops, bytes_moved, param_bytes, device, kernel, groups)
+                device: DeviceProfile, kernel: str = "", groups: int = 1, im2col: tuple[int, int] = (0, 0)) -> float:
+        """Seconds the node takes on `device` within a run of many nodes (`im2col`: a Conv's rows and
+        elements, `partitioner.graph.kernel_classes.layer_im2col`)."""
+        parts = self.node_parts(op_type, flops, bytes_moved, param_bytes, device, kernel, groups, im2col)
         return self._on_device_s(replace(parts, nodes=1), device)
 
     def stage_parts(self, nodes: Iterable[NodeSample], device: DeviceProfile) -> StageParts:
@@ -280,7 +295,7 @@ class LatencyPredictor:
         count = 0
         for node in nodes:
             parts = self.node_parts(node.op_type, node.flops, node.bytes_moved, node.param_bytes, device, node.kernel,
-                                    node.groups)
+                                    node.groups, node.im2col)
             work_s += parts.work_s
             fixed_s += parts.fixed_s
             count += 1
@@ -336,10 +351,10 @@ class LatencyPredictor:
                 key = prior._fitted_key(n.op_type, n.kernel)
                 if key is None:  # priced by borrowing: its prediction is a fixed part of the run
                     offset_s += prior.predict(n.op_type, n.flops, n.bytes_moved, n.param_bytes, self.reference, n.kernel,
-                                              n.groups)
+                                              n.groups, n.im2col)
                     continue
                 features = roofline_features(n.flops, n.bytes_moved, n.param_bytes, self.reference, self.reference,
-                                             n.groups)
+                                             n.groups, n.im2col)
                 row[column[key]:column[key] + width] += features * FEATURE_UNITS
             row[-1] = _TIME_FLOOR_S
             rows.append(row)
@@ -403,7 +418,8 @@ class LatencyPredictor:
         return {
             "format": PREDICTOR_FORMAT,
             "model": "node = u*work_scale*(compute*flops/peak_flops + activations*activation_bytes/bw"
-                     " + params*param_bytes/bw) + v*fixed_scale*(overhead_s + per_group_s*(groups-1))*(reference"
+                     " + params*param_bytes/bw) + v*fixed_scale*(overhead_s + per_group_s*(groups-1) + per_row_s*im2col_rows"
+                     " + per_element_s*im2col_elements)*(reference"
                      " flops per thread / device flops per thread) + w*(same scale); stage = sum(node) +"
                      " v*per_run_s*(same scale); u, v, w (per_node_s) per calibrated device (devices), else 1, 1, 0",
             "reference": self.reference.to_dict(),

@@ -28,15 +28,18 @@ def fit(
     seed: Annotated[int, typer.Option(help="Seed of the random inputs.", **SEED_BOUNDS)] = 0,
 ) -> None:
     """Fit on the given profiles, or profile every bundled and real model and fit on those (the shipped
-    file); the stage calibration is fitted on the profiles' whole-model latencies."""
+    file); then measure the profiled models' prefix stages and the single-kernel models here and refit on
+    those runs: the fit bench/predictor_error.py scores (`edgecloud.run_fit.fit_predictor`)."""
     from rich.console import Console
     from rich.progress import Progress
     from rich.table import Table
 
+    from devices.errors import DeviceError
     from devices.host import host_profile, measure_host
     from devices.predictor import shipped_predictor_path
     from devices.profiler import load_profile_file
-    from edgecloud.calibration import fit_predictor, predictor_model_paths, profile_models
+    from edgecloud.calibration import predictor_model_paths, profile_models
+    from edgecloud.run_fit import fit_predictor, measure_kernel_times, measure_stage_times
 
     target = writable_output(output or shipped_predictor_path(), "--output")  # refused before profiling
     thread_count = threads or os.cpu_count() or 1
@@ -50,18 +53,27 @@ def fit(
             task = progress.add_task("profiling the bundled and real models", total=len(paths))
             loaded = profile_models(paths, host, [thread_count], warmup, repeats, seed,
                                     on_done=lambda *_: progress.advance(task))
-    predictor = fit_predictor(loaded, thread_count, reference)
+    missing = [name for name, profile in loaded.items() if thread_count not in profile.timings]
+    if missing:
+        raise DeviceError(f"the profile {missing[0]} has no timing with {thread_count} thread(s) (--threads).")
+    with Progress(transient=True) as progress:
+        progress.add_task("timing the models' prefix stages and the single-kernel models", total=None)
+        stage_times = measure_stage_times({name: Path(p.model) for name, p in loaded.items()}, thread_count,
+                                          seed=seed)
+        kernel_times = measure_kernel_times(thread_count, seed=seed)
+    predictor = fit_predictor(loaded, thread_count, reference, stage_times, kernel_times, seed)
     predictor.save(target)
 
-    stage = predictor.stage
-    table = Table(title=f"fitted on {predictor.fitted_on['nodes']} nodes, {thread_count} thread(s); stage: "
-                        f"{stage.work_scale:.3f} x work + {stage.fixed_scale:.3f} x fixed costs + "
-                        f"{stage.per_run_s * 1e6:.1f} us per run")
-    for column in ("op type / kernel class", "samples", "compute", "activations", "params", "overhead (us)"):
+    fitted = predictor.fitted_on
+    table = Table(title=f"fitted on {fitted['nodes']} nodes, {fitted['stage_runs']} stage and "
+                        f"{fitted['kernel_runs']} single-kernel runs, {thread_count} thread(s); "
+                        f"{predictor.stage.per_run_s * 1e6:.1f} us per run")
+    for column in ("op type / kernel class", "samples", "compute", "activations", "params", "overhead (us)",
+                   "per group (us)"):
         table.add_column(column, justify="right")
     for name, c in sorted(predictor.op_types.items()):
         table.add_row(name, str(c.samples), f"{c.compute:.3g}", f"{c.activations:.3g}", f"{c.params:.3g}",
-                      f"{c.overhead_s * 1e6:.2f}")
+                      f"{c.overhead_s * 1e6:.2f}", f"{c.per_group_s * 1e6:.3f}")
     console = Console()
     console.print(table)
     console.print(f"wrote {target}")

@@ -38,16 +38,17 @@ def cost_graph_from_model(layer_graph: LayerGraph, scenario: Scenario, model_pat
                           profile: ModelProfile | None = None) -> CostGraph:
     """Price every layer on every device of `scenario`; its links, pins and memory limits as given."""
     from devices.predictor import predict_node_time_s
-    from partitioner.graph.kernel_classes import layer_kernel_classes, layer_kernel_groups
+    from partitioner.graph.kernel_classes import layer_im2col, layer_kernel_classes, layer_kernel_groups
 
     devices = scenario.device_profiles()
     kernels, groups = layer_kernel_classes(layer_graph), layer_kernel_groups(layer_graph)
+    im2col = layer_im2col(layer_graph)
     measured = measured_layer_times_s(layer_graph, profile) if profile is not None else None
     nodes: dict[str, CostNode] = {}
     for layer, attrs in layer_graph.dag.nodes(data=True):
         def predicted(device: DeviceProfile) -> float:
             return predict_node_time_s(attrs["op_type"], attrs["flops"], attrs["bytes_moved"], attrs["param_bytes"],
-                                       device, kernels[layer], groups[layer])
+                                       device, kernels[layer], groups[layer], im2col[layer])
 
         if measured is None:
             time_s = {name: predicted(device) for name, device in devices.items()}
