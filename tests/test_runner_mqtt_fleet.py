@@ -146,3 +146,28 @@ def test_a_sigkilled_fleet_leaves_no_broker_and_no_worker() -> None:
     and a parent watcher, robust_training.runners.parent_death)."""
     assert_sigkill_leaves_no_child([*ARGS[:-1], "--rounds", "100000", "--runner", "mqtt"], 4)
 
+
+def test_a_standing_fleet_serves_job_after_job_on_the_same_processes(broker_factory) -> None:
+    """`StandingFleet` (the benches): the second job runs on the first job's worker processes and trains
+    what the simulator trains for its own config."""
+    from edgecloud.training.local_fleet import StandingFleet
+    from edgecloud.training.protocol import TrainingJob
+    from robust_training.errors import TrainingError
+    from robust_training.runners.torch_distributed import TrainJob, build_simulator
+    from robust_training.simulator import SimulationConfig
+
+    broker = broker_factory("mosquitto")
+    configs = [SimulationConfig(n_workers=3, rounds=2, lr=0.1, tau=tau, batch_size=16, code="cyclic", redundancy=3,
+                                n_adversaries=1, seed=3) for tau in (1, 3)]
+    with StandingFleet(3, broker.url) as fleet:
+        first = fleet.serve(TrainingJob("digits", "logistic", configs[0]))
+        pids = {name: process.pid for name, process in fleet.workers.processes.items()}
+        second = fleet.serve(TrainingJob("digits", "logistic", configs[1]))
+        assert {name: process.pid for name, process in fleet.workers.processes.items()} == pids
+        assert all(process.poll() is None for process in fleet.workers.processes.values())
+        with pytest.raises(TrainingError, match="3 workers"):
+            fleet.serve(TrainingJob("digits", "logistic", SimulationConfig(n_workers=4, rounds=1, lr=0.1)))
+    assert all(process.poll() is not None for process in fleet.workers.processes.values())  # stopped on exit
+    for run, config in zip((first, second), configs):
+        expected = build_simulator(TrainJob("digits", "logistic", config)).run().params
+        assert np.linalg.norm(run.result.params - expected) / np.linalg.norm(expected) < 1e-6

@@ -12,7 +12,7 @@ from robust_training.data import load_dataset
 from robust_training.dgd import train_distributed
 from robust_training.errors import TrainingError
 from robust_training.models import make_objective
-from robust_training.simulator import SimulationConfig, Simulator
+from robust_training.simulator import SimulationConfig, Simulator, shared_compute_s
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +103,20 @@ def test_round_times_follow_the_time_model(digits) -> None:
     assert result.seconds == pytest.approx(elapsed)
 
 
+def test_workers_sharing_cores_wait_for_each_other() -> None:
+    assert shared_compute_s([0.1, 0.3, 0.2], None) == pytest.approx(0.3)   # a core each: the slowest
+    assert shared_compute_s([0.1, 0.1, 0.1, 0.1], 2) == pytest.approx(0.2)  # 4 equal jobs on 2 cores: 2 each
+    assert shared_compute_s([0.5, 0.1, 0.1], 2) == pytest.approx(0.5)      # one long job still bounds it
+
+
+def test_a_run_on_shared_cores_charges_the_total_work(digits) -> None:
+    _, own = _run(digits, code="cyclic", redundancy=3, rounds=6)
+    _, shared = _run(digits, code="cyclic", redundancy=3, rounds=6, cores=1)
+    # on one core the 9 workers' equal work is ~9x the slowest's (medians: timings differ between the runs)
+    assert np.median([r.compute_s for r in shared.records]) > 3 * np.median([r.compute_s for r in own.records])
+    np.testing.assert_array_equal(own.params, shared.params)  # the time model never changes the model
+
+
 def test_target_accuracy_stops_early_and_adaptive_tau_logs_its_choices(digits) -> None:
     _, early = _run(digits, rounds=50, target_accuracy=0.8)
     assert len(early.records) < 50 and early.records[-1].test_accuracy >= 0.8
@@ -121,6 +135,7 @@ def test_target_accuracy_stops_early_and_adaptive_tau_logs_its_choices(digits) -
     (dict(n_adversaries=9), "adversaries"),
     (dict(aggregator="average"), "unknown aggregator"),
     (dict(tau=0), "tau"),
+    (dict(cores=0), "core"),
 ])
 def test_invalid_settings_are_one_sentence_training_errors(digits, overrides: dict, phrase: str) -> None:
     config = dataclasses.replace(SimulationConfig(n_workers=9, rounds=1, lr=0.1), **overrides)

@@ -56,6 +56,7 @@ def test_table_output_for_a_torch_network() -> None:
     (["--model", "resnet"], "unknown model"),
     (["--dataset", "cifar"], "unknown dataset"),
     (["--bandwidth", "fast"], "bandwidth"),
+    (["--cores", "0"], "--cores"),
     (["--code", "repetition", "--redundancy", "4"], "divisible"),
     (["--aggregator", "krum", "--code", "cyclic", "--redundancy", "3"], "only with --code none"),
     (["--code", "repetition", "--redundancy", "3", "--adversaries", "2"], "cannot decode 2 adversaries"),

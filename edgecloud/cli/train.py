@@ -54,6 +54,9 @@ def train(
                                         parser=finite_float(0.0, 1e6, low_open=True))] = 0.5,
     unequal: Annotated[bool, typer.Option("--unequal", help="IID split with unequal local data sizes (not with --non-iid).")] = False,
     bandwidth: Annotated[str, typer.Option(help="Each worker's link to the PS for the modelled transfer time.")] = "1Gbit",
+    cores: Annotated[Optional[int], typer.Option(
+        help="Cores the P workers share for the modelled compute time (one host); default: a core each.",
+        min=1, max=COUNT_MAX)] = None,
     save: Annotated[Optional[Path], typer.Option(
         help="Write the model's named parameter arrays (numpy .npz; the suffix is added if missing).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of a table.")] = False,
@@ -100,7 +103,7 @@ def train(
         n_workers=nodes, rounds=rounds, lr=lr, tau=tau, batch_size=batch_size, code=code, redundancy=redundancy,
         aggregator=aggregator, n_adversaries=adversaries, attack=attack, split="iid" if iid else "dirichlet",
         unequal_sizes=unequal, dirichlet_alpha=alpha, adaptive_tau=adaptive_tau,
-        bandwidth_bps=parse_bandwidth_bps(bandwidth), seed=seed)
+        bandwidth_bps=parse_bandwidth_bps(bandwidth), cores=cores, seed=seed)
     config.validate()
     config.build()  # before the data loads: an impossible defence is a mistake, not a result
     checkpoints = checkpointer(checkpoint_dir, checkpoint_every, resume)

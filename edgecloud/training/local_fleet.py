@@ -17,6 +17,7 @@ from edgecloud.training.protocol import WORKER_PREFIX, TrainingJob, worker_name
 from edgecloud.training.server import FleetResult, ServerOptions, serve
 from edgecloud.transport.broker import EmbeddedBrokerProcess
 from edgecloud.transport.mqtt_url import split_password
+from robust_training.errors import TrainingError
 from robust_training.simulator import RoundRecord
 
 
@@ -57,3 +58,38 @@ def run_local_fleet(job: TrainingJob, broker_url: str | None = None, options: Se
         workers.stop()
         if broker is not None:
             broker.stop()
+
+
+
+class StandingFleet:
+    """P `--keep-serving` worker processes over `broker_url` that serve job after job (benchmarks): the
+    processes start (torch imports) with the first job only, and each job's workers rebuild their
+    partitions from it. A context manager: leaving it stops the processes.
+
+    The first job's start-up includes the processes'; a later one's is the workers getting the job and
+    loading its data."""
+
+    def __init__(self, n_workers: int, broker_url: str, options: ServerOptions = ServerOptions()) -> None:
+        self.n_workers = n_workers
+        self.broker_url = broker_url
+        self.options = options
+        self.workers = WorkerProcesses(n_workers, broker_url, options.deployment, ["--keep-serving"])
+        self._started = False
+
+    def serve(self, job: TrainingJob, on_round: Callable[[RoundRecord], None] | None = None) -> FleetResult:
+        if job.config.n_workers != self.n_workers:
+            raise TrainingError(f"this fleet has {self.n_workers} workers, the job needs {job.config.n_workers}.")
+        job.config.validate()
+        job.config.build()
+        start = self._start if not self._started else lambda: None
+        return serve(self.broker_url, job, self.options, on_round, start)
+
+    def _start(self) -> None:
+        self.workers.start()
+        self._started = True
+
+    def __enter__(self) -> StandingFleet:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.workers.stop()
