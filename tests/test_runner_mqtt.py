@@ -23,7 +23,7 @@ from edgecloud.errors import TransportError
 from edgecloud.training.deadlines import DEADLINE_FACTOR, DEADLINE_FLOOR_S
 from edgecloud.training.local_fleet import WorkerProcesses
 from edgecloud.training.protocol import SERVER, TrainingJob, update_message, worker_name
-from edgecloud.training.server import FleetResult, ServerOptions, serve
+from edgecloud.training.server import FleetResult, ParameterServer, ServerOptions, serve
 from edgecloud.training.worker import rebuild_simulator
 from edgecloud.transport.broker import EmbeddedBrokerProcess, MosquittoBroker, device_acl
 from edgecloud.transport.mqtt import MqttTransport
@@ -80,10 +80,27 @@ def _config(**settings: object) -> SimulationConfig:
     return SimulationConfig(**{**defaults, **settings})  # type: ignore[arg-type]
 
 
+# Every wait of a test's PS is bounded well inside pytest's 600 s timeout, so that a lost worker fails the
+# test with a sentence instead of hanging it: the server's own join timeout (600 s) and a round deadline
+# derived from a slow round 1 (10 x up to 120 s) would each outlast pytest's.
+JOIN_TIMEOUT_S = 120.0
+
+
+def _assert_workers_alive(fleet: Fleet) -> None:
+    """A worker process that died (in an earlier test) would only show up as a PS waiting for it."""
+    for name, process in fleet.workers.processes.items():
+        assert process.poll() is None, (f"{name} exited with code {process.returncode}: "
+                                        f"{fleet.workers.log_text(name).strip()[-1500:]}")
+
+
+def _options(deadline_s: float | None) -> ServerOptions:
+    return ServerOptions(round_deadline_s=deadline_s, join_timeout_s=JOIN_TIMEOUT_S)
+
+
 def _train(fleet: Fleet, model: str, config: SimulationConfig, deadline_s: float | None = None,
            on_round=None) -> FleetResult:
-    return serve(fleet.url(SERVER), TrainingJob("digits", model, config), ServerOptions(round_deadline_s=deadline_s),
-                 on_round)
+    _assert_workers_alive(fleet)
+    return serve(fleet.url(SERVER), TrainingJob("digits", model, config), _options(deadline_s), on_round)
 
 
 def _simulated(model: str, config: SimulationConfig) -> np.ndarray:
@@ -186,18 +203,31 @@ def test_beyond_the_bound_the_round_is_skipped_with_a_warning(fleet: Fleet, capl
 
 
 def test_a_restarted_worker_rejoins_at_the_next_round(fleet: Fleet) -> None:
+    """Killed after round 2, restarted after round 3: once it holds its data again (it says hello, gets
+    the job and loads; waited for here, since that takes longer than a round on a loaded machine) it
+    answers the next round and every one after."""
     config = _config(rounds=6, code="cyclic", redundancy=3, n_adversaries=1, attack="reverse")
+    _assert_workers_alive(fleet)
+    server = ParameterServer(fleet.url(SERVER), TrainingJob("digits", "logistic", config), _options(4.0))
 
     def on_round(record: RoundRecord) -> None:
         if record.round == 2:
             fleet.workers.kill("worker-2")
+            with server._ready_changed:  # the PS's record that worker 2 joined: it must join again
+                server._ready.discard(2)
         if record.round == 3:
             fleet.workers.restart("worker-2")  # returns once connected; it then fetches the job itself
+            server.wait_for_workers(JOIN_TIMEOUT_S)
 
-    run = _train(fleet, "logistic", config, deadline_s=4.0, on_round=on_round)
-    erased = [r.erased for r in run.result.records]  # type: ignore[attr-defined]
-    assert erased[:3] == [[], [], [2]] and erased[4:] == [[], []], erased
-    assert [r.skipped for r in run.result.records][2] and not any(r.skipped for r in run.result.records[4:])  # type: ignore[attr-defined]
+    server.connect()
+    try:
+        server.wait_for_workers(JOIN_TIMEOUT_S)
+        result = server.train(on_round)
+    finally:
+        server.close()
+    erased = [r.erased for r in result.records]  # type: ignore[attr-defined]
+    assert erased == [[], [], [2], [], [], []], erased
+    assert [r.skipped for r in result.records] == [False, False, True, False, False, False]  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("fleet", ["mosquitto"], indirect=True)
@@ -214,13 +244,16 @@ def test_a_rogue_client_cannot_speak_for_a_worker(fleet: Fleet) -> None:
         forged = update_message(1, job.job_id, 1, np.full(rebuild_simulator(job).params0.size, 1e6), np.zeros(1), 0.0)
         with MqttTransport(fleet.url(ROGUE), client_id=ROGUE) as rogue:
             try:
-                rogue.publish_message(sender_topic(DEFAULT_DEPLOYMENT, SERVER, "worker-1"), forged).result(5.0)
+                rogue.publish_message(sender_topic(DEFAULT_DEPLOYMENT, SERVER, "worker-1"), forged).result(30.0)
             except TransportError as error:
                 refusals.append(str(error))
-            rogue.publish_message(sender_topic(DEFAULT_DEPLOYMENT, SERVER, ROGUE), forged).result(5.0)
+            rogue.publish_message(sender_topic(DEFAULT_DEPLOYMENT, SERVER, ROGUE), forged).result(30.0)
 
     job = TrainingJob("digits", "logistic", config)
-    run = serve(fleet.url(SERVER), job, ServerOptions(), forge)
+    _assert_workers_alive(fleet)
+    # an explicit deadline: a derived one after a slow round 1 under load would outlast pytest's timeout
+    run = serve(fleet.url(SERVER), job, _options(60.0), forge)
+    assert [r.erased for r in run.result.records] == [[]] * 3, "a worker's answer did not arrive within 60 s"  # type: ignore[attr-defined]
     assert refusals and "Not authorized" in refusals[0]
     _assert_same(run.result.params, _simulated("logistic", config))
 

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -76,33 +77,50 @@ def test_torch_runner_saves_the_simulators_model(tmp_path: Path, args: list[str]
         assert sent >= modelled > 0
 
 
+def _readme_torchrun_command() -> list[str]:
+    """The README's host-A line, word for word (continuation lines joined)."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = text[text.index("# host A\n") + len("# host A\n"):text.index("# host B")]
+    return shlex.split(block.replace("\\\n", " "))
+
+
+def _with_value(command: list[str], option: str, value: str) -> list[str]:
+    index = command.index(option)
+    return [*command[:index + 1], value, *command[index + 2:]]
+
+
 def test_the_readmes_two_host_torchrun_command_trains_the_simulators_model(tmp_path: Path) -> None:
-    """Two torchrun "hosts" on loopback (--nnodes 2, 2 processes each: 3 workers + the PS), as in the README."""
-    args = ["--model", "logistic", "--nodes", "3", "--code", "repetition", "--redundancy", "3", "--adversaries",
-            "1", "--attack", "reverse", "--tau", "2"]
-    _, sim_model = _train(tmp_path, "sim", args)
+    """The README's two-host torchrun command exactly as printed, both "hosts" on loopback (only the
+    address, the port and the --save path changed; host B with --node-rank 1, as the README says):
+    rank 0 alone prints and saves, and the model is `--runner sim`'s for the same train options."""
+    command = _readme_torchrun_command()
+    assert command[0] == "torchrun" and command[command.index("-m") + 1] == "edgecloud.cli.app"
+    train_args = command[command.index("-m") + 2:]
     model_path = tmp_path / "torchrun.npz"
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    command = _with_value(_with_value(_with_value(command, "--master-addr", "127.0.0.1"), "--master-port", str(port)),
+                          "--save", str(model_path))
 
     def host(node_rank: int) -> subprocess.Popen:
-        return subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "2",
-             "--node-rank", str(node_rank), "--master-addr", "127.0.0.1", "--master-port", str(port),
-             "-m", "edgecloud.cli.app", *BASE, *args, "--runner", "torch", "--save", str(model_path)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        line = [sys.executable, "-m", "torch.distributed.run", *_with_value(command, "--node-rank", str(node_rank))[1:]]
+        return subprocess.Popen(line, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
 
     hosts = [host(0), host(1)]
     try:
-        outputs = [h.communicate(timeout=300) for h in hosts]
+        outputs = [h.communicate(timeout=400) for h in hosts]
     finally:
         for h in hosts:
             h.kill()
     assert [h.returncode for h in hosts] == [0, 0], [err[-3000:] for _, err in outputs]
     assert json.loads(outputs[0][0])["runner"] == "torch" and outputs[1][0] == ""  # rank 0 alone prints
-    with np.load(model_path, allow_pickle=False) as arrays:
-        _assert_same_model(sim_model, {name: arrays[name] for name in arrays.files})
+    sim_path = tmp_path / "sim.npz"
+    code, _, stderr = run_cli([*_with_value(_with_value(train_args, "--runner", "sim"), "--save", str(sim_path))])
+    assert code == 0, stderr[-3000:]
+    with np.load(model_path, allow_pickle=False) as arrays, np.load(sim_path, allow_pickle=False) as sim:
+        _assert_same_model({name: sim[name] for name in sim.files}, {name: arrays[name] for name in arrays.files})
 
 
 @pytest.mark.parametrize(("extra", "phrase"), [

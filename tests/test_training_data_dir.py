@@ -5,6 +5,8 @@ one `error:` line and exit 2 (at start-up for what the headers show, on the job 
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -129,7 +131,31 @@ def _serve_the_job(broker_url: str, job: TrainingJob, sizes: list[int], stop: th
                                        job_message(job, sizes))
 
         server.subscribe_messages(inbox_filter(DEFAULT_DEPLOYMENT, SERVER), on_message)
-        stop.wait(60.0)
+        stop.wait(WORKER_TIMEOUT_S)
+
+
+WORKER_TIMEOUT_S = 60.0
+
+
+def _worker_given_the_job(broker_url: str, job: TrainingJob, sizes: list[int], folder: Path) -> tuple[int, str, str]:
+    """`train-worker --id 0 --data-dir FOLDER` (in this process) against a stand-in PS that sends `job`;
+    a worker still running after WORKER_TIMEOUT_S gets SIGTERM (its own graceful stop), so the test
+    fails on its exit code instead of hanging."""
+    stop = threading.Event()
+    server = threading.Thread(target=_serve_the_job, args=(broker_url, job, sizes, stop), daemon=True)
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    watchdog = threading.Timer(WORKER_TIMEOUT_S, os.kill, args=(os.getpid(), signal.SIGTERM))
+    server.start()
+    watchdog.start()
+    try:
+        return run_cli(["train-worker", "--broker", broker_url, "--id", "0", "--data-dir", str(folder),
+                        "--log-level", "ERROR"])
+    finally:
+        watchdog.cancel()
+        stop.set()
+        server.join(10.0)
+        for number, handler in handlers.items():  # the worker installed its own
+            signal.signal(number, handler)
 
 
 # Partition 0's arrays, given its size n in the server's split, and what the error says.
@@ -151,15 +177,7 @@ def test_files_that_do_not_fit_the_job_stop_the_worker(broker: EmbeddedBrokerPro
     job = TrainingJob("digits", "logistic", CONFIG)
     sizes = rebuild_simulator(job).partition_sizes
     folder = _write(tmp_path / "data", **arrays(sizes[0]))
-    stop = threading.Event()
-    server = threading.Thread(target=_serve_the_job, args=(broker.url, job, sizes, stop), daemon=True)
-    server.start()
-    try:
-        result = run_cli(["train-worker", "--broker", broker.url, "--id", "0", "--data-dir", str(folder),
-                          "--log-level", "ERROR"])
-    finally:
-        stop.set()
-        server.join(10.0)
+    result = _worker_given_the_job(broker.url, job, sizes, folder)
     assert_one_error_line(*result, phrase)
 
 
@@ -171,14 +189,5 @@ def test_a_held_partition_missing_from_the_folder_stops_the_worker(broker: Embed
     simulator = rebuild_simulator(job)
     folder = tmp_path / "data"
     partition_files.write_partitions(folder, simulator.partitions[:1])
-    stop = threading.Event()
-    server = threading.Thread(target=_serve_the_job, args=(broker.url, job, simulator.partition_sizes, stop),
-                              daemon=True)
-    server.start()
-    try:
-        result = run_cli(["train-worker", "--broker", broker.url, "--id", "0", "--data-dir", str(folder),
-                          "--log-level", "ERROR"])
-    finally:
-        stop.set()
-        server.join(10.0)
+    result = _worker_given_the_job(broker.url, job, simulator.partition_sizes, folder)
     assert_one_error_line(*result, "has no partition-1.npz")
