@@ -145,7 +145,7 @@ def test_the_planner_prices_each_layer_by_its_kernel_class(bundled_models) -> No
     from devices.profiles import LinkProfile
     from partitioner.costs.from_model import cost_graph_from_model
     from partitioner.costs.scenario import Scenario
-    from partitioner.graph.kernel_classes import layer_kernel_classes
+    from partitioner.graph.kernel_classes import layer_im2col, layer_kernel_classes, layer_kernel_groups
     from partitioner.graph.layer_graph import load_layer_graph
 
     path = bundled_models["mobilenetv2"]
@@ -154,12 +154,13 @@ def test_the_planner_prices_each_layer_by_its_kernel_class(bundled_models) -> No
     scenario = Scenario.of_profiles({"edge": rpi, "cloud": load_device("cloud-server")},
                                     {("edge", "cloud"): LinkProfile(50e6, 1e-3)}, "edge")
     costs = cost_graph_from_model(graph, scenario, path)
-    kernels = layer_kernel_classes(graph)
+    kernels, groups, im2col = layer_kernel_classes(graph), layer_kernel_groups(graph), layer_im2col(graph)
     assert {"Conv/depthwise", "Conv/dense"} <= set(kernels.values())
+    assert any(rows > 0 for rows, _ in im2col.values())
     differs = 0
     for layer, attrs in graph.dag.nodes(data=True):
         features = (attrs["op_type"], attrs["flops"], attrs["bytes_moved"], attrs["param_bytes"], rpi)
-        expected = predict_node_time_s(*features, kernels[layer])
+        expected = predict_node_time_s(*features, kernels[layer], groups[layer], im2col[layer])
         assert costs.nodes[layer].time_s["edge"] == pytest.approx(expected, rel=1e-12)
         differs += expected != pytest.approx(predict_node_time_s(*features), rel=1e-6)
     assert differs  # the class changes some prices: the test can tell the two apart
