@@ -98,3 +98,36 @@ def test_each_counted_request_starts_after_the_quiet_it_is_given(monkeypatch: py
 
     interleaved_totals({"only": serve}, requests=3, warmup=1, budget_s=10.0, idle_s=0.025)
     assert events == [-1, 0.025, 0, 0.025, 1, 0.025, 2]
+
+
+def test_what_a_real_agent_adds_to_the_echos_messages_is_priced_per_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The calibration's request through real agents took 2 ms where the echo's two messages cost 0.8 ms:
+    each message of a plan then costs 0.6 ms more than the echo said."""
+    import edgecloud.transport.hop_costs as hop_costs
+    from edgecloud.cli.testbed_steps import AGENT_PROBE_BYTES
+    from edgecloud.transport.hop_costs import HopCosts, PathCost
+
+    monkeypatch.setattr(hop_costs, "measure_hop_costs", lambda url, repeats: HopCosts(
+        PathCost(small_s=4e-4, large_s=4e-4, samples=repeats), PathCost(small_s=1e-4, large_s=1e-4, samples=repeats)))
+    monkeypatch.setattr(Emulation, "agent_request_s", lambda self, requests: 2e-3)
+    emulation = Emulation(LocalHosts("mqtt://127.0.0.1:1"), None, None, record={"links": [], "devices": []})
+    emulation.calibrate_messages(repeats=8)
+    echo_s = 2 * 4e-4
+    assert emulation.record["messages"]["echo_request_s"] == pytest.approx(echo_s)
+    assert emulation.message_figures["broker_s"] == pytest.approx(1e-4)
+    assert emulation.message_figures["message_s"] == pytest.approx(3e-4 + (2e-3 - echo_s) / 2)
+    assert AGENT_PROBE_BYTES > 0
+
+
+def test_the_edges_end_of_each_message_is_priced_at_the_edges_speed() -> None:
+    """An edge whose quota made the model's run 5x slower than here pays its half of every message's
+    client-library cost 5x: (1 + 5) / 2 = 3x the measured figure; the broker's share stays."""
+    emulation = Emulation(LocalHosts("mqtt://127.0.0.1:1"), None, None, broker_device="cloud",
+                          message_figures={"message_s": 3e-4, "broker_s": 1e-4, "host_s_per_byte": 1e-9},
+                          edge_slowdown={"slow": 5.0})
+    slow = emulation.priced(two_layer_graph(), 5e6, "slow")
+    for link in (slow.link("edge", "cloud"), slow.client_link):
+        assert link is not None
+        assert (link.message_s, link.broker_s, link.host_s_per_byte) == pytest.approx((9e-4, 1e-4, 3e-9))
+    fast = emulation.priced(two_layer_graph(), 5e6, "fast")  # a full share: as measured
+    assert fast.link("edge", "cloud").message_s == pytest.approx(3e-4)
