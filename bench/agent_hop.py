@@ -39,25 +39,15 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def write_relu_plan(size_bytes: int, folder: Path) -> Path:
-    """The one-node model and a plan placing it on the cloud (source and sink the edge)."""
-    import onnx
-    from onnx import TensorProto, helper
+    """edgecloud.testbed.probe_model's plan, read from this tree by its path: a --baseline-tree child
+    runs older code, which may not have that module."""
+    import importlib.util
 
-    elements = max(1, size_bytes // 4)
-    graph = helper.make_graph([helper.make_node("Relu", ["input"], ["output"], name="relu")], "relu",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, elements])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, elements])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(folder / "relu.onnx"))
-    plan = {"format": "edgecloud.plan/1", "model": str(folder / "relu.onnx"), "objective": "latency",
-            "devices": {"edge": {}, "cloud": {}},
-            "links": [{"from": "edge", "to": "cloud", "bandwidth_bps": 1e9, "latency_s": 0.0}],
-            "source": "edge", "sink": "edge", "placement": {"relu": "cloud"}, "predicted_s": 0.0,
-            "breakdown": {"compute_s": {"edge": 0.0, "cloud": 0.0}, "transfer_s": {}}, "crossing_tensors": [],
-            "baselines": {}, "solver": {"name": "given", "status": "given", "time_s": 0.0, "gap": 0.0}}
-    (folder / "plan.json").write_text(json.dumps(plan))
-    return folder / "plan.json"
+    spec = importlib.util.spec_from_file_location("probe_model", REPO / "edgecloud" / "testbed" / "probe_model.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.write_relu_plan(size_bytes, folder)
 
 
 def serve_child(size_bytes: int, url: str) -> None:

@@ -31,7 +31,7 @@ _DEVICE_FIGURES: dict[str, type] = {
 _LINK_FIGURES: tuple[str, ...] = ("bandwidth_bps", "latency_s")
 # Optional figures of a link (0 when absent, so files written before them load unchanged), measured
 # once per deployment by `edgecloud calibrate` (see `edgecloud.calibrate`).
-_MESSAGE_FIGURES: tuple[str, ...] = ("message_s", "broker_s", "host_s_per_byte")
+_MESSAGE_FIGURES: tuple[str, ...] = ("message_s", "broker_s", "host_s_per_byte", "burst_bytes", "overhead_bytes")
 CLIENT_LINK_KEY = "client_link"  # a calibrated link file may also price the client's own hops
 
 
@@ -103,14 +103,22 @@ class LinkProfile:
     """A network link: a message of b bytes costs, in either direction,
 
         8*b/bandwidth_bps + latency_s                      on the wire, plus
-        message_s + broker_s + host_s_per_byte * b         at the hosts and brokers it passes.
+        message_s + broker_s + host_s_per_byte * b         at the hosts and brokers it passes;
+
+    where b on the wire counts `overhead_bytes` beyond the tensors (headers, topic); a message that
+    finds a shaper's token bucket full pays 8*max(0, b - burst_bytes)/bandwidth_bps on the wire instead
+    (which messages find it full is the cost graph's rule, `CostGraph.transfer_s`).
 
     The second line is what a real deployment pays per message beyond the wire (measured here: ~0.3-1 ms
     a hop through Mosquitto where the wire model said 0): `message_s` is our client library at both ends
     (encode, publish, acknowledgements, decode, the agent's hand-off), `broker_s` the broker path (device
     -> broker -> device is two transfers; a bridge adds a broker and a transfer), `host_s_per_byte` the
     copies on the way. All three default to 0 (the wire alone, as before) and are measured once per
-    deployment by `edgecloud calibrate --broker URL`.
+    deployment by `edgecloud calibrate --broker URL`. `burst_bytes` (0: no bucket) is what a shaper
+    such as tbf lets through at once after an idle moment, in the bytes the cost graph counts (tensor
+    bytes: the frames' and the message's own headers already taken out); the bandwidth is then the rate
+    behind the bucket (bench/tbf_bucket.py measured both on the testbed's link). `overhead_bytes` (0:
+    not counted) is what a message carries on the wire beyond its tensors, in the same bytes.
 
     The figures are checked when the link is made, wherever it comes from (a catalogue file, a plan, a
     cost graph, a command-line option), so no consumer checks them again."""
@@ -120,6 +128,8 @@ class LinkProfile:
     message_s: float = 0.0
     broker_s: float = 0.0
     host_s_per_byte: float = 0.0
+    burst_bytes: float = 0.0
+    overhead_bytes: float = 0.0
 
     def __post_init__(self) -> None:
         _check_link_figures(self.bandwidth_bps, self.latency_s, "link")
@@ -128,18 +138,25 @@ class LinkProfile:
         for key in _MESSAGE_FIGURES:
             object.__setattr__(self, key, _positive_number(getattr(self, key), key, "link", allow_zero=True))
 
-    def serialisation_s(self, size_bytes: Any) -> Any:
-        """Seconds the link is busy putting `size_bytes` on the wire (a number, or a numpy array of sizes)."""
-        return 8.0 * size_bytes / self.bandwidth_bps
+    def serialisation_s(self, size_bytes: Any, bucket_bytes: float = 0.0) -> Any:
+        """Seconds the link is busy putting `size_bytes` on the wire (a number, or a numpy array of sizes),
+        beyond what the shaper's bucket lets through at once when it holds `bucket_bytes` (at most
+        `burst_bytes`; math.inf: full)."""
+        on_wire = size_bytes + self.overhead_bytes
+        held = min(bucket_bytes, self.burst_bytes)
+        if held <= 0:
+            return 8.0 * on_wire / self.bandwidth_bps
+        excess = on_wire - held
+        return 8.0 * (excess * (excess > 0)) / self.bandwidth_bps
 
     def message_cost_s(self, size_bytes: Any) -> Any:
         """Seconds a message costs beyond the wire: client libraries, broker path, copies."""
         return self.message_s + self.broker_s + self.host_s_per_byte * size_bytes
 
-    def transfer_time_s(self, size_bytes: Any) -> Any:
+    def transfer_time_s(self, size_bytes: Any, bucket_bytes: float = 0.0) -> Any:
         """Seconds from the send call to the message in the receiver's hands (a number, or a numpy
         array of sizes): the wire, then what the hosts and brokers on the way add."""
-        return self.serialisation_s(size_bytes) + self.latency_s + self.message_cost_s(size_bytes)
+        return self.serialisation_s(size_bytes, bucket_bytes) + self.latency_s + self.message_cost_s(size_bytes)
 
     def to_dict(self) -> dict[str, float]:
         """The figures; the per-message ones only when measured (old readers and files stay as they were)."""

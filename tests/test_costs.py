@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
 
 from bench.synthetic_dags import synthetic_cost_graph
-from partitioner.costs.cost_graph import CostGraph, to_arrays
+from partitioner.costs.cost_graph import CostGraph, client_hops_s, to_arrays
 from partitioner.costs.objective import latency_s, throughput_s, transfers
 from partitioner.errors import PartitionerError
 from partitioner.units import parse_bandwidth_bps, parse_bandwidth_range_bps, parse_duration_s, parse_size_bytes
@@ -260,3 +261,39 @@ def test_with_a_third_device_a_message_between_two_others_pays_both_legs_through
     a, b = arrays.device_names.index("a"), arrays.device_names.index("b")
     t0 = arrays.tensor_names.index("t0")
     assert arrays.transfer_s[t0, a, b] == pytest.approx((8000 / 4e6 + 0.002) + (8000 / 2e6 + 0.003) + 0.001)
+
+
+def test_a_links_token_bucket_lets_what_it_holds_through_at_once_and_each_message_carries_its_overhead() -> None:
+    from devices.profiles import LinkProfile
+
+    shaped = LinkProfile(8e6, 0.0, burst_bytes=3000, overhead_bytes=200)
+    assert shaped.serialisation_s(1000) == pytest.approx(8 * 1200 / 8e6)  # bucket empty: every byte, headers too
+    assert shaped.serialisation_s(1000, math.inf) == 0.0 and shaped.serialisation_s(3800, math.inf) == pytest.approx(8e-3 / 8)
+    assert shaped.serialisation_s(3800, 1000) == pytest.approx(8 * 3000 / 8e6)  # half full: what it holds
+    assert np.allclose(shaped.serialisation_s(np.array([0.0, 2800.0, 12800.0]), math.inf), [0.0, 0.0, 0.01])
+    assert LinkProfile.from_dict(shaped.to_dict()) == shaped
+    assert "burst_bytes" not in LinkProfile(8e6, 0.0).to_dict()  # old readers see the link as before
+
+
+def test_the_request_finds_the_bucket_full_and_a_later_message_finds_what_refilled_behind_it() -> None:
+    """bench/tbf_bucket.py: a message after idle passes its bucket at once. The broker in the cloud: the
+    client's request is the first message each way (full bucket both legs), the answer follows it (empty),
+    and a device-to-device message finds what refilled while the request came down. The broker on the
+    edge (or none): the client's hops stay off the link and each device message is the first its way."""
+    from devices.profiles import LinkProfile
+
+    data = fan_out_graph()
+    data["links"] = [LinkProfile(8e6, 0.0, burst_bytes=3000, overhead_bytes=200).to_dict() | {"from": "edge", "to": "cloud"}]
+    data["tensors"]["in"]["bytes"], data["tensors"]["ob"]["bytes"] = 4000, 40
+    input_bytes = sum(t["bytes"] for t in data["tensors"].values() if t.get("producer") is None)
+    output_bytes = sum(t["bytes"] for t in data["tensors"].values() if t.get("output"))
+    wire = lambda n, held=0.0: 8 * max(0.0, n + 200 - held) / 8e6  # noqa: E731
+    in_cloud = CostGraph.from_dict({**data, "broker": "cloud"})
+    assert sum(client_hops_s(in_cloud)) == pytest.approx(2 * wire(input_bytes, 3000) + 2 * wire(output_bytes))
+    refilled = input_bytes + 200 - 3000
+    assert in_cloud.transfer_s("edge", "cloud", 5000) == pytest.approx(wire(5000, refilled))
+    for broker in ("edge", None):
+        graph = CostGraph.from_dict({**data, "broker": broker})
+        assert sum(client_hops_s(graph)) == 0.0
+        assert graph.transfer_s("edge", "cloud", 5000) == pytest.approx(wire(5000, 3000))
+        assert graph.transfer_s("cloud", "edge", 2000) == 0.0

@@ -67,7 +67,9 @@ def test_latency_optimum_equals_brute_force(graph) -> None:
 def test_latency_optimum_equals_brute_force_wherever_the_broker_sits(graph, data) -> None:
     """Pricing the broker's host (two legs per message, the client's hops there and back) keeps every
     exact method exact, with per-message costs on the links as `edgecloud calibrate` writes them."""
-    links = {key: replace(link, message_s=data.draw(st.floats(0.0, 0.005)), broker_s=data.draw(st.floats(0.0, 0.002)))
+    links = {key: replace(link, message_s=data.draw(st.floats(0.0, 0.005)), broker_s=data.draw(st.floats(0.0, 0.002)),
+                          burst_bytes=data.draw(st.sampled_from([0.0, 3000.0, 50_000.0])),
+                          overhead_bytes=data.draw(st.sampled_from([0.0, 360.0])))
              for key, link in graph.links.items()}
     graph = replace(graph, links=links, broker=data.draw(st.sampled_from(list(graph.devices))),
                     client_link=LinkProfile(1e9, 0.0, message_s=0.001))

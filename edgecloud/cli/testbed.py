@@ -84,8 +84,9 @@ def _run(settings: "TestbedSettings", workdir: Path, json_path: Path | None, plo
                           f"cloud={settings.cloud}, latency 0 (no netem here)")
             figures = emulated.message_figures
             console.print(f"per message, measured on the emulated path: message_s {figures['message_s'] * 1e3:.3f} ms, "
-                          f"broker_s {figures['broker_s'] * 1e3:.3f} ms, {figures['host_s_per_byte'] * 1e9:.2f} µs/KB; "
-                          f"broker on the {emulated.broker_device or 'same'} host")
+                          f"broker_s {figures['broker_s'] * 1e3:.3f} ms, {figures['host_s_per_byte'] * 1e9:.2f} µs/KB "
+                          f"(of message_s, {emulated.record['messages']['agent_extra_s_per_message'] * 1e3:.3f} ms is "
+                          f"what a real agent hop added to the echo's); broker on the {emulated.broker_device or 'same'} host")
             for model in settings.models:
                 done = len(cells)
                 cells += run_model(settings, model, emulated, workdir,
@@ -128,7 +129,8 @@ def _print_cells(console: "Console", cells: list["Cell"], document: dict) -> Non
     for device in document["emulation"].get("devices", []):
         console.print(f"{device['model']}: edge quota {device['cpus']:.3g} CPU, one run {device['measured_s'] * 1e3:.2f} ms "
                       f"vs {device['target_s'] * 1e3:.2f} ms for the profile (ratio {device['ratio']:.2f}: the plan "
-                      f"prices the edge at that)")
+                      f"prices the edge at that, and its end of each message {device['planned_message_slowdown']:.2g}x "
+                      f"slower than here)")
     summary = document["summary"]
     if summary["prediction_error_median"] is not None:
         console.print(f"prediction error |measured median / predicted - 1|: median "

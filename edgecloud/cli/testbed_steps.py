@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import statistics
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -32,7 +33,7 @@ from devices.profiles import LinkProfile
 from edgecloud.testbed.cpu_quota import CpuQuota
 from edgecloud.testbed.host_commands import TestbedError
 from edgecloud.testbed.hosts import EmulatedHosts, Hosts, LocalHosts
-from edgecloud.testbed.netns import EmulatedLink, Side, measured_rate_bps
+from edgecloud.testbed.netns import EmulatedLink, Side, measured_rate_bps, tbf_burst_bytes
 from edgecloud.testbed.slowed_device import calibrated_device
 from partitioner.split.onnx_split import cached_split
 
@@ -52,6 +53,13 @@ MIN_RATE_PROBE_BYTES = 64 * 1024
 CALIBRATION_RATE_BPS = 10e9  # the link while the message costs are measured: its wire time is small and known
 MESSAGE_REPEATS = 100  # round trips at the small size (a quarter of that at the large one)
 MIN_REQUESTS = 5  # per strategy and cell, whatever the time budget
+AGENT_PROBE_BYTES = 64  # the request and answer of the agent-path calibration (edgecloud.testbed.probe_model)
+AGENT_PROBE_WARMUP = 5
+PAYLOAD_PER_FRAME = 1448 / 1514  # TCP payload of a full Ethernet frame with TCP timestamps
+# What a message carries beyond its tensors, on the wire: our header (~300 bytes for a request with its
+# reply topic, budget and trace; edgecloud.transport.wire), the MQTT topic and fixed header.
+MESSAGE_OVERHEAD_BYTES = 360
+IDLE_REFILLS = 2  # quiet before a request: this many bucket refills (and quota periods)
 
 
 @dataclass(frozen=True)
@@ -104,11 +112,15 @@ class Emulation:
     message_figures: dict[str, float] = field(default_factory=dict)  # LinkProfile's message_s, broker_s, host_s_per_byte
     rates_bps: dict[float, float] = field(default_factory=dict)  # set bandwidth -> measured rate
     edge_scale: dict[str, float] = field(default_factory=dict)  # model -> measured / predicted edge time
+    edge_slowdown: dict[str, float] = field(default_factory=dict)  # model -> the edge's time / this host's, its quota on
 
     def calibrate_messages(self, repeats: int = MESSAGE_REPEATS) -> None:
         """Measure what a message costs beyond the wire, with our client and an echo where the client
         runs (the edge host) and the broker where it runs, the link fast; the wire time the path spent
-        crossing the link (twice when the broker is on the other host) is taken out of the per-byte cost."""
+        crossing the link (twice when the broker is on the other host) is taken out of the per-byte cost.
+        Then a request through real agents (`agent_request_s`): what it takes beyond the echo's two
+        messages is what an agent adds per message, and goes into `message_s` (every hop of a request,
+        the client's and the devices', ends at an agent or the client)."""
         import os
 
         from edgecloud.transport.hop_costs import measure_hop_costs
@@ -125,11 +137,38 @@ class Emulation:
             costs = measure_hop_costs(url, repeats=repeats)
         figures = costs.link_figures()
         figures["host_s_per_byte"] = max(0.0, figures["host_s_per_byte"] - crossings * 8 / CALIBRATION_RATE_BPS)
+        echo_s = 2 * (figures["message_s"] + figures["broker_s"] + figures["host_s_per_byte"] * AGENT_PROBE_BYTES
+                      + 2 * crossings * 8 * AGENT_PROBE_BYTES / CALIBRATION_RATE_BPS)
+        request_s = self.agent_request_s(repeats)
+        agent_extra_s = max(0.0, (request_s - echo_s) / 2)
+        figures["message_s"] += agent_extra_s
         self.message_figures = figures
         self.record["messages"] = {
             **figures, "crossings_during_calibration": crossings, "calibration_rate_bps": CALIBRATION_RATE_BPS if crossings else None,
             "ours": costs.ours_local.to_dict(), "floor": None if costs.floor_local is None else costs.floor_local.to_dict(),
+            "agent_request_s": request_s, "echo_request_s": echo_s, "agent_extra_s_per_message": agent_extra_s,
             "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]}}
+
+    def agent_request_s(self, requests: int) -> float:
+        """Median request through real agents: a one-node model (edgecloud.testbed.probe_model) of
+        AGENT_PROBE_BYTES served all on the edge, the client where the testbed's client runs. Its two
+        hops cost what the echo's two messages cost plus what an agent adds (executor hand-off, stage,
+        trace, the client's bookkeeping: ~0.3-0.5 ms a message here, which the echo does not pay)."""
+        import tempfile
+
+        from edgecloud.testbed.probe_model import write_relu_plan
+
+        settings = DemoSettings(model="relu", edge="edge", cloud="cloud", bandwidth_bps=CALIBRATION_RATE_BPS,
+                                latency_s=0.0, requests=requests, broker_url=None, deadline_s=10.0,
+                                emulate_links=False, seed=0, warmup=AGENT_PROBE_WARMUP, agent_args=AGENT_ARGS)
+        with tempfile.TemporaryDirectory(prefix="edgecloud-agent-hop-") as folder, ExitStack() as stack:
+            plan_path = write_relu_plan(AGENT_PROBE_BYTES, Path(folder), device="edge")
+            serve = open_deployment(stack, settings, plan_path, cached_split(plan_path), self.hosts)
+            for index in range(-AGENT_PROBE_WARMUP, 0):
+                check_outcomes([serve(index)])
+            outcomes = [serve(index) for index in range(requests)]
+            check_outcomes(outcomes)
+        return statistics.median(outcome.timings.total_s for outcome in outcomes)
 
     def shape(self, bandwidth_bps: float) -> None:
         """Set the link to `bandwidth_bps` both ways and record a measured transfer rate each way."""
@@ -139,7 +178,8 @@ class Emulation:
         n_bytes = max(MIN_RATE_PROBE_BYTES, int(bandwidth_bps / 8 * RATE_PROBE_S))
         up_bps = measured_rate_bps(self.link, n_bytes, upward=True)
         down_bps = measured_rate_bps(self.link, n_bytes, upward=False)
-        self.rates_bps[bandwidth_bps] = (up_bps + down_bps) / 2
+        # The probe's first bucket passed at once: the rate behind it is the rest over the same time.
+        self.rates_bps[bandwidth_bps] = (up_bps + down_bps) / 2 * max(0.5, 1 - bucket_payload_bytes(bandwidth_bps) / n_bytes)
         self.record["links"].append({"bandwidth_bps": bandwidth_bps, "probe_bytes": n_bytes,
                                      "measured_up_bps": up_bps, "measured_down_bps": down_bps})
 
@@ -151,24 +191,56 @@ class Emulation:
         predicted_s = sum(node.time_s["edge"] for node in costs.nodes.values())
         calibration = calibrated_device(self.quota, Path(costs.model or ""), predicted_s, threads, seed=seed)
         self.edge_scale[model] = calibration.ratio
+        self.edge_slowdown[model] = max(1.0, calibration.measured_s / calibration.attempts[0][1])
         self.record["devices"].append({"model": model, "device": "edge", **calibration.to_dict(),
-                                       "planned_edge_time_scale": calibration.ratio})
+                                       "planned_edge_time_scale": calibration.ratio,
+                                       "planned_message_slowdown": self.edge_slowdown[model]})
 
-    def link_at(self, bandwidth_bps: float) -> LinkProfile:
-        """The edge-cloud link as measured: the rate a transfer reached, latency 0, the message costs."""
-        return LinkProfile(self.rates_bps.get(bandwidth_bps, bandwidth_bps), 0.0, **self.message_figures)
+    def idle_gap_s(self, bandwidth_bps: float) -> float:
+        """Quiet before each measured request, so that it finds the link and the edge idle: twice the
+        time tbf takes to refill its bucket at the rate, and two periods of the edge's CPU quota (the
+        idle gap its calibration left before each run, edgecloud.testbed.slowed_device)."""
+        if self.link is None:
+            return 0.0
+        refill_s = 8 * tbf_burst_bytes(bandwidth_bps) / bandwidth_bps
+        return max(IDLE_REFILLS * refill_s, IDLE_REFILLS * (self.quota.period_s() if self.quota is not None else 0.0))
+
+    def message_figures_for(self, model: str) -> dict[str, float]:
+        """The per-message figures with the edge's end of each message at the edge's speed: every hop
+        of a request has the edge agent at one end (the client's, and edge <-> cloud), and half of
+        `message_s` and `host_s_per_byte` (the two ends' share) runs in its CPU quota, slowed as much as
+        the model's run was (resnet18 at 20 Mbit/s measured 1.08x its prediction priced at host speed)."""
+        slowdown = self.edge_slowdown.get(model, 1.0)
+        ends = {key: self.message_figures[key] * (1 + slowdown) / 2 for key in ("message_s", "host_s_per_byte")
+                if key in self.message_figures}
+        return {**self.message_figures, **ends}
+
+    def link_at(self, bandwidth_bps: float, model: str | None = None) -> LinkProfile:
+        """The edge-cloud link as measured: the rate behind tbf's bucket that a transfer reached, latency
+        0, the message costs (the edge's end as `model`'s edge runs it), the bucket and each message's own
+        bytes (none without the emulated link)."""
+        shaped = {"burst_bytes": bucket_payload_bytes(bandwidth_bps), "overhead_bytes": MESSAGE_OVERHEAD_BYTES} \
+            if self.link is not None else {}
+        figures = self.message_figures if model is None else self.message_figures_for(model)
+        return LinkProfile(self.rates_bps.get(bandwidth_bps, bandwidth_bps), 0.0, **figures, **shaped)
 
     def priced(self, costs: "CostGraph", bandwidth_bps: float, model: str) -> "CostGraph":
         """`costs` with the link, the client's hops and the broker's host as measured here, and the edge's
-        times as the calibrated edge runs them."""
+        times, and its end of each message, as the calibrated edge runs them."""
         from edgecloud.transport.hop_costs import CLIENT_BANDWIDTH_BPS
 
         scale = self.edge_scale.get(model, 1.0)
         nodes = {name: replace(node, time_s={**node.time_s, "edge": node.time_s["edge"] * scale})
                  for name, node in costs.nodes.items()}
-        client = LinkProfile(CLIENT_BANDWIDTH_BPS, 0.0, **self.message_figures) if self.message_figures else None
-        return replace(costs, nodes=nodes, links={("edge", "cloud"): self.link_at(bandwidth_bps)}, client_link=client,
-                       broker=self.broker_device).validate()
+        client = LinkProfile(CLIENT_BANDWIDTH_BPS, 0.0, **self.message_figures_for(model)) if self.message_figures else None
+        return replace(costs, nodes=nodes, links={("edge", "cloud"): self.link_at(bandwidth_bps, model)},
+                       client_link=client, broker=self.broker_device).validate()
+
+
+def bucket_payload_bytes(bandwidth_bps: float) -> float:
+    """The TCP payload bytes tbf's bucket at `bandwidth_bps` lets through at once (TCP/IP and Ethernet
+    headers take the rest of each frame: 1448 of 1514 bytes)."""
+    return tbf_burst_bytes(bandwidth_bps) * PAYLOAD_PER_FRAME
 
 
 def emulated_hosts(stack: ExitStack, edge_threads: int, broker_side: Side) -> Emulation:
@@ -266,11 +338,17 @@ def base_costs(settings: TestbedSettings, model_path: Path, profile: "ModelProfi
 
 
 def interleaved_totals(serves: dict[str, Callable[[int], RequestOutcome]], requests: int, warmup: int,
-                       budget_s: float) -> dict[str, list[float]]:
+                       budget_s: float, idle_s: float = 0.0) -> dict[str, list[float]]:
     """Whole-request seconds per deployment, the deployments taking turns request by request, so that
     the load of a shared machine falls on every strategy alike and their ratios compare. After
     MIN_REQUESTS, a deployment that has spent `budget_s` stops: its requests are long (a slow link), and
-    those barely vary (p95 within ~1 % of the median at 1-5 Mbit/s, bench/results/testbed-*)."""
+    those barely vary (p95 within ~1 % of the median at 1-5 Mbit/s, bench/results/testbed-*).
+
+    Each counted request starts after `idle_s` of quiet (`Emulation.idle_gap_s`): the prediction is a
+    request's on an idle deployment, and without the gap a request would find the link's token bucket
+    and the edge's CPU quota as the previous strategy's request left them, so one strategy's time would
+    depend on which ran before it (bench/tbf_bucket.py: a 4 KB message after idle crosses 1 Mbit/s in
+    9.5 ms, 32 ms without its bucket)."""
     for serve in serves.values():
         for index in range(-warmup, 0):
             check_outcomes([serve(index)])
@@ -279,6 +357,8 @@ def interleaved_totals(serves: dict[str, Callable[[int], RequestOutcome]], reque
         for key, serve in serves.items():
             if len(totals[key]) >= MIN_REQUESTS and sum(totals[key]) >= budget_s:
                 continue
+            if idle_s > 0:
+                time.sleep(idle_s)
             outcome = serve(index)
             check_outcomes([outcome])
             totals[key].append(outcome.timings.total_s)
@@ -330,7 +410,7 @@ def run_model(settings: TestbedSettings, model: str, emulation: Emulation, workd
             first = {key: next(s for s, k in keys.items() if k == key) for key in dict.fromkeys(keys.values())}
             on_phase(f"{model} at {bandwidth_bps / 1e6:g} Mbit/s: {len(first)} deployments taking turns")
             totals = interleaved_totals({first[key]: deployments[key][1] for key in first}, settings.requests,
-                                        settings.warmup, settings.budget_s)
+                                        settings.warmup, settings.budget_s, emulation.idle_gap_s(bandwidth_bps))
             load = os.getloadavg()[0]
             for strategy, strategy_plan in plans.items():
                 measured_by = first[keys[strategy]]

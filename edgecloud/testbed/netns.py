@@ -62,10 +62,15 @@ def _setns(fd: int) -> None:
         raise TestbedError(f"cannot enter a network namespace: {os.strerror(code)} ({errno.errorcode.get(code, code)}).")
 
 
+def tbf_burst_bytes(rate_bps: float) -> int:
+    """The bucket tbf gets at `rate_bps` (frame bytes): what passes at once once it has refilled."""
+    return max(2 * MTU_BYTES, int(rate_bps / 8 * BURST_S))
+
+
 def tbf_arguments(rate_bps: float) -> list[str]:
     """`tc ... tbf` arguments for `rate_bps`: rate in bit/s, bucket and queue in bytes."""
     rate_bytes_per_s = rate_bps / 8
-    burst = max(2 * MTU_BYTES, int(rate_bytes_per_s * BURST_S))
+    burst = tbf_burst_bytes(rate_bps)
     limit = max(MIN_QUEUE_BYTES, 2 * burst, int(rate_bytes_per_s * QUEUE_S))
     return ["tbf", "rate", f"{int(rate_bps)}bit", "burst", str(burst), "limit", str(limit)]
 

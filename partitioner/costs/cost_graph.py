@@ -89,20 +89,40 @@ class CostGraph:
     def link(self, a: str, b: str) -> LinkProfile:
         return self.links[link_key(a, b)]
 
-    def wire_s(self, a: str, b: str, size_bytes: Any) -> Any:
-        """Seconds `size_bytes` spend on the wire from a's host to b's (0 on one host)."""
+    def wire_s(self, a: str, b: str, size_bytes: Any, bucket_bytes: float = 0.0) -> Any:
+        """Seconds `size_bytes` spend on the wire from a's host to b's (0 on one host), the link's
+        token bucket holding `bucket_bytes` (`LinkProfile.serialisation_s`)."""
         if a == b:
             return 0.0 * size_bytes
         link = self.link(a, b)
-        return link.serialisation_s(size_bytes) + link.latency_s
+        return link.serialisation_s(size_bytes, bucket_bytes) + link.latency_s
+
+    @property
+    def client_crosses(self) -> bool:
+        """The client's hops cross a link: the broker sits on another host than the source or the sink."""
+        return self.broker is not None and (self.broker != self.source or self.broker != self.sink)
+
+    def device_bucket_bytes(self, a: str, b: str) -> float:
+        """What a shaper's bucket on the a-b link holds when a device-to-device message comes (bench/tbf_bucket.py).
+        The first message of a request each way finds it full: each device-to-device message (one each
+        way in a chain's split) unless the client's hops cross the link. When they do, the request went
+        up and came down first: a message then finds the bucket refilled by what the request's second leg
+        took beyond its own bucket (measured: all-cloud at 1 Mbit/s, 64 ms, not 78 with it empty)."""
+        if not self.client_crosses:
+            return math.inf
+        link = self.link(a, b)
+        request = sum(t.bytes for t in self.tensors.values() if t.producer is None) + link.overhead_bytes
+        return max(0.0, request - link.burst_bytes)
 
     def transfer_s(self, a: str, b: str, size_bytes: Any) -> Any:
         """Seconds of a message a -> b (a != b): through the broker's host when there is a broker, then
-        what the hosts and brokers add per message (the a-b link's figures)."""
+        what the hosts and brokers add per message (the a-b link's figures), the link's token bucket
+        as `device_bucket_bytes` says."""
         link = self.link(a, b)
+        bucket = self.device_bucket_bytes(a, b)
         if self.broker is None:
-            return link.transfer_time_s(size_bytes)
-        return self.wire_s(a, self.broker, size_bytes) + self.wire_s(self.broker, b, size_bytes) \
+            return link.transfer_time_s(size_bytes, bucket)
+        return self.wire_s(a, self.broker, size_bytes, bucket) + self.wire_s(self.broker, b, size_bytes, bucket) \
             + link.message_cost_s(size_bytes)
 
     def memory_limit_bytes(self, device: str) -> float:
@@ -395,16 +415,19 @@ def to_arrays(graph: CostGraph) -> CostArrays:
 def client_hops_s(graph: CostGraph) -> tuple[float, float]:
     """Seconds of the client's request (every graph input in one message, the client on the source) and
     of the answer (every graph output, the client on the sink): the client link's figures, plus the
-    wire there and back when the broker is on another host; (0, 0) with neither."""
+    wire there and back when the broker is on another host (the request's legs are the first each way
+    and find a shaper's bucket full, the answer's follow them and are priced with it empty,
+    `CostGraph.device_bucket_bytes`); (0, 0) with neither."""
     inputs = sum(t.bytes for t in graph.tensors.values() if t.producer is None)
     outputs = sum(t.bytes for t in graph.tensors.values() if t.output)
 
-    def hop_s(device: str, n_bytes: int) -> float:
+    def hop_s(device: str, n_bytes: int, bucket_bytes: float) -> float:
         own = 0.0 if graph.client_link is None else graph.client_link.transfer_time_s(n_bytes)
-        legs = 0.0 if graph.broker is None else graph.wire_s(device, graph.broker, n_bytes) + graph.wire_s(graph.broker, device, n_bytes)
+        legs = 0.0 if graph.broker is None else (graph.wire_s(device, graph.broker, n_bytes, bucket_bytes)
+                                                 + graph.wire_s(graph.broker, device, n_bytes, bucket_bytes))
         return float(own + legs)
 
-    return hop_s(graph.source, inputs), hop_s(graph.sink, outputs)
+    return hop_s(graph.source, inputs, math.inf), hop_s(graph.sink, outputs, 0.0)
 
 
 def _binding_limit(limit_bytes: float, total_bytes: float) -> float:
