@@ -287,6 +287,28 @@ def test_puback_completes_the_publish_with_its_reason(wire_pair, protocol: int, 
         assert acknowledged[0][2] == "No matching subscribers"
 
 
+def test_network_thread_waits_for_the_rest_of_a_payload_in_one_read(wire_pair) -> None:
+    """Threaded mode: a payload arriving in pieces is read by one `_packet_read`, not one paho loop per piece;
+    a publisher's wake through the socket pair ends the wait at once."""
+    client_end, peer_end = wire_pair
+    client, delivered = receiving_client(paho.MQTTv311, client_end)
+    client._thread = threading.current_thread()
+    packet = build_publish(new_client(paho.Client, paho.MQTTv311), TOPIC, b"p" * 100_000, 0)
+    peer_end.setblocking(True)
+    peer_end.sendall(packet[:5000])
+    later = threading.Timer(0.01, peer_end.sendall, args=(packet[5000:],))
+    later.start()
+    assert client._packet_read() == MQTTErrorCode.MQTT_ERR_SUCCESS  # not AGAIN after the first piece
+    later.join()
+    assert [bytes(message.payload) for message in delivered] == [b"p" * 100_000]
+    wake_end, wake_peer = socket.socketpair()
+    with wake_end, wake_peer:
+        client._sockpairR = wake_peer
+        peer_end.sendall(packet[:5000])
+        wake_end.send(paho.sockpair_data)
+        assert client._packet_read() == MQTTErrorCode.MQTT_ERR_AGAIN and len(delivered) == 1
+
+
 def build_publish(sender: paho.Client, topic: str, payload: bytes, qos: int) -> bytes:
     """The PUBLISH packet plain paho writes (mid 1)."""
     client_end, peer_end = socket.socketpair()
