@@ -26,7 +26,10 @@ from paho.mqtt.properties import Properties
 
 from edgecloud.transport.mqtt import MqttTransport, device_topic
 from edgecloud.transport.mqtt_fastpath import (
+    FIRST_CHUNK_BYTES,
     GATHER_MIN_PAYLOAD_BYTES,
+    GatheredPayload,
+    _GatheredPacket,
     HEAD_READ_BYTES,
     PAHO_VERSION_RANGE,
     FastPathClient,
@@ -150,6 +153,44 @@ def test_publish_bytes_are_identical_to_paho(protocol: int, qos: int, payload_by
         properties.ContentType = "application/x-edgecloud"
     expected = published_bytes(paho.Client, protocol, payload, qos, properties)
     assert published_bytes(FastPathClient, protocol, payload, qos, properties) == expected
+
+
+def gathered_parts(seed: int) -> list[object]:
+    rng = np.random.default_rng(seed)
+    return [rng.bytes(57), bytes(3), rng.standard_normal((300, 70)).astype(np.float32), np.zeros(0, np.int8),
+            rng.integers(0, 2, 5000).astype(bool)]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("qos", (0, 1))
+def test_a_gathered_payload_goes_out_as_its_joined_bytes(protocol: int, qos: int) -> None:
+    """One writev per send on a plain socket (here partial: the socket takes 16 KiB at a time)."""
+    payload = GatheredPayload(gathered_parts(qos))
+    assert len(payload) > GATHER_MIN_PAYLOAD_BYTES
+    expected = published_bytes(paho.Client, protocol, payload.joined(), qos)
+    assert published_bytes(FastPathClient, protocol, payload, qos) == expected
+    small = GatheredPayload([b"ab", np.arange(3, dtype=np.int32)])  # below the gather size: paho's path, joined
+    assert published_bytes(FastPathClient, protocol, small, qos) == published_bytes(paho.Client, protocol,
+                                                                                     small.joined(), qos)
+
+
+@settings(max_examples=30, deadline=None)
+@given(sends=st.lists(st.integers(1, 40_000), min_size=1, max_size=60))
+def test_a_gathered_packet_sent_piece_by_piece_is_header_then_parts(sends: list[int]) -> None:
+    """The TLS path (no sendmsg): whatever each `send` takes of `next_chunk`, the bytes come out in order,
+    and the header never goes out alone."""
+    parts = GatheredPayload(gathered_parts(7)).parts
+    packet = _GatheredPacket(b"\x32\x05head", parts)
+    expected = b"\x32\x05head" + b"".join(parts)
+    assert len(packet.next_chunk()) >= min(len(expected), len(packet.header) + FIRST_CHUNK_BYTES)
+    sent = bytearray()
+    for size in [*sends, *([len(expected)] * len(parts) * 2)]:
+        if not len(packet):
+            break
+        chunk = bytes(packet.next_chunk())[:size]
+        sent += chunk
+        packet = packet[len(chunk):]
+    assert bytes(sent) == expected and len(packet) == 0
 
 
 def test_publisher_thread_sends_directly_and_keeps_the_queue_order(wire_pair) -> None:

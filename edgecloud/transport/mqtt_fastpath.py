@@ -14,8 +14,11 @@ What this subclass changes, and nothing else:
 - `_send_publish`: a payload of at least `GATHER_MIN_PAYLOAD_BYTES` is queued as a header plus a
   read-only view of the caller's payload (`_GatheredPacket`), whose `[pos:]` slice copies nothing;
   smaller payloads take paho's own path.
-- `_sock_send`: sends the next piece of such a packet (header and a first chunk of payload joined, so
-  that no tiny TCP segment precedes the payload), then whatever paho's own `_sock_send` does.
+  A `GatheredPayload` (several buffers, e.g. our wire header and the tensors) is queued the same way
+  without ever being joined.
+- `_sock_send`: on plain TCP, one `sendmsg` (writev) of the header and every payload buffer left; on
+  TLS (no sendmsg) the next piece (header and a first chunk of payload joined, so that no tiny TCP
+  segment precedes the payload); other packets as paho's own `_sock_send`.
 - `_packet_read`: reads the fixed header as paho does, then `recv_into` preallocated buffers; a QoS 0/1
   PUBLISH is split while it arrives into its variable header and a payload buffer of exactly the
   payload's size (16-byte aligned, so our wire format's 8-aligned tensors stay aligned).
@@ -51,6 +54,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import select
+import socket
 import ssl
 import struct
 import threading
@@ -65,7 +69,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-__all__ = ["FastPathClient", "GATHER_MIN_PAYLOAD_BYTES", "PAHO_VERSION_RANGE", "publish_header_bytes"]
+__all__ = ["FastPathClient", "GATHER_MIN_PAYLOAD_BYTES", "GatheredPayload", "PAHO_VERSION_RANGE", "publish_header_bytes"]
 
 PAHO_VERSION_RANGE = ">=2.2,<2.3"  # the versions whose private methods this module was checked against
 # Below this size a payload copy costs less than the Python bookkeeping that avoids it.
@@ -110,30 +114,73 @@ def publish_header_bytes(head: bytes | bytearray | memoryview, qos: int, mqtt5: 
     raise MalformedPacket("PUBLISH properties length takes more than 4 bytes")
 
 
+class GatheredPayload(bytes):
+    """A payload made of several buffers (e.g. our wire header and the tensors' own memory), published
+    without joining them: paho accepts only `bytes`, so this is an empty `bytes` whose `len` is the total.
+
+    Only `FastPathClient` reads it (`_send_publish`); paho merely stores it for a resend and takes its
+    `len`. The buffers are read when the socket takes them (and again on a resend after a reconnect),
+    so they must not change until the publish is acknowledged.
+    """
+
+    parts: tuple[memoryview, ...]
+    total_bytes: int
+
+    def __new__(cls, parts: list[Any]) -> GatheredPayload:
+        payload = super().__new__(cls)
+        payload.parts = tuple(memoryview(part).cast("B") for part in parts)
+        payload.total_bytes = sum(len(part) for part in payload.parts)
+        return payload
+
+    def __len__(self) -> int:
+        return self.total_bytes
+
+    def joined(self) -> bytes:
+        return b"".join(self.parts)
+
+
 @dataclass(frozen=True)
 class _GatheredPacket:
-    """An outgoing PUBLISH as header + payload view; `[pos:]` moves an offset instead of copying.
+    """An outgoing PUBLISH as header + payload views; `[pos:]` moves an offset instead of copying.
 
     paho's `_packet_write` only ever takes `len()` of a queued packet and slices it `[pos:]`.
     """
 
     header: bytes
-    payload: memoryview
+    parts: tuple[memoryview, ...]
     offset: int = 0
 
     def __len__(self) -> int:
-        return len(self.header) + len(self.payload) - self.offset
+        return len(self.header) + sum(len(part) for part in self.parts) - self.offset
 
     def __getitem__(self, index: slice) -> _GatheredPacket:
         if not isinstance(index, slice) or index.stop is not None or index.step not in (None, 1):
             raise TypeError("a gathered packet only supports [start:] slices")
         return dataclasses.replace(self, offset=self.offset + (index.start or 0))
 
+    def buffers(self) -> list[memoryview]:
+        """What is left to send, as views (for one `sendmsg`)."""
+        left: list[memoryview] = []
+        skip = self.offset
+        for buffer in (memoryview(self.header), *self.parts):
+            if skip >= len(buffer):
+                skip -= len(buffer)
+                continue
+            left.append(buffer[skip:])
+            skip = 0
+        return left
+
     def next_chunk(self) -> bytes | memoryview:
-        """The bytes to hand to one `send` call: header rest plus a first payload chunk, or payload rest."""
+        """The bytes to hand to one `send` call: header rest plus a first payload chunk, or the current part's rest."""
+        left = self.buffers()
         if self.offset < len(self.header):
-            return self.header[self.offset:] + self.payload[:FIRST_CHUNK_BYTES]
-        return self.payload[self.offset - len(self.header):]
+            first = bytearray(left[0])
+            for buffer in left[1:]:
+                if len(first) >= len(self.header) - self.offset + FIRST_CHUNK_BYTES:
+                    break
+                first += buffer[:FIRST_CHUNK_BYTES]
+            return bytes(first)
+        return left[0]
 
 
 @dataclass
@@ -244,6 +291,8 @@ class FastPathClient(paho.Client):
                       retain: bool = False, dup: bool = False, info: paho.MQTTMessageInfo | None = None,
                       properties: paho.Properties | None = None) -> MQTTErrorCode:
         if len(payload) < GATHER_MIN_PAYLOAD_BYTES or self._sock is None or not isinstance(topic, bytes):
+            if isinstance(payload, GatheredPayload):
+                payload = payload.joined()  # paho's own path reads the bytes
             return super()._send_publish(mid, topic, payload, qos, retain, dup, info, properties)
         variable_header = bytearray()
         self._pack_str16(variable_header, topic)
@@ -256,7 +305,8 @@ class FastPathClient(paho.Client):
         header += variable_header
         self._easy_log(paho.MQTT_LOG_DEBUG, "Sending PUBLISH (d%d, q%d, r%d, m%d), '%s', ... (%d bytes, not copied)",
                        dup, qos, retain, mid, topic, len(payload))
-        packet = _GatheredPacket(bytes(header), memoryview(payload).toreadonly())
+        parts = payload.parts if isinstance(payload, GatheredPayload) else (memoryview(payload).toreadonly(),)
+        packet = _GatheredPacket(bytes(header), parts)
         return self._packet_queue(paho.PUBLISH, packet, mid, qos, info)  # type: ignore[arg-type]
 
     def _packet_queue(self, command: int, packet: bytes | bytearray, mid: int, qos: int,
@@ -340,9 +390,15 @@ class FastPathClient(paho.Client):
             return super()._packet_write()
 
     def _sock_send(self, buf: bytes | bytearray) -> int:
-        if isinstance(buf, _GatheredPacket):
+        if not isinstance(buf, _GatheredPacket):
+            return super()._sock_send(buf)
+        if type(self._sock) is not socket.socket:  # TLS has no sendmsg
             return super()._sock_send(buf.next_chunk())  # type: ignore[arg-type]
-        return super()._sock_send(buf)
+        try:  # plain TCP: header and every part in one writev, nothing joined
+            return self._sock.sendmsg(buf.buffers())
+        except BlockingIOError as err:
+            self._call_socket_register_write()
+            raise BlockingIOError() from err
 
     # -- receiving ------------------------------------------------------------------------------
 
