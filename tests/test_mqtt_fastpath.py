@@ -26,7 +26,10 @@ from paho.mqtt.properties import Properties
 
 from edgecloud.transport.mqtt import MqttTransport, device_topic
 from edgecloud.transport.mqtt_fastpath import (
+    FIRST_CHUNK_BYTES,
     GATHER_MIN_PAYLOAD_BYTES,
+    GatheredPayload,
+    _GatheredPacket,
     HEAD_READ_BYTES,
     PAHO_VERSION_RANGE,
     FastPathClient,
@@ -150,6 +153,44 @@ def test_publish_bytes_are_identical_to_paho(protocol: int, qos: int, payload_by
         properties.ContentType = "application/x-edgecloud"
     expected = published_bytes(paho.Client, protocol, payload, qos, properties)
     assert published_bytes(FastPathClient, protocol, payload, qos, properties) == expected
+
+
+def gathered_parts(seed: int) -> list[object]:
+    rng = np.random.default_rng(seed)
+    return [rng.bytes(57), bytes(3), rng.standard_normal((300, 70)).astype(np.float32), np.zeros(0, np.int8),
+            rng.integers(0, 2, 5000).astype(bool)]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("qos", (0, 1))
+def test_a_gathered_payload_goes_out_as_its_joined_bytes(protocol: int, qos: int) -> None:
+    """One writev per send on a plain socket (here partial: the socket takes 16 KiB at a time)."""
+    payload = GatheredPayload(gathered_parts(qos))
+    assert len(payload) > GATHER_MIN_PAYLOAD_BYTES
+    expected = published_bytes(paho.Client, protocol, payload.joined(), qos)
+    assert published_bytes(FastPathClient, protocol, payload, qos) == expected
+    small = GatheredPayload([b"ab", np.arange(3, dtype=np.int32)])  # below the gather size: paho's path, joined
+    assert published_bytes(FastPathClient, protocol, small, qos) == published_bytes(paho.Client, protocol,
+                                                                                     small.joined(), qos)
+
+
+@settings(max_examples=30, deadline=None)
+@given(sends=st.lists(st.integers(1, 40_000), min_size=1, max_size=60))
+def test_a_gathered_packet_sent_piece_by_piece_is_header_then_parts(sends: list[int]) -> None:
+    """The TLS path (no sendmsg): whatever each `send` takes of `next_chunk`, the bytes come out in order,
+    and the header never goes out alone."""
+    parts = GatheredPayload(gathered_parts(7)).parts
+    packet = _GatheredPacket(b"\x32\x05head", parts)
+    expected = b"\x32\x05head" + b"".join(parts)
+    assert len(packet.next_chunk()) >= min(len(expected), len(packet.header) + FIRST_CHUNK_BYTES)
+    sent = bytearray()
+    for size in [*sends, *([len(expected)] * len(parts) * 2)]:
+        if not len(packet):
+            break
+        chunk = bytes(packet.next_chunk())[:size]
+        sent += chunk
+        packet = packet[len(chunk):]
+    assert bytes(sent) == expected and len(packet) == 0
 
 
 def test_publisher_thread_sends_directly_and_keeps_the_queue_order(wire_pair) -> None:
@@ -285,6 +326,28 @@ def test_puback_completes_the_publish_with_its_reason(wire_pair, protocol: int, 
     assert info.is_published() and not client._out_messages
     if puback_body[:1] == b"\x10":
         assert acknowledged[0][2] == "No matching subscribers"
+
+
+def test_network_thread_waits_for_the_rest_of_a_payload_in_one_read(wire_pair) -> None:
+    """Threaded mode: a payload arriving in pieces is read by one `_packet_read`, not one paho loop per piece;
+    a publisher's wake through the socket pair ends the wait at once."""
+    client_end, peer_end = wire_pair
+    client, delivered = receiving_client(paho.MQTTv311, client_end)
+    client._thread = threading.current_thread()
+    packet = build_publish(new_client(paho.Client, paho.MQTTv311), TOPIC, b"p" * 100_000, 0)
+    peer_end.setblocking(True)
+    peer_end.sendall(packet[:5000])
+    later = threading.Timer(0.01, peer_end.sendall, args=(packet[5000:],))
+    later.start()
+    assert client._packet_read() == MQTTErrorCode.MQTT_ERR_SUCCESS  # not AGAIN after the first piece
+    later.join()
+    assert [bytes(message.payload) for message in delivered] == [b"p" * 100_000]
+    wake_end, wake_peer = socket.socketpair()
+    with wake_end, wake_peer:
+        client._sockpairR = wake_peer
+        peer_end.sendall(packet[:5000])
+        wake_end.send(paho.sockpair_data)
+        assert client._packet_read() == MQTTErrorCode.MQTT_ERR_AGAIN and len(delivered) == 1
 
 
 def build_publish(sender: paho.Client, topic: str, payload: bytes, qos: int) -> bytes:

@@ -45,7 +45,8 @@ Behaviour that matters, and why:
   no packet exceeds the broker's limit and keepalives and acknowledgements interleave with it.
 - The paho client is `edgecloud.transport.mqtt_fastpath.FastPathClient`: large payloads are neither copied
   on send nor on receive (paho 2.2 copies them about six times); `subscribe_messages` decodes
-  straight from the received buffer, `subscribe` hands its handler `bytes` as before. A publish
+  straight from the received buffer, `subscribe` hands its handler `bytes` as before; `publish_message`
+  sends a large message's tensors from their own memory (one writev with our header). A publish
   from a thread other than paho's is sent by that thread (no handoff), into a 4 MiB send buffer.
 """
 
@@ -73,10 +74,10 @@ from edgecloud.errors import IdentityInUseError, TransportError, WireFormatError
 from edgecloud.transport.broker import MQTT_PACKET_OVERHEAD_BYTES
 from edgecloud.transport.chunks import (CHUNK_HEADER_BYTES, ChunkLimits, Reassembler, chunk_frames, credit_frame,
                                         is_chunk, is_credit, new_transfer_id, parse_credit)
-from edgecloud.transport.mqtt_fastpath import FastPathClient
+from edgecloud.transport.mqtt_fastpath import GATHER_MIN_PAYLOAD_BYTES, FastPathClient, GatheredPayload
 from edgecloud.transport.mqtt_url import BrokerAddress, parse_broker_url, resolve_credentials
 from edgecloud.transport.topics import device_topic, inbox_filter, parse_device_topic, parse_sender_topic, sender_topic
-from edgecloud.transport.wire import DEFAULT_LIMITS, Message, WireLimits, decode, encode
+from edgecloud.transport.wire import DEFAULT_LIMITS, Message, WireLimits, decode, encoded_parts
 
 __all__ = ["MqttTransport", "Requester", "TransportOptions", "device_topic", "sender_topic"]
 
@@ -390,13 +391,16 @@ class MqttTransport:
 
     def publish_message(self, topic: str, message: Message) -> Future[None]:
         """Encode `message` with our wire limits and publish it (see `publish` for the future); one
-        encoding to more than `options.chunk_bytes` goes as chunks, up to `chunk_limits`' size."""
-        if self.options.chunk_bytes >= self.limits.max_message_bytes:
-            return self.publish(topic, encode(message, self.limits))
-        payload = encode(message, self._chunked_limits)
-        if len(payload) <= self.options.chunk_bytes:
-            return self.publish(topic, payload)
-        return self._publish_chunks(topic, payload)
+        encoding to more than `options.chunk_bytes` goes as chunks, up to `chunk_limits`' size.
+
+        A message of at least `GATHER_MIN_PAYLOAD_BYTES` that goes whole is sent from its tensors' own
+        memory (no copy; see `GatheredPayload`): do not modify its arrays in place until the future resolves.
+        """
+        chunked = self.options.chunk_bytes < self.limits.max_message_bytes
+        payload = GatheredPayload(encoded_parts(message, self._chunked_limits if chunked else self.limits))
+        if chunked and len(payload) > self.options.chunk_bytes:
+            return self._publish_chunks(topic, payload.joined())
+        return self.publish(topic, payload if len(payload) >= GATHER_MIN_PAYLOAD_BYTES else payload.joined())
 
     @property
     def _chunked_limits(self) -> WireLimits:

@@ -182,6 +182,13 @@ def encode(message: Message, limits: WireLimits = DEFAULT_LIMITS) -> bytes:
     Arrays are written C-contiguous and little-endian; the tensor bytes are copied exactly once,
     into the returned buffer.
     """
+    return b"".join(encoded_parts(message, limits))
+
+
+def encoded_parts(message: Message, limits: WireLimits = DEFAULT_LIMITS) -> list[bytes | np.ndarray]:
+    """`encode(message)` as the buffers it joins: prefix and header, padding, and each tensor's own
+    C-contiguous little-endian memory (a view of the caller's array when it is one already), so that a
+    sender can hand them to the socket without copying the tensors (see `MqttTransport.publish_message`)."""
     _check_routing(message.kind, message.request_id, message.sender, message.reply_to,
                    message.deadline, message.meta, limits)
     if len(message.tensors) > limits.max_tensors:
@@ -207,17 +214,17 @@ def encode(message: Message, limits: WireLimits = DEFAULT_LIMITS) -> bytes:
     header_bytes += b" " * (_aligned(PREFIX_BYTES + len(header_bytes)) - PREFIX_BYTES - len(header_bytes))
     if len(header_bytes) > limits.max_header_bytes:
         raise WireFormatError(f"header has {len(header_bytes)} bytes, more than the limit of {limits.max_header_bytes}.")
-    parts: list[bytes | memoryview] = [_PREFIX.pack(MAGIC, VERSION, b"\0\0\0", len(header_bytes)), header_bytes]
+    parts: list[bytes | np.ndarray] = [_PREFIX.pack(MAGIC, VERSION, b"\0\0\0", len(header_bytes)) + header_bytes]
     offset = PREFIX_BYTES + len(header_bytes)
     for array in arrays:
         padding = _aligned(offset) - offset
         if padding:
             parts.append(b"\0" * padding)
-        parts.append(array)  # C-contiguous: `join` reads its buffer as bytes
+        parts.append(array)  # C-contiguous: its buffer reads as the tensor's bytes
         offset += padding + array.nbytes
     if offset > limits.max_message_bytes:
         raise WireFormatError(f"message has {offset} bytes, more than the limit of {limits.max_message_bytes}.")
-    return b"".join(parts)
+    return parts
 
 
 def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
