@@ -70,9 +70,14 @@ class Measurement:
 
 
 def _sim(jobs, on_round):
-    from robust_training.runners.torch_distributed import build_simulator
+    """The simulator on each job, the data loaded once (the jobs differ only in tau)."""
+    from robust_training.data import load_dataset
+    from robust_training.models import make_objective
+    from robust_training.simulator import Simulator
 
-    return [(build_simulator(job).run(on_round=on_round), 0.0) for job in jobs]
+    train, test = load_dataset(jobs[0].dataset, seed=jobs[0].config.seed)
+    objective = make_objective(jobs[0].model, train)
+    return [(Simulator(objective, train, test, job.config).run(on_round=on_round), 0.0) for job in jobs]
 
 
 def _torch(jobs, on_round):
