@@ -5,7 +5,13 @@
     python bench/table2.py --runner torch           # measured: 15 worker processes + the PS over gloo,
                                                     # 2 attacks x s = 1 x 3 methods, to 88 % (long: ~30+ min)
     python bench/table2.py --runner torch --quick   # reverse-gradient attack only: 3 runs
+    python bench/table2.py --runner torch --attacks reverse   # one attack's three methods (< 10 min runs)
+    python bench/table2.py --runner mqtt --attacks reverse    # the same over a Mosquitto this bench starts
 (times on the 2-core development VM; torch on one thread).
+
+With `--runner mqtt` the P worker processes (`edgecloud train-worker --keep-serving`) and one Mosquitto
+start once and serve every run in turn (`edgecloud.training.local_fleet.StandingFleet`); the PS runs
+in this process, and a round's time is its wall clock there as the torch runner's is.
 
 With `--runner torch` the time is measured, not modelled: P = 15 worker processes (`--workers`) and
 the PS train over torch.distributed (robust_training.runners.torch_distributed), and a round's time is
@@ -25,7 +31,8 @@ needs r to divide 45 = 3^2 x 5, so it takes the smallest divisor >= 2s + 1: 3, 9
 45) and 15 (11 does not).
 
 Prints the table and writes bench/results/table2.json and table2.png (table2-quick.* with --quick,
-table2-torch[-quick].* with --runner torch).
+table2-RUNNER-ATTACKS.* or table2-RUNNER-quick.* with --runner torch or mqtt); the JSON is rewritten
+after every run, so a cut run keeps the runs it finished, and records the load average.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -205,7 +213,7 @@ def keep_large_arrays_in_the_heap() -> None:
 
 
 def play(objective, train, test, attacks: tuple[str, ...], adversary_counts: tuple[int, ...],
-         args: argparse.Namespace) -> list[Run]:
+         args: argparse.Namespace, on_run: Callable[[list[Run]], None]) -> list[Run]:
     """Every (attack, s, method) run, in that order (the three methods of one attack and s in one go)."""
     runs: list[Run] = []
     for attack in attacks:
@@ -216,6 +224,7 @@ def play(objective, train, test, attacks: tuple[str, ...], adversary_counts: tup
                 print(f"{attack:8s} s={s} {method:10s} r={run.redundancy:2d}: reached "
                       f"{run.final_accuracy:.3f} in {run.rounds_run} rounds, {run.time_to_s} "
                       f"(real {run.real_s:.0f} s, start-up {run.startup_s:.0f} s)", flush=True)
+                on_run(runs)
     return runs
 
 
@@ -256,6 +265,9 @@ def main() -> None:
     attacks = ("reverse",) if args.quick else tuple(name.strip() for name in args.attacks.split(","))
     if not set(attacks) <= {"constant", "reverse"}:
         parser.error(f"--attacks takes constant and/or reverse, got {args.attacks!r}")
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / ("-".join(["table2", *([args.runner] if measured else []),
+                                    *(["quick"] if args.quick else [*attacks] if measured else [])]) + ".json")
     load_before = os.getloadavg()[0]
     with contextlib.ExitStack() as stack:
         if args.runner == "mqtt":  # one broker and one set of worker processes for every run
@@ -264,19 +276,24 @@ def main() -> None:
 
             broker = stack.enter_context(MosquittoBroker())
             args.fleet = stack.enter_context(StandingFleet(args.workers, broker.url))
-        runs = play(objective, train, test, attacks, adversary_counts, args)
+        runs = play(objective, train, test, attacks, adversary_counts, args,
+                    lambda so_far: save(path, so_far, args, load_before, complete=False))  # a cut run keeps its runs
     vars(args).pop("fleet", None)
-    args.load_average = (load_before, os.getloadavg()[0])
-    gains = speedups(runs)
+    gains = save(path, runs, args, load_before, complete=True)
     print_table(runs, gains, args)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stem = "-".join(["table2", *([args.runner] if measured else []), *(["quick"] if args.quick else
-                                                                      [*attacks] if measured else [])])
-    (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(
-        {"settings": vars(args), "runs": [asdict(r) for r in runs], "speedup_vs_geomedian": gains}, indent=1))
-    plot(runs, RESULTS_DIR / f"{stem}.png", args)
-    print(f"wrote {RESULTS_DIR / stem}.json and .png")
+    plot(runs, path.with_suffix(".png"), args)
+    print(f"wrote {path} and .png")
 
+
+def save(path: Path, runs: list[Run], args: argparse.Namespace, load_before: float,
+         complete: bool) -> dict[str, dict[str, float | None]]:
+    """Write the runs so far with the load average (before, now); returns the speedups."""
+    settings = {name: value for name, value in vars(args).items() if name != "fleet"}
+    settings["load_average"] = (load_before, os.getloadavg()[0])
+    gains = speedups(runs)
+    path.write_text(json.dumps({"settings": settings, "complete": complete, "runs": [asdict(r) for r in runs],
+                                "speedup_vs_geomedian": gains}, indent=1))
+    return gains
 
 if __name__ == "__main__":
     main()

@@ -26,9 +26,10 @@ apart; the torch runner starts its P workers once per (model, P) and plays the t
 another in one process, which is exactly what its model does not charge.
 
 The machine is 2 cores shared with other jobs: the load average before and after is recorded, and only
-ratios within one run mean anything. `--runners` and `--models` split the grid into shorter runs
-(each with sim for the model column). Writes bench/results/training_runners[-quick]-RUNNERS-MODELS.json
-and .png, e.g. training_runners-sim-torch-fc-logistic.json.
+ratios within one run mean anything. `--runners`, `--models` and `--workers` (P values) split the
+grid into shorter runs (each with sim for the model column).
+Writes bench/results/training_runners[-quick]-RUNNERS-MODELS-PS.json and .png, e.g.
+training_runners-sim-torch-fc-P8.json; the JSON is rewritten after every cell, so a cut run keeps them.
 """
 
 from __future__ import annotations
@@ -69,9 +70,14 @@ class Measurement:
 
 
 def _sim(jobs, on_round):
-    from robust_training.runners.torch_distributed import build_simulator
+    """The simulator on each job, the data loaded once (the jobs differ only in tau)."""
+    from robust_training.data import load_dataset
+    from robust_training.models import make_objective
+    from robust_training.simulator import Simulator
 
-    return [(build_simulator(job).run(on_round=on_round), 0.0) for job in jobs]
+    train, test = load_dataset(jobs[0].dataset, seed=jobs[0].config.seed)
+    objective = make_objective(jobs[0].model, train)
+    return [(Simulator(objective, train, test, job.config).run(on_round=on_round), 0.0) for job in jobs]
 
 
 def _torch(jobs, on_round):
@@ -198,6 +204,7 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=os.cpu_count(),
                         help="cores the modelled workers share (default: this machine's; 0 = a core each)")
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {', '.join(MODELS)}")
+    parser.add_argument("--workers", default="8,16", help="comma-separated P values (without --quick)")
     args = parser.parse_args()
     if args.rounds < 2:
         parser.error("--rounds must be at least 2: the first round is a warm-up")
@@ -218,12 +225,19 @@ def main() -> None:
     models = [name.strip() for name in args.models.split(",")]
     if any(name not in MODELS for name in models):
         parser.error(f"unknown model(s) in {args.models!r}; choose from {', '.join(MODELS)}")
-    worker_counts, taus = ((8,), (1, 5)) if args.quick else ((8, 16), (1, 5, 20))
+    try:
+        worker_counts = (8,) if args.quick else tuple(int(p) for p in args.workers.split(","))
+    except ValueError:
+        parser.error(f"--workers takes comma-separated integers, got {args.workers!r}")
+    taus = (1, 5) if args.quick else (1, 5, 20)
     if args.quick:
         models = ["logistic"]
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
     measurements: list[Measurement] = []
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / ("-".join(["training_runners", *(["quick"] if args.quick else []), *runners, *models,
+                                    *(f"P{p}" for p in worker_counts)]) + ".json")
     for model in models:
         for n_workers in worker_counts:
             for runner in runners:
@@ -231,17 +245,22 @@ def main() -> None:
                     measurements.append(m)
                     print(f"{runner:6s} {model:8s} P={n_workers:2d} tau={m.tau:2d}: {m.wall_s_per_round:.3f} s/round, "
                           f"start-up {m.startup_s:.1f} s", flush=True)
+                save(path, measurements, args, load_before, started, complete=False)  # a cut run keeps its cells
+    load = save(path, measurements, args, load_before, started, complete=True)
+    print_table(measurements, load)
+    plot(measurements, path.with_suffix(".png"))
+    print(f"wrote {path} and .png ({time.perf_counter() - started:.0f} s)")
+
+
+def save(path: Path, measurements: list[Measurement], args: argparse.Namespace, load_before: float, started: float,
+         complete: bool) -> tuple[float, float]:
+    """Write the cells so far (compared with the model where sim has run) and return the load (before, now)."""
     compare_with_the_model(measurements)
     load = (load_before, os.getloadavg()[0])
-    print_table(measurements, load)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stem = "-".join(["training_runners", *(["quick"] if args.quick else []), *runners, *models])
-    (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(
-        {"settings": vars(args), "load_average": load, "seconds": time.perf_counter() - started,
-         "measurements": [asdict(m) for m in measurements]}, indent=1))
-    plot(measurements, RESULTS_DIR / f"{stem}.png")
-    print(f"wrote {RESULTS_DIR / stem}.json and .png ({time.perf_counter() - started:.0f} s)")
-
+    path.write_text(json.dumps({"settings": vars(args), "complete": complete, "load_average": load,
+                                "seconds": time.perf_counter() - started,
+                                "measurements": [asdict(m) for m in measurements]}, indent=1))
+    return load
 
 if __name__ == "__main__":
     main()
