@@ -169,6 +169,19 @@ def test_plan_reports_the_objective_of_its_placement(graph, objective) -> None:
         assert value is None or plan.predicted_s <= value * (1 + 1e-9) + 1e-12, name
 
 
+def test_a_solver_optimum_within_its_tolerance_never_beats_a_better_warm_start() -> None:
+    """Hypothesis found it: throughput on a 1e-9 s graph, HiGHS' "optimal" all-cloud (1e-9 s) was kept
+    over the all-edge warm start (0 s) because it is optimal within the solver's absolute gap."""
+    link = LinkProfile(bandwidth_bps=1e6, latency_s=0.0)
+    nodes = {f"v{k}": CostNode(time_s={"edge": 0.0, "cloud": 1e-9 if k == 0 else 0.0}, memory_bytes=0) for k in range(3)}
+    tensors = {"in0": CostTensor(bytes=0, producer=None, consumers=list(nodes)),
+               **{f"t{k}": CostTensor(bytes=0, producer=f"v{k}", consumers=[], output=True) for k in range(3)}}
+    graph = CostGraph(devices={"edge": {}, "cloud": {}}, links={("cloud", "edge"): link}, source="cloud",
+                      sink="cloud", nodes=nodes, tensors=tensors)
+    plan = plan_cost_graph(graph, "throughput")
+    assert plan.predicted_s <= min(v for v in plan.baselines.values() if v is not None)
+
+
 @settings(max_examples=25, deadline=None)
 @given(cost_graphs(max_nodes=6))
 def test_makespan_respects_memory_limits(graph) -> None:

@@ -42,7 +42,7 @@ class Solution:
     status: str  # "optimal" or "time_limit" (then gap > 0)
     gap: float
     time_s: float
-    method: str  # "lp-certificate", "mip", or "warm-start" (the solver's answer was unusable)
+    method: str  # "lp-certificate", "mip", or "warm-start" (the solver's answer was unusable or no better)
     solver: str  # "highs" or "cbc"
     start_s: np.ndarray | None = None  # makespan schedule
     note: str | None = None  # what went wrong when the solver did not deliver, in one sentence
@@ -132,8 +132,11 @@ def _settle(arrays: CostArrays, result: MipResult, own: _Candidate | None, fallb
     feasible placement known, its own or the warm start, re-scored by our objective, with a note saying
     so; raise only when there is none."""
     if own is not None and result.status in ("optimal", "time_limit"):
-        return Solution(own.placement, own.objective_s, result.status, result.gap, time.perf_counter() - started,
-                        "mip", result.solver, own.start_s)
+        # The solver's optimum is optimal within its gap tolerances, so on tiny objectives (1e-9 s) the
+        # warm start can still beat it by the tolerance: keep whichever is better by our own objective.
+        kept = fallback if fallback is not None and fallback.objective_s < own.objective_s else own
+        return Solution(kept.placement, kept.objective_s, result.status, result.gap, time.perf_counter() - started,
+                        kept.method, result.solver, kept.start_s)
     candidates = [candidate for candidate in (own, fallback) if candidate is not None]
     if not candidates:
         _raise_unsolved(arrays, result.status)
