@@ -5,6 +5,7 @@ one `error:` line and exit 2 (at start-up for what the headers show, on the job 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import threading
@@ -191,3 +192,41 @@ def test_a_held_partition_missing_from_the_folder_stops_the_worker(broker: Embed
     partition_files.write_partitions(folder, simulator.partitions[:1])
     result = _worker_given_the_job(broker.url, job, simulator.partition_sizes, folder)
     assert_one_error_line(*result, "has no partition-1.npz")
+
+
+TRAIN = ["train", "--dataset", "digits", "--model", "logistic", "--nodes", "3", "--code", "repetition",
+         "--redundancy", "3", "--seed", "3", "--rounds", "3", "--lr", "0.1", "--batch-size", "16", "--tau", "2",
+         "--adversaries", "1", "--attack", "labelflip", "--json"]  # CONFIG as a command line
+
+
+def test_the_local_fleet_trains_on_the_data_dir_it_is_given(tmp_path: Path) -> None:
+    """`edgecloud train --runner mqtt --data-dir D`: its workers read D, not the seed's split. D holds the
+    exported partition with its rows reversed (a valid file of the right size whose mini-batches differ),
+    so the fleet must end with the simulator's model on the reversed rows, not on the generated ones."""
+    folder = _export(tmp_path / "data")
+    path = partition_files.partition_path(folder, 0)
+    with np.load(path, allow_pickle=False) as arrays:
+        features, labels = arrays["x"][::-1], arrays["y"][::-1]
+    with path.open("wb") as file:
+        np.savez(file, x=features, y=labels)
+    code, _, stderr = run_cli([*TRAIN, "--runner", "mqtt", "--data-dir", str(folder), "--save", str(tmp_path / "m.npz")])
+    assert code == 0, stderr[-3000:]
+    simulator = rebuild_simulator(TrainingJob("digits", "logistic", CONFIG))
+    generated = simulator.run().params
+    simulator.partitions[0] = dataclasses.replace(simulator.partitions[0], features=features, labels=labels)
+    expected = simulator.run().params
+    named = simulator.objective.named_arrays(expected)
+    with np.load(tmp_path / "m.npz", allow_pickle=False) as saved:
+        assert sorted(saved.files) == sorted(named)
+        trained, wanted = (np.concatenate([arrays[name].ravel() for name in named]) for arrays in (saved, named))
+    assert np.linalg.norm(expected - generated) / np.linalg.norm(generated) > 1e-3  # the files do change the model
+    assert np.linalg.norm(trained - wanted) / np.linalg.norm(wanted) < 1e-6
+
+
+def test_train_takes_data_dir_only_for_the_mqtt_fleet_and_checks_it_first(tmp_path: Path) -> None:
+    for runner in ("sim", "torch"):
+        assert_one_error_line(*run_cli([*TRAIN, "--runner", runner, "--data-dir", str(tmp_path)]), "--runner mqtt")
+    assert_one_error_line(*run_cli([*TRAIN, "--runner", "mqtt", "--data-dir", str(tmp_path / "none")]),
+                          "does not exist")
+    assert_one_error_line(*run_cli(["train-server", *TRAIN[1:], "--broker", NO_BROKER, "--data-dir", str(tmp_path)]),
+                          "--data-dir")

@@ -69,6 +69,9 @@ def train(
         "--broker", help="MQTT broker URL (mqtt://host:port, mqtt://user@host:port or mqtts://...); --runner mqtt starts an "
                          "embedded one when omitted.")] = None,
     broker_password_file: BrokerPasswordFile = None,
+    data_dir: Annotated[Optional[Path], typer.Option(
+        "--data-dir", help="--runner mqtt: every worker reads its partitions from DIR/partition-<p>.npz "
+                           "(`edgecloud train-data export` writes them) instead of generating them from the seed.")] = None,
     deployment: Annotated[str, typer.Option(
         "--deployment", help="MQTT topic namespace shared by the PS and its workers.")] = DEFAULT_DEPLOYMENT,
     round_deadline: Annotated[Optional[str], typer.Option(
@@ -99,6 +102,13 @@ def train(
         raise TrainingError(f"unknown runner {runner!r}; choose one of {', '.join(RUNNERS)}.")
     save = writable_output(save, "--save", ".npz")
     plot = writable_output(plot, "--plot", ".png")
+    if data_dir is not None:
+        if runner != "mqtt":
+            raise TrainingError("--data-dir is for --runner mqtt's workers (the simulator and the torch runner "
+                                "generate the partitions from the seed).")
+        from edgecloud.training.partition_files import check_data_dir
+
+        check_data_dir(data_dir)  # before any process starts: each worker checks it again for itself
     config = SimulationConfig(
         n_workers=nodes, rounds=rounds, lr=lr, tau=tau, batch_size=batch_size, code=code, redundancy=redundancy,
         aggregator=aggregator, n_adversaries=adversaries, attack=attack, split="iid" if iid else "dirichlet",
@@ -124,7 +134,7 @@ def train(
                                                                              checkpoints=checkpoints)
         elif runner in ("mqtt", REMOTE_WORKERS):
             fleet_run = _train_over_mqtt(dataset, model, config, runner == REMOTE_WORKERS, broker, deployment,
-                                         round_deadline, on_round, checkpoints)
+                                         round_deadline, on_round, checkpoints, data_dir)
             result, startup_s = fleet_run.result, fleet_run.startup_s
         else:
             from robust_training.runners.torch_distributed import (TrainJob, launched_by_torchrun,
@@ -173,8 +183,10 @@ def train(
 
 
 def _train_over_mqtt(dataset: str, model: str, config, remote_workers: bool, broker: str | None, deployment: str,
-                     round_deadline: str | None, on_round, checkpoints: Checkpointer | None):
-    """The MQTT runner: a local fleet (`--runner mqtt`), or the PS alone for workers elsewhere (`train-server`)."""
+                     round_deadline: str | None, on_round, checkpoints: Checkpointer | None,
+                     data_dir: Path | None = None):
+    """The MQTT runner: a local fleet (`--runner mqtt`, its workers reading `data_dir` if given), or the PS
+    alone for workers elsewhere (`train-server`: each worker takes its own --data-dir)."""
     from edgecloud.errors import EdgecloudError
     from edgecloud.training.local_fleet import run_local_fleet
     from edgecloud.training.protocol import TrainingJob
@@ -185,7 +197,7 @@ def _train_over_mqtt(dataset: str, model: str, config, remote_workers: bool, bro
                             checkpoints=checkpoints)
     job = TrainingJob(dataset, model, config)
     if not remote_workers:
-        return run_local_fleet(job, broker, options, on_round)
+        return run_local_fleet(job, broker, options, on_round, data_dir=data_dir)
     if broker is None:
         raise EdgecloudError("train-server needs --broker URL: the broker its workers connect to.")
     return serve(broker, job, options, on_round)

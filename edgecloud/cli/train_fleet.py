@@ -1,8 +1,9 @@
 """`edgecloud train-server` and `edgecloud train-worker`: training over MQTT with the workers on other hosts.
 
 `train-server` is `edgecloud train` with the MQTT runner's PS alone: it takes every option of
-`edgecloud train` except `--runner` (the signature is `train`'s own, so an option added there is offered
-here too), waits for the P workers to join and prints the same summary and `--save` file.
+`edgecloud train` except `--runner` and `--data-dir` (a remote worker takes its own `train-worker
+--data-dir`); the signature is `train`'s own, so an option added there is offered here too. It
+waits for the P workers to join and prints the same summary and `--save` file.
 `train-worker` is one worker: it needs only the broker and its id; the job (dataset, model, config,
 seed) comes from the server, and the worker rebuilds its own partitions from it, or reads them from
 `--data-dir` (files written by `edgecloud train-data export`, see edgecloud.training.partition_files).
@@ -41,7 +42,7 @@ def take_train_options(command: Callable[..., None], names: Collection[str], own
     command.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
 
 
-take_train_options(train_server, set(inspect.signature(train_command.train).parameters) - {"runner"})
+take_train_options(train_server, set(inspect.signature(train_command.train).parameters) - {"runner", "data_dir"})
 
 
 def train_worker(

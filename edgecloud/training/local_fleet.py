@@ -39,15 +39,18 @@ class WorkerProcesses(AgentProcesses):
 
 def run_local_fleet(job: TrainingJob, broker_url: str | None = None, options: ServerOptions = ServerOptions(),
                     on_round: Callable[[RoundRecord], None] | None = None,
-                    on_workers: Callable[[WorkerProcesses], None] = lambda workers: None) -> FleetResult:
-    """Train `job` with P worker processes over `broker_url` (None: an embedded broker started here).
+                    on_workers: Callable[[WorkerProcesses], None] = lambda workers: None,
+                    data_dir: Path | None = None) -> FleetResult:
+    """Train `job` with P worker processes over `broker_url` (None: an embedded broker started here);
+    with `data_dir` every worker reads the partitions it holds from there (`train-worker --data-dir`).
 
     `on_workers` sees the running worker processes (tests kill and restart them from `on_round`).
     """
     job.config.validate()
     job.config.build()  # an impossible code or aggregator fails here, before any process starts
     broker = None if broker_url is not None else EmbeddedBrokerProcess().start()
-    workers = WorkerProcesses(job.config.n_workers, broker_url or broker.url, options.deployment)  # type: ignore[union-attr]
+    workers = WorkerProcesses(job.config.n_workers, broker_url or broker.url, options.deployment,  # type: ignore[union-attr]
+                              [] if data_dir is None else ["--data-dir", str(data_dir.resolve())])
     try:
         def start_workers() -> None:
             workers.start()
