@@ -5,12 +5,13 @@ the source agent follows it with its plan set, against every static plan of the 
 
 What runs: the model is profiled here and priced on the demo's edge profile (rpi4, `--edge`) and, as
 the testbed does, on this host for the cloud (the cloud agent runs at this host's speed); `plan
---adaptive` over 1 Mbit/s..1 Gbit/s gives the plan set, and it is served on the emulated hosts (edgecloud.testbed: namespaces joined by a veth pair shaped by tbf,
-the edge agent in a CPU quota calibrated to the edge profile's whole-model time, Mosquitto on the edge
-host). Static plan K = the same plan set with `agent --pin-plan K` (the same stages, the same code path);
-adaptive = the source follows its link estimate. All deployments run at once and are served in rounds
-(one request per deployment, the order rotating), one request at a time, no fallback: adaptive and
-static requests meet the same load on the shared cores.
+--adaptive` over 1 Mbit/s..1 Gbit/s gives the plan set, and it is served on the emulated hosts
+(edgecloud.testbed: namespaces joined by a veth pair shaped by tbf, the edge agent in a CPU quota
+calibrated to the edge profile's whole-model time, Mosquitto on the edge host). Static plan K = the
+same plan set with `agent --pin-plan K` (the same stages, the same code path); adaptive = the source
+follows its link estimate. All deployments run at once and are served in rounds (one request per
+deployment, the order rotating), one request at a time, no fallback: adaptive and static requests
+meet the same load on the shared cores.
 
 Criterion (issue 14): within 20 requests after each rate change the median latency is within 10 % of
 the best static plan measured at the new rate: here the adaptive median over rounds 11..20 after the
