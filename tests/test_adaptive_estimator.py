@@ -47,6 +47,21 @@ def test_one_size_per_direction_gives_no_estimate_rather_than_a_guess() -> None:
     assert estimator.estimate(WINDOW) is None
 
 
+def test_one_large_sample_against_many_small_ones_gives_no_estimate() -> None:
+    # what the window holds right after a step: the small probes and one large sample of the new rate,
+    # here one that sat 20 ms behind another transfer; its pairs with the small ones would say 5.9 Mbit/s
+    # for a 50 Mbit/s link
+    estimator = LinkEstimator()
+    for index in range(WINDOW - 1):
+        estimator.add("up", 64, index, index + 0.001)
+    estimator.add("up", 16_384, WINDOW, WINDOW + 0.001 + 8 * 16_384 / 50e6 + 0.02)
+    assert estimator.estimate(WINDOW + 1) is None
+    estimator.add("up", 16_384, WINDOW + 1, WINDOW + 1.001 + 8 * 16_384 / 50e6)
+    estimator.add("up", 16_384, WINDOW + 2, WINDOW + 2.001 + 8 * 16_384 / 50e6)
+    estimate = estimator.estimate(WINDOW + 3)
+    assert estimate is not None and estimate.bandwidth_bps == pytest.approx(50e6, rel=0.1)
+
+
 def test_a_step_change_is_followed_within_one_window() -> None:
     rng = np.random.default_rng(2)
     estimator = LinkEstimator()
