@@ -1,16 +1,17 @@
 """Adaptive serving on the testbed's shaped link: the rate changes mid-run (100 -> 5 -> 50 Mbit/s) and
 the source agent follows it with its plan set, against every static plan of the set measured at each rate.
 
-    PYTHONPATH=$PWD python bench/adaptive_switch.py      # as root (namespaces); prints a table, writes JSON
+    PYTHONPATH=$PWD python bench/adaptive_switch.py      # as root (namespaces); prints a table, writes JSON + plot
 
-What runs: the model is profiled here and priced on the demo's edge and cloud profiles (rpi4 and
-cloud-server, as `edgecloud demo`), `plan --adaptive` over 1 Mbit/s..1 Gbit/s gives the plan set, and
-it is served on the emulated hosts (edgecloud.testbed: namespaces joined by a veth pair shaped by tbf,
-the edge agent in a CPU quota calibrated to the edge profile's whole-model time, Mosquitto on the edge
-host). Static plan K = the same plan set with `agent --pin-plan K` (the same stages, the same code path);
-adaptive = the source follows its link estimate. All deployments run at once and are served in rounds
-(one request per deployment, the order rotating), one request at a time, no fallback: adaptive and
-static requests meet the same load on the shared cores.
+What runs: the model is profiled here and priced on the demo's edge profile (rpi4, `--edge`) and, as
+the testbed does, on this host for the cloud (the cloud agent runs at this host's speed); `plan
+--adaptive` over 1 Mbit/s..1 Gbit/s gives the plan set, and it is served on the emulated hosts
+(edgecloud.testbed: namespaces joined by a veth pair shaped by tbf, the edge agent in a CPU quota
+calibrated to the edge profile's whole-model time, Mosquitto on the edge host). Static plan K = the
+same plan set with `agent --pin-plan K` (the same stages, the same code path); adaptive = the source
+follows its link estimate. All deployments run at once and are served in rounds (one request per
+deployment, the order rotating), one request at a time, no fallback: adaptive and static requests
+meet the same load on the shared cores.
 
 Criterion (issue 14): within 20 requests after each rate change the median latency is within 10 % of
 the best static plan measured at the new rate: here the adaptive median over rounds 11..20 after the
@@ -33,7 +34,7 @@ from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 
-from edgecloud.cli import demo
+from edgecloud.cli import demo, testbed
 from edgecloud.cli.demo_steps import DemoSettings, model_inputs, plan_demo_model
 from edgecloud.cli.testbed_steps import emulated_hosts
 from edgecloud.serving.client import InferenceClient
@@ -83,10 +84,12 @@ def run_requests(client: InferenceClient, count: int, seed: int) -> list[dict]:
     return rows
 
 
-def plan_set_on_testbed(emulation, model: str, rate_bps: float, seed: int, workdir: Path):
+def plan_set_on_testbed(emulation, model: str, rate_bps: float, seed: int, workdir: Path, edge: str):
     """The plan set priced as the testbed prices its cells: the message costs measured on the emulated
-    path, the edge as its quota calibration reached it, the link at the rate a transfer measured."""
-    settings = DemoSettings(model=model, edge=demo.DEFAULT_EDGE, cloud=demo.DEFAULT_CLOUD, bandwidth_bps=rate_bps,
+    path, the edge as its quota calibration reached it, the link at the rate a transfer measured, and the
+    cloud as this host (`testbed.DEFAULT_CLOUD`): the cloud agent runs at this host's speed, and pricing it
+    as the demo's cloud-server priced all-cloud at ~11 ms at 95 Mbit/s where it was served in ~26 ms."""
+    settings = DemoSettings(model=model, edge=edge, cloud=testbed.DEFAULT_CLOUD, bandwidth_bps=rate_bps,
                             latency_s=0.0, requests=0, broker_url=None, deadline_s=30.0, emulate_links=False,
                             seed=seed)
     planned = plan_demo_model(settings, workdir)
@@ -96,17 +99,19 @@ def plan_set_on_testbed(emulation, model: str, rate_bps: float, seed: int, workd
     return adaptive_plans(emulation.priced(planned.costs, rate_bps, model), ("edge", "cloud"), 1e6, 1e9)
 
 
-def measure(model: str, rates_bps: list[float], requests: int, warmup: int, seed: int) -> dict:
+def measure(model: str, rates_bps: list[float], requests: int, warmup: int, seed: int,
+            edge: str = demo.DEFAULT_EDGE) -> dict:
     """Serve the adaptive deployment and one static deployment per plan of the set, `requests` rounds
     at each rate in turn; every request's latency and plan, the switches the source logged, and the
-    answers an observer counted per request id."""
+    answers an observer counted per request id. `edge`: the edge's device profile (a catalogue name or
+    a device JSON file), which its CPU quota is calibrated to."""
     workdir = Path(tempfile.mkdtemp(prefix="adaptive-switch-"))
-    document: dict = {"model": model, "rates_mbit": [r / 1e6 for r in rates_bps],
+    document: dict = {"model": model, "edge": edge, "rates_mbit": [r / 1e6 for r in rates_bps],
                       "machine_note": "2 cores shared with other work; medians vary run to run"}
     with ExitStack() as stack:
         emulation = emulated_hosts(stack, 1, "edge")
         broker_url = emulation.hosts.broker_url(stack)
-        plan_set = plan_set_on_testbed(emulation, model, rates_bps[0], seed, workdir)
+        plan_set = plan_set_on_testbed(emulation, model, rates_bps[0], seed, workdir, edge)
         plans_path = workdir / "plans.json"
         plan_set.save(plans_path)
         served = load_served_plans(plans_path)  # split once, before any agent starts
@@ -173,21 +178,60 @@ def measure(model: str, rates_bps: list[float], requests: int, warmup: int, seed
     return document
 
 
+def plot_segments(document: dict, path: Path) -> None:
+    """Latency per round across the rate changes: the adaptive deployment (each point coloured by the
+    plan it ran under) against each static plan, one line each, the rate changes as vertical lines and
+    the rounds the criterion reads shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(10, 4.5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    offset = 0
+    for segment in document["segments"]:
+        rounds = range(offset, offset + len(segment["requests"]))
+        for plan, rows in segment["static"].items():
+            axes.plot(rounds, [row["latency_s"] * 1e3 for row in rows], color=colours[int(plan) % len(colours)],
+                      linewidth=1, alpha=0.6, label=f"static plan {plan}" if offset == 0 else None)
+        axes.scatter(rounds, [row["latency_s"] * 1e3 for row in segment["requests"]], s=18, zorder=3, marker="o",
+                     edgecolors="black", linewidths=0.5, c=[colours[(row["plan"] or 0) % len(colours)]
+                                                             for row in segment["requests"]],
+                     label="adaptive (colour: plan used)" if offset == 0 else None)
+        axes.axvspan(offset + SETTLE_FROM - 0.5, offset + SETTLE_TO - 0.5, color="grey", alpha=0.12, linewidth=0)
+        if offset:
+            axes.axvline(offset - 0.5, color="black", linewidth=1, linestyle="--")
+        axes.text(offset + 0.5, 1.0, f"{segment['rate_mbit']:g} Mbit/s", transform=axes.get_xaxis_transform(),
+                  va="bottom", fontsize=9)
+        offset += len(segment["requests"])
+    axes.set_yscale("log")
+    axes.set_xlabel("round (one request per deployment); shaded: requests 11-20 after the change")
+    axes.set_ylabel("latency (ms)")
+    axes.legend(fontsize=8, loc="upper right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--edge", default=demo.DEFAULT_EDGE, help="edge device profile: catalogue name or JSON file")
     parser.add_argument("--rates-mbit", default="100,5,50")
     parser.add_argument("--requests", type=int, default=30, help="rounds per rate: one request per deployment each")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS / "adaptive_switch.json")
+    parser.add_argument("--plot", type=Path, default=RESULTS / "adaptive_switch.png")
     args = parser.parse_args()
     if args.requests < SETTLE_TO:
         parser.error(f"--requests must be at least {SETTLE_TO}: the criterion reads requests 11..20 after each change")
     document = measure(args.model, [float(rate) * 1e6 for rate in args.rates_mbit.split(",")], args.requests,
-                       args.warmup, args.seed)
+                       args.warmup, args.seed, args.edge)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(document, indent=1))
+    plot_segments(document, args.plot)
 
     for interval in document["intervals"]:
         print(f"plan {interval['plan']}: {interval['bandwidth_mbit'][0]:.2f}..{interval['bandwidth_mbit'][1]:.2f} Mbit/s, "
@@ -203,7 +247,7 @@ def main() -> None:
         print(f"switch: {line}")
     print(f"requests sent {document['requests_sent']}, answers seen {document['answers_seen']}, "
           f"lost {document['lost']}, answered twice {document['answered_twice']}")
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out} and {args.plot}")
 
 
 if __name__ == "__main__":

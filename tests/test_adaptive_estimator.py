@@ -47,6 +47,33 @@ def test_one_size_per_direction_gives_no_estimate_rather_than_a_guess() -> None:
     assert estimator.estimate(WINDOW) is None
 
 
+def test_one_large_sample_against_many_small_ones_gives_no_estimate() -> None:
+    # what the window holds right after a step: the small probes and one large sample of the new rate,
+    # here one that sat 20 ms behind another transfer; its pairs with the small ones would say 5.9 Mbit/s
+    # for a 50 Mbit/s link
+    estimator = LinkEstimator()
+    for index in range(WINDOW - 1):
+        estimator.add("up", 64, index, index + 0.001)
+    estimator.add("up", 16_384, WINDOW, WINDOW + 0.001 + 8 * 16_384 / 50e6 + 0.02)
+    assert estimator.estimate(WINDOW + 1) is None
+    estimator.add("up", 16_384, WINDOW + 1, WINDOW + 1.001 + 8 * 16_384 / 50e6)
+    estimator.add("up", 16_384, WINDOW + 2, WINDOW + 2.001 + 8 * 16_384 / 50e6)
+    estimate = estimator.estimate(WINDOW + 3)
+    assert estimate is not None and estimate.bandwidth_bps == pytest.approx(50e6, rel=0.1)
+
+
+def test_a_token_bucket_is_cancelled_by_pairs_of_large_probes() -> None:
+    # each probe after an idle gap finds the bucket full: its first BUCKET bytes pass at once, as tbf
+    # did on the testbed (a 64 B / 16 KB pair read 76 Mbit/s on 47.7); probes alternate 16 and 32 KB
+    bucket, rate_bps = 5_000, 47.7e6
+    estimator = LinkEstimator()
+    for index in range(WINDOW):
+        n_bytes = 64 if index % 2 == 0 else (16_384 if index % 4 == 1 else 32_768)
+        estimator.add("up", n_bytes, index, index + 0.001 + 8 * max(0, n_bytes - bucket) / rate_bps)
+    estimate = estimator.estimate(WINDOW)
+    assert estimate is not None and estimate.bandwidth_bps == pytest.approx(rate_bps, rel=0.1)
+
+
 def test_a_step_change_is_followed_within_one_window() -> None:
     rng = np.random.default_rng(2)
     estimator = LinkEstimator()

@@ -96,6 +96,9 @@ PROBE_S = 0.004
 PROBE_SMALL_BYTES = 64
 PROBE_MIN_LARGE_BYTES = 16 * 2**10  # 1.3 ms at 100 Mbit/s, 26 ms at 5 Mbit/s
 PROBE_MAX_BYTES = 256 * 2**10
+# Every other large probe is twice the size: two large probes, each after an idle gap, are a pair that
+# cancels what a token bucket lets through at once (edgecloud.serving.link_estimate.BURST_FREE_BYTES).
+PROBE_LARGE_FACTORS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -197,6 +200,7 @@ class DeviceAgent:
         start = options.start_plan if options.start_plan is not None else len(self.plans.manifests) - 1
         self.selector = PlanSelector(self.plans.bounds_bps, start)
         self._last_probe_s = 0.0
+        self._large_probes = 0  # large probes sent: their size alternates by PROBE_LARGE_FACTORS
         self.fallback_margin_s = 0.0
         self.default_deadline_s = options.request_ttl_s  # the source derives its own in _warm_up
         self._path_s = 0.0  # source: how long the other devices may take before a missing answer counts
@@ -456,8 +460,9 @@ class DeviceAgent:
         `probe_interval_s` (`local_probe_interval_s` while the plan in use sends nothing across, as when it
         keeps everything on the source), send each other device a tiny probe and, unless the requests sent
         large messages up since the last probe, one of about PROBE_S at the estimated rate (at least
-        PROBE_MIN_LARGE_BYTES, so that its transfer stands out of the jitter): the estimator then has two
-        sizes whatever the plan sends, at the least cost to the requests."""
+        PROBE_MIN_LARGE_BYTES, so that its transfer stands out of the jitter; every other one twice that, so
+        that pairs of large probes cancel a token bucket): the estimator then has two sizes whatever the
+        plan sends, at the least cost to the requests."""
         if not self.plans.adaptive or not self.is_source or not self.options.switching or self._pending:
             return
         local = self._views[self.selector.current].local_only
@@ -467,7 +472,9 @@ class DeviceAgent:
         if not self.link.has_large_since("up", self._last_probe_s):
             estimate = self.link.estimate(now_s)
             rate_bps = estimate.bandwidth_bps if estimate else self.plans.bounds_bps[self.selector.current][0]
-            sizes.append(int(min(max(rate_bps * PROBE_S / 8, PROBE_MIN_LARGE_BYTES), PROBE_MAX_BYTES)))
+            factor = PROBE_LARGE_FACTORS[self._large_probes % len(PROBE_LARGE_FACTORS)]
+            self._large_probes += 1
+            sizes.append(int(min(factor * max(rate_bps * PROBE_S / 8, PROBE_MIN_LARGE_BYTES), PROBE_MAX_BYTES)))
         self._last_probe_s = now_s
         for n_bytes in sizes:
             self.stats["probes"] += 1
