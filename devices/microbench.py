@@ -59,6 +59,16 @@ def _matmul(rng: np.random.Generator, name: str, rows: int, inner: int, columns:
                              initializers)
 
 
+def _maxpool(name: str, channels: int, size: int, kernel: int, stride: int) -> Any:
+    """A pooling layer (ResNet's stem, the chain model's): MaxPool of a [1, channels, size, size] plane."""
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("MaxPool", ["x"], ["y"], name=name, kernel_shape=[kernel, kernel], strides=[stride, stride],
+                            pads=[kernel // 2] * 4)
+    return helper.make_graph([node], name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, size, size])],
+                             [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+
+
 ELEMENTWISE = ("Add", "Mul", "Div", "Add/broadcast", "Mul/broadcast", "Relu", "Erf", "Sigmoid", "Softmax",
                "ReduceMean", "LayerNormalization", "Transpose", "Transpose/4d")
 
@@ -91,7 +101,7 @@ def _elementwise(rng: np.random.Generator, name: str, kind: str, shape: list[int
 
 def kernel_models(count: int, seed: int = 0) -> dict[str, Any]:
     """`count` single-node models (seeded): depthwise, grouped, pointwise and dense Convs, MatMuls on
-    a weight and of two activations, Gemms on a weight, and a few element-wise and layout ops, over sizes
+    a weight and of two activations, Gemms on a weight, MaxPools, and a few element-wise and layout ops, over sizes
     that span the models' (planes of 1-56 pixels a side, 8-512 channels; dense Convs of many channels on
     small planes, so that megabytes of weights are in the sample, as in ResNet-18's last stage; Gemms
     of 16-2048 inputs and outputs, as classifier heads and MLPs have)."""
@@ -104,7 +114,7 @@ def kernel_models(count: int, seed: int = 0) -> dict[str, Any]:
     models: dict[str, Any] = {}
     # Depthwise convolutions and the cheap ops twice as often: their costs vary most with shape.
     kinds = ("depthwise", "grouped", "pointwise", "dense", "matmul-weights", "matmul-activations", "elementwise",
-             "depthwise", "elementwise", "elementwise", "gemm")
+             "depthwise", "elementwise", "elementwise", "gemm", "maxpool")
     for index in range(count):
         kind = kinds[index % len(kinds)]
         name = f"{kind}-{index}"
@@ -122,6 +132,8 @@ def kernel_models(count: int, seed: int = 0) -> dict[str, Any]:
         elif kind == "dense":
             cap = 512 if size <= 7 else 128 if size <= 14 else 64  # big weights on small planes only: FLOPs stay small
             graph = _conv(rng, name, min(channels, cap), min(size, 28), 3, 1, stride)
+        elif kind == "maxpool":
+            graph = _maxpool(name, min(channels, 128), max(size, 4), int(rng.choice([2, 3])), stride)
         elif kind == "gemm":
             graph = _gemm(rng, name, int(2 ** rng.integers(0, 4)), int(2 ** rng.integers(4, 12)),
                           int(2 ** rng.integers(4, 12)))

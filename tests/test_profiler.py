@@ -275,8 +275,9 @@ def test_cli_predictor_fit_writes_the_fit_the_bench_scores(tmp_path: Path, bundl
     assert result.exit_code == 0, result.output
     fitted = LatencyPredictor.load(output)
     loaded = {str(path): load_profile_file(path) for path in paths}
-    stage_times = run_fit.measure_stage_times({name: Path(p.model) for name, p in loaded.items()}, 1)
-    expected = run_fit.fit_predictor(loaded, 1, fitted.reference, stage_times, run_fit.measure_kernel_times(1))
+    runs = run_fit.measure_runs({name: Path(p.model) for name, p in loaded.items()}, 1)
+    stage_times = runs["stages"]
+    expected = run_fit.fit_predictor(loaded, 1, fitted.reference, stage_times, runs["kernels"])
     assert fitted.to_dict() == expected.to_dict()
     assert {"Conv", "Gemm", "Relu"} <= set(fitted.op_types)
     assert fitted.fitted_on["threads"] == 1 and fitted.fitted_on["kernel_runs"] == run_fit.KERNEL_MODELS
