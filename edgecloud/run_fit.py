@@ -24,7 +24,7 @@ from edgecloud.calibration import canonical_model, layer_nodes, profile_samples,
 
 STAGES_PER_MODEL = 6
 STAGE_BLOCK_S = 0.01  # a stage is short: many rounds of short blocks, not a few long ones
-KERNEL_MODELS = 180  # fifteen rounds of the twelve kernel kinds
+KERNEL_MODELS = 210  # fifteen rounds of the fourteen kernel kinds
 RUN_ROUNDS = 8
 
 Run = tuple[list[NodeSample], float]
