@@ -12,9 +12,13 @@ one process of their own.
    (moving between the devices' cgroups), so that other processes' load falls on all alike. The noise floor
    of the same run: each device's even rounds against its odd rounds, and the reference measured again
    last (drift). A model whose noise exceeds ±10 % cannot be checked within ±10 %: the tables say so.
-3. Leave-one-model-out per thread count: fit without the model (its nodes and its whole-model time never
-   enter the fit), predict its whole run; "before" is the op-type-only predictor's sum of nodes.
-4. Held-out devices: reference = all threads; for each (model, device): fit without the model, calibrate
+3. The runs the fit learns from, per thread count, in ONE interleaved pass (`edgecloud.run_fit.measure_runs`):
+   every model's prefix stages (the last one is the whole model) and the single-kernel models.
+4. Leave-one-model-out per thread count: fit without the model (its nodes and its stage runs, the whole
+   run among them, never enter the fit), predict its whole run, scored against that run of the same
+   pass (noise: its even vs odd rounds) and, a second row, against the device pass's (minutes apart);
+   "before" is the op-type-only predictor's sum of nodes.
+5. Held-out devices: reference = all threads; for each (model, device): fit without the model, calibrate
    the device on at most 10 whole-model runs of *other* models there, predict ("both held out"); "model
    profiled" anchors that on the model's measured run on the reference (HELP's few-shot setting, and
    how `edgecloud plan --profile` prices other devices); "figures only" uses no run on the device.
@@ -49,6 +53,7 @@ from devices.predictor import (
     NodeSample,
     error_summary,
     held_out_device,
+    in_run,
     leave_one_model_out,
 )
 from devices.predictor.evaluation import Runs, fit_without
@@ -56,13 +61,12 @@ from devices.latency import BLOCKS, Condition, LatencyProtocol, measure_interlea
 from devices.profiler import ModelProfile, load_profile_file
 from devices.profiles import DeviceProfile
 from edgecloud.calibration import canonical_model, predictor_model_paths, profile_file, profile_samples
-from edgecloud.run_fit import StageTimes, kernel_runs, measure_kernel_times, measure_stage_times, stage_runs
+from edgecloud.run_fit import kernel_runs, measure_runs, stage_runs
 
 RESULTS = Path(__file__).parent / "results"
 PROFILES = RESULTS / "profiles"
 LATENCIES = RESULTS / "predictor_latencies.json"
-STAGES = RESULTS / "predictor_stages.json"
-KERNELS = RESULTS / "predictor_kernels.json"
+RUNS = RESULTS / "predictor_runs.json"
 CGROUP_ROOT = Path("/sys/fs/cgroup/cpu")
 AGAIN = "-again"
 # 10 ms CFS periods and 0.1 s blocks: a block spans ten periods. Measured here under load ~2 (fastest of
@@ -193,26 +197,31 @@ def model_profiles(paths: Mapping[str, Path], thread_counts: list[int], warmup: 
     return profiles
 
 
-def stage_latencies(paths: Mapping[str, Path], thread_counts: list[int], rounds: int, seed: int,
-                    reuse: bool) -> dict[str, StageTimes]:
-    """Per thread count and model: its prefix stages as [node ids, seconds of a run] (`edgecloud.run_fit`,
-    what the fit learns from), cached."""
-    if reuse and STAGES.is_file():
-        return json.loads(STAGES.read_text())
-    measured = {str(t): measure_stage_times(paths, t, max(rounds // 2, 2), seed) for t in thread_counts}
+def run_latencies(paths: Mapping[str, Path], thread_counts: list[int], rounds: int, seed: int,
+                  reuse: bool) -> dict[str, dict[str, Any]]:
+    """Per thread count: every model's prefix stages (the last one the whole model) and every single-kernel
+    model, measured in one interleaved pass (`edgecloud.run_fit.measure_runs`: what the fit learns from
+    and what leave-one-model-out is scored against), cached in RUNS."""
+    if reuse and RUNS.is_file():
+        return json.loads(RUNS.read_text())
+    measured = {}
+    for t in thread_counts:
+        measured[str(t)] = measure_runs(paths, t, rounds, seed) | {"load_average": os.getloadavg()}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    STAGES.write_text(json.dumps(measured) + "\n")
+    RUNS.write_text(json.dumps(measured) + "\n")
     return measured
 
 
-def kernel_latencies(thread_counts: list[int], rounds: int, seed: int, reuse: bool) -> dict[str, dict[str, float]]:
-    """Per thread count: the whole-run seconds of each single-kernel model (`edgecloud.run_fit`), cached."""
-    if reuse and KERNELS.is_file():
-        return json.loads(KERNELS.read_text())
-    measured = {str(t): measure_kernel_times(t, max(rounds // 2, 2), seed) for t in thread_counts}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    KERNELS.write_text(json.dumps(measured) + "\n")
-    return measured
+def whole_runs(runs: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
+    """Each model's whole run from a run pass (its last prefix stage: every node) and that run's noise
+    (its even against its odd rounds)."""
+    latencies, noise = {}, {}
+    for name, stages in runs["stages"].items():
+        last = max(range(len(stages)), key=lambda i: len(stages[i][0]))
+        latencies[name] = stages[last][1]
+        even, odd = runs["halves"][f"{name}#{last}"]
+        noise[name] = abs(even - odd) / min(even, odd)
+    return latencies, noise
 
 
 def device_latencies(devices: list[EmulatedDevice], paths: Mapping[str, Path], rounds: int, seed: int,
@@ -259,9 +268,9 @@ def worst_kernel(samples: list[NodeSample], predictor: LatencyPredictor, device:
     the model's."""
     scale = measured_s / max(sum(s.time_s for s in samples), 1e-12)
     by_kernel: dict[str, float] = {}
-    for s in samples:
+    for s in in_run(samples):
         parts = predictor.node_parts(s.op_type, s.flops, s.bytes_moved, s.param_bytes, device, s.kernel, s.groups,
-                                     s.im2col)
+                                     s.im2col, s.cold_share)
         by_kernel[s.kernel_class] = by_kernel.get(s.kernel_class, 0.0) + parts.work_s + parts.fixed_s - scale * s.time_s
     kernel = max(by_kernel, key=lambda k: abs(by_kernel[k]))
     return f"{kernel} {by_kernel[kernel] * 1e3:+.3f} ms"
@@ -278,8 +287,11 @@ def why(error: float, noise: float, miss: str) -> str:
 
 def lomo_report(console: Console, threads: int, samples: dict[str, list[NodeSample]], host: DeviceProfile,
                 latencies_s: dict[str, float], noise: dict[str, float], load_average: Any,
-                stages: Mapping[str, Runs], kernels: Runs) -> dict[str, Any]:
+                stages: Mapping[str, Runs], kernels: Runs, other_pass_s: Mapping[str, float]) -> dict[str, Any]:
+    """Scored against each model's whole run in the pass the fit's runs come from (`latencies_s`), and,
+    as a second row, against the device pass's whole-model run (`other_pass_s`, minutes apart)."""
     results = leave_one_model_out(samples, host, latencies_s, stages, kernels)
+    other = {r.model: abs(r.predicted_total_s - other_pass_s[r.model]) / other_pass_s[r.model] for r in results}
     calibrated = {r.model: abs(r.predicted_total_s - latencies_s[r.model]) / latencies_s[r.model]
                   for r in leave_one_model_out(samples, host, latencies_s)}
     plain = {name: [replace(s, kernel="") for s in group] for name, group in samples.items()}
@@ -287,8 +299,8 @@ def lomo_report(console: Console, threads: int, samples: dict[str, list[NodeSamp
               for r in leave_one_model_out(plain, host)}
     table = Table(title=f"leave-one-model-out, {threads} thread(s): whole-model latency of the held-out model "
                         f"(load average {load_average[0]:.2f})")
-    for column in ("held out", "nodes", "measured ms", "noise", "predicted ms", "error", "stage calibration only",
-                   "before", "why outside ±10 %"):
+    for column in ("held out", "nodes", "measured ms", "noise", "predicted ms", "error", "device pass ms", "error",
+                   "stage calibration only", "before", "why outside ±10 %"):
         table.add_column(column, justify="right")
     rows: dict[str, Any] = {}
     for r in results:
@@ -297,9 +309,11 @@ def lomo_report(console: Console, threads: int, samples: dict[str, list[NodeSamp
         reason = why(r.model_relative_error, noise[r.model], miss)
         rows[r.model] = {"nodes": len(r.node_relative_errors), "measured_s": r.measured_total_s,
                          "noise": noise[r.model], "predicted_s": r.predicted_total_s, "error": r.model_relative_error,
+                         "device_pass_s": other_pass_s[r.model], "device_pass_error": other[r.model],
                          "stage_calibration_error": calibrated[r.model], "before_error": before[r.model], "why": reason}
         table.add_row(r.model, str(len(r.node_relative_errors)), f"{r.measured_total_s * 1e3:.3f}", _pct(noise[r.model]),
-                      f"{r.predicted_total_s * 1e3:.3f}", _pct(r.model_relative_error), _pct(calibrated[r.model]),
+                      f"{r.predicted_total_s * 1e3:.3f}", _pct(r.model_relative_error),
+                      f"{other_pass_s[r.model] * 1e3:.3f}", _pct(other[r.model]), _pct(calibrated[r.model]),
                       _pct(before[r.model]), reason)
     console.print(table)
     summary = Table(title=f"leave-one-model-out, {threads} thread(s): summary over {len(results)} models")
@@ -307,11 +321,13 @@ def lomo_report(console: Console, threads: int, samples: dict[str, list[NodeSamp
         summary.add_column(column, justify="right")
     errors = [r.model_relative_error for r in results]
     summary.add_row("kernel classes, fitted on stage and kernel runs", *summary_cells(errors))
+    summary.add_row("the same, against the device pass's whole run", *summary_cells(list(other.values())))
     summary.add_row("kernel classes + stage calibration (previous)", *summary_cells(list(calibrated.values())))
     summary.add_row("before: op types, sum of nodes", *summary_cells(list(before.values())))
     summary.add_row("noise floor (same measurement, two halves)", *summary_cells(list(noise.values())))
     console.print(summary)
     return {"models": rows, "summary": error_summary(errors), "before": error_summary(list(before.values())),
+            "against_device_pass": error_summary(list(other.values())),
             "stage_calibration_only": error_summary(list(calibrated.values())),
             "noise_floor": error_summary(list(noise.values()))}
 
@@ -369,9 +385,11 @@ def device_report(console: Console, reference_threads: int, samples: dict[str, l
     return report
 
 
-def noise_report(console: Console, measured: dict[str, dict[str, Any]], all_cpus: int) -> dict[str, Any]:
+def noise_report(console: Console, measured: dict[str, dict[str, Any]], run_times: Mapping[str, Any],
+                 all_cpus: int) -> dict[str, Any]:
     """The noise floor of this run: per device, the two interleaved halves of its measurement; and the
-    reference measured again minutes later (drift of the machine's load)."""
+    reference measured again minutes later (drift of the machine's load); per run pass, its whole runs'
+    halves, and those whole runs against the device pass's (two passes, minutes apart)."""
     table = Table(title="noise floor of this run: |a - b| / min(a, b) over the models (no prediction can be "
                         "checked better)")
     for column in ("device", "compared", "load avg", *SUMMARY_COLUMNS):
@@ -381,6 +399,14 @@ def noise_report(console: Console, measured: dict[str, dict[str, Any]], all_cpus
         noise = split_half_noise(data)
         report[name] = error_summary(list(noise.values()))
         table.add_row(name, "even vs odd rounds", f"{data['load_average'][0]:.2f}", *summary_cells(list(noise.values())))
+    for threads, runs in run_times.items():
+        whole_s, noise = whole_runs(runs)
+        report[f"runs-{threads}thr"] = error_summary(list(noise.values()))
+        table.add_row(f"{threads}thr runs", "whole runs, even vs odd rounds", f"{runs['load_average'][0]:.2f}",
+                      *summary_cells(list(noise.values())))
+        passes = drift_noise(whole_s, measured[f"{threads}thr"]["latency_s"])
+        report[f"runs-vs-devices-{threads}thr"] = error_summary(list(passes.values()))
+        table.add_row(f"{threads}thr", "run pass vs device pass", "", *summary_cells(list(passes.values())))
     again = f"{all_cpus}thr{AGAIN}"
     if again in measured:
         drift = drift_noise(measured[f"{all_cpus}thr"]["latency_s"], measured[again]["latency_s"])
@@ -425,11 +451,10 @@ def main() -> None:
     measured = device_latencies(devices, paths, rounds, args.seed, args.reuse)
     hosts = {t: DeviceProfile.from_dict(measured[f"{t}thr"]["figures"]) for t in thread_counts}
     samples = {t: {name: profile_samples(profile, t) for name, profile in profiles.items()} for t in thread_counts}
-    stage_times = stage_latencies(paths, thread_counts, rounds, args.seed, args.reuse)
-    stages = {t: {name: stage_runs(profile, t, stage_times[str(t)][name]) for name, profile in profiles.items()}
+    run_times = run_latencies(paths, thread_counts, rounds, args.seed, args.reuse)
+    stages = {t: {name: stage_runs(profile, t, run_times[str(t)]["stages"][name]) for name, profile in profiles.items()}
               for t in thread_counts}
-    kernel_times = kernel_latencies(thread_counts, rounds, args.seed, args.reuse)
-    kernels = {t: kernel_runs(kernel_times[str(t)], args.seed) for t in thread_counts}
+    kernels = {t: kernel_runs(run_times[str(t)]["kernels"], args.seed) for t in thread_counts}
     report: dict[str, Any] = {"settings": vars(args) | {"rounds": rounds}, "load_average_at_start": start_load,
                               "idle_at_start": idle,
                               "devices": {name: {k: v for k, v in d.items() if k not in ("latency_s", "halves_s")}
@@ -445,17 +470,12 @@ def main() -> None:
                          *(f"{d['latency_s'][name] * 1e3:.3f}" for d in measured.values()), ", ".join(classes))
     console.print(overview)
 
-    report["noise_floor"] = noise_report(console, measured, all_cpus)
-    again = f"{all_cpus}thr{AGAIN}"
+    report["noise_floor"] = noise_report(console, measured, run_times, all_cpus)
     lomo = {}
     for t in thread_counts:
-        reference = measured[f"{t}thr"]
-        noise = split_half_noise(reference)
-        if t == all_cpus and again in measured:
-            drift = drift_noise(reference["latency_s"], measured[again]["latency_s"])
-            noise = {m: max(noise[m], drift[m]) for m in noise}
-        lomo[str(t)] = lomo_report(console, t, samples[t], hosts[t], reference["latency_s"], noise,
-                                   reference["load_average"], stages[t], kernels[t])
+        whole_s, noise = whole_runs(run_times[str(t)])
+        lomo[str(t)] = lomo_report(console, t, samples[t], hosts[t], whole_s, noise, run_times[str(t)]["load_average"],
+                                   stages[t], kernels[t], measured[f"{t}thr"]["latency_s"])
     report["lomo"] = lomo
     report["held_out_devices"] = device_report(console, all_cpus, samples[all_cpus], hosts[all_cpus], measured,
                                                stages[all_cpus], kernels[all_cpus])

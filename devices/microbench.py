@@ -59,7 +59,17 @@ def _matmul(rng: np.random.Generator, name: str, rows: int, inner: int, columns:
                              initializers)
 
 
-ELEMENTWISE = ("Add", "Mul", "Div", "Add/broadcast", "Mul/broadcast", "Relu", "Erf", "Sigmoid", "Softmax",
+def _maxpool(name: str, channels: int, size: int, kernel: int, stride: int) -> Any:
+    """A pooling layer (ResNet's stem, the chain model's): MaxPool of a [1, channels, size, size] plane."""
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("MaxPool", ["x"], ["y"], name=name, kernel_shape=[kernel, kernel], strides=[stride, stride],
+                            pads=[kernel // 2] * 4)
+    return helper.make_graph([node], name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, size, size])],
+                             [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+
+
+ELEMENTWISE = ("Add", "Mul", "Div", "Add/broadcast", "Mul/broadcast", "Relu", "Clip", "Erf", "Sigmoid", "Softmax",
                "ReduceMean", "LayerNormalization", "Transpose", "Transpose/4d")
 
 
@@ -76,6 +86,9 @@ def _elementwise(rng: np.random.Generator, name: str, kind: str, shape: list[int
         initializers = [vector] if variant == "broadcast" else []
     elif op_type == "LayerNormalization":
         inputs, initializers, attributes = ["x", "v"], [vector], {"axis": -1}
+    elif op_type == "Clip":  # ReLU6, as MobileNetV2 has it
+        bounds = [helper.make_tensor(n, TensorProto.FLOAT, [], [v]) for n, v in (("lo", 0.0), ("hi", 6.0))]
+        inputs, initializers = ["x", "lo", "hi"], bounds
     elif op_type in ("Softmax",):
         attributes = {"axis": -1}
     elif op_type == "ReduceMean":
@@ -91,7 +104,7 @@ def _elementwise(rng: np.random.Generator, name: str, kind: str, shape: list[int
 
 def kernel_models(count: int, seed: int = 0) -> dict[str, Any]:
     """`count` single-node models (seeded): depthwise, grouped, pointwise and dense Convs, MatMuls on
-    a weight and of two activations, Gemms on a weight, and a few element-wise and layout ops, over sizes
+    a weight and of two activations, Gemms on a weight, MaxPools, and a few element-wise and layout ops, over sizes
     that span the models' (planes of 1-56 pixels a side, 8-512 channels; dense Convs of many channels on
     small planes, so that megabytes of weights are in the sample, as in ResNet-18's last stage; Gemms
     of 16-2048 inputs and outputs, as classifier heads and MLPs have)."""
@@ -102,9 +115,11 @@ def kernel_models(count: int, seed: int = 0) -> dict[str, Any]:
         raise DeviceError("a kernel sample needs at least one model.")
     rng = np.random.default_rng(seed)
     models: dict[str, Any] = {}
-    # Depthwise convolutions and the cheap ops twice as often: their costs vary most with shape.
+    # Depthwise convolutions twice and the cheap ops five times as often: their costs vary most with
+    # shape, and above some size onnxruntime splits an element-wise op over its threads (a wake-up each).
     kinds = ("depthwise", "grouped", "pointwise", "dense", "matmul-weights", "matmul-activations", "elementwise",
-             "depthwise", "elementwise", "elementwise", "gemm")
+             "depthwise", "elementwise", "elementwise", "gemm", "maxpool", "elementwise", "elementwise")
+    elementwise = 0
     for index in range(count):
         kind = kinds[index % len(kinds)]
         name = f"{kind}-{index}"
@@ -122,6 +137,8 @@ def kernel_models(count: int, seed: int = 0) -> dict[str, Any]:
         elif kind == "dense":
             cap = 512 if size <= 7 else 128 if size <= 14 else 64  # big weights on small planes only: FLOPs stay small
             graph = _conv(rng, name, min(channels, cap), min(size, 28), 3, 1, stride)
+        elif kind == "maxpool":
+            graph = _maxpool(name, min(channels, 128), max(size, 4), int(rng.choice([2, 3])), stride)
         elif kind == "gemm":
             graph = _gemm(rng, name, int(2 ** rng.integers(0, 4)), int(2 ** rng.integers(4, 12)),
                           int(2 ** rng.integers(4, 12)))
@@ -130,8 +147,10 @@ def kernel_models(count: int, seed: int = 0) -> dict[str, Any]:
             heads = 1 if kind == "matmul-weights" else int(rng.choice([1, 2, 4, 8]))
             graph = _matmul(rng, name, rows, inner, columns, heads, kind == "matmul-weights")
         else:
-            kind = ELEMENTWISE[index % len(ELEMENTWISE)]  # 13 op kinds against a cycle of 10: all come round
-            graph = _elementwise(rng, name, kind, [1, int(2 ** rng.integers(1, 9)), int(2 ** rng.integers(2, 10))])
+            kind = ELEMENTWISE[elementwise % len(ELEMENTWISE)]  # each op kind in turn
+            elementwise += 1
+            # 8 B to 2 MB: the models' activations (ResNet-18's first ReLU is 0.5 MB)
+            graph = _elementwise(rng, name, kind, [1, int(2 ** rng.integers(1, 10)), int(2 ** rng.integers(1, 10))])
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET)])
         models[name] = onnx.shape_inference.infer_shapes(model, strict_mode=True)  # the output's shape filled in
     return models

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from devices.errors import DeviceError
-from devices.predictor import LatencyPredictor, NodeSample
+from devices.predictor import LatencyPredictor, NodeSample, cold_share
 from devices.profiler import DEFAULT_REPEATS, DEFAULT_WARMUP, ModelProfile, ThreadTiming, profile_threads
 from devices.profiles import DeviceProfile
 
@@ -78,9 +78,11 @@ def profile_samples(profile: ModelProfile, threads: int) -> list[NodeSample]:
 def predicted_node_times_s(graph: "LayerGraph", predictor: LatencyPredictor,
                            device: DeviceProfile) -> dict[str, float]:
     """Each layer's predicted seconds on `device`, from its DAG features."""
+    nodes = layer_nodes(graph)
+    share = cold_share(nodes.values())  # the layers run in one model: its weights compete for the cache
     return {node: predictor.predict(s.op_type, s.flops, s.bytes_moved, s.param_bytes, device, s.kernel, s.groups,
-                                    s.im2col)
-            for node, s in layer_nodes(graph).items()}
+                                    s.im2col, share)
+            for node, s in nodes.items()}
 
 
 def predicted_run_s(graph: "LayerGraph", predictor: LatencyPredictor, device: DeviceProfile) -> float:

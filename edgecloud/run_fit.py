@@ -24,11 +24,12 @@ from edgecloud.calibration import canonical_model, layer_nodes, profile_samples,
 
 STAGES_PER_MODEL = 6
 STAGE_BLOCK_S = 0.01  # a stage is short: many rounds of short blocks, not a few long ones
-KERNEL_MODELS = 165  # fifteen rounds of the eleven kernel kinds
+KERNEL_MODELS = 210  # fifteen rounds of the fourteen kernel kinds
 RUN_ROUNDS = 8
 
 Run = tuple[list[NodeSample], float]
 StageTimes = dict[str, list[list[Any]]]  # per model: [[node ids of the stage, seconds of one run], ...]
+_KERNEL = "kernel:"  # prefix of a single-kernel model among the runs of one pass
 
 
 def run_protocol(rounds: int = RUN_ROUNDS) -> LatencyProtocol:
@@ -36,14 +37,22 @@ def run_protocol(rounds: int = RUN_ROUNDS) -> LatencyProtocol:
     return LatencyProtocol(rounds=max(rounds, 2), min_block_s=STAGE_BLOCK_S, warmup_s=STAGE_BLOCK_S)
 
 
-def measure_stage_times(paths: Mapping[str, Path], threads: int, rounds: int = RUN_ROUNDS,
-                        seed: int = 0) -> StageTimes:
-    """Every model's prefix stages (`devices.stages`), measured in one interleaved pass over them all."""
+def measure_runs(paths: Mapping[str, Path], threads: int, rounds: int = RUN_ROUNDS,
+                 seed: int = 0) -> dict[str, Any]:
+    """Every model's prefix stages (`devices.stages`; the last is the whole model) and every
+    single-kernel model (`devices.microbench`), measured in ONE interleaved pass: measured in separate
+    passes minutes apart, the same whole model differed by up to 1.5x here (1 thread, a busy sibling
+    vCPU), and a fit on one pass scored against another measures the machine, not the predictor.
+    Returns {"stages": StageTimes, "kernels": {name: seconds}, "halves": {run: [even, odd]}}, the halves
+    being the same statistic over the even and over the odd rounds (the noise floor of each run)."""
     stages = {name: prefix_stages(canonical_model(path), STAGES_PER_MODEL) for name, path in paths.items()}
     keyed = {f"{name}#{i}": stage.model for name, group in stages.items() for i, stage in enumerate(group)}
+    keyed |= {_KERNEL + name: model for name, model in kernel_models(KERNEL_MODELS, seed).items()}
     runs = measure_latencies(keyed, threads, run_protocol(rounds), seed)
-    return {name: [[stage.nodes, runs[f"{name}#{i}"].latency_s] for i, stage in enumerate(group)]
-            for name, group in stages.items()}
+    return {"stages": {name: [[stage.nodes, runs[f"{name}#{i}"].latency_s] for i, stage in enumerate(group)]
+                       for name, group in stages.items()},
+            "kernels": {key.removeprefix(_KERNEL): m.latency_s for key, m in runs.items() if key.startswith(_KERNEL)},
+            "halves": {key: [m.even_s, m.odd_s] for key, m in runs.items()}}
 
 
 def stage_runs(profile: ModelProfile, threads: int, stages: list[list[Any]]) -> list[Run]:
@@ -55,12 +64,6 @@ def stage_runs(profile: ModelProfile, threads: int, stages: list[list[Any]]) -> 
     members = [set(attrs["members"]) for _, attrs in graph.dag.nodes(data=True)]
     return [([s for s, inside in zip(samples, members, strict=True) if inside <= set(nodes)], seconds)
             for nodes, seconds in stages]
-
-
-def measure_kernel_times(threads: int, rounds: int = RUN_ROUNDS, seed: int = 0) -> dict[str, float]:
-    """The whole-run seconds of each single-kernel model (`devices.microbench`)."""
-    measured = measure_latencies(kernel_models(KERNEL_MODELS, seed), threads, run_protocol(rounds), seed)
-    return {name: m.latency_s for name, m in measured.items()}
 
 
 def kernel_runs(times_s: Mapping[str, float], seed: int = 0) -> list[Run]:

@@ -27,6 +27,8 @@ from devices.predictor import (
     kernel_class,
     leave_one_model_out,
     op_type_of,
+    cold_share,
+    in_run,
     predict_node_time_s,
     roofline_features,
     roofline_time_s,
@@ -34,6 +36,7 @@ from devices.predictor import (
 )
 from devices.lookup import load_device
 from devices.predictor.evaluation import calibration_models
+from devices.predictor.model import CACHE_BYTES
 from devices.profiles import DeviceProfile
 
 REFERENCE = DeviceProfile("ref", peak_flops=1e11, memory_bandwidth_bytes_per_s=1e10, memory_bytes=2**30, threads=2)
@@ -94,7 +97,7 @@ def test_unknown_op_type_uses_the_pooled_model_and_never_crashes() -> None:
     predictor = LatencyPredictor.fit(synthetic_samples(0), REFERENCE)
     assert predictor.pooled is not None
     seconds = predictor.predict("MyCustomOp", 10**6, 10**5, 0, REFERENCE)
-    features = np.array([1e6 / 1e11, 1e5 / 1e10, 0.0, 1.0, 0.0, 0.0, 0.0])
+    features = np.array([1e6 / 1e11, 1e5 / 1e10, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0])
     assert seconds == pytest.approx(float(features @ predictor.pooled.as_vector()))
     assert seconds > 0
 
@@ -503,3 +506,40 @@ def test_a_device_calibration_learns_the_device_s_own_cost_per_kernel_dispatched
     path = tmp_path / "predictor.json"
     calibrated.save(path)
     assert LatencyPredictor.load(path).devices == calibrated.devices
+
+
+def test_cold_share_is_zero_while_a_runs_weights_fit_in_cache_and_grows_beyond() -> None:
+    small = [NodeSample("Conv", 10**6, 10**5 + 10**5, 10**5, 0.0)] * 3
+    big = [NodeSample("Conv", 10**6, 10**7 + 10**5, 10**7, 0.0)] * 3
+    assert cold_share(small) == 0.0 and cold_share([]) == 0.0
+    assert cold_share(big) == pytest.approx(1 - CACHE_BYTES / 3e7)
+    assert {s.cold_share for s in in_run(big)} == {cold_share(big)}
+
+
+def test_the_run_fit_learns_one_cold_weights_factor_for_every_class() -> None:
+    """Runs priced with an extra factor on weights that do not fit in cache: single kernels (hot) tell
+    the classes' own costs, many-node runs of dense Convs the factor; a held-out run of pointwise Convs
+    (seen only hot, alone) is then priced with it."""
+    truth = {"Conv/dense": TRUE["Conv"], "Conv/pointwise": replace(TRUE["Conv"], compute=4.0)}
+    cold_factor = 3.0
+    rng = np.random.default_rng(0)
+
+    def node(kernel: str) -> NodeSample:
+        params = int(10 ** rng.uniform(5, 6.5))
+        return NodeSample("Conv", int(10 ** rng.uniform(5, 7)), params + int(10 ** rng.uniform(4, 5)), params, 0.0, kernel)
+
+    def run_s(nodes: list[NodeSample]) -> float:
+        return sum(float(roofline_features(n.flops, n.bytes_moved, n.param_bytes, REFERENCE, REFERENCE, cold=n.cold_share)
+                         @ replace(truth[n.kernel], cold_params=cold_factor).as_vector()) for n in in_run(nodes)) + 5e-6
+
+    kernels = [[node(kernel)] for kernel in truth for _ in range(20)]
+    models = [[node("Conv/dense") for _ in range(12)] for _ in range(6)]
+    runs = [(nodes, run_s(nodes)) for nodes in kernels + models]
+    trace = LatencyPredictor.fit([replace(n, time_s=s / len(nodes)) for nodes, s in runs for n in nodes], REFERENCE)
+    fitted = trace.with_run_fit(runs)
+    assert fitted.op_types["Conv/pointwise"].cold_params == pytest.approx(cold_factor, rel=0.05)
+    held_out = [node("Conv/pointwise") for _ in range(12)]
+    assert cold_share(held_out) > 0.5
+    assert fitted.predict_stage_s(held_out, REFERENCE) == pytest.approx(run_s(held_out), rel=0.05)
+    without = replace(fitted, op_types={k: replace(c, cold_params=0.0) for k, c in fitted.op_types.items()})
+    assert abs(without.predict_stage_s(held_out, REFERENCE) / run_s(held_out) - 1) > 0.2

@@ -275,8 +275,9 @@ def test_cli_predictor_fit_writes_the_fit_the_bench_scores(tmp_path: Path, bundl
     assert result.exit_code == 0, result.output
     fitted = LatencyPredictor.load(output)
     loaded = {str(path): load_profile_file(path) for path in paths}
-    stage_times = run_fit.measure_stage_times({name: Path(p.model) for name, p in loaded.items()}, 1)
-    expected = run_fit.fit_predictor(loaded, 1, fitted.reference, stage_times, run_fit.measure_kernel_times(1))
+    runs = run_fit.measure_runs({name: Path(p.model) for name, p in loaded.items()}, 1)
+    stage_times = runs["stages"]
+    expected = run_fit.fit_predictor(loaded, 1, fitted.reference, stage_times, runs["kernels"])
     assert fitted.to_dict() == expected.to_dict()
     assert {"Conv", "Gemm", "Relu"} <= set(fitted.op_types)
     assert fitted.fitted_on["threads"] == 1 and fitted.fitted_on["kernel_runs"] == run_fit.KERNEL_MODELS
@@ -421,7 +422,10 @@ def test_kernel_models_sample_every_kernel_class_as_a_runnable_single_node_model
         if nodes[0].kernel == "Conv/depthwise":
             assert nodes[0].groups > 1
     assert {"Conv/depthwise", "Conv/grouped", "Conv/pointwise", "Conv/dense", "MatMul/weights",
-            "MatMul/activations", "Gemm/weights"} <= classes
+            "MatMul/activations", "Gemm/weights", "MaxPool"} <= classes
+    # The shipped sample's size: every element-wise kind comes round, ReLU6 (Clip) and pools among them.
+    op_types = {model.graph.node[0].op_type for model in kernel_models(run_fit.KERNEL_MODELS).values()}
+    assert {"MaxPool", "Clip", "Relu", "Add", "LayerNormalization", "Transpose", "Softmax"} <= op_types
     measured = measure_latencies(dict(list(models.items())[:3]), 1, LatencyProtocol(rounds=2, min_block_s=0.001,
                                                                                     warmup_s=0.0))
     assert all(m.latency_s > 0 for m in measured.values())

@@ -28,6 +28,8 @@ from devices.predictor.model import (
     OpCoefficients,
     StageCalibration,
     StageParts,
+    cold_share,
+    in_run,
     roofline_features,
     roofline_time_s,
 )
@@ -37,7 +39,7 @@ __all__ = [
     "DEFAULT_OVERHEAD_S", "DEFAULT_SHRINKAGE", "MAX_DEVICE_MEASUREMENTS", "PREDICTOR_FORMAT", "DeviceCalibration",
     "DevicePrediction",
     "HeldOutResult", "LatencyPredictor", "NodeSample", "OpCoefficients", "StageCalibration", "StageParts",
-    "error_summary", "fit_on_runs", "held_out_device", "kernel_class", "leave_one_model_out", "op_type_of", "predict_node_time_s",
+    "cold_share", "error_summary", "fit_on_runs", "held_out_device", "in_run", "kernel_class", "leave_one_model_out", "op_type_of", "predict_node_time_s",
     "relative_errors", "roofline_features", "roofline_time_s", "shipped_predictor", "shipped_predictor_path",
 ]
 
@@ -54,7 +56,8 @@ def shipped_predictor() -> LatencyPredictor:
 
 def predict_node_time_s(op_type: str, flops: int, bytes_moved: int, param_bytes: int,
                         device: DeviceProfile, kernel: str = "", groups: int = 1,
-                        im2col: tuple[int, int] = (0, 0)) -> float:
+                        im2col: tuple[int, int] = (0, 0), cold: float = 0.0) -> float:
     """Seconds a node takes on `device`, from the shipped model (`kernel`: its class, when known;
-    `groups`: a grouped Conv's groups; `im2col`: a Conv's column-buffer rows and elements)."""
-    return shipped_predictor().predict(op_type, flops, bytes_moved, param_bytes, device, kernel, groups, im2col)
+    `groups`: a grouped Conv's groups; `im2col`: a Conv's column-buffer rows and elements; `cold`: the
+    share of its run's weights that do not fit in cache, `cold_share`)."""
+    return shipped_predictor().predict(op_type, flops, bytes_moved, param_bytes, device, kernel, groups, im2col, cold)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from devices.errors import DeviceError
-from devices.predictor.model import MAX_DEVICE_MEASUREMENTS, LatencyPredictor, NodeSample, StageCalibration
+from devices.predictor.model import MAX_DEVICE_MEASUREMENTS, LatencyPredictor, NodeSample, StageCalibration, in_run
 from devices.profiles import DeviceProfile
 
 WITHIN = (0.05, 0.10)  # the field's reporting bands (nn-Meter, LitePred: share of models within ±10 %)
@@ -55,7 +55,7 @@ def fit_on_runs(samples_by_model: Mapping[str, Sequence[NodeSample]], reference:
     on every model but the held-out one): the trace fit over the models' profiled nodes, then refitted
     on their measured stage runs (`devices.stages`) and on `kernel_runs` (single-kernel models,
     `devices.microbench`). One function, so that the file shipped is the fit the bench scores."""
-    predictor = LatencyPredictor.fit([s for group in samples_by_model.values() for s in group], reference,
+    predictor = LatencyPredictor.fit([s for group in samples_by_model.values() for s in in_run(group)], reference,
                                      dict(fitted_on or {}))
     return predictor.with_run_fit([run for name in samples_by_model for run in stages_by_model[name]]
                                   + list(kernel_runs))
@@ -70,7 +70,7 @@ def fit_without(samples_by_model: Mapping[str, list[NodeSample]], reference: Dev
     train = {name: group for name, group in samples_by_model.items() if name != held_out}
     if stages_by_model is not None:
         return fit_on_runs(train, reference, stages_by_model, kernel_runs)
-    predictor = LatencyPredictor.fit([s for group in train.values() for s in group], reference)
+    predictor = LatencyPredictor.fit([s for group in train.values() for s in in_run(group)], reference)
     if latencies_s is not None:
         predictor = predictor.with_stage_calibration([(samples_by_model[name], latencies_s[name]) for name in train])
     return predictor
@@ -94,8 +94,8 @@ def leave_one_model_out(samples_by_model: Mapping[str, list[NodeSample]], refere
         # (which maps profiled kernels to a whole run, trace overhead out).
         nodes_only = replace(predictor, stage=StageCalibration())
         predicted = [nodes_only.predict(s.op_type, s.flops, s.bytes_moved, s.param_bytes, reference, s.kernel,
-                                       s.groups, s.im2col)
-                     for s in test]
+                                       s.groups, s.im2col, s.cold_share)
+                     for s in in_run(test)]
         if latencies_s is None:
             measured_s, total_s = sum(s.time_s for s in test), nodes_only.predict_stage_s(test, reference)
         else:

@@ -4,11 +4,15 @@ that is not at hand can be planned for from its DeviceProfile (and, better, a fe
 For a node of kernel class k (`devices.predictor.kernels`) on device D the model is
 
     work  = a_k * flops / peak_flops(D) + b_k * activation_bytes / bandwidth(D) + p_k * param_bytes / bandwidth(D)
+            + q_k * cold_share * param_bytes / bandwidth(D)
     fixed = (c_k + g_k * (groups - 1) + r_k * im2col_rows + e_k * im2col_elements) * overhead_scale(D)
     t     = u_D * s_w * work + v_D * s_f * fixed + w_D * overhead_scale(D)    (a node within a run)
     run   = sum(t) + v_D * h * overhead_scale(D)                               (a stage or the whole model)
 
-with non-negative coefficients: a, b, p dimensionless inefficiency factors, c_k seconds of fixed per-kernel
+with non-negative coefficients: a, b, p, q dimensionless inefficiency factors (q: weights that come from
+memory, not cache: `cold_share` is the share of a run's weights that cannot stay in CACHE_BYTES, so a
+kernel run alone with its 600 kB of weights hot in cache is not priced as the same kernel inside a model
+that streams 45 MB of weights through it every run), c_k seconds of fixed per-kernel
 cost on the reference device, g_k seconds per extra group (onnxruntime loops over a grouped Conv's
 groups; r_k, e_k seconds per row and per element of a grouped Conv's im2col, the serial copy that is
 most of a depthwise Conv's time, `partitioner.graph.kernel_classes.layer_im2col`); overhead_scale(D) =
@@ -52,7 +56,14 @@ DEFAULT_OVERHEAD_S = 5e-6  # fixed cost per kernel of a predictor that was never
 _TIME_FLOOR_S = 1e-6  # onnxruntime's trace has microsecond resolution: no sample weighs more than this
 # Units of the unknowns in a fit (fixed costs in microseconds), so that all columns are of order one.
 # Per im2col row and element: nanoseconds.
-FEATURE_UNITS = np.array([1.0, 1.0, 1.0, _TIME_FLOOR_S, _TIME_FLOOR_S, 1e-9, 1e-9])
+FEATURE_UNITS = np.array([1.0, 1.0, 1.0, _TIME_FLOOR_S, _TIME_FLOOR_S, 1e-9, 1e-9, 1.0])
+# Which features are work (scaled by a device's throughput) and which fixed cost (serial).
+_WORK = np.array([True, True, True, False, False, False, False, True])
+# The cache a run's weights compete for between two runs of the same node: this host's L2 per core
+# (2 MiB; a Raspberry Pi 4's shared L2 is 1 MiB). Measured here, 1 thread: a 3x3 Conv with 590 kB of
+# weights takes 225 µs run alone and 350 µs inside ResNet-18 (45 MB of weights a run); a pointwise Conv
+# with 615 kB, 20 µs alone against 120-190 µs inside MobileNetV2.
+CACHE_BYTES = 2 * 1024 * 1024
 MAX_DEVICE_MEASUREMENTS = 10  # the few-shot budget of a device calibration
 DEFAULT_RUN_FIT_STRENGTH = 0.01  # pull of the run fit towards the profiled coefficients
 DEVICE_PULL = 1e-4  # pull of a device calibration towards one common scale
@@ -72,6 +83,7 @@ class NodeSample:
     groups: int = 1  # inner kernel calls: a grouped or depthwise Conv's groups (one loop per channel)
     im2col_rows: int = 0  # a Conv's column-buffer copies (`partitioner.graph.kernel_classes.layer_im2col`)
     im2col_elements: int = 0  # and the elements they copy
+    cold_share: float = 0.0  # share of its weights read from memory in its run (`in_run`), not cache
 
     @property
     def kernel_class(self) -> str:
@@ -94,10 +106,11 @@ class OpCoefficients:
     per_group_s: float = 0.0  # fixed cost of each group after the first (reference seconds)
     per_row_s: float = 0.0  # of each im2col row (reference seconds; serial work)
     per_element_s: float = 0.0  # of each im2col element
+    cold_params: float = 0.0  # factor of the weight bytes that come from memory (`cold_share`)
 
     def as_vector(self) -> np.ndarray:
         return np.array([self.compute, self.activations, self.params, self.overhead_s, self.per_group_s,
-                         self.per_row_s, self.per_element_s])
+                         self.per_row_s, self.per_element_s, self.cold_params])
 
 
 @dataclass(frozen=True)
@@ -135,10 +148,26 @@ def _overhead_scale(reference: DeviceProfile, device: DeviceProfile) -> float:
     return (reference.peak_flops / reference.threads) / (device.peak_flops / device.threads)
 
 
+def cold_share(nodes: Iterable[NodeSample], cache_bytes: int = CACHE_BYTES) -> float:
+    """The share of a run's weights that cannot stay in `cache_bytes` between two runs of it: each
+    node's weights are evicted by the others' (a cyclic sweep through more than the cache)."""
+    weights = sum(node.param_bytes for node in nodes)
+    return max(0.0, 1.0 - cache_bytes / weights) if weights > 0 else 0.0
+
+
+def in_run(nodes: Iterable[NodeSample]) -> list[NodeSample]:
+    """The nodes as run together in one session run: each with the run's `cold_share`."""
+    nodes = list(nodes)
+    share = cold_share(nodes)
+    return [replace(node, cold_share=share) for node in nodes]
+
+
 def roofline_features(flops: int, bytes_moved: int, param_bytes: int, device: DeviceProfile,
-                      reference: DeviceProfile, groups: int = 1, im2col: tuple[int, int] = (0, 0)) -> np.ndarray:
+                      reference: DeviceProfile, groups: int = 1, im2col: tuple[int, int] = (0, 0),
+                      cold: float = 0.0) -> np.ndarray:
     """[compute time, activation time, parameter time, fixed-cost scale, that scale per extra group, per
-    im2col row, per im2col element] of a node on `device`. The per-group term is why a depthwise Conv is
+    im2col row, per im2col element, time of the weights read from memory (share `cold`)] of a node on
+    `device`. The per-group term is why a depthwise Conv is
     dear: onnxruntime loops over its channels, a fixed cost each; the im2col terms are that loop's body,
     one thread's copy (a depthwise Conv's one-row GEMM costs less than building its columns), so they
     scale like the fixed costs, with one thread's speed."""
@@ -146,7 +175,8 @@ def roofline_features(flops: int, bytes_moved: int, param_bytes: int, device: De
     activation_bytes = max(bytes_moved - param_bytes, 0)
     scale = _overhead_scale(reference, device)
     return np.array([flops / device.peak_flops, activation_bytes / bandwidth, param_bytes / bandwidth,
-                     scale, max(groups - 1, 0) * scale, im2col[0] * scale, im2col[1] * scale])
+                     scale, max(groups - 1, 0) * scale, im2col[0] * scale, im2col[1] * scale,
+                     cold * param_bytes / bandwidth])
 
 
 def roofline_time_s(flops: int, bytes_moved: int, device: DeviceProfile) -> float:
@@ -179,7 +209,7 @@ def _fit_group(group: list[NodeSample], reference: DeviceProfile, prior: OpCoeff
     about another (Concat of image tensors); without the prior its factors explode when extrapolated.
     """
     features = np.array([roofline_features(s.flops, s.bytes_moved, s.param_bytes, reference, reference, s.groups,
-                                           s.im2col) for s in group])
+                                           s.im2col, s.cold_share) for s in group])
     times = np.array([s.time_s for s in group])
     solution = relative_nnls(features * FEATURE_UNITS, times,
                              None if prior is None else prior.as_vector() / FEATURE_UNITS, shrinkage)
@@ -188,13 +218,13 @@ def _fit_group(group: list[NodeSample], reference: DeviceProfile, prior: OpCoeff
 
 def _from_vector(vector: np.ndarray, samples: int) -> OpCoefficients:
     """Coefficients from the order of `OpCoefficients.as_vector`."""
-    a, b, p, c, g, r, e = (float(x) for x in vector)
-    return OpCoefficients(a, b, p, c, samples, g, r, e)
+    a, b, p, c, g, r, e, q = (float(x) for x in vector)
+    return OpCoefficients(a, b, p, c, samples, g, r, e, q)
 
 
 def _scaled(coefficients: OpCoefficients, stage: StageCalibration) -> OpCoefficients:
     """Coefficients with a stage calibration's scales folded in (work factors and fixed cost)."""
-    scales = np.array([stage.work_scale] * 3 + [stage.fixed_scale] * 4)
+    scales = np.where(_WORK, stage.work_scale, stage.fixed_scale)
     return _from_vector(coefficients.as_vector() * scales, coefficients.samples)
 
 
@@ -202,7 +232,8 @@ def _coefficients_from_dict(data: dict[str, Any]) -> OpCoefficients:
     return OpCoefficients(compute=float(data["compute"]), activations=float(data["activations"]),
                           params=float(data["params"]), overhead_s=float(data["overhead_s"]),
                           samples=int(data["samples"]), per_group_s=float(data.get("per_group_s", 0.0)),
-                          per_row_s=float(data.get("per_row_s", 0.0)), per_element_s=float(data.get("per_element_s", 0.0)))
+                          per_row_s=float(data.get("per_row_s", 0.0)), per_element_s=float(data.get("per_element_s", 0.0)),
+                          cold_params=float(data.get("cold_params", 0.0)))
 
 
 def _groups(samples: Iterable[NodeSample], key: Any) -> dict[str, list[NodeSample]]:
@@ -263,15 +294,16 @@ class LatencyPredictor:
         return replace(head, overhead_s=head.overhead_s + overhead_s)
 
     def node_parts(self, op_type: str, flops: int, bytes_moved: int, param_bytes: int, device: DeviceProfile,
-                   kernel: str = "", groups: int = 1, im2col: tuple[int, int] = (0, 0)) -> StageParts:
+                   kernel: str = "", groups: int = 1, im2col: tuple[int, int] = (0, 0),
+                   cold: float = 0.0) -> StageParts:
         """A node's (work, fixed) seconds on `device`, stage calibration in, device calibration not."""
-        features = roofline_features(flops, bytes_moved, param_bytes, device, self.reference, groups, im2col)
+        features = roofline_features(flops, bytes_moved, param_bytes, device, self.reference, groups, im2col, cold)
         coefficients = self._coefficients_of(op_type, kernel)
         if coefficients is None:
             return StageParts(roofline_time_s(flops, bytes_moved, device), DEFAULT_OVERHEAD_S * features[3])
         vector = coefficients.as_vector()
-        work_s = float(features[:3] @ vector[:3])
-        fixed_s = float(features[3:] @ vector[3:])
+        work_s = float(features[_WORK] @ vector[_WORK])
+        fixed_s = float(features[~_WORK] @ vector[~_WORK])
         return StageParts(self.stage.work_scale * work_s, self.stage.fixed_scale * fixed_s)
 
     def _on_device_s(self, parts: StageParts, device: DeviceProfile) -> float:
@@ -283,19 +315,20 @@ class LatencyPredictor:
                 + calibration.per_node_s * parts.nodes * _overhead_scale(self.reference, device))
 
     def predict(self, op_type: str, flops: int, bytes_moved: int, param_bytes: int,
-                device: DeviceProfile, kernel: str = "", groups: int = 1, im2col: tuple[int, int] = (0, 0)) -> float:
+                device: DeviceProfile, kernel: str = "", groups: int = 1, im2col: tuple[int, int] = (0, 0),
+                cold: float = 0.0) -> float:
         """Seconds the node takes on `device` within a run of many nodes (`im2col`: a Conv's rows and
-        elements, `partitioner.graph.kernel_classes.layer_im2col`)."""
-        parts = self.node_parts(op_type, flops, bytes_moved, param_bytes, device, kernel, groups, im2col)
+        elements, `partitioner.graph.kernel_classes.layer_im2col`; `cold`: the run's `cold_share`)."""
+        parts = self.node_parts(op_type, flops, bytes_moved, param_bytes, device, kernel, groups, im2col, cold)
         return self._on_device_s(replace(parts, nodes=1), device)
 
     def stage_parts(self, nodes: Iterable[NodeSample], device: DeviceProfile) -> StageParts:
         """(work, fixed) seconds of one run of `nodes` (their times ignored), device calibration not in."""
         work_s = fixed_s = 0.0
         count = 0
-        for node in nodes:
+        for node in in_run(nodes):
             parts = self.node_parts(node.op_type, node.flops, node.bytes_moved, node.param_bytes, device, node.kernel,
-                                    node.groups, node.im2col)
+                                    node.groups, node.im2col, node.cold_share)
             work_s += parts.work_s
             fixed_s += parts.fixed_s
             count += 1
@@ -338,39 +371,47 @@ class LatencyPredictor:
         per-run cost; the unknowns are the coefficients of each kernel class and op type the runs use,
         pulled (with `strength`, in the units of `_fit_group`) towards their profiled values scaled by the
         stage calibration: the trace tells a class's shape, the runs its true cost. Coefficients no run
-        uses stay at those scaled values, and the stage calibration becomes the fitted per-run cost alone."""
+        uses stay at those scaled values, and the stage calibration becomes the fitted per-run cost alone.
+        The factor of weights read from memory (`cold_params`) is one for every class, fitted unpulled:
+        streaming weights is the memory's cost, and a model held out may be the only one whose dense
+        Convs stream megabytes (ResNet-18) while another's pointwise ones show the rate."""
         prior = self.with_stage_calibration(stages)
         keys = sorted({key for nodes, _ in stages for n in nodes
                        if (key := prior._fitted_key(n.op_type, n.kernel)) is not None})
         width = FEATURE_UNITS.size
         column = {key: width * i for i, key in enumerate(keys)}
+        cold = width - 1  # the cold-weights feature: its time goes to the shared column instead
         rows, targets = [], []
         for nodes, seconds in stages:
-            row, offset_s = np.zeros(width * len(keys) + 1), 0.0
-            for n in nodes:
+            row, offset_s = np.zeros(width * len(keys) + 2), 0.0
+            for n in in_run(nodes):
                 key = prior._fitted_key(n.op_type, n.kernel)
                 if key is None:  # priced by borrowing: its prediction is a fixed part of the run
                     offset_s += prior.predict(n.op_type, n.flops, n.bytes_moved, n.param_bytes, self.reference, n.kernel,
-                                              n.groups, n.im2col)
+                                              n.groups, n.im2col, n.cold_share)
                     continue
                 features = roofline_features(n.flops, n.bytes_moved, n.param_bytes, self.reference, self.reference,
-                                             n.groups, n.im2col)
-                row[column[key]:column[key] + width] += features * FEATURE_UNITS
+                                             n.groups, n.im2col, n.cold_share)
+                row[column[key]:column[key] + cold] += features[:cold] * FEATURE_UNITS[:cold]
+                row[-2] += features[cold] * FEATURE_UNITS[cold]
             row[-1] = _TIME_FLOOR_S
             rows.append(row)
             targets.append(max(seconds - offset_s, _TIME_FLOOR_S))
         start = np.concatenate([_scaled(self.op_types[key], prior.stage).as_vector() / FEATURE_UNITS for key in keys]
-                               + [np.array([prior.stage.per_run_s / _TIME_FLOOR_S])])
+                               + [np.array([0.0, prior.stage.per_run_s / _TIME_FLOOR_S])])
         penalty = np.full(start.size, strength)
-        penalty[-1] = 0.0
+        penalty[-2:] = 0.0
         solution = relative_nnls(np.array(rows), np.array(targets), start, penalty)
-        refitted = dict(self.op_types)
+        cold_params = float(solution[-2] * FEATURE_UNITS[cold])
+        refitted = {}
         for key in keys:
             vector = solution[column[key]:column[key] + width] * FEATURE_UNITS
-            refitted[key] = _from_vector(vector, self.op_types[key].samples)
-        unused = {key: _scaled(c, prior.stage) for key, c in self.op_types.items() if key not in column}
+            refitted[key] = replace(_from_vector(vector, self.op_types[key].samples), cold_params=cold_params)
+        unused = {key: replace(_scaled(c, prior.stage), cold_params=cold_params)
+                  for key, c in self.op_types.items() if key not in column}
         return replace(self, op_types=dict(sorted((refitted | unused).items())),
-                       pooled=None if self.pooled is None else _scaled(self.pooled, prior.stage),
+                       pooled=None if self.pooled is None else replace(_scaled(self.pooled, prior.stage),
+                                                                       cold_params=cold_params),
                        stage=StageCalibration(1.0, 1.0, float(solution[-1] * _TIME_FLOOR_S), len(stages)), devices={})
 
     def with_device_calibration(self, device: DeviceProfile, stages: Sequence[tuple[Sequence[NodeSample], float]],
@@ -418,7 +459,7 @@ class LatencyPredictor:
         return {
             "format": PREDICTOR_FORMAT,
             "model": "node = u*work_scale*(compute*flops/peak_flops + activations*activation_bytes/bw"
-                     " + params*param_bytes/bw) + v*fixed_scale*(overhead_s + per_group_s*(groups-1) + per_row_s*im2col_rows"
+                     " + params*param_bytes/bw + cold_params*cold_share*param_bytes/bw) + v*fixed_scale*(overhead_s + per_group_s*(groups-1) + per_row_s*im2col_rows"
                      " + per_element_s*im2col_elements)*(reference"
                      " flops per thread / device flops per thread) + w*(same scale); stage = sum(node) +"
                      " v*per_run_s*(same scale); u, v, w (per_node_s) per calibrated device (devices), else 1, 1, 0",

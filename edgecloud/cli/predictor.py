@@ -39,7 +39,7 @@ def fit(
     from devices.predictor import shipped_predictor_path
     from devices.profiler import load_profile_file
     from edgecloud.calibration import predictor_model_paths, profile_models
-    from edgecloud.run_fit import fit_predictor, measure_kernel_times, measure_stage_times
+    from edgecloud.run_fit import fit_predictor, measure_runs
 
     target = writable_output(output or shipped_predictor_path(), "--output")  # refused before profiling
     thread_count = threads or os.cpu_count() or 1
@@ -58,10 +58,8 @@ def fit(
         raise DeviceError(f"the profile {missing[0]} has no timing with {thread_count} thread(s) (--threads).")
     with Progress(transient=True) as progress:
         progress.add_task("timing the models' prefix stages and the single-kernel models", total=None)
-        stage_times = measure_stage_times({name: Path(p.model) for name, p in loaded.items()}, thread_count,
-                                          seed=seed)
-        kernel_times = measure_kernel_times(thread_count, seed=seed)
-    predictor = fit_predictor(loaded, thread_count, reference, stage_times, kernel_times, seed)
+        runs = measure_runs({name: Path(p.model) for name, p in loaded.items()}, thread_count, seed=seed)
+    predictor = fit_predictor(loaded, thread_count, reference, runs["stages"], runs["kernels"], seed)
     predictor.save(target)
 
     fitted = predictor.fitted_on
