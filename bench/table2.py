@@ -3,9 +3,9 @@
     python bench/table2.py            # 2 attacks x s in {1, 3, 5} x {repetition, cyclic, geomedian}: 18 runs, ~8 min
     python bench/table2.py --quick    # reverse-gradient attack, s in {1, 5} only: 6 runs, ~2.5 min
     python bench/table2.py --runner torch           # measured: 15 worker processes + the PS over gloo,
-                                                    # 2 attacks x s = 1 x 3 methods, to 88 % (long: ~30+ min)
+                                                    # 2 attacks x s = 1 x 3 methods, to 88 % (~10 min)
     python bench/table2.py --runner torch --quick   # reverse-gradient attack only: 3 runs
-    python bench/table2.py --runner torch --attacks reverse   # one attack's three methods (< 10 min runs)
+    python bench/table2.py --runner torch --attacks reverse   # one attack's three methods (~5 min)
     python bench/table2.py --runner mqtt --attacks reverse    # the same over a Mosquitto this bench starts
 (times on the 2-core development VM; torch on one thread).
 

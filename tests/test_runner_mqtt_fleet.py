@@ -171,3 +171,26 @@ def test_a_standing_fleet_serves_job_after_job_on_the_same_processes(broker_fact
     for run, config in zip((first, second), configs):
         expected = build_simulator(TrainJob("digits", "logistic", config)).run().params
         assert np.linalg.norm(run.result.params - expected) / np.linalg.norm(expected) < 1e-6
+
+
+def test_local_workers_share_the_hosts_cores_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each local worker gets its share of the cores as `--threads` (torch's default, all cores in every
+    process, oversubscribes the host), and `train-worker --threads N` sets torch's thread count before
+    it connects."""
+    import torch
+
+    from edgecloud.training.local_fleet import WorkerProcesses
+    from test_cli_bad_inputs import NO_BROKER
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    for n_workers, threads in ((2, "4"), (3, "2"), (16, "1")):
+        command = WorkerProcesses(n_workers, NO_BROKER, "default", ["--keep-serving"]).command("worker-0", Path("r"))
+        assert command[command.index("--threads") + 1] == threads and "--keep-serving" in command
+    before = torch.get_num_threads()
+    wanted = 1 if before > 1 else 2
+    try:
+        run_cli(["train-worker", "--broker", NO_BROKER, "--id", "0", "--threads", str(wanted)])
+        assert torch.get_num_threads() == wanted
+    finally:
+        torch.set_num_threads(before)
+    assert_one_error_line(*run_cli(["train-worker", "--broker", NO_BROKER, "--id", "0", "--threads", "0"]), "--threads")

@@ -21,7 +21,7 @@ import typer
 
 from edgecloud.cli import train as train_command
 from edgecloud.cli.broker_options import BrokerPasswordFile
-from edgecloud.cli.options import COUNT_MAX
+from edgecloud.cli.options import COUNT_MAX, THREADS_MAX
 from edgecloud.transport.topics import DEFAULT_DEPLOYMENT
 
 
@@ -57,11 +57,19 @@ def train_worker(
     keep_serving: Annotated[bool, typer.Option("--keep-serving", help="After a run, wait for the next server's job instead of exiting.")] = False,
     ready_file: Annotated[Optional[Path], typer.Option("--ready-file", help="Touch this file once connected and listening (for supervisors).")] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="Python logging level.")] = "INFO",
+    threads: Annotated[Optional[int], typer.Option(
+        "--threads", min=1, max=THREADS_MAX,
+        help="torch intra-op threads for the local steps (default: torch's, all cores); workers sharing one "
+             "host want cores / workers.")] = None,
 ) -> None:
     """Serve one worker's rounds until the server finishes or SIGINT/SIGTERM."""
     from edgecloud.cli.long_running import configure_logging, stop_on_signals
     from edgecloud.training.worker import TrainingWorker
 
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     configure_logging(log_level)
     stop = stop_on_signals()
     TrainingWorker(broker, worker_id, deployment, keep_serving, data_dir).run(stop, on_ready=lambda: ready_file.touch() if ready_file else None)

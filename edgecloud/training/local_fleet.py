@@ -8,6 +8,7 @@ deployment runs; the server runs in this process.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -21,14 +22,22 @@ from robust_training.errors import TrainingError
 from robust_training.simulator import RoundRecord
 
 
+def threads_per_worker(n_workers: int) -> int:
+    """Torch threads for each of `n_workers` processes on this host: its cores shared out, at least one.
+    Left at torch's default (all cores each), 8 workers on 2 cores ran 16 threads and their local steps
+    took 3x as long as the torch runner's one-thread workers (bench/training_runners.py, FC net)."""
+    return max(1, (os.cpu_count() or 1) // n_workers)
+
+
 class WorkerProcesses(AgentProcesses):
-    """`edgecloud train-worker` processes for workers 0..P-1, started and stopped as serving's agents are."""
+    """`edgecloud train-worker` processes for workers 0..P-1 on this host, started and stopped as serving's
+    agents are; each gets `--threads` = its share of the cores (`threads_per_worker`)."""
 
     def __init__(self, n_workers: int, broker_url: str | Mapping[str, str], deployment: str,
                  extra_args: Sequence[str] = (), log_level: str = "WARNING") -> None:
         """`broker_url`: one URL for all, or one per worker name (each its own login on a broker with an ACL)."""
-        super().__init__(Path(), [worker_name(w) for w in range(n_workers)], broker_url, deployment, extra_args,
-                         log_level)
+        super().__init__(Path(), [worker_name(w) for w in range(n_workers)], broker_url, deployment,
+                         ["--threads", str(threads_per_worker(n_workers)), *extra_args], log_level)
 
     def command(self, device: str, ready_file: Path) -> list[str]:
         url, _ = split_password(self.broker_urls[device])
