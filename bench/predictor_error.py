@@ -8,9 +8,9 @@ of its own together with the reference.
 1. Profiles every model per node (onnxruntime's trace) at 1 and all threads.
 2. Whole-model latency of every model on every device (`devices.latency`: the agents' session policy,
    warm-up, seeded interleaved rounds of short blocks, a low quantile of single runs; under a CPU quota
-   the fastest block of ten CFS periods): one fresh subprocess per held-out device, in which that device
-   and the reference (all threads, no quota) take turns round by round, so that other processes' load
-   falls on both alike and the device/reference ratio is of the same minutes. The noise floor of a pair:
+   the fastest block of ten CFS periods): per held-out device, one pass of two fresh processes, the
+   device's (staying in its quota cgroup) and the reference's (all threads, no quota), taking turns round
+   by round, so that other processes' load falls on both alike and the device/reference ratio is of the same minutes. The noise floor of a pair:
    the device's even rounds against its odd rounds, and the same for the reference of its pass; the
    reference's drift between the first and the last pass. A model whose noise exceeds ±10 % cannot be
    checked within ±10 %: the tables say so.
@@ -60,7 +60,7 @@ from devices.predictor import (
     leave_one_model_out,
 )
 from devices.predictor.evaluation import Runs, fit_without
-from devices.latency import BLOCKS, Condition, LatencyProtocol, measure_interleaved
+from devices.latency import BLOCKS, LatencyProtocol, RoundRunner
 from devices.profiler import ModelProfile, load_profile_file
 from devices.profiles import DeviceProfile
 from edgecloud.calibration import canonical_model, predictor_model_paths, profile_file, profile_samples
@@ -121,47 +121,62 @@ def _measured(device: EmulatedDevice, figures: DeviceProfile, measurements: Mapp
             "threads": device.threads, "cpu_share": device.cpu_share, "load_average": os.getloadavg()}
 
 
-def _measure_pass(reference: tuple[EmulatedDevice, str | None], device: tuple[EmulatedDevice, str | None],
-                  paths: dict[str, str], rounds: int, seed: int, results: Any) -> None:
-    """Subprocess body: one device and the reference, each one's figures inside its own cgroup, then every
-    model's latency on both, the two taking turns round by round (a fresh process per pass: only these
-    two devices' sessions exist in it)."""
-    models = {name: canonical_model(path) for name, path in paths.items()}
-    figures = {}
-    for emulated, cgroup in (reference, device):
-        if cgroup is not None:
-            _join(cgroup)()
-        figures[emulated.name] = measure_host(emulated.threads, seed)
-    conditions = [Condition(d.name, d.threads, d.protocol(rounds, seed), None if cgroup is None else _join(cgroup))
-                  for d, cgroup in (reference, device)]
-    measured = measure_interleaved(models, conditions, rounds, seed)
-    results.put({d.name: _measured(d, figures[d.name], measured[d.name], rounds, seed) for d, _ in (reference, device)})
+def _device_worker(device: EmulatedDevice, cgroup: str | None, paths: dict[str, str], rounds: int, seed: int,
+                   connection: Any) -> None:
+    """Subprocess body of one device: join its cgroup for good, measure its figures, build its sessions
+    (warm-up), then run one round each time the parent says so; at the end send its measurements."""
+    if cgroup is not None:
+        _join(cgroup)()
+    figures = measure_host(device.threads, seed)
+    runner = RoundRunner({name: canonical_model(path) for name, path in paths.items()}, device.threads,
+                         device.protocol(rounds, seed), seed)
+    connection.send("ready")
+    while connection.recv() == "round":
+        runner.run_round()
+        connection.send("done")
+    connection.send(_measured(device, figures, runner.measurements(), rounds, seed))
 
 
 def _run_pass(reference: tuple[EmulatedDevice, str | None], device: tuple[EmulatedDevice, str | None],
               paths: Mapping[str, Path], rounds: int, seed: int) -> dict[str, Any]:
+    """One device and the reference, each in a process of its own that stays in its cgroup, taking turns
+    round by round (only one runs at a time), so that the load of other processes falls on both alike."""
     context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=_measure_pass, args=(reference, device, {k: str(v) for k, v in paths.items()},
-                                                          rounds, seed, queue))
-    process.start()
+    workers = []
     try:
-        result = queue.get(timeout=3600)
-        process.join(timeout=60)
+        for emulated, cgroup in (reference, device):
+            parent, child = context.Pipe()
+            process = context.Process(target=_device_worker, args=(
+                emulated, cgroup, {k: str(v) for k, v in paths.items()}, rounds, seed, child))
+            process.start()
+            if parent.recv() != "ready":  # one at a time: the other's set-up is not timed alongside
+                raise RuntimeError(f"the {emulated.name} worker did not start")
+            workers.append((emulated, parent, process))
+        for _ in range(rounds):
+            for _, connection, _ in workers:
+                connection.send("round")
+                connection.recv()
+        results = {}
+        for emulated, connection, _ in workers:
+            connection.send("stop")
+            results[emulated.name] = connection.recv()
+        return results
     finally:
-        if process.is_alive():
-            process.kill()
-            process.join()
-    return result
+        for _, _, process in workers:
+            process.join(timeout=60)
+            if process.is_alive():
+                process.kill()
+                process.join()
 
 
 def measure_devices(devices: list[EmulatedDevice], paths: Mapping[str, Path], rounds: int,
                     seed: int) -> dict[str, dict[str, Any]]:
     """Each held-out device in a pass of its own, interleaved round by round with the reference
-    (`devices[0]`), in a fresh process (a fresh cgroup with the quota for a quota device, removed
-    afterwards). Why one pass per device: with every device interleaved in one process, moving between
-    four cgroups, the 2-thread sessions' two halves disagreed by up to 27 % (cause not found), so no
-    prediction for them could be checked within ±10 %. Each device's entry carries its own pass's
+    (`devices[0]`), each of the two in a fresh process that never changes cgroup (a fresh cgroup with
+    the quota for a quota device, removed afterwards). Why: with every device interleaved in one process
+    moving between four cgroups, the 2-thread sessions' two halves disagreed by up to 27 %; with one
+    process per pass moving between two (14:16 here, load 4-7), the reference's halves agreed within
+    ±10 % on 83 % of the models in the pass without a quota and on 25-58 % in the quota passes. Each device's entry carries its own pass's
     reference ("reference"); the reference's entry is the first pass's, and "reference_passes" every
     pass's reference latencies (their spread is the drift between passes)."""
     reference, held_out = devices[0], devices[1:]
