@@ -577,7 +577,8 @@ def test_the_run_fit_learns_how_streamed_weights_cost_more_at_low_reuse() -> Non
     fitted = trace.with_run_fit(runs)
     coefficients = fitted.op_types["Conv/pointwise"]
     assert coefficients.cold_reuse == pytest.approx(factors["cold_reuse"], rel=0.05)
-    assert coefficients.cold_params == pytest.approx(factors["cold_params"], rel=0.1)
+    # The plain factor trades with each class's own weight term (both price param_bytes): looser.
+    assert coefficients.cold_params == pytest.approx(factors["cold_params"], rel=0.2)
     held_out = [node("Conv/pointwise", 4) for _ in range(12)]
     assert fitted.predict_stage_s(held_out, REFERENCE) == pytest.approx(run_s(held_out), rel=0.05)
     without = replace(fitted, op_types={k: replace(c, cold_reuse=0.0) for k, c in fitted.op_types.items()})
