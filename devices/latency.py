@@ -158,6 +158,9 @@ class RoundRunner:
             self._blocks[name].append(_block(self._sessions[name], self._feeds[name], self.protocol.min_block_s))
 
     def measurements(self) -> dict[str, LatencyMeasurement]:
+        """Every model's figure and its two halves (even and odd rounds): at least two rounds run."""
+        if any(len(blocks) < 2 for blocks in self._blocks.values()):
+            raise DeviceError("a latency measurement needs at least 2 rounds (its two halves).")
         return {name: _measurement(self.protocol, blocks) for name, blocks in self._blocks.items()}
 
 

@@ -4,7 +4,7 @@ that is not at hand can be planned for from its DeviceProfile (and, better, a fe
 For a node of kernel class k (`devices.predictor.kernels`) on device D the model is
 
     work  = a_k * flops / peak_flops(D) + b_k * activation_bytes / bandwidth(D) + p_k * param_bytes / bandwidth(D)
-            + q_k * cold_share * param_bytes / bandwidth(D)
+            + q_k * cold_share * param_bytes / bandwidth(D) + z_k * cold_share * param_bytes / bandwidth(D) / reuse
     fixed = (c_k + g_k * (groups - 1) + r_k * im2col_rows + e_k * im2col_elements) * overhead_scale(D)
     t     = u_D * s_w * work + v_D * s_f * fixed + w_D * overhead_scale(D)    (a node within a run)
     run   = sum(t) + v_D * h * overhead_scale(D)                               (a stage or the whole model)
@@ -475,7 +475,7 @@ class LatencyPredictor:
         return {
             "format": PREDICTOR_FORMAT,
             "model": "node = u*work_scale*(compute*flops/peak_flops + activations*activation_bytes/bw"
-                     " + params*param_bytes/bw + cold_params*cold_share*param_bytes/bw) + v*fixed_scale*(overhead_s + per_group_s*(groups-1) + per_row_s*im2col_rows"
+                     " + params*param_bytes/bw + cold_params*cold_share*param_bytes/bw + cold_reuse*cold_share*param_bytes/bw/weight_reuse) + v*fixed_scale*(overhead_s + per_group_s*(groups-1) + per_row_s*im2col_rows"
                      " + per_element_s*im2col_elements)*(reference"
                      " flops per thread / device flops per thread) + w*(same scale); stage = sum(node) +"
                      " v*per_run_s*(same scale); u, v, w (per_node_s) per calibrated device (devices), else 1, 1, 0",
