@@ -2,16 +2,18 @@
 
 Models: every bundled model plus the real architectures of `partitioner.models.real_models` (hf-*).
 Devices: this host at the reference thread count (per-node profiles), and emulated devices it never
-profiled per node: other thread counts and a cgroup v1 CPU quota (a slower core), measured together in
-one process of their own.
+profiled per node: other thread counts and a cgroup v1 CPU quota (a slower core), each measured in a pass
+of its own together with the reference.
 
 1. Profiles every model per node (onnxruntime's trace) at 1 and all threads.
 2. Whole-model latency of every model on every device (`devices.latency`: the agents' session policy,
    warm-up, seeded interleaved rounds of short blocks, a low quantile of single runs; under a CPU quota
-   the fastest block of ten CFS periods), every device in one subprocess, interleaved round by round
-   (moving between the devices' cgroups), so that other processes' load falls on all alike. The noise floor
-   of the same run: each device's even rounds against its odd rounds, and the reference measured again
-   last (drift). A model whose noise exceeds ±10 % cannot be checked within ±10 %: the tables say so.
+   the fastest block of ten CFS periods): per held-out device, one pass of two fresh processes, the
+   device's (staying in its quota cgroup) and the reference's (all threads, no quota), taking turns round
+   by round, so that other processes' load falls on both alike and the device/reference ratio is of the same minutes. The noise floor of a pair:
+   the device's even rounds against its odd rounds, and the same for the reference of its pass; the
+   reference's drift between the first and the last pass. A model whose noise exceeds ±10 % cannot be
+   checked within ±10 %: the tables say so.
 3. The runs the fit learns from, per thread count, in ONE interleaved pass (`edgecloud.run_fit.measure_runs`):
    every model's prefix stages (the last one is the whole model) and the single-kernel models.
 4. Leave-one-model-out per thread count: fit without the model (its nodes and its stage runs, the whole
@@ -28,6 +30,7 @@ Every table reports the share within ±10 % and ±5 %, median and p90 error, and
     PYTHONPATH=. /work/main/.venv/bin/python bench/predictor_error.py            # every emulated device, ~3-4 min
     PYTHONPATH=. /work/main/.venv/bin/python bench/predictor_error.py --wait-idle 1800   # the idle-machine reference
     PYTHONPATH=. /work/main/.venv/bin/python bench/predictor_error.py --reuse    # re-use profiles and latencies
+    PYTHONPATH=. /work/main/.venv/bin/python bench/predictor_error.py --remeasure devices   # only the device passes
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ from devices.predictor import (
     leave_one_model_out,
 )
 from devices.predictor.evaluation import Runs, fit_without
-from devices.latency import BLOCKS, Condition, LatencyProtocol, measure_interleaved, measure_latencies
+from devices.latency import BLOCKS, LatencyProtocol, RoundRunner
 from devices.profiler import ModelProfile, load_profile_file
 from devices.profiles import DeviceProfile
 from edgecloud.calibration import canonical_model, predictor_model_paths, profile_file, profile_samples
@@ -68,13 +71,13 @@ PROFILES = RESULTS / "profiles"
 LATENCIES = RESULTS / "predictor_latencies.json"
 RUNS = RESULTS / "predictor_runs.json"
 CGROUP_ROOT = Path("/sys/fs/cgroup/cpu")
-AGAIN = "-again"
 # 10 ms CFS periods and 0.1 s blocks: a block spans ten periods. Measured here under load ~2 (fastest of
 # 10 blocks of 50 ms, 50 % of one CPU): 2 ms periods gave 2.6x for a nominal 2x and halves 13 % apart;
 # 10 ms gave 1.84x and 6 %; quota lost while another process holds the core is part of the device.
 CFS_PERIOD_US = 10_000
 QUOTA_BLOCK_S = 0.1
-IDLE_LOAD = 0.5  # 1-minute load average below which the machine counts as idle
+IDLE_LOAD = 0.5
+MEASUREMENTS = ("profiles", "devices", "runs")  # the parts a run measures, each cached in bench/results/  # 1-minute load average below which the machine counts as idle
 logger = logging.getLogger(__name__)
 
 
@@ -95,13 +98,13 @@ class EmulatedDevice:
 
 
 def emulated_devices(all_cpus: int, quick: bool = False) -> list[EmulatedDevice]:
-    """The reference thread counts, slower devices (CPU quotas), and the reference measured again last:
-    its disagreement with the first pass, minutes apart, is the drift part of the noise floor."""
-    devices = [EmulatedDevice(f"{t}thr", t) for t in sorted({1, all_cpus})]
+    """The reference (all threads, no quota) first, then the devices held out: fewer threads and slower
+    devices (CPU quotas)."""
+    devices = [EmulatedDevice(f"{t}thr", t) for t in sorted({all_cpus, 1}, reverse=True)]
     slower = [EmulatedDevice("1thr-50pct", 1, 0.5)] if quick else [
         EmulatedDevice("1thr-50pct", 1, 0.5), EmulatedDevice("1thr-25pct", 1, 0.25),
         EmulatedDevice(f"{all_cpus}thr-50pct", all_cpus, 0.5 * all_cpus)]
-    return devices + slower + [EmulatedDevice(f"{all_cpus}thr{AGAIN}", all_cpus)]
+    return devices + slower
 
 
 def _join(cgroup: str) -> Callable[[], None]:
@@ -109,74 +112,94 @@ def _join(cgroup: str) -> Callable[[], None]:
     return lambda: (Path(cgroup) / "cgroup.procs").write_text(str(os.getpid()))
 
 
-def _measure_devices(devices: list[tuple[EmulatedDevice, str | None]], again: EmulatedDevice | None,
-                     paths: dict[str, str], rounds: int, seed: int, results: Any) -> None:
-    """Subprocess body: each device's figures inside its cgroup, then every device's latencies
-    interleaved round by round (moving between the cgroups), then the reference again (drift)."""
-    models = {name: canonical_model(path) for name, path in paths.items()}
-    figures = {}
-    for device, cgroup in devices:
-        if cgroup is not None:
-            _join(cgroup)()
-        figures[device.name] = measure_host(device.threads, seed).to_dict()
-    conditions = [Condition(d.name, d.threads, d.protocol(rounds, seed), None if cgroup is None else _join(cgroup))
-                  for d, cgroup in devices]
-    passes = measure_interleaved(models, conditions, rounds, seed)
-    load_average = os.getloadavg()
-    if again is not None:
-        if any(cgroup is not None for _, cgroup in devices):
-            _join(str(CGROUP_ROOT))()
-        passes[again.name] = measure_latencies(models, again.threads, again.protocol(rounds, seed), seed)
-        figures[again.name] = figures[f"{again.threads}thr"]
-    every = [d for d, _ in devices] + ([again] if again is not None else [])
-    results.put({d.name: {"figures": figures[d.name], "protocol": asdict(d.protocol(rounds, seed)),
-                          "latency_s": {name: m.latency_s for name, m in passes[d.name].items()},
-                          "halves_s": {name: [m.even_s, m.odd_s] for name, m in passes[d.name].items()},
-                          "runs": {name: m.runs for name, m in passes[d.name].items()},
-                          "threads": d.threads, "cpu_share": d.cpu_share,
-                          "load_average": os.getloadavg() if d is again else load_average}
-                 for d in every})
+def _measured(device: EmulatedDevice, figures: DeviceProfile, measurements: Mapping[str, Any], rounds: int,
+              seed: int) -> dict[str, Any]:
+    return {"figures": figures.to_dict(), "protocol": asdict(device.protocol(rounds, seed)),
+            "latency_s": {name: m.latency_s for name, m in measurements.items()},
+            "halves_s": {name: [m.even_s, m.odd_s] for name, m in measurements.items()},
+            "runs": {name: m.runs for name, m in measurements.items()},
+            "threads": device.threads, "cpu_share": device.cpu_share, "load_average": os.getloadavg()}
+
+
+def _device_worker(device: EmulatedDevice, cgroup: str | None, paths: dict[str, str], rounds: int, seed: int,
+                   connection: Any) -> None:
+    """Subprocess body of one device: join its cgroup for good, measure its figures, build its sessions
+    (warm-up), then run one round each time the parent says so; at the end send its measurements."""
+    if cgroup is not None:
+        _join(cgroup)()
+    figures = measure_host(device.threads, seed)
+    runner = RoundRunner({name: canonical_model(path) for name, path in paths.items()}, device.threads,
+                         device.protocol(rounds, seed), seed)
+    connection.send("ready")
+    while connection.recv() == "round":
+        runner.run_round()
+        connection.send("done")
+    connection.send(_measured(device, figures, runner.measurements(), rounds, seed))
+
+
+def _run_pass(reference: tuple[EmulatedDevice, str | None], device: tuple[EmulatedDevice, str | None],
+              paths: Mapping[str, Path], rounds: int, seed: int) -> dict[str, Any]:
+    """One device and the reference, each in a process of its own that stays in its cgroup, taking turns
+    round by round (only one runs at a time), so that the load of other processes falls on both alike."""
+    context = multiprocessing.get_context("spawn")
+    workers = []
+    try:
+        for emulated, cgroup in (reference, device):
+            parent, child = context.Pipe()
+            process = context.Process(target=_device_worker, args=(
+                emulated, cgroup, {k: str(v) for k, v in paths.items()}, rounds, seed, child))
+            process.start()
+            if parent.recv() != "ready":  # one at a time: the other's set-up is not timed alongside
+                raise RuntimeError(f"the {emulated.name} worker did not start")
+            workers.append((emulated, parent, process))
+        for _ in range(rounds):
+            for _, connection, _ in workers:
+                connection.send("round")
+                connection.recv()
+        results = {}
+        for emulated, connection, _ in workers:
+            connection.send("stop")
+            results[emulated.name] = connection.recv()
+        return results
+    finally:
+        for _, _, process in workers:
+            process.join(timeout=60)
+            if process.is_alive():
+                process.kill()
+                process.join()
 
 
 def measure_devices(devices: list[EmulatedDevice], paths: Mapping[str, Path], rounds: int,
                     seed: int) -> dict[str, dict[str, Any]]:
-    """Every device's figures and every model's whole-model latency, measured interleaved in one process
-    of its own (a fresh cgroup with the quota per quota device, removed afterwards); the devices named
-    `...-again` are measured once more after the others."""
-    again = next((d for d in devices if d.name.endswith(AGAIN)), None)
-    created: list[Path] = []
-    pairs: list[tuple[EmulatedDevice, str | None]] = []
+    """Each held-out device in a pass of its own, interleaved round by round with the reference
+    (`devices[0]`), each of the two in a fresh process that never changes cgroup (a fresh cgroup with
+    the quota for a quota device, removed afterwards). Why: with every device interleaved in one process
+    moving between four cgroups, the 2-thread sessions' two halves disagreed by up to 27 %; with one
+    process per pass moving between two (14:16 here, load 4-7), the reference's halves agreed within
+    ±10 % on 83 % of the models in the pass without a quota and on 25-58 % in the quota passes. Each device's entry carries its own pass's
+    reference ("reference"); the reference's entry is the first pass's, and "reference_passes" every
+    pass's reference latencies (their spread is the drift between passes)."""
+    reference, held_out = devices[0], devices[1:]
     root = str(CGROUP_ROOT) if cgroup_writable() else None  # no quota devices without it
-    try:
-        for device in devices:
-            if device is again:
-                continue
-            cgroup = root
+    measured: dict[str, dict[str, Any]] = {}
+    passes: dict[str, dict[str, float]] = {}
+    for device in held_out:
+        quota = None
+        try:
             if device.cpu_share is not None:
                 quota = CGROUP_ROOT / f"edgecloud-predictor-{os.getpid()}-{device.name}"
                 quota.mkdir()
-                created.append(quota)
                 (quota / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
                 (quota / "cpu.cfs_quota_us").write_text(str(int(device.cpu_share * CFS_PERIOD_US)))
-                cgroup = str(quota)
-            pairs.append((device, cgroup))
-        context = multiprocessing.get_context("spawn")
-        queue = context.Queue()
-        process = context.Process(target=_measure_devices, args=(
-            pairs, again, {k: str(v) for k, v in paths.items()}, rounds, seed, queue))
-        process.start()
-        try:
-            result = queue.get(timeout=3600)
-            process.join(timeout=60)
+            result = _run_pass((reference, root), (device, root if quota is None else str(quota)), paths, rounds, seed)
         finally:
-            if process.is_alive():
-                process.kill()
-                process.join()
-    finally:
-        for cgroup in created:
-            if cgroup.exists():
-                cgroup.rmdir()
-    return result
+            if quota is not None and quota.exists():
+                quota.rmdir()
+        measured[device.name] = result[device.name] | {"reference": result[reference.name]}
+        measured.setdefault(reference.name, result[reference.name])
+        passes[device.name] = result[reference.name]["latency_s"]
+    measured[reference.name]["reference_passes"] = passes
+    return measured
 
 
 def cgroup_writable() -> bool:
@@ -340,7 +363,6 @@ def device_report(console: Console, reference_threads: int, samples: dict[str, l
                   reference: DeviceProfile, measured: dict[str, dict[str, Any]], stages: Mapping[str, Runs],
                   kernels: Runs) -> dict[str, Any]:
     reference_name = f"{reference_threads}thr"
-    reference_noise = split_half_noise(measured[reference_name])
     report: dict[str, Any] = {}
     pooled: dict[str, list[float]] = {setting: [] for setting in [*SETTINGS, "noise"]}
     per_device = Table(title=f"held-out devices: reference {reference_name}; few-shot = at most {MAX_DEVICE_MEASUREMENTS} "
@@ -348,10 +370,11 @@ def device_report(console: Console, reference_threads: int, samples: dict[str, l
     for column in ("device", "setting", "load avg", "pairs", *SUMMARY_COLUMNS):
         per_device.add_column(column, justify="right")
     for name, data in measured.items():
-        if name == reference_name or name.endswith(AGAIN):
+        if name == reference_name:
             continue
         device = replace(DeviceProfile.from_dict(data["figures"]), name=f"emulated-{name}")
-        results = held_out_device(samples, reference, measured[reference_name]["latency_s"], device,
+        reference_noise = split_half_noise(data["reference"])  # the reference of this device's own pass
+        results = held_out_device(samples, reference, data["reference"]["latency_s"], device,
                                   data["latency_s"], stages_by_model=stages, kernel_runs=kernels)
         errors = {setting: {m: abs(getattr(r, setting) - r.measured_s) / r.measured_s for m, r in results.items()}
                   for setting in SETTINGS}
@@ -407,11 +430,18 @@ def noise_report(console: Console, measured: dict[str, dict[str, Any]], run_time
         passes = drift_noise(whole_s, measured[f"{threads}thr"]["latency_s"])
         report[f"runs-vs-devices-{threads}thr"] = error_summary(list(passes.values()))
         table.add_row(f"{threads}thr", "run pass vs device pass", "", *summary_cells(list(passes.values())))
-    again = f"{all_cpus}thr{AGAIN}"
-    if again in measured:
-        drift = drift_noise(measured[f"{all_cpus}thr"]["latency_s"], measured[again]["latency_s"])
+    for name, data in measured.items():
+        if "reference" in data:
+            noise = split_half_noise(data["reference"])
+            report[f"reference-in-{name}"] = error_summary(list(noise.values()))
+            table.add_row(f"{all_cpus}thr", f"even vs odd rounds, in the {name} pass",
+                          f"{data['reference']['load_average'][0]:.2f}", *summary_cells(list(noise.values())))
+    passes = list(measured[f"{all_cpus}thr"].get("reference_passes", {}).items())
+    if len(passes) > 1:
+        drift = drift_noise(passes[0][1], passes[-1][1])
         report["drift"] = error_summary(list(drift.values()))
-        table.add_row(f"{all_cpus}thr", f"first vs {again} pass", "", *summary_cells(list(drift.values())))
+        table.add_row(f"{all_cpus}thr", f"{passes[0][0]} pass vs {passes[-1][0]} pass (drift)", "",
+                      *summary_cells(list(drift.values())))
     console.print(table)
     return report
 
@@ -437,7 +467,10 @@ def main() -> None:
                         help=f"first wait up to this long for a load average below {IDLE_LOAD} (the idle reference run)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reuse", action="store_true", help="re-use the profiles and latencies of a previous run")
+    parser.add_argument("--remeasure", action="append", choices=MEASUREMENTS, default=[],
+                        help="with --reuse implied: measure this part again, re-use the others (repeatable)")
     args = parser.parse_args()
+    fresh = set(args.remeasure) if args.remeasure else (set() if args.reuse else set(MEASUREMENTS))
     console = Console(width=220)
     all_cpus = os.cpu_count() or 1
     thread_counts = sorted({1, all_cpus})
@@ -446,12 +479,12 @@ def main() -> None:
     start_load = os.getloadavg()
 
     paths = predictor_model_paths(args.seed)
-    profiles = model_profiles(paths, thread_counts, args.warmup, args.repeats, args.seed, args.reuse)
+    profiles = model_profiles(paths, thread_counts, args.warmup, args.repeats, args.seed, "profiles" not in fresh)
     devices = emulated_devices(all_cpus, args.quick)
-    measured = device_latencies(devices, paths, rounds, args.seed, args.reuse)
+    measured = device_latencies(devices, paths, rounds, args.seed, "devices" not in fresh)
     hosts = {t: DeviceProfile.from_dict(measured[f"{t}thr"]["figures"]) for t in thread_counts}
     samples = {t: {name: profile_samples(profile, t) for name, profile in profiles.items()} for t in thread_counts}
-    run_times = run_latencies(paths, thread_counts, rounds, args.seed, args.reuse)
+    run_times = run_latencies(paths, thread_counts, rounds, args.seed, "runs" not in fresh)
     stages = {t: {name: stage_runs(profile, t, run_times[str(t)]["stages"][name]) for name, profile in profiles.items()}
               for t in thread_counts}
     kernels = {t: kernel_runs(run_times[str(t)]["kernels"], args.seed) for t in thread_counts}

@@ -130,6 +130,40 @@ def measure_interleaved(models: dict[str, Any], conditions: Sequence[Condition],
             for c in conditions}
 
 
+class RoundRunner:
+    """One condition's sessions of every model, run round by round on request: what a process standing
+    for one device (staying in its cgroup) runs while another process runs the reference, the two taking
+    turns (`bench/predictor_error.py`). Why not `measure_interleaved` with a cgroup move per turn: moving
+    a process between quota cgroups every round disturbed the 2-thread sessions (their two halves
+    disagreed by up to 27 % here)."""
+
+    def __init__(self, models: dict[str, Any], threads: int, protocol: LatencyProtocol, seed: int = 0) -> None:
+        if threads < 1:
+            raise DeviceError("threads must be at least 1.")
+        loaded = {name: load_model(model) for name, model in models.items()}
+        self.protocol = protocol
+        self._feeds = {name: random_inputs(model, seed) for name, model in loaded.items()}
+        self._sessions = {name: make_session(model.SerializeToString(), threads, optimize=False)
+                          for name, model in loaded.items()}
+        self._blocks: dict[str, list[list[float]]] = {name: [] for name in loaded}
+        self._order = list(loaded)
+        self._shuffle = random.Random(seed)
+        for name in self._order:
+            _block(self._sessions[name], self._feeds[name], protocol.warmup_s)
+
+    def run_round(self) -> None:
+        """Every model one block, in a seeded shuffled order."""
+        self._shuffle.shuffle(self._order)
+        for name in self._order:
+            self._blocks[name].append(_block(self._sessions[name], self._feeds[name], self.protocol.min_block_s))
+
+    def measurements(self) -> dict[str, LatencyMeasurement]:
+        """Every model's figure and its two halves (even and odd rounds): at least two rounds run."""
+        if any(len(blocks) < 2 for blocks in self._blocks.values()):
+            raise DeviceError("a latency measurement needs at least 2 rounds (its two halves).")
+        return {name: _measurement(self.protocol, blocks) for name, blocks in self._blocks.items()}
+
+
 def _measurement(protocol: LatencyProtocol, blocks: list[list[float]]) -> LatencyMeasurement:
     return LatencyMeasurement(protocol.estimate_s(blocks), protocol.estimate_s(blocks[0::2]),
                               protocol.estimate_s(blocks[1::2]), sum(len(block) for block in blocks))

@@ -32,6 +32,7 @@ from devices.predictor import (
     predict_node_time_s,
     roofline_features,
     roofline_time_s,
+    weight_reuse,
     shipped_predictor,
 )
 from devices.lookup import load_device
@@ -97,7 +98,7 @@ def test_unknown_op_type_uses_the_pooled_model_and_never_crashes() -> None:
     predictor = LatencyPredictor.fit(synthetic_samples(0), REFERENCE)
     assert predictor.pooled is not None
     seconds = predictor.predict("MyCustomOp", 10**6, 10**5, 0, REFERENCE)
-    features = np.array([1e6 / 1e11, 1e5 / 1e10, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0])
+    features = np.array([1e6 / 1e11, 1e5 / 1e10, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0])
     assert seconds == pytest.approx(float(features @ predictor.pooled.as_vector()))
     assert seconds > 0
 
@@ -543,3 +544,44 @@ def test_the_run_fit_learns_one_cold_weights_factor_for_every_class() -> None:
     assert fitted.predict_stage_s(held_out, REFERENCE) == pytest.approx(run_s(held_out), rel=0.05)
     without = replace(fitted, op_types={k: replace(c, cold_params=0.0) for k, c in fitted.op_types.items()})
     assert abs(without.predict_stage_s(held_out, REFERENCE) / run_s(held_out) - 1) > 0.2
+
+
+def test_weight_reuse_is_a_gemms_output_pixels_or_rows() -> None:
+    # A pointwise Conv of 160 -> 960 channels on a 2x2 plane: each weight in 4 multiply-adds.
+    weights = 160 * 960
+    assert weight_reuse(2 * weights * 4, 4 * weights) == pytest.approx(4.0)
+    assert weight_reuse(2 * weights * 49, 4 * weights) == pytest.approx(49.0)
+    assert weight_reuse(10**6, 0) == 1.0 and weight_reuse(1, 4 * weights) == 1.0  # no weights; at least once
+
+
+def test_the_run_fit_learns_how_streamed_weights_cost_more_at_low_reuse() -> None:
+    """Runs whose cold weights cost more the fewer pixels share them (a GEMM cannot hide the stream
+    behind arithmetic): models of high- and of low-reuse dense Convs pin both cold factors; a held-out
+    run of low-reuse pointwise Convs is then priced within 5 %, and without the reuse term it is not."""
+    truth = {"Conv/dense": TRUE["Conv"], "Conv/pointwise": replace(TRUE["Conv"], compute=4.0)}
+    factors = {"cold_params": 0.5, "cold_reuse": 8.0}
+    rng = np.random.default_rng(1)
+
+    def node(kernel: str, reuse: float) -> NodeSample:
+        params = int(10 ** rng.uniform(5.5, 6.5))
+        return NodeSample("Conv", int(params / 2 * reuse), params + int(10 ** rng.uniform(4, 5)), params, 0.0, kernel)
+
+    def run_s(nodes: list[NodeSample]) -> float:
+        return sum(float(roofline_features(n.flops, n.bytes_moved, n.param_bytes, REFERENCE, REFERENCE, cold=n.cold_share)
+                         @ replace(truth[n.kernel], **factors).as_vector()) for n in in_run(nodes)) + 5e-6
+
+    kernels = [[node(kernel, float(rng.choice([4, 49, 196])))] for kernel in truth for _ in range(20)]
+    models = [[node("Conv/dense", reuse) for _ in range(12)] for reuse in (4, 9, 49, 196) for _ in range(2)]
+    runs = [(nodes, run_s(nodes)) for nodes in kernels + models]
+    trace = LatencyPredictor.fit([replace(n, time_s=s / len(nodes)) for nodes, s in runs for n in nodes], REFERENCE)
+    fitted = trace.with_run_fit(runs)
+    coefficients = fitted.op_types["Conv/pointwise"]
+    assert coefficients.cold_reuse == pytest.approx(factors["cold_reuse"], rel=0.05)
+    # The plain factor trades with each class's own weight term (both price param_bytes): looser.
+    assert coefficients.cold_params == pytest.approx(factors["cold_params"], rel=0.2)
+    held_out = [node("Conv/pointwise", 4) for _ in range(12)]
+    assert fitted.predict_stage_s(held_out, REFERENCE) == pytest.approx(run_s(held_out), rel=0.05)
+    without = replace(fitted, op_types={k: replace(c, cold_reuse=0.0) for k, c in fitted.op_types.items()})
+    assert abs(without.predict_stage_s(held_out, REFERENCE) / run_s(held_out) - 1) > 0.2
+    path_dict = LatencyPredictor.from_dict(fitted.to_dict())
+    assert path_dict.op_types["Conv/pointwise"].cold_reuse == coefficients.cold_reuse

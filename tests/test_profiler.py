@@ -20,6 +20,7 @@ from devices.latency import (
     Condition,
     LatencyMeasurement,
     LatencyProtocol,
+    RoundRunner,
     measure_interleaved,
     measure_latencies,
 )
@@ -431,3 +432,21 @@ def test_kernel_models_sample_every_kernel_class_as_a_runnable_single_node_model
     assert all(m.latency_s > 0 for m in measured.values())
     with pytest.raises(DeviceError, match="at least one model"):
         kernel_models(0)
+
+
+def test_a_round_runner_runs_one_block_per_model_per_round_and_keeps_two_halves() -> None:
+    """What one device's process of a held-out-device pass runs: a block of every model per round,
+    rounds on request; its measurements are the protocol's figures over those blocks."""
+    protocol = LatencyProtocol(rounds=4, min_block_s=0.001, warmup_s=0.0)
+    runner = RoundRunner({"tiny": tiny_model(), "kernels": conv_and_attention_model()}, 1, protocol)
+    runner.run_round()
+    with pytest.raises(DeviceError, match="at least 2 rounds"):
+        runner.measurements()  # one round: no two halves
+    for _ in range(2):
+        runner.run_round()
+    measured = runner.measurements()
+    assert set(measured) == {"tiny", "kernels"}
+    for m in measured.values():
+        assert m.runs >= 3 and 0 < min(m.even_s, m.odd_s) and m.latency_s > 0
+    with pytest.raises(DeviceError, match="at least 1"):
+        RoundRunner({"tiny": tiny_model()}, 0, protocol)

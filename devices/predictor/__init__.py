@@ -32,6 +32,7 @@ from devices.predictor.model import (
     in_run,
     roofline_features,
     roofline_time_s,
+    weight_reuse,
 )
 from devices.profiles import PREDICTOR_FILE, DeviceProfile, catalogue_path
 
@@ -41,6 +42,7 @@ __all__ = [
     "HeldOutResult", "LatencyPredictor", "NodeSample", "OpCoefficients", "StageCalibration", "StageParts",
     "cold_share", "error_summary", "fit_on_runs", "held_out_device", "in_run", "kernel_class", "leave_one_model_out", "op_type_of", "predict_node_time_s",
     "relative_errors", "roofline_features", "roofline_time_s", "shipped_predictor", "shipped_predictor_path",
+    "weight_reuse",
 ]
 
 

@@ -4,7 +4,7 @@ that is not at hand can be planned for from its DeviceProfile (and, better, a fe
 For a node of kernel class k (`devices.predictor.kernels`) on device D the model is
 
     work  = a_k * flops / peak_flops(D) + b_k * activation_bytes / bandwidth(D) + p_k * param_bytes / bandwidth(D)
-            + q_k * cold_share * param_bytes / bandwidth(D)
+            + q_k * cold_share * param_bytes / bandwidth(D) + z_k * cold_share * param_bytes / bandwidth(D) / reuse
     fixed = (c_k + g_k * (groups - 1) + r_k * im2col_rows + e_k * im2col_elements) * overhead_scale(D)
     t     = u_D * s_w * work + v_D * s_f * fixed + w_D * overhead_scale(D)    (a node within a run)
     run   = sum(t) + v_D * h * overhead_scale(D)                               (a stage or the whole model)
@@ -56,16 +56,19 @@ DEFAULT_OVERHEAD_S = 5e-6  # fixed cost per kernel of a predictor that was never
 _TIME_FLOOR_S = 1e-6  # onnxruntime's trace has microsecond resolution: no sample weighs more than this
 # Units of the unknowns in a fit (fixed costs in microseconds), so that all columns are of order one.
 # Per im2col row and element: nanoseconds.
-FEATURE_UNITS = np.array([1.0, 1.0, 1.0, _TIME_FLOOR_S, _TIME_FLOOR_S, 1e-9, 1e-9, 1.0])
+FEATURE_UNITS = np.array([1.0, 1.0, 1.0, _TIME_FLOOR_S, _TIME_FLOOR_S, 1e-9, 1e-9, 1.0, 1.0])
 # Which features are work (scaled by a device's throughput) and which fixed cost (serial).
-_WORK = np.array([True, True, True, False, False, False, False, True])
+_WORK = np.array([True, True, True, False, False, False, False, True, True])
+_SHARED = 2  # the last features (weights from memory, plain and per reuse): one factor for every class
 # The cache a run's weights compete for between two runs of the same node: this host's L2 per core
 # (2 MiB; a Raspberry Pi 4's shared L2 is 1 MiB). Measured here, 1 thread: a 3x3 Conv with 590 kB of
 # weights takes 225 µs run alone and 350 µs inside ResNet-18 (45 MB of weights a run); a pointwise Conv
 # with 615 kB, 20 µs alone against 120-190 µs inside MobileNetV2.
 CACHE_BYTES = 2 * 1024 * 1024
 MAX_DEVICE_MEASUREMENTS = 10  # the few-shot budget of a device calibration
-DEFAULT_RUN_FIT_STRENGTH = 0.01  # pull of the run fit towards the profiled coefficients
+DEFAULT_RUN_FIT_STRENGTH = 0.001  # pull of the run fit towards the profiled coefficients (the trace inflates
+# every kernel, so it is a weak prior: on the 14:10 measurements 0.001 / 0.01 / 0.1 held 9 / 8 / 6 of 12
+# models within ±10 % at 1 thread and 8 / 7 / 7 at 2, leave-one-model-out; chosen on those, say so)
 DEVICE_PULL = 1e-4  # pull of a device calibration towards one common scale
 
 
@@ -107,10 +110,11 @@ class OpCoefficients:
     per_row_s: float = 0.0  # of each im2col row (reference seconds; serial work)
     per_element_s: float = 0.0  # of each im2col element
     cold_params: float = 0.0  # factor of the weight bytes that come from memory (`cold_share`)
+    cold_reuse: float = 0.0  # factor of those bytes divided by their reuse (`weight_reuse`)
 
     def as_vector(self) -> np.ndarray:
         return np.array([self.compute, self.activations, self.params, self.overhead_s, self.per_group_s,
-                         self.per_row_s, self.per_element_s, self.cold_params])
+                         self.per_row_s, self.per_element_s, self.cold_params, self.cold_reuse])
 
 
 @dataclass(frozen=True)
@@ -162,11 +166,22 @@ def in_run(nodes: Iterable[NodeSample]) -> list[NodeSample]:
     return [replace(node, cold_share=share) for node in nodes]
 
 
+def weight_reuse(flops: int, param_bytes: int) -> float:
+    """How many multiply-adds each weight takes part in per run (at least 1): a Conv's or a MatMul's
+    output pixels or rows (flops = 2 * weights * reuse, 4 bytes a weight). Why it matters: a GEMM
+    streams its weights once, so the time the stream is not hidden behind arithmetic grows as the reuse
+    falls. Measured here, 1 thread: MobileNetV2's last pointwise Convs (0.6-1.6 MB of weights on 2x2
+    planes, reuse 4) take 3-6 GB/s of weights inside the model, ResNet-18's 3x3 Convs (reuse 49-784)
+    cost little more than their FLOPs."""
+    return max(2.0 * flops / param_bytes, 1.0) if param_bytes > 0 else 1.0
+
+
 def roofline_features(flops: int, bytes_moved: int, param_bytes: int, device: DeviceProfile,
                       reference: DeviceProfile, groups: int = 1, im2col: tuple[int, int] = (0, 0),
                       cold: float = 0.0) -> np.ndarray:
     """[compute time, activation time, parameter time, fixed-cost scale, that scale per extra group, per
-    im2col row, per im2col element, time of the weights read from memory (share `cold`)] of a node on
+    im2col row, per im2col element, time of the weights read from memory (share `cold`), that time over
+    the weights' reuse (`weight_reuse`)] of a node on
     `device`. The per-group term is why a depthwise Conv is
     dear: onnxruntime loops over its channels, a fixed cost each; the im2col terms are that loop's body,
     one thread's copy (a depthwise Conv's one-row GEMM costs less than building its columns), so they
@@ -176,7 +191,7 @@ def roofline_features(flops: int, bytes_moved: int, param_bytes: int, device: De
     scale = _overhead_scale(reference, device)
     return np.array([flops / device.peak_flops, activation_bytes / bandwidth, param_bytes / bandwidth,
                      scale, max(groups - 1, 0) * scale, im2col[0] * scale, im2col[1] * scale,
-                     cold * param_bytes / bandwidth])
+                     cold * param_bytes / bandwidth, cold * param_bytes / bandwidth / weight_reuse(flops, param_bytes)])
 
 
 def roofline_time_s(flops: int, bytes_moved: int, device: DeviceProfile) -> float:
@@ -218,8 +233,8 @@ def _fit_group(group: list[NodeSample], reference: DeviceProfile, prior: OpCoeff
 
 def _from_vector(vector: np.ndarray, samples: int) -> OpCoefficients:
     """Coefficients from the order of `OpCoefficients.as_vector`."""
-    a, b, p, c, g, r, e, q = (float(x) for x in vector)
-    return OpCoefficients(a, b, p, c, samples, g, r, e, q)
+    a, b, p, c, g, r, e, q, z = (float(x) for x in vector)
+    return OpCoefficients(a, b, p, c, samples, g, r, e, q, z)
 
 
 def _scaled(coefficients: OpCoefficients, stage: StageCalibration) -> OpCoefficients:
@@ -233,7 +248,7 @@ def _coefficients_from_dict(data: dict[str, Any]) -> OpCoefficients:
                           params=float(data["params"]), overhead_s=float(data["overhead_s"]),
                           samples=int(data["samples"]), per_group_s=float(data.get("per_group_s", 0.0)),
                           per_row_s=float(data.get("per_row_s", 0.0)), per_element_s=float(data.get("per_element_s", 0.0)),
-                          cold_params=float(data.get("cold_params", 0.0)))
+                          cold_params=float(data.get("cold_params", 0.0)), cold_reuse=float(data.get("cold_reuse", 0.0)))
 
 
 def _groups(samples: Iterable[NodeSample], key: Any) -> dict[str, list[NodeSample]]:
@@ -372,18 +387,20 @@ class LatencyPredictor:
         pulled (with `strength`, in the units of `_fit_group`) towards their profiled values scaled by the
         stage calibration: the trace tells a class's shape, the runs its true cost. Coefficients no run
         uses stay at those scaled values, and the stage calibration becomes the fitted per-run cost alone.
-        The factor of weights read from memory (`cold_params`) is one for every class, fitted unpulled:
+        The factors of weights read from memory (`cold_params`, and `cold_reuse` of those bytes over their
+        reuse) are one each for every class, fitted unpulled:
         streaming weights is the memory's cost, and a model held out may be the only one whose dense
         Convs stream megabytes (ResNet-18) while another's pointwise ones show the rate."""
         prior = self.with_stage_calibration(stages)
         keys = sorted({key for nodes, _ in stages for n in nodes
                        if (key := prior._fitted_key(n.op_type, n.kernel)) is not None})
         width = FEATURE_UNITS.size
-        column = {key: width * i for i, key in enumerate(keys)}
-        cold = width - 1  # the cold-weights feature: its time goes to the shared column instead
+        own = width - _SHARED  # per-class features; the cold-weights ones go to shared columns instead
+        column = {key: own * i for i, key in enumerate(keys)}
+        shared = slice(own * len(keys), own * len(keys) + _SHARED)
         rows, targets = [], []
         for nodes, seconds in stages:
-            row, offset_s = np.zeros(width * len(keys) + 2), 0.0
+            row, offset_s = np.zeros(own * len(keys) + _SHARED + 1), 0.0
             for n in in_run(nodes):
                 key = prior._fitted_key(n.op_type, n.kernel)
                 if key is None:  # priced by borrowing: its prediction is a fixed part of the run
@@ -391,27 +408,26 @@ class LatencyPredictor:
                                               n.groups, n.im2col, n.cold_share)
                     continue
                 features = roofline_features(n.flops, n.bytes_moved, n.param_bytes, self.reference, self.reference,
-                                             n.groups, n.im2col, n.cold_share)
-                row[column[key]:column[key] + cold] += features[:cold] * FEATURE_UNITS[:cold]
-                row[-2] += features[cold] * FEATURE_UNITS[cold]
+                                             n.groups, n.im2col, n.cold_share) * FEATURE_UNITS
+                row[column[key]:column[key] + own] += features[:own]
+                row[shared] += features[own:]
             row[-1] = _TIME_FLOOR_S
             rows.append(row)
             targets.append(max(seconds - offset_s, _TIME_FLOOR_S))
-        start = np.concatenate([_scaled(self.op_types[key], prior.stage).as_vector() / FEATURE_UNITS for key in keys]
-                               + [np.array([0.0, prior.stage.per_run_s / _TIME_FLOOR_S])])
+        start = np.concatenate([(_scaled(self.op_types[key], prior.stage).as_vector() / FEATURE_UNITS)[:own] for key in keys]
+                               + [np.zeros(_SHARED), np.array([prior.stage.per_run_s / _TIME_FLOOR_S])])
         penalty = np.full(start.size, strength)
-        penalty[-2:] = 0.0
+        penalty[shared.start:] = 0.0
         solution = relative_nnls(np.array(rows), np.array(targets), start, penalty)
-        cold_params = float(solution[-2] * FEATURE_UNITS[cold])
+        cold = dict(zip(("cold_params", "cold_reuse"), (float(x) for x in solution[shared] * FEATURE_UNITS[own:]),
+                        strict=True))
         refitted = {}
         for key in keys:
-            vector = solution[column[key]:column[key] + width] * FEATURE_UNITS
-            refitted[key] = replace(_from_vector(vector, self.op_types[key].samples), cold_params=cold_params)
-        unused = {key: replace(_scaled(c, prior.stage), cold_params=cold_params)
-                  for key, c in self.op_types.items() if key not in column}
+            vector = np.concatenate([solution[column[key]:column[key] + own], np.zeros(_SHARED)]) * FEATURE_UNITS
+            refitted[key] = replace(_from_vector(vector, self.op_types[key].samples), **cold)
+        unused = {key: replace(_scaled(c, prior.stage), **cold) for key, c in self.op_types.items() if key not in column}
         return replace(self, op_types=dict(sorted((refitted | unused).items())),
-                       pooled=None if self.pooled is None else replace(_scaled(self.pooled, prior.stage),
-                                                                       cold_params=cold_params),
+                       pooled=None if self.pooled is None else replace(_scaled(self.pooled, prior.stage), **cold),
                        stage=StageCalibration(1.0, 1.0, float(solution[-1] * _TIME_FLOOR_S), len(stages)), devices={})
 
     def with_device_calibration(self, device: DeviceProfile, stages: Sequence[tuple[Sequence[NodeSample], float]],
@@ -459,7 +475,7 @@ class LatencyPredictor:
         return {
             "format": PREDICTOR_FORMAT,
             "model": "node = u*work_scale*(compute*flops/peak_flops + activations*activation_bytes/bw"
-                     " + params*param_bytes/bw + cold_params*cold_share*param_bytes/bw) + v*fixed_scale*(overhead_s + per_group_s*(groups-1) + per_row_s*im2col_rows"
+                     " + params*param_bytes/bw + cold_params*cold_share*param_bytes/bw + cold_reuse*cold_share*param_bytes/bw/weight_reuse) + v*fixed_scale*(overhead_s + per_group_s*(groups-1) + per_row_s*im2col_rows"
                      " + per_element_s*im2col_elements)*(reference"
                      " flops per thread / device flops per thread) + w*(same scale); stage = sum(node) +"
                      " v*per_run_s*(same scale); u, v, w (per_node_s) per calibrated device (devices), else 1, 1, 0",
