@@ -7,6 +7,8 @@
     python bench/table2.py --runner torch --quick   # reverse-gradient attack only: 3 runs
     python bench/table2.py --runner torch --attacks reverse   # one attack's three methods (~5 min)
     python bench/table2.py --runner mqtt --attacks reverse    # the same over a Mosquitto this bench starts
+    python bench/table2.py --runner torch --attacks reverse --adversaries 2   # s = 2: r = 5 for both codes
+    python bench/table2.py --runner torch --attacks reverse --tag run2        # a repeat, kept apart
 (times on the 2-core development VM; torch on one thread).
 
 With `--runner mqtt` the P worker processes (`edgecloud train-worker --keep-serving`) and one Mosquitto
@@ -31,7 +33,8 @@ needs r to divide 45 = 3^2 x 5, so it takes the smallest divisor >= 2s + 1: 3, 9
 45) and 15 (11 does not).
 
 Prints the table and writes bench/results/table2.json and table2.png (table2-quick.* with --quick,
-table2-RUNNER-ATTACKS.* or table2-RUNNER-quick.* with --runner torch or mqtt); the JSON is rewritten
+table2-RUNNER-ATTACKS.* or table2-RUNNER-quick.* with --runner torch or mqtt; `-sS` with --adversaries
+and `-TAG` with --tag appended); the JSON is rewritten
 after every run, so a cut run keeps the runs it finished, and records the load average.
 """
 
@@ -242,6 +245,10 @@ def main() -> None:
     parser.add_argument("--attacks", default="constant,reverse", help="comma-separated subset of constant, reverse")
     parser.add_argument("--workers", type=int, help=f"P (default {N_WORKERS} with sim, {TORCH_WORKERS} with torch)")
     parser.add_argument("--target", type=float, help="stop a run at this accuracy (default 0.90 sim, 0.88 torch)")
+    parser.add_argument("--adversaries", help="comma-separated s values (default 1 with torch/mqtt: r = 3 divides "
+                                              "15; 1,3,5 with sim; s = 2 takes r = 5 for both codes at P = 15)")
+    parser.add_argument("--tag", default="", help="appended to the results' file name (e.g. run2), so that a "
+                                                  "repeated measurement keeps the earlier one")
     args = parser.parse_args()
     measured = args.runner != "sim"
     args.workers = args.workers or (TORCH_WORKERS if measured else N_WORKERS)
@@ -258,8 +265,15 @@ def main() -> None:
     args.bandwidth_bps = parse_bandwidth_bps(args.bandwidth)
     train, test = load_dataset("mnist", seed=args.seed)
     objective = make_objective("fc", train)
-    if measured:  # real processes: s = 1 (repetition r = 3 divides 15), both attacks unless --quick
-        adversary_counts: tuple[int, ...] = (1,)
+    if args.adversaries:
+        try:
+            adversary_counts: tuple[int, ...] = tuple(int(s) for s in args.adversaries.split(","))
+        except ValueError:
+            parser.error(f"--adversaries takes comma-separated integers, got {args.adversaries!r}")
+        if min(adversary_counts) < 1 or 2 * max(adversary_counts) + 1 > args.workers:
+            parser.error(f"--adversaries needs 1 <= s and 2s + 1 <= P = {args.workers}, got {args.adversaries!r}")
+    elif measured:  # real processes: s = 1 (repetition r = 3 divides 15), both attacks unless --quick
+        adversary_counts = (1,)
     else:
         adversary_counts = (1, 5) if args.quick else (1, 3, 5)
     attacks = ("reverse",) if args.quick else tuple(name.strip() for name in args.attacks.split(","))
@@ -267,7 +281,9 @@ def main() -> None:
         parser.error(f"--attacks takes constant and/or reverse, got {args.attacks!r}")
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / ("-".join(["table2", *([args.runner] if measured else []),
-                                    *(["quick"] if args.quick else [*attacks] if measured else [])]) + ".json")
+                                    *(["quick"] if args.quick else [*attacks] if measured else []),
+                                    *([f"s{'-'.join(map(str, adversary_counts))}"] if args.adversaries else []),
+                                    *([args.tag] if args.tag else [])]) + ".json")
     load_before = os.getloadavg()[0]
     with contextlib.ExitStack() as stack:
         if args.runner == "mqtt":  # one broker and one set of worker processes for every run

@@ -19,7 +19,11 @@ Per runner and configuration:
 - bytes per round over all links (torch: the tensors it sends; sim: the modelled model + message);
 - modelled s/round: the simulator's round time for the same configuration (its measured worker
   compute, charged as P workers sharing `--cores` cores, default this machine's: max(slowest, total /
-  cores); + measured decode + modelled transfer), and measured / modelled.
+  cores); + measured decode + modelled transfer), and measured / modelled. The transfer charged for a
+  runner's row is that runner's calibrated model on this host (`--calibration`, from
+  bench/transfer_calibration.py: no link term on loopback, P (model + message) bytes through the relay
+  at its measured rate, 2P messages at the measured fixed cost; robust_training.time_model); the sim
+  row and the "link-only model" column keep the old model, (model + message) at --bandwidth.
 Start-up (spawning, importing torch, loading the data in every worker, joining the group) is reported
 apart; the torch runner starts its P workers once per (model, P) and plays the three taus' runs on them
 (`run_spawned_series`), so the start-up column shows it on the first tau only. The simulator's own wall time is printed too: it computes every worker's partitions one after
@@ -44,7 +48,10 @@ from pathlib import Path
 
 import numpy as np
 
+from robust_training.time_model import TransferModel
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+CALIBRATION = RESULTS_DIR / "transfer_calibration.json"
 MODELS = {"fc": "FC 784-800-500-10", "logistic": "logistic regression"}
 
 
@@ -67,6 +74,9 @@ class Measurement:
     startup_s: float
     modelled_s_per_round: float | None = None
     measured_over_modelled: float | None = None
+    modelled_transfer_s: float | None = None        # the calibrated transfer term charged for this runner
+    links_only_s_per_round: float | None = None     # the link-only model (before the relay and per-message terms)
+    links_only_ratio: float | None = None
 
 
 def _sim(jobs, on_round):
@@ -138,12 +148,37 @@ def measure(runner: str, model: str, n_workers: int, taus: tuple[int, ...],
     return measurements
 
 
-def compare_with_the_model(measurements: list[Measurement]) -> None:
-    """Every runner's wall s/round against the simulator's modelled round time of the same configuration."""
-    modelled = {(m.model, m.n_workers, m.tau): m.modelled_s_per_round for m in measurements if m.runner == "sim"}
+def compare_with_the_model(measurements: list[Measurement], calibration: dict[str, TransferModel]) -> None:
+    """Every runner's wall s/round against the simulator's modelled round time of the same configuration:
+    the sim's measured compute (shared cores) and decode, plus the transfer of this runner's calibrated
+    model (`calibration`; the link-only model at --bandwidth for a runner without one)."""
+    sims = {(m.model, m.n_workers, m.tau): m for m in measurements if m.runner == "sim"}
     for m in measurements:
-        m.modelled_s_per_round = modelled.get((m.model, m.n_workers, m.tau))
-        m.measured_over_modelled = m.wall_s_per_round / m.modelled_s_per_round if m.modelled_s_per_round else None
+        sim = sims.get((m.model, m.n_workers, m.tau))
+        if sim is None or m.runner == "sim":
+            if m.runner == "sim":
+                m.measured_over_modelled = m.wall_s_per_round / m.modelled_s_per_round
+            continue
+        m.links_only_s_per_round = sim.modelled_s_per_round
+        m.links_only_ratio = m.wall_s_per_round / sim.modelled_s_per_round
+        transfer = calibration.get(m.runner)
+        if transfer is None:
+            m.modelled_s_per_round, m.modelled_transfer_s = sim.modelled_s_per_round, sim.transfer_s
+        else:
+            model_bytes = 8 * sim.n_params
+            m.modelled_transfer_s = transfer.round_s(m.n_workers, model_bytes,
+                                                     sim.bytes_per_round // m.n_workers - model_bytes)
+            m.modelled_s_per_round = sim.compute_s + sim.aggregate_s + m.modelled_transfer_s
+        m.measured_over_modelled = m.wall_s_per_round / m.modelled_s_per_round
+
+
+def load_calibration(path: Path | None) -> dict[str, TransferModel]:
+    """Each runner's fitted transfer model from bench/transfer_calibration.py's JSON: no link term (one
+    host: loopback), the relay rate and the fixed per-message cost measured here."""
+    if path is None:
+        return {}
+    fits = json.loads(path.read_text())["runners"]
+    return {runner: TransferModel(float("inf"), fit["relay_bps"], fit["message_s"]) for runner, fit in fits.items()}
 
 
 def print_table(measurements: list[Measurement], load: tuple[float, float]) -> None:
@@ -153,14 +188,17 @@ def print_table(measurements: list[Measurement], load: tuple[float, float]) -> N
     table = Table(title=f"training runners, MNIST, cyclic r=3, 1 adversary (load average {load[0]:.1f} -> "
                         f"{load[1]:.1f} on {os.cpu_count()} cores)")
     for column in ("runner", "model", "P", "tau", "rounds/s", "wall s/round", "compute s", "transfer s",
-                   "decode s", "bytes/round", "modelled s/round", "measured/modelled", "start-up s"):
+                   "decode s", "bytes/round", "modelled transfer s", "modelled s/round", "measured/modelled",
+                   "link-only model", "start-up s"):
         table.add_column(column, justify="right")
     for m in measurements:
         table.add_row(m.runner, m.model, str(m.n_workers), str(m.tau), f"{m.rounds_per_s:.2f}",
                       f"{m.wall_s_per_round:.3f}", f"{m.compute_s:.3f}", f"{m.transfer_s:.4f}",
                       f"{m.aggregate_s:.4f}", f"{m.bytes_per_round:,}",
+                      "-" if m.modelled_transfer_s is None else f"{m.modelled_transfer_s:.4f}",
                       "-" if m.modelled_s_per_round is None else f"{m.modelled_s_per_round:.3f}",
                       "-" if m.measured_over_modelled is None else f"{m.measured_over_modelled:.2f}",
+                      "-" if m.links_only_ratio is None else f"{m.links_only_ratio:.2f}",
                       f"{m.startup_s:.1f}")
     Console(width=220).print(table)
 
@@ -205,6 +243,9 @@ def main() -> None:
                         help="cores the modelled workers share (default: this machine's; 0 = a core each)")
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {', '.join(MODELS)}")
     parser.add_argument("--workers", default="8,16", help="comma-separated P values (without --quick)")
+    parser.add_argument("--calibration", default=str(CALIBRATION),
+                        help="bench/transfer_calibration.py's JSON: each runner's relay rate and per-message cost "
+                             "for the modelled column ('' = the link-only model at --bandwidth)")
     args = parser.parse_args()
     if args.rounds < 2:
         parser.error("--rounds must be at least 2: the first round is a warm-up")
@@ -218,6 +259,10 @@ def main() -> None:
 
     torch.set_num_threads(1)  # like every worker process: the host is shared
     args.bandwidth_bps = parse_bandwidth_bps(args.bandwidth)
+    try:
+        calibration = load_calibration(Path(args.calibration) if args.calibration else None)
+    except (OSError, ValueError, KeyError) as error:
+        parser.error(f"--calibration {args.calibration!r} cannot be read ({error}); run bench/transfer_calibration.py")
     runners = [name.strip() for name in args.runners.split(",")]
     unknown = [name for name in runners if name not in RUNNERS]
     if unknown:
@@ -245,19 +290,21 @@ def main() -> None:
                     measurements.append(m)
                     print(f"{runner:6s} {model:8s} P={n_workers:2d} tau={m.tau:2d}: {m.wall_s_per_round:.3f} s/round, "
                           f"start-up {m.startup_s:.1f} s", flush=True)
-                save(path, measurements, args, load_before, started, complete=False)  # a cut run keeps its cells
-    load = save(path, measurements, args, load_before, started, complete=True)
+                save(path, measurements, calibration, args, load_before, started, complete=False)  # a cut run keeps its cells
+    load = save(path, measurements, calibration, args, load_before, started, complete=True)
     print_table(measurements, load)
     plot(measurements, path.with_suffix(".png"))
     print(f"wrote {path} and .png ({time.perf_counter() - started:.0f} s)")
 
 
-def save(path: Path, measurements: list[Measurement], args: argparse.Namespace, load_before: float, started: float,
-         complete: bool) -> tuple[float, float]:
+def save(path: Path, measurements: list[Measurement], calibration: dict[str, TransferModel], args: argparse.Namespace,
+         load_before: float, started: float, complete: bool) -> tuple[float, float]:
     """Write the cells so far (compared with the model where sim has run) and return the load (before, now)."""
-    compare_with_the_model(measurements)
+    compare_with_the_model(measurements, calibration)
     load = (load_before, os.getloadavg()[0])
     path.write_text(json.dumps({"settings": vars(args), "complete": complete, "load_average": load,
+                                "calibration": {runner: {"relay_bps": model.relay_bps, "message_s": model.message_s}
+                                                for runner, model in calibration.items()},
                                 "seconds": time.perf_counter() - started,
                                 "measurements": [asdict(m) for m in measurements]}, indent=1))
     return load

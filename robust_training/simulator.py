@@ -23,9 +23,11 @@ Time model (docs/architecture.md §5): a round lasts the slowest worker's measur
 updates plus its encoding) + the PS's measured decode/aggregate + the modelled transfer, never the sum
 of all workers' compute -- unless the workers share `cores` cores of one host (`--cores`, as the local
 torch and MQTT runners do), where compute is at least the sum over the cores (`shared_compute_s`).
-Transfer: each worker has its own link of `bandwidth_bps` to the PS and the links run in parallel, so
-a round moves one model down and one message up per link: (model_bytes + message_bytes) * 8 /
-bandwidth_bps. Compute of replicated partitions is charged to every worker that holds them (measured
+Transfer (robust_training.time_model): each worker has its own link of `bandwidth_bps` to the PS and
+the links run in parallel, so a round moves one model down and one message up per link:
+(model_bytes + message_bytes) * 8 / bandwidth_bps; plus, with `relay_bps`, the P exchanges passing one
+after another through a broker, P (model_bytes + message_bytes) * 8 / relay_bps, and 2 P `message_s`
+for the PS's messages' fixed cost (both calibrated by bench/transfer_calibration.py). Compute of replicated partitions is charged to every worker that holds them (measured
 once, charged r times), which is Draco's price for exactness.
 All partitions are computed in one pass (vectorised with torch.func.vmap for the torch networks);
 the pass is timed as a whole and each partition is charged its share by batch size.
@@ -52,6 +54,7 @@ from robust_training.data import Dataset, split_dataset
 from robust_training.dgd import PartitionUpdates, batch_rng, check_step_settings, local_updates, size_weights
 from robust_training.errors import TrainingError
 from robust_training.losses import Objective
+from robust_training.time_model import TransferModel
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +80,8 @@ class SimulationConfig:
     adaptive_tau: bool = False
     tau_max: int = 20
     bandwidth_bps: float = 1e9
+    relay_bps: float | None = None     # a broker every message crosses (robust_training.time_model); None = none
+    message_s: float = 0.0             # fixed cost of one message at the PS
     cores: int | None = None           # cores the P workers share (one host); None = a core each (P devices)
     seed: int = 0
     eval_every: int = 1
@@ -91,8 +96,9 @@ class SimulationConfig:
         if not 0 <= self.n_adversaries < self.n_workers:
             raise TrainingError(f"the number of adversaries must lie in [0, {self.n_workers - 1}] for "
                                 f"{self.n_workers} workers, got {self.n_adversaries}.")
-        if self.bandwidth_bps <= 0:
-            raise TrainingError(f"the bandwidth must be positive, got {self.bandwidth_bps} bit/s.")
+        transfer_problem = self.transfer_model().problem()
+        if transfer_problem is not None:
+            raise TrainingError(transfer_problem)
         if self.cores is not None and self.cores < 1:
             raise TrainingError(f"the workers need at least one core, got {self.cores}.")
         if self.eval_every < 1:
@@ -104,6 +110,9 @@ class SimulationConfig:
                                 "draws its own sizes (drop --unequal or --non-iid).")
         if self.code != "none" and self.aggregator != "mean":
             raise TrainingError("a code decodes the exact sum, so --aggregator applies only with --code none.")
+
+    def transfer_model(self) -> TransferModel:
+        return TransferModel(self.bandwidth_bps, self.relay_bps, self.message_s)
 
     def build(self) -> tuple[Code | None, Aggregator | None, Attack | DataAttack | None]:
         """The code (or the aggregator) and the attack this config names; bad names and sizes raise."""
@@ -371,12 +380,13 @@ class Simulator:
         messages, worker_s = self._encode(scaled, partition_s)
         if isinstance(self.attack, DataAttack):
             self._send_poisoned(self.attack, messages, params, round_index, tau, adversaries)
-        link_bytes = messages.shape[1] * messages.itemsize + params.nbytes
+        message_bytes = messages.shape[1] * messages.itemsize
+        link_bytes = message_bytes + params.nbytes
         new_params, record = self.server_step(
             params, messages, adversaries,
             RoundRecord(round_index + 1, tau, float(self.size_weights @ updates.start_losses), None,
-                        shared_compute_s(worker_s, config.cores), 0.0, link_bytes * 8 / config.bandwidth_bps,
-                        elapsed_s,
+                        shared_compute_s(worker_s, config.cores), 0.0,
+                        config.transfer_model().round_s(config.n_workers, params.nbytes, message_bytes), elapsed_s,
                         sorted(adversaries), [], link_bytes * config.n_workers))
         return new_params, updates, record
 

@@ -54,6 +54,11 @@ def train(
                                         parser=finite_float(0.0, 1e6, low_open=True))] = 0.5,
     unequal: Annotated[bool, typer.Option("--unequal", help="IID split with unequal local data sizes (not with --non-iid).")] = False,
     bandwidth: Annotated[str, typer.Option(help="Each worker's link to the PS for the modelled transfer time.")] = "1Gbit",
+    relay: Annotated[Optional[str], typer.Option(
+        help="Modelled transfer: the rate of a broker every message crosses in turn, e.g. 3Gbit "
+             "(bench/transfer_calibration.py measures it); default none.")] = None,
+    message_cost: Annotated[str, typer.Option(
+        help="Modelled transfer: the fixed cost of each of the PS's 2P messages a round, e.g. 0.5ms.")] = "0s",
     cores: Annotated[Optional[int], typer.Option(
         help="Cores the P workers share for the modelled compute time (one host); default: a core each.",
         min=1, max=COUNT_MAX)] = None,
@@ -93,7 +98,7 @@ def train(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from devices.json_files import dumps_strict
-    from partitioner.units import parse_bandwidth_bps
+    from partitioner.units import parse_bandwidth_bps, parse_duration_s
     from robust_training.data import load_dataset
     from robust_training.models import make_objective
     from robust_training.simulator import SimulationConfig, Simulator
@@ -113,7 +118,8 @@ def train(
         n_workers=nodes, rounds=rounds, lr=lr, tau=tau, batch_size=batch_size, code=code, redundancy=redundancy,
         aggregator=aggregator, n_adversaries=adversaries, attack=attack, split="iid" if iid else "dirichlet",
         unequal_sizes=unequal, dirichlet_alpha=alpha, adaptive_tau=adaptive_tau,
-        bandwidth_bps=parse_bandwidth_bps(bandwidth), cores=cores, seed=seed)
+        bandwidth_bps=parse_bandwidth_bps(bandwidth), relay_bps=None if relay is None else parse_bandwidth_bps(relay),
+        message_s=parse_duration_s(message_cost), cores=cores, seed=seed)
     config.validate()
     config.build()  # before the data loads: an impossible defence is a mistake, not a result
     checkpoints = checkpointer(checkpoint_dir, checkpoint_every, resume)
