@@ -37,6 +37,7 @@ from pathlib import Path
 from edgecloud.cli import demo, testbed
 from edgecloud.cli.demo_steps import DemoSettings, model_inputs, plan_demo_model
 from edgecloud.cli.testbed_steps import emulated_hosts
+from edgecloud.serving.agent import PROBE_SMALL_BYTES, large_probe_bytes
 from edgecloud.serving.client import InferenceClient
 from edgecloud.serving.plan_choice import load_served_plans
 from edgecloud.transport.mqtt import MqttTransport
@@ -131,8 +132,8 @@ def measure(model: str, rates_bps: list[float], requests: int, warmup: int, seed
         for rate_bps in rates_bps:
             if segments:
                 emulation.shape(rate_bps)  # tbf's rate changed mid-run: `tc qdisc replace`
-            # the adaptive source probes once it holds no request: let its probe clear the link first
-            probe_clear_s = 2 * max(0.004, 8 * 16 * 2**10 / rate_bps) + 0.005
+            # the adaptive source probes once it holds no request: let its probes clear the link first
+            probe_clear_s = 8 * (PROBE_SMALL_BYTES + large_probe_bytes(rate_bps, 1)) / rate_bps + 0.005
             rows: dict[object, list[dict]] = {name: [] for name in deployments}
             for round_index in range(requests):
                 round_seed = seed + 1000 + len(segments) * requests + round_index
