@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -74,6 +75,13 @@ def serve(hosts, stack: ExitStack, plans_path: Path, broker_url: str, extra: lis
         client = stack.enter_context(InferenceClient(plans_path, broker_url, deployment=deployment))
         counter = stack.enter_context(AnswerCounter(broker_url, deployment, client.client_name))
     return client, counter, agents
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's CPU time so far (user + system, /proc/PID/stat), to tell what the adaptive source's
+    estimate and probes cost the edge against a pinned plan's agent doing the same requests."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_requests(client: InferenceClient, count: int, seed: int) -> list[dict]:
@@ -135,6 +143,7 @@ def measure(model: str, rates_bps: list[float], requests: int, warmup: int, seed
             # the adaptive source probes once it holds no request: let its probes clear the link first
             probe_clear_s = 8 * (PROBE_SMALL_BYTES + large_probe_bytes(rate_bps, 1)) / rate_bps + 0.005
             rows: dict[object, list[dict]] = {name: [] for name in deployments}
+            cpu_before = {name: cpu_seconds(agents.processes["edge"].pid) for name, (_, _, agents) in deployments.items()}
             for round_index in range(requests):
                 round_seed = seed + 1000 + len(segments) * requests + round_index
                 # the order rotates every round: on the edge's shared CPU quota, a request that follows
@@ -145,14 +154,17 @@ def measure(model: str, rates_bps: list[float], requests: int, warmup: int, seed
                     if name == "adaptive":
                         time.sleep(probe_clear_s)
             sent += requests * len(deployments)
+            edge_cpu_ms = {str(name): (cpu_seconds(agents.processes["edge"].pid) - cpu_before[name]) / requests * 1e3
+                           for name, (_, _, agents) in deployments.items()}
             segments.append({"rate_mbit": rate_bps / 1e6, "requests": rows.pop("adaptive"),
-                             "static": {str(plan): plan_rows for plan, plan_rows in rows.items()}})
+                             "static": {str(plan): plan_rows for plan, plan_rows in rows.items()},
+                             "edge_cpu_ms_per_request": edge_cpu_ms})
         time.sleep(0.5)
         for _, counter, _ in deployments.values():
             answers.update(counter.counts)
         agents = deployments["adaptive"][2]
         document["switches"] = [line.split("agent edge: ", 1)[1] for line in agents.log_text("edge").splitlines()
-                                if "link estimate" in line]
+                                if "link estimate" in line and "->" in line]
         document["link_measured"] = emulation.record["links"]
         document["edge_device"] = emulation.record["devices"]
         document["messages"] = emulation.record.get("messages")
@@ -173,6 +185,9 @@ def measure(model: str, rates_bps: list[float], requests: int, warmup: int, seed
                       "best_static_plan": best_plan, "best_static_ms": best_ms, "static_ms_requests_11_20": static_ms,
                       "adaptive_ms_requests_11_20": settled_ms, "ratio": settled_ms / best_ms,
                       "within_10pct": settled_ms <= (1 + TOLERANCE) * best_ms,
+                      # adaptive against the same plan served statically, where it used the set's plan
+                      "overhead_on_set_plan": settled_ms / static_ms[chosen] - 1,
+                      "edge_cpu_ms_per_request": segment["edge_cpu_ms_per_request"],
                       "plans_used": [row["plan"] for row in rows]})
     document.update(table=table, segments=segments, requests_sent=sent, answers_seen=sum(answers.values()),
                     lost=sent - len(answers), answered_twice=sum(1 for count in answers.values() if count > 1))
@@ -238,12 +253,15 @@ def main() -> None:
         print(f"plan {interval['plan']}: {interval['bandwidth_mbit'][0]:.2f}..{interval['bandwidth_mbit'][1]:.2f} Mbit/s, "
               f"predicted {interval['predicted_ms'][0]:.1f}..{interval['predicted_ms'][1]:.1f} ms")
     print(f"{'rate':>9} | {'set picks (static)':>18} | {'best static':>16} | {'adaptive (11..20)':>17} | {'ratio':>5} | ok "
-          f"| plans used (first 20)")
+          f"| {'vs set plan':>11} | edge CPU ms/request (adaptive; static) | plans used (first 20)")
     for row in document["table"]:
         print(f"{row['rate_mbit']:>5g} Mbit | plan {row['set_plan']} {row['set_plan_static_ms']:>8.1f} ms | "
               f"plan {row['best_static_plan']} {row['best_static_ms']:>7.1f} ms | "
               f"{row['adaptive_ms_requests_11_20']:>14.1f} ms | {row['ratio']:>5.2f} | "
-              f"{'y ' if row['within_10pct'] else 'n '} | {''.join(str(p) for p in row['plans_used'][:20])}")
+              f"{'y ' if row['within_10pct'] else 'n '} | {row['overhead_on_set_plan']:>+10.1%} | "
+              f"{row['edge_cpu_ms_per_request']['adaptive']:>5.2f}; "
+              f"{' / '.join(f'{v:.2f}' for k, v in row['edge_cpu_ms_per_request'].items() if k != 'adaptive'):<24} | "
+              f"{''.join(str(p) for p in row['plans_used'][:20])}")
     for line in document["switches"]:
         print(f"switch: {line}")
     print(f"requests sent {document['requests_sent']}, answers seen {document['answers_seen']}, "

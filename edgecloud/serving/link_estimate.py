@@ -22,15 +22,17 @@ where `offset` is the receiver's clock minus the sender's: +o one way, -o the ot
   theirs alone: a token bucket passes a message's first KB at once after a gap, and only such pairs
   cancel it. Pairs within a direction share the clock offset, so it cancels; the median ignores a
   class that is off. Pairs of both directions are pooled: one link, one rate. bandwidth = 8 / slope;
-- **intercept** per direction: the median of (delay - slope x bytes) = latency + offset(direction);
+- **intercept** per direction: the median over its classes of (least delay - slope x bytes) =
+  latency + offset(direction) (over its samples while it has no class; the median over all samples
+  let load-slowed ones lift it by 4 ms on the testbed, and every normal sample then looked fast);
   with samples both ways the offsets cancel in the mean of the two intercepts (clocks may disagree,
   as `edgecloud.serving.deadlines` allows), with one direction only the clocks are taken as agreeing.
 
 - **step detection**: a window forgets slowly (a step is followed once half of it is new), so when
   STEP_RUN samples in a row of one direction, each of at least MIN_SPREAD_BYTES, are off the current
   fit on the same side, faster by more than STEP_FASTER_REL (one sample) or slower by more than
-  STEP_SLOWER_REL (two) of their predicted transfer time, that direction's older large samples are
-  dropped. Small
+  STEP_SLOWER_REL (three, and STEP_SLOWER_MIN_S) of their predicted transfer time, that direction's
+  older large samples are dropped. Small
   samples stay: they hardly depend on the rate, and they carry the intercept. The two sides differ
   because a loaded host only ever adds delay: on the testbed at load ~10 two 48 KB activations in a
   row took 1.7x their predicted transfer at an unchanged 47 Mbit/s, and a symmetric 0.5 threshold
@@ -59,8 +61,12 @@ MIN_CLASS_SAMPLES = 2  # a size class speaks through its least delay once it hol
 # the window holds such pairs of classes, the slope is theirs alone.
 BURST_FREE_BYTES = 8 * 2**10
 # Large samples in a row off the fit, on one side, that mean the link changed: one faster (only the link
-# makes a transfer faster, and the classes' minima would at once pair the new rate with the old), two slower.
-STEP_RUN = {-1: 1, 1: 2}
+# makes a transfer faster, and the classes' minima would at once pair the new rate with the old), three
+# slower, each also by more than STEP_SLOWER_MIN_S: on the testbed at 95 Mbit/s and load ~13 two 48 KB
+# activations in a row took 10 ms for 4.8, two slower samples took that for a step, read 50 Mbit/s from
+# those two alone and the next normal one stepped back: a one-request flap wherever a breakpoint lies between.
+STEP_RUN = {-1: 1, 1: 3}
+STEP_SLOWER_MIN_S = 0.002
 STEP_FASTER_REL = 0.5  # faster than the fit by more than this fraction of the predicted transfer time
 STEP_SLOWER_REL = 1.0  # slower by more than this: the rate at least halved (load alone rarely does that)
 
@@ -112,7 +118,8 @@ class LinkEstimator:
         slope, intercepts = fit
         transfer_s = slope * sample.n_bytes
         off_s = sample.delay_s - intercepts[direction] - transfer_s
-        sign = 1 if off_s > STEP_SLOWER_REL * transfer_s else (-1 if off_s < -STEP_FASTER_REL * transfer_s else 0)
+        sign = (1 if off_s > max(STEP_SLOWER_REL * transfer_s, STEP_SLOWER_MIN_S)
+                else -1 if off_s < -STEP_FASTER_REL * transfer_s else 0)
         if sign == 0 or (run and run[-1] != sign):
             run.clear()
         if sign:
@@ -163,5 +170,9 @@ class LinkEstimator:
         slope = statistics.median((b[2] - a[2]) / (b[1] - a[1]) for a, b in pairs)
         if slope <= 0:  # bigger messages were not slower: the rate is beyond what the jitter resolves
             return None
-        return slope, {direction: statistics.median(s.delay_s - slope * s.n_bytes for s in samples)
-                       for direction, samples in fresh.items() if samples}
+        intercepts = {}
+        for direction, samples in fresh.items():
+            mine = [delay_s - slope * n_bytes for d, n_bytes, delay_s in least if d == direction]
+            if mine or samples:
+                intercepts[direction] = statistics.median(mine or [s.delay_s - slope * s.n_bytes for s in samples])
+        return slope, intercepts
