@@ -38,7 +38,7 @@ from pathlib import Path
 from edgecloud.cli import demo, testbed
 from edgecloud.cli.demo_steps import DemoSettings, model_inputs, plan_demo_model
 from edgecloud.cli.testbed_steps import emulated_hosts
-from edgecloud.serving.agent import PROBE_SMALL_BYTES, large_probe_bytes
+from edgecloud.serving.agent import large_probe_bytes
 from edgecloud.serving.client import InferenceClient
 from edgecloud.serving.plan_choice import load_served_plans
 from edgecloud.transport.mqtt import MqttTransport
@@ -141,7 +141,7 @@ def measure(model: str, rates_bps: list[float], requests: int, warmup: int, seed
             if segments:
                 emulation.shape(rate_bps)  # tbf's rate changed mid-run: `tc qdisc replace`
             # the adaptive source probes once it holds no request: let its probes clear the link first
-            probe_clear_s = 8 * (PROBE_SMALL_BYTES + large_probe_bytes(rate_bps, 1)) / rate_bps + 0.005
+            probe_clear_s = 8 * large_probe_bytes(rate_bps, 1) / rate_bps + 0.005
             rows: dict[object, list[dict]] = {name: [] for name in deployments}
             cpu_before = {name: cpu_seconds(agents.processes["edge"].pid) for name, (_, _, agents) in deployments.items()}
             for round_index in range(requests):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgecloud.serving.agent import PROBE_SMALL_BYTES, large_probe_bytes
+from edgecloud.serving.agent import large_probe_bytes
 from edgecloud.serving.link_estimate import WINDOW, LinkEstimator
 from edgecloud.serving.plan_choice import PlanSelector
 
@@ -103,13 +103,14 @@ def test_a_step_is_detected_and_followed_within_three_requests() -> None:
 def probed_traffic(estimator: LinkEstimator, start_s: float, count: int, rate_bps: float,
                    activation_bytes: int | None = 49_152, bucket: int = 3_000) -> float:
     """A source's traffic as the agent makes it: per request an activation up (None: the plan keeps
-    everything local), then a probe round (the tiny probe and a large one, `large_probe_bytes`), each
-    message after an idle gap, so that a token bucket of `bucket` bytes passes its first bytes at once."""
+    everything local), then a probe (`large_probe_bytes`) and its tiny echo down, each message after an
+    idle gap, so that a token bucket of `bucket` bytes passes its first bytes at once."""
     now_s = start_s
     for index in range(count):
-        sizes = ([activation_bytes] if activation_bytes else []) + [PROBE_SMALL_BYTES, large_probe_bytes(rate_bps, index)]
+        sizes = ([activation_bytes] if activation_bytes else []) + [large_probe_bytes(rate_bps, index)]
         for n_bytes in sizes:
             estimator.add("up", n_bytes, now_s, now_s + 0.001 + 8 * max(0, n_bytes - bucket) / rate_bps)
+            estimator.add("down", 0, now_s + 0.02, now_s + 0.021)
             now_s += 0.05
     return now_s
 
@@ -133,7 +134,7 @@ def test_a_lone_slow_probe_right_after_a_step_does_not_set_the_rate() -> None:
     estimator = LinkEstimator()
     now_s = probed_traffic(estimator, 0.0, 12, 5e6, activation_bytes=None)
     for n_bytes, late_s in ((16_384, 0.0), (32_768, 0.010), (16_384, 0.0)):
-        estimator.add("up", PROBE_SMALL_BYTES, now_s, now_s + 0.001)
+        estimator.add("down", 0, now_s, now_s + 0.001)
         estimator.add("up", n_bytes, now_s, now_s + 0.001 + 8 * (n_bytes - 3_000) / 47e6 + late_s)
         now_s += 0.1
         estimate = estimator.estimate(now_s)

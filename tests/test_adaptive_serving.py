@@ -127,3 +127,23 @@ def test_the_source_falls_back_under_the_plan_the_request_was_tagged_with(plan_s
 def test_pin_plan_beyond_the_set_is_refused_in_one_line(plan_set: Path) -> None:
     outcome = CliRunner().invoke(app, ["agent", "--plan", str(plan_set), "--device", "edge", "--pin-plan", "99"])
     assert outcome.exit_code == 2 and outcome.output.startswith("error: ") and "--pin-plan 99" in outcome.output
+
+
+def test_a_probe_round_is_one_message_a_device_and_its_echo_samples_both_ways(plan_set: Path, broker) -> None:
+    # each message costs the edge's CPU quota: a round used to be a tiny and a large probe (two sends,
+    # two echoes); the echo alone is the tiny sample now
+    served = load_served_plans(plan_set)
+    options = AgentOptions(deployment=f"a{uuid.uuid4().hex[:8]}", probe_interval_s=3600.0, local_probe_interval_s=3600.0)
+    with DeviceAgent(served, "edge", broker.url, options) as edge, DeviceAgent(served, "cloud", broker.url, options):
+        sent: list[Message] = []
+        send = edge._send
+        edge._send = lambda device, message: (sent.append(message), send(device, message))[1]  # type: ignore[method-assign]
+        with edge._state_lock:
+            edge._last_probe_s = 0.0
+            edge._maybe_probe(time.time())
+        deadline = time.time() + 10.0
+        while not edge.link._samples["down"] and time.time() < deadline:
+            time.sleep(0.01)
+    assert [message.meta.get("probe") for message in sent] == [True]
+    up, down = list(edge.link._samples["up"]), list(edge.link._samples["down"])
+    assert [sample.n_bytes for sample in down] == [0] and len(up) == 1 and up[0].n_bytes >= 16 * 2**10

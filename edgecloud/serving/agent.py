@@ -93,7 +93,6 @@ MAX_REPLY_TOPICS = 1024  # checked reply_to topics remembered with the topic we 
 INLINE_MAX_BYTES = 256 * 2**10  # larger messages go to the executor: encoding them would hold paho's thread
 # A large probe takes about PROBE_S at the estimated rate: long enough to time, short enough to cost little.
 PROBE_S = 0.004
-PROBE_SMALL_BYTES = 64
 PROBE_MIN_LARGE_BYTES = 16 * 2**10  # 1.3 ms at 100 Mbit/s, 26 ms at 5 Mbit/s
 PROBE_MAX_BYTES = 256 * 2**10
 # Every other large probe is twice the size: two large probes, each after an idle gap, are a pair that
@@ -469,10 +468,12 @@ class DeviceAgent:
     def _maybe_probe(self, now_s: float) -> None:
         """Source, adaptive: when no request of ours is on the link and none was probed for
         `probe_interval_s` (`local_probe_interval_s` while the plan in use sends nothing across, as when it
-        keeps everything on the source), send each other device a tiny probe and one of about PROBE_S at the
-        estimated rate (`large_probe_bytes`): the estimator then has sizes besides the plan's own traffic,
-        and pairs of large probes cancel a token bucket (a plan's activation against the tiny probe alone
-        read 50 Mbit/s ~10 % high on the testbed)."""
+        keeps everything on the source), send each other device one probe of about PROBE_S at the estimated
+        rate (`large_probe_bytes`, two sizes in turn): the estimator then has sizes besides the plan's own
+        traffic, and pairs of large probes cancel a token bucket (a plan's activation against a tiny probe
+        read 50 Mbit/s ~10 % high on the testbed). No tiny probe beside it: the echo is the tiny sample
+        (down), and each message costs the edge's CPU quota (the source's 64 B probe and its echo made about
+        half of the +2 ms of edge CPU per request that adaptive cost against the same plan pinned)."""
         if not self.plans.adaptive or not self.is_source or not self.options.switching or self._pending:
             return
         local = self._views[self.selector.current].local_only
@@ -480,15 +481,14 @@ class DeviceAgent:
             return
         estimate = self.link.estimate(now_s)
         rate_bps = estimate.bandwidth_bps if estimate else self.plans.bounds_bps[self.selector.current][0]
-        sizes = [PROBE_SMALL_BYTES, large_probe_bytes(rate_bps, self._large_probes)]
+        n_bytes = large_probe_bytes(rate_bps, self._large_probes)
         self._large_probes += 1
         self._last_probe_s = now_s
-        for n_bytes in sizes:
-            self.stats["probes"] += 1
-            for device in self._device_topics:
-                self._send(device, Message(kind="activation", request_id=f"probe-{self.stats['probes']}",
-                                           sender=self.device, tensors={"probe": np.zeros(n_bytes, np.uint8)},
-                                           meta={"probe": True, "sent_s": time.time()}))
+        self.stats["probes"] += 1
+        for device in self._device_topics:
+            self._send(device, Message(kind="activation", request_id=f"probe-{self.stats['probes']}",
+                                       sender=self.device, tensors={"probe": np.zeros(n_bytes, np.uint8)},
+                                       meta={"probe": True, "sent_s": time.time()}))
 
     def _on_probe(self, message: Message, received_s: float) -> None:
         """Another device: echo the source's probe with when it arrived (a tiny message: no amplification)."""
