@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from devices.sessions import make_session
 from edgecloud.cli.app import app
 from edgecloud.serving.agent import AgentOptions, DeviceAgent
+from edgecloud.serving.link_estimate import WINDOW
 from edgecloud.serving.agent_processes import AgentProcesses
 from edgecloud.serving.client import InferenceClient
 from edgecloud.serving.plan_choice import load_served_plans
@@ -147,3 +148,34 @@ def test_a_probe_round_is_one_message_a_device_and_its_echo_samples_both_ways(pl
     assert [message.meta.get("probe") for message in sent] == [True]
     up, down = list(edge.link._samples["up"]), list(edge.link._samples["down"])
     assert [sample.n_bytes for sample in down] == [0] and len(up) == 1 and up[0].n_bytes >= 16 * 2**10
+
+
+def test_on_a_local_plan_the_source_probes_less_while_the_link_holds_and_quickly_after_a_step(plan_set: Path,
+                                                                                              broker) -> None:
+    # every probe costs the edge's CPU quota: at one probe each 0.1 s, adaptive took +2 ms of edge CPU a
+    # request over the same all-edge plan pinned (bench/adaptive_switch.py at 5 Mbit/s)
+    served = load_served_plans(plan_set)
+    local = next(index for index, manifest in enumerate(served.manifests) if len(manifest.stages) == 1)
+    options = AgentOptions(deployment=f"a{uuid.uuid4().hex[:8]}", probe_interval_s=0.8, local_probe_interval_s=0.095,  # just under two looks
+                           switching=True, start_plan=local)
+    with DeviceAgent(served, "edge", broker.url, options) as edge:
+        edge._send = lambda device, message: None  # type: ignore[method-assign]  # counted, not sent
+        start_s = time.time()
+        for index in range(WINDOW):  # a link that holds: an estimate (50 Mbit/s)
+            sent_s = start_s - 1.0 + index * 0.01
+            edge.link.add("up", (1 + index % 2) * 32_768, sent_s, sent_s + 0.001 + (1 + index % 2) * 0.0052)
+        with edge._state_lock:
+            edge._last_probe_s = start_s - 1.0
+            before = edge.stats["probes"]
+            for tick in range(40):  # 2 s, looked at every 50 ms
+                edge._maybe_probe(start_s + tick * 0.05)
+            steady = edge.stats["probes"] - before
+            now_s = start_s + 2.0
+            edge.link.add("up", 32_768, now_s, now_s + 0.001 + 0.0013)  # the link got 4x faster: a step
+            assert edge.link.steps == 1
+            before = edge.stats["probes"]
+            for tick in range(40, 46):  # 0.3 s: quick probes again until the new rate is measured
+                edge._maybe_probe(start_s + tick * 0.05)
+            after_step = edge.stats["probes"] - before
+    assert steady <= 6, steady  # 0.1, 0.2, 0.4, 0.8, 0.8 s apart (20 at a fixed 0.1 s)
+    assert after_step >= 3, after_step

@@ -126,7 +126,7 @@ class AgentOptions:
     emulated_links: Mapping[str, LinkProfile] = field(default_factory=dict)  # destination device -> link
     probe_interval_s: float = 0.5  # adaptive source: the least time between two probes of an idle link
     # ... and while the plan in use sends nothing across, so that probes are the only samples:
-    local_probe_interval_s: float = 0.1
+    local_probe_interval_s: float = 0.1  # ... after a step or a switch; doubling per probe while the link holds
     switching: bool = True  # adaptive source: follow the link estimate (False: stay on `start_plan`)
     start_plan: int | None = None  # adaptive source: the plan served until the link is measured (None: the last)
 
@@ -209,6 +209,11 @@ class DeviceAgent:
         self.selector = PlanSelector(self.plans.bounds_bps, start)
         self._last_probe_s = 0.0
         self._large_probes = 0  # large probes sent: their size alternates by PROBE_LARGE_FACTORS
+        # while the plan keeps everything local: the gap before the next probe, doubled after each one
+        # up to probe_interval_s while there is an estimate, back to local_probe_interval_s after a step or
+        # a switch (the steps and the plan it was reset at)
+        self._local_gap_s = self.options.local_probe_interval_s
+        self._gap_reset_at: tuple[int, int] = (0, self.selector.current)
         self.fallback_margin_s = 0.0
         self.default_deadline_s = options.request_ttl_s  # the source derives its own in _warm_up
         self._path_s = 0.0  # source: how long the other devices may take before a missing answer counts
@@ -467,8 +472,10 @@ class DeviceAgent:
 
     def _maybe_probe(self, now_s: float) -> None:
         """Source, adaptive: when no request of ours is on the link and none was probed for
-        `probe_interval_s` (`local_probe_interval_s` while the plan in use sends nothing across, as when it
-        keeps everything on the source), send each other device one probe of about PROBE_S at the estimated
+        `probe_interval_s` (while the plan in use sends nothing across, as when it keeps everything on the
+        source, `local_probe_interval_s` after a step or a switch, doubling per probe up to
+        `probe_interval_s` while the link holds: the probes are then the only samples, and quick ones
+        after a change, but each costs the edge's CPU quota), send each other device one probe of about PROBE_S at the estimated
         rate (`large_probe_bytes`, two sizes in turn): the estimator then has sizes besides the plan's own
         traffic, and pairs of large probes cancel a token bucket (a plan's activation against a tiny probe
         read 50 Mbit/s ~10 % high on the testbed). No tiny probe beside it: the echo is the tiny sample
@@ -477,9 +484,14 @@ class DeviceAgent:
         if not self.plans.adaptive or not self.is_source or not self.options.switching or self._pending:
             return
         local = self._views[self.selector.current].local_only
-        if now_s - self._last_probe_s < (self.options.local_probe_interval_s if local else self.options.probe_interval_s):
+        if (self.link.steps, self.selector.current) != self._gap_reset_at:
+            self._gap_reset_at = (self.link.steps, self.selector.current)
+            self._local_gap_s = self.options.local_probe_interval_s
+        if now_s - self._last_probe_s < (self._local_gap_s if local else self.options.probe_interval_s):
             return
         estimate = self.link.estimate(now_s)
+        if local and estimate is not None:  # no estimate (as right after a step): keep probing quickly
+            self._local_gap_s = min(2 * self._local_gap_s, max(self.options.probe_interval_s, self._local_gap_s))
         rate_bps = estimate.bandwidth_bps if estimate else self.plans.bounds_bps[self.selector.current][0]
         n_bytes = large_probe_bytes(rate_bps, self._large_probes)
         self._large_probes += 1
