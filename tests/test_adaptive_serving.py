@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from devices.sessions import make_session
 from edgecloud.cli.app import app
-from edgecloud.serving.agent import AgentOptions, DeviceAgent
+from edgecloud.serving.agent import IDLE_PROBE_S, AgentOptions, DeviceAgent
 from edgecloud.serving.link_estimate import WINDOW
 from edgecloud.serving.agent_processes import AgentProcesses
 from edgecloud.serving.client import InferenceClient
@@ -179,3 +179,22 @@ def test_on_a_local_plan_the_source_probes_less_while_the_link_holds_and_quickly
             after_step = edge.stats["probes"] - before
     assert steady <= 6, steady  # 0.1, 0.2, 0.4, 0.8, 0.8 s apart (20 at a fixed 0.1 s)
     assert after_step >= 3, after_step
+
+
+def test_the_timer_probes_only_a_source_idle_for_a_while(plan_set: Path, broker) -> None:
+    # a probe from the executor's timer could land just before the next request, its echo during it
+    served = load_served_plans(plan_set)
+    options = AgentOptions(deployment=f"a{uuid.uuid4().hex[:8]}", probe_interval_s=0.5, local_probe_interval_s=0.1)
+    with DeviceAgent(served, "edge", broker.url, options) as edge:
+        edge._send = lambda device, message: None  # type: ignore[method-assign]  # counted, not sent
+        with edge._state_lock:
+            now_s = time.time()
+            edge._maybe_probe(now_s - 2.0)  # a request ended 2 s ago: probed then
+            before = edge.stats["probes"]
+            edge._maybe_probe(now_s - IDLE_PROBE_S / 2)  # another ended since
+            after_request = edge.stats["probes"] - before
+            edge._maybe_probe(now_s, just_finished=False)  # the timer, IDLE_PROBE_S / 2 after it: too soon
+            too_soon = edge.stats["probes"] - before - after_request
+            edge._maybe_probe(now_s + IDLE_PROBE_S, just_finished=False)  # idle long enough
+            idle = edge.stats["probes"] - before - after_request - too_soon
+    assert (after_request, too_soon, idle) == (1, 0, 1)
