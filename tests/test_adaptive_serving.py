@@ -198,3 +198,21 @@ def test_the_timer_probes_only_a_source_idle_for_a_while(plan_set: Path, broker)
             edge._maybe_probe(now_s + IDLE_PROBE_S, just_finished=False)  # idle long enough
             idle = edge.stats["probes"] - before - after_request - too_soon
     assert (after_request, too_soon, idle) == (1, 0, 1)
+
+
+def test_without_an_estimate_the_source_probes_quickly_with_one_size_whatever_the_plan(plan_set: Path, broker) -> None:
+    # right after a step on all-cloud: the size classes need two samples of one size, and at 0.5 s
+    # between probes of alternating sizes the source served 8 requests under the old plan
+    served = load_served_plans(plan_set)
+    options = AgentOptions(deployment=f"a{uuid.uuid4().hex[:8]}", probe_interval_s=0.5, local_probe_interval_s=0.1,
+                           switching=True, start_plan=len(served.manifests) - 1)  # the fastest link's plan
+    with DeviceAgent(served, "edge", broker.url, options) as edge:
+        assert not edge._views[edge.selector.current].local_only
+        sizes: list[int] = []
+        edge._send = lambda device, message: sizes.append(message.tensors["probe"].nbytes)  # type: ignore[method-assign]
+        with edge._state_lock:
+            now_s = time.time()
+            assert edge.link.estimate(now_s) is None
+            for tick in range(3):
+                edge._maybe_probe(now_s + tick * 0.11)
+    assert len(sizes) == 3 and len(set(sizes)) == 1, sizes

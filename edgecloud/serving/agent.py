@@ -482,7 +482,9 @@ class DeviceAgent:
         (while the plan in use sends nothing across, as when it keeps everything on the
         source, `local_probe_interval_s` after a step or a switch, doubling per probe up to
         `probe_interval_s` while the link holds: the probes are then the only samples, and quick ones
-        after a change, but each costs the edge's CPU quota), send each other device one probe of about PROBE_S at the estimated
+        after a change, but each costs the edge's CPU quota; with no estimate, as right after a step, every
+        local_probe_interval_s whatever the plan, one size: on all-cloud at 100 -> 5 Mbit/s the source
+        otherwise waited 8 requests for two probes of one size), send each other device one probe of about PROBE_S at the estimated
         rate (`large_probe_bytes`, two sizes in turn): the estimator then has sizes besides the plan's own
         traffic, and pairs of large probes cancel a token bucket (a plan's activation against a tiny probe
         read 50 Mbit/s ~10 % high on the testbed). No tiny probe beside it: the echo is the tiny sample
@@ -498,14 +500,16 @@ class DeviceAgent:
         if (self.link.steps, self.selector.current) != self._gap_reset_at:
             self._gap_reset_at = (self.link.steps, self.selector.current)
             self._local_gap_s = self.options.local_probe_interval_s
-        if now_s - self._last_probe_s < (self._local_gap_s if local else self.options.probe_interval_s):
-            return
         estimate = self.link.estimate(now_s)
+        gap_s = self._local_gap_s if local else self.options.probe_interval_s
+        if now_s - self._last_probe_s < (gap_s if estimate is not None else self.options.local_probe_interval_s):
+            return
         if local and estimate is not None:  # no estimate (as right after a step): keep probing quickly
             self._local_gap_s = min(2 * self._local_gap_s, max(self.options.probe_interval_s, self._local_gap_s))
         rate_bps = estimate.bandwidth_bps if estimate else self.plans.bounds_bps[self.selector.current][0]
         n_bytes = large_probe_bytes(rate_bps, self._large_probes)
-        self._large_probes += 1
+        if estimate is not None:  # none (as right after a step): the same size again, as a class needs two
+            self._large_probes += 1
         self._last_probe_s = now_s
         self.stats["probes"] += 1
         for device in self._device_topics:
