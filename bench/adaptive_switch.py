@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import statistics
 import tempfile
 import time
@@ -37,6 +39,7 @@ from pathlib import Path
 from edgecloud.cli import demo, testbed
 from edgecloud.cli.demo_steps import DemoSettings, model_inputs, plan_demo_model
 from edgecloud.cli.testbed_steps import emulated_hosts
+from edgecloud.serving.agent import large_probe_bytes
 from edgecloud.serving.client import InferenceClient
 from edgecloud.serving.plan_choice import load_served_plans
 from edgecloud.transport.mqtt import MqttTransport
@@ -46,6 +49,7 @@ from partitioner.plan.plan_set import adaptive_plans
 RESULTS = Path(__file__).parent / "results"
 SETTLE_FROM, SETTLE_TO = 10, 20  # requests 11..20 after a change: "within 20 requests"
 TOLERANCE = 0.10
+ESTIMATE_LINE = re.compile(r"link estimate ([\d.]+) Mbit/s from \d+ pairs at ([\d.]+)")
 
 
 class AnswerCounter:
@@ -73,6 +77,13 @@ def serve(hosts, stack: ExitStack, plans_path: Path, broker_url: str, extra: lis
         client = stack.enter_context(InferenceClient(plans_path, broker_url, deployment=deployment))
         counter = stack.enter_context(AnswerCounter(broker_url, deployment, client.client_name))
     return client, counter, agents
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's CPU time so far (user + system, /proc/PID/stat), to tell what the adaptive source's
+    estimate and probes cost the edge against a pinned plan's agent doing the same requests."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_requests(client: InferenceClient, count: int, seed: int) -> list[dict]:
@@ -121,7 +132,8 @@ def measure(model: str, rates_bps: list[float], requests: int, warmup: int, seed
         answers: Counter[str] = Counter()
         # Every deployment alive at once and served in rounds (one request each), so that adaptive and
         # static requests meet the same load on the shared cores.
-        deployments = {"adaptive": serve(emulation.hosts, stack, plans_path, broker_url, [])}
+        # the adaptive source at DEBUG: its log names the estimate behind every plan choice
+        deployments = {"adaptive": serve(emulation.hosts, stack, plans_path, broker_url, ["--log-level", "DEBUG"])}
         for index in range(len(served.manifests)):
             deployments[index + 1] = serve(emulation.hosts, stack, plans_path, broker_url, ["--pin-plan", str(index + 1)])
         for client, _, _ in deployments.values():
@@ -131,9 +143,11 @@ def measure(model: str, rates_bps: list[float], requests: int, warmup: int, seed
         for rate_bps in rates_bps:
             if segments:
                 emulation.shape(rate_bps)  # tbf's rate changed mid-run: `tc qdisc replace`
-            # the adaptive source probes once it holds no request: let its probe clear the link first
-            probe_clear_s = 2 * max(0.004, 8 * 16 * 2**10 / rate_bps) + 0.005
+            # the adaptive source probes once it holds no request: let its probes clear the link first
+            probe_clear_s = 8 * large_probe_bytes(rate_bps, 1) / rate_bps + 0.005
+            started_s = time.time()
             rows: dict[object, list[dict]] = {name: [] for name in deployments}
+            cpu_before = {name: cpu_seconds(agents.processes["edge"].pid) for name, (_, _, agents) in deployments.items()}
             for round_index in range(requests):
                 round_seed = seed + 1000 + len(segments) * requests + round_index
                 # the order rotates every round: on the edge's shared CPU quota, a request that follows
@@ -144,21 +158,29 @@ def measure(model: str, rates_bps: list[float], requests: int, warmup: int, seed
                     if name == "adaptive":
                         time.sleep(probe_clear_s)
             sent += requests * len(deployments)
-            segments.append({"rate_mbit": rate_bps / 1e6, "requests": rows.pop("adaptive"),
-                             "static": {str(plan): plan_rows for plan, plan_rows in rows.items()}})
+            edge_cpu_ms = {str(name): (cpu_seconds(agents.processes["edge"].pid) - cpu_before[name]) / requests * 1e3
+                           for name, (_, _, agents) in deployments.items()}
+            segments.append({"rate_mbit": rate_bps / 1e6, "started_s": started_s, "requests": rows.pop("adaptive"),
+                             "static": {str(plan): plan_rows for plan, plan_rows in rows.items()},
+                             "edge_cpu_ms_per_request": edge_cpu_ms})
         time.sleep(0.5)
         for _, counter, _ in deployments.values():
             answers.update(counter.counts)
         agents = deployments["adaptive"][2]
-        document["switches"] = [line.split("agent edge: ", 1)[1] for line in agents.log_text("edge").splitlines()
-                                if "link estimate" in line]
+        log = agents.log_text("edge").splitlines()
+        document["switches"] = [line.split("agent edge: ", 1)[1] for line in log if "link estimate" in line and "->" in line]
+        # (when, Mbit/s) of every estimate a plan choice read
+        document["estimates"] = [(float(match[2]), float(match[1])) for match in
+                                 (ESTIMATE_LINE.search(line) for line in log) if match]
         document["link_measured"] = emulation.record["links"]
         document["edge_device"] = emulation.record["devices"]
         document["messages"] = emulation.record.get("messages")
 
     table = []
     window = slice(SETTLE_FROM, SETTLE_TO)
-    for segment, rate_bps in zip(segments, rates_bps):
+    ends_s = [segment["started_s"] for segment in segments[1:]] + [float("inf")]
+    for segment, rate_bps, end_s in zip(segments, rates_bps, ends_s):
+        estimates = [mbit for at_s, mbit in document["estimates"] if segment["started_s"] <= at_s < end_s]
         rows = segment["requests"]
         static_ms = {int(plan): statistics.median(r["latency_s"] for r in plan_rows[window]) * 1e3
                      for plan, plan_rows in segment["static"].items()}
@@ -172,7 +194,13 @@ def measure(model: str, rates_bps: list[float], requests: int, warmup: int, seed
                       "best_static_plan": best_plan, "best_static_ms": best_ms, "static_ms_requests_11_20": static_ms,
                       "adaptive_ms_requests_11_20": settled_ms, "ratio": settled_ms / best_ms,
                       "within_10pct": settled_ms <= (1 + TOLERANCE) * best_ms,
-                      "plans_used": [row["plan"] for row in rows]})
+                      # adaptive against the plan it ran (most of requests 11-20) served statically: its own cost
+                      "ran_plan": (ran := Counter(row["plan"] for row in rows[window]).most_common(1)[0][0]),
+                      "overhead_vs_same_plan": settled_ms / static_ms[ran] - 1,
+                      "edge_cpu_ms_per_request": segment["edge_cpu_ms_per_request"],
+                      "plans_used": [row["plan"] for row in rows],
+                      "estimates_mbit": {"first": estimates[:3], "median_from_request_11": 
+                                         statistics.median(estimates[SETTLE_FROM:]) if estimates[SETTLE_FROM:] else None}})
     document.update(table=table, segments=segments, requests_sent=sent, answers_seen=sum(answers.values()),
                     lost=sent - len(answers), answered_twice=sum(1 for count in answers.values() if count > 1))
     return document
@@ -237,12 +265,20 @@ def main() -> None:
         print(f"plan {interval['plan']}: {interval['bandwidth_mbit'][0]:.2f}..{interval['bandwidth_mbit'][1]:.2f} Mbit/s, "
               f"predicted {interval['predicted_ms'][0]:.1f}..{interval['predicted_ms'][1]:.1f} ms")
     print(f"{'rate':>9} | {'set picks (static)':>18} | {'best static':>16} | {'adaptive (11..20)':>17} | {'ratio':>5} | ok "
-          f"| plans used (first 20)")
+          f"| {'vs same plan':>12} | edge CPU ms/request (adaptive; static) | plans used (first 20)")
     for row in document["table"]:
         print(f"{row['rate_mbit']:>5g} Mbit | plan {row['set_plan']} {row['set_plan_static_ms']:>8.1f} ms | "
               f"plan {row['best_static_plan']} {row['best_static_ms']:>7.1f} ms | "
               f"{row['adaptive_ms_requests_11_20']:>14.1f} ms | {row['ratio']:>5.2f} | "
-              f"{'y ' if row['within_10pct'] else 'n '} | {''.join(str(p) for p in row['plans_used'][:20])}")
+              f"{'y ' if row['within_10pct'] else 'n '} | {row['overhead_vs_same_plan']:>+11.1%} | "
+              f"{row['edge_cpu_ms_per_request']['adaptive']:>5.2f}; "
+              f"{' / '.join(f'{v:.2f}' for k, v in row['edge_cpu_ms_per_request'].items() if k != 'adaptive'):<24} | "
+              f"{''.join(str(p) for p in row['plans_used'][:20])}")
+    for row in document["table"]:
+        estimates = row["estimates_mbit"]
+        print(f"{row['rate_mbit']:>5g} Mbit (measured {row['measured_rate_mbit']:.1f}): estimates after the change "
+              f"{', '.join(f'{e:.1f}' for e in estimates['first'])}; median from request 11 "
+              f"{estimates['median_from_request_11'] or float('nan'):.1f} Mbit/s")
     for line in document["switches"]:
         print(f"switch: {line}")
     print(f"requests sent {document['requests_sent']}, answers seen {document['answers_seen']}, "

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from devices.sessions import make_session
 from edgecloud.cli.app import app
-from edgecloud.serving.agent import AgentOptions, DeviceAgent
+from edgecloud.serving.agent import IDLE_PROBE_S, AgentOptions, DeviceAgent
+from edgecloud.serving.link_estimate import WINDOW
 from edgecloud.serving.agent_processes import AgentProcesses
 from edgecloud.serving.client import InferenceClient
 from edgecloud.serving.plan_choice import load_served_plans
@@ -127,3 +128,91 @@ def test_the_source_falls_back_under_the_plan_the_request_was_tagged_with(plan_s
 def test_pin_plan_beyond_the_set_is_refused_in_one_line(plan_set: Path) -> None:
     outcome = CliRunner().invoke(app, ["agent", "--plan", str(plan_set), "--device", "edge", "--pin-plan", "99"])
     assert outcome.exit_code == 2 and outcome.output.startswith("error: ") and "--pin-plan 99" in outcome.output
+
+
+def test_a_probe_round_is_one_message_a_device_and_its_echo_samples_both_ways(plan_set: Path, broker) -> None:
+    # each message costs the edge's CPU quota: a round used to be a tiny and a large probe (two sends,
+    # two echoes); the echo alone is the tiny sample now
+    served = load_served_plans(plan_set)
+    options = AgentOptions(deployment=f"a{uuid.uuid4().hex[:8]}", probe_interval_s=3600.0, local_probe_interval_s=3600.0)
+    with DeviceAgent(served, "edge", broker.url, options) as edge, DeviceAgent(served, "cloud", broker.url, options):
+        sent: list[Message] = []
+        send = edge._send
+        edge._send = lambda device, message: (sent.append(message), send(device, message))[1]  # type: ignore[method-assign]
+        with edge._state_lock:
+            edge._last_probe_s = 0.0
+            edge._maybe_probe(time.time())
+        deadline = time.time() + 10.0
+        while not edge.link._samples["down"] and time.time() < deadline:
+            time.sleep(0.01)
+    assert [message.meta.get("probe") for message in sent] == [True]
+    up, down = list(edge.link._samples["up"]), list(edge.link._samples["down"])
+    assert [sample.n_bytes for sample in down] == [0] and len(up) == 1 and up[0].n_bytes >= 16 * 2**10
+
+
+def test_on_a_local_plan_the_source_probes_less_while_the_link_holds_and_quickly_after_a_step(plan_set: Path,
+                                                                                              broker) -> None:
+    # every probe costs the edge's CPU quota: at one probe each 0.1 s, adaptive took +2 ms of edge CPU a
+    # request over the same all-edge plan pinned (bench/adaptive_switch.py at 5 Mbit/s)
+    served = load_served_plans(plan_set)
+    local = next(index for index, manifest in enumerate(served.manifests) if len(manifest.stages) == 1)
+    options = AgentOptions(deployment=f"a{uuid.uuid4().hex[:8]}", probe_interval_s=0.8, local_probe_interval_s=0.095,  # just under two looks
+                           switching=True, start_plan=local)
+    with DeviceAgent(served, "edge", broker.url, options) as edge:
+        edge._send = lambda device, message: None  # type: ignore[method-assign]  # counted, not sent
+        start_s = time.time()
+        for index in range(WINDOW):  # a link that holds: an estimate (50 Mbit/s)
+            sent_s = start_s - 1.0 + index * 0.01
+            edge.link.add("up", (1 + index % 2) * 32_768, sent_s, sent_s + 0.001 + (1 + index % 2) * 0.0052)
+        with edge._state_lock:
+            edge._last_probe_s = start_s - 1.0
+            before = edge.stats["probes"]
+            for tick in range(40):  # 2 s, looked at every 50 ms
+                edge._maybe_probe(start_s + tick * 0.05)
+            steady = edge.stats["probes"] - before
+            now_s = start_s + 2.0
+            edge.link.add("up", 32_768, now_s, now_s + 0.001 + 0.0013)  # the link got 4x faster: a step
+            assert edge.link.steps == 1
+            before = edge.stats["probes"]
+            for tick in range(40, 46):  # 0.3 s: quick probes again until the new rate is measured
+                edge._maybe_probe(start_s + tick * 0.05)
+            after_step = edge.stats["probes"] - before
+    assert steady <= 6, steady  # 0.1, 0.2, 0.4, 0.8, 0.8 s apart (20 at a fixed 0.1 s)
+    assert after_step >= 3, after_step
+
+
+def test_the_timer_probes_only_a_source_idle_for_a_while(plan_set: Path, broker) -> None:
+    # a probe from the executor's timer could land just before the next request, its echo during it
+    served = load_served_plans(plan_set)
+    options = AgentOptions(deployment=f"a{uuid.uuid4().hex[:8]}", probe_interval_s=0.5, local_probe_interval_s=0.1)
+    with DeviceAgent(served, "edge", broker.url, options) as edge:
+        edge._send = lambda device, message: None  # type: ignore[method-assign]  # counted, not sent
+        with edge._state_lock:
+            now_s = time.time()
+            edge._maybe_probe(now_s - 2.0)  # a request ended 2 s ago: probed then
+            before = edge.stats["probes"]
+            edge._maybe_probe(now_s - IDLE_PROBE_S / 2)  # another ended since
+            after_request = edge.stats["probes"] - before
+            edge._maybe_probe(now_s, just_finished=False)  # the timer, IDLE_PROBE_S / 2 after it: too soon
+            too_soon = edge.stats["probes"] - before - after_request
+            edge._maybe_probe(now_s + IDLE_PROBE_S, just_finished=False)  # idle long enough
+            idle = edge.stats["probes"] - before - after_request - too_soon
+    assert (after_request, too_soon, idle) == (1, 0, 1)
+
+
+def test_without_an_estimate_the_source_probes_quickly_with_one_size_whatever_the_plan(plan_set: Path, broker) -> None:
+    # right after a step on all-cloud: the size classes need two samples of one size, and at 0.5 s
+    # between probes of alternating sizes the source served 8 requests under the old plan
+    served = load_served_plans(plan_set)
+    options = AgentOptions(deployment=f"a{uuid.uuid4().hex[:8]}", probe_interval_s=0.5, local_probe_interval_s=0.1,
+                           switching=True, start_plan=len(served.manifests) - 1)  # the fastest link's plan
+    with DeviceAgent(served, "edge", broker.url, options) as edge:
+        assert not edge._views[edge.selector.current].local_only
+        sizes: list[int] = []
+        edge._send = lambda device, message: sizes.append(message.tensors["probe"].nbytes)  # type: ignore[method-assign]
+        with edge._state_lock:
+            now_s = time.time()
+            assert edge.link.estimate(now_s) is None
+            for tick in range(3):
+                edge._maybe_probe(now_s + tick * 0.11)
+    assert len(sizes) == 3 and len(set(sizes)) == 1, sizes

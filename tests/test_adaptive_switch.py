@@ -52,9 +52,10 @@ def test_the_source_follows_a_rate_change_without_losing_or_repeating_a_request(
     assert document["answers_seen"] == document["requests_sent"]
     assert len(document["intervals"]) >= 2, "the plan set must hold a plan for each rate"
     for row in document["table"]:
-        # Settled: most of requests 11-20 and the segment's last request on the set's plan. One request
-        # on a neighbouring plan right after a step is the estimator's known roughness (CI saw
-        # [1, 1, 2, 1, ...] at 5 Mbit/s once); a source that stays on the old plan fails here.
+        # Settled: most of requests 11-20 and the segment's last request on the set's plan. The strict
+        # form (all of 11-20) passed 3 of 3 at load 1-4 and failed 2 of 2 with three busy loops beside
+        # it (3 Dec 15:12 and 15:16: the source still on the old plan at requests 11-12 after 100 -> 5
+        # Mbit/s, a slower step now needs three late samples); a source that stays on the old plan fails here.
         settled = row["plans_used"][SETTLE_FROM:SETTLE_TO]
         on_plan = sum(plan == row["set_plan"] for plan in settled)
         assert on_plan >= 0.8 * len(settled) and settled[-1] == row["set_plan"], row

@@ -93,12 +93,21 @@ MAX_REPLY_TOPICS = 1024  # checked reply_to topics remembered with the topic we 
 INLINE_MAX_BYTES = 256 * 2**10  # larger messages go to the executor: encoding them would hold paho's thread
 # A large probe takes about PROBE_S at the estimated rate: long enough to time, short enough to cost little.
 PROBE_S = 0.004
-PROBE_SMALL_BYTES = 64
 PROBE_MIN_LARGE_BYTES = 16 * 2**10  # 1.3 ms at 100 Mbit/s, 26 ms at 5 Mbit/s
 PROBE_MAX_BYTES = 256 * 2**10
 # Every other large probe is twice the size: two large probes, each after an idle gap, are a pair that
 # cancels what a token bucket lets through at once (edgecloud.serving.link_estimate.BURST_FREE_BYTES).
 PROBE_LARGE_FACTORS = (1, 2)
+IDLE_PROBE_S = 1.0  # the executor's timer probes only a source idle this long (see DeviceAgent._maybe_probe)
+
+
+def large_probe_bytes(rate_bps: float, index: int) -> int:
+    """The `index`-th large probe's size at an estimated `rate_bps`: about PROBE_S of transfer, rounded
+    to a power of two (so that probes repeat exact sizes while the estimate wobbles: the estimator's
+    size classes need two samples each), at least PROBE_MIN_LARGE_BYTES, times PROBE_LARGE_FACTORS in turn."""
+    base = max(rate_bps * PROBE_S / 8, PROBE_MIN_LARGE_BYTES)
+    base = 2 ** int(np.round(np.log2(base)))
+    return int(min(PROBE_LARGE_FACTORS[index % len(PROBE_LARGE_FACTORS)] * base, PROBE_MAX_BYTES))
 
 
 @dataclass(frozen=True)
@@ -118,7 +127,7 @@ class AgentOptions:
     emulated_links: Mapping[str, LinkProfile] = field(default_factory=dict)  # destination device -> link
     probe_interval_s: float = 0.5  # adaptive source: the least time between two probes of an idle link
     # ... and while the plan in use sends nothing across, so that probes are the only samples:
-    local_probe_interval_s: float = 0.1
+    local_probe_interval_s: float = 0.1  # ... after a step or a switch; doubling per probe while the link holds
     switching: bool = True  # adaptive source: follow the link estimate (False: stay on `start_plan`)
     start_plan: int | None = None  # adaptive source: the plan served until the link is measured (None: the last)
 
@@ -201,6 +210,12 @@ class DeviceAgent:
         self.selector = PlanSelector(self.plans.bounds_bps, start)
         self._last_probe_s = 0.0
         self._large_probes = 0  # large probes sent: their size alternates by PROBE_LARGE_FACTORS
+        # while the plan keeps everything local: the gap before the next probe, doubled after each one
+        # up to probe_interval_s while there is an estimate, back to local_probe_interval_s after a step or
+        # a switch (the steps and the plan it was reset at)
+        self._local_gap_s = self.options.local_probe_interval_s
+        self._gap_reset_at: tuple[int, int] = (0, self.selector.current)
+        self._last_finished_s = 0.0  # when the source's last request ended (probes go right after one)
         self.fallback_margin_s = 0.0
         self.default_deadline_s = options.request_ttl_s  # the source derives its own in _warm_up
         self._path_s = 0.0  # source: how long the other devices may take before a missing answer counts
@@ -350,7 +365,7 @@ class DeviceAgent:
                     self._fall_back(request_id)
                 if now >= next_sweep_s:
                     self._expire(now)
-                    self._maybe_probe(now)
+                    self._maybe_probe(now, just_finished=False)
                     self._log.flush()
                     next_sweep_s = now + 0.5
 
@@ -438,6 +453,8 @@ class DeviceAgent:
             return self.selector.current
         estimate = self.link.estimate(now_s)
         if estimate is not None:
+            logger.debug("agent %s: link estimate %.2f Mbit/s from %d pairs at %.4f", self.device,
+                         estimate.bandwidth_bps / 1e6, estimate.pairs, now_s)
             before = self.selector.current
             if self.selector.update(estimate.bandwidth_bps) != before:
                 self.stats["switches"] += 1
@@ -455,33 +472,50 @@ class DeviceAgent:
         if sent_s is not None and message.sender in self._device_topics:
             self.link.add("down", sum(int(array.nbytes) for array in message.tensors.values()), sent_s, received_s)
 
-    def _maybe_probe(self, now_s: float) -> None:
+    def _maybe_probe(self, now_s: float, just_finished: bool = True) -> None:
         """Source, adaptive: when no request of ours is on the link and none was probed for
-        `probe_interval_s` (`local_probe_interval_s` while the plan in use sends nothing across, as when it
-        keeps everything on the source), send each other device a tiny probe and, unless the requests sent
-        large messages up since the last probe, one of about PROBE_S at the estimated rate (at least
-        PROBE_MIN_LARGE_BYTES, so that its transfer stands out of the jitter; every other one twice that, so
-        that pairs of large probes cancel a token bucket): the estimator then has two sizes whatever the
-        plan sends, at the least cost to the requests."""
+        `probe_interval_s`, right after one of its requests ended (`just_finished`) or, from the executor's
+        timer, only once it has been idle for IDLE_PROBE_S: a probe from the timer could land just before
+        the next request, and its echo then arrived during that request, on the edge's CPU quota (the
+        source's own requests ran up to +13 % slower than the same plan pinned, with +1 ms of edge CPU
+        a request), while right after a request the source is idle for as long as requests are apart
+        (while the plan in use sends nothing across, as when it keeps everything on the
+        source, `local_probe_interval_s` after a step or a switch, doubling per probe up to
+        `probe_interval_s` while the link holds: the probes are then the only samples, and quick ones
+        after a change, but each costs the edge's CPU quota; with no estimate, as right after a step, every
+        local_probe_interval_s whatever the plan, one size: on all-cloud at 100 -> 5 Mbit/s the source
+        otherwise waited 8 requests for two probes of one size), send each other device one probe of about PROBE_S at the estimated
+        rate (`large_probe_bytes`, two sizes in turn): the estimator then has sizes besides the plan's own
+        traffic, and pairs of large probes cancel a token bucket (a plan's activation against a tiny probe
+        read 50 Mbit/s ~10 % high on the testbed). No tiny probe beside it: the echo is the tiny sample
+        (down), and each message costs the edge's CPU quota (the source's 64 B probe and its echo made about
+        half of the +2 ms of edge CPU per request that adaptive cost against the same plan pinned)."""
         if not self.plans.adaptive or not self.is_source or not self.options.switching or self._pending:
             return
-        local = self._views[self.selector.current].local_only
-        if now_s - self._last_probe_s < (self.options.local_probe_interval_s if local else self.options.probe_interval_s):
+        if just_finished:
+            self._last_finished_s = now_s
+        elif now_s - self._last_finished_s < IDLE_PROBE_S:
             return
-        sizes = [PROBE_SMALL_BYTES]
-        if not self.link.has_large_since("up", self._last_probe_s):
-            estimate = self.link.estimate(now_s)
-            rate_bps = estimate.bandwidth_bps if estimate else self.plans.bounds_bps[self.selector.current][0]
-            factor = PROBE_LARGE_FACTORS[self._large_probes % len(PROBE_LARGE_FACTORS)]
+        local = self._views[self.selector.current].local_only
+        if (self.link.steps, self.selector.current) != self._gap_reset_at:
+            self._gap_reset_at = (self.link.steps, self.selector.current)
+            self._local_gap_s = self.options.local_probe_interval_s
+        estimate = self.link.estimate(now_s)
+        gap_s = self._local_gap_s if local else self.options.probe_interval_s
+        if now_s - self._last_probe_s < (gap_s if estimate is not None else self.options.local_probe_interval_s):
+            return
+        if local and estimate is not None:  # no estimate (as right after a step): keep probing quickly
+            self._local_gap_s = min(2 * self._local_gap_s, max(self.options.probe_interval_s, self._local_gap_s))
+        rate_bps = estimate.bandwidth_bps if estimate else self.plans.bounds_bps[self.selector.current][0]
+        n_bytes = large_probe_bytes(rate_bps, self._large_probes)
+        if estimate is not None:  # none (as right after a step): the same size again, as a class needs two
             self._large_probes += 1
-            sizes.append(int(min(factor * max(rate_bps * PROBE_S / 8, PROBE_MIN_LARGE_BYTES), PROBE_MAX_BYTES)))
         self._last_probe_s = now_s
-        for n_bytes in sizes:
-            self.stats["probes"] += 1
-            for device in self._device_topics:
-                self._send(device, Message(kind="activation", request_id=f"probe-{self.stats['probes']}",
-                                           sender=self.device, tensors={"probe": np.zeros(n_bytes, np.uint8)},
-                                           meta={"probe": True, "sent_s": time.time()}))
+        self.stats["probes"] += 1
+        for device in self._device_topics:
+            self._send(device, Message(kind="activation", request_id=f"probe-{self.stats['probes']}",
+                                       sender=self.device, tensors={"probe": np.zeros(n_bytes, np.uint8)},
+                                       meta={"probe": True, "sent_s": time.time()}))
 
     def _on_probe(self, message: Message, received_s: float) -> None:
         """Another device: echo the source's probe with when it arrived (a tiny message: no amplification)."""

@@ -9,23 +9,34 @@ where `offset` is the receiver's clock minus the sender's: +o one way, -o the ot
 
 - keeps, per direction, the last WINDOW samples no older than MAX_AGE_S (a sliding window, so that a
   step change of the link fills it with new samples within WINDOW crossings);
-- **slope** by Theil–Sen: the median, over all pairs of samples of one direction whose sizes differ by
-  at least MIN_SPREAD_BYTES, of (delay_j - delay_i) / (bytes_j - bytes_i); no estimate from fewer than
-  MIN_PAIRS pairs, or from pairs whose larger ends are fewer than MIN_LARGE_ENDS distinct samples.
-  When MIN_PAIRS pairs have both samples of at least BURST_FREE_BYTES, the slope is theirs alone: a
-  token bucket passes a message's first KB at once after a gap, and only such pairs cancel it.
-  Pairs within a direction share the clock offset, so it cancels; the median ignores up to ~29 % outliers (a message that sat behind
-  another, a descheduled process). Pairs of both directions are pooled: one link, one rate.
-  bandwidth = 8 / slope;
-- **intercept** per direction: the median of (delay - slope x bytes) = latency + offset(direction);
+- **size classes, minimum delay**: samples of one direction and one exact size are a class, and a
+  class speaks through its least delay, and only once it holds MIN_CLASS_SAMPLES samples. Queueing,
+  a descheduled sender and a loaded host only ever add delay (the minimum-delay-per-size rule of
+  pathchar-style link estimators); on the testbed at load ~10 the source's 48 KB activations took 11-14
+  ms for 8.5 unloaded at 47 Mbit/s while its idle-time probes did not, and the median over all
+  samples then read 25-33 Mbit/s. One sample alone is not a class: right after a step the window held
+  one 32 KB probe that took 16 ms for 6, and it set the rate (30 Mbit/s for 47);
+- **slope** by Theil–Sen over the classes: the median, over pairs of classes of one direction whose
+  sizes differ by at least MIN_SPREAD_BYTES, of (delay_j - delay_i) / (bytes_j - bytes_i); no estimate
+  without such a pair. When pairs of classes both of at least BURST_FREE_BYTES exist, the slope is
+  theirs alone: a token bucket passes a message's first KB at once after a gap, and only such pairs
+  cancel it. Pairs within a direction share the clock offset, so it cancels; the median ignores a
+  class that is off. Pairs of both directions are pooled: one link, one rate. bandwidth = 8 / slope;
+- **intercept** per direction: the median over its classes of (least delay - slope x bytes) =
+  latency + offset(direction) (over its samples while it has no class; the median over all samples
+  let load-slowed ones lift it by 4 ms on the testbed, and every normal sample then looked fast);
   with samples both ways the offsets cancel in the mean of the two intercepts (clocks may disagree,
   as `edgecloud.serving.deadlines` allows), with one direction only the clocks are taken as agreeing.
 
 - **step detection**: a window forgets slowly (a step is followed once half of it is new), so when
   STEP_RUN samples in a row of one direction, each of at least MIN_SPREAD_BYTES, are off the current
-  fit by more than STEP_REL of their predicted transfer time, on the same side, that direction's older
-  samples of that size class are dropped. Small samples stay: they hardly depend on the rate, and they
-  carry the intercept.
+  fit on the same side, faster by more than STEP_FASTER_REL (one sample) or slower by more than
+  STEP_SLOWER_REL (three, and STEP_SLOWER_MIN_S) of their predicted transfer time, that direction's
+  older large samples are dropped. Small
+  samples stay: they hardly depend on the rate, and they carry the intercept. The two sides differ
+  because a loaded host only ever adds delay: on the testbed at load ~10 two 48 KB activations in a
+  row took 1.7x their predicted transfer at an unchanged 47 Mbit/s, and a symmetric 0.5 threshold
+  took that for a step, dropped ten good samples and switched plan on the two slow ones (30 Mbit/s).
 
 Why not least squares: one message that waited behind a 100 ms transfer pulls a least-squares slope
 anywhere; the median does not move. Why pairs of different sizes: a plan's own traffic often has one
@@ -35,32 +46,39 @@ size per direction, which says nothing about the rate on its own; the source age
 
 from __future__ import annotations
 
+import logging
 import statistics
 from collections import deque
 from dataclasses import dataclass
 
-WINDOW = 12  # samples per direction
+WINDOW = 24  # samples per direction: with the probes' two sizes and the traffic's, each class >= 2
 MAX_AGE_S = 10.0  # older samples say little about the link now
 MIN_SPREAD_BYTES = 512  # a pair of samples closer in size than this says nothing about the rate
-MIN_PAIRS = 6  # fewer informative pairs: no estimate (a few first samples can say anything)
-# ... and the pairs' larger ends must be at least this many distinct samples: six pairs of one large
-# sample against six small ones are one measurement, and one jittered sample then sets the rate (on the
-# testbed right after a step: 541.9 Mbit/s estimated at 47.8)
-MIN_LARGE_ENDS = 2
+MIN_CLASS_SAMPLES = 2  # a size class speaks through its least delay once it holds this many samples
 # A link shaped by a token bucket (tbf here, ISP shapers elsewhere) passes the first few KB of a message
 # after an idle gap at once, so a pair of a tiny and a 16 KB message reads the rate high (76 Mbit/s on the
 # testbed's 47.7); a pair of two messages both past the bucket cancels it (46.5 from 32 and 64 KB). When
-# the window holds MIN_PAIRS such pairs, the slope is theirs alone.
+# the window holds such pairs of classes, the slope is theirs alone.
 BURST_FREE_BYTES = 8 * 2**10
-STEP_RUN = 2  # large samples in a row off the fit, on one side, that mean the link changed
-STEP_REL = 0.5  # off by more than this fraction of the predicted transfer time
+# Large samples in a row off the fit, on one side, that mean the link changed: one faster (only the link
+# makes a transfer faster, and the classes' minima would at once pair the new rate with the old), three
+# slower, each also by more than STEP_SLOWER_MIN_S: on the testbed at 95 Mbit/s and load ~13 two 48 KB
+# activations in a row took 10 ms for 4.8, two slower samples took that for a step, read 50 Mbit/s from
+# those two alone and the next normal one stepped back: a one-request flap wherever a breakpoint lies between.
+STEP_RUN = {-1: 1, 1: 3}
+STEP_SLOWER_MIN_S = 0.002
+STEP_FASTER_REL = 0.5  # faster than the fit by more than this fraction of the predicted transfer time
+STEP_SLOWER_REL = 1.0  # slower by more than this: the rate at least halved (load alone rarely does that)
+
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class LinkEstimate:
     bandwidth_bps: float
     latency_s: float
-    pairs: int  # informative pairs the slope is the median of
+    pairs: int  # pairs of size classes the slope is the median of
 
 
 @dataclass(frozen=True)
@@ -85,14 +103,11 @@ class LinkEstimator:
     def add(self, direction: str, n_bytes: int, sent_s: float, received_s: float) -> None:
         """One crossing: `sent_s` on the sender's clock, `received_s` on the receiver's."""
         sample = _Sample(received_s, int(n_bytes), received_s - sent_s)
+        logger.debug("link sample %s %d B at %.4f: %.3f ms", direction, sample.n_bytes, received_s, sample.delay_s * 1e3)
         if sample.n_bytes >= MIN_SPREAD_BYTES:
             self._watch_for_step(direction, sample)
         self._samples[direction].append(sample)
         self._cached = None
-
-    def has_large_since(self, direction: str, since_s: float) -> bool:
-        """Whether a sample of at least MIN_SPREAD_BYTES went `direction` since `since_s` (the traffic's own)."""
-        return any(s.n_bytes >= MIN_SPREAD_BYTES and s.at_s >= since_s for s in self._samples[direction])
 
     def _watch_for_step(self, direction: str, sample: _Sample) -> None:
         fit = self._fit(sample.at_s)
@@ -103,14 +118,16 @@ class LinkEstimator:
         slope, intercepts = fit
         transfer_s = slope * sample.n_bytes
         off_s = sample.delay_s - intercepts[direction] - transfer_s
-        sign = 0 if abs(off_s) <= STEP_REL * transfer_s else (1 if off_s > 0 else -1)
+        sign = (1 if off_s > max(STEP_SLOWER_REL * transfer_s, STEP_SLOWER_MIN_S)
+                else -1 if off_s < -STEP_FASTER_REL * transfer_s else 0)
         if sign == 0 or (run and run[-1] != sign):
             run.clear()
         if sign:
             run.append(sign)
-        if len(run) >= STEP_RUN:
+        if sign and len(run) >= STEP_RUN[sign]:
             kept = [s for s in self._samples[direction] if s.n_bytes < MIN_SPREAD_BYTES]
-            recent_large = [s for s in self._samples[direction] if s.n_bytes >= MIN_SPREAD_BYTES][-(STEP_RUN - 1):]
+            large = [s for s in self._samples[direction] if s.n_bytes >= MIN_SPREAD_BYTES]
+            recent_large = large[len(large) - (STEP_RUN[sign] - 1):]
             self._samples[direction] = deque(sorted(kept + recent_large, key=lambda s: s.at_s), maxlen=self.window)
             run.clear()
             self.steps += 1
@@ -137,18 +154,25 @@ class LinkEstimator:
     def _compute_fit(self, now_s: float) -> tuple[float, dict[str, float]] | None:
         fresh = {direction: [s for s in samples if s.at_s >= now_s - self.max_age_s]
                  for direction, samples in self._samples.items()}
-        pairs = [(a, b) for samples in fresh.values() for i, a in enumerate(samples) for b in samples[i + 1:]
-                 if abs(b.n_bytes - a.n_bytes) >= MIN_SPREAD_BYTES]
-        burst_free = [(a, b) for a, b in pairs if min(a.n_bytes, b.n_bytes) >= BURST_FREE_BYTES]
-        if len(burst_free) >= MIN_PAIRS:
-            pairs = burst_free
+        classes: dict[tuple[str, int], list[_Sample]] = {}
+        for direction, samples in fresh.items():
+            for sample in samples:
+                classes.setdefault((direction, sample.n_bytes), []).append(sample)
+        least = [(direction, n_bytes, min(s.delay_s for s in members))
+                 for (direction, n_bytes), members in sorted(classes.items()) if len(members) >= MIN_CLASS_SAMPLES]
+        pairs = [(a, b) for i, a in enumerate(least) for b in least[i + 1:]
+                 if a[0] == b[0] and b[1] - a[1] >= MIN_SPREAD_BYTES]  # sorted: b is the larger
+        burst_free = [(a, b) for a, b in pairs if a[1] >= BURST_FREE_BYTES]
+        pairs = burst_free or pairs
         self._pairs = len(pairs)
-        large_ends = {id(a if a.n_bytes > b.n_bytes else b) for a, b in pairs}
-        if len(pairs) < MIN_PAIRS or len(large_ends) < MIN_LARGE_ENDS:
+        if not pairs:
             return None
-        slopes = [(b.delay_s - a.delay_s) / (b.n_bytes - a.n_bytes) for a, b in pairs]
-        slope = statistics.median(slopes)
+        slope = statistics.median((b[2] - a[2]) / (b[1] - a[1]) for a, b in pairs)
         if slope <= 0:  # bigger messages were not slower: the rate is beyond what the jitter resolves
             return None
-        return slope, {direction: statistics.median(s.delay_s - slope * s.n_bytes for s in samples)
-                       for direction, samples in fresh.items() if samples}
+        intercepts = {}
+        for direction, samples in fresh.items():
+            mine = [delay_s - slope * n_bytes for d, n_bytes, delay_s in least if d == direction]
+            if mine or samples:
+                intercepts[direction] = statistics.median(mine or [s.delay_s - slope * s.n_bytes for s in samples])
+        return slope, intercepts
