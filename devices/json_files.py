@@ -84,7 +84,7 @@ def read_json_file(path: str | Path, what: str, *, expected_format: str | None =
     if expected_format is not None:
         found = data.get("format") if isinstance(data, dict) else None
         if found != expected_format:
-            seen = f"its format is {found!r}" if found is not None else f"it has no \"format\" tag"
+            seen = f"its format is {found!r}" if found is not None else "it has no \"format\" tag"
             raise error(f"{label} is not an edgecloud {what} (expected \"format\": \"{expected_format}\"; "
                         f"{seen}){wrong_kind_hint}.")
     return data
