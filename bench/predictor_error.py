@@ -24,6 +24,9 @@ of its own together with the reference.
    the device on at most 10 whole-model runs of *other* models there, predict ("both held out"); "model
    profiled" anchors that on the model's measured run on the reference (HELP's few-shot setting, and
    how `edgecloud plan --profile` prices other devices); "figures only" uses no run on the device.
+   Each by thread scaling (`devices.predictor.threads`: the reference also fitted at 1 thread, the
+   device's <= 10 runs fitting Amdahl's factors) and, on the same measurements, by the previous
+   work/fixed scales ("previous" rows).
 Every table reports the share within ±10 % and ±5 %, median and p90 error, and the load average.
 
     PYTHONPATH=. /work/main/.venv/bin/python bench/predictor_error.py --quick    # ~2 min here; bench/results/predictor_error.json
