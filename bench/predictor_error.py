@@ -24,6 +24,9 @@ of its own together with the reference.
    the device on at most 10 whole-model runs of *other* models there, predict ("both held out"); "model
    profiled" anchors that on the model's measured run on the reference (HELP's few-shot setting, and
    how `edgecloud plan --profile` prices other devices); "figures only" uses no run on the device.
+   Each by thread scaling (`devices.predictor.threads`: the reference also fitted at 1 thread, the
+   device's <= 10 runs fitting Amdahl's factors) and, on the same measurements, by the previous
+   work/fixed scales ("previous" rows).
 Every table reports the share within ±10 % and ±5 %, median and p90 error, and the load average.
 
     PYTHONPATH=. /work/main/.venv/bin/python bench/predictor_error.py --quick    # ~2 min here; bench/results/predictor_error.json
@@ -52,10 +55,12 @@ from rich.table import Table
 from devices.host import measure_host
 from devices.predictor import (
     MAX_DEVICE_MEASUREMENTS,
+    FitInputs,
     LatencyPredictor,
     NodeSample,
     error_summary,
     held_out_device,
+    held_out_fits,
     in_run,
     leave_one_model_out,
 )
@@ -356,13 +361,20 @@ def lomo_report(console: Console, threads: int, samples: dict[str, list[NodeSamp
 
 
 SETTINGS = {"few_shot_s": "model and device held out", "profiled_s": "device held out, model profiled on the reference",
-            "figures_only_s": "model held out, device figures only (no run on it)"}
+            "figures_only_s": "model held out, device figures only (no run on it)",
+            "previous_few_shot_s": "previous (no thread scaling): both held out",
+            "previous_profiled_s": "previous (no thread scaling): model profiled",
+            "previous_figures_only_s": "previous (no thread scaling): figures only"}
+SHOWN = ("few_shot_s", "profiled_s", "figures_only_s", "previous_profiled_s")  # per-pair columns
 
 
-def device_report(console: Console, reference_threads: int, samples: dict[str, list[NodeSample]],
-                  reference: DeviceProfile, measured: dict[str, dict[str, Any]], stages: Mapping[str, Runs],
-                  kernels: Runs) -> dict[str, Any]:
+def device_report(console: Console, reference_threads: int, fit: FitInputs, single: FitInputs | None,
+                  measured: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Held-out devices: thread scaling from the reference fitted at 1 and at all threads (`single`),
+    and the previous work/fixed calibration, on the same measurements."""
     reference_name = f"{reference_threads}thr"
+    samples, reference = fit.samples_by_model, fit.reference
+    fits = held_out_fits(fit, single)
     report: dict[str, Any] = {}
     pooled: dict[str, list[float]] = {setting: [] for setting in [*SETTINGS, "noise"]}
     per_device = Table(title=f"held-out devices: reference {reference_name}; few-shot = at most {MAX_DEVICE_MEASUREMENTS} "
@@ -374,8 +386,8 @@ def device_report(console: Console, reference_threads: int, samples: dict[str, l
             continue
         device = replace(DeviceProfile.from_dict(data["figures"]), name=f"emulated-{name}")
         reference_noise = split_half_noise(data["reference"])  # the reference of this device's own pass
-        results = held_out_device(samples, reference, data["reference"]["latency_s"], device,
-                                  data["latency_s"], stages_by_model=stages, kernel_runs=kernels)
+        results = held_out_device(samples, reference, data["reference"]["latency_s"], device, data["latency_s"],
+                                  fits=fits)
         errors = {setting: {m: abs(getattr(r, setting) - r.measured_s) / r.measured_s for m, r in results.items()}
                   for setting in SETTINGS}
         # A pair is checked against two measurements (the device's and, profiled, the reference's).
@@ -384,13 +396,13 @@ def device_report(console: Console, reference_threads: int, samples: dict[str, l
         table = Table(title=f"held-out device {name} ({data['threads']} thread(s), {quota}; "
                             f"load average {data['load_average'][0]:.2f}): ms and error")
         for column in ("model", "measured", "noise", "both held out", "error", "model profiled", "error",
-                       "figures only", "error", "why (model profiled) outside ±10 %"):
+                       "figures only", "error", "previous profiled", "error", "why (model profiled) outside ±10 %"):
             table.add_column(column, justify="right")
         for model, r in results.items():
             reason = why(errors["profiled_s"][model], noise[model], "device calibration")
             table.add_row(model, f"{r.measured_s * 1e3:.3f}", _pct(noise[model]),
-                          *(cell for setting in SETTINGS for cell in (f"{getattr(r, setting) * 1e3:.3f}",
-                                                                      _pct(errors[setting][model]))), reason)
+                          *(cell for setting in SHOWN for cell in (f"{getattr(r, setting) * 1e3:.3f}",
+                                                                   _pct(errors[setting][model]))), reason)
         console.print(table)
         report[name] = {"pairs": {m: vars(r) | {f"{k}_error": errors[k][m] for k in SETTINGS} | {"noise": noise[m]}
                                   for m, r in results.items()}}
@@ -510,8 +522,9 @@ def main() -> None:
         lomo[str(t)] = lomo_report(console, t, samples[t], hosts[t], whole_s, noise, run_times[str(t)]["load_average"],
                                    stages[t], kernels[t], measured[f"{t}thr"]["latency_s"])
     report["lomo"] = lomo
-    report["held_out_devices"] = device_report(console, all_cpus, samples[all_cpus], hosts[all_cpus], measured,
-                                               stages[all_cpus], kernels[all_cpus])
+    fits = {t: FitInputs(samples[t], hosts[t], stages[t], kernels[t]) for t in thread_counts}
+    report["held_out_devices"] = device_report(console, all_cpus, fits[all_cpus],
+                                               fits[1] if all_cpus > 1 else None, measured)
     report["load_average_at_end"] = os.getloadavg()
     loaded = "" if idle else (f"; a loaded-machine run (idle reference: the same command with --wait-idle 1800, "
                               f"load below {IDLE_LOAD})")

@@ -9,10 +9,12 @@ from pathlib import Path
 
 from devices.predictor.evaluation import (
     DevicePrediction,
+    FitInputs,
     HeldOutResult,
     error_summary,
     fit_on_runs,
     held_out_device,
+    held_out_fits,
     leave_one_model_out,
     relative_errors,
 )
@@ -34,11 +36,12 @@ from devices.predictor.model import (
     roofline_time_s,
     weight_reuse,
 )
+from devices.predictor.threads import AmdahlCalibration, ThreadFeatures, ThreadScaling
 from devices.profiles import PREDICTOR_FILE, DeviceProfile, catalogue_path
 
 __all__ = [
-    "DEFAULT_OVERHEAD_S", "DEFAULT_SHRINKAGE", "MAX_DEVICE_MEASUREMENTS", "PREDICTOR_FORMAT", "DeviceCalibration",
-    "DevicePrediction",
+    "AmdahlCalibration", "DEFAULT_OVERHEAD_S", "DEFAULT_SHRINKAGE", "MAX_DEVICE_MEASUREMENTS", "PREDICTOR_FORMAT",
+    "DeviceCalibration", "DevicePrediction", "FitInputs", "ThreadFeatures", "ThreadScaling", "held_out_fits",
     "HeldOutResult", "LatencyPredictor", "NodeSample", "OpCoefficients", "StageCalibration", "StageParts",
     "cold_share", "error_summary", "fit_on_runs", "held_out_device", "in_run", "kernel_class", "leave_one_model_out", "op_type_of", "predict_node_time_s",
     "relative_errors", "roofline_features", "roofline_time_s", "shipped_predictor", "shipped_predictor_path",

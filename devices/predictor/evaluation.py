@@ -11,6 +11,7 @@ import numpy as np
 
 from devices.errors import DeviceError
 from devices.predictor.model import MAX_DEVICE_MEASUREMENTS, LatencyPredictor, NodeSample, StageCalibration, in_run
+from devices.predictor.threads import ThreadScaling
 from devices.profiles import DeviceProfile
 
 WITHIN = (0.05, 0.10)  # the field's reporting bands (nn-Meter, LitePred: share of models within ±10 %)
@@ -111,43 +112,81 @@ def calibration_models(models: Sequence[str], held_out: str,
 
 
 @dataclass(frozen=True)
+class FitInputs:
+    """What one fit of the reference host learns from at one thread count (`fit_on_runs`)."""
+
+    samples_by_model: Mapping[str, list[NodeSample]]
+    reference: DeviceProfile
+    stages_by_model: Mapping[str, Runs]
+    kernel_runs: Runs = ()
+
+
+@dataclass(frozen=True)
 class DevicePrediction:
-    """One (model, held-out device) pair: what was measured there and three predictions of it."""
+    """One (model, held-out device) pair: what was measured there and three predictions of it (with
+    thread scaling when the reference was also fitted at 1 thread), and the same without it."""
 
     measured_s: float
     few_shot_s: float  # model held out everywhere; device calibrated on <= budget runs of other models
     profiled_s: float  # as few_shot, anchored on the model's measured run on the reference device
     figures_only_s: float  # model held out; no run on the device, its figures only
+    previous_few_shot_s: float  # the first three by the work/fixed scales (`with_device_calibration`)
+    previous_profiled_s: float
+    previous_figures_only_s: float
+
+
+def held_out_fits(reference: FitInputs, single: FitInputs | None = None) -> dict[str, tuple[LatencyPredictor,
+                                                                                          ThreadScaling | None]]:
+    """Per model: the reference fit without it and, with `single` (the same host fitted at 1 thread),
+    the thread scaling of the two fits without it; computed once for every held-out device."""
+    fits: dict[str, tuple[LatencyPredictor, ThreadScaling | None]] = {}
+    for held_out in reference.samples_by_model:
+        parallel = fit_without(reference.samples_by_model, reference.reference, held_out,
+                               stages_by_model=reference.stages_by_model, kernel_runs=reference.kernel_runs)
+        scaling = None if single is None else ThreadScaling(fit_without(
+            single.samples_by_model, single.reference, held_out, stages_by_model=single.stages_by_model,
+            kernel_runs=single.kernel_runs), parallel)
+        fits[held_out] = parallel, scaling
+    return fits
 
 
 def held_out_device(samples_by_model: Mapping[str, list[NodeSample]], reference: DeviceProfile,
                     reference_latencies_s: Mapping[str, float], device: DeviceProfile,
                     device_latencies_s: Mapping[str, float], budget: int = MAX_DEVICE_MEASUREMENTS,
-                    stages_by_model: Mapping[str, Runs] | None = None,
-                    kernel_runs: Runs = ()) -> dict[str, DevicePrediction]:
+                    stages_by_model: Mapping[str, Runs] | None = None, kernel_runs: Runs = (),
+                    fits: Mapping[str, tuple[LatencyPredictor, ThreadScaling | None]] | None = None,
+                    ) -> dict[str, DevicePrediction]:
     """For each model m: fit without m on the reference, calibrate on `device` with at most `budget`
     measured runs of other models there, predict m on `device`.
 
     Two settings: `few_shot_s` never sees m at all (held-out model on a held-out device); `profiled_s`
     is HELP's few-shot setting and `edgecloud plan --profile`'s: m was measured on the reference host
-    (not on the device), so its prediction is that run times the calibrated device/reference ratio."""
+    (not on the device), so its prediction is that run times the calibrated device/reference ratio.
+    `fits` (`held_out_fits`): the fits without each model, with thread scaling where they have one
+    (then the three predictions are Amdahl's, `devices.predictor.threads`); else fitted here."""
     results = {}
     names = list(samples_by_model)
     for held_out in names:
-        predictor = fit_without(samples_by_model, reference, held_out, reference_latencies_s, stages_by_model,
-                                kernel_runs)
+        predictor, scaling = (fits[held_out] if fits is not None else (fit_without(
+            samples_by_model, reference, held_out, reference_latencies_s, stages_by_model, kernel_runs), None))
         chosen = calibration_models(names, held_out, budget)
         shots = [(samples_by_model[name], device_latencies_s[name]) for name in chosen]
+        anchors = [reference_latencies_s[n] for n in chosen]
         calibrated = predictor.with_device_calibration(device, shots)
         # The profiled setting calibrates the device/reference ratio on the same runs' reference times,
         # with the reference's figures: the runs on the device say more than its own (noisy) figures.
         as_reference = replace(reference, name=device.name)
-        ratio_calibrated = predictor.with_device_calibration(as_reference, shots,
-                                                             [reference_latencies_s[n] for n in chosen])
+        ratio_calibrated = predictor.with_device_calibration(as_reference, shots, anchors)
         test = samples_by_model[held_out]
         few_shot_s = calibrated.predict_stage_s(test, device)
         ratio = ratio_calibrated.predict_stage_s(test, as_reference) / predictor.predict_stage_s(test, reference)
-        results[held_out] = DevicePrediction(device_latencies_s[held_out], few_shot_s,
-                                             reference_latencies_s[held_out] * ratio,
-                                             predictor.predict_stage_s(test, device))
+        previous = (few_shot_s, reference_latencies_s[held_out] * ratio, predictor.predict_stage_s(test, device))
+        latest = previous
+        if scaling is not None:
+            features = scaling.features(test)
+            ratio = (scaling.calibrate(device, shots, anchors).predict_s(features)
+                     / max(sum(features.as_vector()), 1e-12))
+            latest = (scaling.calibrate(device, shots).predict_s(features), reference_latencies_s[held_out] * ratio,
+                      scaling.prior(device).predict_s(features))
+        results[held_out] = DevicePrediction(device_latencies_s[held_out], *latest, *previous)
     return results
