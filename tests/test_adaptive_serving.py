@@ -200,9 +200,10 @@ def test_the_timer_probes_only_a_source_idle_for_a_while(plan_set: Path, broker)
     assert (after_request, too_soon, idle) == (1, 0, 1)
 
 
-def test_without_an_estimate_the_source_probes_quickly_with_one_size_whatever_the_plan(plan_set: Path, broker) -> None:
+def test_without_an_estimate_the_source_probes_quickly_each_size_twice_whatever_the_plan(plan_set: Path, broker) -> None:
     # right after a step on all-cloud: the size classes need two samples of one size, and at 0.5 s
-    # between probes of alternating sizes the source served 8 requests under the old plan
+    # between probes of alternating sizes the source served 8 requests under the old plan; but one size
+    # alone never gives a pair of classes (see the next test)
     served = load_served_plans(plan_set)
     options = AgentOptions(deployment=f"a{uuid.uuid4().hex[:8]}", probe_interval_s=0.5, local_probe_interval_s=0.1,
                            switching=True, start_plan=len(served.manifests) - 1)  # the fastest link's plan
@@ -213,6 +214,41 @@ def test_without_an_estimate_the_source_probes_quickly_with_one_size_whatever_th
         with edge._state_lock:
             now_s = time.time()
             assert edge.link.estimate(now_s) is None
-            for tick in range(3):
+            for tick in range(4):
                 edge._maybe_probe(now_s + tick * 0.11)
-    assert len(sizes) == 3 and len(set(sizes)) == 1, sizes
+    assert len(sizes) == 4 and sizes[0] == sizes[1] and sizes[2] == sizes[3] == 2 * sizes[0], sizes
+
+
+def test_on_a_local_plan_the_probes_alone_rebuild_an_estimate_after_a_faster_step(plan_set: Path, broker) -> None:
+    # bench/adaptive_switch.py run G3: on all-edge nothing but probes crosses, and 5 -> 50 Mbit/s dropped
+    # every large sample (a faster step); probes of one size then gave one class up and only 0-byte echoes
+    # down, never a pair of classes: no estimate for the whole 50 Mbit/s segment
+    served = load_served_plans(plan_set)
+    local = next(index for index, manifest in enumerate(served.manifests) if len(manifest.stages) == 1)
+    options = AgentOptions(deployment=f"a{uuid.uuid4().hex[:8]}", probe_interval_s=0.5, local_probe_interval_s=0.1,
+                           switching=True, start_plan=local)
+    rate_bps, latency_s = 5e6, 0.001
+    with DeviceAgent(served, "edge", broker.url, options) as edge:
+        clock = {"now": time.time()}
+
+        def link(device: str, message: Message) -> None:  # the probe crosses the link, its echo comes back
+            n_bytes = message.tensors["probe"].nbytes
+            sent_s = clock["now"]
+            edge.link.add("up", n_bytes, sent_s, sent_s + latency_s + 8 * n_bytes / rate_bps)
+            edge.link.add("down", 0, sent_s + 0.05, sent_s + 0.05 + latency_s)
+
+        edge._send = link  # type: ignore[method-assign]
+        with edge._state_lock:
+            for tick in range(12):  # 5 Mbit/s: an estimate from the probes alone
+                clock["now"] += 0.11
+                edge._maybe_probe(clock["now"])
+            before = edge.link.estimate(clock["now"])
+            assert before is not None and abs(before.bandwidth_bps / rate_bps - 1) < 0.05, before
+            rate_bps = 50e6
+            estimates = []
+            for tick in range(12):  # 1.3 s at 50 Mbit/s
+                clock["now"] += 0.11
+                edge._maybe_probe(clock["now"])
+                estimates.append(edge.link.estimate(clock["now"]))
+    assert edge.link.steps >= 1
+    assert estimates[-1] is not None and abs(estimates[-1].bandwidth_bps / rate_bps - 1) < 0.05, estimates

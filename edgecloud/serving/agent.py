@@ -74,7 +74,7 @@ from edgecloud.serving.deadlines import (SenderClocks, default_deadline_s, expec
                                  finite_float)
 from edgecloud.errors import EdgecloudError, TransportError, WireFormatError
 from edgecloud.serving.link_emulation import LinkEmulator
-from edgecloud.serving.link_estimate import LinkEstimator
+from edgecloud.serving.link_estimate import MIN_CLASS_SAMPLES, LinkEstimator
 from edgecloud.serving.log_limit import RateLimitedLog
 from edgecloud.serving.plan_choice import PlanSelector, ServedPlans, single_plan
 from edgecloud.serving.stage_runner import StageRunner
@@ -210,6 +210,7 @@ class DeviceAgent:
         self.selector = PlanSelector(self.plans.bounds_bps, start)
         self._last_probe_s = 0.0
         self._large_probes = 0  # large probes sent: their size alternates by PROBE_LARGE_FACTORS
+        self._blind_probes = 0  # probes sent without an estimate: each size MIN_CLASS_SAMPLES times in a row
         # while the plan keeps everything local: the gap before the next probe, doubled after each one
         # up to probe_interval_s while there is an estimate, back to local_probe_interval_s after a step or
         # a switch (the steps and the plan it was reset at)
@@ -483,8 +484,9 @@ class DeviceAgent:
         source, `local_probe_interval_s` after a step or a switch, doubling per probe up to
         `probe_interval_s` while the link holds: the probes are then the only samples, and quick ones
         after a change, but each costs the edge's CPU quota; with no estimate, as right after a step, every
-        local_probe_interval_s whatever the plan, one size: on all-cloud at 100 -> 5 Mbit/s the source
-        otherwise waited 8 requests for two probes of one size), send each other device one probe of about PROBE_S at the estimated
+        local_probe_interval_s whatever the plan, each size twice in a row: on all-cloud at 100 -> 5 Mbit/s
+        the source otherwise waited 8 requests for two probes of one size, and one size alone never made
+        a pair of classes on all-edge, where probes are the only traffic: no estimate after 5 -> 50), send each other device one probe of about PROBE_S at the estimated
         rate (`large_probe_bytes`, two sizes in turn): the estimator then has sizes besides the plan's own
         traffic, and pairs of large probes cancel a token bucket (a plan's activation against a tiny probe
         read 50 Mbit/s ~10 % high on the testbed). No tiny probe beside it: the echo is the tiny sample
@@ -506,10 +508,13 @@ class DeviceAgent:
             return
         if local and estimate is not None:  # no estimate (as right after a step): keep probing quickly
             self._local_gap_s = min(2 * self._local_gap_s, max(self.options.probe_interval_s, self._local_gap_s))
-        rate_bps = estimate.bandwidth_bps if estimate else self.plans.bounds_bps[self.selector.current][0]
-        n_bytes = large_probe_bytes(rate_bps, self._large_probes)
-        if estimate is not None:  # none (as right after a step): the same size again, as a class needs two
+        if estimate is not None:
+            n_bytes = large_probe_bytes(estimate.bandwidth_bps, self._large_probes)
             self._large_probes += 1
+        else:  # as right after a step: each size twice in a row, so that four probes make a pair of classes
+            n_bytes = large_probe_bytes(self.plans.bounds_bps[self.selector.current][0],
+                                        self._blind_probes // MIN_CLASS_SAMPLES)
+            self._blind_probes += 1
         self._last_probe_s = now_s
         self.stats["probes"] += 1
         for device in self._device_topics:
