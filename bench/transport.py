@@ -12,6 +12,10 @@ and one-way time = round trip / 2. Paths:
 - ours/Mosquitto TLS: the same through Mosquitto's TLS listener (self-signed certificate).
 - floor/<broker>: a bare MQTT 3.1.1 QoS 0 socket client on both ends, so the broker's own cost can
   be told apart from our client's (paho + wire format).
+- floor->ours/Mosquitto: the bare client pings, `MqttTransport` echoes (decode, handler, encode,
+  publish on paho's network thread, as an agent answers): one end of ours. ours - this is the other
+  end's share, the pinger (a publish from the caller's thread, the reply handed from paho's thread
+  to the waiting caller); this - floor is the echo's.
 
 Targets (issue 14): ours/Mosquitto <= 0.1 ms at 10 KB and <= 1.3x floor/Mosquitto from 1 MB; TLS at
 1 MB <= 1.5x plain.
@@ -54,10 +58,14 @@ ROUNDS = 4
 WARMUP = 2
 REPLY_TIMEOUT_S = 60.0
 DEPLOYMENT = "bench"
-PING_TOPIC = device_topic(DEPLOYMENT, "echo")
-PONG_TOPIC = device_topic(DEPLOYMENT, "pinger")
+ECHO, PINGER = "echo", "pinger"
+PING_TOPIC = device_topic(DEPLOYMENT, ECHO)
+PONG_TOPIC = device_topic(DEPLOYMENT, PINGER)
 FLOOR_PING_TOPIC = device_topic(DEPLOYMENT, "floor-echo")  # own topics: both echoes share a broker
 FLOOR_PONG_TOPIC = device_topic(DEPLOYMENT, "floor-pinger")
+HALF_ECHO, HALF_PINGER = "half-echo", "half-pinger"
+HALF_PING_TOPIC = device_topic(DEPLOYMENT, HALF_ECHO)
+HALF_PONG_TOPIC = device_topic(DEPLOYMENT, HALF_PINGER)
 LENGTH = struct.Struct("<Q")
 TARGET_SMALL_S = 1e-4
 TARGET_OVER_FLOOR_LARGE = 1.3
@@ -68,7 +76,8 @@ OURS_TLS = "ours/Mosquitto TLS"
 OURS_EMBEDDED = "ours/amqtt"
 FLOOR_MOSQUITTO = "floor/Mosquitto"
 FLOOR_EMBEDDED = "floor/amqtt"
-PATHS = (RAW, OURS_MOSQUITTO, OURS_TLS, OURS_EMBEDDED, FLOOR_MOSQUITTO, FLOOR_EMBEDDED)
+HALF_MOSQUITTO = "floor->ours/Mosquitto"
+PATHS = (RAW, OURS_MOSQUITTO, OURS_TLS, OURS_EMBEDDED, FLOOR_MOSQUITTO, HALF_MOSQUITTO, FLOOR_EMBEDDED)
 
 RoundTrip = Callable[[], None]
 Prepare = Callable[[Message], RoundTrip]  # what a path does before timing starts, e.g. framing
@@ -86,11 +95,13 @@ def activation(size_bytes: int) -> Message:
 
 # -- echo processes -------------------------------------------------------------------------------
 
-def echo_mqtt(url: str, ready: multiprocessing.Event, stop: multiprocessing.Event) -> None:
-    """Answer every message on PING_TOPIC with a fresh message carrying the same tensors."""
-    with MqttTransport(url, "bench-echo") as transport:
-        transport.subscribe_messages(PING_TOPIC, lambda message, _: transport.publish_message(
-            PONG_TOPIC, Message("result", message.request_id, "echo", message.tensors)))
+def echo_mqtt(url: str, echo_device: str, pinger_device: str, ready: multiprocessing.Event,
+              stop: multiprocessing.Event) -> None:
+    """Answer every message to `echo_device` with a fresh message to `pinger_device` carrying the same tensors."""
+    pong_topic = device_topic(DEPLOYMENT, pinger_device)
+    with MqttTransport(url, f"bench-{echo_device}") as transport:
+        transport.subscribe_messages(device_topic(DEPLOYMENT, echo_device), lambda message, _: transport.publish_message(
+            pong_topic, Message("result", message.request_id, "echo", message.tensors)))
         ready.set()
         stop.wait()
 
@@ -159,14 +170,19 @@ def tcp_pinger() -> Iterator[Prepare]:
 
 
 @contextmanager
-def minimal_mqtt_pinger(port: int) -> Iterator[Prepare]:
-    """The broker's floor: the encoded bytes through the broker by the minimal client, no paho."""
-    with child(echo_minimal_mqtt, port), bare_mqtt.connect("127.0.0.1", port, "bench-floor-pinger",
-                                                          FLOOR_PONG_TOPIC) as connection:
+def minimal_mqtt_pinger(port: int, ours_echo_url: str | None = None) -> Iterator[Prepare]:
+    """The broker's floor: the encoded bytes through the broker by the minimal client, no paho; with
+    `ours_echo_url`, answered by our client's echo there instead (one end of ours)."""
+    ping_topic, pong_topic = (FLOOR_PING_TOPIC, FLOOR_PONG_TOPIC) if ours_echo_url is None else (HALF_PING_TOPIC,
+                                                                                                 HALF_PONG_TOPIC)
+    echo = (child(echo_minimal_mqtt, port) if ours_echo_url is None
+            else child(echo_mqtt, ours_echo_url, HALF_ECHO, HALF_PINGER))
+    client_id = "bench-floor-pinger" if ours_echo_url is None else f"bench-{HALF_PINGER}"
+    with echo, bare_mqtt.connect("127.0.0.1", port, client_id, pong_topic) as connection:
 
         def prepare(message: Message) -> RoundTrip:
             payload = encode(message, unchunked_limits(message.tensors["x"].nbytes))
-            header = bare_mqtt.publish_header(FLOOR_PING_TOPIC, len(payload))
+            header = bare_mqtt.publish_header(ping_topic, len(payload))
 
             def round_trip() -> None:
                 connection.sendall(header)
@@ -182,7 +198,7 @@ def minimal_mqtt_pinger(port: int) -> Iterator[Prepare]:
 def mqtt_pinger(url: str) -> Iterator[Prepare]:
     """Our client end to end: encode, publish, broker, the echo's decode/encode, broker, decode."""
     replies: queue.Queue[Message] = queue.Queue()
-    with child(echo_mqtt, url), MqttTransport(url, "bench-pinger") as pinger:
+    with child(echo_mqtt, url, ECHO, PINGER), MqttTransport(url, "bench-pinger") as pinger:
         pinger.subscribe_messages(PONG_TOPIC, lambda message, _: replies.put(message))
 
         def prepare(message: Message) -> RoundTrip:
@@ -231,7 +247,7 @@ def main() -> None:
     from rich.progress import Progress
     from rich.table import Table
 
-    console = Console(width=160)  # the table has a column per path; 80 (rich's default off a terminal) truncates it
+    console = Console(width=200)  # the table has a column per path; 80 (rich's default off a terminal) truncates it
     load_before = os.getloadavg()
     paths = [path for path in PATHS if not (args.no_embedded and path in (OURS_EMBEDDED, FLOOR_EMBEDDED))]
     samples: dict[str, dict[int, list[float]]] = {path: {size: [] for size in sizes} for path in paths}
@@ -243,7 +259,8 @@ def main() -> None:
         pingers = {RAW: stack.enter_context(tcp_pinger()),
                    OURS_MOSQUITTO: stack.enter_context(mqtt_pinger(mosquitto.url)),
                    OURS_TLS: stack.enter_context(mqtt_pinger(f"{mosquitto_tls.url}?ca={cert}")),
-                   FLOOR_MOSQUITTO: stack.enter_context(minimal_mqtt_pinger(mosquitto.port))}
+                   FLOOR_MOSQUITTO: stack.enter_context(minimal_mqtt_pinger(mosquitto.port)),
+                   HALF_MOSQUITTO: stack.enter_context(minimal_mqtt_pinger(mosquitto.port, mosquitto.url))}
         if not args.no_embedded:
             embedded = stack.enter_context(EmbeddedBrokerProcess())
             pingers[OURS_EMBEDDED] = stack.enter_context(mqtt_pinger(embedded.url))
@@ -274,11 +291,16 @@ def main() -> None:
                      "over_raw": {path: value / raw_s for path, value in one_way_s.items()},
                      "ours_over_floor": one_way_s[OURS_MOSQUITTO] / floor_s,
                      "tls_over_plain": one_way_s[OURS_TLS] / one_way_s[OURS_MOSQUITTO],
+                     # what each end of ours adds to the floor (see HALF_MOSQUITTO in the docstring)
+                     "ends_over_floor_s": {"echo": one_way_s[HALF_MOSQUITTO] - floor_s,
+                                           "pinger": one_way_s[OURS_MOSQUITTO] - one_way_s[HALF_MOSQUITTO]},
                      "target": target, "target_met": met})
         cells = [f"{one_way_s[path] * 1e3:.3f} ms" + ("" if path == RAW else f" ({one_way_s[path] / raw_s:.1f}x)")
                  for path in paths]
         table.add_row(human_bytes(size), *cells, target + ("" if met is None else (" met" if met else " missed"))
-                      + f" [ours/floor {rows[-1]['ours_over_floor']:.2f}x, TLS/plain {rows[-1]['tls_over_plain']:.2f}x]")
+                      + f" [ours/floor {rows[-1]['ours_over_floor']:.2f}x, TLS/plain {rows[-1]['tls_over_plain']:.2f}x; over "
+                      f"the floor, echo end +{rows[-1]['ends_over_floor_s']['echo'] * 1e3:.3f} ms, pinger end "
+                      f"+{rows[-1]['ends_over_floor_s']['pinger'] * 1e3:.3f} ms]")
     console.print(table)
     console.print(f"ours = MqttTransport + wire encode/decode; floor = a bare MQTT 3.1.1 QoS 0 socket client (what "
                   f"any client pays through that broker). MQTT paths are two hops. Load average (1 min) before/after: "
