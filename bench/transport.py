@@ -12,6 +12,8 @@ and one-way time = round trip / 2. Paths:
 - ours/Mosquitto TLS: the same through Mosquitto's TLS listener (self-signed certificate).
 - floor/<broker>: a bare MQTT 3.1.1 QoS 0 socket client on both ends, so the broker's own cost can
   be told apart from our client's (paho + wire format).
+- floor/Mosquitto TLS: the bare client through Mosquitto's TLS listener (Python's ssl, the cipher the
+  two negotiate): what TLS costs any client, so that ours' TLS/plain can be read against it.
 - floor->ours/Mosquitto: the bare client pings, `MqttTransport` echoes (decode, handler, encode,
   publish on paho's network thread, as an agent answers): one end of ours. ours - this is the other
   end's share, the pinger (a publish from the caller's thread, the reply handed from paho's thread
@@ -37,6 +39,7 @@ import os
 import platform
 import queue
 import socket
+import ssl
 import statistics
 import struct
 from collections.abc import Callable, Iterator
@@ -76,8 +79,9 @@ OURS_TLS = "ours/Mosquitto TLS"
 OURS_EMBEDDED = "ours/amqtt"
 FLOOR_MOSQUITTO = "floor/Mosquitto"
 FLOOR_EMBEDDED = "floor/amqtt"
+FLOOR_TLS = "floor/Mosquitto TLS"
 HALF_MOSQUITTO = "floor->ours/Mosquitto"
-PATHS = (RAW, OURS_MOSQUITTO, OURS_TLS, OURS_EMBEDDED, FLOOR_MOSQUITTO, HALF_MOSQUITTO, FLOOR_EMBEDDED)
+PATHS = (RAW, OURS_MOSQUITTO, OURS_TLS, OURS_EMBEDDED, FLOOR_MOSQUITTO, FLOOR_TLS, HALF_MOSQUITTO, FLOOR_EMBEDDED)
 
 RoundTrip = Callable[[], None]
 Prepare = Callable[[Message], RoundTrip]  # what a path does before timing starts, e.g. framing
@@ -125,9 +129,13 @@ def echo_tcp(port: int, ready: multiprocessing.Event, stop: multiprocessing.Even
             connection.sendall(prefix + body)
 
 
-def echo_minimal_mqtt(port: int, ready: multiprocessing.Event, stop: multiprocessing.Event) -> None:
+def client_tls(ca_file: Path | None) -> ssl.SSLContext | None:
+    return None if ca_file is None else ssl.create_default_context(cafile=str(ca_file))
+
+
+def echo_minimal_mqtt(port: int, ca_file: Path | None, ready: multiprocessing.Event, stop: multiprocessing.Event) -> None:
     """Republish every payload from FLOOR_PING_TOPIC on FLOOR_PONG_TOPIC, untouched."""
-    with bare_mqtt.connect("127.0.0.1", port, "bench-floor-echo", FLOOR_PING_TOPIC) as connection:
+    with bare_mqtt.connect("127.0.0.1", port, "bench-floor-echo", FLOOR_PING_TOPIC, client_tls(ca_file)) as connection:
         ready.set()
         bare_mqtt.echo(connection, FLOOR_PONG_TOPIC, stop.is_set)
 
@@ -170,15 +178,15 @@ def tcp_pinger() -> Iterator[Prepare]:
 
 
 @contextmanager
-def minimal_mqtt_pinger(port: int, ours_echo_url: str | None = None) -> Iterator[Prepare]:
-    """The broker's floor: the encoded bytes through the broker by the minimal client, no paho; with
-    `ours_echo_url`, answered by our client's echo there instead (one end of ours)."""
+def minimal_mqtt_pinger(port: int, ours_echo_url: str | None = None, ca_file: Path | None = None) -> Iterator[Prepare]:
+    """The broker's floor: the encoded bytes through the broker by the minimal client, no paho (over TLS
+    with `ca_file`); with `ours_echo_url`, answered by our client's echo there instead (one end of ours)."""
     ping_topic, pong_topic = (FLOOR_PING_TOPIC, FLOOR_PONG_TOPIC) if ours_echo_url is None else (HALF_PING_TOPIC,
                                                                                                  HALF_PONG_TOPIC)
-    echo = (child(echo_minimal_mqtt, port) if ours_echo_url is None
+    echo = (child(echo_minimal_mqtt, port, ca_file) if ours_echo_url is None
             else child(echo_mqtt, ours_echo_url, HALF_ECHO, HALF_PINGER))
     client_id = "bench-floor-pinger" if ours_echo_url is None else f"bench-{HALF_PINGER}"
-    with echo, bare_mqtt.connect("127.0.0.1", port, client_id, pong_topic) as connection:
+    with echo, bare_mqtt.connect("127.0.0.1", port, client_id, pong_topic, client_tls(ca_file)) as connection:
 
         def prepare(message: Message) -> RoundTrip:
             payload = encode(message, unchunked_limits(message.tensors["x"].nbytes))
@@ -255,11 +263,13 @@ def main() -> None:
         cert, key = self_signed(Path(stack.enter_context(tempfile.TemporaryDirectory())))
         # the broker takes the floor's largest message in one packet; ours sends chunks anyway
         mosquitto = stack.enter_context(MosquittoBroker(max_message_bytes=unchunked_limits(max(sizes)).max_message_bytes))
-        mosquitto_tls = stack.enter_context(MosquittoBroker(tls=TlsFiles(certfile=cert, keyfile=key)))
+        mosquitto_tls = stack.enter_context(MosquittoBroker(max_message_bytes=mosquitto.max_message_bytes,
+                                                            tls=TlsFiles(certfile=cert, keyfile=key)))
         pingers = {RAW: stack.enter_context(tcp_pinger()),
                    OURS_MOSQUITTO: stack.enter_context(mqtt_pinger(mosquitto.url)),
                    OURS_TLS: stack.enter_context(mqtt_pinger(f"{mosquitto_tls.url}?ca={cert}")),
                    FLOOR_MOSQUITTO: stack.enter_context(minimal_mqtt_pinger(mosquitto.port)),
+                   FLOOR_TLS: stack.enter_context(minimal_mqtt_pinger(mosquitto_tls.port, ca_file=cert)),
                    HALF_MOSQUITTO: stack.enter_context(minimal_mqtt_pinger(mosquitto.port, mosquitto.url))}
         if not args.no_embedded:
             embedded = stack.enter_context(EmbeddedBrokerProcess())
@@ -291,6 +301,7 @@ def main() -> None:
                      "over_raw": {path: value / raw_s for path, value in one_way_s.items()},
                      "ours_over_floor": one_way_s[OURS_MOSQUITTO] / floor_s,
                      "tls_over_plain": one_way_s[OURS_TLS] / one_way_s[OURS_MOSQUITTO],
+                     "floor_tls_over_plain": one_way_s[FLOOR_TLS] / floor_s,
                      # what each end of ours adds to the floor (see HALF_MOSQUITTO in the docstring)
                      "ends_over_floor_s": {"echo": one_way_s[HALF_MOSQUITTO] - floor_s,
                                            "pinger": one_way_s[OURS_MOSQUITTO] - one_way_s[HALF_MOSQUITTO]},
@@ -298,7 +309,8 @@ def main() -> None:
         cells = [f"{one_way_s[path] * 1e3:.3f} ms" + ("" if path == RAW else f" ({one_way_s[path] / raw_s:.1f}x)")
                  for path in paths]
         table.add_row(human_bytes(size), *cells, target + ("" if met is None else (" met" if met else " missed"))
-                      + f" [ours/floor {rows[-1]['ours_over_floor']:.2f}x, TLS/plain {rows[-1]['tls_over_plain']:.2f}x; over "
+                      + f" [ours/floor {rows[-1]['ours_over_floor']:.2f}x, TLS/plain {rows[-1]['tls_over_plain']:.2f}x (floor "
+                      f"{rows[-1]['floor_tls_over_plain']:.2f}x); over "
                       f"the floor, echo end +{rows[-1]['ends_over_floor_s']['echo'] * 1e3:.3f} ms, pinger end "
                       f"+{rows[-1]['ends_over_floor_s']['pinger'] * 1e3:.3f} ms]")
     console.print(table)

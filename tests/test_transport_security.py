@@ -153,3 +153,73 @@ def test_tls_listener_negotiates_aes_128_gcm_with_our_client(secure_broker) -> N
     with MqttTransport(secure_url(broker, cert, "edge", PASSWORDS["edge"]), "edge") as edge:
         name, version, _ = edge._require_client().socket().cipher()
     assert (name, version) == (TLS13_CIPHERSUITE, "TLSv1.3")
+
+
+
+def test_the_bare_floor_client_round_trips_messages_over_tls(self_signed_tls) -> None:
+    """bench/transport.py's TLS floor: the bare client through Mosquitto's TLS listener returns every
+    payload intact, one of them larger than a TLS record."""
+    import ssl
+    import threading
+
+    from edgecloud.transport import bare_mqtt
+
+    cert, key = self_signed_tls
+    tls = ssl.create_default_context(cafile=str(cert))
+    payloads = [b"small", bytes(range(256)) * 800, b"right behind it"]
+    with MosquittoBroker(tls=TlsFiles(certfile=cert, keyfile=key)) as broker:
+        echo_end = bare_mqtt.connect(broker.host, broker.port, "floor-echo", "floor/ping", tls)
+        stop = threading.Event()
+        worker = threading.Thread(target=bare_mqtt.echo, args=(echo_end, "floor/pong", stop.is_set), daemon=True)
+        worker.start()
+        with bare_mqtt.connect(broker.host, broker.port, "floor-pinger", "floor/pong", tls) as pinger:
+            assert isinstance(pinger, ssl.SSLSocket) and pinger.version() == "TLSv1.3"
+            pinger.settimeout(5.0)
+            echoed = []
+            for payload in payloads:
+                pinger.sendall(bare_mqtt.publish_header("floor/ping", len(payload)) + payload)
+                body = bare_mqtt.read_packet(pinger)
+                topic_bytes = int.from_bytes(body[:2], "big")
+                assert bytes(body[2:2 + topic_bytes]) == b"floor/pong"
+                echoed.append(bytes(body[2 + topic_bytes:]))
+        stop.set()
+        worker.join(5)
+        echo_end.close()
+    assert echoed == payloads
+
+
+def test_the_bare_echo_answers_a_packet_left_in_the_tls_buffer(self_signed_tls) -> None:
+    """Two PUBLISH packets in one TLS record: after the first, the second is decrypted and waiting in
+    ssl's buffer, where select on the socket cannot see it. A peer we control packs them so (a broker
+    may or may not)."""
+    import socket
+    import ssl
+    import threading
+
+    from edgecloud.transport import bare_mqtt
+
+    cert, key = self_signed_tls
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.load_cert_chain(cert, key)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        accepted: list[ssl.SSLSocket] = []
+        acceptor = threading.Thread(target=lambda: accepted.append(server_side.wrap_socket(listener.accept()[0],
+                                                                                           server_side=True)))
+        acceptor.start()
+        echo_end = ssl.create_default_context(cafile=str(cert)).wrap_socket(
+            socket.create_connection(listener.getsockname()), server_hostname="127.0.0.1")
+        acceptor.join(5)
+        peer = accepted[0]
+        stop = threading.Event()
+        worker = threading.Thread(target=bare_mqtt.echo, args=(echo_end, "pong", stop.is_set), daemon=True)
+        worker.start()
+        try:
+            peer.settimeout(3.0)
+            peer.sendall(b"".join(bare_mqtt.publish_header("ping", len(p)) + p for p in (b"first", b"second")))
+            answers = [bare_mqtt.read_packet(peer)[6:] for _ in range(2)]  # 2-byte length + "pong"
+        finally:
+            stop.set()
+            worker.join(5)
+            echo_end.close()
+            peer.close()
+    assert answers == [b"first", b"second"]

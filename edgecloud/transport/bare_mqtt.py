@@ -2,14 +2,16 @@
 
 Why: what any client must pay through a broker at least, so that the broker path's cost can be told
 apart from our client's (paho + wire format + acknowledgements). `edgecloud calibrate` and
-bench/transport.py ping-pong through it. Plain TCP without login only: a broker with passwords or TLS
-is measured with our client alone.
+bench/transport.py ping-pong through it. No login: a broker with passwords is measured with our client
+alone. TLS (an `ssl.SSLContext`) only so that bench/transport.py can tell the broker's and the
+cipher's share of a TLS hop from our client's.
 """
 
 from __future__ import annotations
 
 import select
 import socket
+import ssl
 import struct
 from collections.abc import Callable
 
@@ -52,10 +54,13 @@ def read_packet(connection: socket.socket) -> bytearray:
     return body
 
 
-def connect(host: str, port: int, client_id: str, subscribe_to: str) -> socket.socket:
-    """A connected, subscribed socket with TCP_NODELAY (CONNACK and SUBACK read)."""
+def connect(host: str, port: int, client_id: str, subscribe_to: str,
+            tls: ssl.SSLContext | None = None) -> socket.socket:
+    """A connected, subscribed socket with TCP_NODELAY (CONNACK and SUBACK read), wrapped in `tls` if given."""
     connection = socket.create_connection((host, port))
     connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if tls is not None:
+        connection = tls.wrap_socket(connection, server_hostname=host)
     hello = _mqtt_string("MQTT") + bytes([4, 0x02]) + struct.pack("!H", 0) + _mqtt_string(client_id)
     connection.sendall(bytes([0x10]) + _varint(len(hello)) + hello)
     read_packet(connection)  # CONNACK
@@ -74,7 +79,9 @@ def publish_header(topic: str, payload_bytes: int) -> bytes:
 def echo(connection: socket.socket, answer_topic: str, stopped: Callable[[], bool]) -> None:
     """Republish every payload arriving on `connection` to `answer_topic`, untouched, until `stopped()`."""
     while not stopped():
-        if not select.select([connection], [], [], 0.2)[0]:
+        # a TLS socket may hold decrypted bytes that select cannot see
+        buffered = isinstance(connection, ssl.SSLSocket) and connection.pending() > 0
+        if not buffered and not select.select([connection], [], [], 0.2)[0]:
             continue
         body = read_packet(connection)
         topic_bytes = struct.unpack_from("!H", body)[0]
