@@ -153,7 +153,7 @@ def test_a_probe_round_is_one_message_a_device_and_its_echo_samples_both_ways(pl
 def test_on_a_local_plan_the_source_probes_less_while_the_link_holds_and_quickly_after_a_step(plan_set: Path,
                                                                                               broker) -> None:
     # every probe costs the edge's CPU quota: at one probe each 0.1 s, adaptive took +2 ms of edge CPU a
-    # request over the same all-edge plan pinned (bench/adaptive_switch.py at 5 Mbit/s)
+    # request over the same all-edge plan pinned (bench/adaptive.py at 5 Mbit/s)
     served = load_served_plans(plan_set)
     local = next(index for index, manifest in enumerate(served.manifests) if len(manifest.stages) == 1)
     options = AgentOptions(deployment=f"a{uuid.uuid4().hex[:8]}", probe_interval_s=0.8, local_probe_interval_s=0.095,  # just under two looks
@@ -220,7 +220,7 @@ def test_without_an_estimate_the_source_probes_quickly_each_size_twice_whatever_
 
 
 def test_on_a_local_plan_the_probes_alone_rebuild_an_estimate_after_a_faster_step(plan_set: Path, broker) -> None:
-    # bench/adaptive_switch.py run G3: on all-edge nothing but probes crosses, and 5 -> 50 Mbit/s dropped
+    # bench/adaptive.py run G3: on all-edge nothing but probes crosses, and 5 -> 50 Mbit/s dropped
     # every large sample (a faster step); probes of one size then gave one class up and only 0-byte echoes
     # down, never a pair of classes: no estimate for the whole 50 Mbit/s segment
     served = load_served_plans(plan_set)

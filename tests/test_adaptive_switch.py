@@ -5,7 +5,7 @@ Mosquitto on emulated hosts.
 What is asserted is what does not depend on the machine's load: no request lost or answered twice,
 the source ends each segment on the plan the set names for the measured rate (through its own link
 estimate; at least 8 of requests 11-20 and the last one), and it switched. The latency ratio against the best static plan is the benchmark's
-(`bench/adaptive_switch.py`), not a test's: on 2 shared cores a 10-request median moves by more than
+(`bench/adaptive.py`), not a test's: on 2 shared cores a 10-request median moves by more than
 the 10 % criterion.
 
 The edge is the rpi4 profile at half its speed: the cloud is this host (as the testbed prices it), and
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.adaptive_switch import SETTLE_FROM, SETTLE_TO, measure
+from bench.adaptive import SETTLE_FROM, SETTLE_TO, measure
 from devices.profiles import load_shipped_device
 from edgecloud.testbed.cpu_quota import our_groups
 from edgecloud.testbed.netns import our_namespaces, unavailable_reason

@@ -1,7 +1,7 @@
 """Adaptive serving on the testbed's shaped link: the rate changes mid-run (100 -> 5 -> 50 Mbit/s) and
 the source agent follows it with its plan set, against every static plan of the set measured at each rate.
 
-    PYTHONPATH=$PWD python bench/adaptive_switch.py      # as root (namespaces); prints a table, writes JSON + plot
+    PYTHONPATH=$PWD python bench/adaptive.py      # as root (namespaces); prints a table, writes JSON + plot
 
 What runs: the model is profiled here and priced on the demo's edge profile (rpi4, `--edge`) and, as
 the testbed does, on this host for the cloud (the cloud agent runs at this host's speed); `plan
@@ -250,8 +250,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=30, help="rounds per rate: one request per deployment each")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=RESULTS / "adaptive_switch.json")
-    parser.add_argument("--plot", type=Path, default=RESULTS / "adaptive_switch.png")
+    parser.add_argument("--out", type=Path, default=RESULTS / "adaptive.json")
+    parser.add_argument("--plot", type=Path, default=RESULTS / "adaptive.png")
     args = parser.parse_args()
     if args.requests < SETTLE_TO:
         parser.error(f"--requests must be at least {SETTLE_TO}: the criterion reads requests 11..20 after each change")
