@@ -102,6 +102,29 @@ def _elementwise(rng: np.random.Generator, name: str, kind: str, shape: list[int
                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializers)
 
 
+def stem_conv_models() -> dict[str, Any]:
+    """Dense Convs of an image model's first layer: 3 input channels on large planes. The sampled kernels'
+    Convs have 8+ input channels on planes of at most 28 pixels, so a stem's thin im2col GEMM (27 or
+    147 deep) over thousands of pixels, and how onnxruntime splits it over threads, is in no run but the
+    models' own. Fixed, not sampled: a stem is one of a few shapes."""
+    import onnx
+    from onnx import helper
+
+    rng = np.random.default_rng(0)  # weights only; the shapes are fixed
+    models = {}
+    # Shapes that no bundled or evaluated model has (a held-out model's own stem would leak into its fit).
+    for out_channels, size, kernel, stride in ((16, 48, 3, 1), (24, 80, 3, 1), (16, 144, 3, 2), (32, 96, 3, 1),
+                                               (48, 160, 7, 2), (24, 160, 3, 2), (24, 96, 5, 1), (48, 144, 3, 2)):
+        name = f"stem-{out_channels}-{size}-{kernel}x{kernel}-s{stride}"
+        graph = _conv(rng, name, 3, size, kernel, 1, stride)
+        weight = helper.make_tensor("w", onnx.TensorProto.FLOAT, [out_channels, 3, kernel, kernel],
+                                    rng.standard_normal(out_channels * 3 * kernel * kernel).astype(np.float32))
+        graph.initializer[0].CopyFrom(weight)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET)])
+        models[name] = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    return models
+
+
 def kernel_models(count: int, seed: int = 0) -> dict[str, Any]:
     """`count` single-node models (seeded): depthwise, grouped, pointwise and dense Convs, MatMuls on
     a weight and of two activations, Gemms on a weight, MaxPools, and a few element-wise and layout ops, over sizes

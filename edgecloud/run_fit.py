@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from devices.latency import LatencyProtocol, measure_latencies
-from devices.microbench import kernel_models
+from devices.microbench import kernel_models, stem_conv_models
 from devices.predictor import LatencyPredictor, NodeSample, fit_on_runs
 from devices.profiler import ModelProfile
 from devices.profiles import DeviceProfile
@@ -47,12 +47,17 @@ def measure_runs(paths: Mapping[str, Path], threads: int, rounds: int = RUN_ROUN
     being the same statistic over the even and over the odd rounds (the noise floor of each run)."""
     stages = {name: prefix_stages(canonical_model(path), STAGES_PER_MODEL) for name, path in paths.items()}
     keyed = {f"{name}#{i}": stage.model for name, group in stages.items() for i, stage in enumerate(group)}
-    keyed |= {_KERNEL + name: model for name, model in kernel_models(KERNEL_MODELS, seed).items()}
+    keyed |= {_KERNEL + name: model for name, model in single_kernel_models(seed).items()}
     runs = measure_latencies(keyed, threads, run_protocol(rounds), seed)
     return {"stages": {name: [[stage.nodes, runs[f"{name}#{i}"].latency_s] for i, stage in enumerate(group)]
                        for name, group in stages.items()},
             "kernels": {key.removeprefix(_KERNEL): m.latency_s for key, m in runs.items() if key.startswith(_KERNEL)},
             "halves": {key: [m.even_s, m.odd_s] for key, m in runs.items()}}
+
+
+def single_kernel_models(seed: int = 0) -> dict[str, Any]:
+    """The single-node models every run pass measures: the sampled kernels and the stem Convs."""
+    return kernel_models(KERNEL_MODELS, seed) | stem_conv_models()
 
 
 def stage_runs(profile: ModelProfile, threads: int, stages: list[list[Any]]) -> list[Run]:
@@ -70,7 +75,7 @@ def kernel_runs(times_s: Mapping[str, float], seed: int = 0) -> list[Run]:
     """The single-kernel models as runs: their layers' features, their measured seconds."""
     from partitioner.graph.layer_graph import load_layer_graph
 
-    models = kernel_models(KERNEL_MODELS, seed)
+    models = single_kernel_models(seed)
     return [(list(layer_nodes(load_layer_graph(models[name])).values()), seconds) for name, seconds in times_s.items()]
 
 

@@ -37,7 +37,7 @@ from devices.profiler import (
 )
 from devices.predictor import LatencyPredictor
 from devices.profiles import DeviceProfile
-from devices.microbench import kernel_models
+from devices.microbench import kernel_models, stem_conv_models
 from devices.stages import prefix_stages
 from edgecloud.calibration import canonical_model, layer_nodes, profile_samples, samples_from_times
 from edgecloud import run_fit
@@ -281,7 +281,7 @@ def test_cli_predictor_fit_writes_the_fit_the_bench_scores(tmp_path: Path, bundl
     expected = run_fit.fit_predictor(loaded, 1, fitted.reference, stage_times, runs["kernels"])
     assert fitted.to_dict() == expected.to_dict()
     assert {"Conv", "Gemm", "Relu"} <= set(fitted.op_types)
-    assert fitted.fitted_on["threads"] == 1 and fitted.fitted_on["kernel_runs"] == run_fit.KERNEL_MODELS
+    assert fitted.fitted_on["threads"] == 1 and fitted.fitted_on["kernel_runs"] == len(run_fit.single_kernel_models())
     assert fitted.fitted_on["stage_runs"] == sum(len(group) for group in stage_times.values()) > 2
     assert fitted.stage.work_scale == fitted.stage.fixed_scale == 1.0  # the run fit's, not a stage calibration's
     assert len(profile_samples(load_profile_file(paths[0]), 1)) == len(bundled_profiles["chain"].timings[1].node_times_s)
@@ -432,6 +432,43 @@ def test_kernel_models_sample_every_kernel_class_as_a_runnable_single_node_model
     assert all(m.latency_s > 0 for m in measured.values())
     with pytest.raises(DeviceError, match="at least one model"):
         kernel_models(0)
+
+
+def test_stem_convs_cover_what_the_sampled_kernels_lack_in_shapes_no_evaluated_model_has() -> None:
+    """An image model's first layer: a dense Conv of 3 input channels on a plane larger than any sampled
+    kernel's. The run pass measures them with the sampled kernels; none may repeat a bundled or real
+    model's own first layer (it would leak a held-out model into its own fit)."""
+    from edgecloud.calibration import predictor_model_paths  # the models bench/predictor_error.py holds out
+
+    stems = stem_conv_models()
+    sampled = list(kernel_models(run_fit.KERNEL_MODELS).values())
+    def dense(model: onnx.ModelProto) -> bool:  # a group-1 Conv with a kernel wider than 1
+        node = model.graph.node[0]
+        groups = next((a.i for a in node.attribute if a.name == "group"), 1)
+        return node.op_type == "Conv" and groups == 1 and model.graph.initializer[0].dims[2] > 1
+
+    largest_sampled_plane = max(m.graph.input[0].type.tensor_type.shape.dim[-1].dim_value for m in sampled if dense(m))
+    assert len(stems) == 8 and set(stems) <= set(run_fit.single_kernel_models())
+
+    def first_conv(model: onnx.ModelProto) -> tuple[int, ...]:
+        conv = next(node for node in model.graph.node if node.op_type == "Conv")
+        weights = {i.name: tuple(i.dims) for i in model.graph.initializer}
+        planes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in model.graph.input}
+        strides = next((tuple(a.ints) for a in conv.attribute if a.name == "strides"), (1, 1))
+        return (*weights.get(conv.input[1], ()), planes.get(conv.input[0], [0])[-1], *strides)
+
+    evaluated = set()
+    for path in predictor_model_paths(0).values():
+        model = onnx.load(str(path))
+        if any(node.op_type == "Conv" for node in model.graph.node):
+            evaluated.add(first_conv(model))
+    for name, model in stems.items():
+        nodes = list(layer_nodes(load_layer_graph(model)).values())
+        assert len(nodes) == 1 and nodes[0].kernel == "Conv/dense", name
+        weight_shape = tuple(model.graph.initializer[0].dims)
+        assert weight_shape[1] == 3, name
+        assert dense(model) and model.graph.input[0].type.tensor_type.shape.dim[-1].dim_value > largest_sampled_plane, name
+        assert first_conv(model) not in evaluated, name
 
 
 def test_a_round_runner_runs_one_block_per_model_per_round_and_keeps_two_halves() -> None:
