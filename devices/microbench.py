@@ -104,7 +104,7 @@ def _elementwise(rng: np.random.Generator, name: str, kind: str, shape: list[int
 
 def stem_conv_models() -> dict[str, Any]:
     """Dense Convs of an image model's first layer: 3 input channels on large planes. The sampled kernels'
-    Convs have 8+ input channels on planes of at most 28 pixels, so a stem's thin im2col GEMM (27 or
+    Convs have 8+ input channels on planes of at most 28 pixels, so a stem's thin im2col GEMM (27 to
     147 deep) over thousands of pixels, and how onnxruntime splits it over threads, is in no run but the
     models' own. Fixed, not sampled: a stem is one of a few shapes."""
     import onnx
