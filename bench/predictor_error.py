@@ -34,6 +34,7 @@ Every table reports the share within ±10 % and ±5 %, median and p90 error, and
     PYTHONPATH=. /work/main/.venv/bin/python bench/predictor_error.py --wait-idle 1800   # the idle-machine reference
     PYTHONPATH=. /work/main/.venv/bin/python bench/predictor_error.py --reuse    # re-use profiles and latencies
     PYTHONPATH=. /work/main/.venv/bin/python bench/predictor_error.py --remeasure devices   # only the device passes
+    PYTHONPATH=. /work/main/.venv/bin/python bench/predictor_error.py --reuse --drop-kernels stem-   # without the stem Convs
 """
 
 from __future__ import annotations
@@ -481,6 +482,9 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="re-use the profiles and latencies of a previous run")
     parser.add_argument("--remeasure", action="append", choices=MEASUREMENTS, default=[],
                         help="with --reuse implied: measure this part again, re-use the others (repeatable)")
+    parser.add_argument("--drop-kernels", action="append", default=[], metavar="PREFIX",
+                        help="fit without the single-kernel runs whose names start so (e.g. stem-: the same "
+                             "measurements scored with and without a group of kernels; repeatable)")
     args = parser.parse_args()
     fresh = set(args.remeasure) if args.remeasure else (set() if args.reuse else set(MEASUREMENTS))
     console = Console(width=220)
@@ -499,7 +503,8 @@ def main() -> None:
     run_times = run_latencies(paths, thread_counts, rounds, args.seed, "runs" not in fresh)
     stages = {t: {name: stage_runs(profile, t, run_times[str(t)]["stages"][name]) for name, profile in profiles.items()}
               for t in thread_counts}
-    kernels = {t: kernel_runs(run_times[str(t)]["kernels"], args.seed) for t in thread_counts}
+    kernels = {t: kernel_runs({name: seconds for name, seconds in run_times[str(t)]["kernels"].items()
+                               if not name.startswith(tuple(args.drop_kernels))}, args.seed) for t in thread_counts}
     report: dict[str, Any] = {"settings": vars(args) | {"rounds": rounds}, "load_average_at_start": start_load,
                               "idle_at_start": idle,
                               "devices": {name: {k: v for k, v in d.items() if k not in ("latency_s", "halves_s")}

@@ -64,11 +64,8 @@ DEPLOYMENT = "bench"
 ECHO, PINGER = "echo", "pinger"
 PING_TOPIC = device_topic(DEPLOYMENT, ECHO)
 PONG_TOPIC = device_topic(DEPLOYMENT, PINGER)
-FLOOR_PING_TOPIC = device_topic(DEPLOYMENT, "floor-echo")  # own topics: both echoes share a broker
-FLOOR_PONG_TOPIC = device_topic(DEPLOYMENT, "floor-pinger")
+FLOOR_ECHO, FLOOR_PINGER = "floor-echo", "floor-pinger"  # own devices (topics): the echoes share a broker
 HALF_ECHO, HALF_PINGER = "half-echo", "half-pinger"
-HALF_PING_TOPIC = device_topic(DEPLOYMENT, HALF_ECHO)
-HALF_PONG_TOPIC = device_topic(DEPLOYMENT, HALF_PINGER)
 LENGTH = struct.Struct("<Q")
 TARGET_SMALL_S = 1e-4
 TARGET_OVER_FLOOR_LARGE = 1.3
@@ -134,10 +131,11 @@ def client_tls(ca_file: Path | None) -> ssl.SSLContext | None:
 
 
 def echo_minimal_mqtt(port: int, ca_file: Path | None, ready: multiprocessing.Event, stop: multiprocessing.Event) -> None:
-    """Republish every payload from FLOOR_PING_TOPIC on FLOOR_PONG_TOPIC, untouched."""
-    with bare_mqtt.connect("127.0.0.1", port, "bench-floor-echo", FLOOR_PING_TOPIC, client_tls(ca_file)) as connection:
+    """Republish every payload to FLOOR_ECHO for FLOOR_PINGER, untouched."""
+    with bare_mqtt.connect("127.0.0.1", port, f"bench-{FLOOR_ECHO}", device_topic(DEPLOYMENT, FLOOR_ECHO),
+                           client_tls(ca_file)) as connection:
         ready.set()
-        bare_mqtt.echo(connection, FLOOR_PONG_TOPIC, stop.is_set)
+        bare_mqtt.echo(connection, device_topic(DEPLOYMENT, FLOOR_PINGER), stop.is_set)
 
 
 @contextmanager
@@ -181,12 +179,14 @@ def tcp_pinger() -> Iterator[Prepare]:
 def minimal_mqtt_pinger(port: int, ours_echo_url: str | None = None, ca_file: Path | None = None) -> Iterator[Prepare]:
     """The broker's floor: the encoded bytes through the broker by the minimal client, no paho (over TLS
     with `ca_file`); with `ours_echo_url`, answered by our client's echo there instead (one end of ours)."""
-    ping_topic, pong_topic = (FLOOR_PING_TOPIC, FLOOR_PONG_TOPIC) if ours_echo_url is None else (HALF_PING_TOPIC,
-                                                                                                 HALF_PONG_TOPIC)
-    echo = (child(echo_minimal_mqtt, port, ca_file) if ours_echo_url is None
-            else child(echo_mqtt, ours_echo_url, HALF_ECHO, HALF_PINGER))
-    client_id = "bench-floor-pinger" if ours_echo_url is None else f"bench-{HALF_PINGER}"
-    with echo, bare_mqtt.connect("127.0.0.1", port, client_id, pong_topic, client_tls(ca_file)) as connection:
+    if ours_echo_url is None:
+        echo_device, pinger_device, echo = FLOOR_ECHO, FLOOR_PINGER, child(echo_minimal_mqtt, port, ca_file)
+    else:
+        echo_device, pinger_device = HALF_ECHO, HALF_PINGER
+        echo = child(echo_mqtt, ours_echo_url, echo_device, pinger_device)
+    ping_topic = device_topic(DEPLOYMENT, echo_device)
+    with echo, bare_mqtt.connect("127.0.0.1", port, f"bench-{pinger_device}", device_topic(DEPLOYMENT, pinger_device),
+                                 client_tls(ca_file)) as connection:
 
         def prepare(message: Message) -> RoundTrip:
             payload = encode(message, unchunked_limits(message.tensors["x"].nbytes))

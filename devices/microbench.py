@@ -19,10 +19,11 @@ _OPSET = 17
 
 
 def _conv(rng: np.random.Generator, name: str, channels: int, size: int, kernel: int, group: int,
-          stride: int) -> Any:
+          stride: int, out_channels: int | None = None) -> Any:
+    """A Conv of a [1, channels, size, size] plane; `out_channels` defaults to `channels`."""
     from onnx import TensorProto, helper
 
-    weight_shape = [channels, channels // group, kernel, kernel]
+    weight_shape = [out_channels or channels, channels // group, kernel, kernel]
     weight = helper.make_tensor("w", TensorProto.FLOAT, weight_shape,
                                 rng.standard_normal(int(np.prod(weight_shape))).astype(np.float32))
     node = helper.make_node("Conv", ["x", "w"], ["y"], name=name, group=group, strides=[stride, stride],
@@ -116,10 +117,7 @@ def stem_conv_models() -> dict[str, Any]:
     for out_channels, size, kernel, stride in ((16, 48, 3, 1), (24, 80, 3, 1), (16, 144, 3, 2), (32, 96, 3, 1),
                                                (48, 160, 7, 2), (24, 160, 3, 2), (24, 96, 5, 1), (48, 144, 3, 2)):
         name = f"stem-{out_channels}-{size}-{kernel}x{kernel}-s{stride}"
-        graph = _conv(rng, name, 3, size, kernel, 1, stride)
-        weight = helper.make_tensor("w", onnx.TensorProto.FLOAT, [out_channels, 3, kernel, kernel],
-                                    rng.standard_normal(out_channels * 3 * kernel * kernel).astype(np.float32))
-        graph.initializer[0].CopyFrom(weight)
+        graph = _conv(rng, name, 3, size, kernel, 1, stride, out_channels)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET)])
         models[name] = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     return models
