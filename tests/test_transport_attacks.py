@@ -83,6 +83,24 @@ def test_a_second_client_with_a_taken_identity_is_refused_and_the_first_keeps_se
         pass
 
 
+def test_an_identity_is_free_at_once_after_close_even_with_messages_unread(guarded_broker) -> None:
+    """A client that closes while messages wait unread in its socket used to make the kernel answer with
+    a reset, which discards the DISCONNECT before the broker reads it: the broker kept the session for
+    SESSION_EXPIRY_S, and the next run of the same device within that second was refused as a second
+    agent (seen in CI as a parameter server that could not start right after the previous one stopped)."""
+    with MqttTransport(login_url(guarded_broker, "cloud"), "cloud") as sender:
+        for attempt in range(3):
+            busy = MqttTransport(login_url(guarded_broker, "edge"), "edge").connect()
+            busy.subscribe(f"edgecloud/{DEPLOYMENT}/edge/in/+", lambda payload, _: time.sleep(0.2))
+            sent = [sender.publish(sender_topic(DEPLOYMENT, "edge", "cloud"), bytes(200_000)) for _ in range(30)]
+            for future in sent:
+                future.result(timeout=10.0)
+            time.sleep(0.2)  # the broker forwards them; the slow handler leaves most unread in the socket
+            busy.close()
+            with MqttTransport(login_url(guarded_broker, "edge"), "edge"):  # raised IdentityInUseError
+                pass
+
+
 def test_a_second_agent_for_the_same_device_exits_with_a_clear_error(
         bundled_models, broker_factory, tmp_path: Path) -> None:
     broker = broker_factory("mosquitto")

@@ -74,6 +74,7 @@ from edgecloud.errors import IdentityInUseError, TransportError, WireFormatError
 from edgecloud.transport.broker import MQTT_PACKET_OVERHEAD_BYTES
 from edgecloud.transport.chunks import (CHUNK_HEADER_BYTES, ChunkLimits, Reassembler, chunk_frames, credit_frame,
                                         is_chunk, is_credit, new_transfer_id, parse_credit)
+from edgecloud.transport.held_close import HeldConnection
 from edgecloud.transport.mqtt_fastpath import GATHER_MIN_PAYLOAD_BYTES, FastPathClient, GatheredPayload
 from edgecloud.transport.mqtt_url import BrokerAddress, parse_broker_url, resolve_credentials
 from edgecloud.transport.topics import device_topic, inbox_filter, parse_device_topic, parse_sender_topic, sender_topic
@@ -108,6 +109,7 @@ class TransportOptions:
     reconnect_min_delay_s: float = 0.2
     reconnect_max_delay_s: float = 10.0
     close_flush_timeout_s: float = 2.0
+    close_confirm_timeout_s: float = 2.0  # for the broker to close the connection after our DISCONNECT
     # A message encoding to more than this goes as chunks (edgecloud.transport.chunks), at most
     # `chunk_window` of them unacknowledged at once, so a sender holds a bounded share of a big message.
     # A sender waits up to `chunk_credit_timeout_s` for the receiver's credit (see `chunks`) before it
@@ -224,8 +226,7 @@ class MqttTransport:
         reason = self._connack_reason
         if reason is None or not reason.is_failure:
             if self._session_present:
-                self._disconnect(client)
-                client.loop_stop()
+                self._disconnect_and_stop(client)
                 raise IdentityInUseError(
                     f"another client is connected to broker {self.address.host}:{self.address.port} as "
                     f"{self._broker_client_id(client)!r}, so this one stops instead of knocking it off: is a "
@@ -255,15 +256,22 @@ class MqttTransport:
         """The id the broker knows us by (Mosquitto's `use_username_as_clientid` replaces ours with the login)."""
         return self.address.username if self.address.username is not None else self.client_id
 
-    @staticmethod
-    def _disconnect(client: paho.Client) -> None:
-        """DISCONNECT; on MQTT 5 with session expiry 0, so that the broker forgets our session at once."""
+    def _disconnect_and_stop(self, client: paho.Client) -> None:
+        """DISCONNECT (on MQTT 5 with session expiry 0, so that the broker forgets our session at once),
+        stop the network thread, and return once the broker closed the connection (see `held_close`),
+        so that the identity is free for the next client at once."""
+        sock = client.socket()
+        held = HeldConnection(sock) if sock is not None else None
         if client.protocol == paho.MQTTv5:
             properties = Properties(PacketTypes.DISCONNECT)
             properties.SessionExpiryInterval = 0
             client.disconnect(properties=properties)
         else:
             client.disconnect()
+        client.loop_stop()
+        if held is not None and not held.wait_for_peer_close(self.options.close_confirm_timeout_s):
+            logger.info("%s: broker %s:%d did not close the connection within %g s of DISCONNECT", self.client_id,
+                        self.address.host, self.address.port, self.options.close_confirm_timeout_s)
 
     def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         try:
@@ -346,8 +354,7 @@ class MqttTransport:
                 last.wait_for_publish(self.options.close_flush_timeout_s)
             except (RuntimeError, ValueError) as error:
                 logger.warning("%s closed with unacknowledged messages: %s", self.client_id, error)
-        self._disconnect(client)
-        client.loop_stop()
+        self._disconnect_and_stop(client)
         self._connected.clear()
 
     def __enter__(self) -> Self:
