@@ -35,6 +35,7 @@ Every table reports the share within ±10 % and ±5 %, median and p90 error, and
     PYTHONPATH=. /work/main/.venv/bin/python bench/predictor_error.py --reuse    # re-use profiles and latencies
     PYTHONPATH=. /work/main/.venv/bin/python bench/predictor_error.py --remeasure devices   # only the device passes
     PYTHONPATH=. /work/main/.venv/bin/python bench/predictor_error.py --reuse --drop-kernels stem-   # without the stem Convs
+    PYTHONPATH=. /work/main/.venv/bin/python bench/predictor_error.py --reuse --drop-kernels shape-  # without the computed reshapes
 """
 
 from __future__ import annotations

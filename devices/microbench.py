@@ -123,6 +123,41 @@ def stem_conv_models() -> dict[str, Any]:
     return models
 
 
+def shape_arithmetic_models() -> dict[str, Any]:
+    """Reshapes to targets computed at run time, as a model exported with a dynamic batch has them
+    (torch 2's exporter: one Shape, a Slice per dimension, a Concat per target). Their shape ops move a
+    few int64 numbers (`kernels.SHAPE_VARIANT`), so no sampled kernel and no other model prices them:
+    onnxruntime's trace does, at several times their cost in a run. Two targets share the slices, as in
+    the exported models: with one target onnxruntime fuses the whole chain into one Reshape, which no
+    model shows. Fixed, not sampled: the cost is the dispatch, whatever the activation's size, and the
+    sizes are unlike any model's."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    def ints(tensor: str, values: list[int]) -> Any:
+        return helper.make_tensor(tensor, TensorProto.INT64, [len(values)], values)
+
+    models = {}
+    for rows, columns in ((8, 32), (24, 48), (12, 96), (32, 128)):
+        for targets in (2, 3):
+            name = f"shape-{targets}-targets-{rows}x{columns}"
+            initializers = [ints("all", [-1])] + [ints(f"at{d}", [d]) for d in range(4)]
+            nodes = [helper.make_node("Shape", ["x"], ["shape"], name=f"{name}-shape")]
+            nodes += [helper.make_node("Slice", ["shape", f"at{d}", f"at{d + 1}"], [f"dim{d}"], name=f"{name}-slice{d}")
+                      for d in range(3)]
+            orders = [["dim0", "dim1", "dim2"], ["all", "dim2", "dim1"], ["dim0", "all", "dim1"]][:targets]
+            for index, order in enumerate(orders):
+                nodes += [helper.make_node("Concat", order, [f"target{index}"], name=f"{name}-concat{index}", axis=0),
+                          helper.make_node("Reshape", ["x", f"target{index}"], [f"y{index}"], name=f"{name}-reshape{index}")]
+            outputs = [helper.make_tensor_value_info(f"y{index}", TensorProto.FLOAT, None) for index in range(targets)]
+            graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                  ["batch", rows, columns])],
+                                      outputs, initializers)
+            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET)])
+            models[name] = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    return models
+
+
 def kernel_models(count: int, seed: int = 0) -> dict[str, Any]:
     """`count` single-node models (seeded): depthwise, grouped, pointwise and dense Convs, MatMuls on
     a weight and of two activations, Gemms on a weight, MaxPools, and a few element-wise and layout ops, over sizes

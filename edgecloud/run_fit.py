@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from devices.latency import LatencyProtocol, measure_latencies
-from devices.microbench import kernel_models, stem_conv_models
+from devices.microbench import kernel_models, shape_arithmetic_models, stem_conv_models
 from devices.predictor import LatencyPredictor, NodeSample, fit_on_runs
 from devices.profiler import ModelProfile
 from devices.profiles import DeviceProfile
@@ -56,8 +56,8 @@ def measure_runs(paths: Mapping[str, Path], threads: int, rounds: int = RUN_ROUN
 
 
 def single_kernel_models(seed: int = 0) -> dict[str, Any]:
-    """The single-node models every run pass measures: the sampled kernels and the stem Convs."""
-    return kernel_models(KERNEL_MODELS, seed) | stem_conv_models()
+    """The small models every run pass measures: the sampled kernels, the stem Convs and the computed reshapes."""
+    return kernel_models(KERNEL_MODELS, seed) | stem_conv_models() | shape_arithmetic_models()
 
 
 def stage_runs(profile: ModelProfile, threads: int, stages: list[list[Any]]) -> list[Run]:

@@ -37,7 +37,7 @@ from devices.profiler import (
 )
 from devices.predictor import LatencyPredictor
 from devices.profiles import DeviceProfile
-from devices.microbench import kernel_models, stem_conv_models
+from devices.microbench import kernel_models, shape_arithmetic_models, stem_conv_models
 from devices.stages import prefix_stages
 from edgecloud.calibration import canonical_model, layer_nodes, profile_samples, samples_from_times
 from edgecloud import run_fit
@@ -469,6 +469,58 @@ def test_stem_convs_cover_what_the_sampled_kernels_lack_in_shapes_no_evaluated_m
         assert weight_shape[1] == 3, name
         assert dense(model) and model.graph.input[0].type.tensor_type.shape.dim[-1].dim_value > largest_sampled_plane, name
         assert first_conv(model) not in evaluated, name
+
+
+def test_computed_reshapes_keep_their_shape_ops_in_a_run_and_are_classed_as_the_transformers(tmp_path: Path) -> None:
+    """The shape-arithmetic sample must time what a dynamic-batch export runs: onnxruntime's optimizer
+    folds a lone Shape -> Slice -> Concat -> Reshape into one Reshape (so a sample like that would price
+    the shape ops at nothing), but keeps them where the slices feed two targets, as in the transformer.
+    Its classes are the transformer's own, and its planes are not the transformer's."""
+    import onnxruntime as ort
+
+    from partitioner.graph.kernel_classes import layer_kernel_classes
+    from partitioner.models.zoo import cached_model_path
+
+    samples = shape_arithmetic_models()
+    assert len(samples) == 8 and set(samples) <= set(run_fit.single_kernel_models())
+    transformer = load_layer_graph(str(cached_model_path("transformer")))
+    transformer_classes = set(layer_kernel_classes(transformer).values())
+    transformer_plane = [d.dim_value for d in transformer.model.graph.input[0].type.tensor_type.shape.dim][1:]
+    for name, model in samples.items():
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / f"{name}.onnx")
+        options.log_severity_level = 3
+        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(options.optimized_model_filepath)
+        assert [n.op_type for n in optimized.graph.node] == [n.op_type for n in model.graph.node], name
+        classes = set(layer_kernel_classes(load_layer_graph(model)).values())
+        assert classes == {"Shape", "Slice/shape", "Concat/shape", "Reshape/computed"}, (name, classes)
+        assert classes <= transformer_classes
+        assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim][1:] != transformer_plane
+
+
+def test_shape_arithmetic_is_a_class_only_where_every_variable_input_comes_from_a_shape() -> None:
+    """A Concat of computed dimensions and constants is shape arithmetic; the same Concat of an
+    activation is not; a Reshape to a computed target is its own class, to a constant target it is not."""
+    from partitioner.graph.kernel_classes import node_kernel_classes
+
+    def ints(name: str, values: list[int]) -> onnx.TensorProto:
+        return helper.make_tensor(name, TensorProto.INT64, [len(values)], values)
+
+    nodes = [helper.make_node("Shape", ["x"], ["shape"], name="shape"),
+             helper.make_node("Slice", ["shape", "zero", "one"], ["batch"], name="slice"),
+             helper.make_node("Concat", ["batch", "rest"], ["target"], name="concat", axis=0),
+             helper.make_node("Reshape", ["x", "target"], ["computed"], name="reshape-computed"),
+             helper.make_node("Reshape", ["computed", "fixed"], ["flat"], name="reshape-constant"),
+             helper.make_node("Concat", ["flat", "flat"], ["y"], name="concat-activations", axis=1)]
+    graph = helper.make_graph(nodes, "shapes", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [ints("zero", [0]), ints("one", [1]), ints("rest", [32]), ints("fixed", [-1, 32])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    classes = node_kernel_classes(load_layer_graph(onnx.shape_inference.infer_shapes(model)))
+    assert classes == {"shape": "Shape", "slice": "Slice/shape", "concat": "Concat/shape",
+                       "reshape-computed": "Reshape/computed", "reshape-constant": "Reshape",
+                       "concat-activations": "Concat"}
 
 
 def test_a_round_runner_runs_one_block_per_model_per_round_and_keeps_two_halves() -> None:

@@ -11,6 +11,7 @@ import math
 from typing import TYPE_CHECKING
 
 from devices.predictor import kernel_class
+from devices.predictor.kernels import KERNEL_SEPARATOR, SHAPE_VARIANT
 from partitioner.graph.layer_graph import LayerGraph
 
 if TYPE_CHECKING:
@@ -32,18 +33,23 @@ def _constant_shapes(graph: LayerGraph) -> dict[str, tuple[int, ...]]:
 
 
 def node_kernel_classes(graph: LayerGraph) -> dict[str, str]:
-    """Each ONNX node's kernel class (`devices.predictor.kernels`), from its attributes and which of its
-    inputs are constants, with the weights' shapes (initializers, Constant nodes)."""
+    """Each ONNX node's kernel class (`devices.predictor.kernels`), from its attributes, which of its
+    inputs are constants, with the weights' shapes (initializers, Constant nodes), and which are
+    computed from a Shape."""
     from onnx import helper
 
     model = graph.model.graph
     shapes = _constant_shapes(graph)
     classes = {}
+    computed_shapes: set[str] = set()  # tensors computed from a Shape (nodes are in topological order)
     for node in model.node:
         attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute
                       if a.type == a.INT or a.type == a.INTS}
-        classes[node.name] = kernel_class(node.op_type, attributes, [shapes.get(name) for name in node.input],
-                                          [name in shapes for name in node.input])
+        kernel = kernel_class(node.op_type, attributes, [shapes.get(name) for name in node.input],
+                              [name in shapes for name in node.input], [name in computed_shapes for name in node.input])
+        classes[node.name] = kernel
+        if node.op_type == "Shape" or kernel.endswith(f"{KERNEL_SEPARATOR}{SHAPE_VARIANT}"):
+            computed_shapes.update(node.output)
     return classes
 
 
