@@ -45,6 +45,7 @@ import json
 import logging
 import multiprocessing
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
@@ -71,7 +72,7 @@ from devices.latency import BLOCKS, LatencyProtocol, RoundRunner
 from devices.profiler import ModelProfile, load_profile_file
 from devices.profiles import DeviceProfile
 from edgecloud.calibration import canonical_model, predictor_model_paths, profile_file, profile_samples
-from edgecloud.run_fit import kernel_runs, measure_runs, stage_runs
+from edgecloud.run_fit import kernel_runs, measure_runs, single_kernel_models, stage_runs
 
 RESULTS = Path(__file__).parent / "results"
 PROFILES = RESULTS / "profiles"
@@ -471,6 +472,22 @@ def wait_until_idle(limit_s: float, idle_load: float = IDLE_LOAD) -> bool:
     return True
 
 
+def cached_kernel_times(times_s: dict[str, float], dropped: list[str], seed: int) -> dict[str, float]:
+    """The kernel runs to fit on, minus the `--drop-kernels` prefixes. Runs cached by other code (a kernel
+    sample changed since) cannot be scored with this one: a readable exit, not a KeyError deep in the fit."""
+    known = set(single_kernel_models(seed))
+    kept = {name: seconds for name, seconds in times_s.items() if not name.startswith(tuple(dropped))}
+    unknown, missing = sorted(set(kept) - known), sorted(known - set(times_s))
+    if unknown:
+        print(f"error: the cached runs hold {len(unknown)} kernel model(s) this code does not build (e.g. "
+              f"{unknown[0]}): re-measure them (--remeasure runs) or drop them (--drop-kernels PREFIX).", file=sys.stderr)
+        raise SystemExit(2)
+    if missing:
+        logging.getLogger(__name__).warning("the cached runs lack %d kernel model(s) of this code (e.g. %s); "
+                                            "fitting without them (--remeasure runs measures them)", len(missing), missing[0])
+    return kept
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--warmup", type=int, default=3, help="profiled runs dropped before the per-node trace")
@@ -504,8 +521,8 @@ def main() -> None:
     run_times = run_latencies(paths, thread_counts, rounds, args.seed, "runs" not in fresh)
     stages = {t: {name: stage_runs(profile, t, run_times[str(t)]["stages"][name]) for name, profile in profiles.items()}
               for t in thread_counts}
-    kernels = {t: kernel_runs({name: seconds for name, seconds in run_times[str(t)]["kernels"].items()
-                               if not name.startswith(tuple(args.drop_kernels))}, args.seed) for t in thread_counts}
+    kernels = {t: kernel_runs(cached_kernel_times(run_times[str(t)]["kernels"], args.drop_kernels, args.seed), args.seed)
+               for t in thread_counts}
     report: dict[str, Any] = {"settings": vars(args) | {"rounds": rounds}, "load_average_at_start": start_load,
                               "idle_at_start": idle,
                               "devices": {name: {k: v for k, v in d.items() if k not in ("latency_s", "halves_s")}
