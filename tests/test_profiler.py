@@ -500,27 +500,37 @@ def test_computed_reshapes_keep_their_shape_ops_in_a_run_and_are_classed_as_the_
 
 
 def test_shape_arithmetic_is_a_class_only_where_every_variable_input_comes_from_a_shape() -> None:
-    """A Concat of computed dimensions and constants is shape arithmetic; the same Concat of an
-    activation is not; a Reshape to a computed target is its own class, to a constant target it is not."""
+    """A Concat of computed dimensions and constants is shape arithmetic; the same Concat of an activation
+    is not; an omitted optional input does not hide it; a Reshape or Expand to a computed target is its
+    own class, to a constant target it is not; a Range builds a full-size tensor from a shape, so what
+    follows it is not shape arithmetic."""
     from partitioner.graph.kernel_classes import node_kernel_classes
 
-    def ints(name: str, values: list[int]) -> onnx.TensorProto:
-        return helper.make_tensor(name, TensorProto.INT64, [len(values)], values)
+    def ints(name: str, values: list[int], scalar: bool = False) -> onnx.TensorProto:
+        return helper.make_tensor(name, TensorProto.INT64, [] if scalar else [len(values)], values)
 
     nodes = [helper.make_node("Shape", ["x"], ["shape"], name="shape"),
-             helper.make_node("Slice", ["shape", "zero", "one"], ["batch"], name="slice"),
+             helper.make_node("Slice", ["shape", "zero", "one", "", "one"], ["batch"], name="slice"),
              helper.make_node("Concat", ["batch", "rest"], ["target"], name="concat", axis=0),
              helper.make_node("Reshape", ["x", "target"], ["computed"], name="reshape-computed"),
              helper.make_node("Reshape", ["computed", "fixed"], ["flat"], name="reshape-constant"),
-             helper.make_node("Concat", ["flat", "flat"], ["y"], name="concat-activations", axis=1)]
+             helper.make_node("Concat", ["flat", "flat"], ["wide"], name="concat-activations", axis=1),
+             helper.make_node("Expand", ["row", "target"], ["rows"], name="expand-computed"),
+             helper.make_node("Squeeze", ["batch", "zero"], ["count"], name="squeeze"),
+             helper.make_node("Range", ["start", "count", "step"], ["positions"], name="range"),
+             helper.make_node("Add", ["positions", "positions"], ["y"], name="add-positions")]
     graph = helper.make_graph(nodes, "shapes", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                              [ints("zero", [0]), ints("one", [1]), ints("rest", [32]), ints("fixed", [-1, 32])])
+                              [helper.make_tensor_value_info(name, elem, None) for name, elem in
+                               (("wide", TensorProto.FLOAT), ("rows", TensorProto.FLOAT), ("y", TensorProto.INT64))],
+                              [ints("zero", [0]), ints("one", [1]), ints("rest", [32]), ints("fixed", [-1, 32]),
+                               helper.make_tensor("row", TensorProto.FLOAT, [32], [0.0] * 32),
+                               ints("start", [0], scalar=True), ints("step", [1], scalar=True)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     classes = node_kernel_classes(load_layer_graph(onnx.shape_inference.infer_shapes(model)))
     assert classes == {"shape": "Shape", "slice": "Slice/shape", "concat": "Concat/shape",
                        "reshape-computed": "Reshape/computed", "reshape-constant": "Reshape",
-                       "concat-activations": "Concat"}
+                       "concat-activations": "Concat", "expand-computed": "Expand/computed",
+                       "squeeze": "Squeeze/shape", "range": "Range", "add-positions": "Add"}
 
 
 def test_a_round_runner_runs_one_block_per_model_per_round_and_keeps_two_halves() -> None:

@@ -101,6 +101,25 @@ def test_an_identity_is_free_at_once_after_close_even_with_messages_unread(guard
                 pass
 
 
+@pytest.mark.parametrize("kind", ["embedded", "mosquitto"])
+def test_a_handler_that_closes_its_own_transport_does_not_wait_for_the_broker(broker_factory, kind: str) -> None:
+    """On paho's own thread the DISCONNECT goes out only after the handler returns, so holding the
+    connection for the broker's close there would stall the handler for close_confirm_timeout_s (2 s)."""
+    broker = broker_factory(kind)
+    closed_in: queue.Queue[float] = queue.Queue()
+    transport = MqttTransport(broker.url, f"closer-{kind}").connect()
+
+    def close_on_message(payload: bytes, topic: str) -> None:
+        started_s = time.monotonic()
+        transport.close()
+        closed_in.put(time.monotonic() - started_s)
+
+    transport.subscribe("edgecloud/closing/closer/in/+", close_on_message)
+    with MqttTransport(broker.url, f"sender-{kind}") as sender:
+        sender.publish("edgecloud/closing/closer/in/sender", b"stop").result(timeout=5.0)
+        assert closed_in.get(timeout=10.0) < 0.5 * transport.options.close_confirm_timeout_s
+
+
 def test_a_second_agent_for_the_same_device_exits_with_a_clear_error(
         bundled_models, broker_factory, tmp_path: Path) -> None:
     broker = broker_factory("mosquitto")

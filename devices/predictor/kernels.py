@@ -50,24 +50,29 @@ def _conv_class(attributes: Mapping[str, object], weight_shape: tuple[int, ...] 
 
 SHAPE_VARIANT = "shape"  # an op computing a tensor's shape from another's (int64 vectors of a few elements)
 COMPUTED_VARIANT = "computed"  # a Reshape (Expand, Tile) to a shape computed at run time
+# The ops a dynamic-dimension export chains between a Shape and its Reshape. Not Range, ConstantOfShape,
+# Expand or Tile (they build full-size tensors from a shape) nor control flow (a branch is no dispatch).
+SHAPE_ARITHMETIC_OPS = frozenset({"Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Cast", "Identity", "Add", "Sub",
+                                  "Mul", "Div", "Mod", "Neg", "Equal", "Less", "Greater", "Where", "ReduceProd"})
 
 
 def kernel_class(op_type: str, attributes: Mapping[str, object], input_shapes: Sequence[tuple[int, ...] | None],
                  constant_inputs: Sequence[bool], shape_inputs: Sequence[bool] = ()) -> str:
     """The kernel class of one ONNX node from its attributes, input shapes, which inputs are
-    constants (initializers or Constant outputs) and which are computed from a `Shape`.
+    constants (initializers or Constant outputs; an omitted optional input counts as one) and which are
+    computed from a `Shape`.
 
     A model exported with a dynamic dimension computes its reshapes' targets at run time (Shape ->
     Gather -> Unsqueeze -> Concat -> Reshape): those ops move a few int64 numbers and cost a kernel
     dispatch, not the per-element rate of the same op type on activations, so they are a class of
     their own, as is a Reshape whose target is computed.
     """
-    if shape_inputs and op_type != "Shape":
+    if op_type in ("Reshape", "Expand", "Tile") and len(shape_inputs) > 1 and shape_inputs[1]:
+        return f"{op_type}{KERNEL_SEPARATOR}{COMPUTED_VARIANT}"
+    if op_type in SHAPE_ARITHMETIC_OPS and shape_inputs:
         variable = [computed for computed, constant in zip(shape_inputs, constant_inputs, strict=True) if not constant]
         if variable and all(variable):
             return f"{op_type}{KERNEL_SEPARATOR}{SHAPE_VARIANT}"
-        if op_type in ("Reshape", "Expand", "Tile") and len(shape_inputs) > 1 and shape_inputs[1]:
-            return f"{op_type}{KERNEL_SEPARATOR}{COMPUTED_VARIANT}"
     if op_type in ("Conv", "ConvTranspose"):
         weight = input_shapes[1] if len(input_shapes) > 1 else None
         suffix = _conv_class(attributes, weight).split(KERNEL_SEPARATOR, 1)[1]

@@ -19,7 +19,7 @@ import logging
 import os
 import socket
 import time
-from typing import Any
+from typing import Any, Self
 
 logger = logging.getLogger(__name__)
 
@@ -27,19 +27,41 @@ DRAIN_READ_BYTES = 256 * 2**10
 
 
 class HeldConnection:
-    """A second descriptor of a connected socket, read to the peer's end of stream and then closed."""
+    """A second descriptor of a connected socket, read to the peer's end of stream and then closed;
+    a context manager, so that an error between holding and waiting does not keep the connection open."""
 
-    def __init__(self, connected: Any) -> None:
-        """`connected` is paho's socket (plain or TLS: only its descriptor is used). A socket without a
-        descriptor (a websocket wrapper) is not held: closing it behaves as paho's own close."""
+    def __init__(self, connected: Any | None) -> None:
+        """`connected` is paho's socket (plain or TLS: only its descriptor is used); None, or a socket
+        without a descriptor (a websocket wrapper), holds nothing: closing behaves as paho's own close."""
         self._held: socket.socket | None = None
+        if connected is None:
+            return
         try:
-            self._held = socket.socket(fileno=os.dup(connected.fileno()))
+            descriptor = os.dup(connected.fileno())
         except (OSError, AttributeError, ValueError) as error:
             logger.debug("cannot hold the MQTT connection open across close: %s", error)
+            return
+        try:
+            self._held = socket.socket(fileno=descriptor)
+        except OSError as error:
+            os.close(descriptor)
+            logger.debug("cannot hold the MQTT connection open across close: %s", error)
+
+    @property
+    def holding(self) -> bool:
+        return self._held is not None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._held is not None:
+            self._held.close()
+            self._held = None
 
     def wait_for_peer_close(self, timeout_s: float) -> bool:
         """Discard what arrives until the peer closes (True) or `timeout_s` passes (False); then close.
+        False at once when nothing is held.
 
         The bytes read are messages we no longer take and, over TLS, encrypted records: neither is parsed.
         """

@@ -109,7 +109,8 @@ class TransportOptions:
     reconnect_min_delay_s: float = 0.2
     reconnect_max_delay_s: float = 10.0
     close_flush_timeout_s: float = 2.0
-    close_confirm_timeout_s: float = 2.0  # for the broker to close the connection after our DISCONNECT
+    # for the broker to close the connection after our DISCONNECT: what close() adds when a broker hangs
+    close_confirm_timeout_s: float = 2.0
     # A message encoding to more than this goes as chunks (edgecloud.transport.chunks), at most
     # `chunk_window` of them unacknowledged at once, so a sender holds a bounded share of a big message.
     # A sender waits up to `chunk_credit_timeout_s` for the receiver's credit (see `chunks`) before it
@@ -259,19 +260,20 @@ class MqttTransport:
     def _disconnect_and_stop(self, client: paho.Client) -> None:
         """DISCONNECT (on MQTT 5 with session expiry 0, so that the broker forgets our session at once),
         stop the network thread, and return once the broker closed the connection (see `held_close`),
-        so that the identity is free for the next client at once."""
-        sock = client.socket()
-        held = HeldConnection(sock) if sock is not None else None
-        if client.protocol == paho.MQTTv5:
-            properties = Properties(PacketTypes.DISCONNECT)
-            properties.SessionExpiryInterval = 0
-            client.disconnect(properties=properties)
-        else:
-            client.disconnect()
-        client.loop_stop()
-        if held is not None and not held.wait_for_peer_close(self.options.close_confirm_timeout_s):
-            logger.info("%s: broker %s:%d did not close the connection within %g s of DISCONNECT", self.client_id,
-                        self.address.host, self.address.port, self.options.close_confirm_timeout_s)
+        so that the identity is free for the next client at once. Called on paho's own thread (a handler
+        that closes its transport), loop_stop cannot wait for the DISCONNECT to go out: nothing is held."""
+        on_network_thread = threading.current_thread() is self._network_thread
+        with HeldConnection(None if on_network_thread else client.socket()) as held:
+            if client.protocol == paho.MQTTv5:
+                properties = Properties(PacketTypes.DISCONNECT)
+                properties.SessionExpiryInterval = 0
+                client.disconnect(properties=properties)
+            else:
+                client.disconnect()
+            client.loop_stop()
+            if held.holding and not held.wait_for_peer_close(self.options.close_confirm_timeout_s):
+                logger.info("%s: broker %s:%d did not close the connection within %g s of DISCONNECT",
+                            self.client_id, self.address.host, self.address.port, self.options.close_confirm_timeout_s)
 
     def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         try:

@@ -46,10 +46,11 @@ def node_kernel_classes(graph: LayerGraph) -> dict[str, str]:
         attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute
                       if a.type == a.INT or a.type == a.INTS}
         kernel = kernel_class(node.op_type, attributes, [shapes.get(name) for name in node.input],
-                              [name in shapes for name in node.input], [name in computed_shapes for name in node.input])
+                              [name in shapes or not name for name in node.input],  # "": an omitted optional input
+                              [name in computed_shapes for name in node.input])
         classes[node.name] = kernel
         if node.op_type == "Shape" or kernel.endswith(f"{KERNEL_SEPARATOR}{SHAPE_VARIANT}"):
-            computed_shapes.update(node.output)
+            computed_shapes.update(name for name in node.output if name)
     return classes
 
 
