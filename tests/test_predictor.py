@@ -36,7 +36,7 @@ from devices.predictor import (
     shipped_predictor,
 )
 from devices.lookup import load_device
-from devices.predictor.evaluation import calibration_models
+from devices.predictor.evaluation import calibration_models, run_weights
 from devices.predictor.model import CACHE_BYTES
 from devices.profiles import DeviceProfile
 
@@ -462,6 +462,26 @@ def test_the_run_fit_learns_what_a_run_costs_where_the_trace_inflates_every_node
     assert by_runs.stage.work_scale == by_runs.stage.fixed_scale == 1.0
     assert by_runs.stage.per_run_s == pytest.approx(10e-6, rel=0.3)
     assert LatencyPredictor.from_dict(json.loads(json.dumps(by_runs.to_dict()))).op_types == by_runs.op_types
+
+
+def test_the_single_kernel_runs_together_weigh_as_much_as_one_model_s_stages() -> None:
+    # Three models of 8 stages, and 72 single-kernel runs of the same nodes that run 1.5x slower (as a
+    # kernel alone may): with every run weighing 1 the kernels outvote the models' own stages.
+    stages, runs_s = inflated_runs(0, 24)
+    kernels = [(nodes, 1.5 * seconds) for nodes, seconds in zip(stages, runs_s, strict=True)] * 3
+    weights = run_weights(len(stages), len(kernels), 3)
+    assert weights[:24] == [1.0] * 24 and sum(weights[24:]) == pytest.approx(8.0)
+    assert run_weights(24, 0, 3) == [1.0] * 24
+    trace_fit = LatencyPredictor.fit([s for nodes in stages for s in nodes], REFERENCE)
+    runs = list(zip(stages, runs_s, strict=True)) + kernels
+    balanced, equal = trace_fit.with_run_fit(runs, weights=weights), trace_fit.with_run_fit(runs)
+    assert trace_fit.with_run_fit(runs, weights=[1.0] * len(runs)).op_types == equal.op_types
+
+    def median_error(predictor: LatencyPredictor) -> float:
+        return float(np.median([abs(predictor.predict_stage_s(nodes, REFERENCE) - s) / s
+                                for nodes, s in zip(stages, runs_s, strict=True)]))
+
+    assert median_error(balanced) < 0.1 < median_error(equal)
 
 
 def test_a_ratio_calibration_cancels_the_reference_prediction_s_own_error() -> None:

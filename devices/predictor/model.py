@@ -200,12 +200,14 @@ def roofline_time_s(flops: int, bytes_moved: int, device: DeviceProfile) -> floa
 
 
 def relative_nnls(rows: np.ndarray, targets: np.ndarray, prior: np.ndarray | None = None,
-                  penalty: float | np.ndarray = 0.0) -> np.ndarray:
-    """Non-negative x minimising sum ((rows x - t) / t)^2 + sum penalty_i (x_i - prior_i)^2 (t floored;
-    `penalty` one weight for all unknowns or one per unknown)."""
+                  penalty: float | np.ndarray = 0.0, row_weights: np.ndarray | None = None) -> np.ndarray:
+    """Non-negative x minimising sum w_j ((rows x - t) / t)^2 + sum penalty_i (x_i - prior_i)^2 (t floored;
+    `penalty` one weight for all unknowns or one per unknown; w the `row_weights`, 1 when omitted)."""
     from scipy.optimize import nnls
 
     weights = 1.0 / np.maximum(targets, _TIME_FLOOR_S)
+    if row_weights is not None:
+        weights = weights * np.sqrt(np.asarray(row_weights, dtype=float))
     a, b = rows * weights[:, None], targets * weights
     roots = np.sqrt(np.broadcast_to(np.asarray(penalty, dtype=float), (rows.shape[1],)))
     if prior is not None and np.any(roots > 0):
@@ -377,7 +379,8 @@ class LatencyPredictor:
         return next((name for name in [*(lineage(kernel) if kernel else []), op_type] if name in self.op_types), None)
 
     def with_run_fit(self, stages: Sequence[tuple[Sequence[NodeSample], float]],
-                     strength: float = DEFAULT_RUN_FIT_STRENGTH) -> LatencyPredictor:
+                     strength: float = DEFAULT_RUN_FIT_STRENGTH,
+                     weights: Sequence[float] | None = None) -> LatencyPredictor:
         """A copy whose coefficients are fitted on whole runs (nodes, seconds of one run of them on the
         reference: prefix stages, `devices.stages`; single-kernel models, `devices.microbench`) rather than
         on the profiled kernel times alone.
@@ -390,7 +393,8 @@ class LatencyPredictor:
         The factors of weights read from memory (`cold_params`, and `cold_reuse` of those bytes over their
         reuse) are one each for every class, fitted unpulled:
         streaming weights is the memory's cost, and a model held out may be the only one whose dense
-        Convs stream megabytes (ResNet-18) while another's pointwise ones show the rate."""
+        Convs stream megabytes (ResNet-18) while another's pointwise ones show the rate.
+        `weights`: one per run, of its squared relative error (1 each when omitted)."""
         prior = self.with_stage_calibration(stages)
         keys = sorted({key for nodes, _ in stages for n in nodes
                        if (key := prior._fitted_key(n.op_type, n.kernel)) is not None})
@@ -418,7 +422,8 @@ class LatencyPredictor:
                                + [np.zeros(_SHARED), np.array([prior.stage.per_run_s / _TIME_FLOOR_S])])
         penalty = np.full(start.size, strength)
         penalty[shared.start:] = 0.0
-        solution = relative_nnls(np.array(rows), np.array(targets), start, penalty)
+        solution = relative_nnls(np.array(rows), np.array(targets), start, penalty,
+                                 None if weights is None else np.array(weights, dtype=float))
         cold = dict(zip(("cold_params", "cold_reuse"), (float(x) for x in solution[shared] * FEATURE_UNITS[own:]),
                         strict=True))
         refitted = {}
