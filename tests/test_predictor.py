@@ -48,7 +48,8 @@ TRUE = {
 
 
 def synthetic_samples(seed: int, per_op: int = 40) -> list[NodeSample]:
-    """Nodes whose times follow TRUE exactly on REFERENCE, with features over three decades."""
+    """Nodes whose times follow TRUE exactly on REFERENCE (its features, `roofline_features`: a node
+    onnxruntime would not split does its work at one thread's rate), with features over three decades."""
     rng = np.random.default_rng(seed)
     samples = []
     for op_type, truth in TRUE.items():
@@ -56,10 +57,8 @@ def synthetic_samples(seed: int, per_op: int = 40) -> list[NodeSample]:
             flops = int(10 ** rng.uniform(4, 8))
             param_bytes = int(10 ** rng.uniform(2, 6)) if op_type == "Conv" else 0
             bytes_moved = int(10 ** rng.uniform(3, 7)) + param_bytes
-            time_s = (truth.compute * flops / REFERENCE.peak_flops
-                      + truth.activations * (bytes_moved - param_bytes) / REFERENCE.memory_bandwidth_bytes_per_s
-                      + truth.params * param_bytes / REFERENCE.memory_bandwidth_bytes_per_s
-                      + truth.overhead_s)
+            features = roofline_features(flops, bytes_moved, param_bytes, REFERENCE, REFERENCE, kernel=op_type)
+            time_s = float(truth.as_vector()[:4] @ features[:4])
             samples.append(NodeSample(op_type, flops, bytes_moved, param_bytes, time_s))
     return samples
 
@@ -239,7 +238,7 @@ DEPTHWISE = OpCoefficients(compute=12.0, activations=2.5, params=0.5, overhead_s
 
 def _timed(sample: NodeSample, truth: OpCoefficients, device: DeviceProfile = REFERENCE) -> NodeSample:
     features = roofline_features(sample.flops, sample.bytes_moved, sample.param_bytes, device, REFERENCE, sample.groups,
-                                 sample.im2col)
+                                 sample.im2col, sample.cold_share, sample.kernel_class)
     return replace(sample, time_s=float(features @ truth.as_vector()))
 
 
@@ -396,17 +395,19 @@ def test_held_out_device_calibrates_on_ten_other_models_only() -> None:
     assert calibration_models(list(models), "c") == [n for n in models if n != "c"][:MAX_DEVICE_MEASUREMENTS]
     reference_s = {name: sum(s.time_s for s in group) for name, group in models.items()}
     device_s = {name: 2.5 * seconds for name, seconds in reference_s.items()}
-    results = held_out_device(models, REFERENCE, reference_s, SLOW, device_s)
+    # A device 2.5x as slow at everything: as many threads as the reference, so that the same kernels split.
+    slow = replace(SLOW, threads=REFERENCE.threads)
+    results = held_out_device(models, REFERENCE, reference_s, slow, device_s)
     for name, result in results.items():
         assert result.measured_s == device_s[name]
         assert result.few_shot_s == pytest.approx(result.measured_s, rel=0.02)
         assert result.profiled_s == pytest.approx(result.measured_s, rel=0.02)
     # The held-out model's time on the device is never used: changing it changes none of its predictions.
-    again = held_out_device(models, REFERENCE, reference_s, SLOW, device_s | {"a": 99.0})
+    again = held_out_device(models, REFERENCE, reference_s, slow, device_s | {"a": 99.0})
     assert (again["a"].few_shot_s, again["a"].profiled_s, again["a"].figures_only_s) == pytest.approx(
         (results["a"].few_shot_s, results["a"].profiled_s, results["a"].figures_only_s))
     # The profiled setting is anchored on the model's reference run: twice that run, twice the prediction.
-    anchored = held_out_device(models, REFERENCE, reference_s | {"a": 2 * reference_s["a"]}, SLOW, device_s)
+    anchored = held_out_device(models, REFERENCE, reference_s | {"a": 2 * reference_s["a"]}, slow, device_s)
     assert anchored["a"].profiled_s == pytest.approx(2 * results["a"].profiled_s)
 
 
@@ -550,7 +551,8 @@ def test_the_run_fit_learns_one_cold_weights_factor_for_every_class() -> None:
         return NodeSample("Conv", int(10 ** rng.uniform(5, 7)), params + int(10 ** rng.uniform(4, 5)), params, 0.0, kernel)
 
     def run_s(nodes: list[NodeSample]) -> float:
-        return sum(float(roofline_features(n.flops, n.bytes_moved, n.param_bytes, REFERENCE, REFERENCE, cold=n.cold_share)
+        return sum(float(roofline_features(n.flops, n.bytes_moved, n.param_bytes, REFERENCE, REFERENCE, cold=n.cold_share,
+                                           kernel=n.kernel_class)
                          @ replace(truth[n.kernel], cold_params=cold_factor).as_vector()) for n in in_run(nodes)) + 5e-6
 
     kernels = [[node(kernel)] for kernel in truth for _ in range(20)]
@@ -587,7 +589,8 @@ def test_the_run_fit_learns_how_streamed_weights_cost_more_at_low_reuse() -> Non
         return NodeSample("Conv", int(params / 2 * reuse), params + int(10 ** rng.uniform(4, 5)), params, 0.0, kernel)
 
     def run_s(nodes: list[NodeSample]) -> float:
-        return sum(float(roofline_features(n.flops, n.bytes_moved, n.param_bytes, REFERENCE, REFERENCE, cold=n.cold_share)
+        return sum(float(roofline_features(n.flops, n.bytes_moved, n.param_bytes, REFERENCE, REFERENCE, cold=n.cold_share,
+                                           kernel=n.kernel_class)
                          @ replace(truth[n.kernel], **factors).as_vector()) for n in in_run(nodes)) + 5e-6
 
     kernels = [[node(kernel, float(rng.choice([4, 49, 196])))] for kernel in truth for _ in range(20)]
@@ -605,3 +608,32 @@ def test_the_run_fit_learns_how_streamed_weights_cost_more_at_low_reuse() -> Non
     assert abs(without.predict_stage_s(held_out, REFERENCE) / run_s(held_out) - 1) > 0.2
     path_dict = LatencyPredictor.from_dict(fitted.to_dict())
     assert path_dict.op_types["Conv/pointwise"].cold_reuse == coefficients.cold_reuse
+
+
+def test_onnxruntime_s_own_rules_tell_which_kernels_run_on_more_than_one_thread() -> None:
+    from devices.predictor.kernels import parallel_threads
+
+    # MLAS: a GEMM splits past 64 Ki multiply-adds per thread; a depthwise Conv over its channels.
+    assert parallel_threads("Conv/dense", 2 * 60_000, 10_000, 2) == 1
+    assert parallel_threads("Conv/dense", 2 * 70_000, 10_000, 2) == 2
+    assert parallel_threads("MatMul/weights", 2 * 10**9, 10_000, 8) == 8
+    assert parallel_threads("Conv/depthwise", 1_000, 1_000, 4) == 4
+    # Eigen's cost model: a Relu of 2.375 cycles an element needs 210,000 cycles for a second thread.
+    assert parallel_threads("Relu", 80_000, 8 * 80_000, 2) == 1
+    assert parallel_threads("Relu", 100_000, 8 * 100_000, 2) == 2
+    assert parallel_threads("Relu", 10**6, 8 * 10**6, 4) == 4
+    # Unknown rules and one thread change nothing.
+    assert parallel_threads("Transpose", 0, 100, 2) == 2
+    assert parallel_threads("Conv/dense", 10**9, 10**6, 1) == 1
+
+
+def test_a_kernel_too_small_to_split_does_its_work_at_one_thread_s_rate() -> None:
+    two = DeviceProfile("two", REFERENCE.peak_flops, REFERENCE.memory_bandwidth_bytes_per_s, 2**30, 2)
+    small, big = 1_000, 1_000_000  # Relu elements: below and above Eigen's threshold on 2 threads
+    per_element = [roofline_features(n, 8 * n, 0, two, two, kernel="Relu")[:2] / n for n in (small, big)]
+    np.testing.assert_allclose(per_element[0], 2 * per_element[1])
+    # Without a kernel class (and at one thread) the features are the plain roofline's.
+    one = replace(two, threads=1)
+    np.testing.assert_allclose(roofline_features(small, 8 * small, 0, one, one, kernel="Relu"),
+                               roofline_features(small, 8 * small, 0, one, one))
+    np.testing.assert_allclose(roofline_features(small, 8 * small, 0, two, two)[:2] / small, per_element[1])

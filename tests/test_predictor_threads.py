@@ -34,7 +34,10 @@ def true_time_s(node: NodeSample, threads: int, slowdown: float = 1.0) -> float:
 
 
 def nodes(rng: np.random.Generator, op_type: str, count: int) -> list[NodeSample]:
-    return [NodeSample(op_type, int(10 ** rng.uniform(4, 8)), int(10 ** rng.uniform(3, 7)), 0, 0.0)
+    """Convs big enough for MLAS to split (over 64 Ki multiply-adds a thread), Relus too small for Eigen's
+    cost model to (`devices.predictor.kernels.parallel_threads`): the world `true_time_s` describes."""
+    flops, moved = ((5.2, 8), (3, 7)) if op_type == "Conv" else ((4, 8), (3, 5.8))
+    return [NodeSample(op_type, int(10 ** rng.uniform(*flops)), int(10 ** rng.uniform(*moved)), 0, 0.0)
             for _ in range(count)]
 
 

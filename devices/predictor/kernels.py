@@ -81,3 +81,39 @@ def kernel_class(op_type: str, attributes: Mapping[str, object], input_shapes: S
         variant = "weights" if any(constant_inputs[:2]) else "activations"
         return f"{op_type}{KERNEL_SEPARATOR}{variant}"
     return op_type
+
+
+# onnxruntime's own rules for how many intra-op threads a kernel runs on (onnxruntime 1.x sources):
+# MLAS splits a GEMM (and a Conv's GEMM) only past this many multiply-adds per thread
+# (MLAS_SGEMM_THREAD_COMPLEXITY), and a grouped or depthwise Conv over its groups;
+MLAS_MULTIPLY_ADDS_PER_THREAD = 64 * 1024
+# an element-wise kernel goes through ThreadPool::TryParallelFor, whose Eigen cost model gives a loop
+# (cost - 100,000) / 100,000 + 0.9 threads, in cycles: 11/64 of a cycle per byte loaded or stored and
+# the functor's compute cycles (1 for Relu, Add, Mul) per element.
+EIGEN_STARTUP_CYCLES = 100_000
+EIGEN_CYCLES_PER_THREAD = 100_000
+EIGEN_CYCLES_PER_FLOAT_ELEMENT = 2 * 4 * 11 / 64 + 1  # one float in, one out, one compute cycle
+ELEMENT_WISE_PARALLEL_OPS = frozenset({"Relu", "LeakyRelu", "Elu", "Selu", "Sigmoid", "HardSigmoid", "Tanh",
+                                       "Softplus", "Softsign", "ThresholdedRelu", "Clip",
+                                       "Add", "Sub", "Mul", "Div"})
+
+
+def parallel_threads(kernel: str, flops: int, activation_bytes: int, threads: int) -> int:
+    """How many of `threads` onnxruntime runs a node of class `kernel` on; `threads` where its rule is
+    not known here.
+
+    Why: a kernel too small to split runs on one thread, so on 2 threads its work goes at half the rate
+    of one that is split. Measured here (per-node trace, 1-thread / 2-thread time): dense Convs under
+    ~0.3 MFLOP 0.3–0.8x, ResNet-18's 3x3 Convs 0.97–1.54x; with one coefficient per class, held-out
+    ResNet-18 was over-priced by 16 % at 2 threads because the other models' small Convs set the rate."""
+    if threads <= 1:
+        return 1
+    op = op_type_of(kernel)
+    if op in ("Conv", "ConvTranspose", "MatMul", "Gemm"):
+        if kernel.endswith(("/grouped", "/depthwise", "/depthwise-strided")):
+            return threads
+        return int(min(threads, (flops / 2) // MLAS_MULTIPLY_ADDS_PER_THREAD + 1))
+    if op in ELEMENT_WISE_PARALLEL_OPS:
+        cycles = activation_bytes / 8 * EIGEN_CYCLES_PER_FLOAT_ELEMENT
+        return int(min(threads, max(1, int((cycles - EIGEN_STARTUP_CYCLES) / EIGEN_CYCLES_PER_THREAD + 0.9))))
+    return threads

@@ -46,7 +46,7 @@ import numpy as np
 
 from devices.errors import DeviceError
 from devices.json_files import read_json_file, write_json_file
-from devices.predictor.kernels import lineage
+from devices.predictor.kernels import lineage, parallel_threads
 from devices.profiles import DeviceProfile
 
 PREDICTOR_FORMAT = "edgecloud.predictor/2"
@@ -178,18 +178,21 @@ def weight_reuse(flops: int, param_bytes: int) -> float:
 
 def roofline_features(flops: int, bytes_moved: int, param_bytes: int, device: DeviceProfile,
                       reference: DeviceProfile, groups: int = 1, im2col: tuple[int, int] = (0, 0),
-                      cold: float = 0.0) -> np.ndarray:
+                      cold: float = 0.0, kernel: str = "") -> np.ndarray:
     """[compute time, activation time, parameter time, fixed-cost scale, that scale per extra group, per
     im2col row, per im2col element, time of the weights read from memory (share `cold`), that time over
     the weights' reuse (`weight_reuse`)] of a node on
     `device`. The per-group term is why a depthwise Conv is
     dear: onnxruntime loops over its channels, a fixed cost each; the im2col terms are that loop's body,
     one thread's copy (a depthwise Conv's one-row GEMM costs less than building its columns), so they
-    scale like the fixed costs, with one thread's speed."""
-    bandwidth = device.memory_bandwidth_bytes_per_s
+    scale like the fixed costs, with one thread's speed. The work terms are at the share of `device`'s
+    threads that onnxruntime splits a node of class `kernel` over (`parallel_threads`; all of them for
+    a class without a known rule, or no `kernel`)."""
     activation_bytes = max(bytes_moved - param_bytes, 0)
+    unsplit = device.threads / parallel_threads(kernel, flops, activation_bytes, device.threads) if kernel else 1.0
+    bandwidth = device.memory_bandwidth_bytes_per_s / unsplit
     scale = _overhead_scale(reference, device)
-    return np.array([flops / device.peak_flops, activation_bytes / bandwidth, param_bytes / bandwidth,
+    return np.array([flops * unsplit / device.peak_flops, activation_bytes / bandwidth, param_bytes / bandwidth,
                      scale, max(groups - 1, 0) * scale, im2col[0] * scale, im2col[1] * scale,
                      cold * param_bytes / bandwidth, cold * param_bytes / bandwidth / weight_reuse(flops, param_bytes)])
 
@@ -226,7 +229,7 @@ def _fit_group(group: list[NodeSample], reference: DeviceProfile, prior: OpCoeff
     about another (Concat of image tensors); without the prior its factors explode when extrapolated.
     """
     features = np.array([roofline_features(s.flops, s.bytes_moved, s.param_bytes, reference, reference, s.groups,
-                                           s.im2col, s.cold_share) for s in group])
+                                           s.im2col, s.cold_share, s.kernel_class) for s in group])
     times = np.array([s.time_s for s in group])
     solution = relative_nnls(features * FEATURE_UNITS, times,
                              None if prior is None else prior.as_vector() / FEATURE_UNITS, shrinkage)
@@ -314,7 +317,8 @@ class LatencyPredictor:
                    kernel: str = "", groups: int = 1, im2col: tuple[int, int] = (0, 0),
                    cold: float = 0.0) -> StageParts:
         """A node's (work, fixed) seconds on `device`, stage calibration in, device calibration not."""
-        features = roofline_features(flops, bytes_moved, param_bytes, device, self.reference, groups, im2col, cold)
+        features = roofline_features(flops, bytes_moved, param_bytes, device, self.reference, groups, im2col, cold,
+                                     kernel or op_type)
         coefficients = self._coefficients_of(op_type, kernel)
         if coefficients is None:
             return StageParts(roofline_time_s(flops, bytes_moved, device), DEFAULT_OVERHEAD_S * features[3])
@@ -412,7 +416,7 @@ class LatencyPredictor:
                                               n.groups, n.im2col, n.cold_share)
                     continue
                 features = roofline_features(n.flops, n.bytes_moved, n.param_bytes, self.reference, self.reference,
-                                             n.groups, n.im2col, n.cold_share) * FEATURE_UNITS
+                                             n.groups, n.im2col, n.cold_share, n.kernel_class) * FEATURE_UNITS
                 row[column[key]:column[key] + own] += features[:own]
                 row[shared] += features[own:]
             row[-1] = _TIME_FLOOR_S
