@@ -485,6 +485,21 @@ def test_the_single_kernel_runs_together_weigh_as_much_as_one_model_s_stages() -
     assert median_error(balanced) < 0.1 < median_error(equal)
 
 
+def test_a_run_s_weight_counts_as_often_as_the_run_is_repeated() -> None:
+    stages, runs_s = inflated_runs(2, 12)
+    runs = list(zip(stages, [s * (1.3 if i % 2 else 1.0) for i, s in enumerate(runs_s)], strict=True))
+    trace_fit = LatencyPredictor.fit([s for nodes in stages for s in nodes], REFERENCE)
+    doubled = trace_fit.with_run_fit(runs + runs[:3])
+    weighted = trace_fit.with_run_fit(runs, weights=[2.0] * 3 + [1.0] * (len(runs) - 3))
+    for name, coefficients in doubled.op_types.items():
+        np.testing.assert_allclose(weighted.op_types[name].as_vector(), coefficients.as_vector(), rtol=1e-6, atol=1e-12)
+    assert weighted.stage.per_run_s == pytest.approx(doubled.stage.per_run_s, rel=1e-6)
+    for bad in ([1.0], [-1.0] * len(runs), [0.0] * len(runs)):
+        with pytest.raises(DeviceError, match="run weights must be"):
+            trace_fit.with_run_fit(runs, weights=bad)
+    assert run_weights(0, 5, 3) == [1.0] * 5
+
+
 def test_a_ratio_calibration_cancels_the_reference_prediction_s_own_error() -> None:
     # Every run takes 3x its work and 1x its fixed cost on SLOW, relative to what REFERENCE really ran;
     # the predictor misprices the reference by a different factor per run (what a held-out model suffers).
@@ -613,18 +628,25 @@ def test_the_run_fit_learns_how_streamed_weights_cost_more_at_low_reuse() -> Non
 def test_onnxruntime_s_own_rules_tell_which_kernels_run_on_more_than_one_thread() -> None:
     from devices.predictor.kernels import parallel_threads
 
-    # MLAS: a GEMM splits past 64 Ki multiply-adds per thread; a depthwise Conv over its channels.
-    assert parallel_threads("Conv/dense", 2 * 60_000, 10_000, 2) == 1
-    assert parallel_threads("Conv/dense", 2 * 70_000, 10_000, 2) == 2
-    assert parallel_threads("MatMul/weights", 2 * 10**9, 10_000, 8) == 8
-    assert parallel_threads("Conv/depthwise", 1_000, 1_000, 4) == 4
-    # Eigen's cost model: a Relu of 2.375 cycles an element needs 210,000 cycles for a second thread.
-    assert parallel_threads("Relu", 80_000, 8 * 80_000, 2) == 1
-    assert parallel_threads("Relu", 100_000, 8 * 100_000, 2) == 2
-    assert parallel_threads("Relu", 10**6, 8 * 10**6, 4) == 4
+    # MLAS: a GEMM splits past 64 Ki multiply-adds per thread, over at most 16 threads; a depthwise
+    # Conv over its channels; a fused layer by its first member's rule.
+    assert parallel_threads("Conv/dense", 2 * 60_000, 2) == 1
+    assert parallel_threads("Conv/dense", 2 * 70_000, 2) == 2
+    assert parallel_threads("Conv+BatchNormalization+Relu", 2 * 60_000, 2) == 1
+    assert parallel_threads("MatMul/weights", 2 * 10**9, 8) == 8
+    assert parallel_threads("Conv/dense", 2 * 10**9, 80) == 16
+    assert parallel_threads("Conv/depthwise", 1_000, 4) == 4
+    # Eigen's cost model: a Relu of 2.375 cycles an output element needs 210,000 cycles for a second
+    # thread, then runs in blocks of at least 40,000 cycles over every thread.
+    assert parallel_threads("Relu", 88_000, 2) == 1
+    assert parallel_threads("Relu", 89_000, 2) == 2
+    assert parallel_threads("Add", 89_000, 2) == 2  # per output element, whatever its inputs
+    assert parallel_threads("Relu", 100_000, 8) == 5
+    assert parallel_threads("Relu", 10**6, 80) == 59
+    assert parallel_threads("LeakyRelu", 10_000, 2) == 2  # 25 compute cycles an element
     # Unknown rules and one thread change nothing.
-    assert parallel_threads("Transpose", 0, 100, 2) == 2
-    assert parallel_threads("Conv/dense", 10**9, 10**6, 1) == 1
+    assert parallel_threads("Transpose", 0, 2) == 2
+    assert parallel_threads("Conv/dense", 10**9, 1) == 1
 
 
 def test_a_kernel_too_small_to_split_does_its_work_at_one_thread_s_rate() -> None:

@@ -36,7 +36,7 @@ def true_time_s(node: NodeSample, threads: int, slowdown: float = 1.0) -> float:
 def nodes(rng: np.random.Generator, op_type: str, count: int) -> list[NodeSample]:
     """Convs big enough for MLAS to split (over 64 Ki multiply-adds a thread), Relus too small for Eigen's
     cost model to (`devices.predictor.kernels.parallel_threads`): the world `true_time_s` describes."""
-    flops, moved = ((5.2, 8), (3, 7)) if op_type == "Conv" else ((4, 8), (3, 5.8))
+    flops, moved = ((5.2, 8), (3, 7)) if op_type == "Conv" else ((3, 4.9), (3, 7))
     return [NodeSample(op_type, int(10 ** rng.uniform(*flops)), int(10 ** rng.uniform(*moved)), 0, 0.0)
             for _ in range(count)]
 
@@ -74,7 +74,7 @@ def test_amdahl_calibration_moves_a_prediction_to_other_thread_counts_where_two_
         new_errors.append(abs(calibration.predict_s(model.features(run)) - seconds) / seconds)
         previous_errors.append(abs(previous.predict_stage_s(run, device) - seconds) / seconds)
     assert max(new_errors) < 0.02
-    assert max(previous_errors) > 0.1  # one work scale cannot speed Convs up 4x and Relus not at all
+    assert max(previous_errors) > 0.1  # two scales of the 2-thread fit miss this device's split of the work
     # The device's figures alone (one thread 3x slower, 4 threads) give Amdahl's prior, and it is the truth.
     prior = model.prior(device)
     assert (prior.single, prior.split_work, prior.split_fixed) == pytest.approx((3.0, 4.5, 3.0))

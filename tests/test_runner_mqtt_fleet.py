@@ -79,10 +79,13 @@ def _descendants(pid: int) -> set[int]:
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_the_broker_and_every_worker_it_started() -> None:
-    process = subprocess.Popen([sys.executable, "-m", "edgecloud.cli.app", *ARGS[:-1], "--rounds", "100000",
-                                "--runner", "mqtt"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+def test_ctrl_c_stops_the_broker_and_every_worker_it_started(tmp_path: Path) -> None:
+    # stderr to a file, not an unread pipe: a full pipe blocks the process that writes to it.
+    stderr_path = tmp_path / "stderr.txt"
+    with stderr_path.open("wb") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "edgecloud.cli.app", *ARGS[:-1], "--rounds", "100000",
+                                    "--runner", "mqtt"], stdout=subprocess.DEVNULL, stderr=stderr,
+                                   env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         deadline = time.monotonic() + 240
         started: set[int] = set()
@@ -92,7 +95,10 @@ def test_ctrl_c_stops_the_broker_and_every_worker_it_started() -> None:
         assert len(started) >= 4, started
         time.sleep(15.0)  # into the rounds
         process.send_signal(signal.SIGINT)
-        process.wait(60)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running 60 s after Ctrl-C; its stderr ends: {stderr_path.read_text()[-2000:]!r}")
     finally:
         process.kill()
     alive = [pid for pid in started if Path(f"/proc/{pid}").exists()]

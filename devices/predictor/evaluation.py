@@ -72,8 +72,9 @@ def run_weights(stage_runs: int, kernel_runs: int, models: int) -> list[float]:
     On the 8 Dec 00:13 pass (load 1.0), leave-one-model-out within ±10 %: 6 / 3 of 12 models at 1 / 2
     threads with every run weighing 1, 8 / 5 with these weights; chosen on that pass, checked on
     the next one (README)."""
-    per_model = stage_runs / max(models, 1)
-    kernel_weight = per_model / kernel_runs if kernel_runs else 0.0
+    if not stage_runs:
+        return [1.0] * kernel_runs
+    kernel_weight = stage_runs / max(models, 1) / kernel_runs if kernel_runs else 0.0
     return [1.0] * stage_runs + [kernel_weight] * kernel_runs
 
 

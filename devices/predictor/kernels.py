@@ -85,35 +85,47 @@ def kernel_class(op_type: str, attributes: Mapping[str, object], input_shapes: S
 
 # onnxruntime's own rules for how many intra-op threads a kernel runs on (onnxruntime 1.x sources):
 # MLAS splits a GEMM (and a Conv's GEMM) only past this many multiply-adds per thread
-# (MLAS_SGEMM_THREAD_COMPLEXITY), and a grouped or depthwise Conv over its groups;
+# (MLAS_SGEMM_THREAD_COMPLEXITY), over at most MLAS_MAXIMUM_THREAD_COUNT threads, and a grouped or
+# depthwise Conv over its groups;
 MLAS_MULTIPLY_ADDS_PER_THREAD = 64 * 1024
-# an element-wise kernel goes through ThreadPool::TryParallelFor, whose Eigen cost model gives a loop
-# (cost - 100,000) / 100,000 + 0.9 threads, in cycles: 11/64 of a cycle per byte loaded or stored and
-# the functor's compute cycles (1 for Relu, Add, Mul) per element.
+MLAS_MAXIMUM_THREAD_COUNT = 16
+# an element-wise kernel goes through ThreadPool::ParallelFor, which runs a loop on the calling thread
+# alone when Eigen's cost model gives it one thread ((cycles - 100,000) / 100,000 + 0.9 < 2) and else
+# in blocks of at least 40,000 cycles over every thread: 11/64 of a cycle per byte loaded or stored
+# and the functor's compute cycles per output element.
 EIGEN_STARTUP_CYCLES = 100_000
 EIGEN_CYCLES_PER_THREAD = 100_000
-EIGEN_CYCLES_PER_FLOAT_ELEMENT = 2 * 4 * 11 / 64 + 1  # one float in, one out, one compute cycle
-ELEMENT_WISE_PARALLEL_OPS = frozenset({"Relu", "LeakyRelu", "Elu", "Selu", "Sigmoid", "HardSigmoid", "Tanh",
-                                       "Softplus", "Softsign", "ThresholdedRelu", "Clip",
-                                       "Add", "Sub", "Mul", "Div"})
+EIGEN_BLOCK_CYCLES = 40_000
+EIGEN_CYCLES_PER_FLOAT_MOVED = 2 * 4 * 11 / 64  # one float loaded, one stored
+# The functors' compute cycles (onnxruntime's activations.h and element-wise ops; 1 where unlisted).
+# Clip is taken as an element-wise kernel too: its 2-thread trace time here jumps by a ~20 µs wake-up
+# between 12 K and 33 K elements, which the sources read (a serial Eigen loop) do not explain.
+ELEMENT_WISE_COMPUTE_CYCLES = {"Relu": 1.0, "LeakyRelu": 25.0, "Elu": 30.0, "Selu": 4.0, "Sigmoid": 2.0,
+                               "HardSigmoid": 0.5, "Tanh": 1.0, "Softplus": 15.0, "Softsign": 1.0,
+                               "ThresholdedRelu": 1.0, "Clip": 1.0, "Add": 1.0, "Sub": 1.0, "Mul": 1.0, "Div": 1.0}
 
 
-def parallel_threads(kernel: str, flops: int, activation_bytes: int, threads: int) -> int:
-    """How many of `threads` onnxruntime runs a node of class `kernel` on; `threads` where its rule is
-    not known here.
+def parallel_threads(kernel: str, flops: int, threads: int) -> int:
+    """How many of `threads` onnxruntime runs a node of class `kernel` (or op type, or fused layer type:
+    its first member's) with `flops` on; `threads` where its rule is not known here. An element-wise
+    node's flops are its output elements (`partitioner.graph.flops`).
 
     Why: a kernel too small to split runs on one thread, so on 2 threads its work goes at half the rate
     of one that is split. Measured here (per-node trace, 1-thread / 2-thread time): dense Convs under
     ~0.3 MFLOP 0.3–0.8x, ResNet-18's 3x3 Convs 0.97–1.54x; with one coefficient per class, held-out
-    ResNet-18 was over-priced by 16 % at 2 threads because the other models' small Convs set the rate."""
+    ResNet-18 was over-priced by 16 % at 2 threads because the other models' small Convs set the rate.
+    Not modelled: a batched MatMul (attention over heads) is split per GEMM of the batch, so it is
+    priced here as one GEMM of all its FLOPs."""
     if threads <= 1:
         return 1
-    op = op_type_of(kernel)
+    op = op_type_of(kernel).split("+", 1)[0]
     if op in ("Conv", "ConvTranspose", "MatMul", "Gemm"):
         if kernel.endswith(("/grouped", "/depthwise", "/depthwise-strided")):
             return threads
-        return int(min(threads, (flops / 2) // MLAS_MULTIPLY_ADDS_PER_THREAD + 1))
-    if op in ELEMENT_WISE_PARALLEL_OPS:
-        cycles = activation_bytes / 8 * EIGEN_CYCLES_PER_FLOAT_ELEMENT
-        return int(min(threads, max(1, int((cycles - EIGEN_STARTUP_CYCLES) / EIGEN_CYCLES_PER_THREAD + 0.9))))
+        return int(min(threads, MLAS_MAXIMUM_THREAD_COUNT, (flops / 2) // MLAS_MULTIPLY_ADDS_PER_THREAD + 1))
+    if op in ELEMENT_WISE_COMPUTE_CYCLES:
+        cycles = flops * (EIGEN_CYCLES_PER_FLOAT_MOVED + ELEMENT_WISE_COMPUTE_CYCLES[op])
+        if int((cycles - EIGEN_STARTUP_CYCLES) / EIGEN_CYCLES_PER_THREAD + 0.9) < 2:
+            return 1
+        return int(min(threads, max(2, cycles // EIGEN_BLOCK_CYCLES)))
     return threads

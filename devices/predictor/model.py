@@ -3,13 +3,15 @@ that is not at hand can be planned for from its DeviceProfile (and, better, a fe
 
 For a node of kernel class k (`devices.predictor.kernels`) on device D the model is
 
-    work  = a_k * flops / peak_flops(D) + b_k * activation_bytes / bandwidth(D) + p_k * param_bytes / bandwidth(D)
-            + q_k * cold_share * param_bytes / bandwidth(D) + z_k * cold_share * param_bytes / bandwidth(D) / reuse
+    work  = n_D * (a_k * flops / peak_flops(D) + b_k * activation_bytes / bandwidth(D) + p_k * param_bytes / bandwidth(D)
+            + q_k * cold_share * param_bytes / bandwidth(D) + z_k * cold_share * param_bytes / bandwidth(D) / reuse)
     fixed = (c_k + g_k * (groups - 1) + r_k * im2col_rows + e_k * im2col_elements) * overhead_scale(D)
     t     = u_D * s_w * work + v_D * s_f * fixed + w_D * overhead_scale(D)    (a node within a run)
     run   = sum(t) + v_D * h * overhead_scale(D)                               (a stage or the whole model)
 
-with non-negative coefficients: a, b, p, q dimensionless inefficiency factors (q: weights that come from
+with n_D = threads(D) / the threads onnxruntime splits the node over on D (`kernels.parallel_threads`:
+a kernel too small to split does its work at one thread's share of the device), and
+non-negative coefficients: a, b, p, q dimensionless inefficiency factors (q: weights that come from
 memory, not cache: `cold_share` is the share of a run's weights that cannot stay in CACHE_BYTES, so a
 kernel run alone with its 600 kB of weights hot in cache is not priced as the same kernel inside a model
 that streams 45 MB of weights through it every run), c_k seconds of fixed per-kernel
@@ -49,7 +51,7 @@ from devices.json_files import read_json_file, write_json_file
 from devices.predictor.kernels import lineage, parallel_threads
 from devices.profiles import DeviceProfile
 
-PREDICTOR_FORMAT = "edgecloud.predictor/2"
+PREDICTOR_FORMAT = "edgecloud.predictor/3"  # /3: work at the threads onnxruntime splits a node over
 FUSED_SEPARATOR = "+"
 DEFAULT_SHRINKAGE = 0.1
 DEFAULT_OVERHEAD_S = 5e-6  # fixed cost per kernel of a predictor that was never fitted
@@ -189,7 +191,7 @@ def roofline_features(flops: int, bytes_moved: int, param_bytes: int, device: De
     threads that onnxruntime splits a node of class `kernel` over (`parallel_threads`; all of them for
     a class without a known rule, or no `kernel`)."""
     activation_bytes = max(bytes_moved - param_bytes, 0)
-    unsplit = device.threads / parallel_threads(kernel, flops, activation_bytes, device.threads) if kernel else 1.0
+    unsplit = device.threads / parallel_threads(kernel, flops, device.threads) if kernel else 1.0
     bandwidth = device.memory_bandwidth_bytes_per_s / unsplit
     scale = _overhead_scale(reference, device)
     return np.array([flops * unsplit / device.peak_flops, activation_bytes / bandwidth, param_bytes / bandwidth,
@@ -218,6 +220,16 @@ def relative_nnls(rows: np.ndarray, targets: np.ndarray, prior: np.ndarray | Non
         b = np.concatenate([b, roots * prior])
     solution, _ = nnls(a, b)
     return solution
+
+
+def _run_weights(weights: Sequence[float] | None, runs: int) -> np.ndarray | None:
+    """`weights` checked: one non-negative finite number per run, not all zero (None: every run 1)."""
+    if weights is None:
+        return None
+    array = np.asarray(weights, dtype=float)
+    if array.shape != (runs,) or not np.all(np.isfinite(array)) or np.any(array < 0) or not array.sum() > 0:
+        raise DeviceError(f"run weights must be {runs} non-negative numbers, not all zero.")
+    return array
 
 
 def _fit_group(group: list[NodeSample], reference: DeviceProfile, prior: OpCoefficients | None,
@@ -361,10 +373,11 @@ class LatencyPredictor:
 
     # --- calibration -----------------------------------------------------------------------------
 
-    def with_stage_calibration(self, stages: Sequence[tuple[Sequence[NodeSample], float]]) -> LatencyPredictor:
+    def with_stage_calibration(self, stages: Sequence[tuple[Sequence[NodeSample], float]],
+                               weights: Sequence[float] | None = None) -> LatencyPredictor:
         """A copy whose stage calibration is fitted on measured runs (nodes, seconds of a whole run) on
         the reference device: t = s_w * sum(work) + s_f * sum(fixed) + h, the scales weakly pulled towards
-        1 so that a few runs alike cannot send one to zero."""
+        1 so that a few runs alike cannot send one to zero; `weights` as in `with_run_fit`."""
         base = replace(self, stage=StageCalibration(), devices={})
         rows, targets = [], []
         for nodes, seconds in stages:
@@ -374,7 +387,7 @@ class LatencyPredictor:
         if not rows or not all(t > 0 for t in targets):
             raise DeviceError("a stage calibration needs at least one measured run with a positive time.")
         s_w, s_f, h = relative_nnls(np.array(rows), np.array(targets), np.array([1.0, 1.0, 0.0]),
-                                    penalty=np.array([1e-4, 1e-4, 0.0]))
+                                    penalty=np.array([1e-4, 1e-4, 0.0]), row_weights=_run_weights(weights, len(rows)))
         return replace(self, stage=StageCalibration(float(s_w), float(s_f), float(h * _TIME_FLOOR_S), len(rows)))
 
     def _fitted_key(self, op_type: str, kernel: str = "") -> str | None:
@@ -399,7 +412,8 @@ class LatencyPredictor:
         streaming weights is the memory's cost, and a model held out may be the only one whose dense
         Convs stream megabytes (ResNet-18) while another's pointwise ones show the rate.
         `weights`: one per run, of its squared relative error (1 each when omitted)."""
-        prior = self.with_stage_calibration(stages)
+        row_weights = _run_weights(weights, len(stages))
+        prior = self.with_stage_calibration(stages, weights)
         keys = sorted({key for nodes, _ in stages for n in nodes
                        if (key := prior._fitted_key(n.op_type, n.kernel)) is not None})
         width = FEATURE_UNITS.size
@@ -426,8 +440,7 @@ class LatencyPredictor:
                                + [np.zeros(_SHARED), np.array([prior.stage.per_run_s / _TIME_FLOOR_S])])
         penalty = np.full(start.size, strength)
         penalty[shared.start:] = 0.0
-        solution = relative_nnls(np.array(rows), np.array(targets), start, penalty,
-                                 None if weights is None else np.array(weights, dtype=float))
+        solution = relative_nnls(np.array(rows), np.array(targets), start, penalty, row_weights)
         cold = dict(zip(("cold_params", "cold_reuse"), (float(x) for x in solution[shared] * FEATURE_UNITS[own:]),
                         strict=True))
         refitted = {}
@@ -483,8 +496,10 @@ class LatencyPredictor:
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": PREDICTOR_FORMAT,
-            "model": "node = u*work_scale*(compute*flops/peak_flops + activations*activation_bytes/bw"
-                     " + params*param_bytes/bw + cold_params*cold_share*param_bytes/bw + cold_reuse*cold_share*param_bytes/bw/weight_reuse) + v*fixed_scale*(overhead_s + per_group_s*(groups-1) + per_row_s*im2col_rows"
+            "model": "node = u*work_scale*split*(compute*flops/peak_flops + activations*activation_bytes/bw"
+                     " + params*param_bytes/bw + cold_params*cold_share*param_bytes/bw + cold_reuse*cold_share*param_bytes/bw/weight_reuse)"
+                     " with split = device threads / threads onnxruntime runs the node on (devices.predictor.kernels.parallel_threads)"
+                     " + v*fixed_scale*(overhead_s + per_group_s*(groups-1) + per_row_s*im2col_rows"
                      " + per_element_s*im2col_elements)*(reference"
                      " flops per thread / device flops per thread) + w*(same scale); stage = sum(node) +"
                      " v*per_run_s*(same scale); u, v, w (per_node_s) per calibrated device (devices), else 1, 1, 0",
