@@ -69,7 +69,7 @@ def run_weights(stage_runs: int, kernel_runs: int, models: int) -> list[float]:
 
     Why: the fit is scored on whole models, and the kernel sample (226 tiny models run alone, their
     weights hot) outnumbered the stages 3 to 1, so its rates set the classes' costs inside models.
-    On the 8 Dec 00:13 pass (load 1.0), leave-one-model-out within ±10 %: 6 / 3 of 12 models at 1 / 2
+    On the 8 Dec 00:12 pass (load 1.0), leave-one-model-out within ±10 %: 6 / 3 of 12 models at 1 / 2
     threads with every run weighing 1, 8 / 5 with these weights; chosen on that pass, checked on
     the next one (README)."""
     if not stage_runs:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 KERNEL_SEPARATOR = "/"
+FUSED_SEPARATOR = "+"  # between the members of a fused layer type ("Conv+BatchNormalization+Relu")
 VARIANT_SEPARATOR = "-"  # a refinement of a variant: "depthwise-strided" refines "depthwise"
 
 
@@ -118,7 +119,7 @@ def parallel_threads(kernel: str, flops: int, threads: int) -> int:
     priced here as one GEMM of all its FLOPs."""
     if threads <= 1:
         return 1
-    op = op_type_of(kernel).split("+", 1)[0]
+    op = op_type_of(kernel).split(FUSED_SEPARATOR, 1)[0]
     if op in ("Conv", "ConvTranspose", "MatMul", "Gemm"):
         if kernel.endswith(("/grouped", "/depthwise", "/depthwise-strided")):
             return threads

@@ -48,11 +48,10 @@ import numpy as np
 
 from devices.errors import DeviceError
 from devices.json_files import read_json_file, write_json_file
-from devices.predictor.kernels import lineage, parallel_threads
+from devices.predictor.kernels import FUSED_SEPARATOR, lineage, parallel_threads
 from devices.profiles import DeviceProfile
 
 PREDICTOR_FORMAT = "edgecloud.predictor/3"  # /3: work at the threads onnxruntime splits a node over
-FUSED_SEPARATOR = "+"
 DEFAULT_SHRINKAGE = 0.1
 DEFAULT_OVERHEAD_S = 5e-6  # fixed cost per kernel of a predictor that was never fitted
 _TIME_FLOOR_S = 1e-6  # onnxruntime's trace has microsecond resolution: no sample weighs more than this
